@@ -1,0 +1,20 @@
+"""otel-luna: OpenTelemetry data written as the LUNA PLATFORM monitoring series."""
+
+from __future__ import annotations
+
+from otel_luna._helpers import add_fields, add_tags, monitor_time, set_error, set_request_id
+from otel_luna.exporter import LunaSpanExporter
+from otel_luna.point import Point
+from otel_luna.settings import Settings, SettingsError
+
+__all__ = [
+    "LunaSpanExporter",
+    "Point",
+    "Settings",
+    "SettingsError",
+    "add_fields",
+    "add_tags",
+    "monitor_time",
+    "set_error",
+    "set_request_id",
+]

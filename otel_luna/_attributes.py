@@ -1,0 +1,32 @@
+"""Span attribute names that carry LUNA monitoring data.
+
+An application in any language produces the LUNA series by setting these attributes on the
+request's span (or on any span below it in the same process: they are merged upward into the
+nearest SERVER span). The Python helpers in :mod:`otel_luna` are thin wrappers that set them.
+"""
+
+from __future__ import annotations
+
+#: String. The request id written in the ``request_id`` field. Default: the trace id (32 hex chars).
+REQUEST_ID = "luna.request_id"
+#: Integer. The LUNA error code of a failed request; setting it marks the request as failed.
+ERROR_CODE = "luna.error_code"
+#: Prefix. ``luna.tag.<name>`` adds tag ``<name>`` to the ``requests`` and ``errors`` points.
+TAG_PREFIX = "luna.tag."
+#: Prefix. ``luna.field.<name>`` adds field ``<name>`` to the ``requests`` and ``errors`` points.
+FIELD_PREFIX = "luna.field."
+#: Prefix. ``luna.time.<name>`` (float seconds) adds stage timing field ``<name>`` to the
+#: ``requests`` point. Values from several spans of one request are summed.
+TIME_PREFIX = "luna.time."
+
+LUNA_PREFIX = "luna."
+
+# HTTP semantic conventions, new (stable) spelling first, then the old one.
+HTTP_METHOD = ("http.request.method", "http.method")
+HTTP_METHOD_ORIGINAL = "http.request.method_original"
+HTTP_ROUTE = "http.route"
+HTTP_STATUS_CODE = ("http.response.status_code", "http.status_code")
+HTTP_PATH = ("url.path", "http.target")
+HTTP_URL = ("url.full", "http.url")
+
+SERVICE_NAME = "service.name"

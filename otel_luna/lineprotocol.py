@@ -1,0 +1,162 @@
+"""InfluxDB line-protocol encoder: points in, bytes out. Pure, no I/O.
+
+Escaping follows the line-protocol reference (the same rules as influxdb-client's ``Point``):
+measurement escapes ``,`` and space; tag keys, tag values and field keys escape ``,``, ``=`` and
+space; string field values escape ``"`` and ``\\``. What line protocol cannot carry is not sent:
+
+* a NaN or infinite float field is dropped (``nonfinite_field``);
+* an empty tag value is dropped (``empty_tag_value``);
+* a string field longer than :data:`MAX_STRING_FIELD_BYTES` is truncated (``truncated_string``);
+* an integer outside int64 is dropped (``int_out_of_range``);
+* a key or tag value containing a newline or ending in a backslash (ambiguous on the wire), an
+  empty key, or a point left with no field is rejected (:class:`InvalidPointError`).
+
+Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable
+
+from otel_luna.point import FieldValue, Point
+
+#: String field values longer than this many UTF-8 bytes are truncated (InfluxDB's own limit).
+MAX_STRING_FIELD_BYTES = 64 * 1024
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_TAG_CACHE_LIMIT = 4096
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
+_KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+_STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
+
+
+class InvalidPointError(ValueError):
+    """A point that line protocol cannot carry; ``reason`` is a short machine-readable word."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _check_name(kind: str, text: str) -> None:
+    if not text:
+        raise InvalidPointError(f"empty_{kind}", f"{kind} is empty")
+    if "\n" in text or "\r" in text:
+        raise InvalidPointError(f"newline_in_{kind}", f"{kind} {text!r} contains a newline")
+    if text[-1] == "\\":
+        raise InvalidPointError(f"backslash_end_{kind}", f"{kind} {text!r} ends in a backslash")
+
+
+class LineProtocolEncoder:
+    """Encodes points to line protocol, counting what it drops or rejects.
+
+    Tag sets repeat (a handful of routes and status codes), so their encoded form is cached.
+    Not thread-safe: give each thread its own encoder or hold a lock.
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._measurements: dict[str, str] = {}
+        self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
+        self._field_keys: dict[str, str] = {}
+
+    def encode(self, points: Iterable[Point]) -> list[str]:
+        """Encode ``points`` to lines (no trailing newline); invalid points are counted, skipped."""
+        lines = []
+        append = lines.append
+        for point in points:
+            try:
+                append(self.encode_point(point))
+            except InvalidPointError as error:
+                self.counts[error.reason] += 1
+        return lines
+
+    def encode_point(self, point: Point) -> str:
+        """One line for ``point``; raises :class:`InvalidPointError` if it cannot be carried."""
+        measurement = self._measurements.get(point.measurement)
+        if measurement is None:
+            measurement = self._measurement(point.measurement)
+        tagset = self._tagsets.get(point.tags)
+        if tagset is None:
+            tagset = self._tagset(point.tags)
+        fieldset = self._fieldset(point.fields)
+        return f"{measurement}{tagset} {fieldset} {point.time_ns}"
+
+    def _measurement(self, name: str) -> str:
+        _check_name("measurement", name)
+        if name[0] == "#":
+            raise InvalidPointError("comment_measurement", f"measurement {name!r} starts with #")
+        encoded = name.translate(_MEASUREMENT_ESCAPES)
+        if len(self._measurements) < _TAG_CACHE_LIMIT:
+            self._measurements[name] = encoded
+        return encoded
+
+    def _tagset(self, tags: tuple[tuple[str, str], ...]) -> str:
+        parts = []
+        cacheable = True  # a counted drop must be counted again next time
+        for key, value in tags:
+            if value == "":
+                self.counts["empty_tag_value"] += 1
+                cacheable = False
+                continue
+            _check_name("tag_key", key)
+            _check_name("tag_value", value)
+            parts.append(f",{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
+        encoded = "".join(parts)
+        if cacheable:
+            if len(self._tagsets) >= _TAG_CACHE_LIMIT:
+                self._tagsets.clear()
+            self._tagsets[tags] = encoded
+        return encoded
+
+    def _field_key(self, key: str) -> str:
+        encoded = self._field_keys.get(key)
+        if encoded is None:
+            _check_name("field_key", key)
+            encoded = key.translate(_KEY_ESCAPES)
+            if len(self._field_keys) < _TAG_CACHE_LIMIT:
+                self._field_keys[key] = encoded
+        return encoded
+
+    def _fieldset(self, fields: dict[str, FieldValue]) -> str:
+        parts = []
+        for key, value in fields.items():
+            kind = type(value)
+            if kind is str:
+                text = self._string(value)  # type: ignore[arg-type]
+                parts.append(f'{self._field_key(key)}="{text}"')
+            elif kind is float:
+                if math.isfinite(value):
+                    parts.append(f"{self._field_key(key)}={value!r}")
+                else:
+                    self.counts["nonfinite_field"] += 1
+            elif kind is bool:
+                parts.append(f"{self._field_key(key)}={'true' if value else 'false'}")
+            elif kind is int:
+                if _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
+                    parts.append(f"{self._field_key(key)}={value}i")
+                else:
+                    self.counts["int_out_of_range"] += 1
+            else:
+                self.counts["unsupported_field_type"] += 1
+        if not parts:
+            raise InvalidPointError("no_fields", "point has no field line protocol can carry")
+        return ",".join(parts)
+
+    def _string(self, value: str) -> str:
+        if len(value) > MAX_STRING_FIELD_BYTES // 4:
+            raw = value.encode()
+            if len(raw) > MAX_STRING_FIELD_BYTES:
+                self.counts["truncated_string"] += 1
+                value = raw[:MAX_STRING_FIELD_BYTES].decode(errors="ignore")
+        if '"' in value or "\\" in value:
+            return value.translate(_STRING_ESCAPES)
+        return value
+
+
+def encode(points: Iterable[Point]) -> bytes:
+    """Line protocol for ``points`` as one newline-terminated body; drops are not reported."""
+    lines = LineProtocolEncoder().encode(points)
+    return "".join(f"{line}\n" for line in lines).encode()

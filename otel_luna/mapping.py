@@ -1,0 +1,237 @@
+"""OpenTelemetry spans → LUNA ``requests`` / ``errors`` points. Pure: data in, data out.
+
+Rules (``docs/mapping.md`` has the full table):
+
+* every finished SERVER span gives one ``requests`` point; a failed one (HTTP status >= 400,
+  span status ERROR, or a LUNA error code set) also gives an ``errors`` point;
+* ``luna.*`` attributes (:mod:`otel_luna._attributes`) set on spans *below* a SERVER span in the
+  same process are merged into it when they end, so a stage timed inside a child span or in another
+  task of the request still lands on the request's point;
+* other spans give nothing.
+
+The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in size and
+age (measured in span time, so the mapping reads no clock).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+from otel_luna import _attributes as attr
+from otel_luna import schema
+from otel_luna.point import FieldValue, Point
+
+_TAG_LEN = len(attr.TAG_PREFIX)
+_FIELD_LEN = len(attr.FIELD_PREFIX)
+_TIME_LEN = len(attr.TIME_PREFIX)
+_BASE_REQUEST_FIELDS = frozenset(schema.REQUEST_FIELDS)
+_BASE_TAGS = frozenset(schema.ERROR_TAGS)
+
+#: Child data waiting for its SERVER ancestor is dropped after this long (span time).
+PENDING_TTL_NS = 300 * 10**9
+#: ... or when more than this many spans' data wait at once (oldest first).
+PENDING_LIMIT = 100_000
+
+
+class _Extra:
+    """``luna.*`` data of one request, gathered from its spans."""
+
+    __slots__ = ("end_ns", "error_code", "fields", "request_id", "tags", "times")
+
+    def __init__(self, end_ns: int) -> None:
+        self.end_ns = end_ns
+        self.request_id: str | None = None
+        self.error_code: Any = None
+        self.tags: dict[str, str] = {}
+        self.fields: dict[str, FieldValue] = {}
+        self.times: dict[str, float] = {}
+
+    def absorb(self, below: _Extra) -> None:
+        """Take the data of a descendant; this span's own values win, timings add up."""
+        if self.request_id is None:
+            self.request_id = below.request_id
+        if self.error_code is None:
+            self.error_code = below.error_code
+        self.tags = {**below.tags, **self.tags}
+        self.fields = {**below.fields, **self.fields}
+        for key, seconds in below.times.items():
+            self.times[key] = self.times.get(key, 0.0) + seconds
+
+
+def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None
+
+
+def _route(attributes: Mapping[str, Any]) -> str:
+    """``METHOD:/templated/route``, falling back to the path without its query string."""
+    method = _first(attributes, attr.HTTP_METHOD)
+    if method == "_OTHER":
+        method = attributes.get(attr.HTTP_METHOD_ORIGINAL, method)
+    route = attributes.get(attr.HTTP_ROUTE)
+    if not route:
+        route = _first(attributes, attr.HTTP_PATH)
+        if route is None:
+            url = _first(attributes, attr.HTTP_URL)
+            if url is not None:
+                after_scheme = str(url).partition("://")[2]
+                route = "/" + after_scheme.partition("/")[2]
+        if route is not None:
+            route = str(route).partition("?")[0].partition("#")[0]
+    if method is None:
+        return str(route) if route else ""
+    return f"{method}:{route or ''}"
+
+
+class RequestMapper:
+    """Maps finished spans to points, one span at a time, in the order they end.
+
+    Not thread-safe: the exporter holds a lock around :meth:`add`.
+    """
+
+    def __init__(self, *, pending_ttl_ns: int = PENDING_TTL_NS, pending_limit: int = PENDING_LIMIT):
+        self.counts: Counter[str] = Counter()
+        self._pending: dict[int, _Extra] = {}
+        self._ttl_ns = pending_ttl_ns
+        self._limit = pending_limit
+        self._since_sweep = 0
+
+    @property
+    def pending(self) -> int:
+        """Spans whose ``luna.*`` data wait for a SERVER ancestor to end."""
+        return len(self._pending)
+
+    def add(
+        self,
+        attributes: Mapping[str, Any],
+        is_server: bool,
+        trace_id: int,
+        span_id: int,
+        parent_span_id: int | None,
+        start_ns: int,
+        end_ns: int,
+        status_error: bool,
+        service: str,
+    ) -> list[Point]:
+        """Points for one ended span (empty for all but SERVER spans)."""
+        extra = self._pending.pop(span_id, None) if self._pending else None
+        for key in attributes:
+            if key.startswith("luna."):
+                if extra is None:
+                    extra = _Extra(end_ns)
+                self._take(extra, key, attributes[key])
+        if is_server:
+            self.counts["server_spans"] += 1
+            return self._points(
+                attributes, trace_id, start_ns, end_ns, status_error, service, extra
+            )
+        if extra is not None:
+            if parent_span_id is None:
+                self.counts["orphan_luna_attributes"] += 1
+            else:
+                self._park(parent_span_id, extra, end_ns)
+        return []
+
+    def _take(self, extra: _Extra, key: str, value: Any) -> None:
+        if key.startswith(attr.TIME_PREFIX):
+            if type(value) in (int, float):
+                name = key[_TIME_LEN:]
+                extra.times[name] = extra.times.get(name, 0.0) + float(value)
+                return
+        elif key.startswith(attr.TAG_PREFIX):
+            if type(value) in (str, int, float, bool):
+                extra.tags[key[_TAG_LEN:]] = str(value).lower() if type(value) is bool else str(value)
+                return
+        elif key.startswith(attr.FIELD_PREFIX):
+            if type(value) in (str, int, float, bool):
+                extra.fields[key[_FIELD_LEN:]] = value
+                return
+        elif key == attr.REQUEST_ID:
+            extra.request_id = str(value)
+            return
+        elif key == attr.ERROR_CODE:
+            extra.error_code = value
+            return
+        else:
+            self.counts["unknown_luna_attribute"] += 1
+            return
+        self.counts["unsupported_attribute_type"] += 1
+
+    def _park(self, parent_span_id: int, extra: _Extra, end_ns: int) -> None:
+        waiting = self._pending.get(parent_span_id)
+        if waiting is None:
+            self._pending[parent_span_id] = extra
+        else:
+            waiting.absorb(extra)
+            waiting.end_ns = max(waiting.end_ns, end_ns)
+        self._since_sweep += 1
+        if self._since_sweep >= 1024 or len(self._pending) > self._limit:
+            self._sweep(end_ns)
+
+    def _sweep(self, now_ns: int) -> None:
+        self._since_sweep = 0
+        oldest = now_ns - self._ttl_ns
+        stale = [key for key, extra in self._pending.items() if extra.end_ns < oldest]
+        overflow = len(self._pending) - len(stale) - self._limit
+        if overflow > 0:  # dicts keep insertion order: the first keys are the oldest
+            expired = set(stale)
+            stale += [key for key in self._pending if key not in expired][:overflow]
+        for key in stale:
+            del self._pending[key]
+        self.counts["expired_luna_attributes"] += len(stale)
+
+    def _points(
+        self,
+        attributes: Mapping[str, Any],
+        trace_id: int,
+        start_ns: int,
+        end_ns: int,
+        status_error: bool,
+        service: str,
+        extra: _Extra | None,
+    ) -> list[Point]:
+        status = _first(attributes, attr.HTTP_STATUS_CODE)
+        if type(status) is not int and status is not None:
+            status = int(status) if str(status).isdigit() else None
+        status_code = "" if status is None else str(status)
+        base_tags = {"route": _route(attributes), "service": service, "status_code": status_code}
+        request_id = None
+        error_code = None
+        request_fields: dict[str, FieldValue] = {}
+        if extra is not None:
+            request_id = extra.request_id
+            error_code = extra.error_code
+            if extra.tags:
+                base_tags = {**extra.tags, **base_tags}
+            request_fields = extra.fields
+        if request_id is None:
+            request_id = f"{trace_id:032x}"
+        tags = tuple(sorted(base_tags.items()))
+        fields: dict[str, FieldValue] = {
+            **request_fields,
+            "request_id": request_id,
+            "execution_time": (end_ns - start_ns) / 1e9,
+        }
+        if extra is not None and extra.times:
+            fields.update(extra.times)
+        points = [Point(schema.REQUESTS, tags, fields, start_ns)]
+        failed = (
+            status_error
+            or error_code is not None
+            or (status is not None and status >= 400)
+        )
+        if failed:
+            error_tags = {
+                **base_tags,
+                "error_code": schema.UNKNOWN_ERROR_CODE if error_code is None else str(error_code),
+            }
+            error_fields = {**request_fields, "request_id": request_id}
+            points.append(
+                Point(schema.ERRORS, tuple(sorted(error_tags.items())), error_fields, start_ns)
+            )
+        return points

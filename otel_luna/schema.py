@@ -1,0 +1,43 @@
+"""The LUNA PLATFORM series, as data.
+
+Names come from the luna-handlers monitoring documentation (``shared/seeds/000_*.txt``) and are
+not negotiable: operators' dashboards query them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+REQUESTS: Final = "requests"
+ERRORS: Final = "errors"
+
+#: Tags every ``requests`` point carries (``errors`` adds ``error_code``).
+REQUEST_TAGS: Final = ("service", "route", "status_code")
+ERROR_TAGS: Final = (*REQUEST_TAGS, "error_code")
+REQUEST_FIELDS: Final = ("request_id", "execution_time")
+ERROR_FIELDS: Final = ("request_id",)
+
+#: ``error_code`` written when a request failed (HTTP status >= 400 or span status ERROR) but the
+#: application set no LUNA error code.
+UNKNOWN_ERROR_CODE: Final = "0"
+
+#: The stage timings (float seconds) of ``/detector``, ``/extractor`` and
+#: ``/handlers/{handler_id}/events``, recorded with :func:`otel_luna.monitor_time`.
+STAGE_TIME_FIELDS: Final = (
+    "download_images_time",
+    "load_face_samples_time",
+    "load_body_samples_time",
+    "load_images_for_processing_time",
+    "save_warps_time",
+    "save_samples_time",
+    "save_face_attributes_time",
+    "save_event_attributes_time",
+    "face_sample_storage_policy_time",
+    "body_sample_storage_policy_time",
+    "image_origin_storage_policy_time",
+    "face_attribute_storage_policy_time",
+    "face_storage_policy_time",
+    "match_policy_time",
+    "event_storage_policy_time",
+    "notification_storage_policy_time",
+)

@@ -1,0 +1,301 @@
+"""Every setting of the exporter, read once into a frozen :class:`Settings`.
+
+Sources, later ones winning: defaults, the ``[monitoring]`` section of the TOML file named by
+``OTEL_EXPORTER_LUNA_CONFIG`` (keys mirror luna-handlers' own ``monitoring`` section), the
+``OTEL_EXPORTER_LUNA_*`` environment variables, then keyword arguments. A bad value raises
+:class:`SettingsError` naming the setting and what it accepts. Secrets have no default and never
+appear in a message or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: URL of the InfluxDB (``http(s)://host:port``), ``file:///path`` for a line-protocol file, or
+#: ``console`` for standard output.
+OTEL_EXPORTER_LUNA_ENDPOINT = "OTEL_EXPORTER_LUNA_ENDPOINT"
+#: InfluxDB write API: ``1`` (``/write``), ``2`` (``/api/v2/write``) or ``auto`` (2 when a token
+#: is set, else 1).
+OTEL_EXPORTER_LUNA_API_VERSION = "OTEL_EXPORTER_LUNA_API_VERSION"
+#: 1.x API: database.
+OTEL_EXPORTER_LUNA_DATABASE = "OTEL_EXPORTER_LUNA_DATABASE"
+#: 1.x API: retention policy (the database's default when unset).
+OTEL_EXPORTER_LUNA_RETENTION_POLICY = "OTEL_EXPORTER_LUNA_RETENTION_POLICY"
+#: 1.x API: user name for basic authentication.
+OTEL_EXPORTER_LUNA_USERNAME = "OTEL_EXPORTER_LUNA_USERNAME"
+#: 1.x API: password for basic authentication (secret).
+OTEL_EXPORTER_LUNA_PASSWORD = "OTEL_EXPORTER_LUNA_PASSWORD"
+#: 2.x API: organization.
+OTEL_EXPORTER_LUNA_ORG = "OTEL_EXPORTER_LUNA_ORG"
+#: 2.x API: bucket.
+OTEL_EXPORTER_LUNA_BUCKET = "OTEL_EXPORTER_LUNA_BUCKET"
+#: 2.x API: token (secret).
+OTEL_EXPORTER_LUNA_TOKEN = "OTEL_EXPORTER_LUNA_TOKEN"
+#: Seconds between flushes of buffered points (luna-handlers' ``flushing_period``).
+OTEL_EXPORTER_LUNA_FLUSH_INTERVAL = "OTEL_EXPORTER_LUNA_FLUSH_INTERVAL"
+#: Most lines in one write; a full batch is written without waiting for the interval.
+OTEL_EXPORTER_LUNA_BATCH_SIZE = "OTEL_EXPORTER_LUNA_BATCH_SIZE"
+#: Seconds one write may take.
+OTEL_EXPORTER_LUNA_TIMEOUT = "OTEL_EXPORTER_LUNA_TIMEOUT"
+#: ``true`` to gzip request bodies.
+OTEL_EXPORTER_LUNA_GZIP = "OTEL_EXPORTER_LUNA_GZIP"
+#: Most lines held in memory waiting to be written; beyond it the oldest are dropped and counted.
+OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE = "OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE"
+#: Name of the sink in entry-point group ``otel_luna.sinks`` (default: chosen by the endpoint).
+OTEL_EXPORTER_LUNA_SINK = "OTEL_EXPORTER_LUNA_SINK"
+#: ``false`` turns the exporter into a no-op (luna-handlers' ``send_data_for_monitoring``).
+OTEL_EXPORTER_LUNA_ENABLED = "OTEL_EXPORTER_LUNA_ENABLED"
+#: Path of a TOML file whose ``[monitoring]`` section holds settings (environment wins).
+OTEL_EXPORTER_LUNA_CONFIG = "OTEL_EXPORTER_LUNA_CONFIG"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class SettingsError(ValueError):
+    """A setting has a value the exporter cannot use; ``setting`` names it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError("expected true or false")
+
+
+def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        number = kind(value)
+        if not number > 0 or number != number or number == float("inf"):
+            raise ValueError("expected a finite number > 0")
+        return number
+
+    return parse
+
+
+def _api_version(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("1", "2", "auto"):
+        raise ValueError("expected 1, 2 or auto")
+    return text
+
+
+def _endpoint(value: Any) -> str:
+    text = str(value).strip()
+    if text == "console":
+        return text
+    parts = urlsplit(text)
+    if parts.scheme == "file":
+        if not (parts.netloc + parts.path):
+            raise ValueError("a file:// endpoint needs a path, e.g. file:///var/lib/luna.lp")
+        return text
+    if parts.scheme in ("http", "https"):
+        if not parts.hostname:
+            raise ValueError("an http(s) endpoint needs a host, e.g. http://127.0.0.1:8086")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError:
+            raise ValueError("the port must be a number from 1 to 65535") from None
+        if parts.username or parts.password:
+            raise ValueError("put credentials in the username/password or token settings")
+        return text.rstrip("/")
+    raise ValueError("expected http(s)://host:port, file:///path or console")
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, (str, int)) or isinstance(value, bool):
+        raise ValueError("expected a string")
+    text = str(value)
+    if not text:
+        raise ValueError("must not be empty")
+    return text
+
+
+@dataclass(frozen=True)
+class _Spec:
+    env: str
+    toml: tuple[str, ...]
+    parse: Callable[[Any], Any]
+    accepts: str
+    secret: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The exporter's settings. Build with :meth:`load`; fields are documented in
+    ``docs/configuration.md``."""
+
+    endpoint: str = "http://127.0.0.1:8086"
+    api_version: str = "auto"
+    database: str = "luna_monitoring"
+    retention_policy: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    org: str | None = None
+    bucket: str = "luna_monitoring"
+    token: str | None = field(default=None, repr=False)
+    flush_interval: float = 1.0
+    batch_size: int = 5000
+    timeout: float = 10.0
+    gzip: bool = False
+    max_queue_size: int = 100_000
+    sink: str | None = None
+    enabled: bool = True
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Defaults, then the TOML file, then the environment, then ``overrides``."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        config_path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
+        if config_path:
+            values.update(_from_toml(config_path))
+        for name, spec in _SPECS.items():
+            raw = env.get(spec.env)
+            if raw is not None and raw.strip() != "":
+                values[name] = _convert(spec.env, spec, raw)
+        for name, value in overrides.items():
+            if name not in _SPECS:
+                raise SettingsError(name, f"unknown setting; known: {', '.join(_SPECS)}")
+            values[name] = None if value is None else _convert(name, _SPECS[name], value)
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        """Checks that need several settings at once."""
+        if self.resolved_api_version == "2" and not self.org:
+            raise SettingsError(
+                OTEL_EXPORTER_LUNA_ORG, "the 2.x API needs an organization (and usually a token)"
+            )
+        if bool(self.username) != bool(self.password):
+            raise SettingsError(
+                OTEL_EXPORTER_LUNA_USERNAME, "set both username and password, or neither"
+            )
+        return self
+
+    @property
+    def resolved_api_version(self) -> str:
+        """``1`` or ``2``: ``auto`` means 2 when a token is set."""
+        if self.api_version == "auto":
+            return "2" if self.token else "1"
+        return self.api_version
+
+    @property
+    def sink_name(self) -> str:
+        """Entry point in ``otel_luna.sinks`` that delivers the points."""
+        if self.sink:
+            return self.sink
+        if self.endpoint == "console":
+            return "console"
+        if self.endpoint.startswith("file:"):
+            return "file"
+        return f"influxdb-v{self.resolved_api_version}"
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes).validated()
+
+
+def _convert(setting: str, spec: _Spec, raw: Any) -> Any:
+    try:
+        return spec.parse(raw)
+    except (ValueError, TypeError) as error:
+        shown = "" if spec.secret else f" {str(raw)!r}:"
+        raise SettingsError(setting, f"bad value{shown} {error}; accepts {spec.accepts}") from None
+
+
+_SPECS: dict[str, _Spec] = {
+    "endpoint": _Spec(OTEL_EXPORTER_LUNA_ENDPOINT, ("endpoint",), _endpoint,
+                      "http(s)://host:port, file:///path or console"),
+    "api_version": _Spec(OTEL_EXPORTER_LUNA_API_VERSION, ("version",), _api_version,
+                         "1, 2 or auto"),
+    "database": _Spec(OTEL_EXPORTER_LUNA_DATABASE, ("database_name",), _text, "a database name"),
+    "retention_policy": _Spec(OTEL_EXPORTER_LUNA_RETENTION_POLICY, ("retention_policy",), _text,
+                              "a retention policy name"),
+    "username": _Spec(OTEL_EXPORTER_LUNA_USERNAME, ("user_name",), _text, "a user name"),
+    "password": _Spec(OTEL_EXPORTER_LUNA_PASSWORD, ("password",), _text, "a password", True),
+    "org": _Spec(OTEL_EXPORTER_LUNA_ORG, ("organization",), _text, "an organization name"),
+    "bucket": _Spec(OTEL_EXPORTER_LUNA_BUCKET, ("bucket",), _text, "a bucket name"),
+    "token": _Spec(OTEL_EXPORTER_LUNA_TOKEN, ("token",), _text, "an API token", True),
+    "flush_interval": _Spec(OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",),
+                            _positive(float), "seconds > 0"),
+    "batch_size": _Spec(OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), _positive(int),
+                        "an integer > 0"),
+    "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), _positive(float), "seconds > 0"),
+    "gzip": _Spec(OTEL_EXPORTER_LUNA_GZIP, ("gzip",), _parse_bool, "true or false"),
+    "max_queue_size": _Spec(OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE, ("max_queue_size",),
+                            _positive(int), "an integer > 0"),
+    "sink": _Spec(OTEL_EXPORTER_LUNA_SINK, ("sink",), _text,
+                  "the name of an entry point in group otel_luna.sinks"),
+    "enabled": _Spec(OTEL_EXPORTER_LUNA_ENABLED, ("send_data_for_monitoring",), _parse_bool,
+                     "true or false (1 or 0)"),
+}
+
+#: ``[monitoring]`` keys that build the endpoint, as in luna-handlers' configuration.
+_ENDPOINT_PARTS = ("host", "port", "use_ssl")
+
+
+def _from_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except OSError as error:
+        raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"cannot read {path}: {error.strerror}")
+    except tomllib.TOMLDecodeError as error:
+        raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"{path} is not valid TOML: {error}")
+    section = document.get("monitoring")
+    if not isinstance(section, dict):
+        raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"{path} has no [monitoring] section")
+    by_key = {key: name for name, spec in _SPECS.items() for key in spec.toml}
+    known = sorted([*by_key, *_ENDPOINT_PARTS])
+    values: dict[str, Any] = {}
+    for key, raw in section.items():
+        if key in _ENDPOINT_PARTS:
+            continue
+        name = by_key.get(key)
+        if name is None:
+            raise SettingsError(
+                f"[monitoring] {key}", f"unknown key in {path}; known keys: {', '.join(known)}"
+            )
+        values[name] = _convert(f"[monitoring] {key}", _SPECS[name], raw)
+    if "host" in section and "endpoint" not in section:
+        scheme = "https" if _convert("[monitoring] use_ssl", _SPECS["gzip"],
+                                     section.get("use_ssl", False)) else "http"
+        port = section.get("port", 8086)
+        endpoint = f"{scheme}://{section['host']}:{port}"
+        values["endpoint"] = _convert("[monitoring] host", _SPECS["endpoint"], endpoint)
+    return values
+
+
+def describe() -> list[tuple[str, str, str, Any, str]]:
+    """(field, environment variable, TOML key, default, accepted values) for every setting."""
+    defaults = Settings()
+    return [
+        (name, spec.env, spec.toml[0], None if spec.secret else getattr(defaults, name),
+         spec.accepts)
+        for name, spec in _SPECS.items()
+    ]

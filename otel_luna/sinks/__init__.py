@@ -1,0 +1,53 @@
+"""Sinks move encoded bytes to a destination. They never map or encode.
+
+A sink is any object with ``write(body: bytes) -> None`` (raising :class:`SinkError` when the
+destination did not take the body) and ``close() -> None``. Sinks are found by name in the
+entry-point group ``otel_luna.sinks``; each entry point is a callable taking the
+:class:`~otel_luna.settings.Settings`. Third-party packages add destinations the same way.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from otel_luna.settings import Settings
+
+#: Entry-point group of sink factories.
+SINK_GROUP = "otel_luna.sinks"
+
+
+class Sink(Protocol):
+    """Where encoded lines go."""
+
+    def write(self, body: bytes) -> None:
+        """Deliver ``body`` (newline-terminated lines) or raise :class:`SinkError`."""
+
+    def close(self) -> None:
+        """Release connections and files."""
+
+
+class SinkError(Exception):
+    """A write failed. ``retryable`` says whether the same body may succeed later."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+def load_sink(settings: Settings) -> Sink:
+    """The sink named by ``settings.sink_name``, built from ``settings``."""
+    from otel_luna.settings import OTEL_EXPORTER_LUNA_SINK, SettingsError
+
+    name = settings.sink_name
+    found = entry_points(group=SINK_GROUP, name=name)
+    if not found:
+        known = sorted(ep.name for ep in entry_points(group=SINK_GROUP))
+        raise SettingsError(
+            OTEL_EXPORTER_LUNA_SINK, f"no sink named {name!r}; installed: {', '.join(known)}"
+        )
+    factory = next(iter(found)).load()
+    sink: Sink = factory(settings)
+    return sink

@@ -1,0 +1,57 @@
+"""InfluxDB 2.x ``/api/v2/write`` through ``influxdb-client``: org, bucket, token, gzip.
+
+The body is already line protocol: influxdb-client only transports it (its ``Point`` is several
+times slower than our encoder, see ``benchmarks/encoder.py``).
+"""
+
+from __future__ import annotations
+
+from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.rest import ApiException
+from urllib3.exceptions import HTTPError
+
+from otel_luna.settings import Settings
+from otel_luna.sinks import SinkError
+
+_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class InfluxV2Sink:
+    """Writes with ``WriteApi.write(bucket, org, record=bytes)`` in synchronous mode."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._bucket = settings.bucket
+        self._org = settings.org or ""
+        self._where = f"{settings.endpoint}/api/v2/write?bucket={settings.bucket}"
+        self._client = InfluxDBClient(
+            url=settings.endpoint,
+            token=settings.token or "",
+            org=self._org,
+            timeout=int(settings.timeout * 1000),
+            enable_gzip=settings.gzip,
+            retries=False,
+        )
+        self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def write(self, body: bytes) -> None:
+        try:
+            self._write_api.write(
+                bucket=self._bucket, org=self._org, record=body, write_precision=WritePrecision.NS
+            )
+        except ApiException as error:
+            status = int(error.status or 0)
+            reason = (error.body or error.reason or "")
+            if isinstance(reason, bytes):
+                reason = reason.decode(errors="replace")
+            raise SinkError(
+                f"{self._where}: HTTP {status}: {str(reason)[:500]}",
+                retryable=status in _RETRYABLE_STATUS or status == 0,
+                status=status,
+            ) from None
+        except HTTPError as error:
+            raise SinkError(f"{self._where}: {type(error).__name__}", retryable=True) from None
+
+    def close(self) -> None:
+        self._write_api.close()
+        self._client.close()
