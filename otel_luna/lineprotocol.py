@@ -8,8 +8,11 @@ space; string field values escape ``"`` and ``\\``. What line protocol cannot ca
 * an empty tag value is dropped (``empty_tag_value``);
 * a string field longer than :data:`MAX_STRING_FIELD_BYTES` is truncated (``truncated_string``);
 * an integer outside int64 is dropped (``int_out_of_range``);
-* a key or tag value containing a newline or ending in a backslash (ambiguous on the wire), an
-  empty key, or a point left with no field is rejected (:class:`InvalidPointError`).
+* a key or tag value containing a newline, or a backslash before ``,``, ``=``, space, ``"``, another
+  backslash or the end (InfluxDB reads those as escapes whatever is sent), a
+  measurement starting with ``#`` (a comment), a measurement or field key starting with a tab or
+  NUL (skipped by the parser), an empty key,
+  or a point left with no field is rejected (:class:`InvalidPointError`).
 
 Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
 """
@@ -17,6 +20,7 @@ Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 from collections.abc import Iterable
 
@@ -29,6 +33,8 @@ _TAG_CACHE_LIMIT = 4096
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
+# InfluxDB 1.x reads "\\" followed by these as an escape, whatever we send: not representable.
+_AMBIGUOUS_BACKSLASH = re.compile(r'\\(?:[,= \\"]|$)')
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
@@ -45,8 +51,18 @@ def _check_name(kind: str, text: str) -> None:
         raise InvalidPointError(f"empty_{kind}", f"{kind} is empty")
     if "\n" in text or "\r" in text:
         raise InvalidPointError(f"newline_in_{kind}", f"{kind} {text!r} contains a newline")
-    if text[-1] == "\\":
-        raise InvalidPointError(f"backslash_end_{kind}", f"{kind} {text!r} ends in a backslash")
+    if "\\" in text and _AMBIGUOUS_BACKSLASH.search(text):
+        raise InvalidPointError(
+            f"backslash_in_{kind}",
+            f"{kind} {text!r} has a backslash before , = space \" or backslash, or at its end",
+        )
+
+
+def _check_start(kind: str, text: str) -> None:
+    if text[0] in "\t\x00":
+        raise InvalidPointError(
+            f"whitespace_start_{kind}", f"{kind} {text!r} starts with a tab or NUL the parser skips"
+        )
 
 
 class LineProtocolEncoder:
@@ -88,6 +104,7 @@ class LineProtocolEncoder:
         _check_name("measurement", name)
         if name[0] == "#":
             raise InvalidPointError("comment_measurement", f"measurement {name!r} starts with #")
+        _check_start("measurement", name)
         encoded = name.translate(_MEASUREMENT_ESCAPES)
         if len(self._measurements) < _TAG_CACHE_LIMIT:
             self._measurements[name] = encoded
@@ -115,6 +132,7 @@ class LineProtocolEncoder:
         encoded = self._field_keys.get(key)
         if encoded is None:
             _check_name("field_key", key)
+            _check_start("field_key", key)  # the first key follows a space
             encoded = key.translate(_KEY_ESCAPES)
             if len(self._field_keys) < _TAG_CACHE_LIMIT:
                 self._field_keys[key] = encoded

@@ -1,0 +1,68 @@
+"""Session-wide fixtures: real InfluxDB 1.x and VictoriaMetrics servers on 127.0.0.1.
+
+Servers start on first use, once per test session, each on free ports in its own temporary
+directory, and are stopped (by the PID started here) when the session ends. A missing binary or
+a server that does not start fails the test loudly; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+_TESTS_DIR = str(Path(__file__).resolve().parent)
+if _TESTS_DIR not in sys.path:
+    sys.path.insert(0, _TESTS_DIR)
+
+from servers import (  # noqa: E402
+    InfluxDB1,
+    ServerError,
+    VictoriaMetrics,
+    start_influxdb1,
+    start_victoria_metrics,
+)
+
+_Server = TypeVar("_Server", InfluxDB1, VictoriaMetrics)
+
+
+def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _Server:
+    """Start a server or fail the requesting tests loudly, with the server's log tail."""
+    try:
+        return start(root)
+    except ServerError as exc:
+        message = f"{what} test server unavailable: {exc}"
+    pytest.fail(message, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    """A real InfluxDB 1.x (influxd) for the whole session; see ``servers.InfluxDB1``."""
+    server = _start_or_fail("InfluxDB 1.x", start_influxdb1, tmp_path_factory.mktemp("influxdb1"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def influxdb1_database(influxdb1: InfluxDB1) -> Iterator[str]:
+    """The name of a new, empty InfluxDB 1.x database for one test (dropped afterwards)."""
+    name = influxdb1.fresh_database()
+    yield name
+    influxdb1.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
+    """A real VictoriaMetrics for the whole session; see ``servers.VictoriaMetrics``."""
+    server = _start_or_fail(
+        "VictoriaMetrics", start_victoria_metrics, tmp_path_factory.mktemp("victoria_metrics")
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
