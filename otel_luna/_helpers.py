@@ -43,7 +43,7 @@ def add_fields(**fields: str | int | float | bool) -> None:
         span.set_attributes({attr.FIELD_PREFIX + name: value for name, value in fields.items()})
 
 
-class monitor_time:  # noqa: N801 - used like a function, as luna-handlers' monitorTime
+class monitor_time:
     """Time a stage of the request into field ``field`` (float seconds): ``luna.time.<field>``.
 
     A context manager or decorator. Timing the same field twice in a request adds the durations.

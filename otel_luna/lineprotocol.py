@@ -54,7 +54,7 @@ def _check_name(kind: str, text: str) -> None:
     if "\\" in text and _AMBIGUOUS_BACKSLASH.search(text):
         raise InvalidPointError(
             f"backslash_in_{kind}",
-            f"{kind} {text!r} has a backslash before , = space \" or backslash, or at its end",
+            f'{kind} {text!r} has a backslash before , = space " or backslash, or at its end',
         )
 
 
@@ -80,7 +80,7 @@ class LineProtocolEncoder:
 
     def encode(self, points: Iterable[Point]) -> list[str]:
         """Encode ``points`` to lines (no trailing newline); invalid points are counted, skipped."""
-        lines = []
+        lines: list[str] = []
         append = lines.append
         for point in points:
             try:
@@ -146,7 +146,7 @@ class LineProtocolEncoder:
                 text = self._string(value)  # type: ignore[arg-type]
                 parts.append(f'{self._field_key(key)}="{text}"')
             elif kind is float:
-                if math.isfinite(value):
+                if math.isfinite(value):  # type: ignore[arg-type]
                     parts.append(f"{self._field_key(key)}={value!r}")
                 else:
                     self.counts["nonfinite_field"] += 1

@@ -145,7 +145,9 @@ class RequestMapper:
                 return
         elif key.startswith(attr.TAG_PREFIX):
             if type(value) in (str, int, float, bool):
-                extra.tags[key[_TAG_LEN:]] = str(value).lower() if type(value) is bool else str(value)
+                extra.tags[key[_TAG_LEN:]] = (
+                    str(value).lower() if type(value) is bool else str(value)
+                )
                 return
         elif key.startswith(attr.FIELD_PREFIX):
             if type(value) in (str, int, float, bool):
@@ -220,11 +222,7 @@ class RequestMapper:
         if extra is not None and extra.times:
             fields.update(extra.times)
         points = [Point(schema.REQUESTS, tags, fields, start_ns)]
-        failed = (
-            status_error
-            or error_code is not None
-            or (status is not None and status >= 400)
-        )
+        failed = status_error or error_code is not None or (status is not None and status >= 400)
         if failed:
             error_tags = {
                 **base_tags,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
-FieldValue = Union[int, float, str, bool]
+FieldValue = int | float | str | bool
 
 
 class Point(NamedTuple):

@@ -166,9 +166,7 @@ class Settings:
     enabled: bool = True
 
     @classmethod
-    def load(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Defaults, then the TOML file, then the environment, then ``overrides``."""
         env = os.environ if environ is None else environ
         values: dict[str, Any] = {}
@@ -229,30 +227,47 @@ def _convert(setting: str, spec: _Spec, raw: Any) -> Any:
 
 
 _SPECS: dict[str, _Spec] = {
-    "endpoint": _Spec(OTEL_EXPORTER_LUNA_ENDPOINT, ("endpoint",), _endpoint,
-                      "http(s)://host:port, file:///path or console"),
-    "api_version": _Spec(OTEL_EXPORTER_LUNA_API_VERSION, ("version",), _api_version,
-                         "1, 2 or auto"),
+    "endpoint": _Spec(
+        OTEL_EXPORTER_LUNA_ENDPOINT,
+        ("endpoint",),
+        _endpoint,
+        "http(s)://host:port, file:///path or console",
+    ),
+    "api_version": _Spec(
+        OTEL_EXPORTER_LUNA_API_VERSION, ("version",), _api_version, "1, 2 or auto"
+    ),
     "database": _Spec(OTEL_EXPORTER_LUNA_DATABASE, ("database_name",), _text, "a database name"),
-    "retention_policy": _Spec(OTEL_EXPORTER_LUNA_RETENTION_POLICY, ("retention_policy",), _text,
-                              "a retention policy name"),
+    "retention_policy": _Spec(
+        OTEL_EXPORTER_LUNA_RETENTION_POLICY, ("retention_policy",), _text, "a retention policy name"
+    ),
     "username": _Spec(OTEL_EXPORTER_LUNA_USERNAME, ("user_name",), _text, "a user name"),
     "password": _Spec(OTEL_EXPORTER_LUNA_PASSWORD, ("password",), _text, "a password", True),
     "org": _Spec(OTEL_EXPORTER_LUNA_ORG, ("organization",), _text, "an organization name"),
     "bucket": _Spec(OTEL_EXPORTER_LUNA_BUCKET, ("bucket",), _text, "a bucket name"),
     "token": _Spec(OTEL_EXPORTER_LUNA_TOKEN, ("token",), _text, "an API token", True),
-    "flush_interval": _Spec(OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",),
-                            _positive(float), "seconds > 0"),
-    "batch_size": _Spec(OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), _positive(int),
-                        "an integer > 0"),
+    "flush_interval": _Spec(
+        OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",), _positive(float), "seconds > 0"
+    ),
+    "batch_size": _Spec(
+        OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), _positive(int), "an integer > 0"
+    ),
     "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), _positive(float), "seconds > 0"),
     "gzip": _Spec(OTEL_EXPORTER_LUNA_GZIP, ("gzip",), _parse_bool, "true or false"),
-    "max_queue_size": _Spec(OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE, ("max_queue_size",),
-                            _positive(int), "an integer > 0"),
-    "sink": _Spec(OTEL_EXPORTER_LUNA_SINK, ("sink",), _text,
-                  "the name of an entry point in group otel_luna.sinks"),
-    "enabled": _Spec(OTEL_EXPORTER_LUNA_ENABLED, ("send_data_for_monitoring",), _parse_bool,
-                     "true or false (1 or 0)"),
+    "max_queue_size": _Spec(
+        OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE, ("max_queue_size",), _positive(int), "an integer > 0"
+    ),
+    "sink": _Spec(
+        OTEL_EXPORTER_LUNA_SINK,
+        ("sink",),
+        _text,
+        "the name of an entry point in group otel_luna.sinks",
+    ),
+    "enabled": _Spec(
+        OTEL_EXPORTER_LUNA_ENABLED,
+        ("send_data_for_monitoring",),
+        _parse_bool,
+        "true or false (1 or 0)",
+    ),
 }
 
 #: ``[monitoring]`` keys that build the endpoint, as in luna-handlers' configuration.
@@ -264,9 +279,13 @@ def _from_toml(path: str) -> dict[str, Any]:
         with open(path, "rb") as file:
             document = tomllib.load(file)
     except OSError as error:
-        raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"cannot read {path}: {error.strerror}")
+        raise SettingsError(
+            OTEL_EXPORTER_LUNA_CONFIG, f"cannot read {path}: {error.strerror}"
+        ) from None
     except tomllib.TOMLDecodeError as error:
-        raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"{path} is not valid TOML: {error}")
+        raise SettingsError(
+            OTEL_EXPORTER_LUNA_CONFIG, f"{path} is not valid TOML: {error}"
+        ) from None
     section = document.get("monitoring")
     if not isinstance(section, dict):
         raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"{path} has no [monitoring] section")
@@ -283,8 +302,11 @@ def _from_toml(path: str) -> dict[str, Any]:
             )
         values[name] = _convert(f"[monitoring] {key}", _SPECS[name], raw)
     if "host" in section and "endpoint" not in section:
-        scheme = "https" if _convert("[monitoring] use_ssl", _SPECS["gzip"],
-                                     section.get("use_ssl", False)) else "http"
+        scheme = (
+            "https"
+            if _convert("[monitoring] use_ssl", _SPECS["gzip"], section.get("use_ssl", False))
+            else "http"
+        )
         port = section.get("port", 8086)
         endpoint = f"{scheme}://{section['host']}:{port}"
         values["endpoint"] = _convert("[monitoring] host", _SPECS["endpoint"], endpoint)
@@ -295,7 +317,12 @@ def describe() -> list[tuple[str, str, str, Any, str]]:
     """(field, environment variable, TOML key, default, accepted values) for every setting."""
     defaults = Settings()
     return [
-        (name, spec.env, spec.toml[0], None if spec.secret else getattr(defaults, name),
-         spec.accepts)
+        (
+            name,
+            spec.env,
+            spec.toml[0],
+            None if spec.secret else getattr(defaults, name),
+            spec.accepts,
+        )
         for name, spec in _SPECS.items()
     ]

@@ -25,8 +25,9 @@ def test_registered_under_the_luna_name() -> None:
     assert found.load() is LunaSpanExporter
 
 
-def test_no_argument_constructor_reads_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                                       tmp_path: Path) -> None:
+def test_no_argument_constructor_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     """LunaSpanExporter() takes its settings from OTEL_EXPORTER_LUNA_* variables."""
     target = tmp_path / "out.lp"
     monkeypatch.setenv("OTEL_EXPORTER_LUNA_ENDPOINT", f"file://{target}")
@@ -44,7 +45,7 @@ def test_bad_setting_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_export_never_raises() -> None:
     """Garbage handed to export() gives FAILURE and a count, not an exception."""
-    exporter, sink = in_memory_exporter()
+    exporter, _ = in_memory_exporter()
     garbage: Any = [object(), None]
     assert exporter.export(garbage) is SpanExportResult.FAILURE
     assert exporter.counts["export_error"] == 2
@@ -79,9 +80,15 @@ def test_process_exit_flushes(tmp_path: Path) -> None:
                 pass
         """
     )
-    env = {**os.environ, "OTEL_EXPORTER_LUNA_ENDPOINT": f"file://{target}",
-           "OTEL_EXPORTER_LUNA_FLUSH_INTERVAL": "3600", "OTEL_SERVICE_NAME": "svc"}
+    env = {
+        **os.environ,
+        "OTEL_EXPORTER_LUNA_ENDPOINT": f"file://{target}",
+        "OTEL_EXPORTER_LUNA_FLUSH_INTERVAL": "3600",
+        "OTEL_SERVICE_NAME": "svc",
+    }
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=60)
     lines = target.read_text().splitlines()
     assert len(lines) == 25
-    assert all(line.startswith("requests,route=GET:/v,service=svc,status_code=200 ") for line in lines)
+    assert all(
+        line.startswith("requests,route=GET:/v,service=svc,status_code=200 ") for line in lines
+    )

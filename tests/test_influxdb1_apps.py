@@ -63,18 +63,28 @@ def test_flask_requests_series(influxdb1: InfluxDB1, influxdb1_database: str) ->
     rows = run_flask(influxdb1, influxdb1_database)
     assert len(rows) == len(TRAFFIC)
     counted = Counter((row["route"], row["status_code"]) for row in rows)
-    assert counted == Counter({
-        ("POST:/extractor", "201"): 7,
-        ("POST:/extractor", "400"): 3,
-        ("POST:/handlers/<handler_id>/events", "201"): 7,
-        ("GET:/version", "200"): 4,
-        ("GET:/missing", "404"): 2,
-    })
+    assert counted == Counter(
+        {
+            ("POST:/extractor", "201"): 7,
+            ("POST:/extractor", "400"): 3,
+            ("POST:/handlers/<handler_id>/events", "201"): 7,
+            ("GET:/version", "200"): 4,
+            ("GET:/missing", "404"): 2,
+        }
+    )
     assert keys(influxdb1, influxdb1_database, "SHOW TAG KEYS", "requests") == {
-        "handler_id": "tag", "route": "tag", "service": "tag", "status_code": "tag"}
+        "handler_id": "tag",
+        "route": "tag",
+        "service": "tag",
+        "status_code": "tag",
+    }
     assert keys(influxdb1, influxdb1_database, "SHOW FIELD KEYS", "requests") == {
-        "request_id": "string", "execution_time": "float", "save_samples_time": "float",
-        "download_images_time": "float", "event_storage_policy_time": "float"}
+        "request_id": "string",
+        "execution_time": "float",
+        "save_samples_time": "float",
+        "download_images_time": "float",
+        "event_storage_policy_time": "float",
+    }
     for row in rows:
         assert row["service"] == "luna-handlers"
         assert len(row["request_id"]) == 32 and row["execution_time"] > 0
@@ -83,23 +93,33 @@ def test_flask_requests_series(influxdb1: InfluxDB1, influxdb1_database: str) ->
         assert (row["download_images_time"] is not None) == on_handler
         assert (row["save_samples_time"] is not None) == row["route"].startswith("POST:/extractor")
     errors = influxdb1.select("SELECT * FROM errors", influxdb1_database)
-    assert Counter((row["route"], row["error_code"]) for row in errors) == Counter({
-        ("POST:/extractor", "12031"): 3, ("GET:/missing", "0"): 2})
+    assert Counter((row["route"], row["error_code"]) for row in errors) == Counter(
+        {("POST:/extractor", "12031"): 3, ("GET:/missing", "0"): 2}
+    )
     assert keys(influxdb1, influxdb1_database, "SHOW TAG KEYS", "errors") == {
-        "error_code": "tag", "route": "tag", "service": "tag", "status_code": "tag"}
+        "error_code": "tag",
+        "route": "tag",
+        "service": "tag",
+        "status_code": "tag",
+    }
     assert keys(influxdb1, influxdb1_database, "SHOW FIELD KEYS", "errors") == {
-        "request_id": "string"}
+        "request_id": "string"
+    }
 
 
 @pytest.mark.parametrize("opt_in", ["http", "http/dup"])
-def test_semantic_conventions_give_identical_points(
-    influxdb1: InfluxDB1, opt_in: str
-) -> None:
+def test_semantic_conventions_give_identical_points(influxdb1: InfluxDB1, opt_in: str) -> None:
     """Old, new and duplicated HTTP conventions of a real app give the same points."""
+
     def shape(rows: list[dict[str, Any]]) -> Counter[tuple[Any, ...]]:
         return Counter(
-            tuple(sorted((k, v) for k, v in row.items()
-                         if k not in ("time", "request_id") and not k.endswith("_time")))
+            tuple(
+                sorted(
+                    (k, v)
+                    for k, v in row.items()
+                    if k not in ("time", "request_id") and not k.endswith("_time")
+                )
+            )
             for row in rows
         )
 

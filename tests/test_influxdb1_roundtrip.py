@@ -18,12 +18,27 @@ TEXT = st.lists(st.one_of(TRICKY, st.characters(codec="utf-8")), max_size=12).ma
 _times = itertools.count(1_700_000_000_000_000_000, 1_000)
 
 
-@settings(max_examples=int(os.environ.get("ROUNDTRIP_EXAMPLES", "200")), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(measurement=TEXT, tag_key=TEXT, tag_value=TEXT, field_key=TEXT, text=TEXT,
-       number=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63 - 1))
+@settings(
+    max_examples=int(os.environ.get("ROUNDTRIP_EXAMPLES", "200")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    measurement=TEXT,
+    tag_key=TEXT,
+    tag_value=TEXT,
+    field_key=TEXT,
+    text=TEXT,
+    number=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**63), 2**63 - 1),
+)
 def test_arbitrary_unicode_round_trips_or_is_rejected(
-    influxdb1: InfluxDB1, measurement: str, tag_key: str, tag_value: str, field_key: str,
-    text: str, number: float,
+    influxdb1: InfluxDB1,
+    measurement: str,
+    tag_key: str,
+    tag_value: str,
+    field_key: str,
+    text: str,
+    number: float,
 ) -> None:
     """Each point is stored exactly as given, or rejected by the encoder with a counted reason."""
     encoder = LineProtocolEncoder()

@@ -82,23 +82,32 @@ def test_golden(case: dict[str, Any], convention: Any) -> None:
 
 def test_span_status_error_marks_failure() -> None:
     """A span with status ERROR and a 200 response still gives an errors point."""
-    lines = map_lines(new_semconv({"method": "GET", "route": "/x", "path": "/x", "status": 200}),
-                      status_error=True)
+    lines = map_lines(
+        new_semconv({"method": "GET", "route": "/x", "path": "/x", "status": 200}),
+        status_error=True,
+    )
     assert [line.split(",")[0] for line in lines] == ["requests", "errors"]
     assert ",error_code=0," in lines[1]
 
 
 def test_other_method_uses_original() -> None:
     """An HTTP method reported as _OTHER is written with its original spelling."""
-    attributes = {"http.request.method": "_OTHER", "http.request.method_original": "PURGE",
-                  "http.route": "/cache", "http.response.status_code": 204}
+    attributes = {
+        "http.request.method": "_OTHER",
+        "http.request.method_original": "PURGE",
+        "http.route": "/cache",
+        "http.response.status_code": 204,
+    }
     assert map_lines(attributes)[0].startswith("requests,route=PURGE:/cache,")
 
 
 def test_base_tags_win_over_additional_tags() -> None:
     """An additional tag cannot overwrite route, service or status_code."""
-    attributes = {**new_semconv({"method": "GET", "route": "/v", "path": "/v", "status": 200}),
-                  "luna.tag.route": "spoofed", "luna.tag.service": "spoofed"}
+    attributes = {
+        **new_semconv({"method": "GET", "route": "/v", "path": "/v", "status": 200}),
+        "luna.tag.route": "spoofed",
+        "luna.tag.service": "spoofed",
+    }
     assert "spoofed" not in map_lines(attributes)[0]
 
 
@@ -107,14 +116,23 @@ def test_non_server_spans_give_nothing() -> None:
     mapper = RequestMapper()
     attributes = old_semconv({"method": "GET", "route": "/x", "path": "/x", "status": 500})
     for span_id in range(1, 5):
-        assert mapper.add(attributes, False, TRACE_ID, span_id, None, START, START + 1, True, "s") == []
+        assert (
+            mapper.add(attributes, False, TRACE_ID, span_id, None, START, START + 1, True, "s")
+            == []
+        )
 
 
 def test_unsupported_luna_values_are_counted() -> None:
     """A luna attribute of an unusable type is skipped and counted, the point still written."""
     mapper = RequestMapper()
-    attributes = {"http.method": "GET", "http.route": "/x", "http.status_code": 200,
-                  "luna.tag.list": ("a", "b"), "luna.time.stage_time": "slow", "luna.bogus": 1}
+    attributes = {
+        "http.method": "GET",
+        "http.route": "/x",
+        "http.status_code": 200,
+        "luna.tag.list": ("a", "b"),
+        "luna.time.stage_time": "slow",
+        "luna.bogus": 1,
+    }
     points = mapper.add(attributes, True, TRACE_ID, 1, None, START, START + 1, False, "s")
     assert len(points) == 1
     assert "list" not in dict(points[0].tags) and "stage_time" not in points[0].fields
@@ -127,9 +145,30 @@ def test_children_merge_into_server_ancestor() -> None:
     mapper = RequestMapper()
     http = new_semconv({"method": "POST", "route": "/detector", "path": "/detector", "status": 200})
     # span ids: 1 server, 2 child, 3 and 4 grandchildren; children end first.
-    assert mapper.add({"luna.time.save_samples_time": 0.5}, False, TRACE_ID, 3, 2, START, START + 5, False, "") == []
-    assert mapper.add({"luna.time.save_samples_time": 0.25, "luna.tag.kind": "face"}, False, TRACE_ID, 4, 2, START, START + 6, False, "") == []
-    assert mapper.add({"luna.request_id": "r-1"}, False, TRACE_ID, 2, 1, START, START + 7, False, "") == []
+    assert (
+        mapper.add(
+            {"luna.time.save_samples_time": 0.5}, False, TRACE_ID, 3, 2, START, START + 5, False, ""
+        )
+        == []
+    )
+    assert (
+        mapper.add(
+            {"luna.time.save_samples_time": 0.25, "luna.tag.kind": "face"},
+            False,
+            TRACE_ID,
+            4,
+            2,
+            START,
+            START + 6,
+            False,
+            "",
+        )
+        == []
+    )
+    assert (
+        mapper.add({"luna.request_id": "r-1"}, False, TRACE_ID, 2, 1, START, START + 7, False, "")
+        == []
+    )
     assert mapper.pending == 1
     (point,) = mapper.add(http, True, TRACE_ID, 1, None, START, START + 8, False, "svc")
     assert point.fields["save_samples_time"] == 0.75
@@ -142,8 +181,17 @@ def test_pending_child_data_expires() -> None:
     """Child data whose SERVER ancestor never ends is dropped after the TTL and counted."""
     mapper = RequestMapper(pending_ttl_ns=1000, pending_limit=10)
     for span_id in range(2, 1100):
-        mapper.add({"luna.tag.x": "1"}, False, TRACE_ID, span_id, span_id + 10_000,
-                   START + span_id * 10, START + span_id * 10, False, "")
+        mapper.add(
+            {"luna.tag.x": "1"},
+            False,
+            TRACE_ID,
+            span_id,
+            span_id + 10_000,
+            START + span_id * 10,
+            START + span_id * 10,
+            False,
+            "",
+        )
     assert mapper.pending <= 10
     assert mapper.counts["expired_luna_attributes"] >= 1088
 
@@ -157,13 +205,22 @@ def test_sdk_span_through_exporter_with_nested_helpers() -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "luna-handlers"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("test")
-    http = old_semconv({"method": "POST", "route": "/handlers/{handler_id}/events",
-                        "path": "/handlers/h1/events", "status": 200})
+    http = old_semconv(
+        {
+            "method": "POST",
+            "route": "/handlers/{handler_id}/events",
+            "path": "/handlers/h1/events",
+            "status": 200,
+        }
+    )
     with tracer.start_as_current_span("request", kind=SpanKind.SERVER, attributes=http) as span:
         otel_luna.add_tags(handler_id="h1")
-        with tracer.start_as_current_span("inner"), tracer.start_as_current_span("deeper"):
-            with otel_luna.monitor_time("face_storage_policy_time"):
-                otel_luna.set_error(31001)
+        with (
+            tracer.start_as_current_span("inner"),
+            tracer.start_as_current_span("deeper"),
+            otel_luna.monitor_time("face_storage_policy_time"),
+        ):
+            otel_luna.set_error(31001)
         span.set_status(Status(StatusCode.OK))
     assert exporter.force_flush(5000)
     lines = sink.lines

@@ -68,7 +68,7 @@ def test_bad_values_name_the_setting(env: dict[str, str], setting: str) -> None:
 def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
     """A typo in the [monitoring] section fails naming the key."""
     config = tmp_path / "luna.toml"
-    config.write_text('[monitoring]\nflushing_perod = 1\n')
+    config.write_text("[monitoring]\nflushing_perod = 1\n")
     with pytest.raises(SettingsError, match=r"\[monitoring\] flushing_perod: unknown key"):
         Settings.load({"OTEL_EXPORTER_LUNA_CONFIG": str(config)})
 
@@ -76,8 +76,12 @@ def test_unknown_toml_key_is_named(tmp_path: Path) -> None:
 def test_secrets_never_shown() -> None:
     """Tokens and passwords appear neither in repr nor in error messages."""
     settings = Settings.load(
-        {"OTEL_EXPORTER_LUNA_PASSWORD": "hunter2", "OTEL_EXPORTER_LUNA_USERNAME": "u",
-         "OTEL_EXPORTER_LUNA_TOKEN": "tok-XYZ", "OTEL_EXPORTER_LUNA_API_VERSION": "1"}
+        {
+            "OTEL_EXPORTER_LUNA_PASSWORD": "hunter2",
+            "OTEL_EXPORTER_LUNA_USERNAME": "u",
+            "OTEL_EXPORTER_LUNA_TOKEN": "tok-XYZ",
+            "OTEL_EXPORTER_LUNA_API_VERSION": "1",
+        }
     )
     assert "hunter2" not in repr(settings) and "tok-XYZ" not in repr(settings)
     with pytest.raises(SettingsError) as caught:
@@ -91,3 +95,11 @@ def test_describe_covers_every_setting() -> None:
     assert names == set(Settings.__dataclass_fields__)
     for _, env, _, _, accepts in describe():
         assert env.startswith("OTEL_EXPORTER_LUNA_") and accepts
+
+
+def test_configuration_doc_lists_every_setting_and_default() -> None:
+    """docs/configuration.md has a row for every setting with its real default."""
+    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    for _, env, toml, default, _ in describe():
+        shown = "*(none)*" if default is None else f"`{default}`"
+        assert f"| `{env}` | `{toml}` | {shown} |" in doc, env

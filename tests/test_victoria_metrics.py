@@ -44,7 +44,8 @@ def test_flask_app_through_influxdb_client(victoria_metrics: VictoriaMetrics) ->
     assert sum(counted.values()) == len(TRAFFIC)
     assert counted["POST:/extractor", "400"] == 3
     stages = victoria_metrics.wait_for(
-        f'{{__name__="requests_download_images_time",service="{service}"}}', 7)
+        f'{{__name__="requests_download_images_time",service="{service}"}}', 7
+    )
     assert {one["metric"]["route"] for one in stages} == {"POST:/handlers/<handler_id>/events"}
     errors = victoria_metrics.wait_for(f'{{__name__="errors_request_id",service="{service}"}}', 5)
     codes = Counter(one["metric"]["error_code"] for one in errors for _ in one["values"])

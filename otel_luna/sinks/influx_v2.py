@@ -6,8 +6,9 @@ times slower than our encoder, see ``benchmarks/encoder.py``).
 
 from __future__ import annotations
 
-from influxdb_client import InfluxDBClient, WritePrecision
+from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
+from influxdb_client.domain.write_precision import WritePrecision
 from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
@@ -37,11 +38,14 @@ class InfluxV2Sink:
     def write(self, body: bytes) -> None:
         try:
             self._write_api.write(
-                bucket=self._bucket, org=self._org, record=body, write_precision=WritePrecision.NS
+                bucket=self._bucket,
+                org=self._org,
+                record=body,
+                write_precision=WritePrecision.NS,  # type: ignore[arg-type] # a str enum member
             )
         except ApiException as error:
             status = int(error.status or 0)
-            reason = (error.body or error.reason or "")
+            reason = error.body or error.reason or ""
             if isinstance(reason, bytes):
                 reason = reason.decode(errors="replace")
             raise SinkError(
@@ -53,5 +57,5 @@ class InfluxV2Sink:
             raise SinkError(f"{self._where}: {type(error).__name__}", retryable=True) from None
 
     def close(self) -> None:
-        self._write_api.close()
-        self._client.close()
+        self._write_api.close()  # type: ignore[no-untyped-call] # influxdb-client is untyped here
+        self._client.close()  # type: ignore[no-untyped-call]
