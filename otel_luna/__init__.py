@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from otel_luna._helpers import add_fields, add_tags, monitor_time, set_error, set_request_id
-from otel_luna.exporter import LunaSpanExporter
+from otel_luna._helpers import (
+    add_fields,
+    add_tags,
+    monitor_time,
+    record_license,
+    record_usages,
+    set_error,
+    set_request_id,
+)
+from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
 from otel_luna.point import Point
 from otel_luna.settings import Settings, SettingsError
 
 __all__ = [
+    "LunaMetricExporter",
     "LunaSpanExporter",
     "Point",
     "Settings",
@@ -15,6 +24,8 @@ __all__ = [
     "add_fields",
     "add_tags",
     "monitor_time",
+    "record_license",
+    "record_usages",
     "set_error",
     "set_request_id",
 ]

@@ -30,3 +30,21 @@ HTTP_PATH = ("url.path", "http.target")
 HTTP_URL = ("url.full", "http.url")
 
 SERVICE_NAME = "service.name"
+
+# -- usages_statistic: an OpenTelemetry counter ------------------------------------------------
+#: Monotonic counter of SDK estimations; one data point stream per estimator.
+USAGES_INSTRUMENT = "luna.usages"
+#: Attribute of ``luna.usages`` naming the estimator (``face_detector``, ...).
+ESTIMATOR = "luna.estimator"
+
+# -- licensing: one span per licence check -------------------------------------------------------
+#: Name of the span :func:`otel_luna.record_license` starts and ends at once.
+LICENSE_SPAN = "luna.license_check"
+#: String, one of ok, warning, error, exception. Its presence makes a span a licence check.
+LICENSE_STATUS = "luna.license.status"
+#: Integer: liveness estimations left before the licence expires.
+LICENSE_LIVENESS_BALANCE = "luna.license.liveness_balance"
+#: String array: licence warning messages.
+LICENSE_WARNINGS = "luna.license.warnings"
+#: String array: licence error messages.
+LICENSE_ERRORS = "luna.license.errors"

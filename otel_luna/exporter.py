@@ -1,33 +1,42 @@
-"""``LunaSpanExporter``: the SDK-facing edge. Spans in, lines handed to delivery, never raises."""
+"""The SDK-facing edge: spans and metrics in, lines handed to delivery, never raises."""
 
 from __future__ import annotations
 
 import logging
-import threading
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.metrics import Counter as SdkCounter
+from opentelemetry.sdk.metrics import ObservableCounter
+from opentelemetry.sdk.metrics.export import (
+    AggregationTemporality,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    Sum,
+)
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
-from otel_luna._attributes import SERVICE_NAME
-from otel_luna.delivery import BatchWriter
-from otel_luna.lineprotocol import LineProtocolEncoder
+from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
 from otel_luna.mapping import RequestMapper
+from otel_luna.pipeline import Pipeline
 from otel_luna.settings import Settings
-from otel_luna.sinks import Sink, load_sink
+from otel_luna.sinks import Sink
+from otel_luna.usages import UsageMapper, UsageSample
 
 _logger = logging.getLogger(__name__)
 _SERVER = SpanKind.SERVER
 _ERROR = StatusCode.ERROR
+_CUMULATIVE = AggregationTemporality.CUMULATIVE
 _UNKNOWN_SERVICE = "unknown_service"
 
 
 def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
     # The SDK wraps its BoundedAttributes in a MappingProxyType; read the plain dict under both
-    # when it is there (a third of the mapping's cost), else the public mapping.
+    # when it is there (see benchmarks/exporter_overhead.py), else the public mapping.
     raw = getattr(span, "_attributes", None)
     plain = getattr(raw, "_dict", None)
     if isinstance(plain, dict):
@@ -35,8 +44,26 @@ def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
     return span.attributes or {}
 
 
+class _ServiceNames:
+    """``service.name`` of a resource, cached by identity (the SDK shares one per provider)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[int, tuple[Resource, str]] = {}
+
+    def __call__(self, resource: Resource) -> str:
+        cached = self._cache.get(id(resource))
+        if cached is not None and cached[0] is resource:
+            return cached[1]
+        name = str(resource.attributes.get(SERVICE_NAME) or _UNKNOWN_SERVICE)
+        if len(self._cache) > 64:
+            self._cache.clear()
+        self._cache[id(resource)] = (resource, name)
+        return name
+
+
 class LunaSpanExporter(SpanExporter):
-    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points.
+    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
+    ``licensing`` points.
 
     With no arguments it reads :class:`~otel_luna.settings.Settings` from the environment, so
     ``OTEL_TRACES_EXPORTER=luna opentelemetry-instrument python app.py`` needs no code change.
@@ -45,58 +72,42 @@ class LunaSpanExporter(SpanExporter):
 
     def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
         self.settings = settings if settings is not None else Settings.load()
+        self._pipeline = Pipeline(self.settings, sink)
         self._mapper = RequestMapper()
-        self._encoder = LineProtocolEncoder()
-        self._lock = threading.Lock()
-        self._services: dict[int, tuple[object, str]] = {}
-        self._failures: Counter[str] = Counter()
+        self._service = _ServiceNames()
         self._shutdown = False
-        self._writer: BatchWriter | None = None
-        if self.settings.enabled:
-            self._writer = BatchWriter(
-                sink if sink is not None else load_sink(self.settings),
-                flush_interval=self.settings.flush_interval,
-                batch_size=self.settings.batch_size,
-                max_queue_size=self.settings.max_queue_size,
-            )
 
     @property
-    def counts(self) -> Counter[str]:
-        """What the exporter mapped, dropped and wrote, by reason."""
-        total: Counter[str] = Counter()
-        total.update(self._mapper.counts)
-        total.update(self._encoder.counts)
-        total.update(self._failures)
-        if self._writer is not None:
-            total.update(self._writer.counts)
-        return total
+    def counts(self) -> Any:
+        """What the exporter mapped, dropped and wrote, by reason (a ``Counter``)."""
+        return self._pipeline.counts(self._mapper.counts)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        if self._writer is None:
+        if self._pipeline.writer is None:
             return SpanExportResult.SUCCESS
         if self._shutdown:
             return SpanExportResult.FAILURE
         try:
             lines = self._encode(spans)
         except Exception:
-            self._failures["export_error"] += len(spans)
+            self._pipeline.failures["export_error"] += len(spans)
             _logger.exception("otel-luna: could not map %d spans", len(spans))
             return SpanExportResult.FAILURE
-        self._writer.submit(lines)
+        self._pipeline.submit(lines)
         return SpanExportResult.SUCCESS
 
     def _encode(self, spans: Sequence[ReadableSpan]) -> list[str]:
         add = self._mapper.add
-        encode_point = self._encoder.encode_point
+        pipeline = self._pipeline
         lines: list[str] = []
-        with self._lock:
+        with pipeline.lock:
             for span in spans:
                 context = span.context
                 parent = span.parent
                 end = span.end_time
                 start = span.start_time
                 if context is None or end is None or start is None:
-                    self._failures["unfinished_span"] += 1
+                    pipeline.failures["unfinished_span"] += 1
                     continue
                 is_server = span.kind is _SERVER
                 points = add(
@@ -108,32 +119,91 @@ class LunaSpanExporter(SpanExporter):
                     start,
                     end,
                     span.status.status_code is _ERROR,
-                    self._service(span) if is_server else "",
+                    self._service(span.resource),
                 )
-                for point in points:
-                    try:
-                        lines.append(encode_point(point))
-                    except ValueError as error:
-                        self._failures[getattr(error, "reason", "invalid_point")] += 1
+                if points:
+                    pipeline.encode(points, lines)
         return lines
 
-    def _service(self, span: ReadableSpan) -> str:
-        resource = span.resource
-        cached = self._services.get(id(resource))
-        if cached is not None and cached[0] is resource:
-            return cached[1]
-        name = str(resource.attributes.get(SERVICE_NAME) or _UNKNOWN_SERVICE)
-        self._services[id(resource)] = (resource, name)
-        return name
-
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        if self._writer is None:
-            return True
-        return self._writer.force_flush(timeout_millis / 1000)
+        return self._pipeline.force_flush(timeout_millis / 1000)
 
     def shutdown(self) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            self._pipeline.shutdown()
+
+
+class LunaMetricExporter(MetricExporter):
+    """Writes the ``luna.usages`` counter as ``usages_statistic`` points, one per service and
+    export interval. Other metrics are skipped. Asks the SDK for delta temporality on counters;
+    cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
+    """
+
+    def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
+        super().__init__(
+            preferred_temporality={
+                SdkCounter: AggregationTemporality.DELTA,
+                ObservableCounter: AggregationTemporality.DELTA,
+            }
+        )
+        self.settings = settings if settings is not None else Settings.load()
+        self._pipeline = Pipeline(self.settings, sink)
+        self._mapper = UsageMapper()
+        self._service = _ServiceNames()
+        self._shutdown = False
+
+    @property
+    def counts(self) -> Any:
+        """What the exporter mapped, dropped and wrote, by reason (a ``Counter``)."""
+        return self._pipeline.counts(self._mapper.counts)
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        if self._pipeline.writer is None:
+            return MetricExportResult.SUCCESS
         if self._shutdown:
-            return
-        self._shutdown = True
-        if self._writer is not None:
-            self._writer.shutdown(self.settings.timeout * 3)
+            return MetricExportResult.FAILURE
+        try:
+            samples = list(self._samples(metrics_data))
+            lines: list[str] = []
+            if samples:
+                with self._pipeline.lock:
+                    self._pipeline.encode(self._mapper.points(samples), lines)
+        except Exception:
+            self._pipeline.failures["export_error"] += 1
+            _logger.exception("otel-luna: could not map metrics")
+            return MetricExportResult.FAILURE
+        self._pipeline.submit(lines)
+        return MetricExportResult.SUCCESS
+
+    def _samples(self, metrics_data: MetricsData) -> Any:
+        for resource_metrics in metrics_data.resource_metrics:
+            service: str | None = None
+            for scope_metrics in resource_metrics.scope_metrics:
+                for metric in scope_metrics.metrics:
+                    data = metric.data
+                    if metric.name != USAGES_INSTRUMENT or not isinstance(data, Sum):
+                        continue
+                    if service is None:
+                        service = self._service(resource_metrics.resource)
+                    cumulative = data.aggregation_temporality == _CUMULATIVE
+                    for point in data.data_points:
+                        estimator = (point.attributes or {}).get(ESTIMATOR)
+                        yield UsageSample(
+                            service,
+                            estimator,
+                            point.start_time_unix_nano,
+                            point.time_unix_nano,
+                            point.value,
+                            cumulative,
+                        )
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._pipeline.force_flush(timeout_millis / 1000)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            self._pipeline.shutdown()

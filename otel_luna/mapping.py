@@ -7,6 +7,7 @@ Rules (``docs/mapping.md`` has the full table):
 * ``luna.*`` attributes (:mod:`otel_luna._attributes`) set on spans *below* a SERVER span in the
   same process are merged into it when they end, so a stage timed inside a child span or in another
   task of the request still lands on the request's point;
+* a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in size and
@@ -88,6 +89,14 @@ def _route(attributes: Mapping[str, Any]) -> str:
     return f"{method}:{route or ''}"
 
 
+def _joined(messages: Any) -> str:
+    if messages is None:
+        return ""
+    if isinstance(messages, str):
+        return messages
+    return schema.LICENSE_MESSAGE_SEPARATOR.join(str(message) for message in messages)
+
+
 class RequestMapper:
     """Maps finished spans to points, one span at a time, in the order they end.
 
@@ -118,7 +127,9 @@ class RequestMapper:
         status_error: bool,
         service: str,
     ) -> list[Point]:
-        """Points for one ended span (empty for all but SERVER spans)."""
+        """Points for one ended span (empty for all but SERVER and licence-check spans)."""
+        if attr.LICENSE_STATUS in attributes:
+            return self._license(attributes, start_ns, service)
         extra = self._pending.pop(span_id, None) if self._pending else None
         for key in attributes:
             if key.startswith("luna."):
@@ -136,6 +147,23 @@ class RequestMapper:
             else:
                 self._park(parent_span_id, extra, end_ns)
         return []
+
+    def _license(self, attributes: Mapping[str, Any], start_ns: int, service: str) -> list[Point]:
+        status = attributes[attr.LICENSE_STATUS]
+        balance = attributes.get(attr.LICENSE_LIVENESS_BALANCE)
+        if status not in schema.LICENSE_STATUSES:
+            self.counts["invalid_license_status"] += 1
+            return []
+        fields: dict[str, FieldValue] = {
+            "warnings": _joined(attributes.get(attr.LICENSE_WARNINGS)),
+            "errors": _joined(attributes.get(attr.LICENSE_ERRORS)),
+        }
+        if type(balance) is int:
+            fields = {"liveness_balance": balance, **fields}
+        else:
+            self.counts["invalid_liveness_balance"] += 1
+        tags = (("license_status", status), ("service", service))
+        return [Point(schema.LICENSING, tags, fields, start_ns)]
 
     def _take(self, extra: _Extra, key: str, value: Any) -> None:
         if key.startswith(attr.TIME_PREFIX):

@@ -41,3 +41,35 @@ STAGE_TIME_FIELDS: Final = (
     "event_storage_policy_time",
     "notification_storage_policy_time",
 )
+
+USAGES_STATISTIC: Final = "usages_statistic"
+#: The SDK estimators luna-handlers counts; field ``<name>_usages`` (integer) of
+#: ``usages_statistic``. Other names that are identifiers (``[a-z][a-z0-9_]*``) are accepted too.
+ESTIMATORS: Final = (
+    "face_detector",
+    "landmarks68_detector",
+    "head_pose_estimator",
+    "liveness_estimator",
+    "mask_estimator",
+    "emotion_estimator",
+    "mouth_estimator",
+    "eye_estimator",
+    "gaze_estimator",
+    "glasses_estimator",
+    "face_warp_quality_estimator",
+    "face_basic_attributes_extractor",
+    "face_descriptor_extractor",
+    "body_detector",
+    "body_descriptor_extractor",
+    "iso_estimator",
+    "face_quality_estimator",
+    "body_basic_attributes_estimator",
+    "body_upper_attributes_estimator",
+    "body_accessories_estimator",
+)
+USAGES_SUFFIX: Final = "_usages"
+
+LICENSING: Final = "licensing"
+LICENSE_STATUSES: Final = ("ok", "warning", "error", "exception")
+#: How the ``warnings`` / ``errors`` message lists are joined into one string field.
+LICENSE_MESSAGE_SEPARATOR: Final = "; "

@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_luna.exporter import LunaSpanExporter
+from otel_luna.lineprotocol import LineProtocolEncoder
 from otel_luna.mapping import RequestMapper
 from otel_luna.testing import InMemorySink
 
@@ -60,13 +61,10 @@ def new_semconv(http: dict[str, Any]) -> dict[str, Any]:
 
 def map_lines(attributes: dict[str, Any], status_error: bool = False) -> list[str]:
     """Map one SERVER span through the mapper and the encoder, as the exporter does."""
-    exporter = LunaSpanExporter(sink=InMemorySink())
     points = RequestMapper().add(
         attributes, True, TRACE_ID, 1, None, START, START + DURATION, status_error, "luna-handlers"
     )
-    lines = [exporter._encoder.encode_point(point) for point in points]
-    exporter.shutdown()
-    return lines
+    return LineProtocolEncoder().encode(points)
 
 
 @pytest.mark.parametrize("case", GOLDEN, ids=[case["name"] for case in GOLDEN])

@@ -1,0 +1,66 @@
+"""Points → line protocol → delivery: the steps every way in shares after mapping."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterable
+
+from otel_luna.delivery import BatchWriter
+from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.point import Point
+from otel_luna.settings import Settings
+from otel_luna.sinks import Sink, load_sink
+
+
+class Pipeline:
+    """Encodes points and hands the lines to a :class:`BatchWriter`.
+
+    ``lock`` guards the encoder (and whatever mapping state the caller keeps with it): callers
+    hold it around :meth:`encode`. A disabled pipeline (``enabled = false``) has no writer and
+    accepts everything without doing anything.
+    """
+
+    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+        self.settings = settings
+        self.encoder = LineProtocolEncoder()
+        self.lock = threading.Lock()
+        self.failures: Counter[str] = Counter()
+        self.writer: BatchWriter | None = None
+        if settings.enabled:
+            self.writer = BatchWriter(
+                sink if sink is not None else load_sink(settings),
+                flush_interval=settings.flush_interval,
+                batch_size=settings.batch_size,
+                max_queue_size=settings.max_queue_size,
+            )
+
+    def encode(self, points: Iterable[Point], lines: list[str]) -> None:
+        """Append the lines of ``points`` to ``lines``, counting invalid ones. Hold ``lock``."""
+        encode_point = self.encoder.encode_point
+        for point in points:
+            try:
+                lines.append(encode_point(point))
+            except InvalidPointError as error:
+                self.failures[error.reason] += 1
+
+    def submit(self, lines: list[str]) -> None:
+        """Queue ``lines`` for delivery; returns at once."""
+        if self.writer is not None:
+            self.writer.submit(lines)
+
+    def counts(self, *more: Counter[str]) -> Counter[str]:
+        """Encoder, delivery and caller counters, summed."""
+        total: Counter[str] = Counter()
+        for counter in (self.encoder.counts, self.failures, *more):
+            total.update(counter)
+        if self.writer is not None:
+            total.update(self.writer.counts)
+        return total
+
+    def force_flush(self, timeout: float | None) -> bool:
+        return True if self.writer is None else self.writer.force_flush(timeout)
+
+    def shutdown(self) -> None:
+        if self.writer is not None:
+            self.writer.shutdown(self.settings.timeout * 3)

@@ -1,0 +1,94 @@
+"""Counter data → ``usages_statistic`` points. Pure: samples in, points out.
+
+Each export interval gives one point per service with a field ``<estimator>_usages`` (integer)
+for every estimator used in that interval; an interval with no use gives nothing. Cumulative
+streams (other SDKs, the OTLP receiver) are turned into deltas per stream by
+:class:`CumulativeToDelta`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any, NamedTuple
+
+from otel_luna import schema
+from otel_luna.point import FieldValue, Point
+
+_ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+
+
+def valid_estimator(name: Any) -> bool:
+    """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
+    return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
+
+
+class UsageSample(NamedTuple):
+    """One data point of the ``luna.usages`` counter."""
+
+    service: str
+    estimator: Any
+    start_ns: int
+    time_ns: int
+    value: int | float
+    cumulative: bool
+
+
+class CumulativeToDelta:
+    """Per-stream deltas of cumulative sums, never counting a use twice.
+
+    A stream is (service, estimator). A new start time, or a value lower than the last one, is a
+    restart or reset: the value counts from zero again. The first value seen of a stream counts
+    in full only if the stream started after this converter did (else it may have been counted
+    by a previous run: it becomes the baseline), as the Collector's cumulativetodelta processor
+    does with ``initial_value: auto``.
+    """
+
+    def __init__(self, created_ns: int | None = None) -> None:
+        self._created_ns = time.time_ns() if created_ns is None else created_ns
+        self._last: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def delta(self, stream: tuple[str, str], start_ns: int, value: float) -> float:
+        last = self._last.get(stream)
+        self._last[stream] = (start_ns, value)
+        if last is None:
+            return value if start_ns >= self._created_ns else 0
+        last_start, last_value = last
+        if start_ns != last_start or value < last_value:
+            return value
+        return value - last_value
+
+
+class UsageMapper:
+    """Turns ``luna.usages`` samples into ``usages_statistic`` points."""
+
+    def __init__(self, converter: CumulativeToDelta | None = None) -> None:
+        self.counts: Counter[str] = Counter()
+        self._converter = converter if converter is not None else CumulativeToDelta()
+
+    def points(self, samples: Iterable[UsageSample]) -> list[Point]:
+        by_point: dict[tuple[str, int], dict[str, FieldValue]] = {}
+        for sample in samples:
+            if not valid_estimator(sample.estimator):
+                self.counts["invalid_estimator"] += 1
+                continue
+            value = sample.value
+            if sample.cumulative:
+                value = self._converter.delta(
+                    (sample.service, sample.estimator), sample.start_ns, value
+                )
+            if value < 0:
+                self.counts["negative_usage"] += 1
+                continue
+            count = round(value)
+            if count == 0:
+                continue
+            fields = by_point.setdefault((sample.service, sample.time_ns), {})
+            key = sample.estimator + schema.USAGES_SUFFIX
+            fields[key] = int(fields.get(key, 0)) + count
+        return [
+            Point(schema.USAGES_STATISTIC, (("service", service),), fields, time_ns)
+            for (service, time_ns), fields in by_point.items()
+        ]

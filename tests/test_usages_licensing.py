@@ -1,0 +1,152 @@
+"""usages_statistic and licensing: unit rules, and a real InfluxDB 1.x end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from servers import InfluxDB1
+
+import otel_luna
+from otel_luna.lineprotocol import LineProtocolEncoder
+from otel_luna.mapping import RequestMapper
+from otel_luna.usages import CumulativeToDelta, UsageMapper, UsageSample
+
+SCRIPT = Path(__file__).parent / "apps" / "usage_script.py"
+VENV_BIN = Path(sys.executable).parent
+T0 = 1_700_000_000_000_000_000
+
+
+def test_cumulative_to_delta_with_restart_and_reset() -> None:
+    """Deltas per stream: steady growth, a reset (lower value), a restart (new start time)."""
+    converter = CumulativeToDelta(created_ns=T0)
+    stream = ("svc", "face_detector")
+    assert converter.delta(stream, T0 + 1, 5) == 5  # started after us: counts in full
+    assert converter.delta(stream, T0 + 1, 12) == 7
+    assert converter.delta(stream, T0 + 1, 12) == 0
+    assert converter.delta(stream, T0 + 1, 3) == 3  # reset: counts from zero again
+    assert converter.delta(stream, T0 + 9, 4) == 4  # restart: new start time
+    assert converter.delta(stream, T0 + 9, 10) == 6
+    other = ("svc", "body_detector")
+    assert converter.delta(other, T0 - 100, 50) == 0  # older than us: baseline only
+    assert converter.delta(other, T0 - 100, 53) == 3
+
+
+def test_usage_points_per_service_and_interval() -> None:
+    """One point per service and interval; zero deltas and invalid names leave no field."""
+    mapper = UsageMapper(CumulativeToDelta(created_ns=T0))
+    samples = [
+        UsageSample("a", "face_detector", T0, T0 + 10, 3, False),
+        UsageSample("a", "liveness_estimator", T0, T0 + 10, 2, False),
+        UsageSample("a", "mask_estimator", T0, T0 + 10, 0, False),
+        UsageSample("b", "face_detector", T0, T0 + 10, 1, False),
+        UsageSample("b", "Bad Name", T0, T0 + 10, 1, False),
+        UsageSample("c", "mask_estimator", T0, T0 + 10, 0, False),
+    ]
+    lines = LineProtocolEncoder().encode(mapper.points(samples))
+    assert lines == [
+        "usages_statistic,service=a face_detector_usages=3i,liveness_estimator_usages=2i"
+        f" {T0 + 10}",
+        f"usages_statistic,service=b face_detector_usages=1i {T0 + 10}",
+    ]
+    assert mapper.counts["invalid_estimator"] == 1
+
+
+def test_cumulative_samples_never_double_count() -> None:
+    """The same cumulative total exported twice writes its growth once."""
+    mapper = UsageMapper(CumulativeToDelta(created_ns=T0))
+    first = mapper.points([UsageSample("a", "face_detector", T0, T0 + 10, 4, True)])
+    again = mapper.points([UsageSample("a", "face_detector", T0, T0 + 20, 4, True)])
+    later = mapper.points([UsageSample("a", "face_detector", T0, T0 + 30, 9, True)])
+    assert [p.fields for p in first + again + later] == [
+        {"face_detector_usages": 4},
+        {"face_detector_usages": 5},
+    ]
+
+
+def test_license_span_maps_to_one_point() -> None:
+    """A licence-check span gives one licensing point; message lists are joined with '; '."""
+    attributes = {
+        "luna.license.status": "warning",
+        "luna.license.liveness_balance": 12,
+        "luna.license.warnings": ("balance is low", "expires soon"),
+        "luna.license.errors": (),
+    }
+    points = RequestMapper().add(attributes, False, 1, 2, 3, T0, T0 + 1, False, "luna-handlers")
+    assert LineProtocolEncoder().encode(points) == [
+        "licensing,license_status=warning,service=luna-handlers liveness_balance=12i,"
+        f'warnings="balance is low; expires soon",errors="" {T0}'
+    ]
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: otel_luna.record_usages(**{"Face Detector": 1}), "not an identifier"),
+        (lambda: otel_luna.record_usages(face_detector=-1), "integer >= 0"),
+        (lambda: otel_luna.record_usages(face_detector=1.5), "integer >= 0"),
+        (lambda: otel_luna.record_license("expired", 3), "one of ok, warning"),
+        (lambda: otel_luna.record_license("ok", "3"), "must be an integer"),
+    ],
+)
+def test_helpers_reject_bad_input_clearly(call: object, message: str) -> None:
+    """Bad names, counts and statuses raise ValueError saying what is accepted."""
+    with pytest.raises(ValueError, match=message):
+        call()  # type: ignore[operator]
+
+
+def test_usages_and_licensing_into_influxdb1(influxdb1: InfluxDB1, influxdb1_database: str) -> None:
+    """8 threads over several export intervals: per-field sums equal what was recorded,
+    including the last interval of a process that exits right after recording; one licensing
+    point per call with the documented names and types."""
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "luna",
+        "OTEL_METRICS_EXPORTER": "luna",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_METRIC_EXPORT_INTERVAL": "200",
+        "OTEL_SERVICE_NAME": "luna-handlers",
+        "OTEL_EXPORTER_LUNA_ENDPOINT": influxdb1.url,
+        "OTEL_EXPORTER_LUNA_DATABASE": influxdb1_database,
+    }
+    done = subprocess.run(
+        [str(VENV_BIN / "opentelemetry-instrument"), sys.executable, str(SCRIPT), "1.5"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    recorded = json.loads(done.stdout.strip().splitlines()[-1])
+    usages = recorded["usages"]
+    columns = ", ".join(f'sum("{name}_usages") AS "{name}"' for name in usages)
+    (row,) = influxdb1.select(f"SELECT {columns} FROM usages_statistic", influxdb1_database)
+    assert {name: row[name] for name in usages} == usages
+    intervals = influxdb1.select("SELECT count(*) FROM usages_statistic", influxdb1_database)
+    assert max(v for k, v in intervals[0].items() if k.startswith("count_")) >= 5
+
+    licensing = influxdb1.select("SELECT * FROM licensing", influxdb1_database)
+    assert len(licensing) == recorded["license_checks"]
+    assert {row["license_status"] for row in licensing} == {"ok", "warning", "error", "exception"}
+    warned = [row for row in licensing if row["license_status"] == "warning"]
+    assert all(row["warnings"] == "balance is low; expires soon" for row in warned)
+    fields = influxdb1.query("SHOW FIELD KEYS FROM licensing", influxdb1_database)
+    (series,) = fields["results"][0]["series"]
+    assert dict(map(tuple, series["values"])) == {
+        "liveness_balance": "integer",
+        "warnings": "string",
+        "errors": "string",
+    }
+    tags = influxdb1.query("SHOW TAG KEYS FROM licensing", influxdb1_database)
+    assert [v[0] for v in tags["results"][0]["series"][0]["values"]] == [
+        "license_status",
+        "service",
+    ]
+    usage_fields = influxdb1.query("SHOW FIELD KEYS FROM usages_statistic", influxdb1_database)
+    types = {name: kind for name, kind in usage_fields["results"][0]["series"][0]["values"]}
+    assert set(types.values()) == {"integer"}
+    assert set(types) == {f"{name}_usages" for name in usages}
