@@ -96,7 +96,8 @@ class MemorySpool:
         with self._lock:
             if not self._records:
                 return None
-            bodies, lines = [], 0
+            bodies: list[bytes] = []
+            lines = 0
             for body, count in self._records:
                 if bodies and lines + count > max_lines:
                     break
@@ -229,7 +230,8 @@ class _SegmentLog:
         with open(self._path(number), "rb") as file:
             file.seek(self.read_offset)
             data = file.read(end - self.read_offset)
-        bodies, lines, position = [], 0, 0
+        bodies: list[bytes] = []
+        lines, position = 0, 0
         while position < len(data):
             record = _parse(data, position)
             if record is None:  # cannot happen for scanned/appended bytes; be safe
@@ -289,6 +291,13 @@ class _SegmentLog:
         if self._write_fd is not None:
             os.close(self._write_fd)
             self._write_fd = None
+
+
+@dataclass(frozen=True)
+class _DiskToken:
+    log: _SegmentLog
+    upto: tuple[int, int]
+    lines: int
 
 
 class DiskSpool:
@@ -371,16 +380,17 @@ class DiskSpool:
                 log, fd = self._adopted[0]
                 found = log.read(max_lines)
                 if found is not None:
-                    return Batch(found[0], found[1], (log, found[2], found[1]))
+                    return Batch(found[0], found[1], _DiskToken(log, found[2], found[1]))
                 self._adopted.pop(0)
                 _remove(log, fd)
             found = self._own.read(max_lines)
             if found is None:
                 return None
-            return Batch(found[0], found[1], (self._own, found[2], found[1]))
+            return Batch(found[0], found[1], _DiskToken(self._own, found[2], found[1]))
 
     def ack(self, token: object) -> None:
-        log, upto, lines = token  # type: ignore[misc]
+        assert isinstance(token, _DiskToken)
+        log, upto, lines = token.log, token.upto, token.lines
         with self._lock:
             if log is self._own or any(log is adopted for adopted, _ in self._adopted):
                 log.ack(upto, lines)
