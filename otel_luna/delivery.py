@@ -1,100 +1,142 @@
-"""Delivery: batching by size and interval, retry with backoff, flush at shutdown.
+"""Delivery: spool, batching by size and interval, retries, isolation of bad lines, shutdown.
 
-The exporter hands encoded lines to :meth:`BatchWriter.submit`, which only appends to a bounded
-in-memory queue and returns. One worker thread writes batches of at most ``batch_size`` lines
-every ``flush_interval`` seconds (at once when a batch is full). A write that fails with a
-retryable error keeps its batch at the head of the queue and is retried with exponential backoff
-and jitter; a permanent error drops the batch (counted, logged). When the queue is full the oldest
-lines are dropped and counted. The worker runs with OpenTelemetry instrumentation suppressed, so
-an instrumented HTTP library never traces our own writes.
+The exporter hands encoded lines to :meth:`BatchWriter.submit`, which appends them to the spool
+(:mod:`otel_luna.spool`) and returns. One worker thread reads batches of at most ``batch_size``
+lines every ``flush_interval`` seconds (at once when a batch is full), writes them to the sink
+and acknowledges what the sink took:
+
+* a retryable failure (connection error, timeout, 408, 429, 5xx) leaves the batch in the spool;
+  it is retried after an exponential backoff with jitter, or after the server's ``Retry-After``
+  if that is longer. Sleeps are interrupted by flush and shutdown;
+* a permanent failure (other 4xx) is narrowed down by splitting the batch in halves until the
+  offending lines stand alone: every good line is delivered (re-sending a line InfluxDB already
+  took overwrites the same point), each bad one goes to the dead-letter file with the server's
+  reason. One bad point never drops its batch.
+
+The worker runs with OpenTelemetry instrumentation suppressed, so an instrumented HTTP library
+never traces our own writes. After ``fork()`` the child gets a spool and a worker of its own.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import threading
 import time
 import weakref
-from collections import Counter, deque
+from collections import Counter
 
 from opentelemetry import context as otel_context
 
 from otel_luna.sinks import Sink, SinkError
+from otel_luna.spool import Spool
 
 _logger = logging.getLogger(__name__)
 
-_BACKOFF_INITIAL = 0.5
-_BACKOFF_MAX = 30.0
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+#: Seconds between the one-line summaries logged when something was retried or dropped.
+SUMMARY_INTERVAL = 60.0
+_SUMMARY_KEYS = ("retried", "dropped_spool_full", "dead_lettered", "corrupt_records")
+
+
+class DeadLetters:
+    """Appends rejected lines with the server's reason, one JSON object per line."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, line: bytes, reason: str, status: int | None) -> None:
+        record = {
+            "time": time.time(),
+            "status": status,
+            "reason": reason,
+            "line": line.decode(errors="replace").rstrip("\n"),
+        }
+        try:
+            with self._lock:
+                directory = os.path.dirname(self.path)
+                if directory:
+                    os.makedirs(directory, exist_ok=True)
+                with open(self.path, "a", encoding="utf-8") as file:
+                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        except OSError as error:
+            _logger.error("otel-luna: cannot write dead letter to %s: %s", self.path, error)
 
 
 class BatchWriter:
-    """Queues lines and writes them to ``sink`` from a background thread."""
+    """Spools lines and writes them to ``sink`` from a background thread."""
 
     def __init__(
         self,
         sink: Sink,
+        spool: Spool,
         *,
         flush_interval: float,
         batch_size: int,
-        max_queue_size: int,
+        write_timeout: float = 10.0,
+        dead_letters: DeadLetters | None = None,
     ) -> None:
         self.sink = sink
+        self.spool = spool
         self.counts: Counter[str] = Counter()
+        self.dead_letters = dead_letters
         self._flush_interval = flush_interval
         self._batch_size = batch_size
-        self._max_queue_size = max_queue_size
+        self._write_timeout = write_timeout
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
             os.register_at_fork(after_in_child=lambda: (method := ref()) and method())
 
     def _init_state(self) -> None:
-        self._queue: deque[str] = deque()
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._idle = threading.Condition(self._lock)
         self._flush_requested = 0
         self._flushed = 0
-        self._closing = False
         self._closed = False
-        self._in_flight = 0
+        self._last_summary = time.monotonic()
+        self._summarised: Counter[str] = Counter()
         self._worker = threading.Thread(target=self._run, name="otel-luna-writer", daemon=True)
         self._worker.start()
 
     def _after_fork_in_child(self) -> None:
-        # The parent still owns what it queued; the child starts empty with its own thread.
+        # The parent keeps what it spooled; the child starts empty with its own thread.
         self.counts = Counter()
+        self.spool.after_fork_in_child()
         self._init_state()
 
     def submit(self, lines: list[str]) -> None:
-        """Queue ``lines``; never blocks on the network."""
+        """Spool ``lines``; never waits for the network."""
         if not lines:
             return
-        with self._lock:
-            if self._closed:
-                self.counts["dropped_after_shutdown"] += len(lines)
-                return
-            self._queue.extend(lines)
-            self.counts["queued"] += len(lines)
-            overflow = len(self._queue) - self._max_queue_size
-            if overflow > 0:
-                for _ in range(overflow):
-                    self._queue.popleft()
-                self.counts["dropped_queue_full"] += overflow
-                _logger.warning("otel-luna queue full: dropped the %d oldest lines", overflow)
-            full = len(self._queue) >= self._batch_size
-        if full:
+        if self._closed:
+            self.counts["dropped_after_shutdown"] += len(lines)
+            return
+        size = self._batch_size
+        for start in range(0, len(lines), size):  # no record larger than a batch
+            chunk = lines[start : start + size]
+            self.spool.append(("\n".join(chunk) + "\n").encode(), len(chunk))
+        self.counts["spooled"] += len(lines)
+        if self.spool.pending_lines >= self._batch_size:
             self._wake.set()
 
     @property
     def queued(self) -> int:
-        """Lines waiting to be written."""
-        return len(self._queue) + self._in_flight
+        """Lines waiting in the spool."""
+        return self.spool.pending_lines
+
+    def all_counts(self) -> Counter[str]:
+        """Delivery and spool counters together."""
+        return self.counts + self.spool.counts
 
     def force_flush(self, timeout: float | None = None) -> bool:
-        """Write everything queued now; ``False`` if it could not be done within ``timeout``."""
+        """Deliver everything spooled now; ``False`` if not done within ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._lock:
             self._flush_requested += 1
@@ -102,31 +144,35 @@ class BatchWriter:
             self._wake.set()
             while self._flushed < ticket:
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                if (remaining is not None and remaining <= 0) or not self._worker.is_alive():
                     return False
-                if not self._worker.is_alive():
-                    return False
-                self._idle.wait(remaining if remaining is not None else 0.5)
+                self._idle.wait(0.5 if remaining is None else min(remaining, 0.5))
         return True
 
-    def shutdown(self, timeout: float | None = 30.0) -> bool:
-        """Flush within ``timeout``, stop the worker and close the sink."""
-        with self._lock:
-            if self._closed:
-                return True
+    def shutdown(self, timeout: float) -> bool:
+        """Deliver within ``timeout``, stop the worker, close the sink and the spool.
+
+        What is not delivered in time stays in a disk spool for the next start (counted as
+        ``left_in_spool``); a memory spool loses it (``dropped_at_shutdown``).
+        """
+        if self._closed:
+            return True
         done = self.force_flush(timeout)
-        with self._lock:
-            self._closing = True
-            self._closed = True
-            self._wake.set()
-        self._worker.join(timeout=1.0)
-        if not done:
-            self.counts["dropped_at_shutdown"] += self.queued
-            _logger.warning("otel-luna: %d lines not written before shutdown", self.queued)
-        try:
-            self.sink.close()
-        except Exception:
-            _logger.exception("otel-luna: closing the sink failed")
+        self._closed = True
+        self._stop.set()
+        self._wake.set()
+        self._worker.join(timeout=self._write_timeout + 1.0)
+        left = self.spool.pending_lines
+        if left:
+            key = "left_in_spool" if self.spool.durable else "dropped_at_shutdown"
+            self.counts[key] += left
+            _logger.warning("otel-luna: %d lines not delivered at shutdown (%s)", left, key)
+        self._log_summary(force=True)
+        for closing in (self.sink.close, self.spool.close):
+            try:
+                closing()
+            except Exception:
+                _logger.exception("otel-luna: closing %r failed", closing)
         return done
 
     # -- worker -----------------------------------------------------------------------------
@@ -136,48 +182,86 @@ class BatchWriter:
             otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
         )
         backoff = 0.0
+        delay = self._flush_interval
         while True:
-            self._wake.wait(backoff or self._flush_interval)
+            self._wake.wait(delay)
             self._wake.clear()
+            if self._stop.is_set():
+                self._release_flushers(self._flush_requested)
+                return
             with self._lock:
-                if self._closing:
-                    return
                 ticket = self._flush_requested
-            ok = self._drain()
-            backoff = 0.0 if ok else min(max(backoff * 2, _BACKOFF_INITIAL), _BACKOFF_MAX)
-            if not ok:
-                backoff *= random.uniform(0.5, 1.0)
-            with self._lock:
-                if ok or not self._queue:
-                    self._flushed = max(self._flushed, ticket)
-                self._idle.notify_all()
-
-    def _drain(self) -> bool:
-        """Write batches until the queue is empty; ``False`` after a retryable failure."""
-        while True:
-            with self._lock:
-                if not self._queue:
-                    return True
-                count = min(len(self._queue), self._batch_size)
-                batch = [self._queue.popleft() for _ in range(count)]
-                self._in_flight = count
-            body = "".join(f"{line}\n" for line in batch).encode()
-            try:
-                self.sink.write(body)
-            except SinkError as error:
-                if error.retryable:
-                    with self._lock:
-                        self._queue.extendleft(reversed(batch))
-                        self._in_flight = 0
-                        self.counts["retried"] += count
-                    _logger.warning("otel-luna: write failed, will retry: %s", error)
-                    return False
-                self.counts["dropped_rejected"] += count
-                _logger.error("otel-luna: %d lines rejected: %s", count, error)
-            except Exception:
-                self.counts["dropped_sink_error"] += count
-                _logger.exception("otel-luna: sink %r failed", self.sink)
+            ok, retry_after = self._drain()
+            if ok:
+                backoff = 0.0
+                delay = self._flush_interval
+                self._release_flushers(ticket)
             else:
-                self.counts["written"] += count
-            with self._lock:
-                self._in_flight = 0
+                backoff = min(max(backoff * 2, BACKOFF_INITIAL), BACKOFF_MAX)
+                delay = max(backoff * random.uniform(0.5, 1.0), retry_after or 0.0)
+                with self._lock:
+                    self._idle.notify_all()
+            self._log_summary()
+
+    def _release_flushers(self, ticket: int) -> None:
+        with self._lock:
+            self._flushed = max(self._flushed, ticket)
+            self._idle.notify_all()
+
+    def _drain(self) -> tuple[bool, float | None]:
+        """Deliver batches until the spool is empty; (False, Retry-After) on a retryable error."""
+        while not self._stop.is_set():
+            batch = self.spool.read(self._batch_size)
+            if batch is None:
+                return True, None
+            try:
+                self._deliver(batch.body, batch.lines)
+            except SinkError as error:
+                self.counts["retried"] += batch.lines
+                _logger.debug("otel-luna: write failed, will retry: %s", error)
+                return False, error.retry_after
+            self.spool.ack(batch.token)
+        return False, None
+
+    def _deliver(self, body: bytes, lines: int) -> None:
+        """Write ``body``; isolate lines the sink rejects for good. Raises retryable errors."""
+        try:
+            self.sink.write(body)
+        except SinkError as error:
+            if error.retryable:
+                raise
+            self._isolate(body.splitlines(keepends=True), error)
+        except Exception as error:
+            # A broken sink must not kill the worker: treat it as a failure to retry.
+            _logger.exception("otel-luna: sink %r failed", self.sink)
+            raise SinkError(f"sink failed: {error!r}", retryable=True) from None
+        else:
+            self.counts["written"] += lines
+
+    def _isolate(self, lines: list[bytes], error: SinkError) -> None:
+        if len(lines) == 1:
+            self.counts["dead_lettered"] += 1
+            _logger.warning("otel-luna: line rejected for good: %s", error)
+            if self.dead_letters is not None:
+                self.dead_letters.write(lines[0], str(error), error.status)
+            return
+        middle = len(lines) // 2
+        for half in (lines[:middle], lines[middle:]):
+            self.counts["split_writes"] += 1
+            self._deliver(b"".join(half), len(half))
+
+    def _log_summary(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_summary < SUMMARY_INTERVAL:
+            return
+        self._last_summary = now
+        current = self.all_counts()
+        changed = {key: current[key] - self._summarised[key] for key in _SUMMARY_KEYS}
+        if any(changed.values()):
+            _logger.warning(
+                "otel-luna: last %.0f s: %s; spooled now: %d lines",
+                SUMMARY_INTERVAL,
+                ", ".join(f"{key}={value}" for key, value in changed.items() if value),
+                self.spool.pending_lines,
+            )
+            self._summarised = Counter({key: current[key] for key in _SUMMARY_KEYS})

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
 
-from otel_luna.delivery import BatchWriter
+from otel_luna.delivery import BatchWriter, DeadLetters
 from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
 from otel_luna.point import Point
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink, load_sink
+from otel_luna.spool import open_spool
 
 
 class Pipeline:
@@ -30,9 +34,15 @@ class Pipeline:
         if settings.enabled:
             self.writer = BatchWriter(
                 sink if sink is not None else load_sink(settings),
+                open_spool(
+                    settings.spool,
+                    os.path.join(settings.spool_dir, destination_slug(settings)),
+                    settings.spool_max_bytes,
+                ),
                 flush_interval=settings.flush_interval,
                 batch_size=settings.batch_size,
-                max_queue_size=settings.max_queue_size,
+                write_timeout=settings.timeout,
+                dead_letters=DeadLetters(settings.dead_letter),
             )
 
     def encode(self, points: Iterable[Point], lines: list[str]) -> None:
@@ -50,12 +60,12 @@ class Pipeline:
             self.writer.submit(lines)
 
     def counts(self, *more: Counter[str]) -> Counter[str]:
-        """Encoder, delivery and caller counters, summed."""
+        """Encoder, delivery, spool and caller counters, summed."""
         total: Counter[str] = Counter()
         for counter in (self.encoder.counts, self.failures, *more):
             total.update(counter)
         if self.writer is not None:
-            total.update(self.writer.counts)
+            total.update(self.writer.all_counts())
         return total
 
     def force_flush(self, timeout: float | None) -> bool:
@@ -63,4 +73,17 @@ class Pipeline:
 
     def shutdown(self) -> None:
         if self.writer is not None:
-            self.writer.shutdown(self.settings.timeout * 3)
+            self.writer.shutdown(self.settings.shutdown_timeout)
+
+
+def destination_slug(settings: Settings) -> str:
+    """A directory name per destination, so a spool is only ever replayed to where it was bound.
+
+    Readable first part, then a hash of everything that picks the destination.
+    """
+    target = settings.bucket if settings.sink_name == "influxdb-v2" else settings.database
+    key = "\0".join(
+        [settings.sink_name, settings.endpoint, target, settings.retention_policy or ""]
+    )
+    readable = re.sub(r"[^A-Za-z0-9.]+", "_", f"{settings.endpoint}_{target}").strip("_")
+    return f"{readable[:60]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

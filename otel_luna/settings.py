@@ -50,8 +50,16 @@ OTEL_EXPORTER_LUNA_BATCH_SIZE = "OTEL_EXPORTER_LUNA_BATCH_SIZE"
 OTEL_EXPORTER_LUNA_TIMEOUT = "OTEL_EXPORTER_LUNA_TIMEOUT"
 #: ``true`` to gzip request bodies.
 OTEL_EXPORTER_LUNA_GZIP = "OTEL_EXPORTER_LUNA_GZIP"
-#: Most lines held in memory waiting to be written; beyond it the oldest are dropped and counted.
-OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE = "OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE"
+#: Where encoded points wait for the sink: ``disk`` (survives crashes and restarts) or ``memory``.
+OTEL_EXPORTER_LUNA_SPOOL = "OTEL_EXPORTER_LUNA_SPOOL"
+#: Directory of the disk spool (one subdirectory per destination, then per process).
+OTEL_EXPORTER_LUNA_SPOOL_DIR = "OTEL_EXPORTER_LUNA_SPOOL_DIR"
+#: Most bytes the spool holds; beyond it the oldest points are dropped and counted.
+OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES = "OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES"
+#: File where points the destination rejects for good are kept, one JSON object per line.
+OTEL_EXPORTER_LUNA_DEAD_LETTER = "OTEL_EXPORTER_LUNA_DEAD_LETTER"
+#: Seconds shutdown (and interpreter exit) may spend delivering what is spooled.
+OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT"
 #: Name of the sink in entry-point group ``otel_luna.sinks`` (default: chosen by the endpoint).
 OTEL_EXPORTER_LUNA_SINK = "OTEL_EXPORTER_LUNA_SINK"
 #: ``false`` turns the exporter into a no-op (luna-handlers' ``send_data_for_monitoring``).
@@ -125,6 +133,21 @@ def _endpoint(value: Any) -> str:
     raise ValueError("expected http(s)://host:port, file:///path or console")
 
 
+def _spool_kind(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("disk", "memory"):
+        raise ValueError("expected disk or memory")
+    return text
+
+
+def _default_state_dir(name: str) -> str:
+    """``$XDG_STATE_HOME/otel-luna/<name>``, else ``~/.local/state/otel-luna/<name>``."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return os.path.join(state, "otel-luna", name)
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, (str, int)) or isinstance(value, bool):
         raise ValueError("expected a string")
@@ -141,6 +164,7 @@ class _Spec:
     parse: Callable[[Any], Any]
     accepts: str
     secret: bool = False
+    shown_default: str | None = None  # for defaults that depend on the machine
 
 
 @dataclass(frozen=True)
@@ -161,7 +185,11 @@ class Settings:
     batch_size: int = 5000
     timeout: float = 10.0
     gzip: bool = False
-    max_queue_size: int = 100_000
+    spool: str = "disk"
+    spool_dir: str = field(default_factory=lambda: _default_state_dir("spool"))
+    spool_max_bytes: int = 512 * 1024 * 1024
+    dead_letter: str = field(default_factory=lambda: _default_state_dir("dead-letter.jsonl"))
+    shutdown_timeout: float = 10.0
     sink: str | None = None
     enabled: bool = True
 
@@ -253,8 +281,32 @@ _SPECS: dict[str, _Spec] = {
     ),
     "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), _positive(float), "seconds > 0"),
     "gzip": _Spec(OTEL_EXPORTER_LUNA_GZIP, ("gzip",), _parse_bool, "true or false"),
-    "max_queue_size": _Spec(
-        OTEL_EXPORTER_LUNA_MAX_QUEUE_SIZE, ("max_queue_size",), _positive(int), "an integer > 0"
+    "spool": _Spec(OTEL_EXPORTER_LUNA_SPOOL, ("spool",), _spool_kind, "disk or memory"),
+    "spool_dir": _Spec(
+        OTEL_EXPORTER_LUNA_SPOOL_DIR,
+        ("spool_dir",),
+        _text,
+        "a directory path",
+        shown_default="$XDG_STATE_HOME/otel-luna/spool",
+    ),
+    "spool_max_bytes": _Spec(
+        OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES,
+        ("spool_max_bytes",),
+        _positive(int),
+        "an integer > 0 (bytes)",
+    ),
+    "dead_letter": _Spec(
+        OTEL_EXPORTER_LUNA_DEAD_LETTER,
+        ("dead_letter",),
+        _text,
+        "a file path",
+        shown_default="$XDG_STATE_HOME/otel-luna/dead-letter.jsonl",
+    ),
+    "shutdown_timeout": _Spec(
+        OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT,
+        ("shutdown_timeout",),
+        _positive(float),
+        "seconds > 0",
     ),
     "sink": _Spec(
         OTEL_EXPORTER_LUNA_SINK,
@@ -321,7 +373,7 @@ def describe() -> list[tuple[str, str, str, Any, str]]:
             name,
             spec.env,
             spec.toml[0],
-            None if spec.secret else getattr(defaults, name),
+            None if spec.secret else spec.shown_default or getattr(defaults, name),
             spec.accepts,
         )
         for name, spec in _SPECS.items()

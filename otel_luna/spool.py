@@ -50,7 +50,12 @@ class Batch:
 
 
 class Spool(Protocol):
-    counts: Counter[str]
+    @property
+    def counts(self) -> Counter[str]: ...
+
+    @property
+    def durable(self) -> bool:
+        """True when appended records survive the process."""
 
     def append(self, body: bytes, lines: int) -> None: ...
 
@@ -66,13 +71,17 @@ class Spool(Protocol):
 
     def close(self) -> None: ...
 
+    def after_fork_in_child(self) -> None: ...
+
 
 class MemorySpool:
     """A bounded in-memory queue of encoded records."""
 
+    durable = False
+
     def __init__(self, max_bytes: int) -> None:
         self.counts: Counter[str] = Counter()
-        self._max_bytes = max_bytes
+        self.max_bytes = max_bytes
         self._records: deque[tuple[bytes, int]] = deque()
         self._bytes = 0
         self._lines = 0
@@ -85,7 +94,7 @@ class MemorySpool:
             self._bytes += len(body)
             self._lines += lines
             # Drop the oldest records that are not being written right now; keep the newest.
-            while self._bytes > self._max_bytes and len(self._records) > self._reading + 1:
+            while self._bytes > self.max_bytes and len(self._records) > self._reading + 1:
                 old, old_lines = self._records[self._reading]
                 del self._records[self._reading]
                 self._bytes -= len(old)
@@ -125,6 +134,10 @@ class MemorySpool:
 
     def close(self) -> None:
         pass
+
+    def after_fork_in_child(self) -> None:
+        """The parent keeps the records; the child starts empty."""
+        self.__init__(self.max_bytes)  # type: ignore[misc]
 
 
 class _SegmentLog:
@@ -308,6 +321,8 @@ class DiskSpool:
     writes only its own directory, and exactly one of them adopts a dead one.
     """
 
+    durable = True
+
     def __init__(self, root: Path | str, max_bytes: int) -> None:
         self.root = Path(root)
         self.counts: Counter[str] = Counter()
@@ -455,3 +470,86 @@ def _parse(data: bytes, position: int) -> tuple[bytes, int, int] | None:
     if zlib.crc32(body) != checksum:
         return None
     return body, lines, end + length
+
+
+class FallbackSpool:
+    """A disk spool that falls back to memory when the disk stops taking writes (full, gone).
+
+    Records already on disk are still read first; new ones go to memory from the first failed
+    append on (counted as ``spool_fallback_memory``, logged once).
+    """
+
+    def __init__(self, disk: DiskSpool, max_bytes: int) -> None:
+        self.disk = disk
+        self.memory: MemorySpool | None = None
+        self._max_bytes = max_bytes
+
+    @property
+    def durable(self) -> bool:
+        return self.memory is None
+
+    @property
+    def counts(self) -> Counter[str]:
+        total = Counter(self.disk.counts)
+        if self.memory is not None:
+            total.update(self.memory.counts)
+            total["spool_fallback_memory"] = 1
+        return total
+
+    def append(self, body: bytes, lines: int) -> None:
+        if self.memory is None:
+            try:
+                self.disk.append(body, lines)
+                return
+            except OSError as error:
+                _logger.warning(
+                    "otel-luna spool: cannot write to %s (%s); keeping points in memory",
+                    self.disk.directory,
+                    error,
+                )
+                self.memory = MemorySpool(self._max_bytes)
+        self.memory.append(body, lines)
+
+    def read(self, max_lines: int) -> Batch | None:
+        batch = self.disk.read(max_lines)
+        if batch is None and self.memory is not None:
+            batch = self.memory.read(max_lines)
+        return batch
+
+    def ack(self, token: object) -> None:
+        if isinstance(token, _DiskToken):
+            self.disk.ack(token)
+        elif self.memory is not None:
+            self.memory.ack(token)
+
+    @property
+    def pending_bytes(self) -> int:
+        memory = self.memory.pending_bytes if self.memory is not None else 0
+        return self.disk.pending_bytes + memory
+
+    @property
+    def pending_lines(self) -> int:
+        memory = self.memory.pending_lines if self.memory is not None else 0
+        return self.disk.pending_lines + memory
+
+    def close(self) -> None:
+        self.disk.close()
+
+    def after_fork_in_child(self) -> None:
+        self.disk.after_fork_in_child()
+        self.memory = None
+
+
+def open_spool(kind: str, directory: str, max_bytes: int) -> Spool:
+    """The spool the settings ask for; a disk spool that cannot start falls back to memory."""
+    if kind == "memory":
+        return MemorySpool(max_bytes)
+    try:
+        return FallbackSpool(DiskSpool(directory, max_bytes), max_bytes)
+    except OSError as error:
+        _logger.warning(
+            "otel-luna spool: cannot use %s (%s); keeping points in memory", directory, error
+        )
+        spool = MemorySpool(max_bytes)
+        spool.counts["spool_fallback_memory"] = 1
+        return spool

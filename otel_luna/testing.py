@@ -31,7 +31,7 @@ class InMemorySink:
 
 
 def in_memory_exporter(**settings: object) -> tuple[LunaSpanExporter, InMemorySink]:
-    """A :class:`LunaSpanExporter` writing to a fresh :class:`InMemorySink`."""
+    """A :class:`LunaSpanExporter` writing to a fresh :class:`InMemorySink` (memory spool)."""
     sink = InMemorySink()
-    exporter = LunaSpanExporter(Settings.load({}, **settings), sink=sink)
+    exporter = LunaSpanExporter(Settings.load({}, **{"spool": "memory", **settings}), sink=sink)
     return exporter, sink

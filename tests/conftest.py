@@ -66,3 +66,9 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victo
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and the apps it starts) spools and dead-letters under its own directory."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))

@@ -6,7 +6,7 @@ import gzip as gzip_module
 
 import urllib3
 
-from otel_luna.sinks import SinkError
+from otel_luna.sinks import SinkError, parse_retry_after
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -36,8 +36,9 @@ class HttpPoster:
             text = response.data[:500].decode(errors="replace").strip()
             raise SinkError(
                 f"{where}: HTTP {response.status}: {text}",
-                retryable=response.status in _RETRYABLE_STATUS,
+                retryable=response.status in _RETRYABLE_STATUS or response.status >= 500,
                 status=response.status,
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
             )
         return response
 

@@ -6,6 +6,8 @@ times slower than our encoder, see ``benchmarks/encoder.py``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from influxdb_client.client.influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 from influxdb_client.domain.write_precision import WritePrecision
@@ -13,7 +15,7 @@ from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from otel_luna.settings import Settings
-from otel_luna.sinks import SinkError
+from otel_luna.sinks import SinkError, parse_retry_after
 
 _RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -50,8 +52,9 @@ class InfluxV2Sink:
                 reason = reason.decode(errors="replace")
             raise SinkError(
                 f"{self._where}: HTTP {status}: {str(reason)[:500]}",
-                retryable=status in _RETRYABLE_STATUS or status == 0,
+                retryable=status in _RETRYABLE_STATUS or status >= 500 or status == 0,
                 status=status,
+                retry_after=parse_retry_after(_header(error, "Retry-After")),
             ) from None
         except HTTPError as error:
             raise SinkError(f"{self._where}: {type(error).__name__}", retryable=True) from None
@@ -59,3 +62,9 @@ class InfluxV2Sink:
     def close(self) -> None:
         self._write_api.close()  # type: ignore[no-untyped-call] # influxdb-client is untyped here
         self._client.close()  # type: ignore[no-untyped-call]
+
+
+def _header(error: ApiException, name: str) -> str | None:
+    headers: Any = error.headers
+    value = headers.get(name) if headers is not None else None
+    return None if value is None else str(value)
