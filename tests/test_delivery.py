@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
-
-import json
 from pathlib import Path
 
 from otel_luna.delivery import BatchWriter, DeadLetters
