@@ -74,13 +74,14 @@ class LunaSpanExporter(SpanExporter):
         self.settings = settings if settings is not None else Settings.load()
         self._pipeline = Pipeline(self.settings, sink)
         self._mapper = RequestMapper()
+        self._pipeline.track(self._mapper.counts)
         self._service = _ServiceNames()
         self._shutdown = False
 
     @property
     def counts(self) -> Any:
         """What the exporter mapped, dropped and wrote, by reason (a ``Counter``)."""
-        return self._pipeline.counts(self._mapper.counts)
+        return self._pipeline.counts()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._pipeline.writer is None:
@@ -148,15 +149,16 @@ class LunaMetricExporter(MetricExporter):
             }
         )
         self.settings = settings if settings is not None else Settings.load()
-        self._pipeline = Pipeline(self.settings, sink)
+        self._pipeline = Pipeline(self.settings, sink, signal="metrics")
         self._mapper = UsageMapper()
+        self._pipeline.track(self._mapper.counts)
         self._service = _ServiceNames()
         self._shutdown = False
 
     @property
     def counts(self) -> Any:
         """What the exporter mapped, dropped and wrote, by reason (a ``Counter``)."""
-        return self._pipeline.counts(self._mapper.counts)
+        return self._pipeline.counts()
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any

@@ -9,6 +9,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable
 
+from otel_luna import selfmetrics
 from otel_luna.delivery import BatchWriter, DeadLetters
 from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
 from otel_luna.point import Point
@@ -25,11 +26,14 @@ class Pipeline:
     accepts everything without doing anything.
     """
 
-    def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sink: Sink | None = None, signal: str = "traces"
+    ) -> None:
         self.settings = settings
         self.encoder = LineProtocolEncoder()
         self.lock = threading.Lock()
         self.failures: Counter[str] = Counter()
+        self._tracked: list[Counter[str]] = []
         self.writer: BatchWriter | None = None
         if settings.enabled:
             self.writer = BatchWriter(
@@ -44,29 +48,40 @@ class Pipeline:
                 write_timeout=settings.timeout,
                 dead_letters=DeadLetters(settings.dead_letter),
             )
+            selfmetrics.register(self, signal)
 
     def encode(self, points: Iterable[Point], lines: list[str]) -> None:
         """Append the lines of ``points`` to ``lines``, counting invalid ones. Hold ``lock``."""
         encode_point = self.encoder.encode_point
+        before = len(lines)
         for point in points:
             try:
                 lines.append(encode_point(point))
             except InvalidPointError as error:
                 self.failures[error.reason] += 1
+        self.failures["mapped"] += len(lines) - before
 
     def submit(self, lines: list[str]) -> None:
         """Queue ``lines`` for delivery; returns at once."""
         if self.writer is not None:
             self.writer.submit(lines)
 
-    def counts(self, *more: Counter[str]) -> Counter[str]:
-        """Encoder, delivery, spool and caller counters, summed."""
+    def track(self, counter: Counter[str]) -> None:
+        """Report ``counter`` (the caller's mapping counts) with the pipeline's own."""
+        self._tracked.append(counter)
+
+    def counts(self) -> Counter[str]:
+        """Mapping, encoder, delivery and spool counters, summed."""
         total: Counter[str] = Counter()
-        for counter in (self.encoder.counts, self.failures, *more):
+        for counter in (self.encoder.counts, self.failures, *self._tracked):
             total.update(counter)
         if self.writer is not None:
             total.update(self.writer.all_counts())
         return total
+
+    def queued(self) -> int:
+        """Lines waiting in the spool."""
+        return 0 if self.writer is None else self.writer.queued
 
     def force_flush(self, timeout: float | None) -> bool:
         return True if self.writer is None else self.writer.force_flush(timeout)
