@@ -19,7 +19,6 @@ Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -30,6 +29,8 @@ from otel_luna.point import FieldValue, Point
 MAX_STRING_FIELD_BYTES = 64 * 1024
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _TAG_CACHE_LIMIT = 4096
+# Strings this short cannot exceed the byte limit: only quotes and backslashes need a look.
+_SHORT_STRING = MAX_STRING_FIELD_BYTES // 4
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
@@ -129,34 +130,39 @@ class LineProtocolEncoder:
         return encoded
 
     def _field_key(self, key: str) -> str:
-        encoded = self._field_keys.get(key)
-        if encoded is None:
-            _check_name("field_key", key)
-            _check_start("field_key", key)  # the first key follows a space
-            encoded = key.translate(_KEY_ESCAPES)
-            if len(self._field_keys) < _TAG_CACHE_LIMIT:
-                self._field_keys[key] = encoded
+        """``key=`` escaped, cached."""
+        _check_name("field_key", key)
+        _check_start("field_key", key)  # the first key follows a space
+        encoded = key.translate(_KEY_ESCAPES) + "="
+        if len(self._field_keys) < _TAG_CACHE_LIMIT:
+            self._field_keys[key] = encoded
         return encoded
 
     def _fieldset(self, fields: dict[str, FieldValue]) -> str:
         parts = []
+        keys = self._field_keys
         for key, value in fields.items():
+            prefix = keys.get(key)
+            if prefix is None:
+                prefix = self._field_key(key)
             kind = type(value)
             if kind is str:
-                text = self._string(value)  # type: ignore[arg-type]
-                parts.append(f'{self._field_key(key)}="{text}"')
+                text: str = value  # type: ignore[assignment]
+                if len(text) > _SHORT_STRING or '"' in text or "\\" in text:
+                    text = self._string(text)
+                parts.append(f'{prefix}"{text}"')
             elif kind is float:
-                if math.isfinite(value):  # type: ignore[arg-type]
-                    parts.append(f"{self._field_key(key)}={value!r}")
+                if value - value == 0.0:  # type: ignore[operator] # finite: not NaN, not inf
+                    parts.append(f"{prefix}{value!r}")
                 else:
                     self.counts["nonfinite_field"] += 1
-            elif kind is bool:
-                parts.append(f"{self._field_key(key)}={'true' if value else 'false'}")
             elif kind is int:
                 if _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
-                    parts.append(f"{self._field_key(key)}={value}i")
+                    parts.append(f"{prefix}{value}i")
                 else:
                     self.counts["int_out_of_range"] += 1
+            elif kind is bool:
+                parts.append(f"{prefix}{'true' if value else 'false'}")
             else:
                 self.counts["unsupported_field_type"] += 1
         if not parts:
@@ -164,6 +170,7 @@ class LineProtocolEncoder:
         return ",".join(parts)
 
     def _string(self, value: str) -> str:
+        """Truncated to the limit and escaped."""
         if len(value) > MAX_STRING_FIELD_BYTES // 4:
             raw = value.encode()
             if len(raw) > MAX_STRING_FIELD_BYTES:

@@ -24,9 +24,6 @@ from otel_luna import _attributes as attr
 from otel_luna import schema
 from otel_luna.point import FieldValue, Point
 
-_TAG_LEN = len(attr.TAG_PREFIX)
-_FIELD_LEN = len(attr.FIELD_PREFIX)
-_TIME_LEN = len(attr.TIME_PREFIX)
 _BASE_REQUEST_FIELDS = frozenset(schema.REQUEST_FIELDS)
 _BASE_TAGS = frozenset(schema.ERROR_TAGS)
 
@@ -34,6 +31,20 @@ _BASE_TAGS = frozenset(schema.ERROR_TAGS)
 PENDING_TTL_NS = 300 * 10**9
 #: ... or when more than this many spans' data wait at once (oldest first).
 PENDING_LIMIT = 100_000
+_TAGSET_CACHE_LIMIT = 4096
+_PLAN_CACHE_LIMIT = 1024
+
+_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN = range(8)
+_PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
+_EXACT_KINDS = {
+    attr.REQUEST_ID: _REQUEST_ID,
+    attr.ERROR_CODE: _ERROR_CODE,
+    attr.LICENSE_STATUS: _LICENSE,
+    attr.LICENSE_LIVENESS_BALANCE: _LICENSE_PART,
+    attr.LICENSE_WARNINGS: _LICENSE_PART,
+    attr.LICENSE_ERRORS: _LICENSE_PART,
+}
+_SCALARS = frozenset({str, int, float, bool})
 
 
 class _Extra:
@@ -109,6 +120,8 @@ class RequestMapper:
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
         self._since_sweep = 0
+        self._tagsets: dict[tuple[Any, ...], Any] = {}
+        self._plans: dict[tuple[str, ...], tuple[tuple[str, int, str], ...]] = {}
 
     @property
     def pending(self) -> int:
@@ -128,14 +141,20 @@ class RequestMapper:
         service: str,
     ) -> list[Point]:
         """Points for one ended span (empty for all but SERVER and licence-check spans)."""
-        if attr.LICENSE_STATUS in attributes:
-            return self._license(attributes, start_ns, service)
         extra = self._pending.pop(span_id, None) if self._pending else None
-        for key in attributes:
-            if key.startswith("luna."):
-                if extra is None:
-                    extra = _Extra(end_ns)
-                self._take(extra, key, attributes[key])
+        # Spans of one kind carry the same attribute keys in the same order: classify the
+        # luna.* keys once per key tuple instead of testing every key of every span.
+        keys = tuple(attributes)
+        plan = self._plans.get(keys)
+        if plan is None:
+            plan = self._plan(keys)
+        if plan:
+            if plan[0][1] == _LICENSE:
+                return self._license(attributes, start_ns, service)
+            if extra is None:
+                extra = _Extra(end_ns)
+            for key, kind, name in plan:
+                self._take(extra, kind, name, attributes[key])
         if is_server:
             self.counts["server_spans"] += 1
             return self._points(
@@ -165,27 +184,47 @@ class RequestMapper:
         tags = (("license_status", status), ("service", service))
         return [Point(schema.LICENSING, tags, fields, start_ns)]
 
-    def _take(self, extra: _Extra, key: str, value: Any) -> None:
-        if key.startswith(attr.TIME_PREFIX):
-            if type(value) in (int, float):
-                name = key[_TIME_LEN:]
+    def _plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
+        """The luna.* keys among ``keys``, classified; a licence check first."""
+        plan = []
+        for key in keys:
+            if not key.startswith(attr.LUNA_PREFIX):
+                continue
+            for prefix, kind in _PREFIX_KINDS:
+                if key.startswith(prefix):
+                    plan.append((key, kind, key[len(prefix) :]))
+                    break
+            else:
+                plan.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key))
+        plan.sort(key=lambda item: item[1] != _LICENSE)
+        result = tuple(plan)
+        if len(self._plans) >= _PLAN_CACHE_LIMIT:
+            self._plans.clear()
+        self._plans[keys] = result
+        return result
+
+    def _take(self, extra: _Extra, kind: int, name: str, value: Any) -> None:
+        scalar = type(value) in _SCALARS
+        if kind == _TIME:
+            if scalar and type(value) is not str and type(value) is not bool:
                 extra.times[name] = extra.times.get(name, 0.0) + float(value)
                 return
-        elif key.startswith(attr.TAG_PREFIX):
-            if type(value) in (str, int, float, bool):
-                extra.tags[key[_TAG_LEN:]] = (
-                    str(value).lower() if type(value) is bool else str(value)
-                )
+        elif kind == _TAG:
+            if scalar:
+                extra.tags[name] = str(value).lower() if type(value) is bool else str(value)
                 return
-        elif key.startswith(attr.FIELD_PREFIX):
-            if type(value) in (str, int, float, bool):
-                extra.fields[key[_FIELD_LEN:]] = value
+        elif kind == _FIELD:
+            if scalar:
+                extra.fields[name] = value
                 return
-        elif key == attr.REQUEST_ID:
+        elif kind == _REQUEST_ID:
             extra.request_id = str(value)
             return
-        elif key == attr.ERROR_CODE:
+        elif kind == _ERROR_CODE:
             extra.error_code = value
+            return
+        elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
+            self.counts["incomplete_license_check"] += 1
             return
         else:
             self.counts["unknown_luna_attribute"] += 1
@@ -225,23 +264,34 @@ class RequestMapper:
         service: str,
         extra: _Extra | None,
     ) -> list[Point]:
-        status = _first(attributes, attr.HTTP_STATUS_CODE)
-        if type(status) is not int and status is not None:
-            status = int(status) if str(status).isdigit() else None
-        status_code = "" if status is None else str(status)
-        base_tags = {"route": _route(attributes), "service": service, "status_code": status_code}
-        request_id = None
-        error_code = None
+        get = attributes.get
+        method = get("http.request.method") or get("http.method")
+        route = get(attr.HTTP_ROUTE)
+        raw_status = get("http.response.status_code")
+        if raw_status is None:
+            raw_status = get("http.status_code")
+        extra_tags = None
+        request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
         if extra is not None:
             request_id = extra.request_id
             error_code = extra.error_code
-            if extra.tags:
-                base_tags = {**extra.tags, **base_tags}
             request_fields = extra.fields
+            if extra.tags:
+                extra_tags = tuple(extra.tags.items())
+        # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
+        # comes from the path (no http.route), which may be unique per request.
+        key = (service, method, route, raw_status, extra_tags)
+        cached = self._tagsets.get(key) if route else None
+        if cached is None:
+            cached = self._tagset(attributes, service, raw_status, extra)
+            if route:
+                if len(self._tagsets) >= _TAGSET_CACHE_LIMIT:
+                    self._tagsets.clear()
+                self._tagsets[key] = cached
+        tags, error_tags_base, status = cached
         if request_id is None:
             request_id = f"{trace_id:032x}"
-        tags = tuple(sorted(base_tags.items()))
         fields: dict[str, FieldValue] = {
             **request_fields,
             "request_id": request_id,
@@ -249,15 +299,26 @@ class RequestMapper:
         }
         if extra is not None and extra.times:
             fields.update(extra.times)
-        points = [Point(schema.REQUESTS, tags, fields, start_ns)]
-        failed = status_error or error_code is not None or (status is not None and status >= 400)
-        if failed:
-            error_tags = {
-                **base_tags,
-                "error_code": schema.UNKNOWN_ERROR_CODE if error_code is None else str(error_code),
-            }
-            error_fields = {**request_fields, "request_id": request_id}
-            points.append(
-                Point(schema.ERRORS, tuple(sorted(error_tags.items())), error_fields, start_ns)
-            )
-        return points
+        requests = Point(schema.REQUESTS, tags, fields, start_ns)
+        if not (status_error or error_code is not None or (status is not None and status >= 400)):
+            return [requests]
+        code = schema.UNKNOWN_ERROR_CODE if error_code is None else str(error_code)
+        error_tags = tuple(sorted((*error_tags_base, ("error_code", code))))
+        error_fields = {**request_fields, "request_id": request_id}
+        return [requests, Point(schema.ERRORS, error_tags, error_fields, start_ns)]
+
+    def _tagset(
+        self, attributes: Mapping[str, Any], service: str, status: Any, extra: _Extra | None
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None]:
+        """(requests tags, errors tags without error_code, status as int) — the slow path."""
+        if type(status) is not int and status is not None:
+            status = int(status) if str(status).isdigit() else None
+        base = {
+            "route": _route(attributes),
+            "service": service,
+            "status_code": "" if status is None else str(status),
+        }
+        if extra is not None and extra.tags:
+            base = {**extra.tags, **base}
+        tags = tuple(sorted(base.items()))
+        return tags, tuple(item for item in tags if item[0] != "error_code"), status

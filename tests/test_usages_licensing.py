@@ -150,3 +150,13 @@ def test_usages_and_licensing_into_influxdb1(influxdb1: InfluxDB1, influxdb1_dat
     types = {name: kind for name, kind in usage_fields["results"][0]["series"][0]["values"]}
     assert set(types.values()) == {"integer"}
     assert set(types) == {f"{name}_usages" for name in usages}
+
+
+def test_licence_attributes_without_status_are_counted_not_mapped() -> None:
+    """A span with licence fields but no luna.license.status is no licence check."""
+    mapper = RequestMapper()
+    assert (
+        mapper.add({"luna.license.liveness_balance": 3}, False, 1, 2, None, T0, T0, False, "s")
+        == []
+    )
+    assert mapper.counts["incomplete_license_check"] == 1
