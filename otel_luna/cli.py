@@ -1,0 +1,122 @@
+"""The ``otel-luna`` command. Thin: it parses arguments and calls :mod:`otel_luna.demo`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from otel_luna.settings import OTEL_EXPORTER_LUNA_ENDPOINT, SettingsError
+
+#: Exit codes: 0 success, 1 the demo ran but found a problem or could not run, 2 bad usage or
+#: setting, 130 interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from otel_luna import demo
+
+    parser = argparse.ArgumentParser(
+        prog="otel-luna",
+        description="OpenTelemetry data written as the LUNA PLATFORM monitoring series.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    run = commands.add_parser(
+        "demo",
+        help="run the example luna-handlers service under opentelemetry-instrument and "
+        "summarise the series it wrote",
+        description=(
+            "Start examples/luna_handlers_app.py under opentelemetry-instrument with the luna "
+            "traces exporter, send it requests (some failing), stop it with SIGTERM and print "
+            "the requests/errors series read back. The endpoint is --endpoint, else "
+            f"OTEL_EXPORTER_LUNA_ENDPOINT, else file://$PWD/{demo.DEFAULT_FILE_NAME} "
+            "(emptied first). Other OTEL_EXPORTER_LUNA_* variables are passed on."
+        ),
+    )
+    run.add_argument(
+        "--requests",
+        type=_positive_int,
+        default=demo.DEFAULT_REQUESTS,
+        metavar="N",
+        help=f"requests to send (default {demo.DEFAULT_REQUESTS})",
+    )
+    run.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="http(s)://host:port (InfluxDB), file:///path.lp or console; "
+        "overrides OTEL_EXPORTER_LUNA_ENDPOINT",
+    )
+    run.add_argument(
+        "--concurrency",
+        type=_positive_int,
+        default=demo.DEFAULT_CONCURRENCY,
+        metavar="N",
+        help=f"requests in flight at once (default {demo.DEFAULT_CONCURRENCY})",
+    )
+    run.add_argument(
+        "--seed", type=int, default=None, help="seed of the request mix (default: random)"
+    )
+    run.add_argument(
+        "--app",
+        type=Path,
+        default=demo.EXAMPLE_APP,
+        metavar="PATH",
+        help="the service to run (default: the example in the source checkout)",
+    )
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from otel_luna import demo
+
+    result = demo.run_demo(
+        args.requests,
+        endpoint=args.endpoint,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        app=args.app,
+        out=sys.stdout,
+        progress=sys.stderr,
+    )
+    return EXIT_FAILED if result.problems else EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``otel-luna`` with ``argv`` (default: the command line); the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from otel_luna.demo import DemoError
+
+    try:
+        if args.command == "demo":
+            return _demo(args)
+    except SettingsError as error:
+        source = ""
+        if getattr(args, "endpoint", None) and error.setting == OTEL_EXPORTER_LUNA_ENDPOINT:
+            source = " (given with --endpoint)"
+        print(f"otel-luna {args.command}: {error}{source}", file=sys.stderr)
+        return EXIT_USAGE
+    except DemoError as error:
+        print(f"otel-luna {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"otel-luna {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
+
+
+if __name__ == "__main__":
+    sys.exit(main())

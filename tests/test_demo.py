@@ -1,0 +1,327 @@
+"""``otel-luna demo``: its line-protocol reader, its summary, whole runs (file, CLI, InfluxDB)."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+from servers import InfluxDB1, unique_name
+
+from otel_luna import cli, demo, schema
+from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.point import Point
+
+OTEL_LUNA = Path(sys.executable).parent / "otel-luna"
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any OTEL_* setting, plus ``extra``."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    return {**env, **extra}
+
+
+def typed(point: Point) -> tuple[Any, ...]:
+    """A point with each field value's type, so that ``1``, ``1.0`` and ``True`` differ."""
+    fields = tuple((key, type(value), repr(value)) for key, value in point.fields.items())
+    return (point.measurement, point.tags, fields, point.time_ns)
+
+
+# -- the line-protocol reader -------------------------------------------------------------------
+
+
+def test_parse_line_unescapes_tags_and_string_fields() -> None:
+    """Escaped commas, spaces and equals signs in names and tags, and quoted strings, read back."""
+    line = (
+        r"my\ series,a\,b=c\ d\=e,route=POST:/handlers/{handler_id}/events "
+        r'request_id="1700000000,a b=c \"q\" \\",execution_time=0.25 1700000000000000000'
+    )
+    assert demo.parse_line(line) == Point(
+        "my series",
+        (("a,b", "c d=e"), ("route", "POST:/handlers/{handler_id}/events")),
+        {"request_id": '1700000000,a b=c "q" \\', "execution_time": 0.25},
+        1700000000000000000,
+    )
+
+
+def test_parse_line_reads_every_field_type() -> None:
+    """Integers, unsigned integers, floats and booleans keep their type; no timestamp gives 0."""
+    point = demo.parse_line('m i=-3i,u=4u,f=1e-05,g=2.0,t=true,F=F,s=""')
+    assert typed(point) == typed(
+        Point("m", (), {"i": -3, "u": 4, "f": 1e-05, "g": 2.0, "t": True, "F": False, "s": ""}, 0)
+    )
+
+
+def test_parse_lines_skips_comments_and_keeps_newlines_in_strings() -> None:
+    """Blank and # lines are skipped; a string field may hold a newline."""
+    points = demo.parse_lines('# comment\n\nm s="a\nb",n=1i 5\nm n=2i\n')
+    assert points == [Point("m", (), {"s": "a\nb", "n": 1}, 5), Point("m", (), {"n": 2}, 0)]
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["m", "m,t=1", "m x", "m x=", 'm x="open', "m x=1i notatime", "m x=bad 1", "m,=v x=1 1"],
+)
+def test_parse_line_rejects_what_is_not_line_protocol(line: str) -> None:
+    """Malformed lines raise LineProtocolSyntaxError."""
+    with pytest.raises(demo.LineProtocolSyntaxError):
+        demo.parse_line(line)
+
+
+def test_read_line_protocol_names_the_bad_line(tmp_path: Path) -> None:
+    """A bad line in a file is reported with the file and its line number."""
+    path = tmp_path / "x.lp"
+    path.write_text("m x=1i 1\nm x=what 2\n")
+    with pytest.raises(demo.DemoError, match=r"x\.lp: line 2: bad field value 'what'"):
+        demo.read_line_protocol(path)
+    with pytest.raises(demo.DemoError, match=r"x\.lp: line 2: "):
+        demo.read_line_protocol(path, offset=len("m x=1i 1\n"))
+    assert demo.read_line_protocol(path, offset=path.stat().st_size) == []
+
+
+# Names: what the encoder escapes, plus a rare backslash (some uses of it are rejected).
+_NAME_CHARS = st.sampled_from(list('aaaabbbbcé日 ,="#\\'))
+_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=8)
+_CHARS = st.sampled_from(list('ab ,="\\#\t\x00\né日'))
+_FIELD_VALUES = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(_CHARS, max_size=12),
+)
+
+
+@given(
+    measurement=_NAMES,
+    tags=st.dictionaries(_NAMES, _NAMES, max_size=3),
+    fields=st.dictionaries(_NAMES, _FIELD_VALUES, min_size=1, max_size=4),
+    time_ns=st.integers(0, 2**62),
+)
+def test_encoder_output_parses_back(
+    measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int
+) -> None:
+    """Whatever otel-luna's encoder writes, the demo's parser reads back unchanged."""
+    point = Point(measurement, tuple(sorted(tags.items())), fields, time_ns)
+    try:
+        line = LineProtocolEncoder().encode_point(point)
+    except InvalidPointError:
+        assume(False)
+        return
+    assert typed(demo.parse_line(line)) == typed(point)
+    assert [typed(p) for p in demo.parse_lines(line + "\n" + line)] == [typed(point)] * 2
+
+
+# -- the summary --------------------------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank_like_influxdb() -> None:
+    """p50/p95 use InfluxDB 1.x's nearest-rank rule."""
+    values = [float(n) for n in range(20, 0, -1)]
+    assert demo.percentile(values, 50) == 10.0
+    assert demo.percentile(values, 95) == 19.0
+    assert demo.percentile([3.0], 95) == 3.0
+    assert demo.percentile([], 50) is None
+
+
+def _point(measurement: str, route: str, seconds: float = 0.0, code: str = "") -> Point:
+    tags = {"route": route, "service": "luna-handlers", "status_code": "201"}
+    if code:
+        tags["error_code"] = code
+    return Point(measurement, tuple(sorted(tags.items())), {"execution_time": seconds}, 1)
+
+
+def test_summary_counts_series_routes_and_error_codes() -> None:
+    """The summary counts points per series, times per route and errors per code, as printed."""
+    points = [_point("requests", "POST:/detector", s / 1000) for s in (1, 2, 3, 4)]
+    points += [_point("requests", "GET:/version", 0.0005)]
+    points += [_point("errors", "POST:/extractor", code="12031")] * 2
+    points += [_point("errors", "POST:/x", code="22002")]
+    points += [Point("requests", (("service", "other"),), {"execution_time": 1.0}, 1)]
+    summary = demo.summarize(points)
+    assert summary.points == {"requests": 5, "errors": 3}
+    assert summary.routes == {
+        "GET:/version": demo.RouteStats(1, 0.0005, 0.0005),
+        "POST:/detector": demo.RouteStats(4, 0.002, 0.004),
+    }
+    assert summary.error_codes == {"12031": 2, "22002": 1}
+    assert demo.format_summary(summary) == (
+        "requests     5 points\n"
+        "errors       3 points\n"
+        "route                                   count   p50 ms   p95 ms\n"
+        "GET:/version                                1      0.5      0.5\n"
+        "POST:/detector                              4      2.0      4.0\n"
+        "errors by error_code: 12031: 2, 22002: 1"
+    )
+
+
+def test_check_reports_lost_points() -> None:
+    """A missing requests or errors point, or a wrong error code, is reported as a problem."""
+    calls = demo.plan_requests(40, ["h"], ["x"], random.Random(1))
+    statuses: list[int | None] = [call.expect_status for call in calls]
+    routes, codes = demo.expected_summary_counts(calls, statuses)
+    good = demo.Summary(
+        {"requests": 40, "errors": sum(codes.values())},
+        {route: demo.RouteStats(count, 0.1, 0.1) for route, count in routes.items()},
+        dict(codes),
+    )
+    assert demo.check(good, calls, statuses) == []
+    lost = demo.Summary({**good.points, "requests": 39}, good.routes, good.error_codes)
+    assert demo.check(lost, calls, statuses)[0] == "39 requests points for 40 requests"
+    wrong = demo.Summary(good.points, good.routes, {"0": sum(codes.values())})
+    assert len(demo.check(wrong, calls, statuses)) == 1
+
+
+def test_endpoint_comes_from_option_then_environment_then_default(tmp_path: Path) -> None:
+    """--endpoint beats OTEL_EXPORTER_LUNA_ENDPOINT, which beats file://$PWD/luna-demo.lp."""
+    key = "OTEL_EXPORTER_LUNA_ENDPOINT"
+    env = demo.app_environment({}, tmp_path)
+    assert env[key] == (tmp_path / "luna-demo.lp").as_uri()
+    assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "none"
+    assert env["OTEL_LOGS_EXPORTER"] == "none" and env["OTEL_SERVICE_NAME"] == "luna-handlers"
+    assert demo.app_environment({key: "console"}, tmp_path)[key] == "console"
+    assert demo.app_environment({key: "console"}, tmp_path, "http://h:1")[key] == "http://h:1"
+
+
+def test_summary_source_follows_the_sink() -> None:
+    """Files, console and InfluxDB 1.x are read back; the 2.x API gets a note instead."""
+    load = demo.Settings.load
+    assert demo.summary_source(load({}, endpoint="file:///tmp/x.lp")) == "file"
+    assert demo.summary_source(load({}, endpoint="console")) == "console"
+    assert demo.summary_source(load({}, endpoint="http://h:8086")) == "influxdb1"
+    v2 = load({}, endpoint="http://h:8086", token="t", org="o")
+    assert demo.summary_source(v2) == "none"
+    assert "reads the 1.x API" in demo.summary_note(v2)
+
+
+def test_cli_rejects_a_bad_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
+    """A bad --endpoint exits 2 with a message naming the setting, before anything starts."""
+    assert cli.main(["demo", "--endpoint", "ftp://example"]) == 2
+    error = capsys.readouterr().err
+    assert "OTEL_EXPORTER_LUNA_ENDPOINT" in error and "--endpoint" in error
+
+
+def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
+    """--requests and --concurrency must be positive integers (argparse exits 2)."""
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["demo", "--requests", "0"])
+    assert stopped.value.code == 2
+    assert "--requests" in capsys.readouterr().err
+
+
+# -- whole runs ---------------------------------------------------------------------------------
+
+
+def printed_table(text: str) -> dict[str, int]:
+    """Route -> count from the route table the demo printed."""
+    rows = re.findall(r"^([A-Z]+:/\S*) +(\d+) +[\d.]+ +[\d.]+$", text, re.M)
+    return {route: int(count) for route, count in rows}
+
+
+def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: Path) -> None:
+    """The default run empties luna-demo.lp, fills it with the app's points and prints them."""
+    lp = tmp_path / "luna-demo.lp"
+    lp.write_text("left over from an earlier run\n")
+    out, bar = io.StringIO(), io.StringIO()
+    result = demo.run_demo(60, cwd=tmp_path, environ=clean_env(), out=out, progress=bar, seed=11)
+    assert result.problems == [] and result.app_returncode == 0
+    assert result.endpoint == lp.as_uri()
+    assert result.drive.statuses == [call.expect_status for call in result.calls]
+
+    points = demo.read_line_protocol(lp)
+    requests = [p for p in points if p.measurement == schema.REQUESTS]
+    errors = [p for p in points if p.measurement == schema.ERRORS]
+    assert len(requests) == 60 and len(points) == len(requests) + len(errors)
+    expected_codes = Counter(
+        str(call.expect_error_code) for call in result.calls if call.expect_error_code
+    )
+    assert Counter(dict(p.tags)["error_code"] for p in errors) == expected_codes
+    assert set(expected_codes) == {"12031", "22002"}
+
+    summary = demo.summarize(points)
+    assert result.summary == summary
+    text = out.getvalue()
+    assert demo.format_summary(summary) in text
+    assert re.search(r"^requests +60 points$", text, re.M)
+    assert re.search(rf"^errors +{len(errors)} points$", text, re.M)
+    assert printed_table(text) == dict(Counter(call.route for call in result.calls))
+    by_count = sorted(expected_codes.items(), key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{code}: {count}" for code, count in by_count)
+    assert f"\nerrors by error_code: {shown}\n" in text
+    assert "check: " in text and ": ok" in text
+    assert bar.getvalue().strip().startswith("[##############################] 60/60 requests")
+
+
+def test_run_demo_reads_only_its_own_points_from_a_given_file(tmp_path: Path) -> None:
+    """A file endpoint given by the user is appended to; the summary reads the new points only."""
+    lp = tmp_path / "mine.lp"
+    old = "requests,route=GET:/old,service=luna-handlers,status_code=200 execution_time=0.5 1\n"
+    lp.write_text(old)
+    env = clean_env(OTEL_EXPORTER_LUNA_ENDPOINT=lp.as_uri())
+    result = demo.run_demo(20, cwd=tmp_path, environ=env, out=io.StringIO(), seed=2)
+    assert result.problems == []
+    assert lp.read_text().startswith(old)
+    assert result.summary is not None and result.summary.points["requests"] == 20
+    assert "GET:/old" not in result.summary.routes
+    assert not (tmp_path / "luna-demo.lp").exists()
+
+
+def test_cli_demo_in_a_subprocess(tmp_path: Path) -> None:
+    """`otel-luna demo --requests 60` exits 0 and prints the summary of the file it wrote."""
+    done = subprocess.run(
+        [str(OTEL_LUNA), "demo", "--requests", "60", "--concurrency", "4"],
+        cwd=tmp_path,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = demo.summarize(demo.read_line_protocol(tmp_path / "luna-demo.lp"))
+    assert summary.points["requests"] == 60
+    assert demo.format_summary(summary) in done.stdout
+    assert printed_table(done.stdout) == {r: s.count for r, s in summary.routes.items()}
+    assert "60/60 requests" in done.stderr
+
+
+def test_run_demo_reads_back_from_influxdb1(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    """With an InfluxDB 1.x endpoint the demo creates the database and summarises by InfluxQL."""
+    database = unique_name("demo")
+    env = clean_env(OTEL_EXPORTER_LUNA_DATABASE=database)
+    out = io.StringIO()
+    try:
+        result = demo.run_demo(
+            60, endpoint=influxdb1.url, cwd=tmp_path, environ=env, out=out, seed=13
+        )
+        rows = influxdb1.select("SELECT * FROM requests", database)
+        error_rows = influxdb1.select("SELECT * FROM errors", database)
+    finally:
+        if database in influxdb1.databases():
+            influxdb1.drop_database(database)
+    assert result.problems == []
+    assert f"created database {database}" in out.getvalue()
+    points = [
+        Point(
+            "requests",
+            (("route", row["route"]), ("service", row["service"])),
+            {"execution_time": row["execution_time"]},
+            row["time"],
+        )
+        for row in rows
+    ]
+    points += [
+        Point("errors", (("error_code", row["error_code"]), ("service", row["service"])), {}, 0)
+        for row in error_rows
+    ]
+    assert len(rows) == 60
+    assert result.summary == demo.summarize(points)
+    assert demo.format_summary(result.summary) in out.getvalue()
+    assert not (tmp_path / "luna-demo.lp").exists()
