@@ -132,3 +132,84 @@ def test_semantic_conventions_give_identical_points(influxdb1: InfluxDB1, opt_in
         influxdb1.drop_database(new_db)
     assert shape(old) == shape(new)
     assert len(old) == len(TRAFFIC)
+
+
+EXAMPLE_APP = Path(__file__).parent.parent / "examples" / "luna_handlers_app.py"
+STAGES = {
+    "POST:/detector": {"load_images_for_processing_time", "save_warps_time", "save_samples_time"},
+    "POST:/extractor": {"load_face_samples_time", "save_face_attributes_time"},
+    "POST:/handlers/{handler_id}/events": {
+        "download_images_time",
+        "face_sample_storage_policy_time",
+        "match_policy_time",
+        "face_storage_policy_time",
+        "event_storage_policy_time",
+        "notification_storage_policy_time",
+    },
+}
+
+
+def test_example_app_into_influxdb1(influxdb1: InfluxDB1, influxdb1_database: str) -> None:
+    """The aiohttp example under opentelemetry-instrument writes exactly the documented series."""
+    known = "3f1c9a52-6d0e-4c8e-9a61-0d2b7f1e4a10"  # one of the example's DEFAULT_HANDLER_IDS
+    traffic = (
+        [("POST", "/detector", b"image", 201)] * 5
+        + [("POST", "/extractor", b'{"sample_ids": ["a"]}', 201)] * 4
+        + [("POST", "/extractor", b"not json", 400)] * 2
+        + [("POST", f"/handlers/{known}/events", b"image", 201)] * 5
+        + [("POST", "/handlers/unknown/events", b"image", 404)] * 3
+        + [("GET", "/version", b"", 200)] * 3
+    )
+    with (
+        instrumented_app(
+            EXAMPLE_APP, luna_env(influxdb1, influxdb1_database), "--port", "0"
+        ) as url,
+        requests.Session() as session,
+    ):
+        for method, path, body, status in traffic:
+            response = session.request(method, url + path, data=body, timeout=10)
+            assert response.status_code == status, (method, path, response.text)
+    rows = influxdb1.select("SELECT * FROM requests", influxdb1_database)
+    assert len(rows) == len(traffic)
+    assert Counter((row["route"], row["status_code"]) for row in rows) == Counter(
+        {
+            ("POST:/detector", "201"): 5,
+            ("POST:/extractor", "201"): 4,
+            ("POST:/extractor", "400"): 2,
+            ("POST:/handlers/{handler_id}/events", "201"): 5,
+            ("POST:/handlers/{handler_id}/events", "404"): 3,
+            ("GET:/version", "200"): 3,
+        }
+    )
+    assert keys(influxdb1, influxdb1_database, "SHOW TAG KEYS", "requests") == {
+        "handler_id": "tag",
+        "route": "tag",
+        "service": "tag",
+        "status_code": "tag",
+    }
+    all_stages = set().union(*STAGES.values())
+    assert keys(influxdb1, influxdb1_database, "SHOW FIELD KEYS", "requests") == {
+        "request_id": "string",
+        "execution_time": "float",
+        **dict.fromkeys(all_stages, "float"),
+    }
+    for row in rows:
+        on_handler = row["route"] == "POST:/handlers/{handler_id}/events"
+        assert (row["handler_id"] is not None) == on_handler
+        timed = {name for name in all_stages if row[name] is not None}
+        succeeded = row["status_code"] in ("200", "201")
+        assert timed == (STAGES.get(row["route"], set()) if succeeded else set()), row
+    errors = influxdb1.select("SELECT * FROM errors", influxdb1_database)
+    assert Counter((row["route"], row["error_code"]) for row in errors) == Counter(
+        {("POST:/extractor", "12031"): 2, ("POST:/handlers/{handler_id}/events", "22002"): 3}
+    )
+    assert keys(influxdb1, influxdb1_database, "SHOW TAG KEYS", "errors") == {
+        "error_code": "tag",
+        "handler_id": "tag",
+        "route": "tag",
+        "service": "tag",
+        "status_code": "tag",
+    }
+    assert keys(influxdb1, influxdb1_database, "SHOW FIELD KEYS", "errors") == {
+        "request_id": "string"
+    }
