@@ -78,6 +78,7 @@ class LineProtocolEncoder:
         self._measurements: dict[str, str] = {}
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
     def encode(self, points: Iterable[Point]) -> list[str]:
         """Encode ``points`` to lines (no trailing newline); invalid points are counted, skipped."""
@@ -92,14 +93,26 @@ class LineProtocolEncoder:
 
     def encode_point(self, point: Point) -> str:
         """One line for ``point``; raises :class:`InvalidPointError` if it cannot be carried."""
-        measurement = self._measurements.get(point.measurement)
-        if measurement is None:
-            measurement = self._measurement(point.measurement)
-        tagset = self._tagsets.get(point.tags)
+        measurement, tags, fields, time_ns = point
+        prefix = self._prefixes.get((measurement, tags))
+        if prefix is None:
+            prefix = self._prefix(measurement, tags)
+        return f"{prefix} {self._fieldset(fields)} {time_ns}"
+
+    def _prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
+        """``measurement,tag=value,...`` escaped; cached unless a tag was dropped."""
+        name = self._measurements.get(measurement)
+        if name is None:
+            name = self._measurement(measurement)
+        tagset = self._tagsets.get(tags)
         if tagset is None:
-            tagset = self._tagset(point.tags)
-        fieldset = self._fieldset(point.fields)
-        return f"{measurement}{tagset} {fieldset} {point.time_ns}"
+            tagset = self._tagset(tags)
+            if tags not in self._tagsets:  # a counted drop: count it again next time
+                return name + tagset
+        if len(self._prefixes) >= _TAG_CACHE_LIMIT:
+            self._prefixes.clear()
+        prefix = self._prefixes[(measurement, tags)] = name + tagset
+        return prefix
 
     def _measurement(self, name: str) -> str:
         _check_name("measurement", name)
