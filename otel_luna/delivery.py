@@ -39,6 +39,8 @@ BACKOFF_INITIAL = 0.5
 BACKOFF_MAX = 30.0
 #: Seconds between the one-line summaries logged when something was retried or dropped.
 SUMMARY_INTERVAL = 60.0
+#: Seconds between looks for spool directories of processes that are gone (forked children).
+ADOPT_INTERVAL = 5.0
 _SUMMARY_KEYS = ("retried", "dropped_spool_full", "dead_lettered", "corrupt_records")
 
 
@@ -100,7 +102,7 @@ class BatchWriter:
         self._flush_requested = 0
         self._flushed = 0
         self._closed = False
-        self._last_summary = time.monotonic()
+        self._last_summary = self._last_adoption = time.monotonic()
         self._summarised: Counter[str] = Counter()
         self._worker = threading.Thread(target=self._run, name="otel-luna-writer", daemon=True)
         self._worker.start()
@@ -191,6 +193,7 @@ class BatchWriter:
                 return
             with self._lock:
                 ticket = self._flush_requested
+            self._adopt_orphans()
             ok, retry_after = self._drain()
             if ok:
                 backoff = 0.0
@@ -202,6 +205,16 @@ class BatchWriter:
                 with self._lock:
                     self._idle.notify_all()
             self._log_summary()
+
+    def _adopt_orphans(self) -> None:
+        now = time.monotonic()
+        if now - self._last_adoption < ADOPT_INTERVAL:
+            return
+        self._last_adoption = now
+        try:
+            self.spool.adopt_orphans()
+        except OSError as error:
+            _logger.warning("otel-luna: cannot look for orphaned spool directories: %s", error)
 
     def _release_flushers(self, ticket: int) -> None:
         with self._lock:

@@ -71,6 +71,8 @@ class Spool(Protocol):
 
     def close(self) -> None: ...
 
+    def adopt_orphans(self) -> int: ...
+
     def after_fork_in_child(self) -> None: ...
 
 
@@ -134,6 +136,9 @@ class MemorySpool:
 
     def close(self) -> None:
         pass
+
+    def adopt_orphans(self) -> int:
+        return 0
 
     def after_fork_in_child(self) -> None:
         """The parent keeps the records; the child starts empty."""
@@ -330,19 +335,31 @@ class DiskSpool:
         self._lock = threading.Lock()
         self.root.mkdir(parents=True, exist_ok=True)
         self._adopted: list[tuple[_SegmentLog, int]] = []
+        self.adopt_orphans()
+        self._own, self._own_fd = self._new_own()
+
+    def adopt_orphans(self) -> int:
+        """Take over the directories of processes that are gone; returns the lines adopted.
+
+        Called at start and periodically by the writer, so what a forked child spooled and
+        did not deliver before it exited is delivered by a living process.
+        """
+        adopted = 0
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             fd = _try_lock(directory)
             if fd is None:
                 continue
             log = _SegmentLog(directory, self.counts)
             if log.pending_lines:
-                self._adopted.append((log, fd))
+                with self._lock:
+                    self._adopted.append((log, fd))
+                adopted += log.pending_lines
                 _logger.warning(
                     "otel-luna spool: replaying %d lines left in %s", log.pending_lines, directory
                 )
             else:
                 _remove(log, fd)
-        self._own, self._own_fd = self._new_own()
+        return adopted
 
     def _new_own(self) -> tuple[_SegmentLog, int]:
         directory = self.root / f"{os.getpid()}-{os.urandom(4).hex()}"
@@ -534,6 +551,9 @@ class FallbackSpool:
 
     def close(self) -> None:
         self.disk.close()
+
+    def adopt_orphans(self) -> int:
+        return self.disk.adopt_orphans()
 
     def after_fork_in_child(self) -> None:
         self.disk.after_fork_in_child()
