@@ -1,4 +1,4 @@
-"""The ``otel-luna`` command. Thin: it parses arguments and calls :mod:`otel_luna.demo`."""
+"""The ``otel-luna`` command. Thin: it parses arguments and calls the modules that work."""
 
 from __future__ import annotations
 
@@ -75,7 +75,42 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="the service to run (default: the example in the source checkout)",
     )
+    status = commands.add_parser(
+        "status",
+        help="show what waits in a spool directory, and each process's counters",
+        description="List the spool's process directories under SPOOL_DIR (default: "
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR, else $XDG_STATE_HOME/otel-luna/spool): running or "
+        "gone, points and bytes waiting, damaged records, and the counters the process "
+        "last wrote.",
+    )
+    status.add_argument("spool_dir", nargs="?", metavar="SPOOL_DIR")
+    status.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from otel_luna.settings import Settings
+    from otel_luna.spool import describe
+
+    root = args.spool_dir or Settings.load().spool_dir
+    entries = describe(root)
+    if args.json:
+        print(json.dumps({"spool_dir": root, "processes": entries}, indent=2))
+        return EXIT_OK
+    print(f"spool {root}: {len(entries)} process directories")
+    for entry in entries:
+        state = "running" if entry["running"] else "gone (replayed at next start)"
+        print(
+            f"  {entry['destination']}/{entry['process']}: {state}, "
+            f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
+            + (f", {entry['corrupt_records']} damaged records" if entry["corrupt_records"] else "")
+        )
+        counts = entry["counts"]
+        if isinstance(counts, dict) and counts:
+            print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
+    return EXIT_OK
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -103,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "demo":
             return _demo(args)
+        if args.command == "status":
+            return _status(args)
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == OTEL_EXPORTER_LUNA_ENDPOINT:

@@ -19,6 +19,7 @@ never traces our own writes. After ``fork()`` the child gets a spool and a worke
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -185,6 +186,8 @@ class BatchWriter:
         )
         backoff = 0.0
         delay = self._flush_interval
+        retry_at = 0.0  # while backing off, a full batch does not cut the wait short
+        failed_ticket = -1
         while True:
             self._wake.wait(delay)
             self._wake.clear()
@@ -193,18 +196,30 @@ class BatchWriter:
                 return
             with self._lock:
                 ticket = self._flush_requested
+            wait = retry_at - time.monotonic()
+            if wait > 0 and ticket == failed_ticket:
+                delay = wait  # woken by submit(): only flush and shutdown end a backoff early
+                continue
             self._adopt_orphans()
             ok, retry_after = self._drain()
             if ok:
                 backoff = 0.0
                 delay = self._flush_interval
+                retry_at = 0.0
                 self._release_flushers(ticket)
             else:
                 backoff = min(max(backoff * 2, BACKOFF_INITIAL), BACKOFF_MAX)
                 delay = max(backoff * random.uniform(0.5, 1.0), retry_after or 0.0)
+                retry_at = time.monotonic() + delay
+                failed_ticket = ticket
                 with self._lock:
                     self._idle.notify_all()
             self._log_summary()
+            self._write_stats()
+
+    def _write_stats(self) -> None:
+        with contextlib.suppress(OSError):  # the spool's own writes report disk trouble
+            self.spool.write_stats(dict(self.all_counts()))
 
     def _adopt_orphans(self) -> None:
         now = time.monotonic()

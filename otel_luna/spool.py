@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import struct
@@ -36,6 +37,7 @@ _MAGIC = b"OLS1"
 _SEGMENT_SUFFIX = ".seg"
 _ACK_FILE = "ack"
 _LOCK_FILE = "lock"
+_STATS_FILE = "stats.json"
 #: Segment files roll over past this size.
 SEGMENT_BYTES = 8 * 1024 * 1024
 
@@ -72,6 +74,8 @@ class Spool(Protocol):
     def close(self) -> None: ...
 
     def adopt_orphans(self) -> int: ...
+
+    def write_stats(self, counts: dict[str, int]) -> None: ...
 
     def after_fork_in_child(self) -> None: ...
 
@@ -139,6 +143,9 @@ class MemorySpool:
 
     def adopt_orphans(self) -> int:
         return 0
+
+    def write_stats(self, counts: dict[str, int]) -> None:
+        pass  # nothing on disk to show
 
     def after_fork_in_child(self) -> None:
         """The parent keeps the records; the child starts empty."""
@@ -384,6 +391,12 @@ class DiskSpool:
     def directory(self) -> Path:
         return self._own.directory
 
+    def write_stats(self, counts: dict[str, int]) -> None:
+        """Leave this process's counters beside its records, for ``otel-luna status``."""
+        temporary = self._own.directory / f"{_STATS_FILE}.tmp"
+        temporary.write_text(json.dumps(counts, sort_keys=True))
+        os.replace(temporary, self._own.directory / _STATS_FILE)
+
     def append(self, body: bytes, lines: int) -> None:
         with self._lock:
             self._own.append(body, lines)
@@ -555,6 +568,10 @@ class FallbackSpool:
     def adopt_orphans(self) -> int:
         return self.disk.adopt_orphans()
 
+    def write_stats(self, counts: dict[str, int]) -> None:
+        if self.memory is None:
+            self.disk.write_stats(counts)
+
     def after_fork_in_child(self) -> None:
         self.disk.after_fork_in_child()
         self.memory = None
@@ -573,3 +590,38 @@ def open_spool(kind: str, directory: str, max_bytes: int) -> Spool:
         spool = MemorySpool(max_bytes)
         spool.counts["spool_fallback_memory"] = 1
         return spool
+
+
+def describe(root: Path | str) -> list[dict[str, object]]:
+    """What waits under a spool root: one entry per process directory, for ``otel-luna status``.
+
+    Reads only; a directory whose process is gone is briefly locked to tell it apart from a
+    live one, and left as it is.
+    """
+    entries: list[dict[str, object]] = []
+    root = Path(root)
+    if not root.is_dir():
+        return entries
+    for destination in sorted(p for p in root.iterdir() if p.is_dir()):
+        for directory in sorted(p for p in destination.iterdir() if p.is_dir()):
+            fd = _try_lock(directory)
+            if fd is not None:
+                os.close(fd)
+            counts: Counter[str] = Counter()
+            log = _SegmentLog(directory, counts)
+            try:
+                stats = json.loads((directory / _STATS_FILE).read_text())
+            except (OSError, ValueError):
+                stats = {}
+            entries.append(
+                {
+                    "destination": destination.name,
+                    "process": directory.name,
+                    "running": fd is None,
+                    "pending_lines": log.pending_lines,
+                    "pending_bytes": log.pending_bytes,
+                    "corrupt_records": counts["corrupt_records"],
+                    "counts": stats,
+                }
+            )
+    return entries

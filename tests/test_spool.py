@@ -135,3 +135,24 @@ def test_live_directories_are_not_adopted(tmp_path: Path) -> None:
     assert drain(one) == [b"a x=1i\n"]
     one.close()
     two.close()
+
+
+def test_status_shows_waiting_points_and_counters(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """otel-luna status lists each process directory: running or gone, what waits, counters."""
+    from otel_luna.cli import main
+
+    root = tmp_path / "spool"
+    spool = DiskSpool(root / "dest", max_bytes=10**8)
+    spool.append(b"m x=1i\nm x=2i\n", 2)
+    spool.write_stats({"written": 7, "retried": 2})
+    assert main(["status", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert f"spool {root}: 1 process directories" in out
+    assert f"dest/{spool.directory.name}: running, 2 points / " in out
+    assert "retried=2, written=7" in out
+    spool._own.close()
+    os.close(spool._own_fd)  # the process is gone
+    assert main(["status", str(root), "--json"]) == 0
+    assert '"running": false' in capsys.readouterr().out
