@@ -84,6 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
         "last wrote.",
     )
     status.add_argument("spool_dir", nargs="?", metavar="SPOOL_DIR")
+    serve = commands.add_parser(
+        "serve",
+        help="receive OTLP over gRPC and HTTP and write the LUNA series",
+        description="An OTLP/gRPC and OTLP/HTTP receiver writing the same series as the luna "
+        "exporters, with the same OTEL_EXPORTER_LUNA_* settings and TOML file. Flags override "
+        "them. The bearer token is read from OTEL_EXPORTER_LUNA_SERVE_TOKEN only (never a flag: "
+        "command lines are visible to other users). Stops gracefully on SIGTERM or SIGINT.",
+    )
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--grpc-port", type=int, help="OTLP/gRPC port (default 4317; 0: any)")
+    serve.add_argument("--http-port", type=int, help="OTLP/HTTP port (default 4318; 0: any)")
+    serve.add_argument("--max-message-bytes", type=int, help="largest request accepted")
+    serve.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
+    serve.add_argument("--tls-key", help="PEM private key")
     status.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -110,6 +124,29 @@ def _status(args: argparse.Namespace) -> int:
         counts = entry["counts"]
         if isinstance(counts, dict) and counts:
             print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from otel_luna.serve import Server
+    from otel_luna.settings import Settings
+
+    flags = {
+        "serve_host": args.host,
+        "serve_grpc_port": args.grpc_port,
+        "serve_http_port": args.http_port,
+        "serve_max_message_bytes": args.max_message_bytes,
+        "serve_tls_cert": args.tls_cert,
+        "serve_tls_key": args.tls_key,
+    }
+    settings = Settings.load(**{name: value for name, value in flags.items() if value is not None})
+    server = Server(settings)
+    host = settings.serve_host
+    print(f"otel-luna serve: OTLP/gRPC on {host}:{server.grpc_port}", flush=True)
+    print(f"otel-luna serve: OTLP/HTTP on {host}:{server.http_port}", flush=True)
+    print(f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})", flush=True)
+    server.wait_for_signal()
+    print("otel-luna serve: stopped", flush=True)
     return EXIT_OK
 
 
@@ -140,6 +177,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "status":
             return _status(args)
+        if args.command == "serve":
+            return _serve(args)
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == OTEL_EXPORTER_LUNA_ENDPOINT:

@@ -26,6 +26,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -42,13 +43,20 @@ from urllib.parse import urlencode
 
 from otel_luna import schema
 from otel_luna.point import FieldValue, Point
-from otel_luna.settings import OTEL_EXPORTER_LUNA_ENDPOINT, Settings
+from otel_luna.settings import (
+    OTEL_EXPORTER_LUNA_DEAD_LETTER,
+    OTEL_EXPORTER_LUNA_ENDPOINT,
+    OTEL_EXPORTER_LUNA_SPOOL_DIR,
+    Settings,
+)
 from otel_luna.sinks.file import file_path
 
 #: The example service the demo runs (present in a source checkout of otel-luna).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
 #: Line-protocol file written in the working directory when no endpoint is configured.
 DEFAULT_FILE_NAME = "luna-demo.lp"
+#: Dead-letter file of the demo's own state directory (spool and dead letters of one run).
+DEAD_LETTER_NAME = "dead-letter.jsonl"
 DEFAULT_REQUESTS = 300
 DEFAULT_CONCURRENCY = 8
 SERVICE_NAME = "luna-handlers"
@@ -99,12 +107,21 @@ def default_endpoint(cwd: Path) -> str:
 
 
 def app_environment(
-    environ: Mapping[str, str], cwd: Path, endpoint: str | None = None
+    environ: Mapping[str, str],
+    cwd: Path,
+    endpoint: str | None = None,
+    state_dir: Path | None = None,
 ) -> dict[str, str]:
     """``environ`` with :data:`APP_ENV` and the endpoint: ``endpoint``, else the one in
-    ``environ``, else :func:`default_endpoint`."""
+    ``environ``, else :func:`default_endpoint`. With ``state_dir``, the exporter's spool and
+    dead-letter file go there unless ``environ`` names them (the demo keeps out of the spool
+    of real services)."""
     chosen = endpoint or environ.get(OTEL_EXPORTER_LUNA_ENDPOINT) or default_endpoint(cwd)
-    return {**environ, **APP_ENV, OTEL_EXPORTER_LUNA_ENDPOINT: chosen}
+    env = {**environ, **APP_ENV, OTEL_EXPORTER_LUNA_ENDPOINT: chosen}
+    if state_dir is not None:
+        env.setdefault(OTEL_EXPORTER_LUNA_SPOOL_DIR, str(state_dir / "spool"))
+        env.setdefault(OTEL_EXPORTER_LUNA_DEAD_LETTER, str(state_dir / DEAD_LETTER_NAME))
+    return env
 
 
 def instrument_command() -> str:
@@ -809,9 +826,9 @@ def _influx_request(
         raise DemoError(f"cannot reach InfluxDB at {settings.endpoint}: {reason}") from None
 
 
-def influx_query(settings: Settings, statements: str) -> list[dict[str, Any]]:
-    """Run InfluxQL over ``POST /query`` (1.x API); one result per statement."""
-    params = {"q": statements, "db": settings.database, "epoch": "ns"}
+def influx_query(settings: Settings, *statements: str) -> list[dict[str, Any]]:
+    """Run InfluxQL statements in one ``POST /query`` (1.x API); one result per statement."""
+    params = {"q": ";\n".join(statements), "db": settings.database, "epoch": "ns"}
     status, body = _influx_request(settings, "/query", params)
     try:
         document = json.loads(body)
@@ -821,9 +838,10 @@ def influx_query(settings: Settings, statements: str) -> list[dict[str, Any]]:
         detail = document.get("error") or body[:300].decode(errors="replace")
         raise DemoError(f"InfluxDB query failed (HTTP {status}): {detail}")
     results: list[dict[str, Any]] = document.get("results", [])
-    for result in results:
+    for index, result in enumerate(results):
         if "error" in result:
-            raise DemoError(f"InfluxDB query failed: {result['error']}")
+            statement = statements[index] if index < len(statements) else "?"
+            raise DemoError(f"InfluxDB: {result['error']}: {statement}")
     return results
 
 
@@ -860,16 +878,14 @@ def query_influxdb1(
     where = f"WHERE service = {_literal(service)} AND time >= {since_ns} AND time <= {until_ns}"
     requests = prefix + _identifier(schema.REQUESTS)
     errors = prefix + _identifier(schema.ERRORS)
-    statements = ";".join(
-        [
-            f'SELECT count("execution_time") FROM {requests} {where}',
-            f'SELECT count("request_id") FROM {errors} {where}',
-            f'SELECT count("execution_time"), percentile("execution_time", 50), '
-            f'percentile("execution_time", 95) FROM {requests} {where} GROUP BY "route"',
-            f'SELECT count("request_id") FROM {errors} {where} GROUP BY "error_code"',
-        ]
+    total_requests, total_errors, by_route, by_code = influx_query(
+        settings,
+        f'SELECT count("execution_time") FROM {requests} {where}',
+        f'SELECT count("request_id") FROM {errors} {where}',
+        f'SELECT count("execution_time"), percentile("execution_time", 50), '
+        f'percentile("execution_time", 95) FROM {requests} {where} GROUP BY "route"',
+        f'SELECT count("request_id") FROM {errors} {where} GROUP BY "error_code"',
     )
-    total_requests, total_errors, by_route, by_code = influx_query(settings, statements)
 
     def rows(result: dict[str, Any]) -> list[tuple[dict[str, str], list[Any]]]:
         return [
@@ -952,9 +968,45 @@ def run_demo(
     """
     if requests < 1 or concurrency < 1:
         raise ValueError("requests and concurrency must be at least 1")
+    state_dir = Path(tempfile.mkdtemp(prefix="otel-luna-demo-"))
+    keep = False
+    try:
+        result = _run_demo(
+            requests, endpoint, concurrency, cwd, environ, out, progress, seed, app, state_dir
+        )
+        dead_letter = state_dir / DEAD_LETTER_NAME
+        if dead_letter.exists() and dead_letter.stat().st_size:
+            lines = len(dead_letter.read_bytes().splitlines())
+            result.problems.append(f"{lines} lines rejected by the destination: see {dead_letter}")
+            print(f"problem: {result.problems[-1]}", file=out or sys.stdout, flush=True)
+        keep = bool(result.problems) and any(state_dir.iterdir())
+        if keep:
+            print(
+                f"the app's spool and dead letters are kept in {state_dir}",
+                file=out or sys.stdout,
+                flush=True,
+            )
+        return result
+    finally:
+        if not keep:
+            shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _run_demo(
+    requests: int,
+    endpoint: str | None,
+    concurrency: int,
+    cwd: Path | None,
+    environ: Mapping[str, str] | None,
+    out: TextIO | None,
+    progress: TextIO | None,
+    seed: int | None,
+    app: Path,
+    state_dir: Path,
+) -> DemoResult:
     cwd = Path.cwd() if cwd is None else cwd
     out = sys.stdout if out is None else out
-    env = app_environment(os.environ if environ is None else environ, cwd, endpoint)
+    env = app_environment(os.environ if environ is None else environ, cwd, endpoint, state_dir)
     chosen = env[OTEL_EXPORTER_LUNA_ENDPOINT]
     settings = Settings.load(env)
     source = summary_source(settings)
@@ -1009,8 +1061,12 @@ def run_demo(
         summary = summarize(points_in_output(process.output))
         say("series the app printed:")
     elif source == "influxdb1":
-        summary = query_influxdb1(settings, since_ns, until_ns)
-        say(f"series in {settings.endpoint} database {settings.database}:")
+        try:
+            summary = query_influxdb1(settings, since_ns, until_ns)
+        except DemoError as error:
+            problems.append(f"reading the series back: {error}")
+        else:
+            say(f"series in {settings.endpoint} database {settings.database}:")
     else:
         say(summary_note(settings))
 

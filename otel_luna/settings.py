@@ -64,6 +64,20 @@ OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT"
 OTEL_EXPORTER_LUNA_SINK = "OTEL_EXPORTER_LUNA_SINK"
 #: ``false`` turns the exporter into a no-op (luna-handlers' ``send_data_for_monitoring``).
 OTEL_EXPORTER_LUNA_ENABLED = "OTEL_EXPORTER_LUNA_ENABLED"
+#: ``otel-luna serve``: address to listen on.
+OTEL_EXPORTER_LUNA_SERVE_HOST = "OTEL_EXPORTER_LUNA_SERVE_HOST"
+#: ``otel-luna serve``: OTLP/gRPC port (0: any free port).
+OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT = "OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT"
+#: ``otel-luna serve``: OTLP/HTTP port (0: any free port).
+OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT = "OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT"
+#: ``otel-luna serve``: largest request accepted, in bytes (after gzip decompression).
+OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES = "OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES"
+#: ``otel-luna serve``: TLS certificate chain (PEM); with the key, both protocols use TLS.
+OTEL_EXPORTER_LUNA_SERVE_TLS_CERT = "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
+#: ``otel-luna serve``: TLS private key (PEM).
+OTEL_EXPORTER_LUNA_SERVE_TLS_KEY = "OTEL_EXPORTER_LUNA_SERVE_TLS_KEY"
+#: ``otel-luna serve``: when set, requests must carry ``Authorization: Bearer <token>`` (secret).
+OTEL_EXPORTER_LUNA_SERVE_TOKEN = "OTEL_EXPORTER_LUNA_SERVE_TOKEN"
 #: Path of a TOML file whose ``[monitoring]`` section holds settings (environment wins).
 OTEL_EXPORTER_LUNA_CONFIG = "OTEL_EXPORTER_LUNA_CONFIG"
 
@@ -133,6 +147,15 @@ def _endpoint(value: Any) -> str:
     raise ValueError("expected http(s)://host:port, file:///path or console")
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected a port number")
+    number = int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError("expected a port from 0 to 65535")
+    return number
+
+
 def _spool_kind(value: Any) -> str:
     text = str(value).strip().lower()
     if text not in ("disk", "memory"):
@@ -192,6 +215,13 @@ class Settings:
     shutdown_timeout: float = 10.0
     sink: str | None = None
     enabled: bool = True
+    serve_host: str = "127.0.0.1"
+    serve_grpc_port: int = 4317
+    serve_http_port: int = 4318
+    serve_max_message_bytes: int = 16 * 1024 * 1024
+    serve_tls_cert: str | None = None
+    serve_tls_key: str | None = None
+    serve_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -216,6 +246,11 @@ class Settings:
         if self.resolved_api_version == "2" and not self.org:
             raise SettingsError(
                 OTEL_EXPORTER_LUNA_ORG, "the 2.x API needs an organization (and usually a token)"
+            )
+        if bool(self.serve_tls_cert) != bool(self.serve_tls_key):
+            raise SettingsError(
+                OTEL_EXPORTER_LUNA_SERVE_TLS_CERT,
+                "set both the TLS certificate and key, or neither",
             )
         if bool(self.username) != bool(self.password):
             raise SettingsError(
@@ -313,6 +348,34 @@ _SPECS: dict[str, _Spec] = {
         ("sink",),
         _text,
         "the name of an entry point in group otel_luna.sinks",
+    ),
+    "serve_host": _Spec(OTEL_EXPORTER_LUNA_SERVE_HOST, ("serve_host",), _text, "an address"),
+    "serve_grpc_port": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT,
+        ("serve_grpc_port",),
+        _port,
+        "0 (any free port) to 65535",
+    ),
+    "serve_http_port": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT,
+        ("serve_http_port",),
+        _port,
+        "0 (any free port) to 65535",
+    ),
+    "serve_max_message_bytes": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES,
+        ("serve_max_message_bytes",),
+        _positive(int),
+        "an integer > 0 (bytes)",
+    ),
+    "serve_tls_cert": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_TLS_CERT, ("serve_tls_cert",), _text, "a PEM file path"
+    ),
+    "serve_tls_key": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_TLS_KEY, ("serve_tls_key",), _text, "a PEM file path"
+    ),
+    "serve_token": _Spec(
+        OTEL_EXPORTER_LUNA_SERVE_TOKEN, ("serve_token",), _text, "a bearer token", True
     ),
     "enabled": _Spec(
         OTEL_EXPORTER_LUNA_ENABLED,
