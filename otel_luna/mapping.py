@@ -281,10 +281,11 @@ class RequestMapper:
                 extra_tags = tuple(extra.tags.items())
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
         # comes from the path (no http.route), which may be unique per request.
-        key = (service, method, route, raw_status, extra_tags)
+        unrecorded_error = raw_status is None and status_error
+        key = (service, method, route, raw_status, extra_tags, unrecorded_error)
         cached = self._tagsets.get(key) if route else None
         if cached is None:
-            cached = self._tagset(attributes, service, raw_status, extra)
+            cached = self._tagset(attributes, service, method, raw_status, status_error, extra)
             if route:
                 if len(self._tagsets) >= _TAGSET_CACHE_LIMIT:
                     self._tagsets.clear()
@@ -308,11 +309,19 @@ class RequestMapper:
         return [requests, Point(schema.ERRORS, error_tags, error_fields, start_ns)]
 
     def _tagset(
-        self, attributes: Mapping[str, Any], service: str, status: Any, extra: _Extra | None
+        self,
+        attributes: Mapping[str, Any],
+        service: str,
+        method: Any,
+        status: Any,
+        status_error: bool,
+        extra: _Extra | None,
     ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None]:
         """(requests tags, errors tags without error_code, status as int) — the slow path."""
         if type(status) is not int and status is not None:
             status = int(status) if str(status).isdigit() else None
+        if status is None and status_error and method is not None:
+            status = 500  # an unhandled exception: the framework answered 500 unrecorded
         base = {
             "route": _route(attributes),
             "service": service,

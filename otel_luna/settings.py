@@ -144,7 +144,7 @@ def _endpoint(value: Any) -> str:
         if parts.username or parts.password:
             raise ValueError("put credentials in the username/password or token settings")
         return text.rstrip("/")
-    raise ValueError("expected http(s)://host:port, file:///path or console")
+    raise ValueError("not a supported kind of endpoint")
 
 
 def _port(value: Any) -> int:

@@ -265,3 +265,14 @@ def test_in_memory_span_exporter_sees_helper_attributes() -> None:
     assert attributes["luna.field.count"] == 3
     assert isinstance(attributes["luna.time.save_warps_time"], float)
     provider.shutdown()
+
+
+def test_unhandled_exception_without_status_is_a_500() -> None:
+    """An HTTP span that ended in ERROR with no status recorded is written as status 500."""
+    attributes = {"http.method": "POST", "http.route": "/detector"}
+    lines = map_lines(attributes, status_error=True)
+    assert lines[0].startswith(
+        "requests,route=POST:/detector,service=luna-handlers,status_code=500 "
+    )
+    assert lines[1].startswith("errors,error_code=0,route=POST:/detector,")
+    assert ",status_code=" not in map_lines(attributes)[0]  # no error, no status: none invented

@@ -43,10 +43,12 @@ def finished_spans() -> list[Any]:
     for case in GOLDEN:
         for convention in (old_semconv, new_semconv):
             attributes = {**convention(case["http"]), **case["luna"]}
-            with tracer.start_as_current_span("r", kind=SpanKind.SERVER, attributes=attributes):
-                with tracer.start_as_current_span("child") as child:
-                    child.set_attribute("luna.time.match_policy_time", 0.25)
-                    child.set_attribute("luna.tag.from_child", "yes")
+            with (
+                tracer.start_as_current_span("r", kind=SpanKind.SERVER, attributes=attributes),
+                tracer.start_as_current_span("child") as child,
+            ):
+                child.set_attribute("luna.time.match_policy_time", 0.25)
+                child.set_attribute("luna.tag.from_child", "yes")
     with tracer.start_as_current_span("boom", kind=SpanKind.SERVER) as span:
         span.set_attribute("http.method", "GET")
         span.set_attribute("http.route", "/x")
