@@ -201,7 +201,12 @@ class BatchWriter:
                 delay = wait  # woken by submit(): only flush and shutdown end a backoff early
                 continue
             self._adopt_orphans()
-            ok, retry_after = self._drain()
+            try:
+                ok, retry_after = self._drain()
+            except Exception:  # the worker must outlive anything: retry later
+                _logger.exception("otel-luna: delivery failed unexpectedly; will retry")
+                self.counts["writer_errors"] += 1
+                ok, retry_after = False, None
             if ok:
                 backoff = 0.0
                 delay = self._flush_interval

@@ -184,9 +184,18 @@ class _SegmentLog:
             return (self.segments[0] if self.segments else 0), 0
 
     def _store_ack(self) -> None:
+        """Persist the read position; if the disk refuses, it lives on in memory (counted):
+        the worst outcome is a replay after a restart, never a stalled writer."""
         temporary = self.directory / f"{_ACK_FILE}.tmp"
-        temporary.write_text(f"{self.read_segment} {self.read_offset}\n")
-        os.replace(temporary, self.directory / _ACK_FILE)
+        try:
+            temporary.write_text(f"{self.read_segment} {self.read_offset}\n")
+            os.replace(temporary, self.directory / _ACK_FILE)
+        except OSError as error:
+            self._counts["ack_write_errors"] += 1
+            if self._counts["ack_write_errors"] == 1:
+                _logger.warning(
+                    "otel-luna spool: cannot record progress in %s: %s", self.directory, error
+                )
 
     def _scan(self, number: int) -> None:
         """Count the valid records of a segment; a torn or corrupt tail is cut off and counted."""
