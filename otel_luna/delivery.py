@@ -250,9 +250,19 @@ class BatchWriter:
             try:
                 self._deliver(batch.body, batch.lines)
             except SinkError as error:
-                self.counts["retried"] += batch.lines
-                _logger.debug("otel-luna: write failed, will retry: %s", error)
-                return False, error.retry_after
+                if error.retry_body is None:
+                    self.counts["retried"] += batch.lines
+                    _logger.debug("otel-luna: write failed, will retry: %s", error)
+                    return False, error.retry_after
+                # Part of the batch went through: keep only the rest, at the spool's end.
+                retry = error.retry_body.count(b"\n")
+                if retry:
+                    self.spool.append(error.retry_body, retry)
+                    self.counts["retried"] += retry
+                self.spool.ack(batch.token)
+                if retry:
+                    return False, error.retry_after
+                continue
             self.spool.ack(batch.token)
         return False, None
 
@@ -261,6 +271,9 @@ class BatchWriter:
         try:
             self.sink.write(body)
         except SinkError as error:
+            if error.rejected is not None or error.retry_body is not None:
+                self._settle_partial(lines, error)  # a line-by-line sink said which failed
+                return
             if error.retryable:
                 raise
             self._isolate(body.splitlines(keepends=True), error)
@@ -270,6 +283,17 @@ class BatchWriter:
             raise SinkError(f"sink failed: {error!r}", retryable=True) from None
         else:
             self.counts["written"] += lines
+
+    def _settle_partial(self, lines: int, error: SinkError) -> None:
+        rejected = error.rejected or []
+        for line, reason, status in rejected:
+            self.counts["dead_lettered"] += 1
+            if self.dead_letters is not None:
+                self.dead_letters.write(line, reason, status)
+        retry = (error.retry_body or b"").count(b"\n")
+        self.counts["written"] += lines - len(rejected) - retry
+        if retry:
+            raise error  # _drain re-spools the rest
 
     def _isolate(self, lines: list[bytes], error: SinkError) -> None:
         if len(lines) == 1:

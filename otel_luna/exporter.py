@@ -21,8 +21,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
-from otel_luna.mapping import RequestMapper
-from otel_luna.pipeline import Pipeline
+from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
 from otel_luna.usages import UsageMapper, UsageSample
@@ -73,7 +72,7 @@ class LunaSpanExporter(SpanExporter):
     def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
         self.settings = settings if settings is not None else Settings.load()
         self._pipeline = Pipeline(self.settings, sink)
-        self._mapper = RequestMapper()
+        self._mapper = span_mapper(self.settings)
         self._pipeline.track(self._mapper.counts)
         self._service = _ServiceNames()
         self._shutdown = False

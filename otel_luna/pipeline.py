@@ -8,14 +8,31 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Iterable
+from typing import Protocol
 
 from otel_luna import selfmetrics
 from otel_luna.delivery import BatchWriter, DeadLetters
+from otel_luna.jsonping import PingEncoder
 from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.mapping import RequestMapper
 from otel_luna.point import Point
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink, load_sink
 from otel_luna.spool import open_spool
+from otel_luna.watchdog.mapping import WatchdogMapper
+
+
+class Encoder(Protocol):
+    """Points to lines: :class:`LineProtocolEncoder` or :class:`PingEncoder`."""
+
+    counts: Counter[str]
+
+    def encode_point(self, point: Point) -> str: ...
+
+
+def span_mapper(settings: Settings) -> RequestMapper | WatchdogMapper:
+    """The mapping of the settings' schema profile."""
+    return WatchdogMapper() if settings.schema == "watchdog" else RequestMapper()
 
 
 class Pipeline:
@@ -30,14 +47,18 @@ class Pipeline:
         self, settings: Settings, sink: Sink | None = None, signal: str = "traces"
     ) -> None:
         self.settings = settings
-        self.encoder = LineProtocolEncoder()
         self.lock = threading.Lock()
         self.failures: Counter[str] = Counter()
         self._tracked: list[Counter[str]] = []
         self.writer: BatchWriter | None = None
+        self.encoder: Encoder = LineProtocolEncoder()
         if settings.enabled:
+            if sink is None:
+                sink = load_sink(settings)
+            if getattr(sink, "format", "line-protocol") == "json":
+                self.encoder = PingEncoder()
             self.writer = BatchWriter(
-                sink if sink is not None else load_sink(settings),
+                sink,
                 open_spool(
                     settings.spool,
                     os.path.join(settings.spool_dir, destination_slug(settings)),

@@ -16,8 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_luna import otlp
-from otel_luna.mapping import RequestMapper
-from otel_luna.pipeline import Pipeline
+from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
 from otel_luna.usages import UsageMapper
@@ -39,7 +38,7 @@ class Receiver:
         self.settings = settings
         self.traces = Pipeline(settings, sink, signal="traces")
         self.metrics = Pipeline(settings, sink, signal="metrics")
-        self._spans = RequestMapper()
+        self._spans = span_mapper(settings)
         self._usages = UsageMapper()
         self.traces.track(self._spans.counts)
         self.metrics.track(self._usages.counts)

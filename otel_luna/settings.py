@@ -64,6 +64,11 @@ OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT"
 OTEL_EXPORTER_LUNA_SINK = "OTEL_EXPORTER_LUNA_SINK"
 #: ``false`` turns the exporter into a no-op (luna-handlers' ``send_data_for_monitoring``).
 OTEL_EXPORTER_LUNA_ENABLED = "OTEL_EXPORTER_LUNA_ENABLED"
+#: Which series to write: ``luna`` (requests, errors, usages_statistic, licensing) or
+#: ``watchdog`` (new_item, poller_heartbeat, worker_works pings).
+OTEL_EXPORTER_LUNA_SCHEMA = "OTEL_EXPORTER_LUNA_SCHEMA"
+#: Ping Centre sink: most pings being POSTed at once (one HTTP request per ping).
+OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT = "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT"
 #: ``otel-luna serve``: address to listen on.
 OTEL_EXPORTER_LUNA_SERVE_HOST = "OTEL_EXPORTER_LUNA_SERVE_HOST"
 #: ``otel-luna serve``: OTLP/gRPC port (0: any free port).
@@ -147,6 +152,13 @@ def _endpoint(value: Any) -> str:
     raise ValueError("not a supported kind of endpoint")
 
 
+def _schema(value: Any) -> str:
+    text = str(value).strip().lower()
+    if text not in ("luna", "watchdog"):
+        raise ValueError("expected luna or watchdog")
+    return text
+
+
 def _port(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a port number")
@@ -215,6 +227,8 @@ class Settings:
     shutdown_timeout: float = 10.0
     sink: str | None = None
     enabled: bool = True
+    schema: str = "luna"
+    max_in_flight: int = 8
     serve_host: str = "127.0.0.1"
     serve_grpc_port: int = 4317
     serve_http_port: int = 4318
@@ -348,6 +362,13 @@ _SPECS: dict[str, _Spec] = {
         ("sink",),
         _text,
         "the name of an entry point in group otel_luna.sinks",
+    ),
+    "schema": _Spec(OTEL_EXPORTER_LUNA_SCHEMA, ("schema",), _schema, "luna or watchdog"),
+    "max_in_flight": _Spec(
+        OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT,
+        ("max_in_flight",),
+        _positive(int),
+        "an integer > 0",
     ),
     "serve_host": _Spec(OTEL_EXPORTER_LUNA_SERVE_HOST, ("serve_host",), _text, "an address"),
     "serve_grpc_port": _Spec(

@@ -19,7 +19,8 @@ SINK_GROUP = "otel_luna.sinks"
 
 
 class Sink(Protocol):
-    """Where encoded lines go."""
+    """Where encoded lines go. An optional ``format`` attribute says what lines it takes:
+    ``"line-protocol"`` (the default) or ``"json"`` (one JSON object per line)."""
 
     def write(self, body: bytes) -> None:
         """Deliver ``body`` (newline-terminated lines) or raise :class:`SinkError`."""
@@ -38,12 +39,19 @@ class SinkError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        retry_body: bytes | None = None,
+        rejected: list[tuple[bytes, str, int | None]] | None = None,
     ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         #: Seconds the server asked us to wait (``Retry-After``), if it said.
         self.retry_after = retry_after
+        #: A sink that delivers line by line (Ping Centre) took some lines: these others may
+        #: succeed later (the rest of the body was delivered and must not be sent again) ...
+        self.retry_body = retry_body
+        #: ... and these were refused for good: (line, reason, HTTP status).
+        self.rejected = rejected
 
 
 def parse_retry_after(value: str | None) -> float | None:

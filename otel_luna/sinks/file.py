@@ -1,4 +1,5 @@
-"""Line protocol appended to a local file (``file:///path``): the embedded default of the demo."""
+"""Lines appended to a local file (``file:///path``): line protocol, or JSON pings for
+``.json``/``.jsonl`` paths. The embedded default of the demo."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ class FileSink:
 
     def __init__(self, settings: Settings) -> None:
         self.path = file_path(settings.endpoint)
+        #: ``.json`` / ``.jsonl`` files get JSON lines (pings), others line protocol.
+        self.format = "json" if self.path.endswith((".json", ".jsonl")) else "line-protocol"
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)

@@ -1,0 +1,47 @@
+"""Ping Centre JSON encoder: watchdog points in, one JSON object per line out. Pure.
+
+Same interface as :class:`~otel_luna.lineprotocol.LineProtocolEncoder` (``encode_point``,
+``counts``), so the pipeline and the spool do not care which one they carry.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from otel_luna.lineprotocol import InvalidPointError
+from otel_luna.point import Point
+from otel_luna.watchdog.schema import EVENTS, TOPIC
+
+
+class PingEncoder:
+    """``{"topic", "timestamp" (epoch ms, integer), "event", <the event's fields>}``.
+
+    Fields the event documents but the point lacks are ``null``; types follow the event table
+    (tags come back as booleans where the table says so).
+    """
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    def encode_point(self, point: Point) -> str:
+        spec = EVENTS.get(point.measurement)
+        if spec is None:
+            raise InvalidPointError("unknown_watchdog_event", f"no event {point.measurement!r}")
+        tags = dict(point.tags)
+        ping: dict[str, Any] = {
+            "topic": TOPIC,
+            "timestamp": point.time_ns // 1_000_000,
+            "event": point.measurement,
+        }
+        for name, kind in spec:
+            if name in tags:
+                text = tags[name]
+                ping[name] = text == "true" if kind is bool else text
+            else:
+                ping[name] = point.fields.get(name)
+        return json.dumps(ping, separators=(",", ":"), ensure_ascii=False)
+
+    def encode(self, points: list[Point]) -> list[str]:
+        return [self.encode_point(point) for point in points]

@@ -1,0 +1,55 @@
+"""A local HTTP receiver with Ping Centre's contract, for the tests (a fake: Ping Centre itself
+cannot be had here). POST JSON; 400 with an empty body when ``topic`` is missing; 200 with an
+empty body otherwise. ``down`` makes it answer 503 for a while."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from typing import Any
+
+
+class PingCentre:
+    def __init__(self) -> None:
+        self.pings: list[dict[str, Any]] = []
+        self.bodies: list[bytes] = []
+        self.requests = 0
+        self.down = False
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with stub._lock:
+                    stub.requests += 1
+                    if stub.down:
+                        status = 503
+                    else:
+                        try:
+                            ping = json.loads(body)
+                        except ValueError:
+                            ping = {}
+                        status = 200 if isinstance(ping, dict) and "topic" in ping else 400
+                        if status == 200:
+                            stub.pings.append(ping)
+                            stub.bodies.append(body)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v3/links/ping-centre"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
