@@ -49,8 +49,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def luna_env(endpoint: str) -> dict[str, str]:
-    return clean_env(**demo.APP_ENV, OTEL_EXPORTER_LUNA_ENDPOINT=endpoint)
+def luna_env(endpoint: str, state_dir: Path) -> dict[str, str]:
+    """The luna exporter to ``endpoint``, its spool and dead letters in ``state_dir``."""
+    return demo.app_environment(clean_env(), state_dir, endpoint, state_dir)
 
 
 def request(
@@ -137,7 +138,10 @@ def test_luna_points_per_request(tmp_path: Path) -> None:
     calls = demo.plan_requests(80, KNOWN_HANDLERS, UNKNOWN_HANDLERS, random.Random(5))
     assert {call.kind for call in calls} == {kind for kind, _ in demo.REQUEST_MIX}
     app = demo.AppProcess(
-        luna_env(lp.as_uri()), tmp_path, EXAMPLE_APP, ["--handlers", ",".join(KNOWN_HANDLERS)]
+        luna_env(lp.as_uri(), tmp_path),
+        tmp_path,
+        EXAMPLE_APP,
+        ["--handlers", ",".join(KNOWN_HANDLERS)],
     )
     with app:
         driven = demo.drive(app.url or "", calls, concurrency=6)
@@ -197,7 +201,7 @@ def test_luna_points_per_request(tmp_path: Path) -> None:
 def test_sigint_stops_cleanly_and_flushes(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) shuts the app down with exit code 0 after the exporter flushed."""
     lp = tmp_path / "app.lp"
-    app = demo.AppProcess(luna_env(lp.as_uri()), tmp_path, EXAMPLE_APP)
+    app = demo.AppProcess(luna_env(lp.as_uri(), tmp_path), tmp_path, EXAMPLE_APP)
     with app:
         assert app.url is not None and int(app.url.rsplit(":", 1)[1]) > 0
         assert request(f"{app.url}/version")[0] == 200
