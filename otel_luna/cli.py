@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from otel_luna.settings import OTEL_EXPORTER_LUNA_ENDPOINT, SettingsError
 
@@ -99,7 +100,68 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
     serve.add_argument("--tls-key", help="PEM private key")
     status.add_argument("--json", action="store_true", help="print JSON")
+    _add_report_parser(commands)
     return parser
+
+
+def _add_report_parser(commands: Any) -> None:
+    from otel_luna import report
+
+    def duration(text: str) -> int:
+        try:
+            return report.parse_duration(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    parser = commands.add_parser(
+        "report",
+        help="answer the watchdog-proxy metrics questions from InfluxDB 1.x or a file sink",
+        description="Read the watchdog events (new_item, poller_heartbeat, worker_works) from "
+        "an InfluxDB 1.x database (InfluxQL over /query; --endpoint, else "
+        "OTEL_EXPORTER_LUNA_ENDPOINT, and the other OTEL_EXPORTER_LUNA_* settings) or from a "
+        "file sink's output (--file: JSON pings for .json/.jsonl, else line protocol) and print, "
+        "for all consumers and per consumer_name: time in queue, waiting for PhotoDNA, reply to "
+        "the consumer and their sum (nearest-rank p50/p95, max), positives vs negatives, errors, "
+        "items processed and submitted; and the queue sizes over the period.",
+    )
+    parser.add_argument("profile", choices=["watchdog"], help="the schema profile to report on")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--endpoint",
+        metavar="URL",
+        help="InfluxDB 1.x URL (or file:///path); overrides OTEL_EXPORTER_LUNA_ENDPOINT",
+    )
+    source.add_argument(
+        "--file", type=Path, metavar="PATH", help="a file sink's output (.json/.jsonl or .lp)"
+    )
+    parser.add_argument("--database", metavar="DB", help="overrides OTEL_EXPORTER_LUNA_DATABASE")
+    parser.add_argument(
+        "--since",
+        type=duration,
+        metavar="DURATION",
+        help="only the last DURATION (90s, 15m, 2h, 7d, 1h30m; default: everything)",
+    )
+    parser.add_argument("--png", type=Path, metavar="PATH", help="also chart the timings here")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _report(args: argparse.Namespace) -> int:
+    from otel_luna import report
+
+    try:
+        text = report.run_report(
+            endpoint=args.endpoint,
+            file=args.file,
+            database=args.database,
+            since_ns=args.since,
+            png=args.png,
+            as_json=args.json,
+        )
+    except report.ReportError as error:
+        print(f"otel-luna report: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    print(text, flush=True)
+    return EXIT_OK
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -179,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _status(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "report":
+            return _report(args)
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == OTEL_EXPORTER_LUNA_ENDPOINT:

@@ -22,6 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_luna._attributes import ESTIMATOR, LUNA_PREFIX, SERVICE_NAME, USAGES_INSTRUMENT
 from otel_luna.usages import UsageSample
+from otel_luna.watchdog.mapping import PREFIX as WATCHDOG_PREFIX
 
 _SERVER = Span.SPAN_KIND_SERVER
 _ERROR = Status.STATUS_CODE_ERROR
@@ -57,8 +58,12 @@ def attributes(key_values: Any) -> dict[str, Any]:
     return {kv.key: any_value(kv.value) for kv in key_values}
 
 
+_KEPT_PREFIXES = (LUNA_PREFIX, WATCHDOG_PREFIX)
+
+
 def _luna_only(key_values: Any) -> dict[str, Any]:
-    return {kv.key: any_value(kv.value) for kv in key_values if kv.key.startswith(LUNA_PREFIX)}
+    """The attributes a non-SERVER span can contribute: ``luna.*`` and ``watchdog.*``."""
+    return {kv.key: any_value(kv.value) for kv in key_values if kv.key.startswith(_KEPT_PREFIXES)}
 
 
 def _service(resource_attributes: Any) -> str:
@@ -69,7 +74,8 @@ def _service(resource_attributes: Any) -> str:
 
 
 def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
-    """One record per span. Only SERVER spans need every attribute; others their luna.* ones."""
+    """One record per span. SERVER spans need every attribute; others their luna.* and
+    watchdog.* ones."""
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:

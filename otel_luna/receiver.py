@@ -50,15 +50,17 @@ class Receiver:
         with self._requests_lock:
             self.requests[key] += 1
 
-    def _check_room(self, pipeline: Pipeline) -> None:
+    def _check_room(self, pipeline: Pipeline, request_bytes: int) -> None:
+        """Refuse unless the request fits under the high-water mark. Its protobuf size bounds
+        its line protocol (which drops the ids and most attributes)."""
         writer = pipeline.writer
-        if writer is not None and writer.spool.pending_bytes >= self._high_water:
+        if writer is not None and writer.spool.pending_bytes + request_bytes >= self._high_water:
             self._count("refused_spool_full")
             raise Backpressure("the spool is full; retry later")
 
     def accept_traces(self, request: ExportTraceServiceRequest) -> tuple[int, str]:
         """Map, encode and spool; (rejected points, message) for a partial success."""
-        self._check_room(self.traces)
+        self._check_room(self.traces, request.ByteSize())
         pipeline = self.traces
         lines: list[str] = []
         with pipeline.lock:
@@ -74,7 +76,7 @@ class Receiver:
         return _partial(rejected)
 
     def accept_metrics(self, request: ExportMetricsServiceRequest) -> tuple[int, str]:
-        self._check_room(self.metrics)
+        self._check_room(self.metrics, request.ByteSize())
         pipeline = self.metrics
         lines: list[str] = []
         with pipeline.lock:

@@ -9,7 +9,7 @@ goes to the dead-letter file.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
 
 import urllib3
 from opentelemetry import context as otel_context
@@ -35,15 +35,40 @@ class PingCentreSink:
         self._pool = urllib3.PoolManager(
             num_pools=1,
             maxsize=settings.max_in_flight,
-            block=True,
+            block=False,  # our workers bound the requests in flight; never wait for the pool
             retries=False,
             timeout=urllib3.Timeout(total=settings.timeout),
         )
-        self._executor = ThreadPoolExecutor(
-            settings.max_in_flight,
-            thread_name_prefix="otel-luna-ping",
-            initializer=_suppress_instrumentation,
-        )
+        self._max_in_flight = settings.max_in_flight
+
+    def _post_all(
+        self, pings: list[bytes]
+    ) -> list[tuple[bool, int | None, str, float | None] | None]:
+        """Post every ping, at most ``max_in_flight`` at once, from short-lived threads of our
+        own: a ``concurrent.futures`` executor refuses work during interpreter exit, exactly
+        when the SDK's final flush runs."""
+        outcomes: list[tuple[bool, int | None, str, float | None] | None] = [None] * len(pings)
+        workers = min(self._max_in_flight, len(pings))
+        if workers <= 1:
+            return [self._post(ping) for ping in pings]
+        indexes = iter(range(len(pings)))
+        lock = threading.Lock()
+
+        def work() -> None:
+            _suppress_instrumentation()
+            while True:
+                with lock:
+                    index = next(indexes, None)
+                if index is None:
+                    return
+                outcomes[index] = self._post(pings[index])
+
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
 
     def _post(self, ping: bytes) -> tuple[bool, int | None, str, float | None] | None:
         """None when delivered, else (retryable, status, reason, retry-after)."""
@@ -66,7 +91,7 @@ class PingCentreSink:
 
     def write(self, body: bytes) -> None:
         pings = body.splitlines()
-        outcomes = list(self._executor.map(self._post, pings))
+        outcomes = self._post_all(pings)
         retry = [
             ping for ping, outcome in zip(pings, outcomes, strict=True) if outcome and outcome[0]
         ]
@@ -89,5 +114,4 @@ class PingCentreSink:
         )
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
         self._pool.clear()
