@@ -168,6 +168,7 @@ class _SegmentLog:
         self._sizes: dict[int, int] = {}
         self._lines: dict[int, int] = {}
         self._write_fd: int | None = None
+        self.reading: int | None = None  # segment of the batch handed out and not yet acked
         for number in self.segments:
             self._scan(number)
 
@@ -278,10 +279,14 @@ class _SegmentLog:
             bodies.append(body)
             lines += count
             position = next_position
+        self.reading = number
         return b"".join(bodies), lines, (number, self.read_offset + position)
 
     def ack(self, upto: tuple[int, int], lines: int) -> None:
         number, offset = upto
+        self.reading = None
+        if number != self.read_segment or number not in self.segments:
+            return  # its segment was given up meanwhile (spool full): already accounted for
         self.pending_bytes -= offset - self.read_offset  # read() stays within one segment
         self.pending_lines -= lines
         self.read_segment, self.read_offset = number, offset
@@ -290,10 +295,12 @@ class _SegmentLog:
         self._store_ack()
 
     def drop_oldest_segment(self) -> int:
-        """Give up the oldest segment (spool full); returns the lines dropped."""
-        if len(self.segments) < 2:
+        """Give up the oldest segment (spool full); returns the lines dropped. Never the one
+        being written to, nor the one a batch in flight was read from."""
+        candidates = [n for n in self.segments[:-1] if n != self.reading]
+        if not candidates:
             return 0
-        number = self.segments[0]
+        number = candidates[0]
         unread = self._sizes[number] - (self.read_offset if number == self.read_segment else 0)
         self.pending_bytes -= unread
         dropped = self._lines[number] if number != self.read_segment else self._unread_lines(number)

@@ -156,3 +156,25 @@ def test_status_shows_waiting_points_and_counters(
     os.close(spool._own_fd)  # the process is gone
     assert main(["status", str(root), "--json"]) == 0
     assert '"running": false' in capsys.readouterr().out
+
+
+def test_full_spool_never_drops_the_segment_being_written_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making room while a batch is in flight keeps that batch's segment and exact counts."""
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 100)
+    spool = DiskSpool(tmp_path / "spool", max_bytes=350)
+    for index in range(6):
+        spool.append(b"m x=%03di\n" % index, 1)  # 26 bytes a record: 4 per segment
+    batch = spool.read(2)
+    assert batch is not None and batch.body == b"m x=000i\nm x=001i\n"
+    for index in range(6, 20):
+        spool.append(b"m x=%03di\n" % index, 1)  # forces drops while the batch is out
+    spool.ack(batch.token)
+    rest = drain(spool)
+    delivered = batch.lines + b"".join(rest).count(b"\n")
+    assert delivered + spool.counts["dropped_spool_full"] == 20
+    assert spool.pending_lines == 0 and spool.pending_bytes == 0
+    assert b"".join(rest).endswith(b"m x=019i\n")
+    on_disk = sum(path.stat().st_size for path in spool.directory.glob("*.seg"))
+    assert on_disk <= 350 + 100
