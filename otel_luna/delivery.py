@@ -37,7 +37,9 @@ from otel_luna.spool import Spool
 _logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL = 0.5
-BACKOFF_MAX = 30.0
+#: Short enough that delivery resumes within seconds of the database coming back (measured:
+#: with 30 s, a 60 s outage drained at only 2.7x ingest counted from recovery).
+BACKOFF_MAX = 5.0
 #: Seconds between the one-line summaries logged when something was retried or dropped.
 SUMMARY_INTERVAL = 60.0
 #: Seconds between looks for spool directories of processes that are gone (forked children).
