@@ -54,7 +54,11 @@ class Receiver:
         """Refuse unless the request fits under the high-water mark. Its protobuf size bounds
         its line protocol (which drops the ids and most attributes)."""
         writer = pipeline.writer
-        if writer is not None and writer.spool.pending_bytes + request_bytes >= self._high_water:
+        if writer is None:
+            return
+        pending = writer.spool.pending_bytes
+        # An empty spool takes any request (else one bigger than the headroom never gets in).
+        if pending and pending + request_bytes >= self._high_water:
             self._count("refused_spool_full")
             raise Backpressure("the spool is full; retry later")
 

@@ -11,12 +11,14 @@ oversized message ``RESOURCE_EXHAUSTED`` / 413.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hmac
 import http.server
 import io
 import logging
 import signal
+import socket
 import ssl
 import threading
 import zlib
@@ -157,18 +159,57 @@ def start_grpc(receiver: Receiver, settings: Settings, port: int) -> tuple[grpc.
 
 
 class _HttpServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = True  # shutdown waits for requests in flight
+    # Non-daemon handler threads, so server_close() joins them: requests in flight finish.
+    # (socketserver does not track daemon threads at all.) Keep-alive connections waiting for
+    # their next request are ended by close_idle() first, or server_close() would wait for them.
+    daemon_threads = False
+    block_on_close = True
 
     def __init__(self, address: tuple[str, int], receiver: Receiver, settings: Settings) -> None:
         self.signals = _signals(receiver)
         self.settings = settings
+        self._connections_lock = threading.Lock()
+        self._idle: set[socket.socket] = set()
+        self._closing = False
         super().__init__(address, _HttpHandler)
+
+    def idle(self, connection: socket.socket, idle: bool) -> bool:
+        """Mark a connection as waiting for a request (or not); False once closing."""
+        with self._connections_lock:
+            if not idle:
+                self._idle.discard(connection)
+            elif self._closing:
+                return False
+            else:
+                self._idle.add(connection)
+        return True
+
+    def close_idle(self) -> None:
+        """End the connections that wait for a next request; requests in flight go on."""
+        with self._connections_lock:
+            self._closing = True
+            idle, self._idle = self._idle, set()
+        for connection in idle:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
     server: _HttpServer
     protocol_version = "HTTP/1.1"
+    #: Seconds a connection may stay silent (idle or mid-body) before it is closed; also
+    #: bounds how long a stalled client can hold up shutdown.
+    timeout = 30
+
+    def handle_one_request(self) -> None:
+        if not self.server.idle(self.connection, True):
+            self.close_connection = True
+            return
+        super().handle_one_request()
+
+    def finish(self) -> None:
+        self.server.idle(self.connection, False)
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         _logger.debug("otlp/http %s: " + format, self.client_address[0], *args)
@@ -197,15 +238,23 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         self._reply(status, body, content_type, extra)
 
     def do_POST(self) -> None:
+        self.server.idle(self.connection, False)
         settings = self.server.settings
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
         answer_type = JSON if content_type == JSON else PROTOBUF
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > settings.serve_max_message_bytes:
-            self.close_connection = True
+        try:
+            raw = self._read_body(settings.serve_max_message_bytes)
+        except _TooLarge:
+            self.close_connection = True  # the rest of the body is not read
             self._error(413, code_pb2.RESOURCE_EXHAUSTED, "request too large", answer_type)
             return
-        raw = self.rfile.read(length)
+        except ValueError as error:
+            self.close_connection = True
+            self._error(400, code_pb2.INVALID_ARGUMENT, f"malformed body: {error}", answer_type)
+            return
+        except OSError:  # the client went silent or away mid-body: nothing to answer
+            self.close_connection = True
+            return
         path = self.path.split("?")[0]
         signal_ = self.server.signals.get(path)
         if signal_ is None:
@@ -250,9 +299,48 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
         )
         self._reply(200, body, answer_type)
 
+    def _read_body(self, limit: int) -> bytes:
+        """The request body: ``Content-Length`` bytes, or every chunk of a chunked body (Node.js
+        OTLP/HTTP exporters stream theirs). ``_TooLarge`` past ``limit``; ``ValueError`` when
+        the framing is broken."""
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            return _read_chunked(self.rfile, limit)
+        length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("negative Content-Length")
+        if length > limit:
+            raise _TooLarge
+        body = self.rfile.read(length)
+        if len(body) != length:  # the client went away mid-body: never parse a truncated one
+            raise OSError("body shorter than Content-Length")
+        return body
+
 
 class _TooLarge(Exception):
     pass
+
+
+def _read_chunked(stream: Any, limit: int) -> bytes:
+    """Decode a ``Transfer-Encoding: chunked`` body (RFC 9112, section 7.1) from ``stream``."""
+    body = bytearray()
+    while True:
+        size_line = stream.readline(1024)
+        if not size_line.endswith(b"\n"):
+            raise ValueError("bad chunk size line")
+        size = int(size_line.split(b";")[0].strip(), 16)
+        if size < 0:
+            raise ValueError("negative chunk size")
+        if size == 0:
+            break
+        if len(body) + size > limit:
+            raise _TooLarge
+        chunk = stream.read(size)
+        if len(chunk) != size or stream.readline(3) not in (b"\r\n", b"\n"):
+            raise ValueError("truncated chunk")
+        body += chunk
+    while stream.readline(8192) not in (b"\r\n", b"\n", b""):  # trailer fields
+        pass
+    return bytes(body)
 
 
 def _decompress(raw: bytes, encoding: str | None, settings: Settings) -> bytes:
@@ -307,7 +395,8 @@ class Server:
             self.grpc.stop(grace).wait(grace + 1)
         if self.http is not None:
             self.http.shutdown()
-            self.http.server_close()
+            self.http.close_idle()
+            self.http.server_close()  # waits for the requests in flight
         self.receiver.shutdown()
 
     def wait_for_signal(self) -> None:
@@ -315,5 +404,8 @@ class Server:
         done = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: done.set())
-        done.wait()
+        # Wait with a timeout: a signal delivered to another thread only sets a flag that the
+        # main thread checks when it runs Python code; a wait without timeout may never return.
+        while not done.wait(0.5):
+            pass
         self.stop()
