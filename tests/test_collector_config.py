@@ -257,8 +257,10 @@ def server(tmp_path: Path) -> Iterator[serve.Server]:
 
 @pytest.fixture
 def full_server(tmp_path: Path) -> Iterator[serve.Server]:
-    """A server whose spool is always past its high-water mark (1 byte allowed)."""
-    running = _server(tmp_path, spool_max_bytes=1)
+    """A server whose spool is past its high-water mark (1 byte allowed, one request in it that
+    is never flushed: an empty spool admits any request)."""
+    running = _server(tmp_path, spool_max_bytes=1, flush_interval=3600, batch_size=10**6)
+    running.receiver.accept_traces(_trace_request())
     try:
         yield running
     finally:
