@@ -21,10 +21,10 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import requests
@@ -34,6 +34,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servehelpers import wait_until
 from servers import (
     InfluxDB1,
     ServerProcess,
@@ -65,24 +66,8 @@ REL_APP = Path(__file__).parent / "apps" / "rel_app.py"
 VENV_BIN = Path(sys.executable).parent
 ROUTE = "POST:/work"
 
-_T = TypeVar("_T")
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_until(
-    probe: Callable[[], _T], done: Callable[[_T], bool], timeout: float, what: str
-) -> _T:
-    """Call ``probe`` until ``done(value)``; return the value. Fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not done after {timeout:.0f} s; last value: {value!r}")
-        time.sleep(0.05)
 
 
 def app_env(endpoint: str, database: str, spool_dir: Path, **extra: str) -> dict[str, str]:
