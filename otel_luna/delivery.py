@@ -29,9 +29,7 @@ import time
 import weakref
 from collections import Counter
 
-from opentelemetry import context as otel_context
-
-from otel_luna.sinks import Sink, SinkError
+from otel_luna.sinks import Sink, SinkError, suppress_instrumentation
 from otel_luna.spool import Spool
 
 _logger = logging.getLogger(__name__)
@@ -183,9 +181,7 @@ class BatchWriter:
     # -- worker -----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        otel_context.attach(
-            otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True)
-        )
+        suppress_instrumentation()
         backoff = 0.0
         delay = self._flush_interval
         retry_at = 0.0  # while backing off, a full batch does not cut the wait short

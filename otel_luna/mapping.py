@@ -32,6 +32,9 @@ PENDING_TTL_NS = 300 * 10**9
 #: ... or when more than this many spans' data wait at once (oldest first).
 PENDING_LIMIT = 100_000
 _TAGSET_CACHE_LIMIT = 4096
+# The two spellings, unpacked once for the hot path (the tables stay in _attributes).
+_METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
+_STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
 _PLAN_CACHE_LIMIT = 1024
 
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN = range(8)
@@ -265,11 +268,11 @@ class RequestMapper:
         extra: _Extra | None,
     ) -> list[Point]:
         get = attributes.get
-        method = get("http.request.method") or get("http.method")
+        method = get(_METHOD_NEW) or get(_METHOD_OLD)
         route = get(attr.HTTP_ROUTE)
-        raw_status = get("http.response.status_code")
+        raw_status = get(_STATUS_NEW)
         if raw_status is None:
-            raw_status = get("http.status_code")
+            raw_status = get(_STATUS_OLD)
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}

@@ -54,6 +54,14 @@ class SinkError(Exception):
         self.rejected = rejected
 
 
+def suppress_instrumentation() -> None:
+    """Mark this thread's context so OpenTelemetry instrumentations (urllib3, requests) do not
+    trace our own writes. Call once at the start of every thread that writes to a sink."""
+    from opentelemetry import context
+
+    context.attach(context.set_value(context._SUPPRESS_INSTRUMENTATION_KEY, True))
+
+
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), if usable."""
     if not value:

@@ -12,17 +12,11 @@ from __future__ import annotations
 import threading
 
 import urllib3
-from opentelemetry import context as otel_context
 
 from otel_luna.settings import Settings
-from otel_luna.sinks import SinkError, parse_retry_after
+from otel_luna.sinks import SinkError, parse_retry_after, suppress_instrumentation
 
 _RETRYABLE_STATUS = frozenset({408, 429})
-
-
-def _suppress_instrumentation() -> None:
-    # Worker threads start with an empty context: our POSTs must not be traced either.
-    otel_context.attach(otel_context.set_value(otel_context._SUPPRESS_INSTRUMENTATION_KEY, True))
 
 
 class PingCentreSink:
@@ -55,7 +49,7 @@ class PingCentreSink:
         lock = threading.Lock()
 
         def work() -> None:
-            _suppress_instrumentation()
+            suppress_instrumentation()  # new threads start with an empty context
             while True:
                 with lock:
                     index = next(indexes, None)
