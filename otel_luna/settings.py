@@ -83,6 +83,13 @@ OTEL_EXPORTER_LUNA_SERVE_TLS_CERT = "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
 OTEL_EXPORTER_LUNA_SERVE_TLS_KEY = "OTEL_EXPORTER_LUNA_SERVE_TLS_KEY"
 #: ``otel-luna serve``: when set, requests must carry ``Authorization: Bearer <token>`` (secret).
 OTEL_EXPORTER_LUNA_SERVE_TOKEN = "OTEL_EXPORTER_LUNA_SERVE_TOKEN"
+#: Most distinct ``route`` tag values per service; further ones are written as ``METHOD:{overflow}``.
+OTEL_EXPORTER_LUNA_ROUTE_LIMIT = "OTEL_EXPORTER_LUNA_ROUTE_LIMIT"
+#: Most bytes of the dead-letter file; beyond it the file is rotated (one older file kept).
+OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES = "OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES"
+#: ``true``: on SIGTERM, move what the SDK holds into the spool and deliver it (within
+#: SHUTDOWN_TIMEOUT) before the signal's previous handler runs.
+OTEL_EXPORTER_LUNA_HANDLE_SIGTERM = "OTEL_EXPORTER_LUNA_HANDLE_SIGTERM"
 #: Path of a TOML file whose ``[monitoring]`` section holds settings (environment wins).
 OTEL_EXPORTER_LUNA_CONFIG = "OTEL_EXPORTER_LUNA_CONFIG"
 
@@ -229,6 +236,9 @@ class Settings:
     enabled: bool = True
     schema: str = "luna"
     max_in_flight: int = 8
+    route_limit: int = 1000
+    dead_letter_max_bytes: int = 64 * 1024 * 1024
+    handle_sigterm: bool = True
     serve_host: str = "127.0.0.1"
     serve_grpc_port: int = 4317
     serve_http_port: int = 4318
@@ -369,6 +379,24 @@ _SPECS: dict[str, _Spec] = {
         ("max_in_flight",),
         _positive(int),
         "an integer > 0",
+    ),
+    "route_limit": _Spec(
+        OTEL_EXPORTER_LUNA_ROUTE_LIMIT,
+        ("route_limit",),
+        _positive(int),
+        "an integer > 0 (distinct routes per service)",
+    ),
+    "dead_letter_max_bytes": _Spec(
+        OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES,
+        ("dead_letter_max_bytes",),
+        _positive(int),
+        "an integer > 0 (bytes)",
+    ),
+    "handle_sigterm": _Spec(
+        OTEL_EXPORTER_LUNA_HANDLE_SIGTERM,
+        ("handle_sigterm",),
+        _parse_bool,
+        "true or false",
     ),
     "serve_host": _Spec(OTEL_EXPORTER_LUNA_SERVE_HOST, ("serve_host",), _text, "an address"),
     "serve_grpc_port": _Spec(
