@@ -41,7 +41,13 @@ class PingEncoder:
                 ping[name] = text == "true" if kind is bool else text
             else:
                 ping[name] = point.fields.get(name)
-        return json.dumps(ping, separators=(",", ":"), ensure_ascii=False)
+        line = json.dumps(ping, separators=(",", ":"), ensure_ascii=False)
+        if not line.isascii():
+            try:
+                line.encode()
+            except UnicodeEncodeError:
+                raise InvalidPointError("invalid_utf8", "a lone surrogate in a value") from None
+        return line
 
     def encode(self, points: list[Point]) -> list[str]:
         return [self.encode_point(point) for point in points]

@@ -8,6 +8,10 @@ space; string field values escape ``"`` and ``\\``. What line protocol cannot ca
 * an empty tag value is dropped (``empty_tag_value``);
 * a string field longer than :data:`MAX_STRING_FIELD_BYTES` is truncated (``truncated_string``);
 * an integer outside int64 is dropped (``int_out_of_range``);
+* a point whose time is outside InfluxDB's range (:data:`MIN_TIME_NS` … :data:`MAX_TIME_NS`), whose
+  key is too long (series key + field key over :data:`MAX_KEY_BYTES`), that has a tag or field
+  key ``time`` (InfluxDB refuses the tag and silently drops the field), or a string InfluxDB
+  cannot store as UTF-8 (a lone surrogate) is rejected;
 * a key or tag value containing a newline, or a backslash before ``,``, ``=``, space, ``"``, another
   backslash or the end (InfluxDB reads those as escapes whatever is sent), a
   measurement starting with ``#`` (a comment), a measurement or field key starting with a tab or
@@ -28,6 +32,14 @@ from otel_luna.point import FieldValue, Point
 #: String field values longer than this many UTF-8 bytes are truncated (InfluxDB's own limit).
 MAX_STRING_FIELD_BYTES = 64 * 1024
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: The times InfluxDB 1.x accepts (``time outside range -9223372036854775806 - …``).
+MIN_TIME_NS, MAX_TIME_NS = -(2**63) + 2, 2**63 - 2
+#: InfluxDB's ``max key length``: escaped series key, ``#!~#`` and one field key, in bytes.
+MAX_KEY_BYTES = 65535
+_KEY_SEPARATOR_BYTES = 4
+# Below this many characters in prefix + field set, no key can be too long: skip the check.
+_SHORT_KEY = MAX_KEY_BYTES // 4 - _KEY_SEPARATOR_BYTES
+_RESERVED_KEY = "time"
 _TAG_CACHE_LIMIT = 4096
 # Strings this short cannot exceed the byte limit: only quotes and backslashes need a look.
 _SHORT_STRING = MAX_STRING_FIELD_BYTES // 4
@@ -66,6 +78,19 @@ def _check_start(kind: str, text: str) -> None:
         )
 
 
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be a tag or field key (a short reason), or None if it can."""
+    try:
+        _check_name("key", key)
+        _check_start("key", key)
+        key.encode()
+    except InvalidPointError as error:
+        return error.reason
+    except UnicodeEncodeError:
+        return "invalid_utf8_key"
+    return "reserved_key" if key == _RESERVED_KEY else None
+
+
 class LineProtocolEncoder:
     """Encodes points to line protocol, counting what it drops or rejects.
 
@@ -94,10 +119,30 @@ class LineProtocolEncoder:
     def encode_point(self, point: Point) -> str:
         """One line for ``point``; raises :class:`InvalidPointError` if it cannot be carried."""
         measurement, tags, fields, time_ns = point
+        if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
+            raise InvalidPointError("time_out_of_range", f"time {time_ns} is outside InfluxDB's range")
         prefix = self._prefixes.get((measurement, tags))
         if prefix is None:
             prefix = self._prefix(measurement, tags)
-        return f"{prefix} {self._fieldset(fields)} {time_ns}"
+        fieldset = self._fieldset(fields)
+        if len(prefix) + len(fieldset) > _SHORT_KEY:
+            self._check_key_length(prefix, fields)
+        line = f"{prefix} {fieldset} {time_ns}"
+        if not line.isascii():
+            try:
+                line.encode()
+            except UnicodeEncodeError:
+                raise InvalidPointError("invalid_utf8", "a lone surrogate in a key or value") from None
+        return line
+
+    def _check_key_length(self, prefix: str, fields: dict[str, FieldValue]) -> None:
+        series = len(prefix.encode(errors="surrogatepass")) + _KEY_SEPARATOR_BYTES
+        for key in fields:
+            escaped = self._field_keys.get(key) or self._field_key(key)
+            if series + len(escaped.encode(errors="surrogatepass")) - 1 > MAX_KEY_BYTES:
+                raise InvalidPointError(
+                    "key_too_long", f"series key and field key over {MAX_KEY_BYTES} bytes"
+                )
 
     def _prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
         """``measurement,tag=value,...`` escaped; cached unless a tag was dropped."""
@@ -133,6 +178,8 @@ class LineProtocolEncoder:
                 cacheable = False
                 continue
             _check_name("tag_key", key)
+            if key == _RESERVED_KEY:
+                raise InvalidPointError("reserved_key", "tag key 'time' is reserved by InfluxDB")
             _check_name("tag_value", value)
             parts.append(f",{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
         encoded = "".join(parts)
@@ -146,6 +193,8 @@ class LineProtocolEncoder:
         """``key=`` escaped, cached."""
         _check_name("field_key", key)
         _check_start("field_key", key)  # the first key follows a space
+        if key == _RESERVED_KEY:
+            raise InvalidPointError("reserved_key", "field key 'time' is reserved by InfluxDB")
         encoded = key.translate(_KEY_ESCAPES) + "="
         if len(self._field_keys) < _TAG_CACHE_LIMIT:
             self._field_keys[key] = encoded
@@ -192,6 +241,46 @@ class LineProtocolEncoder:
         if '"' in value or "\\" in value:
             return value.translate(_STRING_ESCAPES)
         return value
+
+
+_NEWLINE, _SPACE, _COMMA, _EQUALS, _QUOTE, _BACKSLASH = b"\n ,=\"\\"
+
+
+def split_lines(body: bytes) -> list[bytes]:
+    """The lines of a line-protocol body, each with its ``\n``. A string field may hold
+    newlines (InfluxDB stores them), so lines are found by reading the syntax, not by
+    ``splitlines`` (which also cuts at ``\r``)."""
+    if b'"' not in body:  # no string field: every newline ends a line
+        parts = body.split(b"\n")
+        return [part + b"\n" for part in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    lines: list[bytes] = []
+    i, n = 0, len(body)
+    while i < n:
+        start = i
+        while i < n and body[i] != _SPACE and body[i] != _NEWLINE:  # measurement and tags
+            i += 2 if body[i] == _BACKSLASH else 1
+        while i < n and body[i] == _SPACE:  # then key=value pairs, separated by commas
+            i += 1
+            while i < n and body[i] != _NEWLINE:
+                while i < n and body[i] != _EQUALS and body[i] != _NEWLINE:
+                    i += 2 if body[i] == _BACKSLASH else 1
+                i += 1
+                if i < n and body[i] == _QUOTE:
+                    i += 1
+                    while i < n and body[i] != _QUOTE:
+                        i += 2 if body[i] == _BACKSLASH else 1
+                    i += 1
+                while i < n and body[i] not in (_COMMA, _SPACE, _NEWLINE):
+                    i += 1
+                if i >= n or body[i] != _COMMA:
+                    break
+                i += 1
+            break
+        while i < n and body[i] != _NEWLINE:  # the timestamp
+            i += 1
+        lines.append(body[start : i + 1])
+        i += 1
+    return lines
 
 
 def encode(points: Iterable[Point]) -> bytes:

@@ -10,6 +10,12 @@ Rules (``docs/mapping.md`` has the full table):
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
+Every point gets its own time (:mod:`otel_luna.timestamps`), so no request overwrites another in
+InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that would
+shadow the series' own tags and fields are dropped and counted; the point is written without
+them. ``route`` is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
+and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
+
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in size and
 age (measured in span time, so the mapping reads no clock).
 """
@@ -22,10 +28,19 @@ from typing import Any
 
 from otel_luna import _attributes as attr
 from otel_luna import schema
+from otel_luna.lineprotocol import key_problem
 from otel_luna.point import FieldValue, Point
+from otel_luna.timestamps import SeriesTimes
 
-_BASE_REQUEST_FIELDS = frozenset(schema.REQUEST_FIELDS)
-_BASE_TAGS = frozenset(schema.ERROR_TAGS)
+#: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
+#: attribute of one of these names would shadow them (dashboards filter on them).
+_RESERVED_NAMES = frozenset((*schema.ERROR_TAGS, *schema.REQUEST_FIELDS))
+#: ``route`` of a request that matched no route of the application (e.g. a scanner's 404s).
+UNMATCHED_ROUTE = "{unmatched}"
+#: ``route`` of requests past the per-service limit of distinct routes.
+OVERFLOW_ROUTE = "{overflow}"
+#: Default most distinct ``route`` values per service.
+ROUTE_LIMIT = 1000
 
 #: Child data waiting for its SERVER ancestor is dropped after this long (span time).
 PENDING_TTL_NS = 300 * 10**9
@@ -37,7 +52,7 @@ _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
 _PLAN_CACHE_LIMIT = 1024
 
-_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN = range(8)
+_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(9)
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
     attr.REQUEST_ID: _REQUEST_ID,
@@ -83,13 +98,16 @@ def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _route(attributes: Mapping[str, Any]) -> str:
-    """``METHOD:/templated/route``, falling back to the path without its query string."""
+def _route(attributes: Mapping[str, Any], status: int | None) -> str:
+    """``METHOD:/templated/route``; without a template, ``METHOD:{unmatched}`` for a 404, else
+    the path without its query string."""
     method = _first(attributes, attr.HTTP_METHOD)
     if method == "_OTHER":
         method = attributes.get(attr.HTTP_METHOD_ORIGINAL, method)
     route = attributes.get(attr.HTTP_ROUTE)
-    if not route:
+    if not route and status == 404:
+        route = UNMATCHED_ROUTE
+    elif not route:
         route = _first(attributes, attr.HTTP_PATH)
         if route is None:
             url = _first(attributes, attr.HTTP_URL)
@@ -117,8 +135,17 @@ class RequestMapper:
     Not thread-safe: the exporter holds a lock around :meth:`add`.
     """
 
-    def __init__(self, *, pending_ttl_ns: int = PENDING_TTL_NS, pending_limit: int = PENDING_LIMIT):
+    def __init__(
+        self,
+        *,
+        pending_ttl_ns: int = PENDING_TTL_NS,
+        pending_limit: int = PENDING_LIMIT,
+        route_limit: int = ROUTE_LIMIT,
+    ):
         self.counts: Counter[str] = Counter()
+        self.times = SeriesTimes()
+        self._route_limit = route_limit
+        self._routes: dict[str, set[str]] = {}
         self._pending: dict[int, _Extra] = {}
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
@@ -153,7 +180,7 @@ class RequestMapper:
             plan = self._plan(keys)
         if plan:
             if plan[0][1] == _LICENSE:
-                return self._license(attributes, start_ns, service)
+                return self._license(attributes, start_ns, span_id, service)
             if extra is None:
                 extra = _Extra(end_ns)
             for key, kind, name in plan:
@@ -161,7 +188,7 @@ class RequestMapper:
         if is_server:
             self.counts["server_spans"] += 1
             return self._points(
-                attributes, trace_id, start_ns, end_ns, status_error, service, extra
+                attributes, trace_id, span_id, start_ns, end_ns, status_error, service, extra
             )
         if extra is not None:
             if parent_span_id is None:
@@ -170,7 +197,9 @@ class RequestMapper:
                 self._park(parent_span_id, extra, end_ns)
         return []
 
-    def _license(self, attributes: Mapping[str, Any], start_ns: int, service: str) -> list[Point]:
+    def _license(
+        self, attributes: Mapping[str, Any], start_ns: int, span_id: int, service: str
+    ) -> list[Point]:
         status = attributes[attr.LICENSE_STATUS]
         balance = attributes.get(attr.LICENSE_LIVENESS_BALANCE)
         if status not in schema.LICENSE_STATUSES:
@@ -185,7 +214,8 @@ class RequestMapper:
         else:
             self.counts["invalid_liveness_balance"] += 1
         tags = (("license_status", status), ("service", service))
-        return [Point(schema.LICENSING, tags, fields, start_ns)]
+        time_ns = self.times.claim(schema.LICENSING, tags, start_ns, span_id)
+        return [Point(schema.LICENSING, tags, fields, time_ns)]
 
     def _plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
         """The luna.* keys among ``keys``, classified; a licence check first."""
@@ -195,7 +225,12 @@ class RequestMapper:
                 continue
             for prefix, kind in _PREFIX_KINDS:
                 if key.startswith(prefix):
-                    plan.append((key, kind, key[len(prefix) :]))
+                    name = key[len(prefix) :]
+                    problem = "shadows_schema" if name in _RESERVED_NAMES else key_problem(name)
+                    if problem is None:
+                        plan.append((key, kind, name))
+                    else:
+                        plan.append((key, _REFUSED, problem))
                     break
             else:
                 plan.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key))
@@ -229,6 +264,9 @@ class RequestMapper:
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
             self.counts["incomplete_license_check"] += 1
             return
+        elif kind == _REFUSED:  # name holds the reason
+            self.counts[f"attribute_{name}"] += 1
+            return
         else:
             self.counts["unknown_luna_attribute"] += 1
             return
@@ -261,6 +299,7 @@ class RequestMapper:
         self,
         attributes: Mapping[str, Any],
         trace_id: int,
+        span_id: int,
         start_ns: int,
         end_ns: int,
         status_error: bool,
@@ -279,9 +318,11 @@ class RequestMapper:
         if extra is not None:
             request_id = extra.request_id
             error_code = extra.error_code
-            request_fields = extra.fields
             if extra.tags:
+                if extra.fields or extra.times:
+                    self._drop_tag_field_conflicts(extra)
                 extra_tags = tuple(extra.tags.items())
+            request_fields = extra.fields
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
         # comes from the path (no http.route), which may be unique per request.
         unrecorded_error = raw_status is None and status_error
@@ -302,14 +343,39 @@ class RequestMapper:
             "execution_time": (end_ns - start_ns) / 1e9,
         }
         if extra is not None and extra.times:
+            if request_fields and not request_fields.keys().isdisjoint(extra.times):
+                self.counts["attribute_field_and_time"] += len(
+                    request_fields.keys() & extra.times.keys()
+                )
             fields.update(extra.times)
-        requests = Point(schema.REQUESTS, tags, fields, start_ns)
+        time_ns = self.times.claim(schema.REQUESTS, tags, start_ns, span_id)
+        requests = Point(schema.REQUESTS, tags, fields, time_ns)
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]
         code = schema.UNKNOWN_ERROR_CODE if error_code is None else str(error_code)
         error_tags = tuple(sorted((*error_tags_base, ("error_code", code))))
         error_fields = {**request_fields, "request_id": request_id}
-        return [requests, Point(schema.ERRORS, error_tags, error_fields, start_ns)]
+        return [requests, Point(schema.ERRORS, error_tags, error_fields, time_ns)]
+
+    def _drop_tag_field_conflicts(self, extra: _Extra) -> None:
+        """A name used both as a user tag and a user field (or timing): keep the tag."""
+        for name in extra.tags.keys() & (extra.fields.keys() | extra.times.keys()):
+            self.counts["attribute_tag_and_field"] += 1
+            extra.fields.pop(name, None)
+            extra.times.pop(name, None)
+
+    def _bounded_route(self, service: str, route: str) -> str:
+        """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others."""
+        seen = self._routes.get(service)
+        if seen is None:
+            seen = self._routes[service] = set()
+        if route in seen:
+            return route
+        if len(seen) >= self._route_limit:
+            self.counts["route_overflow"] += 1
+            return OVERFLOW_ROUTE
+        seen.add(route)
+        return route
 
     def _tagset(
         self,
@@ -326,7 +392,7 @@ class RequestMapper:
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
         base = {
-            "route": _route(attributes),
+            "route": self._bounded_route(service, _route(attributes, status)),
             "service": service,
             "status_code": "" if status is None else str(status),
         }

@@ -21,7 +21,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_luna._attributes import ESTIMATOR, LUNA_PREFIX, SERVICE_NAME, USAGES_INSTRUMENT
-from otel_luna.usages import UsageSample
+from otel_luna.usages import UsageSample, origin_of
 from otel_luna.watchdog.mapping import PREFIX as WATCHDOG_PREFIX
 
 _SERVER = Span.SPAN_KIND_SERVER
@@ -105,10 +105,13 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
     """The data points of every ``luna.usages`` sum; other metrics are skipped by name."""
     for resource_metrics in request.resource_metrics:
         service = _service(resource_metrics.resource.attributes)
+        origin: int | None = None
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 if metric.name != USAGES_INSTRUMENT or metric.WhichOneof("data") != "sum":
                     continue
+                if origin is None:
+                    origin = origin_of(attributes(resource_metrics.resource.attributes))
                 cumulative = metric.sum.aggregation_temporality == _CUMULATIVE
                 for point in metric.sum.data_points:
                     estimator = None
@@ -124,6 +127,7 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
                         point.time_unix_nano,
                         value,
                         cumulative,
+                        origin,
                     )
 
 

@@ -7,6 +7,7 @@ with ``Retry-After``) so clients back off and retry instead of losing data.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
 
@@ -19,8 +20,10 @@ from otel_luna import otlp
 from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
+from otel_luna.spool import SpoolUnavailable
 from otel_luna.usages import UsageMapper
 
+_logger = logging.getLogger(__name__)
 #: Share of SPOOL_MAX_BYTES above which requests are refused.
 HIGH_WATER = 0.9
 #: Seconds clients are asked to wait when refused.
@@ -63,33 +66,48 @@ class Receiver:
             raise Backpressure("the spool is full; retry later")
 
     def accept_traces(self, request: ExportTraceServiceRequest) -> tuple[int, str]:
-        """Map, encode and spool; (rejected points, message) for a partial success."""
+        """Map, encode and spool; (rejected points, message) for a partial success. A span
+        that cannot be mapped is rejected alone (counted, never raised)."""
         self._check_room(self.traces, request.ByteSize())
         pipeline = self.traces
         lines: list[str] = []
         with pipeline.lock:
-            before = _rejections(pipeline)
+            before = _snapshot(pipeline, self._spans.counts)
             add = self._spans.add
             for record in otlp.span_records(request):
-                points = add(*record)
+                try:
+                    points = add(*record)
+                except Exception:  # a bug must cost one span, never the request
+                    _logger.exception("otel-luna: could not map a span")
+                    pipeline.failures["mapping_error"] += 1
+                    continue
                 if points:
                     pipeline.encode(points, lines)
-            rejected = _rejections(pipeline) - before
-        pipeline.submit(lines)
+            changes = _snapshot(pipeline, self._spans.counts) - before
+        self._submit(pipeline, lines)
         self._count("traces")
-        return _partial(rejected)
+        return _partial(changes)
 
     def accept_metrics(self, request: ExportMetricsServiceRequest) -> tuple[int, str]:
         self._check_room(self.metrics, request.ByteSize())
         pipeline = self.metrics
         lines: list[str] = []
         with pipeline.lock:
-            before = _rejections(pipeline) + self._usages.counts["invalid_estimator"]
+            before = _snapshot(pipeline, self._usages.counts)
             pipeline.encode(self._usages.points(otlp.usage_samples(request)), lines)
-            rejected = _rejections(pipeline) + self._usages.counts["invalid_estimator"] - before
-        pipeline.submit(lines)
+            changes = _snapshot(pipeline, self._usages.counts) - before
+        self._submit(pipeline, lines)
         self._count("metrics")
-        return _partial(rejected)
+        return _partial(changes)
+
+    def _submit(self, pipeline: Pipeline, lines: list[str]) -> None:
+        """Spool ``lines``; a disk that refuses them is backpressure (the client retries and
+        gets the identical points), never a silent switch to memory."""
+        try:
+            pipeline.submit(lines)
+        except SpoolUnavailable as error:
+            self._count("refused_spool_unavailable")
+            raise Backpressure(f"the spool cannot store the request ({error}); retry later") from None
 
     def counts(self) -> Counter[str]:
         total = self.traces.counts() + self.metrics.counts()
@@ -102,12 +120,39 @@ class Receiver:
         self.metrics.shutdown()
 
 
-def _rejections(pipeline: Pipeline) -> int:
-    """Points the encoder refused so far (``failures`` also counts the lines it mapped)."""
-    return sum(pipeline.failures.values()) - pipeline.failures["mapped"]
+#: Mapper counts that mean a whole point (span or data point) was rejected; the pipeline's own
+#: failures (encoder refusals, mapping errors) are all rejections.
+_REJECTING = frozenset({"invalid_license_status", "invalid_estimator", "nonfinite_usage",
+                        "negative_usage"})
+#: Counts that are not about a problem with the data.
+_NOT_PROBLEMS = frozenset({"mapped", "server_spans"})
 
 
-def _partial(rejected: int) -> tuple[int, str]:
-    if not rejected:
+def _snapshot(pipeline: Pipeline, mapper_counts: Counter[str]) -> Counter[str]:
+    """Rejections and drops so far, by reason; ``!`` marks whole-point rejections."""
+    snapshot: Counter[str] = Counter()
+    for key, value in pipeline.failures.items():
+        if key not in _NOT_PROBLEMS:
+            snapshot["!" + key] += value
+    for key, value in (*mapper_counts.items(), *pipeline.encoder.counts.items()):
+        if key not in _NOT_PROBLEMS:
+            snapshot[("!" if key in _REJECTING else "") + key] += value
+    return snapshot
+
+
+def _partial(changes: Counter[str]) -> tuple[int, str]:
+    """(rejected points, message): the OTLP partial success of a request. Values or attributes
+    dropped from points that were written are reported in the message with 0 rejected (the
+    OTLP way to warn)."""
+    if not changes:
         return 0, ""
-    return rejected, f"{rejected} points could not be written as line protocol (see counters)"
+    rejected = {key[1:]: value for key, value in changes.items() if key.startswith("!")}
+    dropped = {key: value for key, value in changes.items() if not key.startswith("!")}
+    parts = []
+    if rejected:
+        reasons = ", ".join(f"{key}={value}" for key, value in sorted(rejected.items()))
+        parts.append(f"{sum(rejected.values())} points rejected ({reasons})")
+    if dropped:
+        reasons = ", ".join(f"{key}={value}" for key, value in sorted(dropped.items()))
+        parts.append(f"values or attributes dropped ({reasons})")
+    return sum(rejected.values()), "; ".join(parts)

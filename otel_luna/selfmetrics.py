@@ -9,6 +9,7 @@ application's metrics go; the ``luna`` metric exporter never writes them into a 
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections import Counter
@@ -30,7 +31,14 @@ _OUTCOMES = {
 }
 #: Counter keys that only describe (not points): reported under ``otel_luna.events``.
 _NOT_POINTS = frozenset(
-    {"server_spans", "split_writes", "spool_fallback_memory", "corrupt_records", "queued"}
+    {
+        "server_spans",
+        "split_writes",
+        "spool_fallback_memory",
+        "corrupt_records",
+        "queued",
+        "route_overflow",
+    }
 )
 
 
@@ -116,6 +124,12 @@ class _Registry:
 
 
 _registry = _Registry()
+if hasattr(os, "register_at_fork"):  # a lock held by another thread at fork stays held
+
+    def _reinit_lock() -> None:
+        _registry._lock = threading.Lock()
+
+    os.register_at_fork(after_in_child=_reinit_lock)
 
 
 def register(source: Source, signal: str) -> None:

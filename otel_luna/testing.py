@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 from otel_luna.exporter import LunaSpanExporter
+from otel_luna.lineprotocol import split_lines
 from otel_luna.settings import Settings
 
 
@@ -19,7 +20,7 @@ class InMemorySink:
 
     def write(self, body: bytes) -> None:
         with self._lock:
-            self._lines.extend(body.decode().splitlines())
+            self._lines.extend(line.decode().removesuffix("\n") for line in split_lines(body))
 
     def close(self) -> None:
         self.closed = True

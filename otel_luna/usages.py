@@ -8,14 +8,17 @@ streams (other SDKs, the OTLP receiver) are turned into deltas per stream by
 
 from __future__ import annotations
 
+import math
 import re
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from otel_luna import schema
 from otel_luna.point import FieldValue, Point
+from otel_luna.timestamps import SeriesTimes
 
 _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
@@ -34,6 +37,16 @@ class UsageSample(NamedTuple):
     time_ns: int
     value: int | float
     cumulative: bool
+    #: Who sent it (a checksum of the sender's resource): senders of one service whose clocks
+    #: give the same time still write distinct points.
+    origin: int = 0
+
+
+def origin_of(resource_attributes: Mapping[str, Any]) -> int:
+    """The ``origin`` of samples from a resource: a checksum of its attributes, the same for
+    the SDK's resource and its OTLP encoding."""
+    described = repr(sorted((str(key), repr(value)) for key, value in resource_attributes.items()))
+    return zlib.crc32(described.encode(errors="surrogatepass"))
 
 
 class CumulativeToDelta:
@@ -66,15 +79,19 @@ class UsageMapper:
 
     def __init__(self, converter: CumulativeToDelta | None = None) -> None:
         self.counts: Counter[str] = Counter()
+        self.times = SeriesTimes()
         self._converter = converter if converter is not None else CumulativeToDelta()
 
     def points(self, samples: Iterable[UsageSample]) -> list[Point]:
-        by_point: dict[tuple[str, int], dict[str, FieldValue]] = {}
+        by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
         for sample in samples:
             if not valid_estimator(sample.estimator):
                 self.counts["invalid_estimator"] += 1
                 continue
             value = sample.value
+            if not math.isfinite(value):
+                self.counts["nonfinite_usage"] += 1
+                continue
             if sample.cumulative:
                 value = self._converter.delta(
                     (sample.service, sample.estimator), sample.start_ns, value
@@ -85,10 +102,14 @@ class UsageMapper:
             count = round(value)
             if count == 0:
                 continue
-            fields = by_point.setdefault((sample.service, sample.time_ns), {})
+            fields = by_point.setdefault((sample.service, sample.time_ns, sample.origin), {})
             key = sample.estimator + schema.USAGES_SUFFIX
             fields[key] = int(fields.get(key, 0)) + count
-        return [
-            Point(schema.USAGES_STATISTIC, (("service", service),), fields, time_ns)
-            for (service, time_ns), fields in by_point.items()
-        ]
+        points = []
+        for (service, time_ns, origin), fields in by_point.items():
+            tags = (("service", service),)
+            # The same data sent again (a retry) keeps its time; other data moves on.
+            owner = zlib.crc32(repr(sorted(fields.items())).encode(), origin)
+            time_ns = self.times.claim(schema.USAGES_STATISTIC, tags, time_ns, owner)
+            points.append(Point(schema.USAGES_STATISTIC, tags, fields, time_ns))
+        return points

@@ -261,12 +261,19 @@ def node_binary() -> str:
 
 
 def run_node_app(
-    protocol: str, url: str, spans: Sequence[Mapping[str, Any]], env: Mapping[str, str]
+    protocol: str,
+    url: str,
+    spans: Sequence[Mapping[str, Any]],
+    env: Mapping[str, str],
+    *,
+    spans_file: Path | None = None,
 ) -> str:
     """Run ``tests/node/app.js`` (sdk-node with exporter-trace-otlp-grpc for ``grpc`` or
-    exporter-trace-otlp-proto for ``http/protobuf``) sending ``spans`` to ``url``; its output."""
+    exporter-trace-otlp-proto for ``http/protobuf``) sending ``spans`` (or the JSON array in
+    ``spans_file``, for many) to ``url``; its output."""
+    spec = f"@{spans_file}" if spans_file is not None else json.dumps(list(spans))
     result = subprocess.run(
-        [node_binary(), str(NODE_DIR / "app.js"), protocol, url, json.dumps(list(spans))],
+        [node_binary(), str(NODE_DIR / "app.js"), protocol, url, spec],
         env={**os.environ, **env},
         cwd=NODE_DIR,
         stdin=subprocess.DEVNULL,

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
-from otel_luna.lineprotocol import MAX_STRING_FIELD_BYTES, LineProtocolEncoder, encode
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from otel_luna.lineprotocol import (
+    MAX_STRING_FIELD_BYTES,
+    LineProtocolEncoder,
+    encode,
+    split_lines,
+)
 from otel_luna.point import Point
 
 T = 1_700_000_000_123_456_789
@@ -97,3 +106,30 @@ def test_encode_body() -> None:
     """encode() gives newline-terminated UTF-8 lines."""
     body = encode([Point("m", (("t", "é"),), {"x": 1}, 1), Point("m", (), {"y": "z"}, 2)])
     assert body == 'm,t=é x=1i 1\nm y="z" 2\n'.encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.text(min_size=1, max_size=8),
+            st.dictionaries(st.text(min_size=1, max_size=5), st.text(max_size=5), max_size=3),
+            st.dictionaries(
+                st.text(min_size=1, max_size=5),
+                st.one_of(st.text(max_size=8), st.integers(-5, 5), st.booleans(), st.floats()),
+                min_size=1,
+                max_size=3,
+            ),
+        ),
+        max_size=6,
+    )
+)
+def test_split_lines_finds_the_encoded_lines(specs: list[Any]) -> None:
+    """Newlines and carriage returns inside string fields do not end a line."""
+    encoder = LineProtocolEncoder()
+    points = [
+        Point(measurement, tuple(sorted(tags.items())), fields, 1)
+        for measurement, tags, fields in specs
+    ]
+    lines = [f"{line}\n".encode() for line in encoder.encode(points)]
+    assert split_lines(b"".join(lines)) == lines

@@ -109,7 +109,7 @@ def test_otlp_json_gives_the_same_lines() -> None:
 def test_usage_metrics_in_process_and_over_otlp() -> None:
     """Delta usage sums give the same usages_statistic lines both ways."""
     points = [
-        NumberDataPoint({"luna.estimator": name}, 100, 200, value, [])
+        NumberDataPoint({"luna.estimator": name}, 101, 201, value, [])
         for name, value in (("face_detector", 3), ("liveness_estimator", 2))
     ]
     data = MetricsData(
@@ -149,7 +149,7 @@ def test_usage_metrics_in_process_and_over_otlp() -> None:
     receiver.shutdown()
     assert direct_sink.lines == [
         "usages_statistic,service=luna-handlers face_detector_usages=3i,"
-        "liveness_estimator_usages=2i 200"
+        "liveness_estimator_usages=2i 201"
     ]
     assert otlp_sink.lines == direct_sink.lines
 
@@ -174,7 +174,7 @@ def test_rejected_points_are_reported_as_partial_success() -> None:
     receiver = Receiver(memory_settings(), sink=sink)
     rejected, message = receiver.accept_traces(encode_spans(memory.get_finished_spans()))
     receiver.shutdown()
-    assert rejected == 1 and "could not be written" in message
+    assert rejected == 1 and "1 points rejected (newline_in_tag_value=1)" in message
     assert len(sink.lines) == 1
 
 

@@ -40,18 +40,18 @@ def test_usage_points_per_service_and_interval() -> None:
     """One point per service and interval; zero deltas and invalid names leave no field."""
     mapper = UsageMapper(CumulativeToDelta(created_ns=T0))
     samples = [
-        UsageSample("a", "face_detector", T0, T0 + 10, 3, False),
-        UsageSample("a", "liveness_estimator", T0, T0 + 10, 2, False),
-        UsageSample("a", "mask_estimator", T0, T0 + 10, 0, False),
-        UsageSample("b", "face_detector", T0, T0 + 10, 1, False),
-        UsageSample("b", "Bad Name", T0, T0 + 10, 1, False),
-        UsageSample("c", "mask_estimator", T0, T0 + 10, 0, False),
+        UsageSample("a", "face_detector", T0, T0 + 11, 3, False),
+        UsageSample("a", "liveness_estimator", T0, T0 + 11, 2, False),
+        UsageSample("a", "mask_estimator", T0, T0 + 11, 0, False),
+        UsageSample("b", "face_detector", T0, T0 + 11, 1, False),
+        UsageSample("b", "Bad Name", T0, T0 + 11, 1, False),
+        UsageSample("c", "mask_estimator", T0, T0 + 11, 0, False),
     ]
     lines = LineProtocolEncoder().encode(mapper.points(samples))
     assert lines == [
         "usages_statistic,service=a face_detector_usages=3i,liveness_estimator_usages=2i"
-        f" {T0 + 10}",
-        f"usages_statistic,service=b face_detector_usages=1i {T0 + 10}",
+        f" {T0 + 11}",  # a nanosecond time: written as it is
+        f"usages_statistic,service=b face_detector_usages=1i {T0 + 11}",
     ]
     assert mapper.counts["invalid_estimator"] == 1
 
@@ -79,8 +79,8 @@ def test_license_span_maps_to_one_point() -> None:
     points = RequestMapper().add(attributes, False, 1, 2, 3, T0, T0 + 1, False, "luna-handlers")
     assert LineProtocolEncoder().encode(points) == [
         "licensing,license_status=warning,service=luna-handlers liveness_balance=12i,"
-        f'warnings="balance is low; expires soon",errors="" {T0}'
-    ]
+        f'warnings="balance is low; expires soon",errors="" {T0 + 2}'
+    ]  # T0 is a whole second: the span id (2) fills the digits below the clock's resolution
 
 
 @pytest.mark.parametrize(

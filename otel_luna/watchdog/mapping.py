@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_luna.point import FieldValue, Point
+from otel_luna.timestamps import SeriesTimes
 from otel_luna.watchdog.schema import EVENTS, TAGS
 
 EVENT = "watchdog.event"
@@ -30,6 +31,7 @@ class WatchdogMapper:
 
     def __init__(self) -> None:
         self.counts: Counter[str] = Counter()
+        self.times = SeriesTimes()
 
     def add(
         self,
@@ -65,4 +67,5 @@ class WatchdogMapper:
                 fields[name] = value
         if not fields:
             fields["count"] = 1  # line protocol needs a field; pings ignore it
-        return [Point(event, tuple(sorted(tags)), fields, end_ns)]
+        sorted_tags = tuple(sorted(tags))
+        return [Point(event, sorted_tags, fields, self.times.claim(event, sorted_tags, end_ns, span_id))]

@@ -8,7 +8,10 @@
 // OTEL_EXPORTER_OTLP_COMPRESSION=gzip makes either exporter compress.
 // SPANS_JSON is a JSON array with one object per SERVER span to record:
 //   {"name": "POST /x", "attributes": {...}, "error": false, "duration_ms": 3.5}
-// Span i starts at a distinct nanosecond (so no two points share a timestamp). The resource's
+// SPANS_JSON may also be @PATH, a file holding that array (argv strings are limited to 128 KiB).
+// Span i starts at a distinct nanosecond (so no two points share a timestamp), unless its spec
+// has "start_ns" (a decimal string: that start, e.g. the same for every span) or the environment
+// has OTEL_LUNA_TEST_CLOCK=sdk (the SDK's own clock, as a real service). The resource's
 // service.name comes from OTEL_SERVICE_NAME. After the spans end, the SDK is shut down (which
 // flushes the batch processor); the program prints "exported N spans" and exits 0, or exits 1
 // when an export failed.
@@ -58,7 +61,10 @@ async function main() {
     console.error('usage: node app.js grpc|http/protobuf URL SPANS_JSON');
     process.exit(2);
   }
-  const spans = JSON.parse(specJson);
+  const spans = JSON.parse(
+    specJson.startsWith('@') ? require('fs').readFileSync(specJson.slice(1), 'utf8') : specJson,
+  );
+  const sdkClock = process.env.OTEL_LUNA_TEST_CLOCK === 'sdk';
   const exporter = new CountingExporter(new exporters[protocol].OTLPTraceExporter({ url }));
   const sdk = new NodeSDK({ traceExporter: exporter, instrumentations: [] });
   sdk.start();
@@ -66,17 +72,17 @@ async function main() {
   const tracer = api.trace.getTracer('otel-luna-node-test', '1.0.0');
   const baseNs = BigInt(Date.now() - 60000) * 1000000n;
   spans.forEach((spec, index) => {
-    const startNs = baseNs + BigInt(index) * 1000n;
+    const startNs = spec.start_ns ? BigInt(spec.start_ns) : baseNs + BigInt(index) * 1000n;
     const durationNs = BigInt(Math.round((spec.duration_ms ?? 2) * 1e6));
-    const span = tracer.startSpan(spec.name, {
-      kind: api.SpanKind.SERVER,
-      attributes: spec.attributes,
-      startTime: hrTime(startNs),
-    });
+    const options = { kind: api.SpanKind.SERVER, attributes: spec.attributes };
+    if (!sdkClock) {
+      options.startTime = hrTime(startNs);
+    }
+    const span = tracer.startSpan(spec.name, options);
     if (spec.error) {
       span.setStatus({ code: api.SpanStatusCode.ERROR, message: 'failed' });
     }
-    span.end(hrTime(startNs + durationNs));
+    span.end(sdkClock ? undefined : hrTime(startNs + durationNs));
   });
 
   await sdk.shutdown();

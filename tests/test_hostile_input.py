@@ -1,0 +1,364 @@
+"""Hostile values are per-point (or per-attribute) rejections, counted with a reason: never an
+exception into the application or the receiver, never a good point taken down with a bad one.
+
+The Hypothesis tests feed arbitrary attribute keys and values (lone surrogates, newlines,
+reserved and shadowing names, huge integers, NaN) through the in-process exporter and through the
+receiver behind ``otel-luna serve``: each input is written exactly, or counted with a reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from servers import InfluxDB1, ServerHTTPError
+
+from otel_luna.demo import parse_line
+from otel_luna.exporter import LunaSpanExporter
+from otel_luna.lineprotocol import (
+    MAX_KEY_BYTES,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    InvalidPointError,
+    LineProtocolEncoder,
+)
+from otel_luna.mapping import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
+from otel_luna.point import Point
+from otel_luna.receiver import Receiver
+from otel_luna.settings import Settings
+from otel_luna.testing import InMemorySink
+
+T0 = 1_700_000_000_123_456_789
+BASE = {
+    "http.request.method": "GET",
+    "http.route": "/h",
+    "http.response.status_code": 200,
+}
+#: Counter keys that report normal work, not a problem with the input.
+NORMAL = frozenset(
+    {"mapped", "spooled", "written", "server_spans", "requests_traces", "requests_metrics"}
+)
+SURROGATES = st.sampled_from(["\ud800", "\udc80", "\udfff"])
+TEXT = st.text(st.one_of(st.characters(exclude_categories=()), SURROGATES), max_size=12)
+NAMES = st.one_of(
+    TEXT,
+    st.sampled_from(
+        ["time", "route", "service", "status_code", "error_code", "request_id", "execution_time",
+         "a\nb", "x\\", "\tx", "ok_name", "a b,c=d", "\ud800"]
+    ),
+)
+VALUES = st.one_of(
+    TEXT,
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.lists(TEXT, max_size=3),
+)
+PREFIXES = st.sampled_from(["luna.tag.", "luna.field.", "luna.time.", "luna.", "other."])
+
+
+def problems(delta: Counter[str]) -> Counter[str]:
+    return Counter({key: value for key, value in delta.items() if key not in NORMAL and value})
+
+
+def check_written(prefix: str, name: str, value: Any, point: Point, delta: Counter[str]) -> None:
+    """The attribute is in the point exactly as given, or a problem was counted."""
+    if prefix == "luna.tag.":
+        text = str(value).lower() if isinstance(value, bool) else str(value)
+        written = dict(point.tags).get(name) == text
+    elif prefix == "luna.field.":
+        got = point.fields.get(name, object())
+        written = got == value and type(got) is type(value)
+    elif prefix == "luna.time.":
+        got = point.fields.get(name)
+        number = type(value) in (int, float)
+        written = number and isinstance(got, float) and got == float(value)
+    else:
+        return
+    assert written or problems(delta), (prefix, name, value, point, delta)
+
+
+# --------------------------------------------------------------------------- in-process
+
+
+@pytest.fixture(scope="module")
+def exporter_and_sink() -> Any:
+    sink = InMemorySink()
+    exporter = LunaSpanExporter(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    provider = TracerProvider(resource=Resource.create({"service.name": "hostile"}))
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    yield exporter, sink, provider.get_tracer("hostile"), memory
+    exporter.shutdown()
+
+
+_ids = itertools.count()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=PREFIXES, name=NAMES, value=VALUES)
+def test_exporter_writes_exactly_or_counts(
+    exporter_and_sink: Any, prefix: str, name: str, value: Any
+) -> None:
+    """export() never raises and returns SUCCESS; the request is written with the attribute
+    exactly, or the attribute (or the point) is counted as rejected with a reason."""
+    exporter, sink, tracer, memory = exporter_and_sink
+    request_id = f"r{next(_ids)}"
+    memory.clear()
+    span = tracer.start_span("GET /h", kind=SpanKind.SERVER, start_time=T0)
+    span.set_attributes({**BASE, "luna.request_id": request_id})
+    span.set_attribute(prefix + name, value)  # the SDK itself drops types it does not take
+    span.end(end_time=T0 + 1000)
+    (finished,) = memory.get_finished_spans()
+    given_value = (finished.attributes or {}).get(prefix + name)
+    before, seen = Counter(exporter.counts), len(sink.lines)
+    assert exporter.export([finished]).name == "SUCCESS"
+    assert exporter.force_flush(10_000)
+    delta = Counter(exporter.counts) - before
+    lines = sink.lines[seen:]
+    if not lines:
+        assert problems(delta), delta
+        return
+    point = parse_line(lines[0])
+    assert point.measurement == "requests"
+    if prefix + name != "luna.request_id":
+        assert point.fields["request_id"] == request_id
+    if given_value is not None:
+        check_written(prefix, name, given_value, point, delta)
+
+
+# --------------------------------------------------------------------------- the receiver
+
+
+def any_value(value: Any) -> AnyValue | None:
+    """``value`` as OTLP; None where protobuf itself cannot carry it (a lone surrogate)."""
+    try:
+        if isinstance(value, bool):
+            return AnyValue(bool_value=value)
+        if isinstance(value, int):
+            return AnyValue(int_value=value) if -(2**63) <= value < 2**63 else None
+        if isinstance(value, float):
+            return AnyValue(double_value=value)
+        if isinstance(value, str):
+            return AnyValue(string_value=value)
+        items = [any_value(item) for item in value]
+        if any(item is None for item in items):
+            return None
+        array = AnyValue()
+        array.array_value.values.extend(items)
+        return array
+    except (UnicodeEncodeError, ValueError):
+        return None
+
+
+@pytest.fixture(scope="module")
+def receiver_and_sink() -> Any:
+    sink = InMemorySink()
+    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    yield receiver, sink
+    receiver.shutdown()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(prefix=PREFIXES, name=NAMES, value=VALUES)
+def test_receiver_writes_exactly_or_reports_partial_success(
+    receiver_and_sink: Any, prefix: str, name: str, value: Any
+) -> None:
+    """serve's accept never raises; a span is written with the attribute exactly, or the
+    attribute is counted and named in the partial-success message, or the span is rejected and
+    counted in ``rejected``."""
+    receiver, sink = receiver_and_sink
+    encoded = any_value(value)
+    try:
+        key = KeyValue(key=prefix + name, value=encoded) if encoded is not None else None
+    except (UnicodeEncodeError, ValueError):
+        key = None
+    if key is None:  # not representable in OTLP: the wire cannot carry it
+        return
+    request_id = f"r{next(_ids)}"
+    request = ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="hostile"))
+    span = resource.scope_spans.add().spans.add(
+        trace_id=b"\x01" * 16,
+        span_id=next(_ids).to_bytes(8, "big"),
+        kind=Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=T0,
+        end_time_unix_nano=T0 + 1000,
+    )
+    for base_key, base_value in {**BASE, "luna.request_id": request_id}.items():
+        span.attributes.add(key=base_key, value=any_value(base_value))
+    span.attributes.append(key)
+    before, seen = Counter(receiver.counts()), len(sink.lines)
+    rejected, message = receiver.accept_traces(request)
+    assert receiver.traces.force_flush(10)
+    delta = Counter(receiver.counts()) - before
+    lines = sink.lines[seen:]
+    if not lines:
+        assert rejected >= 1 and problems(delta), (rejected, delta)
+        return
+    assert rejected == 0
+    point = parse_line(lines[0])
+    if prefix + name != "luna.request_id":
+        assert point.fields["request_id"] == request_id
+    check_written(prefix, name, value if not isinstance(value, list) else tuple(value), point,
+                  delta)
+    if problems(delta):
+        assert message, delta
+
+
+def test_nonfinite_usage_is_a_rejected_data_point(receiver_and_sink: Any) -> None:
+    """A NaN or infinite luna.usages value is rejected and counted; the good one is written."""
+    receiver, sink = receiver_and_sink
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="u"))
+    metric = resource.scope_metrics.add().metrics.add(name="luna.usages")
+    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+    for estimator, value in (("face_detector", math.nan), ("eye_estimator", math.inf),
+                             ("mouth_estimator", 3.0)):
+        point = metric.sum.data_points.add(
+            start_time_unix_nano=T0, time_unix_nano=T0 + 1, as_double=value
+        )
+        point.attributes.add(key="luna.estimator", value=AnyValue(string_value=estimator))
+    seen = len(sink.lines)
+    rejected, message = receiver.accept_metrics(request)
+    assert receiver.metrics.force_flush(10)
+    assert rejected == 2 and "nonfinite_usage=2" in message
+    (line,) = sink.lines[seen:]
+    assert line.startswith("usages_statistic,service=u mouth_estimator_usages=3i ")
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def map_one(attributes: dict[str, Any], mapper: RequestMapper | None = None) -> tuple[
+    list[str], Counter[str]
+]:
+    mapper = mapper or RequestMapper()
+    encoder = LineProtocolEncoder()
+    points = mapper.add({**BASE, **attributes}, True, 1, 7, None, T0, T0 + 10, False, "s")
+    return encoder.encode(points), mapper.counts + encoder.counts
+
+
+@pytest.mark.parametrize(
+    ("key", "reason"),
+    [
+        ("luna.field.route", "attribute_shadows_schema"),
+        ("luna.field.service", "attribute_shadows_schema"),
+        ("luna.tag.request_id", "attribute_shadows_schema"),
+        ("luna.time.execution_time", "attribute_shadows_schema"),
+        ("luna.tag.error_code", "attribute_shadows_schema"),
+        ("luna.tag.time", "attribute_reserved_key"),
+        ("luna.field.time", "attribute_reserved_key"),
+        ("luna.tag.a\nb", "attribute_newline_in_key"),
+        ("luna.field.\ud800", "attribute_invalid_utf8_key"),
+    ],
+)
+def test_user_keys_never_shadow_the_schema(key: str, reason: str) -> None:
+    """A user key InfluxDB reserves, or named like the series' own tags and fields, is dropped
+    and counted; the request is written with its base tags and fields intact."""
+    lines, counts = map_one({key: "x"})
+    assert lines == [
+        f'requests,route=GET:/h,service=s,status_code=200 request_id="{1:032x}",'
+        f"execution_time=1e-08 {T0}"
+    ]
+    assert counts[reason] == 1
+
+
+def test_a_name_used_as_tag_and_field_stays_a_tag() -> None:
+    lines, counts = map_one({"luna.tag.account": "a", "luna.field.account": "b"})
+    assert lines[0].startswith("requests,account=a,route=GET:/h,")
+    assert "account=" not in lines[0].split(" ")[1]
+    assert counts["attribute_tag_and_field"] == 1
+
+
+def test_unmatched_404_has_a_fixed_route() -> None:
+    """A request that matched no route (a scanner's 404) is written as METHOD:{unmatched}."""
+    attributes = {"http.request.method": "GET", "url.path": "/wp-admin/x.php",
+                  "http.response.status_code": 404}
+    points = RequestMapper().add(attributes, True, 1, 7, None, T0, T0 + 1, False, "s")
+    assert dict(points[0].tags)["route"] == f"GET:{UNMATCHED_ROUTE}"
+
+
+def test_route_values_are_bounded_per_service() -> None:
+    """Past route_limit distinct routes of a service, new ones are written as {overflow}; routes
+    already seen keep their value; other services have their own budget."""
+    mapper = RequestMapper(route_limit=3)
+
+    def route(path: str, service: str = "s") -> str:
+        attributes = {"http.request.method": "GET", "url.path": path,
+                      "http.response.status_code": 200}
+        points = mapper.add(attributes, True, 1, 7, None, T0, T0 + 1, False, service)
+        return dict(points[0].tags)["route"]
+
+    assert [route(f"/p{i}") for i in range(5)] == [
+        "GET:/p0", "GET:/p1", "GET:/p2", OVERFLOW_ROUTE, OVERFLOW_ROUTE
+    ]
+    assert route("/p1") == "GET:/p1"
+    assert route("/p9", service="other") == "GET:/p9"
+    assert mapper.counts["route_overflow"] == 2
+
+
+@pytest.mark.parametrize("time_ns", [MIN_TIME_NS - 1, MAX_TIME_NS + 1, 2**64 - 1])
+def test_times_outside_influxdb_range_are_rejected(time_ns: int) -> None:
+    with pytest.raises(InvalidPointError, match="time_out_of_range"):
+        LineProtocolEncoder().encode_point(Point("m", (), {"f": 1}, time_ns))
+
+
+def test_encoder_refuses_exactly_what_influxdb_refuses(
+    influxdb1: InfluxDB1, influxdb1_database: str
+) -> None:
+    """At the edges of InfluxDB's time range and key length, the encoder accepts exactly the
+    points the real server stores, and rejects the ones it would refuse."""
+    encoder = LineProtocolEncoder()
+    longest = MAX_KEY_BYTES - len("m,t=") - len("#!~#") - len("f")
+    cases = [
+        Point("m", (("t", "a"),), {"f": 1}, MIN_TIME_NS),
+        Point("m", (("t", "b"),), {"f": 1}, MAX_TIME_NS),
+        Point("m", (("t", "x" * longest),), {"f": 1}, 5),
+        Point("m", (("t", "é" * (longest // 2)),), {"f": 1}, 6),
+        Point("m", (("t", "x" * (longest + 1)),), {"f": 1}, 7),
+        Point("m", (("t", "é" * (longest // 2 + 1)),), {"f": 1}, 8),
+        Point("m", (("t", "y" * longest),), {"ff": 1}, 9),
+        Point("m", (("time", "c"),), {"f": 1}, 10),
+        Point("m", (), {"time": 1, "g": 2}, 11),
+    ]
+    for point in cases:
+        try:
+            line = encoder.encode_point(point)
+        except InvalidPointError:
+            line = None
+        try:
+            influxdb1.write(f"{encoder.encode_point(point) if line else _raw(point)}\n",
+                            influxdb1_database)
+            stored = True
+        except ServerHTTPError:
+            stored = False
+        if point.fields.get("time") is not None:
+            stored = False  # InfluxDB answers 204 but silently drops the field: a loss
+        assert (line is not None) == stored, point.measurement + repr(point.tags)[:60]
+
+
+def _raw(point: Point) -> str:
+    """The line a naive encoder would send, to see what InfluxDB does with it."""
+    tags = "".join(f",{key}={value}" for key, value in point.tags)
+    fields = ",".join(f"{key}={value}i" for key, value in point.fields.items())
+    return f"{point.measurement}{tags} {fields} {point.time_ns}"
