@@ -39,8 +39,9 @@ class Receiver:
 
     def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
         self.settings = settings
-        self.traces = Pipeline(settings, sink, signal="traces")
-        self.metrics = Pipeline(settings, sink, signal="metrics")
+        # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
+        self.traces = Pipeline(settings, sink, signal="traces", memory_fallback=False)
+        self.metrics = Pipeline(settings, sink, signal="metrics", memory_fallback=False)
         self._spans = span_mapper(settings)
         self._usages = UsageMapper()
         self.traces.track(self._spans.counts)

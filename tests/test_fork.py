@@ -79,3 +79,63 @@ def test_forked_children_deliver_everything_once(tmp_path: Path) -> None:
     assert max(ids.values()) == 1
     leftover = [path for path in spool.rglob("*.seg") if path.stat().st_size]
     assert leftover == []
+
+
+LOCK_HELD_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, threading, time
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from otel_luna import LunaSpanExporter, Settings
+
+    target, spool = sys.argv[1], sys.argv[2]
+    exporter = LunaSpanExporter(Settings.load(
+        {}, endpoint="file://" + target, spool_dir=spool, flush_interval=0.1))
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("fork-lock-test")
+
+    # Another thread of the parent is inside export() (holds the pipeline's lock) at the fork.
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with exporter._pipeline.lock:
+            held.set()
+            release.wait()
+
+    threading.Thread(target=hold, daemon=True).start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:
+        attributes = {"http.method": "GET", "http.route": "/v", "http.status_code": 200}
+        with tracer.start_as_current_span("r", kind=trace.SpanKind.SERVER, attributes=attributes):
+            pass
+        ok = exporter.force_flush(10_000)  # export() took the lock; this delivers
+        os._exit(0 if ok else 3)
+    release.set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            sys.exit(os.waitstatus_to_exitcode(status))
+        time.sleep(0.05)
+    os.kill(pid, 9)
+    sys.exit("the child's first export blocked on the lock the parent's thread held")
+    """
+)
+
+
+def test_child_exports_although_a_parent_thread_held_the_lock_at_fork(tmp_path: Path) -> None:
+    """A lock held by another thread of the parent at fork() stays held in the child unless it
+    is re-created: the child's first export would block forever."""
+    target = tmp_path / "out.lp"
+    result = subprocess.run(
+        [sys.executable, "-c", LOCK_HELD_SCRIPT, str(target), str(tmp_path / "spool")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert target.read_text().startswith("requests,route=GET:/v,")
