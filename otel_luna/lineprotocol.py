@@ -120,7 +120,9 @@ class LineProtocolEncoder:
         """One line for ``point``; raises :class:`InvalidPointError` if it cannot be carried."""
         measurement, tags, fields, time_ns = point
         if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
-            raise InvalidPointError("time_out_of_range", f"time {time_ns} is outside InfluxDB's range")
+            raise InvalidPointError(
+                "time_out_of_range", f"time {time_ns} is outside InfluxDB's range"
+            )
         prefix = self._prefixes.get((measurement, tags))
         if prefix is None:
             prefix = self._prefix(measurement, tags)
@@ -132,7 +134,9 @@ class LineProtocolEncoder:
             try:
                 line.encode()
             except UnicodeEncodeError:
-                raise InvalidPointError("invalid_utf8", "a lone surrogate in a key or value") from None
+                raise InvalidPointError(
+                    "invalid_utf8", "a lone surrogate in a key or value"
+                ) from None
         return line
 
     def _check_key_length(self, prefix: str, fields: dict[str, FieldValue]) -> None:
@@ -243,7 +247,7 @@ class LineProtocolEncoder:
         return value
 
 
-_NEWLINE, _SPACE, _COMMA, _EQUALS, _QUOTE, _BACKSLASH = b"\n ,=\"\\"
+_NEWLINE, _SPACE, _COMMA, _EQUALS, _QUOTE, _BACKSLASH = b'\n ,="\\'
 
 
 def split_lines(body: bytes) -> list[bytes]:

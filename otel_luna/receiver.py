@@ -108,7 +108,9 @@ class Receiver:
             pipeline.submit(lines)
         except SpoolUnavailable as error:
             self._count("refused_spool_unavailable")
-            raise Backpressure(f"the spool cannot store the request ({error}); retry later") from None
+            raise Backpressure(
+                f"the spool cannot store the request ({error}); retry later"
+            ) from None
 
     def counts(self) -> Counter[str]:
         total = self.traces.counts() + self.metrics.counts()
@@ -123,8 +125,9 @@ class Receiver:
 
 #: Mapper counts that mean a whole point (span or data point) was rejected; the pipeline's own
 #: failures (encoder refusals, mapping errors) are all rejections.
-_REJECTING = frozenset({"invalid_license_status", "invalid_estimator", "nonfinite_usage",
-                        "negative_usage"})
+_REJECTING = frozenset(
+    {"invalid_license_status", "invalid_estimator", "nonfinite_usage", "negative_usage"}
+)
 #: Counts that are not about a problem with the data.
 _NOT_PROBLEMS = frozenset({"mapped", "server_spans"})
 

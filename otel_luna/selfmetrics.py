@@ -38,6 +38,7 @@ _NOT_POINTS = frozenset(
         "corrupt_records",
         "queued",
         "route_overflow",
+        "ack_write_errors",
     }
 )
 

@@ -12,20 +12,37 @@ Two kinds, one interface (:class:`Spool`):
 
 Both are bounded in bytes; when full, the oldest records are dropped and counted
 (``dropped_spool_full``), so a long outage keeps the newest data. Records are read in order and
-acknowledged up to a position once a sink has taken them.
+acknowledged up to a position once a sink has taken them. A record always holds at least one
+line, so a read never hands out an empty batch.
+
+**What "on disk" means.** :meth:`DiskSpool.append` returns only once every byte of the record
+was written to its segment file (short writes are continued): the record is then in the
+operating system's page cache and survives the process dying in any way (``SIGKILL``, OOM kill,
+``os._exit``). There is no ``fsync``: a power loss or kernel crash within the writeback window
+can lose the newest records; an ``fsync`` per export would cost a disk flush each. A write the
+disk refuses (``ENOSPC``, ``EDQUOT``, ``EIO`` …) is undone — the segment is cut back to where
+the record began — and raised as :class:`SpoolUnavailable`; nothing of the record is counted or
+ever read.
+
+:func:`open_spool` wraps a disk spool in a :class:`FallbackSpool` (memory while the disk refuses
+writes, back to the disk once that memory has drained) or, for ``otel-luna serve``, returns it
+bare so that a refusal reaches the receiver, which answers with backpressure.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -40,6 +57,20 @@ _LOCK_FILE = "lock"
 _STATS_FILE = "stats.json"
 #: Segment files roll over past this size.
 SEGMENT_BYTES = 8 * 1024 * 1024
+#: Seconds a :class:`FallbackSpool` keeps new records in memory before trying the disk again
+#: (and only once what it kept in memory was delivered).
+DISK_RETRY_INTERVAL = 5.0
+
+
+class SpoolUnavailable(OSError):
+    """The spool cannot take a record now (the disk refused it); nothing of it was stored.
+
+    ``errno`` is the disk's error (``ENOSPC`` …); ``filename`` the spool directory.
+    """
+
+
+def _unavailable(error: OSError, what: str, directory: Path | str) -> SpoolUnavailable:
+    return SpoolUnavailable(error.errno, f"{what}: {error.strerror or error}", str(directory))
 
 
 @dataclass(frozen=True)
@@ -57,9 +88,10 @@ class Spool(Protocol):
 
     @property
     def durable(self) -> bool:
-        """True when appended records survive the process."""
+        """True when every record waiting in the spool survives the process."""
 
-    def append(self, body: bytes, lines: int) -> None: ...
+    def append(self, body: bytes, lines: int) -> None:
+        """Store one record of ``lines`` (≥ 1) lines, or raise :class:`SpoolUnavailable`."""
 
     def read(self, max_lines: int) -> Batch | None: ...
 
@@ -75,7 +107,7 @@ class Spool(Protocol):
 
     def adopt_orphans(self) -> int: ...
 
-    def write_stats(self, counts: dict[str, int]) -> None: ...
+    def write_stats(self, counts: Mapping[str, object]) -> None: ...
 
     def after_fork_in_child(self) -> None: ...
 
@@ -95,6 +127,7 @@ class MemorySpool:
         self._lock = threading.Lock()
 
     def append(self, body: bytes, lines: int) -> None:
+        _check_record(body, lines)
         with self._lock:
             self._records.append((body, lines))
             self._bytes += len(body)
@@ -144,12 +177,19 @@ class MemorySpool:
     def adopt_orphans(self) -> int:
         return 0
 
-    def write_stats(self, counts: dict[str, int]) -> None:
+    def write_stats(self, counts: Mapping[str, object]) -> None:
         pass  # nothing on disk to show
 
     def after_fork_in_child(self) -> None:
-        """The parent keeps the records; the child starts empty."""
+        """The parent keeps the records; the child starts empty, with a lock of its own."""
         self.__init__(self.max_bytes)  # type: ignore[misc]
+
+
+def _check_record(body: bytes, lines: int) -> None:
+    if not body or lines < 1:
+        raise ValueError(
+            f"a spool record holds at least one line, not {lines} in {len(body)} bytes"
+        )
 
 
 class _SegmentLog:
@@ -165,6 +205,7 @@ class _SegmentLog:
         self.segments = [n for n in self.segments if n >= self.read_segment]
         self.pending_bytes = 0
         self.pending_lines = 0
+        self._read_lines = 0  # lines acked in read_segment since read_offset was loaded
         self._sizes: dict[int, int] = {}
         self._lines: dict[int, int] = {}
         self._write_fd: int | None = None
@@ -226,20 +267,67 @@ class _SegmentLog:
     # -- appending --------------------------------------------------------------------------
 
     def append(self, body: bytes, lines: int) -> None:
-        if self._write_fd is None or self._sizes[self.segments[-1]] >= SEGMENT_BYTES:
-            self._roll()
-        number = self.segments[-1]
+        """Write one whole record, or raise :class:`SpoolUnavailable` leaving the log as it was
+        (sizes and counts change only once the whole record is written)."""
+        _check_record(body, lines)
         record = _HEADER.pack(_MAGIC, len(body), lines, zlib.crc32(body)) + body
-        assert self._write_fd is not None
-        os.write(self._write_fd, record)
+        try:
+            try:
+                number = self._write(record)
+            except OSError:
+                if not self._free_delivered():
+                    raise
+                number = self._write(record)
+        except OSError as error:
+            raise _unavailable(error, "cannot append to the spool", self.directory) from error
         self._sizes[number] += len(record)
         self._lines[number] += lines
         self.pending_bytes += len(record)
         self.pending_lines += lines
 
+    def _write(self, record: bytes) -> int:
+        """Write ``record`` at the end of the current segment; its number. On failure nothing
+        of it is left behind."""
+        if self._write_fd is None or self._sizes[self.segments[-1]] >= SEGMENT_BYTES:
+            self._roll()
+        assert self._write_fd is not None
+        number = self.segments[-1]
+        try:
+            _write_all(self._write_fd, record)
+        except BaseException:  # also a signal handler raising between two partial writes
+            self._cut(number)
+            raise
+        return number
+
+    def _free_delivered(self) -> bool:
+        """On a failed write: if the segment being written holds only delivered records,
+        start a new one and delete it, giving its space back. False if there is none."""
+        number = self.segments[-1] if self.segments else None
+        if number is None or number != self.read_segment:
+            return False
+        if not 0 < self._sizes[number] <= self.read_offset:
+            return False
+        self._roll()
+        self._drop_segment(number)
+        self._store_ack()
+        return True
+
+    def _cut(self, number: int) -> None:
+        """Remove what a failed append left of its record. If even that fails, seal the
+        segment: nothing is ever appended after garbage (the next append starts a new one)."""
+        assert self._write_fd is not None
+        try:
+            os.ftruncate(self._write_fd, self._sizes[number])
+        except OSError as error:
+            _logger.warning(
+                "otel-luna spool: cannot cut a failed write from %s (%s); starting a new segment",
+                self._path(number),
+                error,
+            )
+            self.close()
+
     def _roll(self) -> None:
-        if self._write_fd is not None:
-            os.close(self._write_fd)
+        self.close()
         number = (self.segments[-1] + 1) if self.segments else max(1, self.read_segment)
         self._write_fd = os.open(self._path(number), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self.segments.append(number)
@@ -251,36 +339,60 @@ class _SegmentLog:
     # -- reading ----------------------------------------------------------------------------
 
     def read(self, max_lines: int) -> tuple[bytes, int, tuple[int, int]] | None:
-        """Records from the read position, up to ``max_lines`` (at least one record)."""
+        """Records from the read position, up to ``max_lines`` (at least one record), or None
+        when nothing waits. Never an empty batch: a damaged record gives up its segment."""
         while self.segments:
             number = self.read_segment
             end = self._sizes.get(number, 0)
-            if self.read_offset < end:
-                break
-            if number == self.segments[-1]:
-                return None
-            self._drop_segment(number)
+            if self.read_offset >= end:
+                if number == self.segments[-1]:
+                    return None
+                self._drop_segment(number)
+                continue
+            data = self._read_bytes(number, end)
+            bodies: list[bytes] = []
+            lines, position = 0, 0
+            while (record := _parse(data, position)) is not None:
+                body, count, next_position = record
+                if bodies and lines + count > max_lines:
+                    break
+                bodies.append(body)
+                lines += count
+                position = next_position
+            if bodies:
+                self.reading = number
+                return b"".join(bodies), lines, (number, self.read_offset + position)
+            self._give_up_damaged(number, end)
+        return None
+
+    def _read_bytes(self, number: int, end: int) -> bytes:
+        try:
+            with open(self._path(number), "rb") as file:
+                file.seek(self.read_offset)
+                return file.read(end - self.read_offset)
+        except FileNotFoundError:
+            return b""  # removed behind our back: as damaged as it gets
+
+    def _give_up_damaged(self, number: int, end: int) -> None:
+        """The record at the read position is damaged (changed or cut after it was written):
+        count it, drop what is left of its segment, and never append there again."""
+        lost = self._lines[number] - self._read_lines
+        self._counts["corrupt_records"] += 1
+        self._counts["dropped_corrupt"] += lost
+        _logger.warning(
+            "otel-luna spool: %s is damaged at byte %d; dropping the %d lines left in it",
+            self._path(number),
+            self.read_offset,
+            lost,
+        )
+        self.pending_bytes -= end - self.read_offset
+        self.pending_lines -= lost
+        if number == self.segments[-1]:
+            self.close()  # sealed: the next append starts a new segment
+            self.read_offset, self._read_lines = end, self._lines[number]
         else:
-            return None
-        with open(self._path(number), "rb") as file:
-            file.seek(self.read_offset)
-            data = file.read(end - self.read_offset)
-        bodies: list[bytes] = []
-        lines, position = 0, 0
-        while position < len(data):
-            record = _parse(data, position)
-            if record is None:  # cannot happen for scanned/appended bytes; be safe
-                self._counts["corrupt_records"] += 1
-                position = len(data)
-                break
-            body, count, next_position = record
-            if bodies and lines + count > max_lines:
-                break
-            bodies.append(body)
-            lines += count
-            position = next_position
-        self.reading = number
-        return b"".join(bodies), lines, (number, self.read_offset + position)
+            self._drop_segment(number)
+        self._store_ack()
 
     def ack(self, upto: tuple[int, int], lines: int) -> None:
         number, offset = upto
@@ -289,6 +401,7 @@ class _SegmentLog:
             return  # its segment was given up meanwhile (spool full): already accounted for
         self.pending_bytes -= offset - self.read_offset  # read() stays within one segment
         self.pending_lines -= lines
+        self._read_lines += lines
         self.read_segment, self.read_offset = number, offset
         if offset >= self._sizes.get(number, 0) and number != self.segments[-1]:
             self._drop_segment(number)
@@ -301,21 +414,13 @@ class _SegmentLog:
         if not candidates:
             return 0
         number = candidates[0]
-        unread = self._sizes[number] - (self.read_offset if number == self.read_segment else 0)
-        self.pending_bytes -= unread
-        dropped = self._lines[number] if number != self.read_segment else self._unread_lines(number)
+        is_read = number == self.read_segment
+        self.pending_bytes -= self._sizes[number] - (self.read_offset if is_read else 0)
+        dropped = self._lines[number] - (self._read_lines if is_read else 0)
         self.pending_lines -= dropped
         self._drop_segment(number)
         self._store_ack()
         return dropped
-
-    def _unread_lines(self, number: int) -> int:
-        data = self._path(number).read_bytes()
-        lines, position = 0, self.read_offset
-        while (record := _parse(data, position)) is not None:
-            lines += record[1]
-            position = record[2]
-        return lines
 
     def _drop_segment(self, number: int) -> None:
         if number in self.segments:
@@ -326,7 +431,7 @@ class _SegmentLog:
             self._path(number).unlink()
         if self.read_segment == number:
             self.read_segment = self.segments[0] if self.segments else number + 1
-            self.read_offset = 0
+            self.read_offset = self._read_lines = 0
 
     def close(self) -> None:
         if self._write_fd is not None:
@@ -356,6 +461,7 @@ class DiskSpool:
         self.counts: Counter[str] = Counter()
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
+        self._closed = False
         self.root.mkdir(parents=True, exist_ok=True)
         self._adopted: list[tuple[_SegmentLog, int]] = []
         self.adopt_orphans()
@@ -393,7 +499,10 @@ class DiskSpool:
         return _SegmentLog(directory, self.counts), fd
 
     def after_fork_in_child(self) -> None:
-        """A forked child gets a directory of its own; the parent keeps its records."""
+        """A forked child gets a directory of its own; the parent keeps its records. A closed
+        spool stays closed (its descriptors may be other files' by now)."""
+        if self._closed:
+            return
         for _, fd in self._adopted:
             os.close(fd)
         self._own.close()
@@ -407,13 +516,15 @@ class DiskSpool:
     def directory(self) -> Path:
         return self._own.directory
 
-    def write_stats(self, counts: dict[str, int]) -> None:
-        """Leave this process's counters beside its records, for ``otel-luna status``."""
+    def write_stats(self, counts: Mapping[str, object]) -> None:
+        """Leave this process's counters (any JSON-able mapping) beside its records, for
+        ``otel-luna status``."""
         temporary = self._own.directory / f"{_STATS_FILE}.tmp"
-        temporary.write_text(json.dumps(counts, sort_keys=True))
+        temporary.write_text(json.dumps(dict(counts), sort_keys=True))
         os.replace(temporary, self._own.directory / _STATS_FILE)
 
     def append(self, body: bytes, lines: int) -> None:
+        """Store one record: on disk when this returns, else :class:`SpoolUnavailable`."""
         with self._lock:
             self._own.append(body, lines)
             while self._pending_bytes() > self._max_bytes:
@@ -467,8 +578,11 @@ class DiskSpool:
             return self._own.pending_lines + sum(log.pending_lines for log, _ in self._adopted)
 
     def close(self) -> None:
-        """Release the directory; it is removed if nothing waits in it."""
+        """Release the directory; it is removed if nothing waits in it. Once only."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             for log, fd in self._adopted:
                 log.close()
                 os.close(fd)
@@ -504,13 +618,23 @@ def _remove(log: _SegmentLog, fd: int) -> None:
     os.close(fd)
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written; a write that takes nothing is ``ENOSPC``."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
 def _parse(data: bytes, position: int) -> tuple[bytes, int, int] | None:
     """(payload, lines, next position) of the record at ``position``, or None if damaged."""
     end = position + _HEADER.size
     if end > len(data):
         return None
     magic, length, lines, checksum = _HEADER.unpack_from(data, position)
-    if magic != _MAGIC or end + length > len(data):
+    if magic != _MAGIC or not length or not lines or end + length > len(data):
         return None
     body = data[end : end + length]
     if zlib.crc32(body) != checksum:
@@ -519,64 +643,83 @@ def _parse(data: bytes, position: int) -> tuple[bytes, int, int] | None:
 
 
 class FallbackSpool:
-    """A disk spool that falls back to memory when the disk stops taking writes (full, gone).
+    """A disk spool that keeps new records in memory while the disk refuses them (full, gone).
 
-    Records already on disk are still read first; new ones go to memory from the first failed
-    append on (counted as ``spool_fallback_memory``, logged once).
+    The first append the disk refuses goes to memory (counted as ``spool_fallback_memory``,
+    logged), and so do the next ones; records already on disk are still read first. Once all
+    that went to memory was delivered, and at least :data:`DISK_RETRY_INTERVAL` after the
+    switch, the next append tries the disk again: one full-disk episode does not leave the
+    process without durability. Switching happens under a lock: threads failing together
+    share one memory spool.
     """
 
-    def __init__(self, disk: DiskSpool, max_bytes: int) -> None:
+    def __init__(
+        self, disk: DiskSpool, max_bytes: int, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.disk = disk
-        self.memory: MemorySpool | None = None
-        self._max_bytes = max_bytes
+        self.memory = MemorySpool(max_bytes)
+        self._clock = clock
+        self._init_state()
+
+    def _init_state(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._in_memory = False  # new records go to memory
+        self._disk_again_at = 0.0
 
     @property
     def durable(self) -> bool:
-        return self.memory is None
+        """True when nothing waits in memory only."""
+        return self.memory.pending_lines == 0
 
     @property
     def counts(self) -> Counter[str]:
-        total = Counter(self.disk.counts)
-        if self.memory is not None:
-            total.update(self.memory.counts)
-            total["spool_fallback_memory"] = 1
-        return total
+        return self.disk.counts + self.memory.counts + self._counts
 
     def append(self, body: bytes, lines: int) -> None:
-        if self.memory is None:
-            try:
-                self.disk.append(body, lines)
-                return
-            except OSError as error:
-                _logger.warning(
-                    "otel-luna spool: cannot write to %s (%s); keeping points in memory",
-                    self.disk.directory,
-                    error,
-                )
-                self.memory = MemorySpool(self._max_bytes)
-        self.memory.append(body, lines)
+        with self._lock:
+            retrying = (
+                self._in_memory
+                and self.memory.pending_lines == 0
+                and self._clock() >= self._disk_again_at
+            )
+            if not self._in_memory or retrying:
+                try:
+                    self.disk.append(body, lines)
+                except SpoolUnavailable as error:
+                    self._disk_again_at = self._clock() + DISK_RETRY_INTERVAL
+                    if not self._in_memory:
+                        self._in_memory = True
+                        self._counts["spool_fallback_memory"] += 1
+                        _logger.warning("otel-luna spool: %s; keeping points in memory", error)
+                else:
+                    if retrying:
+                        self._in_memory = False
+                        _logger.warning("otel-luna spool: %s takes points again", self.directory)
+                    return
+            self.memory.append(body, lines)
+
+    @property
+    def directory(self) -> Path:
+        return self.disk.directory
 
     def read(self, max_lines: int) -> Batch | None:
         batch = self.disk.read(max_lines)
-        if batch is None and self.memory is not None:
-            batch = self.memory.read(max_lines)
-        return batch
+        return batch if batch is not None else self.memory.read(max_lines)
 
     def ack(self, token: object) -> None:
         if isinstance(token, _DiskToken):
             self.disk.ack(token)
-        elif self.memory is not None:
+        else:
             self.memory.ack(token)
 
     @property
     def pending_bytes(self) -> int:
-        memory = self.memory.pending_bytes if self.memory is not None else 0
-        return self.disk.pending_bytes + memory
+        return self.disk.pending_bytes + self.memory.pending_bytes
 
     @property
     def pending_lines(self) -> int:
-        memory = self.memory.pending_lines if self.memory is not None else 0
-        return self.disk.pending_lines + memory
+        return self.disk.pending_lines + self.memory.pending_lines
 
     def close(self) -> None:
         self.disk.close()
@@ -584,28 +727,37 @@ class FallbackSpool:
     def adopt_orphans(self) -> int:
         return self.disk.adopt_orphans()
 
-    def write_stats(self, counts: dict[str, int]) -> None:
-        if self.memory is None:
-            self.disk.write_stats(counts)
+    def write_stats(self, counts: Mapping[str, object]) -> None:
+        self.disk.write_stats(counts)
 
     def after_fork_in_child(self) -> None:
         self.disk.after_fork_in_child()
-        self.memory = None
+        self.memory.after_fork_in_child()
+        self._init_state()
 
 
-def open_spool(kind: str, directory: str, max_bytes: int) -> Spool:
-    """The spool the settings ask for; a disk spool that cannot start falls back to memory."""
+def open_spool(kind: str, directory: str, max_bytes: int, *, memory_fallback: bool = True) -> Spool:
+    """The spool the settings ask for.
+
+    With ``memory_fallback`` (the exporter inside an app) a disk spool that cannot start, or
+    later refuses a write, keeps points in memory: the application never sees an error.
+    Without it (``otel-luna serve``) the disk spool is returned bare: an append the disk
+    refuses raises :class:`SpoolUnavailable`, and so does a directory that cannot be used.
+    """
     if kind == "memory":
         return MemorySpool(max_bytes)
     try:
-        return FallbackSpool(DiskSpool(directory, max_bytes), max_bytes)
+        disk = DiskSpool(directory, max_bytes)
     except OSError as error:
+        if not memory_fallback:
+            raise _unavailable(error, "cannot use the spool directory", directory) from error
         _logger.warning(
             "otel-luna spool: cannot use %s (%s); keeping points in memory", directory, error
         )
         spool = MemorySpool(max_bytes)
         spool.counts["spool_fallback_memory"] = 1
         return spool
+    return FallbackSpool(disk, max_bytes) if memory_fallback else disk
 
 
 def describe(root: Path | str) -> list[dict[str, object]]:
@@ -628,6 +780,8 @@ def describe(root: Path | str) -> list[dict[str, object]]:
             try:
                 stats = json.loads((directory / _STATS_FILE).read_text())
             except (OSError, ValueError):
+                stats = {}
+            if not isinstance(stats, dict):
                 stats = {}
             entries.append(
                 {

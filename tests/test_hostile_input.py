@@ -60,8 +60,21 @@ TEXT = st.text(st.one_of(st.characters(exclude_categories=()), SURROGATES), max_
 NAMES = st.one_of(
     TEXT,
     st.sampled_from(
-        ["time", "route", "service", "status_code", "error_code", "request_id", "execution_time",
-         "a\nb", "x\\", "\tx", "ok_name", "a b,c=d", "\ud800"]
+        [
+            "time",
+            "route",
+            "service",
+            "status_code",
+            "error_code",
+            "request_id",
+            "execution_time",
+            "a\nb",
+            "x\\",
+            "\tx",
+            "ok_name",
+            "a b,c=d",
+            "\ud800",
+        ]
     ),
 )
 VALUES = st.one_of(
@@ -218,8 +231,9 @@ def test_receiver_writes_exactly_or_reports_partial_success(
     point = parse_line(lines[0])
     if prefix + name != "luna.request_id":
         assert point.fields["request_id"] == request_id
-    check_written(prefix, name, value if not isinstance(value, list) else tuple(value), point,
-                  delta)
+    check_written(
+        prefix, name, value if not isinstance(value, list) else tuple(value), point, delta
+    )
     if problems(delta):
         assert message, delta
 
@@ -232,8 +246,11 @@ def test_nonfinite_usage_is_a_rejected_data_point(receiver_and_sink: Any) -> Non
     resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="u"))
     metric = resource.scope_metrics.add().metrics.add(name="luna.usages")
     metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
-    for estimator, value in (("face_detector", math.nan), ("eye_estimator", math.inf),
-                             ("mouth_estimator", 3.0)):
+    for estimator, value in (
+        ("face_detector", math.nan),
+        ("eye_estimator", math.inf),
+        ("mouth_estimator", 3.0),
+    ):
         point = metric.sum.data_points.add(
             start_time_unix_nano=T0, time_unix_nano=T0 + 1, as_double=value
         )
@@ -249,9 +266,9 @@ def test_nonfinite_usage_is_a_rejected_data_point(receiver_and_sink: Any) -> Non
 # --------------------------------------------------------------------------- the rules
 
 
-def map_one(attributes: dict[str, Any], mapper: RequestMapper | None = None) -> tuple[
-    list[str], Counter[str]
-]:
+def map_one(
+    attributes: dict[str, Any], mapper: RequestMapper | None = None
+) -> tuple[list[str], Counter[str]]:
     mapper = mapper or RequestMapper()
     encoder = LineProtocolEncoder()
     points = mapper.add({**BASE, **attributes}, True, 1, 7, None, T0, T0 + 10, False, "s")
@@ -292,8 +309,11 @@ def test_a_name_used_as_tag_and_field_stays_a_tag() -> None:
 
 def test_unmatched_404_has_a_fixed_route() -> None:
     """A request that matched no route (a scanner's 404) is written as METHOD:{unmatched}."""
-    attributes = {"http.request.method": "GET", "url.path": "/wp-admin/x.php",
-                  "http.response.status_code": 404}
+    attributes = {
+        "http.request.method": "GET",
+        "url.path": "/wp-admin/x.php",
+        "http.response.status_code": 404,
+    }
     points = RequestMapper().add(attributes, True, 1, 7, None, T0, T0 + 1, False, "s")
     assert dict(points[0].tags)["route"] == f"GET:{UNMATCHED_ROUTE}"
 
@@ -304,13 +324,20 @@ def test_route_values_are_bounded_per_service() -> None:
     mapper = RequestMapper(route_limit=3)
 
     def route(path: str, service: str = "s") -> str:
-        attributes = {"http.request.method": "GET", "url.path": path,
-                      "http.response.status_code": 200}
+        attributes = {
+            "http.request.method": "GET",
+            "url.path": path,
+            "http.response.status_code": 200,
+        }
         points = mapper.add(attributes, True, 1, 7, None, T0, T0 + 1, False, service)
         return dict(points[0].tags)["route"]
 
     assert [route(f"/p{i}") for i in range(5)] == [
-        "GET:/p0", "GET:/p1", "GET:/p2", OVERFLOW_ROUTE, OVERFLOW_ROUTE
+        "GET:/p0",
+        "GET:/p1",
+        "GET:/p2",
+        OVERFLOW_ROUTE,
+        OVERFLOW_ROUTE,
     ]
     assert route("/p1") == "GET:/p1"
     assert route("/p9", service="other") == "GET:/p9"
@@ -347,8 +374,9 @@ def test_encoder_refuses_exactly_what_influxdb_refuses(
         except InvalidPointError:
             line = None
         try:
-            influxdb1.write(f"{encoder.encode_point(point) if line else _raw(point)}\n",
-                            influxdb1_database)
+            influxdb1.write(
+                f"{encoder.encode_point(point) if line else _raw(point)}\n", influxdb1_database
+            )
             stored = True
         except ServerHTTPError:
             stored = False

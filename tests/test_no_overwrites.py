@@ -138,9 +138,7 @@ def test_in_process_identical_start_times_give_one_point_per_request(
     same spans again (a replay) adds none."""
     spans, ids = same_start_spans(BURST, MS_ALIGNED)
     exporter = LunaSpanExporter(
-        Settings.load(
-            {}, endpoint=influxdb1.url, database=influxdb1_database, flush_interval=0.1
-        )
+        Settings.load({}, endpoint=influxdb1.url, database=influxdb1_database, flush_interval=0.1)
     )
     try:
         exporter.export(spans)
@@ -191,8 +189,12 @@ def test_node_burst_through_serve_gives_one_point_per_request(
     sdk_clock.write_text(json.dumps(node_burst(BURST, None)))
     one_ms = tmp_path / "one-ms.json"
     one_ms.write_text(
-        json.dumps([{**s, "attributes": {**s["attributes"], "luna.request_id": f"http-{i}"}}
-                    for i, s in enumerate(node_burst(BURST, MS_ALIGNED))])
+        json.dumps(
+            [
+                {**s, "attributes": {**s["attributes"], "luna.request_id": f"http-{i}"}}
+                for i, s in enumerate(node_burst(BURST, MS_ALIGNED))
+            ]
+        )
     )
     with Serve(env) as serve:
         run_node_app(

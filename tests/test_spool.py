@@ -1,25 +1,106 @@
-"""The spool: order, acknowledgement, replay after a crash, damage, bounds, shared directories."""
+"""The spool: order, acknowledgement, replay after a crash, damage, bounds, shared directories,
+short and refused writes, the memory fallback and its return to the disk."""
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from otel_luna import spool as spool_module
-from otel_luna.spool import DiskSpool, MemorySpool
+from otel_luna.spool import (
+    DiskSpool,
+    FallbackSpool,
+    MemorySpool,
+    Spool,
+    SpoolUnavailable,
+    describe,
+    open_spool,
+)
+
+RECORD_HEADER = spool_module._HEADER.size
 
 
-def drain(spool: DiskSpool | MemorySpool, max_lines: int = 1000) -> list[bytes]:
+def drain(spool: Spool, max_lines: int = 1000) -> list[bytes]:
+    """Read and ack until the spool is empty; every batch must carry lines."""
     bodies = []
     while (batch := spool.read(max_lines)) is not None:
+        assert batch.body and batch.lines > 0
         bodies.append(batch.body)
         spool.ack(batch.token)
     return bodies
+
+
+class DiskFaults:
+    """``os`` for :mod:`otel_luna.spool` with a disk that fills up: ``room`` bytes more are
+    taken (a write that does not fit is cut short, the next one fails with ENOSPC; None: no
+    limit), each write takes at most ``max_write`` bytes, and ``ftruncate`` fails when
+    ``truncate_fails``. Everything else is the real ``os``."""
+
+    def __init__(self) -> None:
+        self.room: int | None = None
+        self.max_write: int | None = None
+        self.truncate_fails = False
+        self.writes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        self.writes += 1
+        data = bytes(data)
+        if self.room is not None:
+            if self.room == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[: self.room]
+        if self.max_write is not None:
+            data = data[: self.max_write]
+        written = os.write(fd, data)
+        if self.room is not None:
+            self.room -= written
+        return written
+
+    def ftruncate(self, fd: int, length: int) -> None:
+        if self.truncate_fails:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        os.ftruncate(fd, length)
+
+
+@pytest.fixture
+def disk(monkeypatch: pytest.MonkeyPatch) -> DiskFaults:
+    faults = DiskFaults()
+    monkeypatch.setattr(spool_module, "os", faults)
+    return faults
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def record_size(body: bytes) -> int:
+    return RECORD_HEADER + len(body)
+
+
+def segment_bytes(directory: Path) -> bytes:
+    return b"".join(path.read_bytes() for path in sorted(directory.glob("*.seg")))
+
+
+def die(spool: DiskSpool) -> None:
+    """As if the process were killed: the directory stays, its lock is released."""
+    spool._own.close()
+    os.close(spool._own_fd)
 
 
 @pytest.fixture(params=["disk", "memory"])
@@ -178,3 +259,235 @@ def test_full_spool_never_drops_the_segment_being_written_out(
     assert b"".join(rest).endswith(b"m x=019i\n")
     on_disk = sum(path.stat().st_size for path in spool.directory.glob("*.seg"))
     assert on_disk <= 350 + 100
+
+
+# ------------------------------------------------------------------------ short and refused writes
+
+
+def test_short_writes_are_continued_until_the_record_is_whole(
+    tmp_path: Path, disk: DiskFaults
+) -> None:
+    """A write that takes only part of a record is continued; the record is whole on disk."""
+    disk.max_write = 5
+    spool = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    bodies = [b"m x=%di\n" % index for index in range(3)]
+    for body in bodies:
+        spool.append(body, 1)
+    assert disk.writes > 3 * (RECORD_HEADER + 7) // 5
+    die(spool)
+    again = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    assert again.counts["corrupt_records"] == 0
+    assert drain(again) == [b"".join(bodies)]
+
+
+@pytest.mark.parametrize("torn", [0, 7], ids=["refused", "cut-short-then-refused"])
+def test_a_refused_record_leaves_nothing_behind(
+    tmp_path: Path, disk: DiskFaults, torn: int
+) -> None:
+    """ENOSPC on the 2nd record (after part of it was written, or none): SpoolUnavailable, the
+    segment is cut back to the 1st record, nothing counted; the next record fits after it."""
+    spool = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    disk.room = record_size(b"m x=1i\n") + torn
+    spool.append(b"m x=1i\n", 1)
+    with pytest.raises(SpoolUnavailable) as refused:
+        spool.append(b"m x=2i\n", 1)
+    assert refused.value.errno == errno.ENOSPC
+    assert len(segment_bytes(spool.directory)) == record_size(b"m x=1i\n")
+    assert spool.pending_lines == 1 and spool.pending_bytes == record_size(b"m x=1i\n")
+    assert spool.counts == Counter()
+    disk.room = None  # room again
+    spool.append(b"m x=3i\n", 1)
+    die(spool)
+    again = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    assert again.counts["corrupt_records"] == 0
+    assert drain(again) == [b"m x=1i\nm x=3i\n"]
+
+
+def test_a_failed_write_that_cannot_be_cut_seals_its_segment(
+    tmp_path: Path, disk: DiskFaults
+) -> None:
+    """If even ftruncate fails, nothing is appended after the torn bytes: the next record goes
+    to a new segment, reads skip the garbage, a restart counts it and replays the rest."""
+    spool = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    disk.room = record_size(b"m x=1i\n") + 7
+    disk.truncate_fails = True
+    spool.append(b"m x=1i\n", 1)
+    with pytest.raises(SpoolUnavailable):
+        spool.append(b"m x=2i\n", 1)
+    assert len(segment_bytes(spool.directory)) == record_size(b"m x=1i\n") + 7  # torn tail
+    disk.room = None
+    spool.append(b"m x=3i\n", 1)
+    assert len(list(spool.directory.glob("*.seg"))) == 2
+    assert spool.pending_lines == 2
+    batch = spool.read(10)
+    assert batch is not None and batch.body == b"m x=1i\n"  # the torn bytes are not read
+    die(spool)
+    again = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    assert again.counts["corrupt_records"] == 1
+    assert b"".join(drain(again)) == b"m x=1i\nm x=3i\n"
+
+
+# --------------------------------------------------------------------------- never an empty batch
+
+
+def test_records_without_lines_are_refused(any_spool: DiskSpool | MemorySpool) -> None:
+    """An empty record cannot enter the spool, so no read can hand out an empty batch."""
+    for body, lines in ((b"", 0), (b"", 1), (b"m x=1i\n", 0)):
+        with pytest.raises(ValueError):
+            any_spool.append(body, lines)
+    assert any_spool.read(10) is None and any_spool.pending_lines == 0
+
+
+@pytest.mark.parametrize("damage", ["flipped", "cut"])
+def test_damage_at_run_time_is_counted_and_skipped_once(tmp_path: Path, damage: str) -> None:
+    """A record damaged behind the spool's back: the rest of its segment is given up and
+    counted (no empty batch, no endless re-read), and new records go to a new segment."""
+    spool = DiskSpool(tmp_path / "spool", max_bytes=10**8)
+    for index in range(3):
+        spool.append(b"m x=%di\n" % index, 1)
+    segment = next(spool.directory.glob("*.seg"))
+    data = bytearray(segment.read_bytes())
+    second = record_size(b"m x=0i\n")
+    if damage == "flipped":
+        data[second + RECORD_HEADER] ^= 0xFF
+    else:
+        del data[second + 3 :]
+    segment.write_bytes(bytes(data))
+    assert drain(spool, max_lines=1) == [b"m x=0i\n"]
+    assert spool.counts["corrupt_records"] == 1 and spool.counts["dropped_corrupt"] == 2
+    assert spool.pending_lines == 0 and spool.pending_bytes == 0
+    spool.append(b"m x=3i\n", 1)
+    assert drain(spool) == [b"m x=3i\n"]
+    assert spool.counts["corrupt_records"] == 1
+
+
+# --------------------------------------------------------------------------- memory fallback
+
+
+def test_fallback_keeps_points_in_memory_and_returns_to_the_disk_once_drained(
+    tmp_path: Path, disk: DiskFaults
+) -> None:
+    """While the disk refuses, records go to memory (not durable); once memory has drained and
+    DISK_RETRY_INTERVAL has passed, the disk is tried again and takes records (durable)."""
+    clock = Clock()
+    spool = FallbackSpool(DiskSpool(tmp_path / "spool", 10**8), 10**8, clock=clock)
+    spool.append(b"m x=1i\n", 1)
+    disk.room = 0
+    spool.append(b"m x=2i\n", 1)
+    assert not spool.durable and spool.counts["spool_fallback_memory"] == 1
+    disk.room = None  # the disk has room again, but memory still holds a record
+    clock.now += spool_module.DISK_RETRY_INTERVAL
+    spool.append(b"m x=3i\n", 1)
+    assert spool.memory.pending_lines == 2
+    assert drain(spool) == [b"m x=1i\n", b"m x=2i\nm x=3i\n"]  # disk first, then memory
+    assert spool.durable
+    disk.room = 0  # memory drained, the interval has passed, the disk still refuses
+    spool.append(b"m x=4i\n", 1)
+    assert spool.memory.pending_lines == 1 and spool.counts["spool_fallback_memory"] == 1
+    writes = disk.writes
+    disk.room = None
+    assert drain(spool) == [b"m x=4i\n"]
+    spool.append(b"m x=5i\n", 1)  # drained, but not DISK_RETRY_INTERVAL since the last try
+    assert disk.writes == writes and spool.memory.pending_lines == 1
+    assert drain(spool) == [b"m x=5i\n"]
+    clock.now += spool_module.DISK_RETRY_INTERVAL
+    spool.append(b"m x=6i\n", 1)
+    assert spool.durable and spool.memory.pending_lines == 0
+    assert spool.disk.pending_lines == 1 and b"m x=6i\n" in segment_bytes(spool.directory)
+    assert spool.counts["spool_fallback_memory"] == 1
+
+
+def test_threads_failing_together_lose_no_record(tmp_path: Path, disk: DiskFaults) -> None:
+    """Many threads whose appends the disk refuses at once: one memory spool takes them all."""
+    disk.room = 0
+    spool = FallbackSpool(DiskSpool(tmp_path / "spool", 10**8), 10**8)
+    start = threading.Barrier(8)
+
+    def append_many(thread: int) -> None:
+        start.wait()
+        for index in range(100):
+            spool.append(b"m t=%di,x=%di\n" % (thread, index), 1)
+
+    threads = [threading.Thread(target=append_many, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    lines = b"".join(drain(spool)).splitlines()
+    assert len(lines) == len(set(lines)) == 800
+    assert spool.counts["spool_fallback_memory"] == 1
+
+
+def test_serve_spool_refuses_what_the_disk_refuses(tmp_path: Path, disk: DiskFaults) -> None:
+    """memory_fallback=False: an append the disk refuses raises SpoolUnavailable, nothing is
+    counted or stored; once the disk takes writes again, so does the spool."""
+    spool = open_spool("disk", str(tmp_path / "spool"), 10**8, memory_fallback=False)
+    assert isinstance(spool, DiskSpool) and spool.durable
+    disk.room = 0
+    with pytest.raises(SpoolUnavailable) as refused:
+        spool.append(b"m x=1i\n", 1)
+    assert isinstance(refused.value, OSError) and refused.value.errno == errno.ENOSPC
+    assert spool.pending_lines == 0 and spool.counts == Counter()
+    assert segment_bytes(spool.directory) == b""
+    disk.room = None
+    spool.append(b"m x=2i\n", 1)
+    assert drain(spool) == [b"m x=2i\n"]
+
+
+def test_serve_spool_in_an_unusable_directory_fails_at_start(tmp_path: Path) -> None:
+    """memory_fallback=False and a directory that cannot be made: SpoolUnavailable at once;
+    with the fallback, a memory spool, counted."""
+    not_a_directory = tmp_path / "afile"
+    not_a_directory.write_text("")
+    with pytest.raises(SpoolUnavailable):
+        open_spool("disk", str(not_a_directory / "spool"), 10**8, memory_fallback=False)
+    fallback = open_spool("disk", str(not_a_directory / "spool"), 10**8)
+    assert isinstance(fallback, MemorySpool) and fallback.counts["spool_fallback_memory"] == 1
+
+
+# --------------------------------------------------------------------------- stats and fork
+
+
+def test_stats_take_any_json_mapping_and_status_shows_them(tmp_path: Path) -> None:
+    """write_stats keeps nested entries (blocked destination, dead letters) for status."""
+    spool = DiskSpool(tmp_path / "spool" / "dest", max_bytes=10**8)
+    stats = {
+        "written": 3,
+        "blocked": {"reason": "HTTP 401", "since": 1700000000.5},
+        "dead_letter": {"path": "/x/dead.jsonl", "bytes": 120},
+    }
+    spool.write_stats(stats)
+    [entry] = describe(tmp_path / "spool")
+    assert entry["counts"] == stats
+    spool.close()
+
+
+def test_after_fork_every_lock_is_new(tmp_path: Path) -> None:
+    """Locks held (by another thread of the parent) at fork are re-created in the child."""
+    spool = FallbackSpool(DiskSpool(tmp_path / "spool", 10**8), 10**8)
+    held = [spool._lock, spool.disk._lock, spool.memory._lock]
+    for lock in held:
+        lock.acquire()
+    spool.after_fork_in_child()
+    for lock in (spool._lock, spool.disk._lock, spool.memory._lock):
+        assert lock not in held and lock.acquire(blocking=False)
+        lock.release()
+    spool.append(b"m x=1i\n", 1)
+    assert drain(spool) == [b"m x=1i\n"]
+
+
+def test_a_closed_disk_spool_does_nothing_after_a_fork(tmp_path: Path) -> None:
+    """A spool closed before a fork touches no descriptor in the child (its numbers may belong
+    to other files by then) and makes no directory."""
+    root = tmp_path / "spool"
+    spool = DiskSpool(root, max_bytes=10**8)
+    spool.close()
+    reader, writer = os.pipe()
+    os.dup2(reader, spool._own_fd)  # the old number now names another file
+    try:
+        spool.after_fork_in_child()
+        os.fstat(spool._own_fd)  # still open
+        assert list(root.iterdir()) == []
+    finally:
+        for fd in {reader, writer, spool._own_fd}:
+            os.close(fd)

@@ -68,4 +68,6 @@ class WatchdogMapper:
         if not fields:
             fields["count"] = 1  # line protocol needs a field; pings ignore it
         sorted_tags = tuple(sorted(tags))
-        return [Point(event, sorted_tags, fields, self.times.claim(event, sorted_tags, end_ns, span_id))]
+        return [
+            Point(event, sorted_tags, fields, self.times.claim(event, sorted_tags, end_ns, span_id))
+        ]

@@ -1,0 +1,221 @@
+"""The spool on a real full filesystem: a small tmpfs mounted as the spool directory.
+
+Points whose export answered SUCCESS are all delivered, each exactly once, in a few writes and
+never an empty one; the spool goes back to the disk once the backlog is delivered; the spool of
+``otel-luna serve`` (no memory fallback) refuses what does not fit instead of half-storing it.
+Mounting needs root, as here and in CI: a mount that fails fails the test, it never skips.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import re
+import subprocess
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from servers import InfluxDB1, free_port
+
+from otel_luna import LunaSpanExporter, Settings
+from otel_luna import spool as spool_module
+from otel_luna.delivery import BatchWriter
+from otel_luna.sinks import Sink
+from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.spool import FallbackSpool, SpoolUnavailable, describe, open_spool
+from otel_luna.testing import InMemorySink
+
+#: Size of the spool's filesystem: a few hundred KiB.
+TMPFS_BYTES = 256 * 1024
+#: Points exported while the destination is down: about four times what the tmpfs holds.
+POINTS = 4000
+BATCH_SIZE = 500
+#: Seconds for delivery once the destination is reachable.
+DELIVERY_TIMEOUT = 60.0
+
+_REQUEST_ID = re.compile(rb'request_id="([^"]*)"')
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of TMPFS_BYTES, unmounted afterwards."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.fail(
+            f"cannot mount a tmpfs on {mount_point} (this test needs root): "
+            f"{mounted.stderr.strip()}",
+            pytrace=False,
+        )
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+class SwitchableSink:
+    """Writes through ``down`` until :meth:`bring_up`, then through ``up``. Counts every write
+    (and the empty ones) and the request ids of each write that succeeded."""
+
+    def __init__(self, down: Sink, up: Sink) -> None:
+        self.down, self.up = down, up
+        self._target = down
+        self._lock = threading.Lock()
+        self.writes = 0
+        self.empty_writes = 0
+        self.delivered: Counter[str] = Counter()
+
+    def bring_up(self) -> int:
+        """Switch to ``up``; the writes made until now."""
+        with self._lock:
+            self._target = self.up
+            return self.writes
+
+    def write(self, body: bytes) -> None:
+        with self._lock:
+            self.writes += 1
+            self.empty_writes += not body.strip()
+            target = self._target
+        target.write(body)
+        with self._lock:
+            self.delivered.update(match.decode() for match in _REQUEST_ID.findall(body))
+
+    def close(self) -> None:
+        self.down.close()
+        self.up.close()
+
+
+def closed_port_sink(database: str) -> InfluxV1Sink:
+    """An InfluxDB 1.x sink for a port nothing listens on: every write is refused."""
+    url = f"http://127.0.0.1:{free_port()}"
+    return InfluxV1Sink(Settings.load({}, endpoint=url, database=database, timeout=2.0))
+
+
+def server_spans(count: int) -> list[ReadableSpan]:
+    """``count`` finished SERVER spans of ``POST /work``, each with its own request id."""
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "full-disk"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("full-disk")
+    for _ in range(count):
+        attributes = {
+            "http.method": "POST",
+            "http.route": "/work",
+            "http.status_code": 200,
+            "luna.request_id": uuid.uuid4().hex,
+        }
+        with tracer.start_as_current_span(
+            "POST /work", kind=trace.SpanKind.SERVER, attributes=attributes
+        ):
+            pass
+    provider.shutdown()
+    return list(memory.get_finished_spans())
+
+
+def request_id_of(span: ReadableSpan) -> str:
+    assert span.attributes is not None
+    return str(span.attributes["luna.request_id"])
+
+
+def ids_in_segments(root: Path) -> list[str]:
+    ids = []
+    for segment in sorted(root.rglob("*.seg")):
+        data, position = segment.read_bytes(), 0
+        while (record := spool_module._parse(data, position)) is not None:
+            body, _, position = record
+            ids += [match.decode() for match in _REQUEST_ID.findall(body)]
+    return ids
+
+
+def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
+    influxdb1: InfluxDB1,
+    influxdb1_database: str,
+    full_disk: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exports fill the tmpfs spool while InfluxDB is unreachable; each answers SUCCESS (the
+    overflow waits in memory). Once InfluxDB is reachable every one of those points is written
+    exactly once, in a few writes, none empty; then new points go to the disk again."""
+    monkeypatch.setattr(spool_module, "DISK_RETRY_INTERVAL", 0.0)
+    settings = Settings.load(
+        {},
+        endpoint=influxdb1.url,
+        database=influxdb1_database,
+        api_version="1",
+        flush_interval=3600,  # writes happen when a batch is full and on force_flush only
+        batch_size=BATCH_SIZE,
+        spool_dir=str(full_disk),
+        dead_letter=str(tmp_path / "dead.jsonl"),
+    )
+    sink = SwitchableSink(closed_port_sink(influxdb1_database), InfluxV1Sink(settings))
+    exporter = LunaSpanExporter(settings, sink=sink)
+    assert exporter._pipeline.writer is not None
+    spool = exporter._pipeline.writer.spool
+    assert isinstance(spool, FallbackSpool)
+    spans = server_spans(POINTS + 1)
+    try:
+        results = [exporter.export([span]).name for span in spans[:POINTS]]
+        assert results == ["SUCCESS"] * POINTS
+        assert spool.counts["spool_fallback_memory"] == 1  # the disk did fill up
+        assert spool.disk.pending_lines > 0 and spool.memory.pending_lines > 0
+        assert not spool.durable
+        writes_while_down = sink.bring_up()
+        assert exporter.force_flush(DELIVERY_TIMEOUT * 1000)
+        writes = sink.writes - writes_while_down
+        assert spool.durable and spool.pending_lines == 0
+        # The backlog is delivered: the next point goes to the disk again (its space is back).
+        assert exporter.export(spans[POINTS:]).name == "SUCCESS"
+        assert spool.disk.pending_lines == 1 and spool.memory.pending_lines == 0
+        assert request_id_of(spans[POINTS]) in ids_in_segments(full_disk)
+        assert exporter.force_flush(DELIVERY_TIMEOUT * 1000)
+    finally:
+        exporter.shutdown()
+    expected = Counter(map(request_id_of, spans))
+    assert sink.delivered == expected  # every acknowledged point, each exactly once
+    assert sink.empty_writes == 0
+    assert writes <= math.ceil(POINTS / BATCH_SIZE) + 2  # disk and memory each end a batch
+    rows = influxdb1.select("SELECT * FROM requests", influxdb1_database)
+    assert Counter(row["request_id"] for row in rows) == expected
+
+
+def test_serve_spool_on_a_full_disk_refuses_and_keeps_what_it_took(full_disk: Path) -> None:
+    """Without memory fallback, the chunk that does not fit raises SpoolUnavailable (ENOSPC),
+    nothing of it counted or stored; every chunk taken is delivered once; with the backlog
+    delivered, the disk takes chunks again."""
+    up = InMemorySink()
+    sink = SwitchableSink(closed_port_sink("luna"), up)
+    spool = open_spool("disk", str(full_disk / "dest"), 10**8, memory_fallback=False)
+    writer = BatchWriter(sink, spool, flush_interval=3600.0, batch_size=BATCH_SIZE)
+    taken: list[str] = []
+    try:
+        with pytest.raises(SpoolUnavailable) as refused:
+            for chunk in range(TMPFS_BYTES):  # far more than fits
+                lines = [f"m,chunk={chunk} x={index}i" for index in range(50)]
+                writer.submit(lines)
+                taken += lines
+        assert refused.value.errno == errno.ENOSPC
+        assert taken and writer.counts["spooled"] == spool.pending_lines == len(taken)
+        [entry] = describe(full_disk)
+        assert entry["pending_lines"] == len(taken) and entry["corrupt_records"] == 0
+        sink.bring_up()
+        assert writer.force_flush(DELIVERY_TIMEOUT)
+        assert up.lines == taken
+        writer.submit(["m,chunk=after x=1i"])  # delivered records gave their space back
+        assert writer.force_flush(DELIVERY_TIMEOUT)
+    finally:
+        writer.shutdown(10)
+    assert up.lines == [*taken, "m,chunk=after x=1i"]
+    assert sink.empty_writes == 0
