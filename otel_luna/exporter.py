@@ -20,11 +20,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, StatusCode
 
+from otel_luna import lifecycle
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
 from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
-from otel_luna.usages import UsageMapper, UsageSample
+from otel_luna.usages import UsageMapper, UsageSample, origin_of
 
 _logger = logging.getLogger(__name__)
 _SERVER = SpanKind.SERVER
@@ -44,20 +45,22 @@ def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
 
 
 class _ServiceNames:
-    """``service.name`` of a resource, cached by identity (the SDK shares one per provider)."""
+    """(``service.name``, origin) of a resource, cached by identity (the SDK shares one per
+    provider). The origin tells senders of one service apart (see ``UsageSample.origin``)."""
 
     def __init__(self) -> None:
-        self._cache: dict[int, tuple[Resource, str]] = {}
+        self._cache: dict[int, tuple[Resource, tuple[str, int]]] = {}
 
-    def __call__(self, resource: Resource) -> str:
+    def __call__(self, resource: Resource) -> tuple[str, int]:
         cached = self._cache.get(id(resource))
         if cached is not None and cached[0] is resource:
             return cached[1]
         name = str(resource.attributes.get(SERVICE_NAME) or _UNKNOWN_SERVICE)
+        found = (name, origin_of(resource.attributes))
         if len(self._cache) > 64:
             self._cache.clear()
-        self._cache[id(resource)] = (resource, name)
-        return name
+        self._cache[id(resource)] = (resource, found)
+        return found
 
 
 class LunaSpanExporter(SpanExporter):
@@ -76,6 +79,7 @@ class LunaSpanExporter(SpanExporter):
         self._pipeline.track(self._mapper.counts)
         self._service = _ServiceNames()
         self._shutdown = False
+        lifecycle.watch(self._pipeline, self.settings)  # SIGTERM flushes it (lifecycle.py)
 
     @property
     def counts(self) -> Any:
@@ -88,12 +92,11 @@ class LunaSpanExporter(SpanExporter):
         if self._shutdown:
             return SpanExportResult.FAILURE
         try:
-            lines = self._encode(spans)
-        except Exception:
+            self._pipeline.submit(self._encode(spans))
+        except Exception:  # never into the application; _encode already isolates each span
             self._pipeline.failures["export_error"] += len(spans)
-            _logger.exception("otel-luna: could not map %d spans", len(spans))
+            _logger.exception("otel-luna: could not export %d spans", len(spans))
             return SpanExportResult.FAILURE
-        self._pipeline.submit(lines)
         return SpanExportResult.SUCCESS
 
     def _encode(self, spans: Sequence[ReadableSpan]) -> list[str]:
@@ -109,18 +112,22 @@ class LunaSpanExporter(SpanExporter):
                 if context is None or end is None or start is None:
                     pipeline.failures["unfinished_span"] += 1
                     continue
-                is_server = span.kind is _SERVER
-                points = add(
-                    _attributes_of(span),
-                    is_server,
-                    context.trace_id,
-                    context.span_id,
-                    None if parent is None else parent.span_id,
-                    start,
-                    end,
-                    span.status.status_code is _ERROR,
-                    self._service(span.resource),
-                )
+                try:
+                    points = add(
+                        _attributes_of(span),
+                        span.kind is _SERVER,
+                        context.trace_id,
+                        context.span_id,
+                        None if parent is None else parent.span_id,
+                        start,
+                        end,
+                        span.status.status_code is _ERROR,
+                        self._service(span.resource)[0],
+                    )
+                except Exception:  # a bug must cost one span, never the batch
+                    _logger.exception("otel-luna: could not map a span")
+                    pipeline.failures["mapping_error"] += 1
+                    continue
                 if points:
                     pipeline.encode(points, lines)
         return lines
@@ -153,6 +160,7 @@ class LunaMetricExporter(MetricExporter):
         self._pipeline.track(self._mapper.counts)
         self._service = _ServiceNames()
         self._shutdown = False
+        lifecycle.watch(self._pipeline, self.settings)  # SIGTERM flushes it (lifecycle.py)
 
     @property
     def counts(self) -> Any:
@@ -172,16 +180,16 @@ class LunaMetricExporter(MetricExporter):
             if samples:
                 with self._pipeline.lock:
                     self._pipeline.encode(self._mapper.points(samples), lines)
-        except Exception:
+            self._pipeline.submit(lines)
+        except Exception:  # never into the application
             self._pipeline.failures["export_error"] += 1
-            _logger.exception("otel-luna: could not map metrics")
+            _logger.exception("otel-luna: could not export metrics")
             return MetricExportResult.FAILURE
-        self._pipeline.submit(lines)
         return MetricExportResult.SUCCESS
 
     def _samples(self, metrics_data: MetricsData) -> Any:
         for resource_metrics in metrics_data.resource_metrics:
-            service: str | None = None
+            service: tuple[str, int] | None = None
             for scope_metrics in resource_metrics.scope_metrics:
                 for metric in scope_metrics.metrics:
                     data = metric.data
@@ -193,12 +201,13 @@ class LunaMetricExporter(MetricExporter):
                     for point in data.data_points:
                         estimator = (point.attributes or {}).get(ESTIMATOR)
                         yield UsageSample(
-                            service,
+                            service[0],
                             estimator,
                             point.start_time_unix_nano,
                             point.time_unix_nano,
                             point.value,
                             cumulative,
+                            service[1],
                         )
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
