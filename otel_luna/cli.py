@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="show what waits in a spool directory, and each process's counters",
         description="List the spool's process directories under SPOOL_DIR (default: "
         "OTEL_EXPORTER_LUNA_SPOOL_DIR, else $XDG_STATE_HOME/otel-luna/spool): running or "
-        "gone, points and bytes waiting, damaged records, and the counters the process "
-        "last wrote.",
+        "gone, points and bytes waiting, damaged records, whether the destination refuses "
+        "every write (blocked: since when and why), the dead-letter file and its size, and the "
+        "counters the process last wrote.",
     )
     status.add_argument("spool_dir", nargs="?", metavar="SPOOL_DIR")
     serve = commands.add_parser(
@@ -168,10 +170,9 @@ def _status(args: argparse.Namespace) -> int:
     import json
 
     from otel_luna.settings import Settings
-    from otel_luna.spool import describe
 
     root = args.spool_dir or Settings.load().spool_dir
-    entries = describe(root)
+    entries = status_entries(root)
     if args.json:
         print(json.dumps({"spool_dir": root, "processes": entries}, indent=2))
         return EXIT_OK
@@ -183,10 +184,42 @@ def _status(args: argparse.Namespace) -> int:
             f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
             + (f", {entry['corrupt_records']} damaged records" if entry["corrupt_records"] else "")
         )
+        blocked = entry.get("blocked")
+        if isinstance(blocked, dict):
+            since = float(blocked.get("since") or 0)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            print(
+                f"    destination BLOCKED since {when} ({time.time() - since:.0f} s), "
+                f"points held in the spool: {blocked.get('reason')}"
+            )
+        letters = entry.get("dead_letter")
+        if isinstance(letters, dict):
+            print(f"    dead letters: {letters.get('path')} ({letters.get('bytes')} bytes)")
         counts = entry["counts"]
         if isinstance(counts, dict) and counts:
             print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
     return EXIT_OK
+
+
+def status_entries(root: str) -> list[dict[str, object]]:
+    """The spool's process directories (:func:`otel_luna.spool.describe`), with the blocked
+    state and dead-letter file each process last reported lifted out of its counters, and
+    every text redacted."""
+    from otel_luna.redact import redact
+    from otel_luna.spool import describe
+
+    entries = []
+    for entry in describe(root):
+        stats = entry["counts"]
+        counts = dict(stats) if isinstance(stats, dict) else {}
+        blocked, letters = counts.pop("blocked", None), counts.pop("dead_letter", None)
+        if isinstance(blocked, dict):
+            entry["blocked"] = {**blocked, "reason": redact(str(blocked.get("reason", "")))}
+        if isinstance(letters, dict):
+            entry["dead_letter"] = letters
+        entry["counts"] = counts
+        entries.append(entry)
+    return entries
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -3,18 +3,26 @@
 The exporter hands encoded lines to :meth:`BatchWriter.submit`, which appends them to the spool
 (:mod:`otel_luna.spool`) and returns. One worker thread reads batches of at most ``batch_size``
 lines every ``flush_interval`` seconds (at once when a batch is full), writes them to the sink
-and acknowledges what the sink took:
+and acknowledges what the sink took. The sink says what a failure means
+(:class:`~otel_luna.sinks.Failure`):
 
-* a retryable failure (connection error, timeout, 408, 429, 5xx) leaves the batch in the spool;
-  it is retried after an exponential backoff with jitter, or after the server's ``Retry-After``
-  if that is longer. Sleeps are interrupted by flush and shutdown;
-* a permanent failure (other 4xx) is narrowed down by splitting the batch in halves until the
-  offending lines stand alone: every good line is delivered (re-sending a line InfluxDB already
-  took overwrites the same point), each bad one goes to the dead-letter file with the server's
-  reason. One bad point never drops its batch.
+* RETRY (connection error, timeout, 408, 429, 5xx) leaves the batch in the spool; it is retried
+  after an exponential backoff with jitter, or after the server's ``Retry-After`` if that is
+  longer. Sleeps are interrupted by flush and shutdown;
+* BLOCKED (401, 403, database or bucket not found, TLS) holds the spool the same way, never
+  splitting, acknowledging or dead-lettering anything; a warning names the cause once a minute
+  and the blocked state goes to the stats ``otel-luna status`` shows;
+* TOO_LARGE (413) splits the batch in halves until it fits; a single line that alone is too
+  large is dead-lettered;
+* PER_LINE (400 unparsable line, field type conflict) is narrowed down by splitting the batch in
+  halves until the offending lines stand alone: every good line is delivered, each bad one goes
+  to the dead-letter file with the server's reason. One bad point never drops its batch. If a
+  write during the splitting comes back RETRY or BLOCKED, the whole batch stays in the spool
+  (re-sending a line InfluxDB already took writes the same point again).
 
 The worker runs with OpenTelemetry instrumentation suppressed, so an instrumented HTTP library
-never traces our own writes. After ``fork()`` the child gets a spool and a worker of its own.
+never traces our own writes. A worker that dies is restarted (``writer_restarts``). After
+``fork()`` the child gets a spool, a worker, locks and sink connections of its own.
 """
 
 from __future__ import annotations
@@ -28,8 +36,12 @@ import threading
 import time
 import weakref
 from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from otel_luna.sinks import Sink, SinkError, suppress_instrumentation
+from otel_luna.redact import redact
+from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
+from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
 from otel_luna.spool import Spool
 
 _logger = logging.getLogger(__name__)
@@ -38,36 +50,141 @@ BACKOFF_INITIAL = 0.5
 #: Short enough that delivery resumes within seconds of the database coming back (measured:
 #: with 30 s, a 60 s outage drained at only 2.7x ingest counted from recovery).
 BACKOFF_MAX = 5.0
-#: Seconds between the one-line summaries logged when something was retried or dropped.
+#: Seconds between the one-line summaries logged when something was retried or dropped, and
+#: between the warnings that the destination is still blocked.
 SUMMARY_INTERVAL = 60.0
 #: Seconds between looks for spool directories of processes that are gone (forked children).
 ADOPT_INTERVAL = 5.0
-_SUMMARY_KEYS = ("retried", "dropped_spool_full", "dead_lettered", "corrupt_records")
+#: Default bound of the dead-letter file (``dead_letter_max_bytes``).
+DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
+_SUMMARY_KEYS = (
+    "retried",
+    "dropped_spool_full",
+    "dead_lettered",
+    "dead_letters_rotated_out",
+    "corrupt_records",
+    "writer_restarts",
+)
+_HELD = (Failure.RETRY, Failure.BLOCKED)
 
 
 class DeadLetters:
-    """Appends rejected lines with the server's reason, one JSON object per line."""
+    """Appends rejected lines with the server's (redacted) reason, one JSON object per line.
 
-    def __init__(self, path: str) -> None:
+    The file is created with mode 0600 (an existing one is made 0600). When appending would
+    take it past ``max_bytes`` it is renamed to ``<path>.1`` (replacing the previous one, whose
+    records are counted as ``dead_letters_rotated_out``) and a new file is started. Raises
+    :class:`SettingsError` naming ``OTEL_EXPORTER_LUNA_DEAD_LETTER`` when the path cannot be
+    written; creates nothing until the first dead letter.
+    """
+
+    def __init__(
+        self, path: str, max_bytes: int = DEAD_LETTER_MAX_BYTES, secrets: Iterable[str] = ()
+    ) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.counts: Counter[str] = Counter()
+        self._secrets = tuple(secrets)
         self._lock = threading.Lock()
+        problem = _unwritable(path)
+        if problem:
+            raise SettingsError(
+                OTEL_EXPORTER_LUNA_DEAD_LETTER, f"cannot write dead letters to {path}: {problem}"
+            )
 
     def write(self, line: bytes, reason: str, status: int | None) -> None:
         record = {
             "time": time.time(),
             "status": status,
-            "reason": reason,
+            "reason": redact(reason, self._secrets),
             "line": line.decode(errors="replace").rstrip("\n"),
         }
+        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
         try:
             with self._lock:
                 directory = os.path.dirname(self.path)
                 if directory:
                     os.makedirs(directory, exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as file:
-                    file.write(json.dumps(record, ensure_ascii=False) + "\n")
+                size = _size(self.path)
+                if size and size + len(data) > self.max_bytes:
+                    self._rotate()
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                try:
+                    if os.fstat(fd).st_mode & 0o077:  # a file an older version left readable
+                        with contextlib.suppress(OSError):
+                            os.fchmod(fd, 0o600)
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
         except OSError as error:
             _logger.error("otel-luna: cannot write dead letter to %s: %s", self.path, error)
+
+    def _rotate(self) -> None:
+        older = f"{self.path}.1"
+        try:
+            with open(older, "rb") as file:
+                lost = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+        except FileNotFoundError:
+            lost = 0
+        os.replace(self.path, older)
+        if lost:
+            self.counts["dead_letters_rotated_out"] += lost
+            _logger.warning(
+                "otel-luna: dead-letter file %s rotated; %d older dead letters discarded",
+                self.path,
+                lost,
+            )
+
+    def stats(self) -> dict[str, object]:
+        """Path and bytes on disk (the file and its rotated predecessor), for ``status``."""
+        return {"path": self.path, "bytes": _size(self.path) + _size(f"{self.path}.1")}
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = Counter()
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _unwritable(path: str) -> str | None:
+    """Why ``path`` could not be appended to (a directory, no permission ...), else None."""
+    if os.path.isdir(path):
+        return "it is a directory"
+    if os.path.exists(path):
+        return None if os.access(path, os.W_OK) else "no permission to write the file"
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        return f"{parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"no permission to create files in {parent}"
+    return None
+
+
+@dataclass
+class _Outcome:
+    """What one batch came to, applied only once the batch is settled (acknowledged)."""
+
+    written: int = 0
+    rejected: list[tuple[bytes, str, int | None]] = field(default_factory=list)
+    retry_body: bytes = b""
+    retry_error: SinkError | None = None
+
+
+@dataclass
+class _Blocked:
+    since: float  # time.time()
+    reason: str
+    status: int | None
+    warned: float  # time.monotonic() of the last warning
 
 
 class BatchWriter:
@@ -82,6 +199,7 @@ class BatchWriter:
         batch_size: int,
         write_timeout: float = 10.0,
         dead_letters: DeadLetters | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
         self.sink = sink
         self.spool = spool
@@ -90,6 +208,7 @@ class BatchWriter:
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._write_timeout = write_timeout
+        self._secrets = tuple(secrets)
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -103,16 +222,33 @@ class BatchWriter:
         self._flush_requested = 0
         self._flushed = 0
         self._closed = False
+        self._blocked: _Blocked | None = None
         self._last_summary = self._last_adoption = time.monotonic()
         self._summarised: Counter[str] = Counter()
-        self._worker = threading.Thread(target=self._run, name="otel-luna-writer", daemon=True)
-        self._worker.start()
+        self._worker = self._start_worker()
+
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._run, name="otel-luna-writer", daemon=True)
+        worker.start()
+        return worker
 
     def _after_fork_in_child(self) -> None:
-        # The parent keeps what it spooled; the child starts empty with its own thread.
+        # The parent keeps what it spooled; the child starts empty with its own thread, locks
+        # and connections (the parent's may be mid-use in a thread the child does not have).
         self.counts = Counter()
         self.spool.after_fork_in_child()
+        if self.dead_letters is not None:
+            self.dead_letters.after_fork_in_child()
+        reinit = getattr(self.sink, "after_fork_in_child", None)
+        if callable(reinit):
+            try:
+                reinit()
+            except Exception as error:  # noqa: BLE001 - logged (redacted); the child goes on
+                _logger.error("otel-luna: cannot renew the sink after fork: %s", self._clean(error))
         self._init_state()
+
+    def _clean(self, error: BaseException | str) -> str:
+        return redact(str(error), self._secrets)
 
     def submit(self, lines: list[str]) -> None:
         """Spool ``lines``; never waits for the network."""
@@ -126,17 +262,40 @@ class BatchWriter:
             chunk = lines[start : start + size]
             self.spool.append(("\n".join(chunk) + "\n").encode(), len(chunk))
         self.counts["spooled"] += len(lines)
+        if not self._worker.is_alive():
+            with self._lock:
+                self._restart_worker_locked()
         if self.spool.pending_lines >= self._batch_size:
             self._wake.set()
+
+    def _restart_worker_locked(self) -> None:
+        """Start a new worker if the last one died (hold ``_lock``)."""
+        if self._worker.is_alive() or self._closed:
+            return
+        self.counts["writer_restarts"] += 1
+        _logger.warning("otel-luna: the writer thread had stopped; restarted it")
+        self._wake.set()
+        self._worker = self._start_worker()
 
     @property
     def queued(self) -> int:
         """Lines waiting in the spool."""
         return self.spool.pending_lines
 
+    @property
+    def blocked(self) -> dict[str, object] | None:
+        """Since when (epoch seconds) and why the destination refuses every write, if it does."""
+        blocked = self._blocked
+        if blocked is None:
+            return None
+        return {"since": blocked.since, "reason": blocked.reason, "status": blocked.status}
+
     def all_counts(self) -> Counter[str]:
-        """Delivery and spool counters together."""
-        return self.counts + self.spool.counts
+        """Delivery, dead-letter and spool counters together."""
+        total = self.counts + self.spool.counts
+        if self.dead_letters is not None:
+            total.update(self.dead_letters.counts)
+        return total
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Deliver everything spooled now; ``False`` if not done within ``timeout``."""
@@ -146,8 +305,11 @@ class BatchWriter:
             ticket = self._flush_requested
             self._wake.set()
             while self._flushed < ticket:
+                if self._closed and not self._worker.is_alive():
+                    return False
+                self._restart_worker_locked()
                 remaining = None if deadline is None else deadline - time.monotonic()
-                if (remaining is not None and remaining <= 0) or not self._worker.is_alive():
+                if remaining is not None and remaining <= 0:
                     return False
                 self._idle.wait(0.5 if remaining is None else min(remaining, 0.5))
         return True
@@ -171,16 +333,24 @@ class BatchWriter:
             self.counts[key] += left
             _logger.warning("otel-luna: %d lines not delivered at shutdown (%s)", left, key)
         self._log_summary(force=True)
+        self._write_stats()
         for closing in (self.sink.close, self.spool.close):
             try:
                 closing()
-            except Exception:
-                _logger.exception("otel-luna: closing %r failed", closing)
+            except Exception as error:  # noqa: BLE001 - logged (redacted); shutdown goes on
+                _logger.error("otel-luna: closing %r failed: %s", closing, self._clean(error))
         return done
 
     # -- worker -----------------------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception:  # restarted by the next submit() or force_flush()
+            self.counts["writer_errors"] += 1
+            _logger.exception("otel-luna: the writer thread failed")
+
+    def _loop(self) -> None:
         suppress_instrumentation()
         backoff = 0.0
         delay = self._flush_interval
@@ -221,8 +391,13 @@ class BatchWriter:
             self._write_stats()
 
     def _write_stats(self) -> None:
+        stats: dict[str, object] = dict(self.all_counts())
+        if self._blocked is not None:
+            stats["blocked"] = self.blocked
+        if self.dead_letters is not None:
+            stats["dead_letter"] = self.dead_letters.stats()
         with contextlib.suppress(OSError):  # the spool's own writes report disk trouble
-            self.spool.write_stats(dict(self.all_counts()))
+            self.spool.write_stats(stats)
 
     def _adopt_orphans(self) -> None:
         now = time.monotonic()
@@ -240,70 +415,111 @@ class BatchWriter:
             self._idle.notify_all()
 
     def _drain(self) -> tuple[bool, float | None]:
-        """Deliver batches until the spool is empty; (False, Retry-After) on a retryable error."""
+        """Deliver batches until the spool is empty; (False, Retry-After) when held back."""
         while not self._stop.is_set():
             batch = self.spool.read(self._batch_size)
             if batch is None:
                 return True, None
+            outcome = _Outcome()
             try:
-                self._deliver(batch.body, batch.lines)
-            except SinkError as error:
-                if error.retry_body is None:
-                    self.counts["retried"] += batch.lines
-                    _logger.debug("otel-luna: write failed, will retry: %s", error)
-                    return False, error.retry_after
-                # Part of the batch went through: keep only the rest, at the spool's end.
-                retry = error.retry_body.count(b"\n")
-                if retry:
-                    self.spool.append(error.retry_body, retry)
-                    self.counts["retried"] += retry
-                self.spool.ack(batch.token)
-                if retry:
-                    return False, error.retry_after
-                continue
+                self._deliver(batch.body, batch.lines, outcome)
+            except SinkError as error:  # RETRY or BLOCKED: the whole batch stays
+                self.counts["retried"] += batch.lines
+                self._held(error)
+                return False, error.retry_after
+            self._settle(outcome)
+            if outcome.retry_body:  # a line-by-line sink took part: keep only the rest
+                self.spool.append(outcome.retry_body, outcome.retry_body.count(b"\n"))
             self.spool.ack(batch.token)
+            held = outcome.retry_error
+            if held is None or held.failure is not Failure.BLOCKED:
+                self._unblocked()  # the destination answered line by line
+            if held is not None:
+                self._held(held)
+                return False, held.retry_after
         return False, None
 
-    def _deliver(self, body: bytes, lines: int) -> None:
-        """Write ``body``; isolate lines the sink rejects for good. Raises retryable errors."""
+    def _deliver(self, body: bytes, lines: int, outcome: _Outcome) -> None:
+        """Write ``body``, isolating lines the sink rejects for good into ``outcome``.
+
+        Raises :class:`SinkError` (RETRY or BLOCKED) when the body should be written later.
+        """
         try:
             self.sink.write(body)
         except SinkError as error:
             if error.rejected is not None or error.retry_body is not None:
-                self._settle_partial(lines, error)  # a line-by-line sink said which failed
-                return
-            if error.retryable:
+                self._partial(lines, error, outcome)  # a line-by-line sink said which failed
+            elif error.failure in _HELD:
                 raise
-            self._isolate(body.splitlines(keepends=True), error)
-        except Exception as error:
+            elif lines == 1:
+                outcome.rejected.append((body, str(error), error.status))
+            else:
+                self._split(body, outcome)
+        except Exception as error:  # noqa: BLE001 - logged (redacted) and retried
             # A broken sink must not kill the worker: treat it as a failure to retry.
-            _logger.exception("otel-luna: sink %r failed", self.sink)
-            raise SinkError(f"sink failed: {error!r}", retryable=True) from None
+            self.counts["sink_errors"] += 1
+            message = f"sink {self.sink!r} failed: {error!r}"
+            _logger.error("otel-luna: %s", self._clean(message))
+            raise SinkError(message, failure=Failure.RETRY, secrets=self._secrets) from None
         else:
-            self.counts["written"] += lines
+            outcome.written += lines
 
-    def _settle_partial(self, lines: int, error: SinkError) -> None:
-        rejected = error.rejected or []
-        for line, reason, status in rejected:
-            self.counts["dead_lettered"] += 1
-            if self.dead_letters is not None:
-                self.dead_letters.write(line, reason, status)
-        retry = (error.retry_body or b"").count(b"\n")
-        self.counts["written"] += lines - len(rejected) - retry
-        if retry:
-            raise error  # _drain re-spools the rest
-
-    def _isolate(self, lines: list[bytes], error: SinkError) -> None:
-        if len(lines) == 1:
-            self.counts["dead_lettered"] += 1
-            _logger.warning("otel-luna: line rejected for good: %s", error)
-            if self.dead_letters is not None:
-                self.dead_letters.write(lines[0], str(error), error.status)
-            return
+    def _split(self, body: bytes, outcome: _Outcome) -> None:
+        lines = body.splitlines(keepends=True)
         middle = len(lines) // 2
         for half in (lines[:middle], lines[middle:]):
             self.counts["split_writes"] += 1
-            self._deliver(b"".join(half), len(half))
+            self._deliver(b"".join(half), len(half), outcome)
+
+    @staticmethod
+    def _partial(lines: int, error: SinkError, outcome: _Outcome) -> None:
+        rejected = error.rejected or []
+        retry = error.retry_body or b""
+        outcome.rejected.extend(rejected)
+        outcome.written += lines - len(rejected) - retry.count(b"\n")
+        if retry:
+            outcome.retry_body += retry
+            outcome.retry_error = error
+
+    def _settle(self, outcome: _Outcome) -> None:
+        self.counts["written"] += outcome.written
+        self.counts["retried"] += outcome.retry_body.count(b"\n")
+        for line, reason, status in outcome.rejected:
+            self.counts["dead_lettered"] += 1
+            _logger.warning("otel-luna: line rejected for good: %s", self._clean(reason))
+            if self.dead_letters is not None:
+                self.dead_letters.write(line, self._clean(reason), status)
+
+    def _held(self, error: SinkError) -> None:
+        """Note a write held back: the blocked state and its warning, once a minute."""
+        if error.failure is not Failure.BLOCKED:  # says nothing about a blocked destination
+            _logger.debug("otel-luna: write failed, will retry: %s", self._clean(error))
+            return
+        now = time.monotonic()
+        reason = self._clean(error)
+        blocked = self._blocked
+        if blocked is None:
+            blocked = self._blocked = _Blocked(time.time(), reason, error.status, now)
+        else:
+            blocked.reason, blocked.status = reason, error.status
+            if now - blocked.warned < SUMMARY_INTERVAL:
+                return
+            blocked.warned = now
+        _logger.warning(
+            "otel-luna: destination blocked for %.0f s, holding %d lines in the spool and "
+            "retrying: %s",
+            time.time() - blocked.since,
+            self.spool.pending_lines,
+            reason,
+        )
+
+    def _unblocked(self) -> None:
+        if self._blocked is not None:
+            _logger.warning(
+                "otel-luna: destination accepts writes again after %.0f s blocked",
+                time.time() - self._blocked.since,
+            )
+            self._blocked = None
 
     def _log_summary(self, force: bool = False) -> None:
         now = time.monotonic()

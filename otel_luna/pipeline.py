@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
@@ -32,7 +34,9 @@ class Encoder(Protocol):
 
 def span_mapper(settings: Settings) -> RequestMapper | WatchdogMapper:
     """The mapping of the settings' schema profile."""
-    return WatchdogMapper() if settings.schema == "watchdog" else RequestMapper()
+    if settings.schema == "watchdog":
+        return WatchdogMapper()
+    return RequestMapper(route_limit=settings.route_limit)
 
 
 class Pipeline:
@@ -44,10 +48,18 @@ class Pipeline:
     """
 
     def __init__(
-        self, settings: Settings, sink: Sink | None = None, signal: str = "traces"
+        self,
+        settings: Settings,
+        sink: Sink | None = None,
+        signal: str = "traces",
+        *,
+        memory_fallback: bool = True,
     ) -> None:
         self.settings = settings
         self.lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            reinit = functools.partial(_reinit_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=reinit)
         self.failures: Counter[str] = Counter()
         self._tracked: list[Counter[str]] = []
         self.writer: BatchWriter | None = None
@@ -59,17 +71,26 @@ class Pipeline:
                 self.encoder = PingEncoder()
             self.writer = BatchWriter(
                 sink,
-                open_spool(
+                # Dead letters first: an unwritable path fails before the spool is opened.
+                dead_letters=DeadLetters(
+                    settings.dead_letter, settings.dead_letter_max_bytes, settings.secrets
+                ),
+                spool=open_spool(
                     settings.spool,
                     os.path.join(settings.spool_dir, destination_slug(settings)),
                     settings.spool_max_bytes,
+                    memory_fallback=memory_fallback,
                 ),
                 flush_interval=settings.flush_interval,
                 batch_size=settings.batch_size,
                 write_timeout=settings.timeout,
-                dead_letters=DeadLetters(settings.dead_letter),
+                secrets=settings.secrets,
             )
             selfmetrics.register(self, signal)
+
+    def _reinit(self) -> None:
+        """In a forked child: a lock the parent's export thread held stays held; replace it."""
+        self.lock = threading.Lock()
 
     def encode(self, points: Iterable[Point], lines: list[str]) -> None:
         """Append the lines of ``points`` to ``lines``, counting invalid ones. Hold ``lock``."""
@@ -110,6 +131,12 @@ class Pipeline:
     def shutdown(self) -> None:
         if self.writer is not None:
             self.writer.shutdown(self.settings.shutdown_timeout)
+
+
+def _reinit_in_child(ref: weakref.ref[Pipeline]) -> None:
+    pipeline = ref()
+    if pipeline is not None:
+        pipeline._reinit()
 
 
 def destination_slug(settings: Settings) -> str:

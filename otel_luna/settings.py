@@ -12,10 +12,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from base64 import b64encode
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
+
+from otel_luna.redact import redact
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,7 +86,8 @@ OTEL_EXPORTER_LUNA_SERVE_TLS_CERT = "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
 OTEL_EXPORTER_LUNA_SERVE_TLS_KEY = "OTEL_EXPORTER_LUNA_SERVE_TLS_KEY"
 #: ``otel-luna serve``: when set, requests must carry ``Authorization: Bearer <token>`` (secret).
 OTEL_EXPORTER_LUNA_SERVE_TOKEN = "OTEL_EXPORTER_LUNA_SERVE_TOKEN"
-#: Most distinct ``route`` tag values per service; further ones are written as ``METHOD:{overflow}``.
+#: Most distinct ``route`` tag values per service; further ones are written as
+#: ``METHOD:{overflow}``.
 OTEL_EXPORTER_LUNA_ROUTE_LIMIT = "OTEL_EXPORTER_LUNA_ROUTE_LIMIT"
 #: Most bytes of the dead-letter file; beyond it the file is rotated (one older file kept).
 OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES = "OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES"
@@ -93,6 +97,7 @@ OTEL_EXPORTER_LUNA_HANDLE_SIGTERM = "OTEL_EXPORTER_LUNA_HANDLE_SIGTERM"
 #: Path of a TOML file whose ``[monitoring]`` section holds settings (environment wins).
 OTEL_EXPORTER_LUNA_CONFIG = "OTEL_EXPORTER_LUNA_CONFIG"
 
+_TIB = 2**40
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -118,16 +123,24 @@ def _parse_bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _positive(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+def _number(
+    kind: type[int] | type[float], low: float, high: float, unit: str = ""
+) -> tuple[Callable[[Any], Any], str]:
+    """A parser of ``kind`` numbers from ``low`` to ``high``, and its ``accepts`` text."""
+
+    def show(number: float) -> str:
+        return str(int(number)) if kind is int else f"{number:g}"
+
     def parse(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("expected a number")
         number = kind(value)
-        if not number > 0 or number != number or number == float("inf"):
-            raise ValueError("expected a finite number > 0")
+        if not low <= number <= high:  # NaN fails too
+            raise ValueError("out of range")
         return number
 
-    return parse
+    noun = "seconds" if kind is float else "an integer"
+    return parse, f"{noun} from {show(low)} to {show(high)}" + (f" ({unit})" if unit else "")
 
 
 def _api_version(value: Any) -> str:
@@ -300,6 +313,15 @@ class Settings:
             return "file"
         return f"influxdb-v{self.resolved_api_version}"
 
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values never to show (for :func:`otel_luna.redact.redact`): the password, the tokens
+        and the base64 of ``user:password`` that basic authentication sends."""
+        values = [self.password, self.token, self.serve_token]
+        if self.username and self.password:
+            values.append(b64encode(f"{self.username}:{self.password}".encode()).decode())
+        return tuple(value for value in values if value)
+
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes).validated()
@@ -309,7 +331,7 @@ def _convert(setting: str, spec: _Spec, raw: Any) -> Any:
     try:
         return spec.parse(raw)
     except (ValueError, TypeError) as error:
-        shown = "" if spec.secret else f" {str(raw)!r}:"
+        shown = "" if spec.secret else f" {redact(str(raw))!r}:"
         raise SettingsError(setting, f"bad value{shown} {error}; accepts {spec.accepts}") from None
 
 
@@ -333,12 +355,12 @@ _SPECS: dict[str, _Spec] = {
     "bucket": _Spec(OTEL_EXPORTER_LUNA_BUCKET, ("bucket",), _text, "a bucket name"),
     "token": _Spec(OTEL_EXPORTER_LUNA_TOKEN, ("token",), _text, "an API token", True),
     "flush_interval": _Spec(
-        OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",), _positive(float), "seconds > 0"
+        OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",), *_number(float, 0.01, 3600)
     ),
     "batch_size": _Spec(
-        OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), _positive(int), "an integer > 0"
+        OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), *_number(int, 1, 1_000_000_000)
     ),
-    "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), _positive(float), "seconds > 0"),
+    "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), *_number(float, 0.1, 600)),
     "gzip": _Spec(OTEL_EXPORTER_LUNA_GZIP, ("gzip",), _parse_bool, "true or false"),
     "spool": _Spec(OTEL_EXPORTER_LUNA_SPOOL, ("spool",), _spool_kind, "disk or memory"),
     "spool_dir": _Spec(
@@ -351,8 +373,7 @@ _SPECS: dict[str, _Spec] = {
     "spool_max_bytes": _Spec(
         OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES,
         ("spool_max_bytes",),
-        _positive(int),
-        "an integer > 0 (bytes)",
+        *_number(int, 1, _TIB, "bytes"),
     ),
     "dead_letter": _Spec(
         OTEL_EXPORTER_LUNA_DEAD_LETTER,
@@ -364,8 +385,7 @@ _SPECS: dict[str, _Spec] = {
     "shutdown_timeout": _Spec(
         OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT,
         ("shutdown_timeout",),
-        _positive(float),
-        "seconds > 0",
+        *_number(float, 0.1, 3600),
     ),
     "sink": _Spec(
         OTEL_EXPORTER_LUNA_SINK,
@@ -377,20 +397,17 @@ _SPECS: dict[str, _Spec] = {
     "max_in_flight": _Spec(
         OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT,
         ("max_in_flight",),
-        _positive(int),
-        "an integer > 0",
+        *_number(int, 1, 1024),
     ),
     "route_limit": _Spec(
         OTEL_EXPORTER_LUNA_ROUTE_LIMIT,
         ("route_limit",),
-        _positive(int),
-        "an integer > 0 (distinct routes per service)",
+        *_number(int, 1, 1_000_000, "distinct routes per service"),
     ),
     "dead_letter_max_bytes": _Spec(
         OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES,
         ("dead_letter_max_bytes",),
-        _positive(int),
-        "an integer > 0 (bytes)",
+        *_number(int, 1024, _TIB, "bytes"),
     ),
     "handle_sigterm": _Spec(
         OTEL_EXPORTER_LUNA_HANDLE_SIGTERM,
@@ -414,8 +431,7 @@ _SPECS: dict[str, _Spec] = {
     "serve_max_message_bytes": _Spec(
         OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES,
         ("serve_max_message_bytes",),
-        _positive(int),
-        "an integer > 0 (bytes)",
+        *_number(int, 1, 2**31 - 1, "bytes"),
     ),
     "serve_tls_cert": _Spec(
         OTEL_EXPORTER_LUNA_SERVE_TLS_CERT, ("serve_tls_cert",), _text, "a PEM file path"

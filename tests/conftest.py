@@ -1,4 +1,5 @@
-"""Session-wide fixtures: real InfluxDB 1.x and VictoriaMetrics servers on 127.0.0.1.
+"""Session-wide fixtures: real InfluxDB 1.x (plain, auth-enabled, small max body) and
+VictoriaMetrics servers on 127.0.0.1.
 
 Servers start on first use, once per test session, each on free ports in its own temporary
 directory, and are stopped (by the PID started here) when the session ends. A missing binary or
@@ -28,6 +29,9 @@ from servers import (  # noqa: E402
 
 _Server = TypeVar("_Server", InfluxDB1, VictoriaMetrics)
 
+#: ``max-body-size`` of the ``influxdb1_small_body`` server.
+SMALL_BODY_BYTES = 4096
+
 
 def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _Server:
     """Start a server or fail the requesting tests loudly, with the server's log tail."""
@@ -42,6 +46,34 @@ def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _
 def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
     """A real InfluxDB 1.x (influxd) for the whole session; see ``servers.InfluxDB1``."""
     server = _start_or_fail("InfluxDB 1.x", start_influxdb1, tmp_path_factory.mktemp("influxdb1"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb1_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    """A real InfluxDB 1.x with authentication enabled; ``admin`` holds its admin user."""
+    server = _start_or_fail(
+        "InfluxDB 1.x (auth)",
+        lambda root: start_influxdb1(root, auth=True),
+        tmp_path_factory.mktemp("influxdb1_auth"),
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb1_small_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    """A real InfluxDB 1.x that answers 413 to request bodies over 4096 bytes."""
+    server = _start_or_fail(
+        "InfluxDB 1.x (max-body-size)",
+        lambda root: start_influxdb1(root, max_body_size=SMALL_BODY_BYTES),
+        tmp_path_factory.mktemp("influxdb1_small_body"),
+    )
     try:
         yield server
     finally:

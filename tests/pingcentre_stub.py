@@ -1,6 +1,7 @@
 """A local HTTP receiver with Ping Centre's contract, for the tests (a fake: Ping Centre itself
 cannot be had here). POST JSON; 400 with an empty body when ``topic`` is missing; 200 with an
-empty body otherwise. ``down`` makes it answer 503 for a while."""
+empty body otherwise. ``down`` makes it answer 503 for a while, ``answer`` any status (401,
+403, 404 ...) to every request, and ``max_body`` 413 to a ping larger than that."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ class PingCentre:
         self.bodies: list[bytes] = []
         self.requests = 0
         self.down = False
+        self.answer: int | None = None
+        self.max_body: int | None = None
         self._lock = threading.Lock()
         stub = self
 
@@ -31,6 +34,10 @@ class PingCentre:
                     stub.requests += 1
                     if stub.down:
                         status = 503
+                    elif stub.answer is not None:
+                        status = stub.answer
+                    elif stub.max_body is not None and len(body) > stub.max_body:
+                        status = 413
                     else:
                         try:
                             ping = json.loads(body)

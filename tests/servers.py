@@ -10,6 +10,7 @@ The pytest fixtures that use it live in ``conftest.py``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import itertools
@@ -238,7 +239,8 @@ bind-address = "{host}:{rpc_port}"
 [http]
   enabled = true
   bind-address = "{host}:{http_port}"
-  auth-enabled = false
+  auth-enabled = {auth}
+  max-body-size = {max_body_size}
   log-enabled = true
   pprof-enabled = false
   unix-socket-enabled = false
@@ -251,10 +253,16 @@ bind-address = "{host}:{rpc_port}"
 
 
 class InfluxDB1:
-    """A running ``influxd`` (InfluxDB 1.x) on 127.0.0.1 with a temporary data directory."""
+    """A running ``influxd`` (InfluxDB 1.x) on 127.0.0.1 with a temporary data directory.
 
-    def __init__(self, root: Path) -> None:
+    ``auth=True`` enables authentication (``[http] auth-enabled``); the helpers then use an admin
+    user created at start, ``admin`` (name, password), and other users are refused with 401
+    until :meth:`create_user` makes them. ``max_body_size`` bounds a request body (413 beyond).
+    """
+
+    def __init__(self, root: Path, *, auth: bool = False, max_body_size: int = 25_000_000) -> None:
         self.root = root
+        self.admin: tuple[str, str] | None = None
         self.host = HOST
         self.port = free_port()
         self.rpc_port = free_port()
@@ -264,7 +272,12 @@ class InfluxDB1:
         self.config_path = root / "influxdb.conf"
         self.config_path.write_text(
             INFLUXDB1_CONFIG.format(
-                host=self.host, rpc_port=self.rpc_port, http_port=self.port, root=root
+                host=self.host,
+                rpc_port=self.rpc_port,
+                http_port=self.port,
+                root=root,
+                auth=str(auth).lower(),
+                max_body_size=max_body_size,
             )
         )
         self.version: str | None = None
@@ -275,6 +288,11 @@ class InfluxDB1:
             env=_child_env(["INFLUXDB_"]),  # influxd lets INFLUXDB_* env vars override the config
         )
         self.startup_seconds = self.process.wait_ready(self._ping_ok)
+        if auth:
+            # With no admin user yet, InfluxDB takes exactly this statement unauthenticated.
+            admin = ("admin", uuid.uuid4().hex)
+            self.query(f"CREATE USER {admin[0]} WITH PASSWORD '{admin[1]}' WITH ALL PRIVILEGES")
+            self.admin = admin
 
     def __repr__(self) -> str:
         return f"InfluxDB1(url={self.url!r}, pid={self.pid}, version={self.version!r})"
@@ -307,7 +325,7 @@ class InfluxDB1:
             "POST",
             f"{self.url}/query",
             data=body,
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
+            headers={"Content-Type": "application/x-www-form-urlencoded", **self._auth()},
         )
         result: dict[str, Any] = json.loads(raw)
         errors = [result["error"]] if "error" in result else []
@@ -340,7 +358,17 @@ class InfluxDB1:
         if rp is not None:
             params["rp"] = rp
         data = lines.encode() if isinstance(lines, str) else lines
-        http_request("POST", f"{self.url}/write", params=params, data=data)
+        http_request("POST", f"{self.url}/write", params=params, data=data, headers=self._auth())
+
+    def _auth(self) -> dict[str, str]:
+        if self.admin is None:
+            return {}
+        pair = base64.b64encode(":".join(self.admin).encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+
+    def create_user(self, name: str, password: str) -> None:
+        """Create a user with all privileges (an admin)."""
+        self.query(f"CREATE USER \"{name}\" WITH PASSWORD '{password}' WITH ALL PRIVILEGES")
 
     def create_database(self, name: str) -> None:
         self.query(f'CREATE DATABASE "{name}"')
@@ -363,13 +391,14 @@ class InfluxDB1:
         self.process.stop()
 
 
-def start_influxdb1(root: Path) -> InfluxDB1:
-    """Start influxd in ``root`` (a fresh directory); retries if a picked port was taken."""
+def start_influxdb1(root: Path, **options: Any) -> InfluxDB1:
+    """Start influxd in ``root`` (a fresh directory); retries if a picked port was taken.
+    ``options`` go to :class:`InfluxDB1` (``auth``, ``max_body_size``)."""
 
     def start() -> InfluxDB1:
         attempt = root / f"run{len(list(root.glob('run*'))) + 1}"
         attempt.mkdir(parents=True)
-        return InfluxDB1(attempt)
+        return InfluxDB1(attempt, **options)
 
     return _start_with_port_retry(start)
 

@@ -1,14 +1,24 @@
-"""Delivery: hand-off without waiting, batching, retry of retryable failures, shutdown flush."""
+"""Delivery: hand-off without waiting, batching, what each failure class does to the spool,
+the dead-letter file, a writer that dies, shutdown flush."""
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
+
+from otel_luna.cli import status_entries
 from otel_luna.delivery import BatchWriter, DeadLetters
-from otel_luna.sinks import SinkError
+from otel_luna.settings import SettingsError
+from otel_luna.sinks import Failure, SinkError
 from otel_luna.spool import DiskSpool, MemorySpool
 from otel_luna.testing import InMemorySink
 
@@ -229,3 +239,201 @@ def test_retry_after_is_honoured() -> None:
     assert sink.lines == ["m x=1i"]
     assert times[1] - times[0] >= 0.8
     batch.shutdown(10)
+
+
+def wait_until(probe: Callable[[], Any], key: str | None = None, timeout: float = 10) -> Any:
+    """Poll ``probe()`` until it is truthy (or holds ``key``); its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        done = value and (key is None or key in value)
+        if done or time.monotonic() > deadline:
+            return value
+        time.sleep(0.01)
+
+
+class ScriptedSink(InMemorySink):
+    """Raises ``next(script)`` (a SinkError or None) on each write; None writes the body."""
+
+    def __init__(self, script: list[SinkError | None]) -> None:
+        super().__init__()
+        self.script = script
+        self.bodies: list[bytes] = []
+
+    def write(self, body: bytes) -> None:
+        self.bodies.append(body)
+        error = self.script.pop(0) if self.script else None
+        if error is not None:
+            raise error
+        super().write(body)
+
+
+def test_blocked_destination_holds_the_whole_batch(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """BLOCKED never splits, acks or dead-letters: the same whole batch is retried until it is
+    taken; one warning names the cause; the blocked state is set meanwhile, cleared after."""
+    blocked = SinkError("HTTP 404: database not found", failure=Failure.BLOCKED, status=404)
+    sink = ScriptedSink([blocked] * 3)
+    letters = DeadLetters(str(tmp_path / "dead.jsonl"))
+    batch = writer(sink, dead_letters=letters)
+    lines = [f"m x={index}i" for index in range(40)]
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery"):
+        batch.submit(lines)
+        assert batch.force_flush(0.2) is False  # first attempt: blocked
+        state = wait_until(lambda: batch.blocked)
+        assert state is not None and state["status"] == 404
+        assert "database not found" in str(state["reason"])
+        assert batch.queued == 40
+        assert batch.force_flush(30)
+    assert sink.lines == lines
+    assert sink.bodies == [sink.bodies[0]] * 4  # never split
+    assert batch.blocked is None
+    assert batch.counts["dead_lettered"] == 0 and batch.counts["split_writes"] == 0
+    assert not (tmp_path / "dead.jsonl").exists()
+    warnings = [r.getMessage() for r in caplog.records if "blocked for" in r.getMessage()]
+    assert len(warnings) == 1 and "database not found" in warnings[0]
+    batch.shutdown(10)
+
+
+def test_blocked_state_is_in_the_stats_status_shows(tmp_path: Path) -> None:
+    """While blocked, the stats the disk spool keeps (``otel-luna status``) say since when and
+    why; they also give the dead-letter file's path and size."""
+    sink = FlakySink(10**9, SinkError("HTTP 401: authorization failed", failure=Failure.BLOCKED))
+    letters = DeadLetters(str(tmp_path / "dead.jsonl"))
+    batch = writer(sink, DiskSpool(tmp_path / "spool" / "dest", 10**8), dead_letters=letters)
+    started = time.time()
+    batch.submit(["m x=1i"])
+    assert batch.force_flush(0.3) is False
+    # the worker writes the stats after each attempt
+    entry = wait_until(lambda: next(iter(status_entries(str(tmp_path / "spool"))), {}), "blocked")
+    blocked = entry["blocked"]
+    assert isinstance(blocked, dict) and "authorization failed" in blocked["reason"]
+    assert started <= blocked["since"] <= time.time()
+    assert entry["dead_letter"] == {"path": str(tmp_path / "dead.jsonl"), "bytes": 0}
+    assert entry["pending_lines"] == 1
+    batch.shutdown(0.1)
+
+
+def test_too_large_splits_until_it_fits() -> None:
+    """413: the batch is split until each part fits; only a line too large alone is
+    dead-lettered, every other line is written once."""
+
+    class Limited(InMemorySink):
+        def write(self, body: bytes) -> None:
+            if len(body) > 100:
+                raise SinkError("HTTP 413: too large", failure=Failure.TOO_LARGE, status=413)
+            super().write(body)
+
+    sink = Limited()
+    batch = writer(sink)
+    lines = [f"m x={index:03d}i" for index in range(60)]
+    huge = "m s=" + "x" * 200
+    batch.submit([*lines[:30], huge, *lines[30:]])
+    assert batch.force_flush(10)
+    assert sorted(sink.lines) == lines
+    assert batch.counts["dead_lettered"] == 1 and batch.counts["written"] == 60
+    assert batch.counts["split_writes"] > 0
+    batch.shutdown(10)
+
+
+@pytest.mark.parametrize("failure", [Failure.RETRY, Failure.BLOCKED])
+def test_retry_during_isolation_keeps_the_whole_batch(tmp_path: Path, failure: Failure) -> None:
+    """A sub-write of the isolation that comes back RETRY or BLOCKED stops it: nothing is
+    acked or dead-lettered then; the next attempt isolates the bad line once."""
+    per_line = SinkError("HTTP 400: unable to parse", failure=Failure.PER_LINE, status=400)
+    held = SinkError("HTTP 503", failure=failure, status=503)
+
+    class Sink(PickySink):
+        def __init__(self) -> None:
+            super().__init__()
+            self.script: list[SinkError | None] = [per_line, None, held]
+
+        def write(self, body: bytes) -> None:
+            error = self.script.pop(0) if self.script else None
+            if error is not None:
+                self.writes += 1
+                raise error
+            super().write(body)
+
+    sink = Sink()
+    letters = DeadLetters(str(tmp_path / "dead.jsonl"))
+    batch = writer(sink, dead_letters=letters)
+    lines = [f"m x={index}i" for index in range(8)]
+    lines[6] = "m bad=1i"
+    batch.submit(lines)
+    assert batch.force_flush(0.2) is False  # whole, first half, second half held back
+    assert not (tmp_path / "dead.jsonl").exists() and batch.queued == 8
+    assert batch.force_flush(30)
+    assert sorted(set(sink.lines)) == sorted(line for line in lines if "bad" not in line)
+    records = (tmp_path / "dead.jsonl").read_text().splitlines()
+    assert [json.loads(record)["line"] for record in records] == ["m bad=1i"]
+    assert batch.counts["dead_lettered"] == 1 and batch.counts["written"] == 7
+    batch.shutdown(10)
+
+
+def test_dead_worker_is_restarted_and_counted() -> None:
+    """A writer thread that dies is started again by the next flush, counted, and delivers."""
+    sink = InMemorySink()
+    batch = writer(sink)
+    original = batch._adopt_orphans
+    failures = [RuntimeError("bug")]
+
+    def adopt_once_failing() -> None:
+        if failures:
+            raise failures.pop()
+        original()
+
+    batch._adopt_orphans = adopt_once_failing  # type: ignore[method-assign]
+    batch.submit(["m x=1i"])
+    assert batch.force_flush(10)
+    assert sink.lines == ["m x=1i"]
+    assert batch.counts["writer_restarts"] == 1 and batch.counts["writer_errors"] == 1
+    batch.shutdown(10)
+
+
+def test_dead_letter_file_is_private(tmp_path: Path) -> None:
+    """The dead-letter file is created with mode 0600, whatever the umask allows."""
+    path = tmp_path / "letters" / "dead.jsonl"
+    letters = DeadLetters(str(path))
+    assert not path.parent.exists()  # nothing is created before the first dead letter
+    old = os.umask(0o022)
+    try:
+        letters.write(b"m bad", "HTTP 400: bad", 400)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_dead_letter_file_is_rotated_and_what_is_lost_counted(tmp_path: Path) -> None:
+    """Past max_bytes the file becomes <path>.1 and a new one starts; the records of an older
+    .1 that is replaced are counted as dead_letters_rotated_out."""
+    path = tmp_path / "dead.jsonl"
+    letters = DeadLetters(str(path), max_bytes=1024)
+    for index in range(40):
+        letters.write(f"m n={index}i".encode(), "HTTP 400: bad", 400)
+    kept = [
+        json.loads(row)["line"]
+        for name in (f"{path}.1", str(path))
+        for row in Path(name).read_text().splitlines()
+    ]
+    assert path.stat().st_size <= 1024 and Path(f"{path}.1").stat().st_size <= 1024
+    assert kept == [f"m n={index}i" for index in range(40 - len(kept), 40)]
+    assert letters.counts["dead_letters_rotated_out"] == 40 - len(kept) > 0
+    assert letters.stats() == {
+        "path": str(path),
+        "bytes": path.stat().st_size + Path(f"{path}.1").stat().st_size,
+    }
+
+
+@pytest.mark.parametrize("where", ["directory", "under_a_file"])
+def test_unwritable_dead_letter_path_names_the_setting(tmp_path: Path, where: str) -> None:
+    """A dead-letter path that cannot be written fails at once, naming the setting, and leaves
+    no file behind."""
+    (tmp_path / "file").write_text("")
+    path = tmp_path if where == "directory" else tmp_path / "file" / "sub" / "dead.jsonl"
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(SettingsError) as caught:
+        DeadLetters(str(path))
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_DEAD_LETTER"
+    assert sorted(tmp_path.rglob("*")) == before

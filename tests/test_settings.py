@@ -98,8 +98,52 @@ def test_describe_covers_every_setting() -> None:
 
 
 def test_configuration_doc_lists_every_setting_and_default() -> None:
-    """docs/configuration.md has a row for every setting with its real default."""
+    """docs/configuration.md has a row for every setting with its real default and range."""
     doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    for _, env, toml, default, _ in describe():
+    for _, env, toml, default, accepts in describe():
         shown = "*(none)*" if default is None else f"`{default}`"
-        assert f"| `{env}` | `{toml}` | {shown} |" in doc, env
+        assert f"| `{env}` | `{toml}` | {shown} | {accepts} |" in doc, env
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("OTEL_EXPORTER_LUNA_FLUSH_INTERVAL", "1e308"),
+        ("OTEL_EXPORTER_LUNA_FLUSH_INTERVAL", "nan"),
+        ("OTEL_EXPORTER_LUNA_FLUSH_INTERVAL", "inf"),
+        ("OTEL_EXPORTER_LUNA_TIMEOUT", "1e-9"),
+        ("OTEL_EXPORTER_LUNA_TIMEOUT", "86400"),
+        ("OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT", "1e9"),
+        ("OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT", "0"),
+        ("OTEL_EXPORTER_LUNA_BATCH_SIZE", "10000000000"),
+        ("OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES", str(2**50)),
+        ("OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES", "10"),
+        ("OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT", "100000"),
+        ("OTEL_EXPORTER_LUNA_ROUTE_LIMIT", "0"),
+        ("OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES", str(2**31)),
+    ],
+)
+def test_absurd_values_fail_naming_the_setting_and_its_range(variable: str, value: str) -> None:
+    """Values outside a setting's documented range fail at start-up, naming it and the range."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({variable: value})
+    assert caught.value.setting == variable
+    (accepts,) = [row[4] for row in describe() if row[1] == variable]
+    assert str(caught.value).endswith(f"accepts {accepts}") and " from " in accepts
+
+
+def test_unwritable_dead_letter_path_fails_at_exporter_start(tmp_path: Path) -> None:
+    """An enabled exporter whose dead-letter path cannot be written fails at start-up naming
+    OTEL_EXPORTER_LUNA_DEAD_LETTER, before its spool is opened; a disabled one does not."""
+    from otel_luna.exporter import LunaSpanExporter
+
+    (tmp_path / "file").write_text("")
+    options = {
+        "dead_letter": str(tmp_path / "file" / "dead.jsonl"),
+        "spool_dir": str(tmp_path / "spool"),
+    }
+    with pytest.raises(SettingsError) as caught:
+        LunaSpanExporter(Settings.load({}, **options))
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_DEAD_LETTER"
+    assert not (tmp_path / "spool").exists()
+    LunaSpanExporter(Settings.load({}, enabled=False, **options)).shutdown()

@@ -1,13 +1,18 @@
-"""Sinks: what goes over the wire, how failures are classified, and that secrets never leak.
+"""Sinks: what goes over the wire, how failures are classified, that secrets never leak, and
+that a forked child gets connections of its own.
 
 The HTTP peer here is a stub that records requests (a fake, for headers and status codes we
-choose); the real servers are exercised in test_influxdb1_* and test_victoria_metrics.
+choose, and for InfluxDB 2.x, which cannot be had here); the real servers are exercised in
+test_influxdb1_*, test_destination_errors and test_victoria_metrics.
 """
 
 from __future__ import annotations
 
 import gzip
 import http.server
+import json
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +22,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from otel_luna.settings import Settings, SettingsError
-from otel_luna.sinks import SinkError, load_sink
+from otel_luna.sinks import Failure, SinkError, load_sink, server_reason
 from otel_luna.sinks.console import ConsoleSink
 from otel_luna.sinks.file import FileSink
 from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.sinks.influx_v2 import InfluxV2Sink
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -77,23 +83,103 @@ def test_v1_write_request(stub: str) -> None:
     assert gzip.decompress(request["body"]) == b"requests x=1i 1\n"
 
 
-@pytest.mark.parametrize(
-    ("status", "retryable"), [(400, False), (404, False), (429, True), (500, True), (503, True)]
-)
-def test_v1_status_classification(stub: str, status: int, retryable: bool) -> None:
-    """408, 429 and 5xx are retryable; other 4xx are not; the server's reason is kept."""
-    Recorder.status, Recorder.body = status, b'{"error":"partial write: field type conflict"}'
+#: (status, body) of real InfluxDB 1.6.7 replies (see tests/test_destination_errors.py for the
+#: real server) and of the classes the brief names, with the failure each must give.
+_V1_REPLIES = [
+    (400, '{"error":"partial write: field type conflict: ... dropped=1"}', Failure.PER_LINE),
+    (400, '{"error":"unable to parse \'garbage\': invalid field format"}', Failure.PER_LINE),
+    (400, '{"error":"database is required"}', Failure.BLOCKED),
+    (401, '{"error":"authorization failed"}', Failure.BLOCKED),
+    (403, '{"error":"\\"bob\\" user is not authorized to write to database"}', Failure.BLOCKED),
+    (404, '{"error":"database not found: \\"luna\\""}', Failure.BLOCKED),
+    (404, "404 page not found", Failure.BLOCKED),
+    (405, "Method Not Allowed", Failure.BLOCKED),
+    (411, "Length Required", Failure.BLOCKED),
+    (415, "Unsupported Media Type", Failure.BLOCKED),
+    (301, "", Failure.BLOCKED),
+    (408, "", Failure.RETRY),
+    (413, '{"error":"Request Entity Too Large"}', Failure.TOO_LARGE),
+    (422, '{"error":"points beyond retention policy dropped=1"}', Failure.PER_LINE),
+    (429, "", Failure.RETRY),
+    (500, '{"error":"retention policy not found: week"}', Failure.BLOCKED),
+    (500, '{"error":"timeout"}', Failure.RETRY),
+    (503, "", Failure.RETRY),
+]
+
+
+@pytest.mark.parametrize(("status", "body", "failure"), _V1_REPLIES)
+def test_v1_status_classification(stub: str, status: int, body: str, failure: Failure) -> None:
+    """Each reply gets its failure class; the server's reason is kept, the password is not."""
+    Recorder.status, Recorder.body = status, body.encode()
     sink = InfluxV1Sink(Settings.load({}, endpoint=stub, username="u", password="pw-XYZ"))
     with pytest.raises(SinkError) as caught:
         sink.write(b"m x=1i 1\n")
-    assert caught.value.retryable is retryable
+    assert caught.value.failure is failure
+    assert caught.value.retryable is (failure in (Failure.RETRY, Failure.BLOCKED))
     assert caught.value.status == status
-    assert "field type conflict" in str(caught.value)
+    assert f"HTTP {status}" in str(caught.value)
+    assert server_reason(body) in str(caught.value)
     assert "pw-XYZ" not in str(caught.value)
 
 
+class V2Recorder(http.server.BaseHTTPRequestHandler):
+    """Answers ``/api/v2/write`` like InfluxDB 2.x: ``{"code", "message"}`` JSON errors."""
+
+    status = 204
+    message = ""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        body = json.dumps({"code": "error", "message": V2Recorder.message}).encode()
+        self.send_response(V2Recorder.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "failure"),
+    [
+        (400, "unable to parse 'garbage': missing fields", Failure.PER_LINE),
+        (401, "unauthorized access", Failure.BLOCKED),
+        (403, "insufficient permissions for write", Failure.BLOCKED),
+        (404, 'bucket "luna" not found', Failure.BLOCKED),
+        (413, "request too large", Failure.TOO_LARGE),
+        (422, "partial write: points beyond retention policy dropped=1", Failure.PER_LINE),
+        (429, "too many requests", Failure.RETRY),
+        (503, "unavailable", Failure.RETRY),
+    ],
+)
+def test_v2_status_classification(status: int, message: str, failure: Failure) -> None:
+    """The 2.x sink classifies like the 1.x one and keeps the server's message, not the token.
+
+    A fake server stands in for InfluxDB 2.x: none can be had here."""
+    V2Recorder.status, V2Recorder.message = status, message
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), V2Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        settings = Settings.load(
+            {}, endpoint=f"http://127.0.0.1:{server.server_port}", org="o", token="tok-SECRET"
+        )
+        sink = InfluxV2Sink(settings)
+        with pytest.raises(SinkError) as caught:
+            sink.write(b"m x=1i 1\n")
+        sink.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.failure is failure
+    assert caught.value.status == status
+    assert message in str(caught.value)
+    assert "tok-SECRET" not in str(caught.value)
+
+
 def test_connection_refused_is_retryable() -> None:
-    """A destination that is down gives a retryable error, quickly."""
+    """A destination that is down gives a RETRY error, quickly."""
     import socket
 
     with socket.socket() as probe:
@@ -102,7 +188,46 @@ def test_connection_refused_is_retryable() -> None:
     sink = InfluxV1Sink(Settings.load({}, endpoint=f"http://127.0.0.1:{port}", timeout=2))
     with pytest.raises(SinkError) as caught:
         sink.write(b"m x=1i 1\n")
-    assert caught.value.retryable
+    assert caught.value.failure is Failure.RETRY
+
+
+def test_certificate_error_blocks_the_destination(tmp_path: Path) -> None:
+    """A TLS server whose certificate does not verify: BLOCKED (it will not start to verify)."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"https://127.0.0.1:{server.server_port}"
+        sink = InfluxV1Sink(Settings.load({}, endpoint=endpoint, timeout=5))
+        with pytest.raises(SinkError) as caught:
+            sink.write(b"m x=1i 1\n")
+        sink.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.failure is Failure.BLOCKED
+    assert "SSLError" in str(caught.value)
+
+
+def test_legacy_retryable_flag_maps_to_a_failure() -> None:
+    """Third-party sinks' retryable=True/False still work: RETRY and PER_LINE."""
+    assert SinkError("x", retryable=True).failure is Failure.RETRY
+    assert SinkError("x", retryable=False).failure is Failure.PER_LINE
+    assert SinkError("x", failure=Failure.BLOCKED).retryable
+    assert not SinkError("x", failure=Failure.TOO_LARGE).retryable
+    with pytest.raises(TypeError):
+        SinkError("x")
 
 
 def test_file_sink_appends(tmp_path: Path) -> None:

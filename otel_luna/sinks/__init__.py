@@ -8,8 +8,13 @@ entry-point group ``otel_luna.sinks``; each entry point is a callable taking the
 
 from __future__ import annotations
 
+import enum
+import json
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
+
+from otel_luna.redact import redact
 
 if TYPE_CHECKING:
     from otel_luna.settings import Settings
@@ -20,7 +25,9 @@ SINK_GROUP = "otel_luna.sinks"
 
 class Sink(Protocol):
     """Where encoded lines go. An optional ``format`` attribute says what lines it takes:
-    ``"line-protocol"`` (the default) or ``"json"`` (one JSON object per line)."""
+    ``"line-protocol"`` (the default) or ``"json"`` (one JSON object per line). An optional
+    ``after_fork_in_child() -> None`` is called in a forked child before its first write: it
+    replaces connection pools, never closing the parent's sockets."""
 
     def write(self, body: bytes) -> None:
         """Deliver ``body`` (newline-terminated lines) or raise :class:`SinkError`."""
@@ -29,21 +36,48 @@ class Sink(Protocol):
         """Release connections and files."""
 
 
+class Failure(enum.Enum):
+    """What a failed write means for the lines in it, decided by the sink that saw the failure."""
+
+    #: The destination may take the same body later (connection error, timeout, 408, 429, 5xx):
+    #: keep it, retry after a backoff.
+    RETRY = "retry"
+    #: The destination refuses everything (401, 403, database or bucket not found, TLS): hold
+    #: the spool as it is, retry after a backoff, warn; never split, never dead-letter.
+    BLOCKED = "blocked"
+    #: The body is too large (413): split it; a single line that alone is too large is rejected.
+    TOO_LARGE = "too_large"
+    #: Some lines of the body are refused for good (unparsable, field type conflict): isolate
+    #: them by splitting; the others are delivered.
+    PER_LINE = "per_line"
+
+
 class SinkError(Exception):
-    """A write failed. ``retryable`` says whether the same body may succeed later."""
+    """A write failed; ``failure`` says what that means for the lines written.
+
+    Third-party sinks may still pass ``retryable=`` instead (``True`` is :attr:`Failure.RETRY`,
+    ``False`` is :attr:`Failure.PER_LINE`). The message is redacted (:func:`redact`) here, so
+    it can be logged and dead-lettered as it is; sinks pass their own secrets in ``secrets``.
+    """
 
     def __init__(
         self,
         message: str,
         *,
-        retryable: bool,
+        failure: Failure | None = None,
+        retryable: bool | None = None,
         status: int | None = None,
         retry_after: float | None = None,
         retry_body: bytes | None = None,
         rejected: list[tuple[bytes, str, int | None]] | None = None,
+        secrets: Iterable[str] = (),
     ) -> None:
-        super().__init__(message)
-        self.retryable = retryable
+        super().__init__(redact(message, secrets))
+        if failure is None:
+            if retryable is None:
+                raise TypeError("SinkError needs failure= (or retryable=)")
+            failure = Failure.RETRY if retryable else Failure.PER_LINE
+        self.failure = failure
         self.status = status
         #: Seconds the server asked us to wait (``Retry-After``), if it said.
         self.retry_after = retry_after
@@ -52,6 +86,61 @@ class SinkError(Exception):
         self.retry_body = retry_body
         #: ... and these were refused for good: (line, reason, HTTP status).
         self.rejected = rejected
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same body may be taken later unchanged (:attr:`Failure.RETRY` or
+        :attr:`Failure.BLOCKED`)."""
+        return self.failure in (Failure.RETRY, Failure.BLOCKED)
+
+
+#: InfluxDB 1.x replies that name the destination, not a line, under a status that usually
+#: means otherwise: ``500 retention policy not found``, ``400 database is required``.
+_DESTINATION_REASONS = ("retention policy not found", "database is required")
+
+
+def classify(status: int, reason: str = "") -> Failure:
+    """The :class:`Failure` of an HTTP reply with ``status`` (not 2xx) and the server's error
+    message ``reason`` (see :func:`server_reason`).
+
+    408, 429 and 5xx: RETRY; 413: TOO_LARGE; 400 and 422 (unparsable line, field type conflict,
+    partial write): PER_LINE; every other status (401, 403, 404, 405, 411, 415, a 3xx ...) and
+    a reply naming a missing retention policy or database: BLOCKED.
+    """
+    if status in (400, 500) and reason.lower().startswith(_DESTINATION_REASONS):
+        return Failure.BLOCKED
+    if status in (408, 429) or status >= 500:
+        return Failure.RETRY
+    if status == 413:
+        return Failure.TOO_LARGE
+    if status in (400, 422):
+        return Failure.PER_LINE
+    return Failure.BLOCKED
+
+
+def classify_connection_error(error: BaseException) -> Failure:
+    """BLOCKED for TLS errors (a certificate that does not verify will not start to), else
+    RETRY (refused, reset, timed out, name not resolved)."""
+    import urllib3
+
+    if isinstance(error, urllib3.exceptions.MaxRetryError):
+        error = error.reason or error
+    return Failure.BLOCKED if isinstance(error, urllib3.exceptions.SSLError) else Failure.RETRY
+
+
+def server_reason(body: bytes | str) -> str:
+    """The error message of a reply body: InfluxDB's ``{"error": ...}`` (1.x) or
+    ``{"message": ...}`` (2.x), else the text; at most 500 characters, not yet redacted."""
+    text = body.decode(errors="replace") if isinstance(body, bytes) else body
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        message = document.get("error") or document.get("message")
+        if isinstance(message, str):
+            text = message
+    return text.strip()[:500]
 
 
 def suppress_instrumentation() -> None:

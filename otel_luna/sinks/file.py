@@ -8,7 +8,7 @@ import threading
 from urllib.parse import unquote, urlsplit
 
 from otel_luna.settings import Settings
-from otel_luna.sinks import SinkError
+from otel_luna.sinks import Failure, SinkError
 
 
 def file_path(endpoint: str) -> str:
@@ -27,17 +27,26 @@ class FileSink:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        self._file = open(self.path, "ab")  # noqa: SIM115 - held open for the sink's life
+        # Unbuffered, appending: each body reaches the operating system in os.write calls, and
+        # a forked child shares nothing but the descriptor.
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._lock = threading.Lock()
 
     def write(self, body: bytes) -> None:
         try:
             with self._lock:
-                self._file.write(body)
-                self._file.flush()
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(self._fd, view) :]
         except OSError as error:
-            raise SinkError(f"{self.path}: {error.strerror}", retryable=True) from None
+            raise SinkError(f"{self.path}: {error.strerror}", failure=Failure.RETRY) from None
+
+    def after_fork_in_child(self) -> None:
+        """A lock of the child's own (the parent's writer may have held it at the fork)."""
+        self._lock = threading.Lock()
 
     def close(self) -> None:
         with self._lock:
-            self._file.close()
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1

@@ -3,25 +3,43 @@
 from __future__ import annotations
 
 import gzip as gzip_module
+from collections.abc import Iterable
 
 import urllib3
 
-from otel_luna.sinks import SinkError, parse_retry_after
-
-_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+from otel_luna.sinks import (
+    SinkError,
+    classify,
+    classify_connection_error,
+    parse_retry_after,
+    server_reason,
+)
 
 
 class HttpPoster:
-    """POSTs bodies to one URL; maps failures to :class:`SinkError` without leaking secrets."""
+    """POSTs bodies to one URL; maps failures to a classified, redacted :class:`SinkError`."""
 
-    def __init__(self, url: str, headers: dict[str, str], *, timeout: float, gzip: bool) -> None:
+    def __init__(
+        self,
+        url: str,
+        headers: dict[str, str],
+        *,
+        timeout: float,
+        gzip: bool,
+        secrets: Iterable[str] = (),
+    ) -> None:
         self._url = url
         self._headers = {"Content-Type": "text/plain; charset=utf-8", **headers}
         if gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._gzip = gzip
-        self._pool = urllib3.PoolManager(
-            num_pools=1, maxsize=1, retries=False, timeout=urllib3.Timeout(total=timeout)
+        self._timeout = timeout
+        self._secrets = tuple(secrets)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(
+            num_pools=1, maxsize=1, retries=False, timeout=urllib3.Timeout(total=self._timeout)
         )
 
     def post(self, body: bytes, where: str) -> urllib3.BaseHTTPResponse:
@@ -31,16 +49,25 @@ class HttpPoster:
                 "POST", self._url, body=payload, headers=self._headers, preload_content=True
             )
         except urllib3.exceptions.HTTPError as error:
-            raise SinkError(f"{where}: {type(error).__name__}", retryable=True) from None
-        if response.status >= 300:
-            text = response.data[:500].decode(errors="replace").strip()
             raise SinkError(
-                f"{where}: HTTP {response.status}: {text}",
-                retryable=response.status in _RETRYABLE_STATUS or response.status >= 500,
+                f"{where}: {type(error).__name__}: {error}",
+                failure=classify_connection_error(error),
+                secrets=self._secrets,
+            ) from None
+        if response.status >= 300:
+            reason = server_reason(response.data[:2000])
+            raise SinkError(
+                f"{where}: HTTP {response.status}: {reason}",
+                failure=classify(response.status, reason),
                 status=response.status,
                 retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                secrets=self._secrets,
             )
         return response
+
+    def after_fork_in_child(self) -> None:
+        """A pool of the child's own; the parent's sockets are left open for the parent."""
+        self._pool = self._new_pool()
 
     def close(self) -> None:
         self._pool.clear()

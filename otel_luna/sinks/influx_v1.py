@@ -29,10 +29,14 @@ class InfluxV1Sink:
             headers,
             timeout=settings.timeout,
             gzip=settings.gzip,
+            secrets=settings.secrets,
         )
 
     def write(self, body: bytes) -> None:
         self._poster.post(body, self._where)
+
+    def after_fork_in_child(self) -> None:
+        self._poster.after_fork_in_child()
 
     def close(self) -> None:
         self._poster.close()

@@ -15,9 +15,14 @@ from influxdb_client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
 from otel_luna.settings import Settings
-from otel_luna.sinks import SinkError, parse_retry_after
-
-_RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+from otel_luna.sinks import (
+    Failure,
+    SinkError,
+    classify,
+    classify_connection_error,
+    parse_retry_after,
+    server_reason,
+)
 
 
 class InfluxV2Sink:
@@ -27,6 +32,12 @@ class InfluxV2Sink:
         self._bucket = settings.bucket
         self._org = settings.org or ""
         self._where = f"{settings.endpoint}/api/v2/write?bucket={settings.bucket}"
+        self._settings = settings
+        self._secrets = settings.secrets
+        self._connect()
+
+    def _connect(self) -> None:
+        settings = self._settings
         self._client = InfluxDBClient(
             url=settings.endpoint,
             token=settings.token or "",
@@ -36,6 +47,10 @@ class InfluxV2Sink:
             retries=False,
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
+
+    def after_fork_in_child(self) -> None:
+        """A client (and connection pool) of the child's own; the parent's is left alone."""
+        self._connect()
 
     def write(self, body: bytes) -> None:
         try:
@@ -47,17 +62,20 @@ class InfluxV2Sink:
             )
         except ApiException as error:
             status = int(error.status or 0)
-            reason = error.body or error.reason or ""
-            if isinstance(reason, bytes):
-                reason = reason.decode(errors="replace")
+            reason = server_reason(error.body or error.reason or "")
             raise SinkError(
-                f"{self._where}: HTTP {status}: {str(reason)[:500]}",
-                retryable=status in _RETRYABLE_STATUS or status >= 500 or status == 0,
+                f"{self._where}: HTTP {status}: {reason}",
+                failure=classify(status, reason) if status else Failure.RETRY,
                 status=status,
                 retry_after=parse_retry_after(_header(error, "Retry-After")),
+                secrets=self._secrets,
             ) from None
         except HTTPError as error:
-            raise SinkError(f"{self._where}: {type(error).__name__}", retryable=True) from None
+            raise SinkError(
+                f"{self._where}: {type(error).__name__}: {error}",
+                failure=classify_connection_error(error),
+                secrets=self._secrets,
+            ) from None
 
     def close(self) -> None:
         self._write_api.close()  # type: ignore[no-untyped-call] # influxdb-client is untyped here

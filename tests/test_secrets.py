@@ -1,0 +1,189 @@
+"""Secrets never leave the process: not in error messages, log lines, dead letters or
+``otel-luna status``, also when a server echoes the ``Authorization`` header back.
+
+The echoing server is a fake (no real InfluxDB echoes credentials); it answers both the 1.x
+and the 2.x write paths.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from otel_luna.cli import main
+from otel_luna.delivery import BatchWriter, DeadLetters
+from otel_luna.redact import redact
+from otel_luna.settings import Settings, SettingsError
+from otel_luna.sinks import SinkError
+from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.sinks.influx_v2 import InfluxV2Sink
+from otel_luna.spool import DiskSpool
+from otel_luna.testing import InMemorySink
+
+PASSWORD = "s3cr3t-PASS-42"
+TOKEN = "tok-9f8e7d6c5b4a"
+BASIC = base64.b64encode(f"luna:{PASSWORD}".encode()).decode()
+
+
+class Echo(http.server.BaseHTTPRequestHandler):
+    """Answers ``status`` with a body that repeats the request's headers and query string."""
+
+    status: ClassVar[int] = 400
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        authorization = self.headers.get("Authorization", "")
+        body = json.dumps(
+            {
+                "error": f"unable to parse: request {self.path} with "
+                f"Authorization: {authorization}; raw {authorization.split()[-1]}; "
+                f"headers {dict(self.headers)}"
+            }
+        ).encode()
+        self.send_response(Echo.status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echo() -> Iterator[str]:
+    Echo.status = 400
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def assert_clean(text: str) -> None:
+    for secret in (PASSWORD, TOKEN, BASIC):
+        assert secret not in text
+
+
+def status_output(spool: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    capsys.readouterr()
+    assert main(["status", str(spool)]) == 0
+    assert main(["status", str(spool), "--json"]) == 0
+    return capsys.readouterr().out
+
+
+@pytest.mark.parametrize("status", [400, 401])
+def test_echoed_credentials_are_redacted_everywhere(
+    echo: str,
+    tmp_path: Path,
+    status: int,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server echoing the Authorization header (400: a dead letter; 401: a blocked
+    destination): the password and its base64 appear in no error, log line, dead letter or
+    status output, while the reason is still there."""
+    Echo.status = status
+    settings = Settings.load({}, endpoint=echo, username="luna", password=PASSWORD)
+    letters = tmp_path / "dead.jsonl"
+    writer = BatchWriter(
+        InfluxV1Sink(settings),
+        DiskSpool(tmp_path / "spool" / "dest", 10**8),
+        flush_interval=3600,
+        batch_size=100,
+        dead_letters=DeadLetters(str(letters), secrets=settings.secrets),
+        secrets=settings.secrets,
+    )
+    try:
+        with caplog.at_level(logging.DEBUG):
+            writer.submit(["m x=1i"])
+            writer.force_flush(0.5)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not (
+                letters.exists() if status == 400 else writer.blocked
+            ):
+                time.sleep(0.01)
+        output = status_output(tmp_path / "spool", capsys)
+    finally:
+        writer.shutdown(0.1)
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "unable to parse" in logged
+    assert_clean(logged)
+    assert_clean(output)
+    if status == 400:
+        (letter,) = [json.loads(row) for row in letters.read_text().splitlines()]
+        assert "unable to parse" in letter["reason"] and "Authorization" in letter["reason"]
+        assert_clean(letter["reason"])
+    else:
+        assert "destination BLOCKED" in output and "unable to parse" in output
+        assert not letters.exists()
+
+
+def test_v2_token_echo_is_redacted(echo: str) -> None:
+    """The 2.x sink's error for a reply echoing ``Authorization: Token …`` hides the token."""
+    Echo.status = 401
+    sink = InfluxV2Sink(Settings.load({}, endpoint=echo, org="o", token=TOKEN))
+    with pytest.raises(SinkError) as caught:
+        sink.write(b"m x=1i 1\n")
+    sink.close()
+    assert "Authorization" in str(caught.value)
+    assert_clean(str(caught.value))
+
+
+def test_third_party_sink_messages_are_redacted(tmp_path: Path) -> None:
+    """A plugin sink whose error shows a URL with credentials: redacted in the dead letter."""
+
+    class Plugin(InMemorySink):
+        def write(self, body: bytes) -> None:
+            raise SinkError(f"POST http://luna:{PASSWORD}@db:8086/write refused", retryable=False)
+
+    letters = tmp_path / "dead.jsonl"
+    writer = BatchWriter(
+        Plugin(),
+        DiskSpool(tmp_path / "spool", 10**8),
+        flush_interval=3600,
+        batch_size=100,
+        dead_letters=DeadLetters(str(letters)),
+    )
+    writer.submit(["m x=1i"])
+    assert writer.force_flush(10)
+    writer.shutdown(1)
+    (letter,) = [json.loads(row) for row in letters.read_text().splitlines()]
+    assert letter["reason"] == "POST http://***@db:8086/write refused"
+
+
+def test_endpoint_with_credentials_is_refused_without_them() -> None:
+    """OTEL_EXPORTER_LUNA_ENDPOINT=http://admin:PASS@host is refused, the password not shown."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"OTEL_EXPORTER_LUNA_ENDPOINT": f"http://admin:{PASSWORD}@db:8086"})
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_ENDPOINT"
+    assert "http://***@db:8086" in str(caught.value)
+    assert_clean(str(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://admin:PASS@host:8086/write", "http://***@host:8086/write"),
+        ("https://a:p@ss@host/x", "https://***@host/x"),
+        ('{"Authorization":"Basic YWRtaW46UEFTUw=="}', '{"Authorization":"***"}'),
+        ("authorization: Bearer abc.def-ghi", "authorization: ***"),
+        ("{'Authorization': 'Token xyz'}", "{'Authorization': '***'}"),
+        ("sent Token abc123 and Bearer def456", "sent Token *** and Bearer ***"),
+        ("/write?db=x&u=admin&p=PASS&precision=ns", "/write?db=x&u=admin&p=***&precision=ns"),
+        ("configured hunter2 here", "configured *** here"),
+        ("database not found: token required", "database not found: token required"),
+    ],
+)
+def test_redact(text: str, shown: str) -> None:
+    """URL userinfo, Authorization echoes, scheme credentials, query passwords and configured
+    secrets are masked; ordinary text is left alone."""
+    assert redact(text, ["hunter2"]) == shown
