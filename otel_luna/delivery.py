@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from otel_luna.lineprotocol import split_lines
 from otel_luna.redact import redact
 from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
 from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
@@ -235,6 +236,8 @@ class BatchWriter:
     def _after_fork_in_child(self) -> None:
         # The parent keeps what it spooled; the child starts empty with its own thread, locks
         # and connections (the parent's may be mid-use in a thread the child does not have).
+        if self._closed:  # shut down, not yet collected: nothing to renew (its fds are closed)
+            return
         self.counts = Counter()
         self.spool.after_fork_in_child()
         if self.dead_letters is not None:
@@ -465,7 +468,10 @@ class BatchWriter:
             outcome.written += lines
 
     def _split(self, body: bytes, outcome: _Outcome) -> None:
-        lines = body.splitlines(keepends=True)
+        if getattr(self.sink, "format", "line-protocol") == "json":
+            lines = [line + b"\n" for line in body.split(b"\n") if line]  # JSON has no raw \n
+        else:
+            lines = split_lines(body)  # a string field may hold \n or \r
         middle = len(lines) // 2
         for half in (lines[:middle], lines[middle:]):
             self.counts["split_writes"] += 1

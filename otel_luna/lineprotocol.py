@@ -268,6 +268,8 @@ def split_lines(body: bytes) -> list[bytes]:
             while i < n and body[i] != _NEWLINE:
                 while i < n and body[i] != _EQUALS and body[i] != _NEWLINE:
                     i += 2 if body[i] == _BACKSLASH else 1
+                if i >= n or body[i] == _NEWLINE:  # not line protocol: end the line here
+                    break
                 i += 1
                 if i < n and body[i] == _QUOTE:
                     i += 1

@@ -39,6 +39,10 @@ _NOT_POINTS = frozenset(
         "queued",
         "route_overflow",
         "ack_write_errors",
+        "writer_restarts",
+        "writer_errors",
+        "sink_errors",
+        "dead_letters_rotated_out",
     }
 )
 

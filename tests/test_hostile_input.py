@@ -390,3 +390,34 @@ def _raw(point: Point) -> str:
     tags = "".join(f",{key}={value}" for key, value in point.tags)
     fields = ",".join(f"{key}={value}i" for key, value in point.fields.items())
     return f"{point.measurement}{tags} {fields} {point.time_ns}"
+
+
+def test_a_string_field_with_newlines_survives_the_isolation_of_a_bad_line(
+    influxdb1: InfluxDB1, influxdb1_database: str
+) -> None:
+    """InfluxDB stores newlines and carriage returns inside string fields. When a batch is
+    split to isolate a bad line, such a line must be split as one line, not cut at its \\n."""
+    exporter = LunaSpanExporter(
+        Settings.load({}, endpoint=influxdb1.url, database=influxdb1_database, flush_interval=30)
+    )
+    influxdb1.write(
+        f"requests,route=GET:/h,service=s,status_code=200 account=1i {T0 - 10}\n",
+        influxdb1_database,
+    )  # account is an integer in this shard: a string account conflicts
+    pipeline = exporter._pipeline
+    lines = [
+        f'requests,route=GET:/h,service=s,status_code=200 request_id="ok",note="line 1\nline 2\r" {T0}',
+        f'requests,route=GET:/h,service=s,status_code=200 request_id="bad",account="x" {T0 + 1}',
+        f'requests,route=GET:/h,service=s,status_code=200 request_id="ok2" {T0 + 2}',
+    ]
+    pipeline.submit(lines)
+    assert exporter.force_flush(30_000)
+    exporter.shutdown()
+    rows = influxdb1.select(
+        f"SELECT request_id, note FROM requests WHERE time >= {T0}", influxdb1_database
+    )
+    assert sorted((row["request_id"], row["note"]) for row in rows) == [
+        ("ok", "line 1\nline 2\r"),
+        ("ok2", None),
+    ]
+    assert exporter.counts["dead_lettered"] == 1
