@@ -405,10 +405,11 @@ def test_a_string_field_with_newlines_survives_the_isolation_of_a_bad_line(
         influxdb1_database,
     )  # account is an integer in this shard: a string account conflicts
     pipeline = exporter._pipeline
+    series = "requests,route=GET:/h,service=s,status_code=200"
     lines = [
-        f'requests,route=GET:/h,service=s,status_code=200 request_id="ok",note="line 1\nline 2\r" {T0}',
-        f'requests,route=GET:/h,service=s,status_code=200 request_id="bad",account="x" {T0 + 1}',
-        f'requests,route=GET:/h,service=s,status_code=200 request_id="ok2" {T0 + 2}',
+        f'{series} request_id="ok",note="line 1\nline 2\r" {T0}',
+        f'{series} request_id="bad",account="x" {T0 + 1}',
+        f'{series} request_id="ok2" {T0 + 2}',
     ]
     pipeline.submit(lines)
     assert exporter.force_flush(30_000)
