@@ -216,7 +216,7 @@ class RequestMapper:
         else:
             self.counts["invalid_liveness_balance"] += 1
         tags = (("license_status", status), ("service", service))
-        time_ns = self.times.claim(schema.LICENSING, tags, start_ns, span_id)
+        time_ns = self.times.claim(start_ns, span_id)
         return [Point(schema.LICENSING, tags, fields, time_ns)]
 
     def _plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
@@ -322,7 +322,10 @@ class RequestMapper:
             error_code = extra.error_code
             if extra.tags:
                 if extra.fields or extra.times:
-                    self._drop_tag_field_conflicts(extra)
+                    for name in extra.tags:
+                        if name in extra.fields or name in extra.times:
+                            self._drop_tag_field_conflicts(extra)
+                            break
                 extra_tags = tuple(extra.tags.items())
             request_fields = extra.fields
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
@@ -350,7 +353,7 @@ class RequestMapper:
                     request_fields.keys() & extra.times.keys()
                 )
             fields.update(extra.times)
-        time_ns = self.times.claim(schema.REQUESTS, tags, start_ns, span_id)
+        time_ns = self.times.claim(start_ns, span_id)
         requests = Point(schema.REQUESTS, tags, fields, time_ns)
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]

@@ -51,15 +51,17 @@ def test_spread_fills_only_the_digits_below_the_clock_resolution() -> None:
 
 
 def test_series_times_move_collisions_and_keep_owners() -> None:
-    """A second owner of a slot moves on by a nanosecond; the first keeps its time on a resend."""
-    times = SeriesTimes()
-    first = times.claim("requests", ("t",), 1_000_000, 5)
-    second = times.claim("requests", ("t",), 1_000_000, 1_000_005)  # same offset, other owner
+    """A second owner of a slot moves on by a nanosecond; the first keeps its time on a resend;
+    slots are remembered across a swap of generations."""
+    times = SeriesTimes(limit=4)
+    first = times.claim(1_000_000, 5)
+    second = times.claim(1_000_000, 1_000_005)  # the same offset, another owner
     assert (first, second) == (1_000_005, 1_000_006)
-    assert times.claim("requests", ("t",), 1_000_000, 1_000_005) == second
-    assert times.claim("requests", ("t",), 1_000_000, 5) == first
-    assert times.claim("requests", ("other",), 1_000_000, 1_000_005) == first  # another series
-    assert times.collisions == 2
+    assert times.claim(1_000_000, 1_000_005) == second
+    assert times.claim(1_000_000, 5) == first
+    assert times.collisions == 2  # the resends did not collide
+    times.claim(7, 1)  # the older generation now holds first and second
+    assert times.claim(1_000_000, 1_000_005) == second
 
 
 def test_every_series_spreads_its_times() -> None:

@@ -51,7 +51,8 @@ def test_usage_points_per_service_and_interval() -> None:
     assert lines == [
         "usages_statistic,service=a face_detector_usages=3i,liveness_estimator_usages=2i"
         f" {T0 + 11}",  # a nanosecond time: written as it is
-        f"usages_statistic,service=b face_detector_usages=1i {T0 + 11}",
+        # One mapper never writes two points at one time: b's moves on by a nanosecond.
+        f"usages_statistic,service=b face_detector_usages=1i {T0 + 12}",
     ]
     assert mapper.counts["invalid_estimator"] == 1
 

@@ -67,7 +67,4 @@ class WatchdogMapper:
                 fields[name] = value
         if not fields:
             fields["count"] = 1  # line protocol needs a field; pings ignore it
-        sorted_tags = tuple(sorted(tags))
-        return [
-            Point(event, sorted_tags, fields, self.times.claim(event, sorted_tags, end_ns, span_id))
-        ]
+        return [Point(event, tuple(sorted(tags)), fields, self.times.claim(end_ns, span_id))]
