@@ -13,18 +13,13 @@ import math
 import re
 import subprocess
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from servers import InfluxDB1, free_port
+from test_reliability import request_id_of, server_spans
 
 from otel_luna import LunaSpanExporter, Settings
 from otel_luna import spool as spool_module
@@ -101,32 +96,6 @@ def closed_port_sink(database: str) -> InfluxV1Sink:
     """An InfluxDB 1.x sink for a port nothing listens on: every write is refused."""
     url = f"http://127.0.0.1:{free_port()}"
     return InfluxV1Sink(Settings.load({}, endpoint=url, database=database, timeout=2.0))
-
-
-def server_spans(count: int) -> list[ReadableSpan]:
-    """``count`` finished SERVER spans of ``POST /work``, each with its own request id."""
-    memory = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "full-disk"}))
-    provider.add_span_processor(SimpleSpanProcessor(memory))
-    tracer = provider.get_tracer("full-disk")
-    for _ in range(count):
-        attributes = {
-            "http.method": "POST",
-            "http.route": "/work",
-            "http.status_code": 200,
-            "luna.request_id": uuid.uuid4().hex,
-        }
-        with tracer.start_as_current_span(
-            "POST /work", kind=trace.SpanKind.SERVER, attributes=attributes
-        ):
-            pass
-    provider.shutdown()
-    return list(memory.get_finished_spans())
-
-
-def request_id_of(span: ReadableSpan) -> str:
-    assert span.attributes is not None
-    return str(span.attributes["luna.request_id"])
 
 
 def ids_in_segments(root: Path) -> list[str]:
