@@ -30,7 +30,7 @@ from otel_luna import _attributes as attr
 from otel_luna import schema
 from otel_luna.lineprotocol import key_problem
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes
+from otel_luna.timestamps import SeriesTimes, owner_of
 
 #: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
 #: attribute of one of these names would shadow them (dashboards filter on them).
@@ -182,7 +182,7 @@ class RequestMapper:
             plan = self._plan(keys)
         if plan:
             if plan[0][1] == _LICENSE:
-                return self._license(attributes, start_ns, span_id, service)
+                return self._license(attributes, start_ns, owner_of(trace_id, span_id), service)
             if extra is None:
                 extra = _Extra(end_ns)
             for key, kind, name in plan:
@@ -200,7 +200,7 @@ class RequestMapper:
         return []
 
     def _license(
-        self, attributes: Mapping[str, Any], start_ns: int, span_id: int, service: str
+        self, attributes: Mapping[str, Any], start_ns: int, owner: int, service: str
     ) -> list[Point]:
         status = attributes[attr.LICENSE_STATUS]
         balance = attributes.get(attr.LICENSE_LIVENESS_BALANCE)
@@ -216,8 +216,7 @@ class RequestMapper:
         else:
             self.counts["invalid_liveness_balance"] += 1
         tags = (("license_status", status), ("service", service))
-        time_ns = self.times.claim(start_ns, span_id)
-        return [Point(schema.LICENSING, tags, fields, time_ns)]
+        return [Point(schema.LICENSING, tags, fields, self.times.claim(start_ns, owner))]
 
     def _plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
         """The luna.* keys among ``keys``, classified; a licence check first."""
@@ -353,7 +352,7 @@ class RequestMapper:
                     request_fields.keys() & extra.times.keys()
                 )
             fields.update(extra.times)
-        time_ns = self.times.claim(start_ns, span_id)
+        time_ns = self.times.claim(start_ns, owner_of(trace_id, span_id))
         requests = Point(schema.REQUESTS, tags, fields, time_ns)
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]

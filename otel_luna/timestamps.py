@@ -7,28 +7,48 @@ apart, and keep the same span always at the same time (an OTLP retry or a spool 
 the identical point, so at-least-once delivery stays idempotent):
 
 1. :func:`spread` moves a time within its clock's resolution: the trailing decimal zeros of the
-   time (up to nine, one second) are read as the resolution, and filled with the low digits of a
-   per-point number (the span id). A nanosecond-resolution time is left as it is; a
-   millisecond-aligned one moves by less than a millisecond.
-2. :class:`SeriesTimes` remembers the recent time → owner, and moves a point whose time another
-   owner holds forward by a nanosecond until it is free.
+   time (up to six: a millisecond) are read as the resolution, and filled with the low digits of
+   a per-point number (from the span id). A nanosecond-resolution time is left as it is; a
+   millisecond-aligned one moves within its millisecond. (A millisecond time that happens to end
+   in 0 looks like a 10 ms clock: stopping at six zeros keeps every move inside the millisecond.)
+2. :class:`SeriesTimes` remembers the recent time → owner. A point whose time another owner holds
+   moves to a time drawn from its own owner number within the next millisecond (a collision
+   at nanosecond resolution shows the clock is coarser than it looks), and on from there if that
+   one is held too. The draw depends on the owner alone, not on who came first, so a resent
+   point finds its old time again even after the memory is gone (a restart, or more than
+   :data:`RECENT_LIMIT` newer points) — unless it is the one that first held the contested time.
 """
 
 from __future__ import annotations
 
 #: How many recent times :class:`SeriesTimes` remembers (between half and all of them).
 RECENT_LIMIT = 65536
-_MAX_RESOLUTION = 10**9
+_MAX_RESOLUTION = 10**6
+#: Nanoseconds within which a point that collided is moved.
+MOVE_WINDOW = 10**6
+_MASK64 = 2**64 - 1
+
+
+def owner_of(trace_id: int, span_id: int) -> int:
+    """One number for a span: its span id, mixed with its trace id (span ids repeat across
+    traces in hostile or buggy senders)."""
+    return span_id ^ ((trace_id * 0x9E3779B97F4A7C15) & _MASK64)
 
 
 def spread(time_ns: int, salt: int) -> int:
-    """``time_ns`` with its trailing decimal zeros (at most 9) replaced by digits of ``salt``."""
+    """``time_ns`` with its trailing decimal zeros (at most 6) replaced by digits of ``salt``."""
     if time_ns % 10:
         return time_ns
     resolution = 10
     while resolution < _MAX_RESOLUTION and time_ns % (resolution * 10) == 0:
         resolution *= 10
     return time_ns + salt % resolution
+
+
+def _draw(owner: int, attempt: int) -> int:
+    """A number in [1, MOVE_WINDOW] that depends only on ``owner`` and ``attempt``."""
+    mixed = ((owner + attempt * 0x9E3779B97F4A7C15) * 0xBF58476D1CE4E5B9) & _MASK64
+    return 1 + (mixed >> 20) % MOVE_WINDOW
 
 
 class SeriesTimes:
@@ -46,24 +66,28 @@ class SeriesTimes:
     def __init__(self, limit: int = RECENT_LIMIT) -> None:
         self.collisions = 0
         self._generation = max(1, limit // 2)
-        self._current: dict[int, int] = {}
-        self._previous: dict[int, int] = {}
+        self._current: dict[object, int] = {}
+        self._previous: dict[object, int] = {}
 
-    def claim(self, time_ns: int, owner: int) -> int:
-        """The time to write for ``owner``'s point: ``time_ns`` spread by ``owner``, moved on
-        while another owner holds the slot."""
+    def claim(self, time_ns: int, owner: int, series: object = None) -> int:
+        """The time to write for ``owner``'s point: ``time_ns`` spread by ``owner``, moved when
+        another owner holds it. ``series`` narrows the slot to (series, time), for points that
+        legitimately share a time across series (one export's usages of several services)."""
         if time_ns % 10 == 0:
             time_ns = spread(time_ns, owner)
+        base, attempt = time_ns, 0
         while True:
-            holder = self._current.get(time_ns)
+            key = time_ns if series is None else (series, time_ns)
+            holder = self._current.get(key)
             if holder is None:
-                holder = self._previous.get(time_ns)
+                holder = self._previous.get(key)
                 if holder is None:
-                    self._current[time_ns] = owner
+                    self._current[key] = owner
                     if len(self._current) >= self._generation:
                         self._previous, self._current = self._current, {}
                     return time_ns
             if holder == owner:
                 return time_ns
             self.collisions += 1
-            time_ns += 1
+            attempt += 1
+            time_ns = base + _draw(owner, attempt)

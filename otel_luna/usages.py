@@ -110,6 +110,6 @@ class UsageMapper:
             tags = (("service", service),)
             # The same data sent again (a retry) keeps its time; other data moves on.
             owner = zlib.crc32(repr(sorted(fields.items())).encode(), origin)
-            time_ns = self.times.claim(time_ns, owner)
+            time_ns = self.times.claim(time_ns, owner, service)
             points.append(Point(schema.USAGES_STATISTIC, tags, fields, time_ns))
         return points

@@ -29,7 +29,7 @@ from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
 from otel_luna.mapping import RequestMapper
-from otel_luna.timestamps import SeriesTimes, spread
+from otel_luna.timestamps import MOVE_WINDOW, SeriesTimes, spread
 from otel_luna.usages import UsageMapper, UsageSample
 from otel_luna.watchdog.mapping import WatchdogMapper
 
@@ -42,26 +42,38 @@ MS_ALIGNED = (time.time_ns() // 10**6 - 60_000) * 10**6
 
 
 def test_spread_fills_only_the_digits_below_the_clock_resolution() -> None:
-    """A nanosecond time is kept; a coarse one moves by less than its resolution."""
+    """A nanosecond time is kept; a coarse one moves within its millisecond at most."""
     assert spread(1_700_000_000_123_456_789, 987_654_321) == 1_700_000_000_123_456_789
     assert spread(1_700_000_000_123_000_000, 987_654_321) == 1_700_000_000_123_654_321
     assert spread(1_700_000_000_123_456_700, 987_654_321) == 1_700_000_000_123_456_721
-    assert spread(1_700_000_000_000_000_000, 987_654_321) == 1_700_000_000_987_654_321
+    assert spread(1_700_000_000_000_000_000, 987_654_321) == 1_700_000_000_000_654_321
+    assert spread(1_700_000_000_120_000_000, 987_654_321) == 1_700_000_000_120_654_321
     assert spread(0, 12) == 12
 
 
-def test_series_times_move_collisions_and_keep_owners() -> None:
-    """A second owner of a slot moves on by a nanosecond; the first keeps its time on a resend;
-    slots are remembered across a swap of generations."""
+def test_series_times_move_collisions_by_owner_not_by_arrival() -> None:
+    """A second owner of a time moves to a time drawn from its own number within the next
+    millisecond; a resend finds its old time, also after the memory is lost, in any order."""
     times = SeriesTimes(limit=4)
-    first = times.claim(1_000_000, 5)
-    second = times.claim(1_000_000, 1_000_005)  # the same offset, another owner
-    assert (first, second) == (1_000_005, 1_000_006)
-    assert times.claim(1_000_000, 1_000_005) == second
-    assert times.claim(1_000_000, 5) == first
-    assert times.collisions == 2  # the resends did not collide
-    times.claim(7, 1)  # the older generation now holds first and second
-    assert times.claim(1_000_000, 1_000_005) == second
+    first = times.claim(1_000_001, 5)
+    second = times.claim(1_000_001, 6)
+    third = times.claim(1_000_001, 7)
+    assert first == 1_000_001
+    assert len({first, second, third}) == 3
+    assert all(1_000_001 < moved <= 1_000_001 + MOVE_WINDOW for moved in (second, third))
+    assert times.claim(1_000_001, 6) == second and times.claim(1_000_001, 5) == first
+    forgetful = SeriesTimes()  # a restart: the resend of 7 comes first, then 6
+    forgetful.claim(1_000_001, 99)  # another request holds the base time meanwhile
+    assert forgetful.claim(1_000_001, 7) == third
+    assert forgetful.claim(1_000_001, 6) == second
+
+
+def test_identical_times_cost_no_more_per_point_as_they_pile_up() -> None:
+    """20,000 points of one time: moves are drawn, not walked one nanosecond at a time."""
+    times = SeriesTimes()
+    claimed = {times.claim(1_000_001, owner) for owner in range(1, 20_001)}
+    assert len(claimed) == 20_000
+    assert times.collisions < 20_000 + 1_000  # about one move each, not 20,000²/2
 
 
 def test_every_series_spreads_its_times() -> None:
@@ -74,6 +86,8 @@ def test_every_series_spreads_its_times() -> None:
     assert len({point.time_ns for point in a}) == 1  # requests and errors share the request's time
     assert a[0].time_ns != b[0].time_ns
     assert mapper.add(http, True, 1, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s") == a
+    same_span_id = mapper.add(http, True, 3, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")
+    assert same_span_id[0].time_ns not in (a[0].time_ns, b[0].time_ns)  # another trace
 
     licence = {"luna.license.status": "ok", "luna.license.liveness_balance": 1}
     times = {

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes
+from otel_luna.timestamps import SeriesTimes, owner_of
 from otel_luna.watchdog.schema import EVENTS, TAGS
 
 EVENT = "watchdog.event"
@@ -67,4 +67,11 @@ class WatchdogMapper:
                 fields[name] = value
         if not fields:
             fields["count"] = 1  # line protocol needs a field; pings ignore it
-        return [Point(event, tuple(sorted(tags)), fields, self.times.claim(end_ns, span_id))]
+        return [
+            Point(
+                event,
+                tuple(sorted(tags)),
+                fields,
+                self.times.claim(end_ns, owner_of(trace_id, span_id)),
+            )
+        ]
