@@ -39,8 +39,13 @@ _RESERVED_NAMES = frozenset((*schema.ERROR_TAGS, *schema.REQUEST_FIELDS))
 UNMATCHED_ROUTE = "{unmatched}"
 #: ``route`` of requests past the per-service limit of distinct routes.
 OVERFLOW_ROUTE = "{overflow}"
-#: Default most distinct ``route`` values per service.
+#: Default most distinct ``route`` values per service that the application does not bound.
 ROUTE_LIMIT = 1000
+#: HTTP methods a route template may be written with as they are (the semantic conventions'
+#: known methods): other methods are chosen by clients, so they count against the limit.
+_STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
+)
 
 #: Child data waiting for its SERVER ancestor is dropped after this long (span time).
 PENDING_TTL_NS = 300 * 10**9
@@ -100,16 +105,23 @@ def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _route(attributes: Mapping[str, Any], status: int | None) -> str:
-    """``METHOD:/templated/route``; without a template, ``METHOD:{unmatched}`` for a 404, else
-    the path without its query string."""
+def _route(attributes: Mapping[str, Any], status: int | None) -> tuple[str, bool]:
+    """(``METHOD:/templated/route``, whether its values are bounded by the application).
+
+    Without a template: ``METHOD:{unmatched}`` for a request the router did not match (404,
+    405, a redirect such as a trailing-slash one), else the path without its query string. A
+    template with a standard method is bounded by the application's routes; anything else (a
+    path, a method of the client's choosing) is up to the client.
+    """
     method = _first(attributes, attr.HTTP_METHOD)
     if method == "_OTHER":
         method = attributes.get(attr.HTTP_METHOD_ORIGINAL, method)
+    standard = method in _STANDARD_METHODS
     route = attributes.get(attr.HTTP_ROUTE)
-    if not route and status == 404:
-        route = UNMATCHED_ROUTE
-    elif not route:
+    if not route and status is not None and (status in (404, 405) or 300 <= status < 400):
+        return f"{method if standard else '_OTHER'}:{UNMATCHED_ROUTE}", True
+    bounded = bool(route) and standard
+    if not route:
         route = _first(attributes, attr.HTTP_PATH)
         if route is None:
             url = _first(attributes, attr.HTTP_URL)
@@ -119,8 +131,8 @@ def _route(attributes: Mapping[str, Any], status: int | None) -> str:
         if route is not None:
             route = str(route).partition("?")[0].partition("#")[0]
     if method is None:
-        return str(route) if route else ""
-    return f"{method}:{route or ''}"
+        return (str(route) if route else ""), bounded
+    return f"{method}:{route or ''}", bounded
 
 
 def _joined(messages: Any) -> str:
@@ -368,8 +380,11 @@ class RequestMapper:
             extra.fields.pop(name, None)
             extra.times.pop(name, None)
 
-    def _bounded_route(self, service: str, route: str) -> str:
-        """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others."""
+    def _bounded_route(self, service: str, route: str, bounded: bool) -> str:
+        """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others
+        that the application does not bound (paths, clients' methods)."""
+        if bounded:
+            return route
         seen = self._routes.get(service)
         if seen is None:
             seen = self._routes[service] = set()
@@ -396,7 +411,7 @@ class RequestMapper:
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
         base = {
-            "route": self._bounded_route(service, _route(attributes, status)),
+            "route": self._bounded_route(service, *_route(attributes, status)),
             "service": service,
             "status_code": "" if status is None else str(status),
         }

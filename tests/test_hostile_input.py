@@ -307,28 +307,44 @@ def test_a_name_used_as_tag_and_field_stays_a_tag() -> None:
     assert counts["attribute_tag_and_field"] == 1
 
 
-def test_unmatched_404_has_a_fixed_route() -> None:
-    """A request that matched no route (a scanner's 404) is written as METHOD:{unmatched}."""
+@pytest.mark.parametrize(
+    ("method", "status", "route"),
+    [
+        ("GET", 404, f"GET:{UNMATCHED_ROUTE}"),
+        ("DELETE", 405, f"DELETE:{UNMATCHED_ROUTE}"),  # the path exists, not for this method
+        ("GET", 307, f"GET:{UNMATCHED_ROUTE}"),  # FastAPI's trailing-slash redirect
+        ("XYZZY", 404, f"_OTHER:{UNMATCHED_ROUTE}"),  # a method of the client's choosing
+    ],
+)
+def test_requests_the_router_did_not_match_have_a_fixed_route(
+    method: str, status: int, route: str
+) -> None:
+    """A request that matched no route (a scanner's 404s and 405s, a redirect) is written as
+    METHOD:{unmatched}, whatever its path and method: not one series per URL."""
     attributes = {
-        "http.request.method": "GET",
+        "http.request.method": method,
         "url.path": "/wp-admin/x.php",
-        "http.response.status_code": 404,
+        "http.response.status_code": status,
     }
     points = RequestMapper().add(attributes, True, 1, 7, None, T0, T0 + 1, False, "s")
-    assert dict(points[0].tags)["route"] == f"GET:{UNMATCHED_ROUTE}"
+    assert dict(points[0].tags)["route"] == route
 
 
 def test_route_values_are_bounded_per_service() -> None:
-    """Past route_limit distinct routes of a service, new ones are written as {overflow}; routes
-    already seen keep their value; other services have their own budget."""
+    """Past route_limit distinct routes the application does not bound (paths, clients'
+    methods), new ones are written as {overflow}; routes seen before keep their value; route
+    templates with standard methods are always written as they are; each service has its own
+    budget."""
     mapper = RequestMapper(route_limit=3)
 
-    def route(path: str, service: str = "s") -> str:
-        attributes = {
-            "http.request.method": "GET",
-            "url.path": path,
+    def route(path: str, service: str = "s", *, template: bool = False, method: str = "GET") -> str:
+        attributes: dict[str, Any] = {
+            "http.request.method": method,
             "http.response.status_code": 200,
+            "url.path": path,
         }
+        if template:
+            attributes["http.route"] = path
         points = mapper.add(attributes, True, 1, 7, None, T0, T0 + 1, False, service)
         return dict(points[0].tags)["route"]
 
@@ -340,8 +356,10 @@ def test_route_values_are_bounded_per_service() -> None:
         OVERFLOW_ROUTE,
     ]
     assert route("/p1") == "GET:/p1"
+    assert route("/items/{id}", template=True) == "GET:/items/{id}"  # a real route, first seen late
+    assert route("/items/{id}", template=True, method="PURGE") == OVERFLOW_ROUTE
     assert route("/p9", service="other") == "GET:/p9"
-    assert mapper.counts["route_overflow"] == 2
+    assert mapper.counts["route_overflow"] == 3
 
 
 @pytest.mark.parametrize("time_ns", [MIN_TIME_NS - 1, MAX_TIME_NS + 1, 2**64 - 1])
