@@ -91,6 +91,23 @@ def key_problem(key: str) -> str | None:
     return "reserved_key" if key == _RESERVED_KEY else None
 
 
+#: Longest user tag value accepted, in UTF-8 bytes: a quarter of InfluxDB's key length, so a
+#: few of them cannot make a series key InfluxDB refuses.
+MAX_TAG_VALUE_BYTES = MAX_KEY_BYTES // 4
+
+
+def tag_value_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a tag value (a short reason), or None if it can."""
+    try:
+        _check_name("tag_value", value)
+        size = len(value.encode())
+    except InvalidPointError as error:
+        return error.reason
+    except UnicodeEncodeError:
+        return "invalid_utf8"
+    return "tag_value_too_long" if size > MAX_TAG_VALUE_BYTES else None
+
+
 class LineProtocolEncoder:
     """Encodes points to line protocol, counting what it drops or rejects.
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from otel_luna import _attributes as attr
 from otel_luna import schema
-from otel_luna.lineprotocol import key_problem
+from otel_luna.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
 from otel_luna.point import FieldValue, Point
 from otel_luna.timestamps import SeriesTimes, owner_of
 
@@ -133,6 +133,14 @@ def _route(attributes: Mapping[str, Any], status: int | None) -> tuple[str, bool
     if method is None:
         return (str(route) if route else ""), bounded
     return f"{method}:{route or ''}", bounded
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _joined(messages: Any) -> str:
@@ -262,10 +270,25 @@ class RequestMapper:
                 return
         elif kind == _TAG:
             if scalar:
-                extra.tags[name] = str(value).lower() if type(value) is bool else str(value)
+                text = str(value).lower() if type(value) is bool else str(value)
+                if (
+                    not text.isascii()
+                    or "\\" in text
+                    or "\n" in text
+                    or "\r" in text
+                    or len(text) > MAX_TAG_VALUE_BYTES
+                ):
+                    problem = tag_value_problem(text)
+                    if problem is not None:  # the request is written without this tag
+                        self.counts[f"attribute_{problem}"] += 1
+                        return
+                extra.tags[name] = text
                 return
         elif kind == _FIELD:
             if scalar:
+                if type(value) is str and not value.isascii() and not _encodable(value):
+                    self.counts["attribute_invalid_utf8"] += 1  # written without this field
+                    return
                 extra.fields[name] = value
                 return
         elif kind == _REQUEST_ID:

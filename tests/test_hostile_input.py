@@ -300,6 +300,29 @@ def test_user_keys_never_shadow_the_schema(key: str, reason: str) -> None:
     assert counts[reason] == 1
 
 
+@pytest.mark.parametrize(
+    ("attributes", "reason"),
+    [
+        ({"luna.tag.h": "a\ud800b"}, "attribute_invalid_utf8"),
+        ({"luna.tag.h": "two\nlines"}, "attribute_newline_in_tag_value"),
+        ({"luna.tag.h": "ends\\"}, "attribute_backslash_in_tag_value"),
+        ({"luna.tag.h": "x" * 20_000}, "attribute_tag_value_too_long"),
+        ({"luna.field.note": "a\udcff"}, "attribute_invalid_utf8"),
+    ],
+)
+def test_a_bad_user_value_costs_that_value_not_the_request(
+    attributes: dict[str, Any], reason: str
+) -> None:
+    """A user tag or field InfluxDB cannot take is dropped and counted; the request point is
+    written with everything else."""
+    lines, counts = map_one(attributes)
+    assert lines == [
+        f'requests,route=GET:/h,service=s,status_code=200 request_id="{1:032x}",'
+        f"execution_time=1e-08 {T0}"
+    ]
+    assert counts[reason] == 1
+
+
 def test_a_name_used_as_tag_and_field_stays_a_tag() -> None:
     lines, counts = map_one({"luna.tag.account": "a", "luna.field.account": "b"})
     assert lines[0].startswith("requests,account=a,route=GET:/h,")

@@ -167,14 +167,17 @@ def test_rejected_points_are_reported_as_partial_success() -> None:
     with tracer.start_as_current_span(
         "bad",
         kind=SpanKind.SERVER,
-        attributes={"http.method": "GET", "http.route": "/b", "luna.tag.bad": "line\nbreak"},
+        attributes={"http.method": "GET", "http.route": "/b\nreak", "luna.tag.bad": "x\ny"},
     ):
         pass
     sink = InMemorySink()
     receiver = Receiver(memory_settings(), sink=sink)
     rejected, message = receiver.accept_traces(encode_spans(memory.get_finished_spans()))
     receiver.shutdown()
+    # The route cannot be written: the point is rejected. A bad user tag alone would only
+    # be dropped (and named in the message): the point is written without it.
     assert rejected == 1 and "1 points rejected (newline_in_tag_value=1)" in message
+    assert "attribute_newline_in_tag_value=1" in message
     assert len(sink.lines) == 1
 
 
