@@ -75,8 +75,12 @@ class Receiver:
         with pipeline.lock:
             before = _snapshot(pipeline, self._spans.counts)
             add = self._spans.add
-            for record in otlp.span_records(request):
+            records = otlp.span_records(request)
+            while True:
                 try:
+                    record = next(records, None)
+                    if record is None:
+                        break
                     points = add(*record)
                 except Exception:  # a bug must cost one span, never the request
                     _logger.exception("otel-luna: could not map a span")
@@ -95,7 +99,13 @@ class Receiver:
         lines: list[str] = []
         with pipeline.lock:
             before = _snapshot(pipeline, self._usages.counts)
-            pipeline.encode(self._usages.points(otlp.usage_samples(request)), lines)
+            try:
+                points = self._usages.points(otlp.usage_samples(request))
+            except Exception:  # a bug must be an answer, never a dropped connection
+                _logger.exception("otel-luna: could not map a metrics request")
+                pipeline.failures["mapping_error"] += otlp.count_data_points(request)
+                points = []
+            pipeline.encode(points, lines)
             changes = _snapshot(pipeline, self._usages.counts) - before
         self._submit(pipeline, lines)
         self._count("metrics")

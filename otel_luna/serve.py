@@ -72,14 +72,15 @@ class _Signal:
 
 
 def _signals(receiver: Receiver) -> dict[str, _Signal]:
+    # A message with 0 rejected is the OTLP way to warn (values dropped from written points).
     def traces_response(rejected: int, message: str) -> Message:
-        if not rejected:
+        if not rejected and not message:
             return ExportTraceServiceResponse()
         partial = ExportTracePartialSuccess(rejected_spans=rejected, error_message=message)
         return ExportTraceServiceResponse(partial_success=partial)
 
     def metrics_response(rejected: int, message: str) -> Message:
-        if not rejected:
+        if not rejected and not message:
             return ExportMetricsServiceResponse()
         partial = ExportMetricsPartialSuccess(rejected_data_points=rejected, error_message=message)
         return ExportMetricsServiceResponse(partial_success=partial)
@@ -279,6 +280,11 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             return
         except (DecodeError, ValueError, OSError, EOFError, zlib.error) as error:
             self._error(400, code_pb2.INVALID_ARGUMENT, f"malformed request: {error}", answer_type)
+            return
+        except Exception as error:  # noqa: BLE001 - json_format.ParseError, RecursionError, ...
+            # Whatever the body, an answer: a dropped connection makes clients retry forever.
+            reason = f"malformed request: {type(error).__name__}: {str(error)[:200]}"
+            self._error(400, code_pb2.INVALID_ARGUMENT, reason, answer_type)
             return
         try:
             rejected, message = signal_.accept(request)
