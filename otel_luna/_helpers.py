@@ -2,10 +2,16 @@
 
 Each acts on the current span. Outside a request (no recording span) they do nothing. Used on a
 span below the request's SERVER span, the value is merged into the request when the spans end.
+
+None of them raises into the application (the OpenTelemetry API's rule): a value a helper cannot
+use is dropped with a warning, logged once per kind of mistake (:func:`misuse`). Integer
+arguments take any integral number (``numpy.int64`` included), not ``bool``.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import time
 from collections.abc import Iterable
 from types import TracebackType
@@ -17,6 +23,29 @@ from otel_luna import _attributes as attr
 from otel_luna import schema
 from otel_luna.usages import valid_estimator
 
+_logger = logging.getLogger("otel_luna")
+_warned: set[str] = set()
+_WARNED_LIMIT = 256
+
+
+def misuse(message: str) -> None:
+    """A helper got a value it cannot use: say so once per message; never raise."""
+    if message not in _warned and len(_warned) < _WARNED_LIMIT:
+        _warned.add(message)
+        _logger.warning("otel-luna: %s; the value is ignored", message)
+
+
+def integer(value: Any) -> int | None:
+    """``value`` as an int if it is an integral number (not a bool), else None."""
+    if type(value) is int:
+        return value
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
 
 def set_request_id(request_id: str) -> None:
     """Write ``request_id`` as the request's ``request_id`` field (sets ``luna.request_id``)."""
@@ -27,9 +56,15 @@ def set_request_id(request_id: str) -> None:
 
 def set_error(code: int) -> None:
     """Mark the request failed with LUNA error ``code`` (sets ``luna.error_code``)."""
+    number = integer(code)
+    if number is None and isinstance(code, str) and code.strip().isdigit():
+        number = int(code)
+    if number is None:
+        misuse(f"set_error: the LUNA error code must be an integer, got {type(code).__name__}")
+        return
     span = trace.get_current_span()
     if span.is_recording():
-        span.set_attribute(attr.ERROR_CODE, int(code))
+        span.set_attribute(attr.ERROR_CODE, number)
 
 
 def add_tags(**tags: str | int | float | bool) -> None:
@@ -55,7 +90,11 @@ class monitor_time:
     __slots__ = ("_key", "_span", "_start")
 
     def __init__(self, field: str) -> None:
-        self._key = attr.TIME_PREFIX + field
+        if isinstance(field, str):
+            self._key: str | None = attr.TIME_PREFIX + field
+        else:
+            misuse(f"monitor_time: the field name must be a string, got {type(field).__name__}")
+            self._key = None
         self._span: Any = None
         self._start = 0.0
 
@@ -73,7 +112,7 @@ class monitor_time:
         elapsed = time.perf_counter() - self._start
         span = self._span
         self._span = None
-        if span is not None and span.is_recording():
+        if self._key is not None and span is not None and span.is_recording():
             before = getattr(span, "attributes", None) or {}
             previous = before.get(self._key)
             if isinstance(previous, float):
@@ -84,7 +123,7 @@ class monitor_time:
         import functools
         import inspect
 
-        key = self._key[len(attr.TIME_PREFIX) :]
+        key: Any = self._key[len(attr.TIME_PREFIX) :] if self._key is not None else None
         if inspect.iscoroutinefunction(function):
 
             @functools.wraps(function)
@@ -112,12 +151,13 @@ class _Usages:
         )
         self.attributes: dict[str, dict[str, str]] = {}
 
-    def attributes_for(self, estimator: str) -> dict[str, str]:
+    def attributes_for(self, estimator: str) -> dict[str, str] | None:
         if not valid_estimator(estimator):
-            raise ValueError(
-                f"estimator name {estimator!r} is not an identifier ([a-z][a-z0-9_]*); "
-                f"luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
+            misuse(
+                f"record_usages: estimator name {estimator!r} is not an identifier "
+                f"([a-z][a-z0-9_]*); luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
             )
+            return None
         found = self.attributes[estimator] = {attr.ESTIMATOR: estimator}
         return found
 
@@ -130,7 +170,7 @@ def record_usages(**counts: int) -> None:
 
     Adds to the ``luna.usages`` counter (attribute ``luna.estimator``); each export interval
     writes one ``usages_statistic`` point per service. A name that is not an identifier, or a
-    count that is not a non-negative integer, raises ``ValueError``.
+    count that is not an integer >= 0, is ignored with a warning (never raised).
     """
     global _usages
     usages = _usages
@@ -140,10 +180,14 @@ def record_usages(**counts: int) -> None:
     known = usages.attributes
     for estimator, count in counts.items():
         attributes = known.get(estimator) or usages.attributes_for(estimator)
-        if type(count) is not int or count < 0:
-            raise ValueError(f"{estimator}: usage count must be an integer >= 0, got {count!r}")
-        if count:
-            add(count, attributes)
+        if attributes is None:
+            continue
+        number = count if type(count) is int else integer(count)
+        if number is None or number < 0:
+            misuse(f"record_usages: {estimator}: a usage count must be an integer >= 0")
+            continue
+        if number:
+            add(number, attributes)
 
 
 def record_license(
@@ -155,15 +199,19 @@ def record_license(
     """Write one ``licensing`` point: a licence check with its status and liveness balance.
 
     Emits a ``luna.license_check`` span (a new trace, linked to the current span) carrying the
-    ``luna.license.*`` attributes. ``status`` must be one of ok, warning, error, exception and
-    ``liveness_balance`` an integer, else ``ValueError``.
+    ``luna.license.*`` attributes. ``status`` must be one of ok, warning, error, exception (else
+    nothing is written, with a warning); a ``liveness_balance`` that is not an integer is left
+    out of the point, with a warning.
     """
     if status not in schema.LICENSE_STATUSES:
-        raise ValueError(
-            f"license status must be one of {', '.join(schema.LICENSE_STATUSES)}, got {status!r}"
+        misuse(
+            f"record_license: the status must be one of {', '.join(schema.LICENSE_STATUSES)}, "
+            f"got {status!r}"
         )
-    if type(liveness_balance) is not int:
-        raise ValueError(f"liveness_balance must be an integer, got {liveness_balance!r}")
+        return
+    balance = integer(liveness_balance)
+    if balance is None:
+        misuse("record_license: liveness_balance must be an integer")
     current = trace.get_current_span().get_span_context()
     links = [trace.Link(current)] if current.is_valid else None
     tracer = trace.get_tracer("otel_luna")
@@ -173,7 +221,7 @@ def record_license(
         links=links,
         attributes={
             attr.LICENSE_STATUS: status,
-            attr.LICENSE_LIVENESS_BALANCE: liveness_balance,
+            **({} if balance is None else {attr.LICENSE_LIVENESS_BALANCE: balance}),
             attr.LICENSE_WARNINGS: [str(message) for message in warnings],
             attr.LICENSE_ERRORS: [str(message) for message in errors],
         },

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from servers import InfluxDB1
 
 import otel_luna
+from otel_luna import _helpers
 from otel_luna.lineprotocol import LineProtocolEncoder
 from otel_luna.mapping import RequestMapper
 from otel_luna.usages import CumulativeToDelta, UsageMapper, UsageSample
@@ -89,14 +93,40 @@ def test_license_span_maps_to_one_point() -> None:
         (lambda: otel_luna.record_usages(**{"Face Detector": 1}), "not an identifier"),
         (lambda: otel_luna.record_usages(face_detector=-1), "integer >= 0"),
         (lambda: otel_luna.record_usages(face_detector=1.5), "integer >= 0"),
+        (lambda: otel_luna.record_usages(face_detector=math.nan), "integer >= 0"),
+        (lambda: otel_luna.record_usages(face_detector=True), "integer >= 0"),
         (lambda: otel_luna.record_license("expired", 3), "one of ok, warning"),
         (lambda: otel_luna.record_license("ok", "3"), "must be an integer"),
+        (lambda: otel_luna.set_error("abc"), "must be an integer"),
+        (lambda: otel_luna.monitor_time(None), "must be a string"),  # type: ignore[arg-type]
     ],
 )
-def test_helpers_reject_bad_input_clearly(call: object, message: str) -> None:
-    """Bad names, counts and statuses raise ValueError saying what is accepted."""
-    with pytest.raises(ValueError, match=message):
+def test_helpers_never_raise_and_say_what_is_accepted(
+    call: object, message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value a helper cannot use is ignored with a warning saying what is accepted: like the
+    OpenTelemetry API, the helpers never raise into the application."""
+    _helpers._warned.clear()
+    with caplog.at_level(logging.WARNING, logger="otel_luna"):
         call()  # type: ignore[operator]
+    assert message in caplog.text
+
+
+def test_integral_numbers_are_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy-style integers (anything with __index__) are accepted as counts."""
+
+    class Int64:
+        def __index__(self) -> int:
+            return 3
+
+    added: list[tuple[int, Any]] = []
+    usages = _helpers._Usages()
+    monkeypatch.setattr(
+        usages.counter, "add", lambda value, attributes: added.append((value, attributes))
+    )
+    monkeypatch.setattr(_helpers, "_usages", usages)
+    otel_luna.record_usages(face_detector=Int64())
+    assert added == [(3, {"luna.estimator": "face_detector"})]
 
 
 def test_usages_and_licensing_into_influxdb1(influxdb1: InfluxDB1, influxdb1_database: str) -> None:

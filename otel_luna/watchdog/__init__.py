@@ -14,6 +14,7 @@ from typing import Any
 
 from opentelemetry import trace
 
+from otel_luna._helpers import integer, misuse
 from otel_luna.watchdog.mapping import EVENT, PREFIX
 from otel_luna.watchdog.schema import NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 
@@ -25,43 +26,50 @@ def _tracer() -> trace.Tracer:
 
 
 def _emit(event: str, fields: dict[str, Any]) -> None:
-    attributes = {EVENT: event, **{PREFIX + name: value for name, value in fields.items()}}
+    attributes = {
+        EVENT: event,
+        **{PREFIX + name: value for name, value in fields.items() if value is not None},
+    }
     _tracer().start_span(f"watchdog.{event}", attributes=attributes).end()
 
 
-def _require(name: str, value: Any, kind: type) -> None:
-    if kind is int and (type(value) is not int or value < 0):
-        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
-    if kind is str and not isinstance(value, str):
-        raise ValueError(f"{name} must be a string, got {value!r}")
+def _usable(name: str, value: Any, kind: type) -> Any:
+    """``value`` if it is of ``kind`` (an integer >= 0, or a string), else None (the ping
+    carries null) with a warning: the helpers never raise into the application."""
+    if kind is int:
+        number = integer(value)
+        if number is not None and number >= 0:
+            return number
+        misuse(f"watchdog: {name} must be an integer >= 0")
+        return None
+    if isinstance(value, str):
+        return value
+    misuse(f"watchdog: {name} must be a string")
+    return None
 
 
 def new_item(consumer_name: str, watchdog_id: str, content_type: str) -> None:
     """A consumer submitted an item: one ``new_item`` ping (``type`` is the content type)."""
-    for name, value in (
-        ("consumer_name", consumer_name),
-        ("watchdog_id", watchdog_id),
-        ("type", content_type),
-    ):
-        _require(name, value, str)
-    _emit(
-        NEW_ITEM, {"consumer_name": consumer_name, "watchdog_id": watchdog_id, "type": content_type}
-    )
+    fields = {"consumer_name": consumer_name, "watchdog_id": watchdog_id, "type": content_type}
+    _emit(NEW_ITEM, {name: _usable(name, value, str) for name, value in fields.items()})
 
 
 def poller_heartbeat(
     poller_id: str, items_in_queue: int, items_in_progress: int, items_in_waiting: int
 ) -> None:
     """The queue poller is alive: one ``poller_heartbeat`` ping with the queue sizes."""
-    _require("poller_id", poller_id, str)
     counts = {
         "items_in_queue": items_in_queue,
         "items_in_progress": items_in_progress,
         "items_in_waiting": items_in_waiting,
     }
-    for name, value in counts.items():
-        _require(name, value, int)
-    _emit(POLLER_HEARTBEAT, {"poller_id": poller_id, **counts})
+    _emit(
+        POLLER_HEARTBEAT,
+        {
+            "poller_id": _usable("poller_id", poller_id, str),
+            **{name: _usable(name, value, int) for name, value in counts.items()},
+        },
+    )
 
 
 class _Stage:
@@ -91,16 +99,9 @@ class worker_works:
     """
 
     def __init__(self, worker_id: str, consumer_name: str, watchdog_id: str) -> None:
-        for name, value in (
-            ("worker_id", worker_id),
-            ("consumer_name", consumer_name),
-            ("watchdog_id", watchdog_id),
-        ):
-            _require(name, value, str)
+        given = {"worker_id": worker_id, "consumer_name": consumer_name, "watchdog_id": watchdog_id}
         self.fields: dict[str, Any] = {
-            "worker_id": worker_id,
-            "consumer_name": consumer_name,
-            "watchdog_id": watchdog_id,
+            name: _usable(name, value, str) for name, value in given.items()
         }
         self.timings: dict[str, int] = {}
         self.is_match: bool | None = None
@@ -116,8 +117,7 @@ class worker_works:
         return _Stage(self, "timing_submitted")
 
     def set_photodna_tracking_id(self, tracking_id: str) -> None:
-        _require("photodna_tracking_id", tracking_id, str)
-        self.fields["photodna_tracking_id"] = tracking_id
+        self.fields["photodna_tracking_id"] = _usable("photodna_tracking_id", tracking_id, str)
 
     def set_match(self, is_match: bool) -> None:
         self.is_match = bool(is_match)
@@ -136,5 +136,6 @@ class worker_works:
         if self.is_match is not None:
             fields["is_match"] = self.is_match
         span = self._span
-        span.set_attributes({EVENT: WORKER_WORKS, **{PREFIX + k: v for k, v in fields.items()}})
+        attributes = {PREFIX + k: v for k, v in fields.items() if v is not None}
+        span.set_attributes({EVENT: WORKER_WORKS, **attributes})
         span.end()
