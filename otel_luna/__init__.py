@@ -12,6 +12,7 @@ from otel_luna._helpers import (
     set_request_id,
 )
 from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna.lifecycle import flush
 from otel_luna.point import Point
 from otel_luna.settings import Settings, SettingsError
 
@@ -23,6 +24,7 @@ __all__ = [
     "SettingsError",
     "add_fields",
     "add_tags",
+    "flush",
     "monitor_time",
     "record_license",
     "record_usages",

@@ -263,6 +263,21 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=WATCHER.after_fork_in_child)
 
 
+def flush(timeout: float = 10.0) -> bool:
+    """Export what the SDK holds and deliver every exporter's spool, within ``timeout`` seconds;
+    ``True`` when all of it was done in time. Never raises, never waits past the timeout.
+
+    For an application whose own SIGTERM handler ends the process without ``atexit`` (restores
+    ``SIG_DFL`` and raises the signal again, or ``os._exit``): call it there first. What is not
+    delivered in time stays in the disk spool for the next start.
+    """
+    deadline = time.monotonic() + max(0.0, timeout)
+    exported = flush_sdk(deadline)
+    pipelines: list[Flushable] = []
+    run_bounded([lambda: pipelines.extend(WATCHER.live_pipelines())], deadline, "pipelines")
+    return flush_pipelines(pipelines, deadline) and exported
+
+
 def watch(pipeline: Flushable, settings: Settings) -> bool:
     """Track ``pipeline`` and install the SIGTERM handler of this process (see the module)."""
     return WATCHER.watch(pipeline, settings)

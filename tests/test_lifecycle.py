@@ -463,3 +463,52 @@ def test_forked_child_has_a_usable_watcher_lock() -> None:
             os._exit(0 if acquired else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+OWN_HANDLER_SCRIPT = """
+import os, signal, sys
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+import otel_luna
+from otel_luna import LunaSpanExporter, Settings
+
+exporter = LunaSpanExporter(Settings.load({}, endpoint="file://" + sys.argv[1]))
+provider = TracerProvider(resource=Resource.create({"service.name": "own-handler"}))
+provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=600_000))
+trace.set_tracer_provider(provider)
+
+def on_sigterm(signum, frame):  # the re-raise idiom: no atexit after it
+    otel_luna.flush(10)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+signal.signal(signal.SIGTERM, on_sigterm)  # installed after the exporter: replaces its handler
+tracer = trace.get_tracer("own-handler")
+for index in range(50):
+    attributes = {"http.method": "GET", "http.route": "/x", "http.status_code": 200,
+                  "luna.request_id": f"own-{index}"}
+    with tracer.start_as_current_span("GET /x", kind=trace.SpanKind.SERVER, attributes=attributes):
+        pass
+os.kill(os.getpid(), signal.SIGTERM)
+signal.pause()
+"""
+
+
+def test_flush_for_an_app_handler_that_dies_without_atexit(tmp_path: Path) -> None:
+    """An app handler that restores SIG_DFL and re-raises (no atexit, otel-luna's handler
+    replaced) keeps every point when it calls otel_luna.flush() first."""
+    target = tmp_path / "points.lp"
+    env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
+    result = subprocess.run(
+        [sys.executable, "-c", OWN_HANDLER_SCRIPT, str(target)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == -signal.SIGTERM, result.stderr
+    ids = {line.split('request_id="')[1].split('"')[0] for line in target.read_text().splitlines()}
+    assert ids == {f"own-{index}" for index in range(50)}
