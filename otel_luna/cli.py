@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="List the spool's process directories under SPOOL_DIR (default: "
         "OTEL_EXPORTER_LUNA_SPOOL_DIR, else $XDG_STATE_HOME/otel-luna/spool): running or "
         "gone, points and bytes waiting, damaged records, whether the destination refuses "
-        "every write (blocked: since when and why), the dead-letter file and its size, and the "
-        "counters the process last wrote.",
+        "every write (blocked: since when and why), whether the spool's disk refuses writes "
+        "and points are held in memory only (memory fallback), the dead-letter file and its "
+        "size, and the counters the process last wrote (delivery, spool, and the points and "
+        "attributes mapping and encoding rejected, by reason).",
     )
     status.add_argument("spool_dir", nargs="?", metavar="SPOOL_DIR")
     serve = commands.add_parser(
@@ -192,6 +194,15 @@ def _status(args: argparse.Namespace) -> int:
                 f"    destination BLOCKED since {when} ({time.time() - since:.0f} s), "
                 f"points held in the spool: {blocked.get('reason')}"
             )
+        fallback = entry.get("memory_fallback")
+        if isinstance(fallback, dict):
+            since = float(fallback.get("since") or 0)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+            print(
+                f"    spool disk REFUSES writes since {when} ({time.time() - since:.0f} s): "
+                f"{fallback.get('pending_lines')} points held in memory only, lost if the "
+                f"process ends before they are delivered: {fallback.get('reason')}"
+            )
         letters = entry.get("dead_letter")
         if isinstance(letters, dict):
             print(f"    dead letters: {letters.get('path')} ({letters.get('bytes')} bytes)")
@@ -203,8 +214,8 @@ def _status(args: argparse.Namespace) -> int:
 
 def status_entries(root: str) -> list[dict[str, object]]:
     """The spool's process directories (:func:`otel_luna.spool.describe`), with the blocked
-    state and dead-letter file each process last reported lifted out of its counters, and
-    every text redacted."""
+    state, the memory fallback and the dead-letter file each process last reported lifted out
+    of its counters, and every text redacted."""
     from otel_luna.redact import redact
     from otel_luna.spool import describe
 
@@ -213,8 +224,14 @@ def status_entries(root: str) -> list[dict[str, object]]:
         stats = entry["counts"]
         counts = dict(stats) if isinstance(stats, dict) else {}
         blocked, letters = counts.pop("blocked", None), counts.pop("dead_letter", None)
+        fallback = counts.pop("memory_fallback", None)
         if isinstance(blocked, dict):
             entry["blocked"] = {**blocked, "reason": redact(str(blocked.get("reason", "")))}
+        if isinstance(fallback, dict):
+            entry["memory_fallback"] = {
+                **fallback,
+                "reason": redact(str(fallback.get("reason", ""))),
+            }
         if isinstance(letters, dict):
             entry["dead_letter"] = letters
         entry["counts"] = counts

@@ -18,7 +18,13 @@ and acknowledges what the sink took. The sink says what a failure means
   halves until the offending lines stand alone: every good line is delivered, each bad one goes
   to the dead-letter file with the server's reason. One bad point never drops its batch. If a
   write during the splitting comes back RETRY or BLOCKED, the whole batch stays in the spool
-  (re-sending a line InfluxDB already took writes the same point again).
+  (re-sending a line InfluxDB already took writes the same point again). The first line
+  rejected for good is logged with its reason, then at most one a minute: the once-a-minute
+  summary counts the others (``dead_lettered``).
+
+Counters go to the disk spool's ``stats.json`` (``otel-luna status``) after every round:
+the writer's, the spool's and the dead-letter file's, plus whatever ``extra_counts`` returns
+(the pipeline's mapping and encoder rejections), and the blocked and memory-fallback states.
 
 The worker runs with OpenTelemetry instrumentation suppressed, so an instrumented HTTP library
 never traces our own writes. A worker that dies is restarted (``writer_restarts``). After
@@ -28,15 +34,17 @@ never traces our own writes. A worker that dies is restarted (``writer_restarts`
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import random
+import stat
 import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from otel_luna.lineprotocol import split_lines
@@ -63,8 +71,14 @@ _SUMMARY_KEYS = (
     "dropped_spool_full",
     "dead_lettered",
     "dead_letters_rotated_out",
+    "dead_letter_write_errors",
     "corrupt_records",
     "writer_restarts",
+)
+#: How the dead-letter file is opened: never through a symbolic link (``O_NOFOLLOW``), never
+#: blocking on a FIFO (``O_NONBLOCK``); what is opened must then be a regular file.
+_DEAD_LETTER_FLAGS = (
+    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 )
 _HELD = (Failure.RETRY, Failure.BLOCKED)
 
@@ -76,7 +90,12 @@ class DeadLetters:
     take it past ``max_bytes`` it is renamed to ``<path>.1`` (replacing the previous one, whose
     records are counted as ``dead_letters_rotated_out``) and a new file is started. Raises
     :class:`SettingsError` naming ``OTEL_EXPORTER_LUNA_DEAD_LETTER`` when the path cannot be
-    written; creates nothing until the first dead letter.
+    written or is a symbolic link; creates nothing until the first dead letter.
+
+    A symbolic link is never followed (nor a file other than a regular one written): one that
+    appears at the path later makes each write fail, counted as ``dead_letter_write_errors``
+    and logged (the first, then at most once a minute); the line is lost, never appended to
+    whatever the link points at.
     """
 
     def __init__(
@@ -87,10 +106,12 @@ class DeadLetters:
         self.counts: Counter[str] = Counter()
         self._secrets = tuple(secrets)
         self._lock = threading.Lock()
+        self._error_logged: float | None = None  # time.monotonic() of the last error logged
         problem = _unwritable(path)
         if problem:
             raise SettingsError(
-                OTEL_EXPORTER_LUNA_DEAD_LETTER, f"cannot write dead letters to {path}: {problem}"
+                OTEL_EXPORTER_LUNA_DEAD_LETTER,
+                redact(f"cannot write dead letters to {path}: {problem}", self._secrets),
             )
 
     def write(self, line: bytes, reason: str, status: int | None) -> None:
@@ -109,27 +130,39 @@ class DeadLetters:
                 size = _size(self.path)
                 if size and size + len(data) > self.max_bytes:
                     self._rotate()
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                fd = _open_regular(self.path, _DEAD_LETTER_FLAGS)
                 try:
                     if os.fstat(fd).st_mode & 0o077:  # a file an older version left readable
                         with contextlib.suppress(OSError):
-                            os.fchmod(fd, 0o600)
+                            os.fchmod(fd, 0o600)  # the file itself: fd was opened without links
                     view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
         except OSError as error:
-            _logger.error("otel-luna: cannot write dead letter to %s: %s", self.path, error)
+            self.counts["dead_letter_write_errors"] += 1
+            now = time.monotonic()
+            if self._error_logged is None or now - self._error_logged >= SUMMARY_INTERVAL:
+                self._error_logged = now
+                _logger.error(
+                    "otel-luna: cannot write dead letter to %s: %s (the line is lost; further "
+                    "failures within %.0f s are only counted: dead_letter_write_errors)",
+                    self.path,
+                    _why(error),
+                    SUMMARY_INTERVAL,
+                )
 
     def _rotate(self) -> None:
         older = f"{self.path}.1"
         try:
-            with open(older, "rb") as file:
-                lost = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
-        except FileNotFoundError:
+            fd = _open_regular(older, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:  # none, or not ours to read (a link): replaced all the same, uncounted
             lost = 0
-        os.replace(self.path, older)
+        else:
+            with open(fd, "rb") as file:
+                lost = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
+        os.replace(self.path, older)  # renames links themselves, never what they point at
         if lost:
             self.counts["dead_letters_rotated_out"] += lost
             _logger.warning(
@@ -145,19 +178,40 @@ class DeadLetters:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self.counts = Counter()
+        self._error_logged = None
+
+
+def _open_regular(path: str, flags: int) -> int:
+    """``os.open(path, flags, 0o600)``, refusing anything but a regular file."""
+    fd = os.open(path, flags, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", path)
+    return fd
+
+
+def _why(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "it is a symbolic link, which is not followed"
+    return str(error)
 
 
 def _size(path: str) -> int:
     try:
-        return os.stat(path).st_size
+        return os.lstat(path).st_size
     except OSError:
         return 0
 
 
 def _unwritable(path: str) -> str | None:
-    """Why ``path`` could not be appended to (a directory, no permission ...), else None."""
+    """Why ``path`` could not be appended to (a directory, a symbolic link, no permission ...),
+    else None."""
+    if os.path.islink(path):
+        return "it is a symbolic link (not followed: give the path of the file itself)"
     if os.path.isdir(path):
         return "it is a directory"
+    if os.path.exists(path) and not os.path.isfile(path):
+        return "it is not a regular file"
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else "no permission to write the file"
     parent = os.path.dirname(os.path.abspath(path))
@@ -201,11 +255,18 @@ class BatchWriter:
         write_timeout: float = 10.0,
         dead_letters: DeadLetters | None = None,
         secrets: Iterable[str] = (),
+        extra_counts: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
+        """``extra_counts``, if given, returns counters kept elsewhere (the pipeline's mapping
+        and encoder rejections) to add to the stats ``otel-luna status`` shows; it is called on
+        the writer thread, while other threads may be updating them: a call that raises (a
+        dict changed size while copied) is tried again, then skipped for that round. Its
+        counts are not part of :meth:`all_counts`."""
         self.sink = sink
         self.spool = spool
         self.counts: Counter[str] = Counter()
         self.dead_letters = dead_letters
+        self._extra_counts = extra_counts
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._write_timeout = write_timeout
@@ -224,6 +285,8 @@ class BatchWriter:
         self._flushed = 0
         self._closed = False
         self._blocked: _Blocked | None = None
+        self._rejection_logged: float | None = None  # time.monotonic() of the last one logged
+        self._extra_failed = False
         self._last_summary = self._last_adoption = time.monotonic()
         self._summarised: Counter[str] = Counter()
         self._worker = self._start_worker()
@@ -320,8 +383,10 @@ class BatchWriter:
     def shutdown(self, timeout: float) -> bool:
         """Deliver within ``timeout``, stop the worker, close the sink and the spool.
 
-        What is not delivered in time stays in a disk spool for the next start (counted as
-        ``left_in_spool``); a memory spool loses it (``dropped_at_shutdown``).
+        What is not delivered in time and is on disk stays there for the next start (counted
+        as ``left_in_spool``); what is held in memory only — a memory spool, or a disk spool's
+        memory fallback while its disk refused writes — is lost (``dropped_at_shutdown``).
+        Each is logged with its own count.
         """
         if self._closed:
             return True
@@ -331,10 +396,28 @@ class BatchWriter:
         self._wake.set()
         self._worker.join(timeout=self._write_timeout + 1.0)
         left = self.spool.pending_lines
-        if left:
-            key = "left_in_spool" if self.spool.durable else "dropped_at_shutdown"
-            self.counts[key] += left
-            _logger.warning("otel-luna: %d lines not delivered at shutdown (%s)", left, key)
+        volatile = min(left, _volatile_lines(self.spool))
+        if left - volatile:
+            self.counts["left_in_spool"] += left - volatile
+            _logger.warning(
+                "otel-luna: %d lines not delivered at shutdown stay in the spool%s for the next "
+                "start (left_in_spool)",
+                left - volatile,
+                _where(self.spool),
+            )
+        if volatile:
+            self.counts["dropped_at_shutdown"] += volatile
+            fallback = getattr(self.spool, "fallback", None)
+            _logger.warning(
+                "otel-luna: %d lines not delivered at shutdown were held in memory only (%s) and "
+                "are lost (dropped_at_shutdown)",
+                volatile,
+                (
+                    f"the spool's disk refused them: {fallback.get('reason')}"
+                    if isinstance(fallback, dict)
+                    else "memory spool"
+                ),
+            )
         self._log_summary(force=True)
         self._write_stats()
         for closing in (self.sink.close, self.spool.close):
@@ -394,13 +477,35 @@ class BatchWriter:
             self._write_stats()
 
     def _write_stats(self) -> None:
-        stats: dict[str, object] = dict(self.all_counts())
+        counts = self.all_counts()
+        counts.update(self._extra())
+        stats: dict[str, object] = dict(counts)
         if self._blocked is not None:
             stats["blocked"] = self.blocked
         if self.dead_letters is not None:
             stats["dead_letter"] = self.dead_letters.stats()
+        fallback = getattr(self.spool, "fallback", None)
+        if fallback is not None:
+            stats["memory_fallback"] = fallback
         with contextlib.suppress(OSError):  # the spool's own writes report disk trouble
             self.spool.write_stats(stats)
+
+    def _extra(self) -> Counter[str]:
+        """What ``extra_counts`` returns, copied; empty if it keeps failing."""
+        if self._extra_counts is None:
+            return Counter()
+        for _ in range(3):
+            try:
+                extra = dict(self._extra_counts())
+                return Counter({str(key): int(value) for key, value in extra.items()})
+            except RuntimeError:  # a counter grew while it was copied: copy again
+                continue
+            except Exception as error:  # noqa: BLE001 - stats are a report; delivery goes on
+                if not self._extra_failed:
+                    self._extra_failed = True
+                    _logger.warning("otel-luna: cannot read counters for the stats: %r", error)
+                return Counter()
+        return Counter()
 
     def _adopt_orphans(self) -> None:
         now = time.monotonic()
@@ -492,9 +597,27 @@ class BatchWriter:
         self.counts["retried"] += outcome.retry_body.count(b"\n")
         for line, reason, status in outcome.rejected:
             self.counts["dead_lettered"] += 1
-            _logger.warning("otel-luna: line rejected for good: %s", self._clean(reason))
+            clean = self._clean(reason)
+            self._log_rejection(clean)
             if self.dead_letters is not None:
-                self.dead_letters.write(line, self._clean(reason), status)
+                self.dead_letters.write(line, clean, status)
+
+    def _log_rejection(self, reason: str) -> None:
+        """One warning for the first line rejected for good, then at most one a minute; the
+        summary counts the rest (``dead_lettered``)."""
+        now = time.monotonic()
+        if self._rejection_logged is not None and now - self._rejection_logged < SUMMARY_INTERVAL:
+            _logger.debug("otel-luna: line rejected for good: %s", reason)
+            return
+        self._rejection_logged = now
+        where = f" (kept in {self.dead_letters.path})" if self.dead_letters is not None else ""
+        _logger.warning(
+            "otel-luna: line rejected for good%s: %s; further ones within %.0f s are counted "
+            "in the summary (dead_lettered)",
+            where,
+            reason,
+            SUMMARY_INTERVAL,
+        )
 
     def _held(self, error: SinkError) -> None:
         """Note a write held back: the blocked state and its warning, once a minute."""
@@ -542,3 +665,16 @@ class BatchWriter:
                 self.spool.pending_lines,
             )
             self._summarised = Counter({key: current[key] for key in _SUMMARY_KEYS})
+
+
+def _volatile_lines(spool: Spool) -> int:
+    """Lines of ``spool`` held in memory only (lost with the process)."""
+    volatile = getattr(spool, "pending_volatile_lines", None)
+    if isinstance(volatile, int):
+        return volatile
+    return 0 if spool.durable else spool.pending_lines
+
+
+def _where(spool: Spool) -> str:
+    directory = getattr(spool, "directory", None)
+    return f" {directory}" if directory is not None else ""

@@ -85,6 +85,15 @@ class Pipeline:
                 batch_size=settings.batch_size,
                 write_timeout=settings.timeout,
                 secrets=settings.secrets,
+                # For `otel-luna status`: the mapping and encoder rejections (not counts(),
+                # which holds the writer's own). Copies: other threads update them meanwhile.
+                extra_counts=lambda: sum(
+                    (
+                        Counter(dict(counter))
+                        for counter in (self.encoder.counts, self.failures, *self._tracked)
+                    ),
+                    Counter[str](),
+                ),
             )
             selfmetrics.register(self, signal)
 

@@ -4,12 +4,18 @@
 (``http://admin:PASS@host`` → ``http://***@host``), an ``Authorization`` header a server echoes,
 ``Basic``/``Bearer``/``Token`` credentials, ``p=``/``password=``/``token=`` query parameters —
 and every value in ``secrets`` (the configured password and token, and the base64 of
-``user:password`` that basic authentication sends; see :attr:`Settings.secrets`).
+``user:password`` that basic authentication sends, see :attr:`Settings.secrets`), also as a
+server may echo it: any of its characters other than ASCII letters and digits percent-encoded
+(``S3cr3t-P%40ss``, either case of hex, ``+`` for a space), JSON-escaped (``S3cr3t-P\\u0040ss``,
+``\\/``), or as an HTML character reference — each character on its own, so a reply escaping
+only some of them is masked too.
 """
 
 from __future__ import annotations
 
+import functools
 import re
+from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Iterable
 
 MASK = "***"
@@ -36,9 +42,48 @@ _PATTERNS = (
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """``text`` with credentials and every non-empty value of ``secrets`` replaced by ``***``."""
-    # Longest first, so a secret that contains another is masked whole.
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, MASK)
+    secrets_pattern = _secrets_pattern(frozenset(filter(None, secrets)))
+    if secrets_pattern is not None:
+        text = secrets_pattern.sub(MASK, text)
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _hex(number: int, width: int) -> str:
+    """``number`` in hexadecimal, matching either case."""
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in f"{number:0{width}x}")
+
+
+def _character(char: str) -> str:
+    """A pattern for ``char`` as it is or as an echo may encode it."""
+    if char.isascii() and char.isalnum():
+        return char
+    forms = [re.escape(char), "\\\\" + re.escape(char)]  # as is; JSON's \" \\ \/
+    forms.append("".join(f"%{_hex(byte, 2)}" for byte in char.encode("utf-8", "surrogatepass")))
+    units = char.encode("utf-16-be", "surrogatepass")
+    codes = [int.from_bytes(units[i : i + 2], "big") for i in range(0, len(units), 2)]
+    forms.append("".join(f"\\\\u{_hex(code, 4)}" for code in codes))
+    forms += [f"&#0*{ord(char)};", f"&#[xX]0*{_hex(ord(char), 1)};"]
+    if char == " ":
+        forms.append("\\+")
+    return "(?:" + "|".join(forms) + ")"
+
+
+@functools.lru_cache(maxsize=64)
+def _secrets_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """One pattern for all ``secrets`` in every form :func:`_character` allows; longest first,
+    so a secret that contains another is masked whole."""
+    if not secrets:
+        return None
+    ordered = sorted(secrets, key=lambda secret: (-len(secret), secret))
+    return re.compile("|".join("".join(map(_character, secret)) for secret in ordered))
+
+
+def basic_credentials(username: str, password: str) -> list[str]:
+    """The base64 of ``username:password`` as basic authentication sends it, and as an echo may
+    show it: without its ``=`` padding, and in the URL-safe alphabet."""
+    pair = f"{username}:{password}".encode()
+    forms = [b64encode(pair).decode(), urlsafe_b64encode(pair).decode()]
+    forms += [form.rstrip("=") for form in forms]
+    return list(dict.fromkeys(forms))

@@ -4,29 +4,32 @@ Sources, later ones winning: defaults, the ``[monitoring]`` section of the TOML 
 ``OTEL_EXPORTER_LUNA_CONFIG`` (keys mirror luna-handlers' own ``monitoring`` section), the
 ``OTEL_EXPORTER_LUNA_*`` environment variables, then keyword arguments. A bad value raises
 :class:`SettingsError` naming the setting and what it accepts. Secrets have no default and never
-appear in a message or a ``repr``.
+appear in a message or a ``repr``: every secret given (environment, TOML file, keyword
+arguments) is masked in every :class:`SettingsError` that :meth:`Settings.load` raises, whichever
+setting the error is about.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import sys
-from base64 import b64encode
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from otel_luna.redact import redact
+from otel_luna.redact import MASK, basic_credentials, redact
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: URL of the InfluxDB (``http(s)://host:port``), ``file:///path`` for a line-protocol file, or
-#: ``console`` for standard output.
+#: URL of the InfluxDB (``http(s)://host:port``, optionally a path prefix; no query string),
+#: ``file:///path`` for a line-protocol file, or ``console`` for standard output.
 OTEL_EXPORTER_LUNA_ENDPOINT = "OTEL_EXPORTER_LUNA_ENDPOINT"
 #: InfluxDB write API: ``1`` (``/write``), ``2`` (``/api/v2/write``) or ``auto`` (2 when a token
 #: is set, else 1).
@@ -103,11 +106,19 @@ _FALSE = frozenset({"0", "false", "no", "off"})
 
 
 class SettingsError(ValueError):
-    """A setting has a value the exporter cannot use; ``setting`` names it."""
+    """A setting has a value the exporter cannot use; ``setting`` names it, ``message`` says
+    what is wrong."""
 
     def __init__(self, setting: str, message: str) -> None:
         super().__init__(f"{setting}: {message}")
         self.setting = setting
+        self.message = message
+
+    def redacted(self, secrets: Iterable[str]) -> SettingsError:
+        """This error with every value of ``secrets`` (in any form a text may hold it, see
+        :func:`~otel_luna.redact.redact`) masked in its message; itself if none is there."""
+        message = redact(self.message, secrets)
+        return self if message == self.message else SettingsError(self.setting, message)
 
 
 def _parse_bool(value: Any) -> bool:
@@ -150,26 +161,84 @@ def _api_version(value: Any) -> str:
     return text
 
 
+#: One label of a host name (letters, digits, ``-`` inside, ``_`` as Docker names have).
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+#: What no endpoint may hold (``urlsplit`` silently drops tabs and newlines, so they are looked
+#: for before it), and what only a file path may.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
+_WHITESPACE = re.compile(r"\s")
+_QUERY_OR_FRAGMENT = re.compile(r"[?#].*", re.S)
+
+
+def _valid_host(host: str, bracketed: bool) -> bool:
+    """An IP address (IPv6 only in brackets), or a DNS name whose last label is not a number."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if bracketed:
+            return False
+    else:
+        return bracketed == (address.version == 6)
+    name = host[:-1] if host.endswith(".") else host
+    if not name.isascii():
+        try:
+            name = name.encode("idna").decode("ascii")
+        except UnicodeError:
+            return False
+    labels = name.split(".")
+    return (
+        len(name) <= 253
+        and all(_HOST_LABEL.match(label) for label in labels)
+        and not labels[-1].isdigit()  # 999.1.1.1 is no address and no name either
+    )
+
+
 def _endpoint(value: Any) -> str:
     text = str(value).strip()
     if text == "console":
         return text
-    parts = urlsplit(text)
+    if _CONTROL_CHARACTER.search(text):
+        raise ValueError("the endpoint holds a control character")
+    if _WHITESPACE.search(text) and not text.lower().startswith("file:"):
+        raise ValueError("an http(s) endpoint holds no spaces")
+    try:
+        parts = urlsplit(text)
+    except ValueError:  # e.g. a bracketed host that is no IPv6 address
+        raise ValueError("not a valid URL") from None
     if parts.scheme == "file":
+        if "@" in parts.netloc:
+            raise ValueError("a file:// endpoint takes no user or password, only a path")
+        if "?" in text or "#" in text:
+            raise ValueError("write ? and # in a file path as %3F and %23")
         if not (parts.netloc + parts.path):
             raise ValueError("a file:// endpoint needs a path, e.g. file:///var/lib/luna.lp")
         return text
     if parts.scheme in ("http", "https"):
-        if not parts.hostname:
-            raise ValueError("an http(s) endpoint needs a host, e.g. http://127.0.0.1:8086")
-        try:
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError:
-            raise ValueError("the port must be a number from 1 to 65535") from None
-        if parts.username or parts.password:
+        if "@" in parts.netloc:
             raise ValueError("put credentials in the username/password or token settings")
+        if "?" in text or "#" in text:
+            raise ValueError(
+                "no query string or fragment (credentials go in the username/password or "
+                "token settings; a path prefix such as http://host/influx is allowed)"
+            )
+        host = parts.hostname
+        if not host:
+            raise ValueError("an http(s) endpoint needs a host, e.g. http://127.0.0.1:8086")
+        if not _valid_host(host, parts.netloc.startswith("[")):
+            raise ValueError("the host is not a valid host name or IP address")
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port == 0:
+            raise ValueError("the port must be a number from 1 to 65535")
         return text.rstrip("/")
     raise ValueError("not a supported kind of endpoint")
+
+
+def _shown_endpoint(value: Any) -> str:
+    """An endpoint as an error message may show it: userinfo, query and fragment masked."""
+    return redact(_QUERY_OR_FRAGMENT.sub(lambda found: found.group(0)[0] + MASK, str(value)))
 
 
 def _schema(value: Any) -> str:
@@ -220,6 +289,7 @@ class _Spec:
     accepts: str
     secret: bool = False
     shown_default: str | None = None  # for defaults that depend on the machine
+    show: Callable[[Any], str] = lambda value: redact(str(value))  # a bad value in a message
 
 
 @dataclass(frozen=True)
@@ -262,8 +332,17 @@ class Settings:
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the TOML file, then the environment, then ``overrides``."""
+        """Defaults, then the TOML file, then the environment, then ``overrides``.
+
+        A :class:`SettingsError` never shows a secret given in any of them."""
         env = os.environ if environ is None else environ
+        try:
+            return cls._load(env, overrides)
+        except SettingsError as error:
+            raise error.redacted(_given_secrets(env, overrides)) from None
+
+    @classmethod
+    def _load(cls, env: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
         values: dict[str, Any] = {}
         config_path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
         if config_path:
@@ -316,22 +395,58 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values never to show (for :func:`otel_luna.redact.redact`): the password, the tokens
-        and the base64 of ``user:password`` that basic authentication sends."""
-        values = [self.password, self.token, self.serve_token]
-        if self.username and self.password:
-            values.append(b64encode(f"{self.username}:{self.password}".encode()).decode())
-        return tuple(value for value in values if value)
+        and the base64 of ``user:password`` that basic authentication sends (also without its
+        padding and URL-safe). :func:`~otel_luna.redact.redact` masks each also
+        percent-encoded or JSON-escaped."""
+        return _secrets(self.username, [self.password], [self.token, self.serve_token])
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied and validated."""
         return dataclasses.replace(self, **changes).validated()
 
 
+def _secrets(username: Any, passwords: Iterable[Any], tokens: Iterable[Any]) -> tuple[str, ...]:
+    """Secret values (blank ones left out) and the basic-authentication forms of each password
+    with ``username``."""
+    passwords = [str(value) for value in passwords if value is not None and str(value).strip()]
+    values = [*passwords, *(str(value) for value in tokens if value is not None)]
+    if username:
+        for password in passwords:
+            values += basic_credentials(str(username), password)
+    return tuple(dict.fromkeys(value for value in values if value.strip()))
+
+
+def _given_secrets(env: Mapping[str, str], overrides: Mapping[str, Any]) -> tuple[str, ...]:
+    """Every secret value given to :meth:`Settings.load` — valid or not — in the keyword
+    arguments, the environment and the TOML file (read again, quietly)."""
+    sources: list[Mapping[str, Any]] = [overrides]
+    sources.append({name: env.get(spec.env) for name, spec in _SPECS.items()})
+    config_path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
+    if config_path:
+        try:
+            with open(config_path, "rb") as file:
+                section = tomllib.load(file).get("monitoring")
+        except (OSError, ValueError):
+            section = None
+        if isinstance(section, dict):
+            sources.append(
+                {name: section.get(key) for name, spec in _SPECS.items() for key in spec.toml}
+            )
+    secret = [name for name, spec in _SPECS.items() if spec.secret]
+    users = [source.get("username") for source in sources if source.get("username")]
+    passwords = [source.get("password") for source in sources]
+    tokens = [source.get(name) for source in sources for name in secret if name != "password"]
+    found: list[str] = []
+    for username in users or [None]:
+        found += _secrets(username, passwords, tokens)
+    return tuple(dict.fromkeys(found))
+
+
 def _convert(setting: str, spec: _Spec, raw: Any) -> Any:
     try:
         return spec.parse(raw)
     except (ValueError, TypeError) as error:
-        shown = "" if spec.secret else f" {redact(str(raw))!r}:"
+        shown = "" if spec.secret else f" {spec.show(raw)!r}:"
         raise SettingsError(setting, f"bad value{shown} {error}; accepts {spec.accepts}") from None
 
 
@@ -340,7 +455,8 @@ _SPECS: dict[str, _Spec] = {
         OTEL_EXPORTER_LUNA_ENDPOINT,
         ("endpoint",),
         _endpoint,
-        "http(s)://host:port, file:///path or console",
+        "http(s)://host:port[/path prefix], file:///path or console",
+        show=_shown_endpoint,
     ),
     "api_version": _Spec(
         OTEL_EXPORTER_LUNA_API_VERSION, ("version",), _api_version, "1, 2 or auto"

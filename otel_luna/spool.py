@@ -27,6 +27,14 @@ ever read.
 :func:`open_spool` wraps a disk spool in a :class:`FallbackSpool` (memory while the disk refuses
 writes, back to the disk once that memory has drained) or, for ``otel-luna serve``, returns it
 bare so that a refusal reaches the receiver, which answers with backpressure.
+``pending_volatile_lines`` says how many waiting lines are in memory only (lost with the
+process): all of a :class:`MemorySpool`'s, none of a :class:`DiskSpool`'s, and those a
+:class:`FallbackSpool` keeps while its disk refuses writes.
+
+**Stats.** The writer leaves its counters in ``stats.json`` beside the records, for
+``otel-luna status``. The file is kept at least :data:`STATS_RESERVE_BYTES` long (padded with
+spaces, which JSON ignores) and replaced atomically; when the disk is full and a new file
+cannot be written, the stats are written over the old one in place, which needs no new space.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ SEGMENT_BYTES = 8 * 1024 * 1024
 #: Seconds a :class:`FallbackSpool` keeps new records in memory before trying the disk again
 #: (and only once what it kept in memory was delivered).
 DISK_RETRY_INTERVAL = 5.0
+#: Bytes ``stats.json`` keeps, so that it can be rewritten in place on a full disk.
+STATS_RESERVE_BYTES = 4096
 
 
 class SpoolUnavailable(OSError):
@@ -102,6 +112,10 @@ class Spool(Protocol):
 
     @property
     def pending_lines(self) -> int: ...
+
+    @property
+    def pending_volatile_lines(self) -> int:
+        """Lines among ``pending_lines`` held in memory only: lost if the process ends."""
 
     def close(self) -> None: ...
 
@@ -169,6 +183,10 @@ class MemorySpool:
 
     @property
     def pending_lines(self) -> int:
+        return self._lines
+
+    @property
+    def pending_volatile_lines(self) -> int:
         return self._lines
 
     def close(self) -> None:
@@ -496,6 +514,8 @@ class DiskSpool:
         fd = _try_lock(directory)
         if fd is None:  # pragma: no cover - a fresh directory nobody else knows
             raise OSError(f"cannot lock {directory}")
+        with contextlib.suppress(OSError):  # its room, while there is some
+            _write_stats(directory, {})
         return _SegmentLog(directory, self.counts), fd
 
     def after_fork_in_child(self) -> None:
@@ -518,10 +538,9 @@ class DiskSpool:
 
     def write_stats(self, counts: Mapping[str, object]) -> None:
         """Leave this process's counters (any JSON-able mapping) beside its records, for
-        ``otel-luna status``."""
-        temporary = self._own.directory / f"{_STATS_FILE}.tmp"
-        temporary.write_text(json.dumps(dict(counts), sort_keys=True))
-        os.replace(temporary, self._own.directory / _STATS_FILE)
+        ``otel-luna status``; on a full disk over the last ones (raises ``OSError`` if even
+        that cannot be done)."""
+        _write_stats(self._own.directory, counts)
 
     def append(self, body: bytes, lines: int) -> None:
         """Store one record: on disk when this returns, else :class:`SpoolUnavailable`."""
@@ -577,6 +596,10 @@ class DiskSpool:
         with self._lock:
             return self._own.pending_lines + sum(log.pending_lines for log, _ in self._adopted)
 
+    @property
+    def pending_volatile_lines(self) -> int:
+        return 0
+
     def close(self) -> None:
         """Release the directory; it is removed if nothing waits in it. Once only."""
         with self._lock:
@@ -616,6 +639,41 @@ def _remove(log: _SegmentLog, fd: int) -> None:
     with contextlib.suppress(OSError):
         log.directory.rmdir()
     os.close(fd)
+
+
+def _write_stats(directory: Path, counts: Mapping[str, object]) -> None:
+    """``counts`` as ``directory/stats.json``: a new file padded to
+    :data:`STATS_RESERVE_BYTES`, atomically; if the disk refuses that, written over the old
+    file in place (it then needs no new space). ``OSError`` if neither can be done."""
+    data = json.dumps(dict(counts), sort_keys=True).encode()
+    path = directory / _STATS_FILE
+    temporary = directory / f"{_STATS_FILE}.tmp"
+    try:
+        temporary.write_bytes(data.ljust(STATS_RESERVE_BYTES - 1) + b"\n")
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        if not _overwrite(path, data):
+            raise error from None
+
+
+def _overwrite(path: Path, data: bytes) -> bool:
+    """Write ``data`` over the start of the existing file ``path``, padding it with spaces to
+    the file's size (so no new space is needed); False if it is too small or missing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        size = os.fstat(fd).st_size
+        if len(data) >= size:
+            return False
+        return os.pwrite(fd, data.ljust(size - 1) + b"\n", 0) == size
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -666,11 +724,30 @@ class FallbackSpool:
         self._counts: Counter[str] = Counter()
         self._in_memory = False  # new records go to memory
         self._disk_again_at = 0.0
+        self._since = 0.0  # time.time() of the switch to memory
+        self._reason = ""  # why the disk refused
 
     @property
     def durable(self) -> bool:
         """True when nothing waits in memory only."""
         return self.memory.pending_lines == 0
+
+    @property
+    def pending_volatile_lines(self) -> int:
+        """Lines kept in memory because the disk refused them."""
+        return self.memory.pending_lines
+
+    @property
+    def fallback(self) -> dict[str, object] | None:
+        """While new records go to memory: since when (epoch seconds), why, and how many lines
+        wait in memory only; else None. For the stats ``otel-luna status`` shows."""
+        if not self._in_memory:
+            return None
+        return {
+            "since": self._since,
+            "reason": self._reason,
+            "pending_lines": self.memory.pending_lines,
+        }
 
     @property
     def counts(self) -> Counter[str]:
@@ -690,6 +767,7 @@ class FallbackSpool:
                     self._disk_again_at = self._clock() + DISK_RETRY_INTERVAL
                     if not self._in_memory:
                         self._in_memory = True
+                        self._since, self._reason = time.time(), str(error)
                         self._counts["spool_fallback_memory"] += 1
                         _logger.warning("otel-luna spool: %s; keeping points in memory", error)
                 else:

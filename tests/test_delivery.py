@@ -1,5 +1,6 @@
 """Delivery: hand-off without waiting, batching, what each failure class does to the spool,
-the dead-letter file, a writer that dies, shutdown flush."""
+the dead-letter file (private, bounded, never through a link), a writer that dies, shutdown
+flush and what it counts, the stats ``otel-luna status`` reads, rate-limited warnings."""
 
 from __future__ import annotations
 
@@ -14,12 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import InfluxDB1
+from test_spool import DiskFaults
 
-from otel_luna.cli import status_entries
+from otel_luna import delivery
+from otel_luna import spool as spool_module
+from otel_luna.cli import main, status_entries
 from otel_luna.delivery import BatchWriter, DeadLetters
-from otel_luna.settings import SettingsError
+from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, Settings, SettingsError
 from otel_luna.sinks import Failure, SinkError
-from otel_luna.spool import DiskSpool, MemorySpool
+from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.spool import DiskSpool, FallbackSpool, MemorySpool, Spool
 from otel_luna.testing import InMemorySink
 
 
@@ -54,7 +60,7 @@ class BlockingSink(InMemorySink):
 
 def writer(
     sink: InMemorySink,
-    spool: DiskSpool | MemorySpool | None = None,
+    spool: Spool | None = None,
     dead_letters: DeadLetters | None = None,
     **options: float,
 ) -> BatchWriter:
@@ -437,3 +443,240 @@ def test_unwritable_dead_letter_path_names_the_setting(tmp_path: Path, where: st
         DeadLetters(str(path))
     assert caught.value.setting == "OTEL_EXPORTER_LUNA_DEAD_LETTER"
     assert sorted(tmp_path.rglob("*")) == before
+
+
+# --------------------------------------------------------------------------- links, FIFOs
+
+
+@pytest.mark.parametrize("kind", ["link to a file", "dangling link"])
+def test_a_symlink_at_the_dead_letter_path_fails_at_start(tmp_path: Path, kind: str) -> None:
+    """A symbolic link at the dead-letter path is refused when the exporter is built, naming
+    the setting; what it points at is neither created nor touched."""
+    target = tmp_path / "precious"
+    if kind == "link to a file":
+        target.write_text("precious\n")
+        target.chmod(0o644)
+    path = tmp_path / "dead.jsonl"
+    path.symlink_to(target)
+    with pytest.raises(SettingsError) as caught:
+        DeadLetters(str(path))
+    assert caught.value.setting == OTEL_EXPORTER_LUNA_DEAD_LETTER
+    assert "symbolic link" in str(caught.value)
+    if kind == "link to a file":
+        assert target.read_text() == "precious\n"
+        assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    else:
+        assert not target.exists()
+
+
+def test_a_fifo_at_the_dead_letter_path_fails_at_start(tmp_path: Path) -> None:
+    """A FIFO (or anything but a regular file) at the path is refused at start-up."""
+    path = tmp_path / "dead.jsonl"
+    os.mkfifo(path)
+    with pytest.raises(SettingsError) as caught:
+        DeadLetters(str(path))
+    assert caught.value.setting == OTEL_EXPORTER_LUNA_DEAD_LETTER
+    assert "not a regular file" in str(caught.value)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_a_link_or_fifo_appearing_later_is_never_written_through(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A link (or FIFO) put at the path after start: no write goes through it and nothing it
+    points at is appended to or chmod'ed (no hang on a FIFO without reader); each failed write
+    is counted (dead_letter_write_errors), the first one logged."""
+    path = tmp_path / "dead.jsonl"
+    letters = DeadLetters(str(path))
+    target = tmp_path / "precious"
+    target.write_text("precious\n")
+    target.chmod(0o644)
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    with caplog.at_level(logging.ERROR, logger="otel_luna.delivery"):
+        letters.write(b"m bad=1i", "HTTP 400: bad", 400)
+        letters.write(b"m bad=2i", "HTTP 400: bad", 400)
+    assert target.read_text() == "precious\n"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644
+    assert letters.counts["dead_letter_write_errors"] == 2
+    errors = [
+        r.getMessage() for r in caplog.records if "cannot write dead letter" in r.getMessage()
+    ]
+    assert len(errors) == 1
+    if kind == "symlink":
+        assert "symbolic link" in errors[0]
+
+
+def test_rotation_never_reads_or_replaces_what_a_link_points_at(tmp_path: Path) -> None:
+    """A link at ``<path>.1`` is replaced by the rotated file itself; its target is neither
+    read (its lines are not counted as rotated out) nor changed."""
+    path = tmp_path / "dead.jsonl"
+    target = tmp_path / "precious"
+    target.write_text("a\nb\n")
+    Path(f"{path}.1").symlink_to(target)
+    letters = DeadLetters(str(path), max_bytes=1024)
+    for index in range(40):
+        letters.write(f"m n={index}i".encode(), "HTTP 400: bad", 400)
+    assert target.read_text() == "a\nb\n"
+    assert not Path(f"{path}.1").is_symlink()
+    kept = sum(len(Path(name).read_text().splitlines()) for name in (f"{path}.1", str(path)))
+    assert letters.counts["dead_letters_rotated_out"] == 40 - kept
+
+
+# --------------------------------------------------------------------------- log flood
+
+
+def test_many_dead_letters_log_one_warning_and_the_summary_counts_them(
+    influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """200 field type conflicts against real InfluxDB 1.x: 200 dead letters, the good lines
+    stored, one "rejected for good" warning with InfluxDB's reason, and the summary (forced
+    at shutdown) reports dead_lettered=200."""
+    influxdb1.write("conflict,k=base x=1i 1700000000000000000", influxdb1_database)
+    settings = Settings.load({}, endpoint=influxdb1.url, database=influxdb1_database)
+    letters = tmp_path / "dead.jsonl"
+    batch = BatchWriter(
+        InfluxV1Sink(settings),
+        MemorySpool(10**8),
+        flush_interval=3600,
+        batch_size=1000,
+        dead_letters=DeadLetters(str(letters)),
+    )
+    bad = [f'conflict,k=bad{index} x="text" 1700000000000000000' for index in range(200)]
+    good = [f"conflict,k=good{index} x={index}i 1700000000000000000" for index in range(20)]
+    with caplog.at_level(logging.DEBUG, logger="otel_luna.delivery"):
+        batch.submit([*bad[:100], *good, *bad[100:]])
+        assert batch.force_flush(120)
+        batch.shutdown(10)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    rejected = [message for message in warnings if "rejected for good" in message]
+    assert len(rejected) == 1 and "field type conflict" in rejected[0]
+    summaries = [message for message in warnings if "last 60 s:" in message]
+    assert len(summaries) == 1 and "dead_lettered=200" in summaries[0]
+    assert len(letters.read_text().splitlines()) == 200
+    rows = influxdb1.select("SELECT * FROM conflict", influxdb1_database)
+    assert sorted(row["k"] for row in rows) == sorted(["base", *(f"good{i}" for i in range(20))])
+
+
+def test_a_rejection_after_the_interval_is_logged_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The warning is rate-limited, not silenced: once SUMMARY_INTERVAL has passed since the
+    last one, the next rejection is logged again."""
+    monkeypatch.setattr(delivery, "SUMMARY_INTERVAL", 0.0)
+    batch = writer(PickySink())
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery"):
+        for index in range(3):
+            batch.submit([f"m bad={index}i"])
+            assert batch.force_flush(10)
+    rejected = [r for r in caplog.records if "rejected for good" in r.getMessage()]
+    assert len(rejected) == 3
+    batch.shutdown(10)
+
+
+# --------------------------------------------------------------------------- memory fallback
+
+
+def fallback_writer(tmp_path: Path, faults: DiskFaults) -> tuple[BatchWriter, FallbackSpool]:
+    """A writer whose destination is down, over a fallback spool whose disk took two lines
+    (``m x=1i``, ``m x=2i``) and then refused three (held in memory)."""
+    spool = FallbackSpool(DiskSpool(tmp_path / "spool" / "dest", 10**8), 10**8)
+    batch = writer(FlakySink(10**9, SinkError("down", failure=Failure.RETRY)), spool)
+    batch.submit(["m x=1i", "m x=2i"])
+    faults.room = 0
+    batch.submit(["m x=3i"])
+    batch.submit(["m x=4i", "m x=5i"])
+    assert spool.disk.pending_lines == 2 and spool.pending_volatile_lines == 3
+    return batch, spool
+
+
+def test_shutdown_counts_memory_held_lines_as_lost_and_disk_lines_as_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Destination down, the disk full after two lines: shutdown counts the two on disk as
+    left_in_spool and the three held in memory as dropped_at_shutdown, logs each as what it
+    is, and the next start delivers exactly the two."""
+    faults = DiskFaults()
+    monkeypatch.setattr(spool_module, "os", faults)
+    batch, _ = fallback_writer(tmp_path, faults)
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery"):
+        assert batch.shutdown(0.2) is False
+    assert batch.counts["left_in_spool"] == 2 and batch.counts["dropped_at_shutdown"] == 3
+    messages = [r.getMessage() for r in caplog.records]
+    (left,) = [message for message in messages if "stay in the spool" in message]
+    (lost,) = [message for message in messages if "held in memory only" in message]
+    assert left.startswith("otel-luna: 2 lines not delivered at shutdown stay in the spool")
+    assert lost.startswith("otel-luna: 3 lines not delivered at shutdown were held in memory")
+    assert "disk refused them" in lost and "No space left on device" in lost
+    assert "are lost (dropped_at_shutdown)" in lost
+    faults.room = None
+    later = InMemorySink()
+    again = writer(later, DiskSpool(tmp_path / "spool" / "dest", 10**8))
+    assert again.force_flush(10)
+    assert later.lines == ["m x=1i", "m x=2i"]
+    again.shutdown(10)
+
+
+def test_status_says_points_are_held_in_memory_while_the_disk_refuses(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """While the fallback spool keeps points in memory, the stats say so: since when, why and
+    how many lines are in memory only; `otel-luna status` prints it."""
+    faults = DiskFaults()
+    monkeypatch.setattr(spool_module, "os", faults)
+    started = time.time()
+    batch, _ = fallback_writer(tmp_path, faults)
+    try:
+        assert batch.force_flush(0.2) is False  # the worker writes the stats after the attempt
+        root = str(tmp_path / "spool")
+        entry = wait_until(lambda: next(iter(status_entries(root)), {}), "memory_fallback")
+        fallback = entry["memory_fallback"]
+        assert fallback["pending_lines"] == 3 and "No space left" in fallback["reason"]
+        assert started <= fallback["since"] <= time.time()
+        assert entry["pending_lines"] == 2  # on disk
+        capsys.readouterr()
+        assert main(["status", root]) == 0
+        output = capsys.readouterr().out
+        assert "spool disk REFUSES writes since" in output
+        assert "3 points held in memory only, lost if the process ends" in output
+    finally:
+        batch.shutdown(0.1)
+
+
+# --------------------------------------------------------------------------- extra counters
+
+
+@pytest.mark.parametrize("failure", [RuntimeError, ValueError])
+def test_extra_counts_go_to_the_stats_only(tmp_path: Path, failure: type[Exception]) -> None:
+    """What extra_counts returns is added to the stats status shows, not to all_counts(); a
+    call that raises RuntimeError (a dict changed size while copied) is tried again, one that
+    keeps failing only leaves the extras out of the stats."""
+    calls: list[int] = []
+
+    def extra() -> dict[str, int]:
+        calls.append(1)
+        if failure is RuntimeError and len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        if failure is ValueError:
+            raise ValueError("broken")
+        return {"invalid_utf8": 2, "written": 5}
+
+    root = tmp_path / "spool"
+    batch = BatchWriter(
+        InMemorySink(),
+        DiskSpool(root / "dest", 10**8),
+        flush_interval=3600,
+        batch_size=10,
+        extra_counts=extra,
+    )
+    batch.submit(["m x=1i"])
+    assert batch.force_flush(10)
+    counts = wait_until(lambda: next(iter(status_entries(str(root))), {}).get("counts"), "written")
+    if failure is RuntimeError:
+        assert counts["invalid_utf8"] == 2 and counts["written"] == 1 + 5  # summed
+    else:
+        assert "invalid_utf8" not in counts and counts["written"] == 1
+    assert "invalid_utf8" not in batch.all_counts() and batch.all_counts()["written"] == 1
+    batch.shutdown(10)

@@ -187,3 +187,140 @@ def test_redact(text: str, shown: str) -> None:
     """URL userinfo, Authorization echoes, scheme credentials, query passwords and configured
     secrets are masked; ordinary text is left alone."""
     assert redact(text, ["hunter2"]) == shown
+
+
+# --------------------------------------------------------------------------- encoded echoes
+
+ECHO_PASSWORD = "S3cr3t-P@ss"
+ECHO_TOKEN = "tok/9f+8e@7d=="
+
+
+class EchoForm(http.server.BaseHTTPRequestHandler):
+    """Answers 400 with a plain-text body that quotes ``form`` (an encoded credential), so the
+    encoding reaches the error message unchanged (a JSON body would be decoded first)."""
+
+    form: ClassVar[str] = ""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = f"unable to parse: login {EchoForm.form} refused".encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echo_form() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoForm)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+_PAIR = f"luna:{ECHO_PASSWORD}".encode()
+PASSWORD_FORMS = {
+    "base64 without padding": base64.b64encode(_PAIR).decode().rstrip("="),
+    "base64 url-safe": base64.urlsafe_b64encode(_PAIR).decode(),
+    "percent-encoded": "S3cr3t-P%40ss",
+    "percent-encoded, lower-case hex, every symbol": "S3cr3t%2dP%40ss",
+    "JSON \\u0040": "S3cr3t-P\\u0040ss",
+    "JSON, every symbol": "S3cr3t\\u002DP\\u0040ss",
+    "HTML reference": "S3cr3t-P&#64;ss",
+}
+TOKEN_FORMS = {
+    "percent-encoded": "tok%2F9f%2B8e%407d%3D%3D",
+    "form-encoded, lower-case": "tok%2f9f%2b8e%407d%3d%3d",
+    "JSON with \\/": "tok\\/9f+8e@7d==",
+    "JSON \\u0040": "tok/9f+8e\\u00407d==",
+}
+
+
+@pytest.mark.parametrize("form", PASSWORD_FORMS.values(), ids=PASSWORD_FORMS.keys())
+def test_password_echoed_in_any_encoding_is_redacted(
+    echo_form: str,
+    tmp_path: Path,
+    form: str,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A server quoting the password (or the basic-authentication base64) encoded: masked in
+    the dead letter, the log and status, while the server's reason is kept."""
+    EchoForm.form = form
+    settings = Settings.load({}, endpoint=echo_form, username="luna", password=ECHO_PASSWORD)
+    letters = tmp_path / "dead.jsonl"
+    writer = BatchWriter(
+        InfluxV1Sink(settings),
+        DiskSpool(tmp_path / "spool" / "dest", 10**8),
+        flush_interval=3600,
+        batch_size=100,
+        dead_letters=DeadLetters(str(letters), secrets=settings.secrets),
+        secrets=settings.secrets,
+    )
+    try:
+        with caplog.at_level(logging.DEBUG):
+            writer.submit(["m x=1i"])
+            assert writer.force_flush(10)
+        output = status_output(tmp_path / "spool", capsys)
+    finally:
+        writer.shutdown(1)
+    (letter,) = [json.loads(row) for row in letters.read_text().splitlines()]
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "login *** refused" in letter["reason"]
+    for text in (letter["reason"], logged, output):
+        assert form not in text and ECHO_PASSWORD not in text and "S3cr3t" not in text
+
+
+@pytest.mark.parametrize("form", TOKEN_FORMS.values(), ids=TOKEN_FORMS.keys())
+def test_token_echoed_in_any_encoding_is_redacted(echo_form: str, form: str) -> None:
+    """The 2.x token quoted encoded by the server is masked in the sink's error."""
+    EchoForm.form = form
+    sink = InfluxV2Sink(Settings.load({}, endpoint=echo_form, org="o", token=ECHO_TOKEN))
+    with pytest.raises(SinkError) as caught:
+        sink.write(b"m x=1i 1\n")
+    sink.close()
+    assert "login *** refused" in str(caught.value)
+    assert form not in str(caught.value) and "9f" not in str(caught.value)
+
+
+def test_settings_secrets_hold_the_basic_authentication_forms() -> None:
+    """Settings.secrets: password, tokens, and user:password in base64 padded, unpadded and
+    URL-safe (what redact cannot derive from the password itself)."""
+    settings = Settings.load(
+        {}, username="luna", password="p>?", token="t0k", serve_token="s3rve", api_version="1"
+    )
+    pair = b"luna:p>?"
+    assert set(settings.secrets) == {
+        "p>?",
+        "t0k",
+        "s3rve",
+        base64.b64encode(pair).decode(),
+        base64.b64encode(pair).decode().rstrip("="),
+        base64.urlsafe_b64encode(pair).decode(),
+        base64.urlsafe_b64encode(pair).decode().rstrip("="),
+    }
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "S3cr3t-P@ss",
+        "S3cr3t-P%40ss",
+        "S3cr3t%2DP%40ss",
+        "S3cr3t%2dP%40ss",
+        "S3cr3t-P\\u0040ss",
+        "S3cr3t\\u002dP\\u0040ss",
+        "S3cr3t-P&#64;ss",
+        "S3cr3t-P&#x40;ss",
+    ],
+)
+def test_redact_masks_a_secret_with_any_of_its_symbols_encoded(text: str) -> None:
+    """Each symbol of a secret may be literal, percent-encoded, JSON- or HTML-escaped, on its
+    own: the whole is masked; a different secret is not."""
+    assert redact(f"[{text}]", [ECHO_PASSWORD]) == "[***]"
+    assert redact(f"[{text}]", ["S3cr3t-P@sz"]) == f"[{text}]"

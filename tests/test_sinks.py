@@ -253,3 +253,19 @@ def test_unknown_sink_names_the_setting() -> None:
     """An unknown sink name fails at start-up listing the installed ones."""
     with pytest.raises(SettingsError, match=r"OTEL_EXPORTER_LUNA_SINK.*influxdb-v1"):
         load_sink(Settings.load({}, sink="kafka"))
+
+
+def test_endpoint_with_a_path_prefix_is_kept_in_the_write_url(stub: str) -> None:
+    """Behind a reverse proxy (http://host/influx/): the 1.x sink posts to /influx/write?…,
+    the 2.x sink to /influx/api/v2/write?… — the prefix once, the query after it."""
+    for settings in (
+        Settings.load({}, endpoint=f"{stub}/influx/", database="luna"),
+        Settings.load({}, endpoint=f"{stub}/influx/", org="o", bucket="b", token="t"),
+    ):
+        sink = load_sink(settings)
+        sink.write(b"m x=1i 1\n")
+        sink.close()
+    v1, v2 = (urlsplit(request["path"]) for request in Recorder.requests)
+    assert (v1.path, parse_qs(v1.query)) == ("/influx/write", {"db": ["luna"], "precision": ["ns"]})
+    assert v2.path == "/influx/api/v2/write"
+    assert parse_qs(v2.query) == {"org": ["o"], "bucket": ["b"], "precision": ["ns"]}

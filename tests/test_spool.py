@@ -491,3 +491,50 @@ def test_a_closed_disk_spool_does_nothing_after_a_fork(tmp_path: Path) -> None:
     finally:
         for fd in {reader, writer, spool._own_fd}:
             os.close(fd)
+
+
+def test_volatile_lines_are_those_held_in_memory_only(tmp_path: Path, disk: DiskFaults) -> None:
+    """pending_volatile_lines: all of a memory spool's lines, none of a disk spool's, and a
+    fallback spool's memory part; its fallback state says since when and why, and clears once
+    the disk takes records again."""
+    memory = MemorySpool(10**8)
+    memory.append(b"m x=1i\nm x=2i\n", 2)
+    assert memory.pending_volatile_lines == 2
+    clock = Clock()
+    spool = FallbackSpool(DiskSpool(tmp_path / "spool", 10**8), 10**8, clock=clock)
+    spool.append(b"m x=1i\n", 1)
+    assert spool.disk.pending_volatile_lines == 0
+    assert spool.pending_volatile_lines == 0 and spool.fallback is None
+    disk.room = 0
+    spool.append(b"m x=2i\nm x=3i\n", 2)
+    assert (spool.pending_lines, spool.pending_volatile_lines) == (3, 2)
+    fallback = spool.fallback
+    assert fallback is not None and fallback["pending_lines"] == 2
+    assert "No space left on device" in str(fallback["reason"])
+    disk.room = None
+    drain(spool)
+    clock.now += spool_module.DISK_RETRY_INTERVAL
+    spool.append(b"m x=4i\n", 1)
+    assert spool.fallback is None and spool.pending_volatile_lines == 0
+
+
+def test_stats_are_rewritten_in_place_when_no_new_file_can_be_written(
+    tmp_path: Path, disk: DiskFaults
+) -> None:
+    """A disk that refuses the new stats file (full): the stats are written over the old file,
+    in the room it keeps, and status reads them; stats larger than that room raise."""
+    spool = DiskSpool(tmp_path / "spool" / "dest", max_bytes=10**8)
+    assert describe(tmp_path / "spool")[0]["counts"] == {}  # the file and its room exist
+
+    def replace(*args: Any) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    disk.replace = replace  # type: ignore[attr-defined] # the atomic rename fails
+    spool.write_stats({"written": 7, "memory_fallback": {"pending_lines": 3}})
+    [entry] = describe(tmp_path / "spool")
+    assert entry["counts"] == {"written": 7, "memory_fallback": {"pending_lines": 3}}
+    assert not (spool.directory / "stats.json.tmp").exists()
+    with pytest.raises(OSError):
+        spool.write_stats({"x" * spool_module.STATS_RESERVE_BYTES: 1})
+    assert describe(tmp_path / "spool")[0]["counts"]["written"] == 7
+    spool.close()
