@@ -30,7 +30,7 @@ from otel_luna import _attributes as attr
 from otel_luna import schema
 from otel_luna.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes, owner_of
+from otel_luna.timestamps import SeriesTimes
 
 #: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
 #: attribute of one of these names would shadow them (dashboards filter on them).
@@ -202,7 +202,7 @@ class RequestMapper:
             plan = self._plan(keys)
         if plan:
             if plan[0][1] == _LICENSE:
-                return self._license(attributes, start_ns, owner_of(trace_id, span_id), service)
+                return self._license(attributes, start_ns, trace_id ^ span_id, service)
             if extra is None:
                 extra = _Extra(end_ns)
             for key, kind, name in plan:
@@ -271,11 +271,10 @@ class RequestMapper:
         elif kind == _TAG:
             if scalar:
                 text = str(value).lower() if type(value) is bool else str(value)
+                # isprintable() is False for \n and \r: one C loop each instead of four.
                 if (
-                    not text.isascii()
+                    not (text.isascii() and text.isprintable())
                     or "\\" in text
-                    or "\n" in text
-                    or "\r" in text
                     or len(text) > MAX_TAG_VALUE_BYTES
                 ):
                     problem = tag_value_problem(text)
@@ -387,7 +386,7 @@ class RequestMapper:
                     request_fields.keys() & extra.times.keys()
                 )
             fields.update(extra.times)
-        time_ns = self.times.claim(start_ns, owner_of(trace_id, span_id))
+        time_ns = self.times.claim(start_ns, trace_id ^ span_id)  # timestamps.owner_of
         requests = Point(schema.REQUESTS, tags, fields, time_ns)
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]
