@@ -184,9 +184,11 @@ class DeadLetters:
 def _open_regular(path: str, flags: int) -> int:
     """``os.open(path, flags, 0o600)``, refusing anything but a regular file."""
     fd = os.open(path, flags, 0o600)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    found = os.fstat(fd)
+    # A hard link would be followed like a symbolic one: another file's contents and mode.
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
         os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file", path)
+        raise OSError(errno.EINVAL, "not a regular file of its own", path)
     return fd
 
 
@@ -211,7 +213,9 @@ def _unwritable(path: str) -> str | None:
     if os.path.isdir(path):
         return "it is a directory"
     if os.path.exists(path) and not os.path.isfile(path):
-        return "it is not a regular file"
+        return "it is not a regular file (a device, a pipe)"
+    if os.path.isfile(path) and os.stat(path).st_nlink > 1:
+        return "it is a hard link to another file"
     if os.path.exists(path):
         return None if os.access(path, os.W_OK) else "no permission to write the file"
     parent = os.path.dirname(os.path.abspath(path))

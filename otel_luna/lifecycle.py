@@ -271,7 +271,11 @@ def flush(timeout: float = 10.0) -> bool:
     ``SIG_DFL`` and raises the signal again, or ``os._exit``): call it there first. What is not
     delivered in time stays in the disk spool for the next start.
     """
-    deadline = time.monotonic() + max(0.0, timeout)
+    try:
+        seconds = max(0.0, float(timeout))
+    except (TypeError, ValueError):
+        seconds = 10.0  # flush(None) and the like: the default, never an exception
+    deadline = time.monotonic() + (seconds if seconds == seconds else 10.0)
     exported = flush_sdk(deadline)
     pipelines: list[Flushable] = []
     run_bounded([lambda: pipelines.extend(WATCHER.live_pipelines())], deadline, "pipelines")

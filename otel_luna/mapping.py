@@ -202,7 +202,7 @@ class RequestMapper:
             plan = self._plan(keys)
         if plan:
             if plan[0][1] == _LICENSE:
-                return self._license(attributes, start_ns, trace_id ^ span_id, service)
+                return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if extra is None:
                 extra = _Extra(end_ns)
             for key, kind, name in plan:
@@ -291,7 +291,11 @@ class RequestMapper:
                 extra.fields[name] = value
                 return
         elif kind == _REQUEST_ID:
-            extra.request_id = str(value)
+            text = str(value)
+            if not text.isascii() and not _encodable(text):
+                self.counts["attribute_invalid_utf8"] += 1  # the trace id stands in for it
+                return
+            extra.request_id = text
             return
         elif kind == _ERROR_CODE:
             extra.error_code = value
@@ -386,7 +390,7 @@ class RequestMapper:
                     request_fields.keys() & extra.times.keys()
                 )
             fields.update(extra.times)
-        time_ns = self.times.claim(start_ns, trace_id ^ span_id)  # timestamps.owner_of
+        time_ns = self.times.claim(start_ns, (trace_id << 64) | span_id)  # timestamps.owner_of
         requests = Point(schema.REQUESTS, tags, fields, time_ns)
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]

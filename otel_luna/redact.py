@@ -77,7 +77,9 @@ def _secrets_pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
     if not secrets:
         return None
     ordered = sorted(secrets, key=lambda secret: (-len(secret), secret))
-    return re.compile("|".join("".join(map(_character, secret)) for secret in ordered))
+    # Case-insensitively: an echo may change the case (masking a little more is harmless).
+    pattern = "|".join("".join(map(_character, secret)) for secret in ordered)
+    return re.compile(pattern, re.IGNORECASE)
 
 
 def basic_credentials(username: str, password: str) -> list[str]:

@@ -96,7 +96,11 @@ def _signals(receiver: Receiver) -> dict[str, _Signal]:
 def _token_ok(expected: str | None, header: str | None) -> bool:
     if expected is None:
         return True
-    return header is not None and hmac.compare_digest(header, f"Bearer {expected}")
+    if header is None:
+        return False
+    # As bytes: compare_digest refuses str with non-ASCII characters (a hostile header).
+    given = header.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, f"Bearer {expected}".encode("utf-8", "surrogatepass"))
 
 
 # -- gRPC ---------------------------------------------------------------------------------------
@@ -229,6 +233,8 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
     def _error(
         self, status: int, code: int, message: str, content_type: str, **headers: str
     ) -> None:
+        # A parse error may quote the body's lone surrogate: protobuf strings must be UTF-8.
+        message = message.encode("utf-8", "backslashreplace").decode()
         error = status_pb2.Status(code=code, message=message)
         body = (
             json_format.MessageToJson(error).encode()

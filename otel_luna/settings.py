@@ -16,6 +16,7 @@ import ipaddress
 import os
 import re
 import sys
+from base64 import b64encode
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -168,6 +169,7 @@ _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 _CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f]")
 _WHITESPACE = re.compile(r"\s")
 _QUERY_OR_FRAGMENT = re.compile(r"[?#].*", re.S)
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def _valid_host(host: str, bracketed: bool) -> bool:
@@ -237,8 +239,15 @@ def _endpoint(value: Any) -> str:
 
 
 def _shown_endpoint(value: Any) -> str:
-    """An endpoint as an error message may show it: userinfo, query and fragment masked."""
-    return redact(_QUERY_OR_FRAGMENT.sub(lambda found: found.group(0)[0] + MASK, str(value)))
+    """An endpoint as an error message may show it: everything up to its last ``@`` (userinfo,
+    whatever characters the password holds, however mistyped the scheme), its query and its
+    fragment masked."""
+    text = str(value)
+    at = text.rfind("@")
+    if at != -1:
+        scheme = _SCHEME.match(text)
+        text = (scheme.group(0) if scheme else "") + MASK + text[at:]
+    return redact(_QUERY_OR_FRAGMENT.sub(lambda found: found.group(0)[0] + MASK, text))
 
 
 def _schema(value: Any) -> str:
@@ -410,6 +419,8 @@ def _secrets(username: Any, passwords: Iterable[Any], tokens: Iterable[Any]) -> 
     with ``username``."""
     passwords = [str(value) for value in passwords if value is not None and str(value).strip()]
     values = [*passwords, *(str(value) for value in tokens if value is not None)]
+    for secret in list(values):  # a server may echo a secret base64-encoded on its own
+        values.append(b64encode(secret.encode(errors="surrogatepass")).decode().rstrip("="))
     if username:
         for password in passwords:
             values += basic_credentials(str(username), password)

@@ -30,10 +30,11 @@ _MASK64 = 2**64 - 1
 
 
 def owner_of(trace_id: int, span_id: int) -> int:
-    """One number for a span: its span id and trace id together (span ids repeat across traces
-    in hostile or buggy senders). Both are random, so their XOR is too; callers on the hot path
-    write the expression inline."""
-    return trace_id ^ span_id
+    """The exact identity of a span as one number: trace id and span id side by side. Not a
+    mix: a mix collides (Zipkin-style senders give a root span the trace id's low 64 bits as its
+    span id, so trace XOR span is 0 for all of them), and two spans with one owner number are one
+    point to the guard. Callers on the hot path write the expression inline."""
+    return (trace_id << 64) | span_id
 
 
 def spread(time_ns: int, salt: int) -> int:
@@ -47,8 +48,10 @@ def spread(time_ns: int, salt: int) -> int:
 
 
 def _draw(owner: int, attempt: int) -> int:
-    """A number in [1, MOVE_WINDOW] that depends only on ``owner`` and ``attempt``."""
-    mixed = ((owner + attempt * 0x9E3779B97F4A7C15) * 0xBF58476D1CE4E5B9) & _MASK64
+    """A number in [1, MOVE_WINDOW] that depends only on ``owner`` (all of its bits) and
+    ``attempt``."""
+    # hash() of an int is its value modulo 2**61 - 1: every bit counts, the same in every process.
+    mixed = ((hash(owner) + attempt * 0x9E3779B97F4A7C15) * 0xBF58476D1CE4E5B9) & _MASK64
     return 1 + (mixed >> 20) % MOVE_WINDOW
 
 

@@ -308,6 +308,7 @@ def test_user_keys_never_shadow_the_schema(key: str, reason: str) -> None:
         ({"luna.tag.h": "ends\\"}, "attribute_backslash_in_tag_value"),
         ({"luna.tag.h": "x" * 20_000}, "attribute_tag_value_too_long"),
         ({"luna.field.note": "a\udcff"}, "attribute_invalid_utf8"),
+        ({"luna.request_id": "bad-\udcff-2"}, "attribute_invalid_utf8"),  # the trace id stands in
     ],
 )
 def test_a_bad_user_value_costs_that_value_not_the_request(

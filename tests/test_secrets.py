@@ -289,8 +289,8 @@ def test_token_echoed_in_any_encoding_is_redacted(echo_form: str, form: str) -> 
 
 
 def test_settings_secrets_hold_the_basic_authentication_forms() -> None:
-    """Settings.secrets: password, tokens, and user:password in base64 padded, unpadded and
-    URL-safe (what redact cannot derive from the password itself)."""
+    """Settings.secrets: password, tokens, each of them in base64, and user:password in base64
+    padded, unpadded and URL-safe (what redact cannot derive from the password itself)."""
     settings = Settings.load(
         {}, username="luna", password="p>?", token="t0k", serve_token="s3rve", api_version="1"
     )
@@ -303,6 +303,8 @@ def test_settings_secrets_hold_the_basic_authentication_forms() -> None:
         base64.b64encode(pair).decode().rstrip("="),
         base64.urlsafe_b64encode(pair).decode(),
         base64.urlsafe_b64encode(pair).decode().rstrip("="),
+        # each secret base64-encoded on its own (unpadded: an echo with padding is masked too)
+        *(base64.b64encode(value).decode().rstrip("=") for value in (b"p>?", b"t0k", b"s3rve")),
     }
 
 
@@ -324,3 +326,44 @@ def test_redact_masks_a_secret_with_any_of_its_symbols_encoded(text: str) -> Non
     own: the whole is masked; a different secret is not."""
     assert redact(f"[{text}]", [ECHO_PASSWORD]) == "[***]"
     assert redact(f"[{text}]", ["S3cr3t-P@sz"]) == f"[{text}]"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://admin:S3c/r3t@127.0.0.1:8086",  # a base64 password holds "/"
+        "http://admin:S3c r3t@127.0.0.1:8086",
+        "http://admin:S3c?r3t@127.0.0.1:8086",
+        "http://admin:S3c#r3t@127.0.0.1:8086",
+        "http:admin:S3cr3t@127.0.0.1:8086",
+        "//admin:S3cr3t@127.0.0.1:8086",
+        "admin:S3cr3t@127.0.0.1:8086",
+    ],
+)
+def test_a_refused_endpoint_never_shows_its_password(endpoint: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"OTEL_EXPORTER_LUNA_ENDPOINT": endpoint})
+    assert "S3c" not in str(caught.value) and "r3t" not in str(caught.value)
+
+
+def test_a_reply_is_redacted_before_it_is_shortened() -> None:
+    """A secret straddling the length limit of a message is masked whole, never half shown."""
+    error = SinkError("x" * 995 + " S3cr3t-P@ss", retryable=True, secrets=["S3cr3t-P@ss"])
+    assert "S3c" not in str(error)
+
+
+def test_echoes_in_another_case_or_in_base64_are_masked() -> None:
+    settings = Settings.load({}, username="luna", password="S3cr3t-P@ss")
+    assert redact("S3CR3T-P@SS", settings.secrets) == "***"
+    echoed = base64.b64encode(b"S3cr3t-P@ss").decode()
+    assert "UzNj" not in redact(f"bad password {echoed}", settings.secrets)
+
+
+def test_a_dead_letter_path_that_is_a_hard_link_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n")
+    link = tmp_path / "dead-letter.jsonl"
+    link.hardlink_to(victim)
+    with pytest.raises(SettingsError, match="hard link"):
+        DeadLetters(str(link))
+    assert victim.read_text() == "keep me\n"

@@ -90,12 +90,16 @@ def test_malformed_json_is_an_answer_not_a_dropped_connection(serve: Serve, body
 
 def test_dropped_values_are_a_warning_in_partial_success(serve: Serve) -> None:
     request = ExportTraceServiceRequest()
-    span = request.resource_spans.add().scope_spans.add().spans.add(
-        trace_id=b"\x01" * 16,
-        span_id=b"\x02" * 8,
-        kind=Span.SPAN_KIND_SERVER,
-        start_time_unix_nano=T0,
-        end_time_unix_nano=T0 + 1000,
+    span = (
+        request.resource_spans.add()
+        .scope_spans.add()
+        .spans.add(
+            trace_id=b"\x01" * 16,
+            span_id=b"\x02" * 8,
+            kind=Span.SPAN_KIND_SERVER,
+            start_time_unix_nano=T0,
+            end_time_unix_nano=T0 + 1000,
+        )
     )
     span.attributes.add(key="http.route", value=AnyValue(string_value="/x"))
     span.attributes.add(key="luna.field.route", value=AnyValue(string_value="shadow"))
@@ -111,3 +115,34 @@ def test_dropped_values_are_a_warning_in_partial_success(serve: Serve) -> None:
     assert partial.rejected_spans == 0
     assert "attribute_shadows_schema=1" in partial.error_message
     assert "nonfinite_field=1" in partial.error_message
+
+
+def test_a_lone_surrogate_quoted_in_the_parse_error_is_still_an_answer(serve: Serve) -> None:
+    for path in ("/v1/traces", "/v1/metrics"):
+        answer = requests.post(
+            f"{serve.http_url}{path}",
+            data=b'{"resourceSpans":"\\udc00","resourceMetrics":"\\udc00"}',
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+        assert answer.status_code == 400, answer.text
+
+
+def test_a_non_ascii_authorization_header_is_a_401(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    out = tmp_path_factory.mktemp("serve-token")
+    env = {
+        "OTEL_EXPORTER_LUNA_ENDPOINT": f"file://{out / 'points.lp'}",
+        "OTEL_EXPORTER_LUNA_SERVE_TOKEN": "s3cr3t",
+        "XDG_STATE_HOME": str(out / "state"),
+    }
+    with Serve(env) as serve:
+        for header in (b"Bearer \xe9", b"Bearer s3cr3t\xff"):
+            answer = requests.post(
+                f"{serve.http_url}/v1/traces",
+                data=b"",
+                headers={"Content-Type": "application/x-protobuf", "Authorization": header},
+                timeout=10,
+            )
+            assert answer.status_code == 401

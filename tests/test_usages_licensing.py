@@ -83,7 +83,7 @@ def test_license_span_maps_to_one_point() -> None:
     points = RequestMapper().add(attributes, False, 1, 2, 3, T0, T0 + 1, False, "luna-handlers")
     assert LineProtocolEncoder().encode(points) == [
         "licensing,license_status=warning,service=luna-handlers liveness_balance=12i,"
-        f'warnings="balance is low; expires soon",errors="" {T0 + 3}'
+        f'warnings="balance is low; expires soon",errors="" {T0 + 551_618}'
     ]  # T0 is a whole second: digits of the span's number fill the millisecond
 
 

@@ -72,7 +72,8 @@ class SinkError(Exception):
         rejected: list[tuple[bytes, str, int | None]] | None = None,
         secrets: Iterable[str] = (),
     ) -> None:
-        super().__init__(redact(message, secrets))
+        # Redact first, then shorten: a cut through a secret would leave part of it readable.
+        super().__init__(redact(message, secrets)[:MESSAGE_LIMIT])
         if failure is None:
             if retryable is None:
                 raise TypeError("SinkError needs failure= (or retryable=)")
@@ -128,9 +129,15 @@ def classify_connection_error(error: BaseException) -> Failure:
     return Failure.BLOCKED if isinstance(error, urllib3.exceptions.SSLError) else Failure.RETRY
 
 
+#: Most characters of a SinkError message (after redaction).
+MESSAGE_LIMIT = 1000
+#: Most bytes of a reply body read for its reason: redaction sees all of them.
+REPLY_LIMIT = 64 * 1024
+
+
 def server_reason(body: bytes | str) -> str:
     """The error message of a reply body: InfluxDB's ``{"error": ...}`` (1.x) or
-    ``{"message": ...}`` (2.x), else the text; at most 500 characters, not yet redacted."""
+    ``{"message": ...}`` (2.x), else the text; not yet redacted, not shortened."""
     text = body.decode(errors="replace") if isinstance(body, bytes) else body
     try:
         document = json.loads(text)
@@ -140,7 +147,7 @@ def server_reason(body: bytes | str) -> str:
         message = document.get("error") or document.get("message")
         if isinstance(message, str):
             text = message
-    return text.strip()[:500]
+    return text.strip()  # shortened only after redaction (SinkError), never through a secret
 
 
 def suppress_instrumentation() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 import urllib3
 
 from otel_luna.sinks import (
+    REPLY_LIMIT,
     SinkError,
     classify,
     classify_connection_error,
@@ -55,7 +56,7 @@ class HttpPoster:
                 secrets=self._secrets,
             ) from None
         if response.status >= 300:
-            reason = server_reason(response.data[:2000])
+            reason = server_reason(response.data[:REPLY_LIMIT])
             raise SinkError(
                 f"{where}: HTTP {response.status}: {reason}",
                 failure=classify(response.status, reason),

@@ -19,6 +19,8 @@ import urllib3
 from otel_luna.redact import redact
 from otel_luna.settings import Settings
 from otel_luna.sinks import (
+    MESSAGE_LIMIT,
+    REPLY_LIMIT,
     Failure,
     SinkError,
     classify,
@@ -107,7 +109,8 @@ class PingCentreSink:
         status = response.status
         if status < 300:
             return None
-        reason = redact(server_reason(response.data[:2000]) or f"HTTP {status}", self._secrets)
+        reason = server_reason(response.data[:REPLY_LIMIT]) or f"HTTP {status}"
+        reason = redact(reason, self._secrets)[:MESSAGE_LIMIT]  # redacted before shortened
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         return classify(status, reason), status, reason, retry_after
 
