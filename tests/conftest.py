@@ -8,6 +8,7 @@ a server that does not start fails the test loudly; nothing is skipped.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -104,3 +105,28 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victo
 def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test (and the apps it starts) spools and dead-letters under its own directory."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+#: Size of the small filesystem the full-disk tests spool to.
+FULL_DISK_BYTES = 256 * 1024
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A fresh tmpfs of FULL_DISK_BYTES (a spool directory that fills up), unmounted afterwards.
+    Mounting needs root, as here and in CI: a mount that fails fails the test, never skips."""
+    mount_point = tmp_path / "tmpfs"
+    mount_point.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", str(mount_point)]
+    mounted = subprocess.run(command, capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.fail(
+            f"cannot mount a tmpfs on {mount_point} (this test needs root): "
+            f"{mounted.stderr.strip()}",
+            pytrace=False,
+        )
+    try:
+        yield mount_point
+    finally:
+        if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)

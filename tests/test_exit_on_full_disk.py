@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,26 +25,9 @@ from otel_luna import LunaSpanExporter, Settings
 from otel_luna.cli import main
 from otel_luna.spool import FallbackSpool
 
-TMPFS_BYTES = 256 * 1024
 #: About three times what the tmpfs holds.
 POINTS = 3000
 DELIVERY_TIMEOUT = 60.0
-
-
-@pytest.fixture
-def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A fresh tmpfs of TMPFS_BYTES, unmounted afterwards."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)]
-    mounted = subprocess.run(command, capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}", pytrace=False)
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)]).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 def status(spool_dir: Path, capsys: pytest.CaptureFixture[str], *args: str) -> str:
@@ -58,7 +39,7 @@ def status(spool_dir: Path, capsys: pytest.CaptureFixture[str], *args: str) -> s
 def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
     influxdb1: InfluxDB1,
     influxdb1_database: str,
-    tmpfs: Path,
+    full_disk: Path,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
@@ -77,7 +58,7 @@ def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
         flush_interval=3600,  # the writer runs on full batches and flushes only
         batch_size=500,
         shutdown_timeout=0.5,
-        spool_dir=str(tmpfs),
+        spool_dir=str(full_disk),
         dead_letter=str(tmp_path / "dead.jsonl"),
     )
     spans = server_spans(POINTS)
@@ -93,7 +74,7 @@ def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
         assert writer.force_flush(0.2) is False  # an attempt, then the stats
 
         def fallback_reported() -> dict[str, Any] | None:
-            (entry,) = json.loads(status(tmpfs, capsys, "--json"))["processes"]
+            (entry,) = json.loads(status(full_disk, capsys, "--json"))["processes"]
             fallback = entry.get("memory_fallback") or {}
             return entry if fallback.get("pending_lines") == in_memory else None
 
@@ -103,7 +84,7 @@ def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
             time.sleep(0.05)
         assert entry["pending_lines"] == on_disk
         assert "No space left on device" in entry["memory_fallback"]["reason"]
-        text = status(tmpfs, capsys)
+        text = status(full_disk, capsys)
         assert f"{in_memory} points held in memory only, lost if the process ends" in text
 
         with caplog.at_level(logging.WARNING, logger="otel_luna.delivery"):

@@ -12,7 +12,6 @@ from pathlib import Path
 import grpc
 from servehelpers import Serve, grpc_call, serve_env, server_spans, stored_ids, trace_request
 from servers import InfluxDB1, unique_name
-from test_spool_full_disk import full_disk  # noqa: F401 - the tmpfs fixture
 
 REQUESTS = 40
 SPANS_PER_REQUEST = 100
@@ -20,7 +19,7 @@ RESEND_TIMEOUT = 90.0
 
 
 def test_serve_refuses_what_a_full_disk_cannot_hold_and_loses_nothing(
-    influxdb1: InfluxDB1, full_disk: Path, tmp_path: Path  # noqa: F811
+    influxdb1: InfluxDB1, full_disk: Path, tmp_path: Path
 ) -> None:
     database = unique_name("late")  # created only after the disk is full
     dead_letters = tmp_path / "dead-letter.jsonl"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import errno
 import math
 import re
-import subprocess
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import FULL_DISK_BYTES
 from servers import InfluxDB1, free_port
 from test_reliability import request_id_of, server_spans
 
@@ -30,7 +29,6 @@ from otel_luna.spool import FallbackSpool, SpoolUnavailable, describe, open_spoo
 from otel_luna.testing import InMemorySink
 
 #: Size of the spool's filesystem: a few hundred KiB.
-TMPFS_BYTES = 256 * 1024
 #: Points exported while the destination is down: about four times what the tmpfs holds.
 POINTS = 4000
 BATCH_SIZE = 500
@@ -38,26 +36,6 @@ BATCH_SIZE = 500
 DELIVERY_TIMEOUT = 60.0
 
 _REQUEST_ID = re.compile(rb'request_id="([^"]*)"')
-
-
-@pytest.fixture
-def full_disk(tmp_path: Path) -> Iterator[Path]:
-    """A fresh tmpfs of TMPFS_BYTES, unmounted afterwards."""
-    mount_point = tmp_path / "tmpfs"
-    mount_point.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_BYTES}", "tmpfs", str(mount_point)]
-    mounted = subprocess.run(command, capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.fail(
-            f"cannot mount a tmpfs on {mount_point} (this test needs root): "
-            f"{mounted.stderr.strip()}",
-            pytrace=False,
-        )
-    try:
-        yield mount_point
-    finally:
-        if subprocess.run(["umount", str(mount_point)]).returncode != 0:
-            subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
 
 
 class SwitchableSink:
@@ -171,7 +149,7 @@ def test_serve_spool_on_a_full_disk_refuses_and_keeps_what_it_took(full_disk: Pa
     taken: list[str] = []
     try:
         with pytest.raises(SpoolUnavailable) as refused:
-            for chunk in range(TMPFS_BYTES):  # far more than fits
+            for chunk in range(FULL_DISK_BYTES):  # far more than fits
                 lines = [f"m,chunk={chunk} x={index}i" for index in range(50)]
                 writer.submit(lines)
                 taken += lines
