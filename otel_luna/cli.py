@@ -188,18 +188,14 @@ def _status(args: argparse.Namespace) -> int:
         )
         blocked = entry.get("blocked")
         if isinstance(blocked, dict):
-            since = float(blocked.get("since") or 0)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
             print(
-                f"    destination BLOCKED since {when} ({time.time() - since:.0f} s), "
+                f"    destination BLOCKED since {_since(blocked)}, "
                 f"points held in the spool: {blocked.get('reason')}"
             )
         fallback = entry.get("memory_fallback")
         if isinstance(fallback, dict):
-            since = float(fallback.get("since") or 0)
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
             print(
-                f"    spool disk REFUSES writes since {when} ({time.time() - since:.0f} s): "
+                f"    spool disk REFUSES writes since {_since(fallback)}: "
                 f"{fallback.get('pending_lines')} points held in memory only, lost if the "
                 f"process ends before they are delivered: {fallback.get('reason')}"
             )
@@ -210,6 +206,13 @@ def _status(args: argparse.Namespace) -> int:
         if isinstance(counts, dict) and counts:
             print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
     return EXIT_OK
+
+
+def _since(state: dict[str, Any]) -> str:
+    """``YYYY-mm-dd HH:MM:SS (N s)`` of a state's ``since`` (epoch seconds)."""
+    since = float(state.get("since") or 0)
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    return f"{when} ({time.time() - since:.0f} s)"
 
 
 def status_entries(root: str) -> list[dict[str, object]]:
@@ -223,15 +226,11 @@ def status_entries(root: str) -> list[dict[str, object]]:
     for entry in describe(root):
         stats = entry["counts"]
         counts = dict(stats) if isinstance(stats, dict) else {}
-        blocked, letters = counts.pop("blocked", None), counts.pop("dead_letter", None)
-        fallback = counts.pop("memory_fallback", None)
-        if isinstance(blocked, dict):
-            entry["blocked"] = {**blocked, "reason": redact(str(blocked.get("reason", "")))}
-        if isinstance(fallback, dict):
-            entry["memory_fallback"] = {
-                **fallback,
-                "reason": redact(str(fallback.get("reason", ""))),
-            }
+        for state in ("blocked", "memory_fallback"):
+            found = counts.pop(state, None)
+            if isinstance(found, dict):
+                entry[state] = {**found, "reason": redact(str(found.get("reason", "")))}
+        letters = counts.pop("dead_letter", None)
         if isinstance(letters, dict):
             entry["dead_letter"] = letters
         entry["counts"] = counts

@@ -83,6 +83,23 @@ _DEAD_LETTER_FLAGS = (
 _HELD = (Failure.RETRY, Failure.BLOCKED)
 
 
+class _Throttle:
+    """Says when a recurring message is due: the first time, then at most once per
+    :data:`SUMMARY_INTERVAL` (the rest are counted, and the summary reports them)."""
+
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        self._last: float | None = None  # time.monotonic() of the last message
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < SUMMARY_INTERVAL:
+            return False
+        self._last = now
+        return True
+
+
 class DeadLetters:
     """Appends rejected lines with the server's (redacted) reason, one JSON object per line.
 
@@ -106,7 +123,7 @@ class DeadLetters:
         self.counts: Counter[str] = Counter()
         self._secrets = tuple(secrets)
         self._lock = threading.Lock()
-        self._error_logged: float | None = None  # time.monotonic() of the last error logged
+        self._errors = _Throttle()
         problem = _unwritable(path)
         if problem:
             raise SettingsError(
@@ -142,9 +159,7 @@ class DeadLetters:
                     os.close(fd)
         except OSError as error:
             self.counts["dead_letter_write_errors"] += 1
-            now = time.monotonic()
-            if self._error_logged is None or now - self._error_logged >= SUMMARY_INTERVAL:
-                self._error_logged = now
+            if self._errors.due():
                 _logger.error(
                     "otel-luna: cannot write dead letter to %s: %s (the line is lost; further "
                     "failures within %.0f s are only counted: dead_letter_write_errors)",
@@ -178,7 +193,7 @@ class DeadLetters:
     def after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         self.counts = Counter()
-        self._error_logged = None
+        self._errors = _Throttle()
 
 
 def _open_regular(path: str, flags: int) -> int:
@@ -243,7 +258,7 @@ class _Blocked:
     since: float  # time.time()
     reason: str
     status: int | None
-    warned: float  # time.monotonic() of the last warning
+    warnings: _Throttle
 
 
 class BatchWriter:
@@ -289,7 +304,7 @@ class BatchWriter:
         self._flushed = 0
         self._closed = False
         self._blocked: _Blocked | None = None
-        self._rejection_logged: float | None = None  # time.monotonic() of the last one logged
+        self._rejections = _Throttle()
         self._extra_failed = False
         self._last_summary = self._last_adoption = time.monotonic()
         self._summarised: Counter[str] = Counter()
@@ -400,7 +415,7 @@ class BatchWriter:
         self._wake.set()
         self._worker.join(timeout=self._write_timeout + 1.0)
         left = self.spool.pending_lines
-        volatile = min(left, _volatile_lines(self.spool))
+        volatile = min(left, self.spool.pending_volatile_lines)
         if left - volatile:
             self.counts["left_in_spool"] += left - volatile
             _logger.warning(
@@ -609,11 +624,9 @@ class BatchWriter:
     def _log_rejection(self, reason: str) -> None:
         """One warning for the first line rejected for good, then at most one a minute; the
         summary counts the rest (``dead_lettered``)."""
-        now = time.monotonic()
-        if self._rejection_logged is not None and now - self._rejection_logged < SUMMARY_INTERVAL:
+        if not self._rejections.due():
             _logger.debug("otel-luna: line rejected for good: %s", reason)
             return
-        self._rejection_logged = now
         where = f" (kept in {self.dead_letters.path})" if self.dead_letters is not None else ""
         _logger.warning(
             "otel-luna: line rejected for good%s: %s; further ones within %.0f s are counted "
@@ -628,16 +641,13 @@ class BatchWriter:
         if error.failure is not Failure.BLOCKED:  # says nothing about a blocked destination
             _logger.debug("otel-luna: write failed, will retry: %s", self._clean(error))
             return
-        now = time.monotonic()
         reason = self._clean(error)
         blocked = self._blocked
         if blocked is None:
-            blocked = self._blocked = _Blocked(time.time(), reason, error.status, now)
-        else:
-            blocked.reason, blocked.status = reason, error.status
-            if now - blocked.warned < SUMMARY_INTERVAL:
-                return
-            blocked.warned = now
+            blocked = self._blocked = _Blocked(time.time(), reason, error.status, _Throttle())
+        blocked.reason, blocked.status = reason, error.status
+        if not blocked.warnings.due():
+            return
         _logger.warning(
             "otel-luna: destination blocked for %.0f s, holding %d lines in the spool and "
             "retrying: %s",
@@ -669,14 +679,6 @@ class BatchWriter:
                 self.spool.pending_lines,
             )
             self._summarised = Counter({key: current[key] for key in _SUMMARY_KEYS})
-
-
-def _volatile_lines(spool: Spool) -> int:
-    """Lines of ``spool`` held in memory only (lost with the process)."""
-    volatile = getattr(spool, "pending_volatile_lines", None)
-    if isinstance(volatile, int):
-        return volatile
-    return 0 if spool.durable else spool.pending_lines
 
 
 def _where(spool: Spool) -> str:
