@@ -80,6 +80,19 @@ def status_output(spool: Path, capsys: pytest.CaptureFixture[str]) -> str:
     return capsys.readouterr().out
 
 
+def echo_writer(settings: Settings, tmp_path: Path, letters: Path) -> BatchWriter:
+    """A writer to the 1.x sink of ``settings`` with a disk spool under ``tmp_path/spool`` (what
+    ``otel-luna status`` reads) and dead letters in ``letters``, all given the secrets."""
+    return BatchWriter(
+        InfluxV1Sink(settings),
+        DiskSpool(tmp_path / "spool" / "dest", 10**8),
+        flush_interval=3600,
+        batch_size=100,
+        dead_letters=DeadLetters(str(letters), secrets=settings.secrets),
+        secrets=settings.secrets,
+    )
+
+
 @pytest.mark.parametrize("status", [400, 401])
 def test_echoed_credentials_are_redacted_everywhere(
     echo: str,
@@ -94,14 +107,7 @@ def test_echoed_credentials_are_redacted_everywhere(
     Echo.status = status
     settings = Settings.load({}, endpoint=echo, username="luna", password=PASSWORD)
     letters = tmp_path / "dead.jsonl"
-    writer = BatchWriter(
-        InfluxV1Sink(settings),
-        DiskSpool(tmp_path / "spool" / "dest", 10**8),
-        flush_interval=3600,
-        batch_size=100,
-        dead_letters=DeadLetters(str(letters), secrets=settings.secrets),
-        secrets=settings.secrets,
-    )
+    writer = echo_writer(settings, tmp_path, letters)
     try:
         with caplog.at_level(logging.DEBUG):
             writer.submit(["m x=1i"])
@@ -254,14 +260,7 @@ def test_password_echoed_in_any_encoding_is_redacted(
     EchoForm.form = form
     settings = Settings.load({}, endpoint=echo_form, username="luna", password=ECHO_PASSWORD)
     letters = tmp_path / "dead.jsonl"
-    writer = BatchWriter(
-        InfluxV1Sink(settings),
-        DiskSpool(tmp_path / "spool" / "dest", 10**8),
-        flush_interval=3600,
-        batch_size=100,
-        dead_letters=DeadLetters(str(letters), secrets=settings.secrets),
-        secrets=settings.secrets,
-    )
+    writer = echo_writer(settings, tmp_path, letters)
     try:
         with caplog.at_level(logging.DEBUG):
             writer.submit(["m x=1i"])
