@@ -51,7 +51,7 @@ from otel_luna.lineprotocol import split_lines
 from otel_luna.redact import redact
 from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
 from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
-from otel_luna.spool import Spool
+from otel_luna.spool import Spool, write_all
 
 _logger = logging.getLogger(__name__)
 
@@ -152,9 +152,7 @@ class DeadLetters:
                     if os.fstat(fd).st_mode & 0o077:  # a file an older version left readable
                         with contextlib.suppress(OSError):
                             os.fchmod(fd, 0o600)  # the file itself: fd was opened without links
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    write_all(fd, data)
                 finally:
                     os.close(fd)
         except OSError as error:

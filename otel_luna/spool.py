@@ -311,7 +311,7 @@ class _SegmentLog:
         assert self._write_fd is not None
         number = self.segments[-1]
         try:
-            _write_all(self._write_fd, record)
+            write_all(self._write_fd, record)
         except BaseException:  # also a signal handler raising between two partial writes
             self._cut(number)
             raise
@@ -676,7 +676,7 @@ def _overwrite(path: Path, data: bytes) -> bool:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     """``os.write`` until every byte is written; a write that takes nothing is ``ENOSPC``."""
     view = memoryview(data)
     while view:

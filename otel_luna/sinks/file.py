@@ -9,6 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from otel_luna.settings import Settings
 from otel_luna.sinks import Failure, SinkError
+from otel_luna.spool import write_all
 
 
 def file_path(endpoint: str) -> str:
@@ -35,9 +36,7 @@ class FileSink:
     def write(self, body: bytes) -> None:
         try:
             with self._lock:
-                view = memoryview(body)
-                while view:
-                    view = view[os.write(self._fd, view) :]
+                write_all(self._fd, body)
         except OSError as error:
             raise SinkError(f"{self.path}: {error.strerror}", failure=Failure.RETRY) from None
 
