@@ -8,6 +8,7 @@ a server that does not start fails the test loudly; nothing is skipped.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -43,42 +44,43 @@ def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _
     pytest.fail(message, pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
-    """A real InfluxDB 1.x (influxd) for the whole session; see ``servers.InfluxDB1``."""
-    server = _start_or_fail("InfluxDB 1.x", start_influxdb1, tmp_path_factory.mktemp("influxdb1"))
+@contextlib.contextmanager
+def _running(what: str, start: Callable[[Path], _Server], root: Path) -> Iterator[_Server]:
+    """A started server (or the requesting tests failed loudly), stopped afterwards."""
+    server = _start_or_fail(what, start, root)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb1(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
+    """A real InfluxDB 1.x (influxd) for the whole session; see ``servers.InfluxDB1``."""
+    with _running("InfluxDB 1.x", start_influxdb1, tmp_path_factory.mktemp("influxdb1")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
 def influxdb1_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
     """A real InfluxDB 1.x with authentication enabled; ``admin`` holds its admin user."""
-    server = _start_or_fail(
+    with _running(
         "InfluxDB 1.x (auth)",
         lambda root: start_influxdb1(root, auth=True),
         tmp_path_factory.mktemp("influxdb1_auth"),
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="session")
 def influxdb1_small_body(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB1]:
     """A real InfluxDB 1.x that answers 413 to request bodies over 4096 bytes."""
-    server = _start_or_fail(
+    with _running(
         "InfluxDB 1.x (max-body-size)",
         lambda root: start_influxdb1(root, max_body_size=SMALL_BODY_BYTES),
         tmp_path_factory.mktemp("influxdb1_small_body"),
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -92,13 +94,10 @@ def influxdb1_database(influxdb1: InfluxDB1) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
     """A real VictoriaMetrics for the whole session; see ``servers.VictoriaMetrics``."""
-    server = _start_or_fail(
+    with _running(
         "VictoriaMetrics", start_victoria_metrics, tmp_path_factory.mktemp("victoria_metrics")
-    )
-    try:
+    ) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
