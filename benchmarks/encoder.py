@@ -48,7 +48,7 @@ from _common import (
 from influxdb_client import Point as InfluxPoint
 from influxdb_client import WritePrecision
 
-from otel_luna.lineprotocol import LineProtocolEncoder
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.point import Point
 
 TARGET = 6.0

@@ -292,8 +292,8 @@ def breakdown_workloads(
 ) -> tuple[dict[str, Callable[[], int]], Callable[[], None]]:
     """The exporter's steps, each alone on precomputed input (mirrors LunaSpanExporter._encode)."""
     from otel_luna import exporter as exporter_module
-    from otel_luna.lineprotocol import LineProtocolEncoder
-    from otel_luna.mapping import RequestMapper
+    from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+    from otel_luna.mapping.requests import RequestMapper
     from otel_luna.pipeline import Pipeline
 
     attributes_of = getattr(exporter_module, "_attributes_of", None) or (

@@ -31,13 +31,13 @@ What it does, all on 127.0.0.1 in a temporary directory:
    ``errors``) and that nothing was dropped or dead-lettered.
 
 Sampled once a second by the parent: the child's RSS (``VmRSS`` in ``/proc/<pid>/status``;
-``VmHWM``, the kernel's high-water mark, catches peaks between samples), the bytes under the
-spool directory, and the child's own report (spans emitted, lines pending in the spool, the
-exporter's counters). ``otel_luna.spool.describe()`` (what ``otel-luna status --json`` prints)
-is read at the end of the outage, when drained and at the end, as a cross-check of the pending
-lines. The child wraps the sink and the spool's ``read``/``ack`` in timers (pass-through, per
-batch) so that a slow drain can be explained: time in HTTP writes to InfluxDB, in reading the
-spool, in acknowledging, and the rest.
+``VmHWM``, the kernel's high-water mark, catches peaks between samples), the bytes under the spool
+directory, and the child's own report (spans emitted, lines pending in the spool, the exporter's
+counters). ``otel_luna.delivery.spool.describe()`` (what ``otel-luna status --json`` prints) is read
+at the end of the outage, when drained and at the end, as a cross-check of the pending lines. The
+child wraps the sink and the spool's ``read``/``ack`` in timers (pass-through, per batch) so that a
+slow drain can be explained: time in HTTP writes to InfluxDB, in reading the spool, in
+acknowledging, and the rest.
 
 Rates: ingest = spans/s achieved x lines per span (``requests`` + ``errors`` lines / spans).
 Drain rate = backlog lines (pending when InfluxDB is back) / drain seconds; the gross write rate
@@ -539,8 +539,8 @@ def tree_bytes(root: Path) -> tuple[int, int]:
 
 
 def describe_pending(root: Path) -> dict[str, Any]:
-    """Pending lines and bytes by ``otel_luna.spool.describe`` (``otel-luna status``)."""
-    from otel_luna.spool import describe
+    """Pending lines and bytes by ``otel_luna.delivery.spool.describe`` (``otel-luna status``)."""
+    from otel_luna.delivery.spool import describe
 
     begin = time.monotonic()
     entries = describe(root)

@@ -114,8 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(options: Any, state_dir: str) -> int:
+    from otel_luna.delivery.spool import open_spool
     from otel_luna.pipeline import Pipeline
-    from otel_luna.spool import open_spool
 
     n, batch = options.n, options.batch
     reqs = requests(n, seed=options.seed, error_share=options.error_share, semconv=options.semconv)

@@ -29,9 +29,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     options = parser.parse_args()
 
-    reader = InMemoryMetricReader(
-        preferred_temporality={Counter: AggregationTemporality.DELTA}
-    )
+    reader = InMemoryMetricReader(preferred_temporality={Counter: AggregationTemporality.DELTA})
     metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
     otel_luna.record_usages(**COUNTS)  # creates the counter through the global provider
     counter = metrics.get_meter("bench").create_counter(USAGES_INSTRUMENT + ".bare")

@@ -216,11 +216,11 @@ def _since(state: dict[str, Any]) -> str:
 
 
 def status_entries(root: str) -> list[dict[str, object]]:
-    """The spool's process directories (:func:`otel_luna.spool.describe`), with the blocked
+    """The spool's process directories (:func:`otel_luna.delivery.spool.describe`), with the blocked
     state, the memory fallback and the dead-letter file each process last reported lifted out
     of its counters, and every text redacted."""
+    from otel_luna.delivery.spool import describe
     from otel_luna.redact import redact
-    from otel_luna.spool import describe
 
     entries = []
     for entry in describe(root):
@@ -239,7 +239,7 @@ def status_entries(root: str) -> list[dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from otel_luna.serve import Server
+    from otel_luna.receiver.serve import Server
     from otel_luna.settings import Settings
 
     flags = {

@@ -41,8 +41,8 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from otel_luna import schema
 from otel_luna.point import FieldValue, Point
+from otel_luna.schema import luna as schema
 from otel_luna.settings import (
     OTEL_EXPORTER_LUNA_DEAD_LETTER,
     OTEL_EXPORTER_LUNA_ENDPOINT,

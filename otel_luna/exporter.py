@@ -22,10 +22,10 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_luna import lifecycle
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
+from otel_luna.mapping.usages import UsageMapper, UsageSample, origin_of
 from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
-from otel_luna.usages import UsageMapper, UsageSample, origin_of
 
 _logger = logging.getLogger(__name__)
 _SERVER = SpanKind.SERVER

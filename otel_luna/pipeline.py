@@ -13,15 +13,15 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from otel_luna import selfmetrics
-from otel_luna.delivery import BatchWriter, DeadLetters
-from otel_luna.jsonping import PingEncoder
-from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
-from otel_luna.mapping import RequestMapper
+from otel_luna.delivery.spool import open_spool
+from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna.encoding.jsonping import PingEncoder
+from otel_luna.encoding.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.mapping.requests import RequestMapper
+from otel_luna.mapping.watchdog import WatchdogMapper
 from otel_luna.point import Point
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink, load_sink
-from otel_luna.spool import open_spool
-from otel_luna.watchdog.mapping import WatchdogMapper
 
 
 class Encoder(Protocol):

@@ -44,9 +44,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from otel_luna.point import Point
+from otel_luna.schema.watchdog import EVENTS, NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 from otel_luna.settings import Settings
 from otel_luna.sinks.file import file_path
-from otel_luna.watchdog.schema import EVENTS, NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 
 __all__ = [
     "Breakdown",

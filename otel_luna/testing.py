@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.exporter import LunaSpanExporter
-from otel_luna.lineprotocol import split_lines
 from otel_luna.settings import Settings
 
 

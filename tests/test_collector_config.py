@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from otel_luna import serve
+from otel_luna.receiver import serve
 from otel_luna.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"

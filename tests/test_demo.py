@@ -19,9 +19,10 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from servers import InfluxDB1, unique_name
 
-from otel_luna import cli, demo, schema
-from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna import cli, demo
+from otel_luna.encoding.lineprotocol import InvalidPointError, LineProtocolEncoder
 from otel_luna.point import Point
+from otel_luna.schema import luna as schema
 
 OTEL_LUNA = Path(sys.executable).parent / "otel-luna"
 

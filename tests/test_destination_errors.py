@@ -25,11 +25,11 @@ from servers import InfluxDB1, unique_name
 
 from otel_luna import LunaSpanExporter
 from otel_luna.cli import main, status_entries
-from otel_luna.delivery import BatchWriter, DeadLetters
+from otel_luna.delivery.spool import MemorySpool
+from otel_luna.delivery.writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks.influx_v1 import InfluxV1Sink
 from otel_luna.sinks.pingcentre import PingCentreSink
-from otel_luna.spool import MemorySpool
 
 #: The database appears this long after the exporter started (the issue's scenario).
 DATABASE_LATE = 8.0

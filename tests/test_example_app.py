@@ -13,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from otel_luna import demo, schema
+from otel_luna import demo
 from otel_luna.point import Point
+from otel_luna.schema import luna as schema
 
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
 KNOWN_HANDLERS = ["h-known-1", "h-known-2"]

@@ -31,15 +31,15 @@ from opentelemetry.trace import SpanKind
 from servers import InfluxDB1, ServerHTTPError
 
 from otel_luna.demo import parse_line
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.lineprotocol import (
+from otel_luna.encoding.lineprotocol import (
     MAX_KEY_BYTES,
     MAX_TIME_NS,
     MIN_TIME_NS,
     InvalidPointError,
     LineProtocolEncoder,
 )
-from otel_luna.mapping import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
+from otel_luna.exporter import LunaSpanExporter
+from otel_luna.mapping.requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
 from otel_luna.point import Point
 from otel_luna.receiver import Receiver
 from otel_luna.settings import Settings

@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import InfluxDB1
 
-from otel_luna.lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.encoding.lineprotocol import InvalidPointError, LineProtocolEncoder
 from otel_luna.point import Point
 
 # Keys and values full of what line protocol must escape, plus arbitrary Unicode.

@@ -26,9 +26,9 @@ from closedport import ClosedPort
 from servers import InfluxDB1
 
 from otel_luna import lifecycle
+from otel_luna.delivery.spool import describe
 from otel_luna.lifecycle import CHAIN, DELIVER_AND_RAISE, IGNORE, Watcher, action_for
 from otel_luna.settings import Settings
-from otel_luna.spool import describe
 
 
 def app_handler(signum: int, frame: FrameType | None) -> None:

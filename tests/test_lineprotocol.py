@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_luna.lineprotocol import (
+from otel_luna.encoding.lineprotocol import (
     MAX_STRING_FIELD_BYTES,
     LineProtocolEncoder,
     encode,

@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
-from otel_luna.lineprotocol import LineProtocolEncoder
-from otel_luna.mapping import RequestMapper
+from otel_luna.mapping.requests import RequestMapper
 from otel_luna.testing import InMemorySink
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "spans.json").read_text())

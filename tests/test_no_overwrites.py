@@ -28,10 +28,10 @@ from servehelpers import (
 from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.mapping import RequestMapper
-from otel_luna.timestamps import MOVE_WINDOW, SeriesTimes, spread
-from otel_luna.usages import UsageMapper, UsageSample
-from otel_luna.watchdog.mapping import WatchdogMapper
+from otel_luna.mapping.requests import RequestMapper
+from otel_luna.mapping.timestamps import MOVE_WINDOW, SeriesTimes, spread
+from otel_luna.mapping.usages import UsageMapper, UsageSample
+from otel_luna.mapping.watchdog import WatchdogMapper
 
 BURST = 1000
 #: A nanosecond time that identical starts share (explicit start times, a µs float clock).

@@ -27,8 +27,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from test_mapping import GOLDEN, new_semconv, old_semconv
 
-from otel_luna import otlp
 from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna.ingest import otlp
 from otel_luna.receiver import Backpressure, Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 import pytest
 
 from otel_luna.cli import main
-from otel_luna.delivery import BatchWriter, DeadLetters
+from otel_luna.delivery.spool import DiskSpool
+from otel_luna.delivery.writer import BatchWriter, DeadLetters
 from otel_luna.redact import redact
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import SinkError
 from otel_luna.sinks.influx_v1 import InfluxV1Sink
 from otel_luna.sinks.influx_v2 import InfluxV2Sink
-from otel_luna.spool import DiskSpool
 from otel_luna.testing import InMemorySink
 
 PASSWORD = "s3cr3t-PASS-42"

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from otel_luna import spool as spool_module
-from otel_luna.spool import (
+from otel_luna.delivery import spool as spool_module
+from otel_luna.delivery.spool import (
     DiskSpool,
     FallbackSpool,
     MemorySpool,
@@ -40,7 +40,7 @@ def drain(spool: Spool, max_lines: int = 1000) -> list[bytes]:
 
 
 class DiskFaults:
-    """``os`` for :mod:`otel_luna.spool` with a disk that fills up: ``room`` bytes more are
+    """``os`` for :mod:`otel_luna.delivery.spool` with a disk that fills up: ``room`` bytes more are
     taken (a write that does not fit is cut short, the next one fails with ENOSPC; None: no
     limit), each write takes at most ``max_write`` bytes, and ``ftruncate`` fails when
     ``truncate_fails``. Everything else is the real ``os``."""
@@ -129,7 +129,7 @@ def test_unacked_records_replay_after_restart(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os
-        from otel_luna.spool import DiskSpool
+        from otel_luna.delivery.spool import DiskSpool
         spool = DiskSpool({str(root)!r}, max_bytes=10**8)
         for i in range(5):
             spool.append(b"m x=%di\\n" % i, 1)

@@ -16,9 +16,9 @@ from servers import InfluxDB1
 
 import otel_luna
 from otel_luna import _helpers
-from otel_luna.lineprotocol import LineProtocolEncoder
-from otel_luna.mapping import RequestMapper
-from otel_luna.usages import CumulativeToDelta, UsageMapper, UsageSample
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+from otel_luna.mapping.requests import RequestMapper
+from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper, UsageSample
 
 SCRIPT = Path(__file__).parent / "apps" / "usage_script.py"
 VENV_BIN = Path(sys.executable).parent

@@ -133,9 +133,9 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
     ping_centre: PingCentre, tmp_path: Path
 ) -> None:
     """A ping Ping Centre refuses (400) goes to the dead-letter file; the rest are delivered."""
-    from otel_luna.delivery import BatchWriter, DeadLetters
+    from otel_luna.delivery.spool import MemorySpool
+    from otel_luna.delivery.writer import BatchWriter, DeadLetters
     from otel_luna.sinks.pingcentre import PingCentreSink
-    from otel_luna.spool import MemorySpool
 
     settings = Settings.load({}, endpoint=ping_centre.url, schema="watchdog")
     letters = tmp_path / "dead.jsonl"
@@ -163,9 +163,9 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
 
 def test_only_failed_pings_are_retried(ping_centre: PingCentre) -> None:
     """While Ping Centre is down pings wait; afterwards each is delivered exactly once."""
-    from otel_luna.delivery import BatchWriter
+    from otel_luna.delivery.spool import MemorySpool
+    from otel_luna.delivery.writer import BatchWriter
     from otel_luna.sinks.pingcentre import PingCentreSink
-    from otel_luna.spool import MemorySpool
 
     settings = Settings.load({}, endpoint=ping_centre.url, schema="watchdog")
     writer = BatchWriter(

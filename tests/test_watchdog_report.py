@@ -25,10 +25,11 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from servers import InfluxDB1
 from test_watchdog_service import SERVICE, submit, wait_for
 
-from otel_luna import cli, otlp, report
+from otel_luna import cli, report
+from otel_luna.encoding.jsonping import PingEncoder
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
-from otel_luna.jsonping import PingEncoder
-from otel_luna.lineprotocol import LineProtocolEncoder
+from otel_luna.ingest import otlp
 from otel_luna.point import Point
 from otel_luna.receiver import Receiver
 from otel_luna.settings import Settings

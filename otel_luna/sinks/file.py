@@ -7,9 +7,9 @@ import os
 import threading
 from urllib.parse import unquote, urlsplit
 
+from otel_luna.delivery.spool import write_all
 from otel_luna.settings import Settings
 from otel_luna.sinks import Failure, SinkError
-from otel_luna.spool import write_all
 
 
 def file_path(endpoint: str) -> str:

@@ -14,7 +14,7 @@ import time
 from collections import Counter
 
 import otel_luna
-from otel_luna.schema import ESTIMATORS
+from otel_luna.schema.luna import ESTIMATORS
 
 THREADS = 8
 DURATION = float(sys.argv[1]) if len(sys.argv) > 1 else 1.5

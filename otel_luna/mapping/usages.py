@@ -16,9 +16,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from otel_luna import schema
+from otel_luna.mapping.timestamps import SeriesTimes
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes
+from otel_luna.schema import luna as schema
 
 _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 

@@ -16,12 +16,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_luna import otlp
+from otel_luna.delivery.spool import SpoolUnavailable
+from otel_luna.ingest import otlp
+from otel_luna.mapping.usages import UsageMapper
 from otel_luna.pipeline import Pipeline, span_mapper
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
-from otel_luna.spool import SpoolUnavailable
-from otel_luna.usages import UsageMapper
 
 _logger = logging.getLogger(__name__)
 #: Share of SPOOL_MAX_BYTES above which requests are refused.

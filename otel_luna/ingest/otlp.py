@@ -1,7 +1,7 @@
 """OTLP protobuf (and OTLP/JSON) → the mapping's input. Pure: messages in, records out.
 
 The receiver decodes requests here and hands the records to the same
-:class:`~otel_luna.mapping.RequestMapper` and :class:`~otel_luna.usages.UsageMapper` the
+:class:`~otel_luna.mapping.RequestMapper` and :class:`~otel_luna.mapping.usages.UsageMapper` the
 in-process exporters use: one set of rules for both ways in.
 """
 
@@ -21,8 +21,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_luna._attributes import ESTIMATOR, LUNA_PREFIX, SERVICE_NAME, USAGES_INSTRUMENT
-from otel_luna.usages import UsageSample, origin_of
-from otel_luna.watchdog.mapping import PREFIX as WATCHDOG_PREFIX
+from otel_luna.mapping.usages import UsageSample, origin_of
+from otel_luna.mapping.watchdog import PREFIX as WATCHDOG_PREFIX
 
 _SERVER = Span.SPAN_KIND_SERVER
 _ERROR = Status.STATUS_CODE_ERROR

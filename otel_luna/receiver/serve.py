@@ -42,7 +42,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otel_luna import otlp
+from otel_luna.ingest import otlp
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
 from otel_luna.settings import Settings
 

@@ -1,6 +1,6 @@
 """Ping Centre JSON encoder: watchdog points in, one JSON object per line out. Pure.
 
-Same interface as :class:`~otel_luna.lineprotocol.LineProtocolEncoder` (``encode_point``,
+Same interface as :class:`~otel_luna.encoding.lineprotocol.LineProtocolEncoder` (``encode_point``,
 ``counts``), so the pipeline and the spool do not care which one they carry.
 """
 
@@ -10,9 +10,9 @@ import json
 from collections import Counter
 from typing import Any
 
-from otel_luna.lineprotocol import InvalidPointError
+from otel_luna.encoding.lineprotocol import InvalidPointError
 from otel_luna.point import Point
-from otel_luna.watchdog.schema import EVENTS, TOPIC
+from otel_luna.schema.watchdog import EVENTS, TOPIC
 
 
 class PingEncoder:

@@ -10,9 +10,9 @@ Rules (``docs/mapping.md`` has the full table):
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
-Every point gets its own time (:mod:`otel_luna.timestamps`), so no request overwrites another in
-InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that would
-shadow the series' own tags and fields are dropped and counted; the point is written without
+Every point gets its own time (:mod:`otel_luna.mapping.timestamps`), so no request overwrites
+another in InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that
+would shadow the series' own tags and fields are dropped and counted; the point is written without
 them. ``route`` is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
 and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
 
@@ -27,10 +27,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from otel_luna import _attributes as attr
-from otel_luna import schema
-from otel_luna.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
+from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
+from otel_luna.mapping.timestamps import SeriesTimes
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes
+from otel_luna.schema import luna as schema
 
 #: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
 #: attribute of one of these names would shadow them (dashboards filter on them).

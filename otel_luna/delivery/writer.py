@@ -1,9 +1,9 @@
 """Delivery: spool, batching by size and interval, retries, isolation of bad lines, shutdown.
 
 The exporter hands encoded lines to :meth:`BatchWriter.submit`, which appends them to the spool
-(:mod:`otel_luna.spool`) and returns. One worker thread reads batches of at most ``batch_size``
-lines every ``flush_interval`` seconds (at once when a batch is full), writes them to the sink
-and acknowledges what the sink took. The sink says what a failure means
+(:mod:`otel_luna.delivery.spool`) and returns. One worker thread reads batches of at most
+``batch_size`` lines every ``flush_interval`` seconds (at once when a batch is full), writes them to
+the sink and acknowledges what the sink took. The sink says what a failure means
 (:class:`~otel_luna.sinks.Failure`):
 
 * RETRY (connection error, timeout, 408, 429, 5xx) leaves the batch in the spool; it is retried
@@ -47,11 +47,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from otel_luna.lineprotocol import split_lines
+from otel_luna.delivery.spool import Spool, write_all
+from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.redact import redact
 from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
 from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
-from otel_luna.spool import Spool, write_all
 
 _logger = logging.getLogger(__name__)
 

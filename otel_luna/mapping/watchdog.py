@@ -10,9 +10,9 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
+from otel_luna.mapping.timestamps import SeriesTimes, owner_of
 from otel_luna.point import FieldValue, Point
-from otel_luna.timestamps import SeriesTimes, owner_of
-from otel_luna.watchdog.schema import EVENTS, TAGS
+from otel_luna.schema.watchdog import EVENTS, TAGS
 
 EVENT = "watchdog.event"
 PREFIX = "watchdog."

@@ -1,0 +1,1 @@
+"""Lines → the destination: spool, batching, retries, dead letters, shutdown."""

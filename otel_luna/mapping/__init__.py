@@ -1,0 +1,1 @@
+"""Spans and samples → points of a profile's series. Pure: data in, data out."""
