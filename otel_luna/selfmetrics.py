@@ -1,10 +1,14 @@
 """otel-luna's own counters as OpenTelemetry metrics, in the ``otel_luna.*`` namespace.
 
-``otel_luna.points`` (counter, attributes ``signal``, ``outcome``, ``reason``) counts points
-mapped, spooled, written, retried, replayed, dropped and dead-lettered; ``otel_luna.spool.lines``
-(up-down counter, attribute ``signal``) is what waits in the spool. They go wherever the
-application's metrics go; the ``luna`` metric exporter never writes them into a LUNA series
-(it only maps ``luna.usages``).
+``otel_luna.points`` (counter) counts points by ``outcome`` and ``reason``
+(:class:`~otel_luna.outcomes.Reason`, :class:`~otel_luna.outcomes.Outcome`): what mapping and
+encoding made, rejected or trimmed carries the ``signal`` (``traces``, ``metrics``) it came
+in by; what delivery did (spooled, written, retried, replayed, dead-lettered, dropped) is one
+per destination and has no ``signal``. ``otel_luna.events`` counts what is not about points
+(SERVER spans seen, split writes, writer restarts) by ``event``; ``otel_luna.spool.lines``
+(up-down counter) is what waits in the spool. They go wherever the application's metrics go;
+the ``luna`` metric exporter never writes them into a LUNA series (it only maps
+``luna.usages``).
 """
 
 from __future__ import annotations
@@ -13,52 +17,21 @@ import os
 import threading
 import weakref
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-#: Counter keys that are not drops, and the outcome they report.
-_OUTCOMES = {
-    "mapped": "mapped",
-    "spooled": "spooled",
-    "written": "written",
-    "retried": "retried",
-    "replayed_lines": "replayed",
-    "dead_lettered": "dead_lettered",
-    "left_in_spool": "left_in_spool",
-}
-#: Counter keys that only describe (not points): reported under ``otel_luna.events``.
-_NOT_POINTS = frozenset(
-    {
-        "server_spans",
-        "split_writes",
-        "spool_fallback_memory",
-        "corrupt_records",
-        "queued",
-        "route_overflow",
-        "ack_write_errors",
-        "writer_restarts",
-        "writer_errors",
-        "sink_errors",
-        "dead_letters_rotated_out",
-    }
-)
-
-
-def classify(key: str) -> tuple[str, str]:
-    """(outcome, reason) of a counter key: ``dropped_spool_full`` → (dropped, spool_full)."""
-    outcome = _OUTCOMES.get(key)
-    if outcome is not None:
-        return outcome, ""
-    return "dropped", key.removeprefix("dropped_")
+from otel_luna.outcomes import Outcome, Reason
 
 
 class Source(Protocol):
-    """What reports: a pipeline."""
+    """What reports: an ingest."""
 
-    def counts(self) -> Counter[str]: ...
+    def signal_counts(self) -> Mapping[str, Counter[Reason]]: ...
+
+    def delivery_counts(self) -> Counter[Reason]: ...
 
     def queued(self) -> int: ...
 
@@ -66,12 +39,12 @@ class Source(Protocol):
 class _Registry:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources: weakref.WeakKeyDictionary[Source, str] = weakref.WeakKeyDictionary()
+        self._sources: weakref.WeakSet[Source] = weakref.WeakSet()
         self._instruments: list[object] = []
 
-    def add(self, source: Source, signal: str) -> None:
+    def add(self, source: Source) -> None:
         with self._lock:
-            self._sources[source] = signal
+            self._sources.add(source)
             if not self._instruments:
                 meter = metrics.get_meter("otel_luna")
                 self._instruments = [
@@ -95,37 +68,46 @@ class _Registry:
                     ),
                 ]
 
-    def _snapshot(self) -> list[tuple[Source, str]]:
+    def _snapshot(self) -> list[Source]:
         with self._lock:
-            return list(self._sources.items())
+            return list(self._sources)
+
+    def _counts(self) -> Iterable[tuple[str | None, Reason, int]]:
+        for source in self._snapshot():
+            for signal, counts in source.signal_counts().items():
+                for reason, value in counts.items():
+                    yield signal, reason, value
+            for reason, value in source.delivery_counts().items():
+                yield None, reason, value
 
     def _points(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: Counter[tuple[str, str, str]] = Counter()
-        for source, signal in self._snapshot():
-            for key, value in source.counts().items():
-                if key not in _NOT_POINTS:
-                    totals[(signal, *classify(key))] += value
+        totals: Counter[tuple[str | None, Outcome, str]] = Counter()
+        for signal, reason, value in self._counts():
+            if reason.outcome is not Outcome.EVENT:
+                totals[(signal, reason.outcome, reason.label)] += value
         return [
-            Observation(value, {"signal": signal, "outcome": outcome, "reason": reason})
-            for (signal, outcome, reason), value in totals.items()
+            Observation(
+                value,
+                {"outcome": outcome.value, "reason": label}
+                | ({} if signal is None else {"signal": signal}),
+            )
+            for (signal, outcome, label), value in totals.items()
         ]
 
     def _events(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: Counter[tuple[str, str]] = Counter()
-        for source, signal in self._snapshot():
-            for key, value in source.counts().items():
-                if key in _NOT_POINTS:
-                    totals[(signal, key)] += value
+        totals: Counter[tuple[str | None, Reason]] = Counter()
+        for signal, reason, value in self._counts():
+            if reason.outcome is Outcome.EVENT:
+                totals[(signal, reason)] += value
         return [
-            Observation(value, {"signal": signal, "event": event})
+            Observation(
+                value, {"event": str(event)} | ({} if signal is None else {"signal": signal})
+            )
             for (signal, event), value in totals.items()
         ]
 
     def _pending(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: Counter[str] = Counter()
-        for source, signal in self._snapshot():
-            totals[signal] += source.queued()
-        return [Observation(value, {"signal": signal}) for signal, value in totals.items()]
+        return [Observation(sum(source.queued() for source in self._snapshot()))]
 
 
 _registry = _Registry()
@@ -137,6 +119,6 @@ if hasattr(os, "register_at_fork"):  # a lock held by another thread at fork sta
     os.register_at_fork(after_in_child=_reinit_lock)
 
 
-def register(source: Source, signal: str) -> None:
+def register(source: Source) -> None:
     """Report ``source``'s counters while it lives (held by a weak reference)."""
-    _registry.add(source, signal)
+    _registry.add(source)

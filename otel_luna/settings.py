@@ -633,3 +633,8 @@ def describe() -> list[tuple[str, str, str, Any, str]]:
         )
         for name, spec in _SPECS.items()
     ]
+
+
+def env_name(setting: str) -> str:
+    """The environment variable of ``setting`` (a field name of :class:`Settings`)."""
+    return _SPECS[setting].env

@@ -64,7 +64,7 @@ def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
     spans = server_spans(POINTS)
     try:
         exporter = LunaSpanExporter(settings)
-        writer = exporter._pipeline.writer
+        writer = exporter._ingest.delivery
         assert writer is not None and isinstance(writer.spool, FallbackSpool)
         spool = writer.spool
         assert [exporter.export([span]).name for span in spans] == ["SUCCESS"] * POINTS

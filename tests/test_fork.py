@@ -100,7 +100,7 @@ LOCK_HELD_SCRIPT = textwrap.dedent(
     held, release = threading.Event(), threading.Event()
 
     def hold():
-        with exporter._pipeline.lock:
+        with exporter._ingest._lock:
             held.set()
             release.wait()
 

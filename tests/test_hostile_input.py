@@ -39,6 +39,7 @@ from otel_luna.encoding.lineprotocol import (
     LineProtocolEncoder,
 )
 from otel_luna.exporter import LunaSpanExporter
+from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
 from otel_luna.point import Point
 from otel_luna.receiver import Receiver
@@ -220,8 +221,8 @@ def test_receiver_writes_exactly_or_reports_partial_success(
         span.attributes.add(key=base_key, value=any_value(base_value))
     span.attributes.append(key)
     before, seen = Counter(receiver.counts()), len(sink.lines)
-    rejected, message = receiver.accept_traces(request)
-    assert receiver.traces.force_flush(10)
+    rejected, message, _ = receiver.accept_traces(request)
+    assert receiver.ingest.force_flush(10)
     delta = Counter(receiver.counts()) - before
     lines = sink.lines[seen:]
     if not lines:
@@ -256,8 +257,8 @@ def test_nonfinite_usage_is_a_rejected_data_point(receiver_and_sink: Any) -> Non
         )
         point.attributes.add(key="luna.estimator", value=AnyValue(string_value=estimator))
     seen = len(sink.lines)
-    rejected, message = receiver.accept_metrics(request)
-    assert receiver.metrics.force_flush(10)
+    rejected, message, _ = receiver.accept_metrics(request)
+    assert receiver.ingest.force_flush(10)
     assert rejected == 2 and "nonfinite_usage=2" in message
     (line,) = sink.lines[seen:]
     assert line.startswith("usages_statistic,service=u mouth_estimator_usages=3i ")
@@ -271,7 +272,9 @@ def map_one(
 ) -> tuple[list[str], Counter[str]]:
     mapper = mapper or RequestMapper()
     encoder = LineProtocolEncoder()
-    points = mapper.add({**BASE, **attributes}, True, 1, 7, None, T0, T0 + 10, False, "s")
+    points = mapper.add(
+        SpanRecord({**BASE, **attributes}, True, 1, 7, None, T0, T0 + 10, False, "s")
+    )
     return encoder.encode(points), mapper.counts + encoder.counts
 
 
@@ -350,7 +353,7 @@ def test_requests_the_router_did_not_match_have_a_fixed_route(
         "url.path": "/wp-admin/x.php",
         "http.response.status_code": status,
     }
-    points = RequestMapper().add(attributes, True, 1, 7, None, T0, T0 + 1, False, "s")
+    points = RequestMapper().add(SpanRecord(attributes, True, 1, 7, None, T0, T0 + 1, False, "s"))
     assert dict(points[0].tags)["route"] == route
 
 
@@ -369,7 +372,7 @@ def test_route_values_are_bounded_per_service() -> None:
         }
         if template:
             attributes["http.route"] = path
-        points = mapper.add(attributes, True, 1, 7, None, T0, T0 + 1, False, service)
+        points = mapper.add(SpanRecord(attributes, True, 1, 7, None, T0, T0 + 1, False, service))
         return dict(points[0].tags)["route"]
 
     assert [route(f"/p{i}") for i in range(5)] == [
@@ -446,14 +449,15 @@ def test_a_string_field_with_newlines_survives_the_isolation_of_a_bad_line(
         f"requests,route=GET:/h,service=s,status_code=200 account=1i {T0 - 10}\n",
         influxdb1_database,
     )  # account is an integer in this shard: a string account conflicts
-    pipeline = exporter._pipeline
+    delivery = exporter._ingest.delivery
+    assert delivery is not None
     series = "requests,route=GET:/h,service=s,status_code=200"
     lines = [
         f'{series} request_id="ok",note="line 1\nline 2\r" {T0}',
         f'{series} request_id="bad",account="x" {T0 + 1}',
         f'{series} request_id="ok2" {T0 + 2}',
     ]
-    pipeline.submit(lines)
+    delivery.submit(lines)
     assert exporter.force_flush(30_000)
     exporter.shutdown()
     rows = influxdb1.select(

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
+from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import RequestMapper
 from otel_luna.testing import InMemorySink
 
@@ -62,7 +63,17 @@ def new_semconv(http: dict[str, Any]) -> dict[str, Any]:
 def map_lines(attributes: dict[str, Any], status_error: bool = False) -> list[str]:
     """Map one SERVER span through the mapper and the encoder, as the exporter does."""
     points = RequestMapper().add(
-        attributes, True, TRACE_ID, 1, None, START, START + DURATION, status_error, "luna-handlers"
+        SpanRecord(
+            attributes,
+            True,
+            TRACE_ID,
+            1,
+            None,
+            START,
+            START + DURATION,
+            status_error,
+            "luna-handlers",
+        )
     )
     return LineProtocolEncoder().encode(points)
 
@@ -115,7 +126,9 @@ def test_non_server_spans_give_nothing() -> None:
     attributes = old_semconv({"method": "GET", "route": "/x", "path": "/x", "status": 500})
     for span_id in range(1, 5):
         assert (
-            mapper.add(attributes, False, TRACE_ID, span_id, None, START, START + 1, True, "s")
+            mapper.add(
+                SpanRecord(attributes, False, TRACE_ID, span_id, None, START, START + 1, True, "s")
+            )
             == []
         )
 
@@ -131,7 +144,9 @@ def test_unsupported_luna_values_are_counted() -> None:
         "luna.time.stage_time": "slow",
         "luna.bogus": 1,
     }
-    points = mapper.add(attributes, True, TRACE_ID, 1, None, START, START + 1, False, "s")
+    points = mapper.add(
+        SpanRecord(attributes, True, TRACE_ID, 1, None, START, START + 1, False, "s")
+    )
     assert len(points) == 1
     assert "list" not in dict(points[0].tags) and "stage_time" not in points[0].fields
     assert mapper.counts["unsupported_attribute_type"] == 2
@@ -145,30 +160,46 @@ def test_children_merge_into_server_ancestor() -> None:
     # span ids: 1 server, 2 child, 3 and 4 grandchildren; children end first.
     assert (
         mapper.add(
-            {"luna.time.save_samples_time": 0.5}, False, TRACE_ID, 3, 2, START, START + 5, False, ""
+            SpanRecord(
+                {"luna.time.save_samples_time": 0.5},
+                False,
+                TRACE_ID,
+                3,
+                2,
+                START,
+                START + 5,
+                False,
+                "",
+            )
         )
         == []
     )
     assert (
         mapper.add(
-            {"luna.time.save_samples_time": 0.25, "luna.tag.kind": "face"},
-            False,
-            TRACE_ID,
-            4,
-            2,
-            START,
-            START + 6,
-            False,
-            "",
+            SpanRecord(
+                {"luna.time.save_samples_time": 0.25, "luna.tag.kind": "face"},
+                False,
+                TRACE_ID,
+                4,
+                2,
+                START,
+                START + 6,
+                False,
+                "",
+            )
         )
         == []
     )
     assert (
-        mapper.add({"luna.request_id": "r-1"}, False, TRACE_ID, 2, 1, START, START + 7, False, "")
+        mapper.add(
+            SpanRecord(
+                {"luna.request_id": "r-1"}, False, TRACE_ID, 2, 1, START, START + 7, False, ""
+            )
+        )
         == []
     )
     assert mapper.pending == 1
-    (point,) = mapper.add(http, True, TRACE_ID, 1, None, START, START + 8, False, "svc")
+    (point,) = mapper.add(SpanRecord(http, True, TRACE_ID, 1, None, START, START + 8, False, "svc"))
     assert point.fields["save_samples_time"] == 0.75
     assert point.fields["request_id"] == "r-1"
     assert dict(point.tags)["kind"] == "face"
@@ -180,15 +211,17 @@ def test_pending_child_data_expires() -> None:
     mapper = RequestMapper(pending_ttl_ns=1000, pending_limit=10)
     for span_id in range(2, 1100):
         mapper.add(
-            {"luna.tag.x": "1"},
-            False,
-            TRACE_ID,
-            span_id,
-            span_id + 10_000,
-            START + span_id * 10,
-            START + span_id * 10,
-            False,
-            "",
+            SpanRecord(
+                {"luna.tag.x": "1"},
+                False,
+                TRACE_ID,
+                span_id,
+                span_id + 10_000,
+                START + span_id * 10,
+                START + span_id * 10,
+                False,
+                "",
+            )
         )
     assert mapper.pending <= 10
     assert mapper.counts["expired_luna_attributes"] >= 1088

@@ -28,9 +28,10 @@ from servehelpers import (
 from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
+from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.requests import RequestMapper
 from otel_luna.mapping.timestamps import MOVE_WINDOW, SeriesTimes, spread
-from otel_luna.mapping.usages import UsageMapper, UsageSample
+from otel_luna.mapping.usages import UsageMapper
 from otel_luna.mapping.watchdog import WatchdogMapper
 
 BURST = 1000
@@ -83,17 +84,23 @@ def test_every_series_spreads_its_times() -> None:
     times for distinct senders at one millisecond, and the same time for the same input."""
     mapper = RequestMapper()
     http = {"http.request.method": "GET", "http.route": "/x", "http.response.status_code": 500}
-    a = mapper.add(http, True, 1, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")
-    b = mapper.add(http, True, 2, 22, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")
+    a = mapper.add(SpanRecord(http, True, 1, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s"))
+    b = mapper.add(SpanRecord(http, True, 2, 22, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s"))
     assert len({point.time_ns for point in a}) == 1  # requests and errors share the request's time
     assert a[0].time_ns != b[0].time_ns
-    assert mapper.add(http, True, 1, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s") == a
-    same_span_id = mapper.add(http, True, 3, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")
+    assert (
+        mapper.add(SpanRecord(http, True, 1, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")) == a
+    )
+    same_span_id = mapper.add(
+        SpanRecord(http, True, 3, 11, None, MS_ALIGNED, MS_ALIGNED + 5, False, "s")
+    )
     assert same_span_id[0].time_ns not in (a[0].time_ns, b[0].time_ns)  # another trace
 
     licence = {"luna.license.status": "ok", "luna.license.liveness_balance": 1}
     times = {
-        mapper.add(licence, False, 3, span, None, MS_ALIGNED, MS_ALIGNED, False, "s")[0].time_ns
+        mapper.add(SpanRecord(licence, False, 3, span, None, MS_ALIGNED, MS_ALIGNED, False, "s"))[
+            0
+        ].time_ns
         for span in (31, 32)
     }
     assert len(times) == 2
@@ -106,7 +113,7 @@ def test_every_series_spreads_its_times() -> None:
     watchdog = WatchdogMapper()
     event = {"watchdog.event": "new_item", "watchdog.is_error": False}
     points = [
-        watchdog.add(event, False, 1, span, None, MS_ALIGNED, MS_ALIGNED, False, "w")[0]
+        watchdog.add(SpanRecord(event, False, 1, span, None, MS_ALIGNED, MS_ALIGNED, False, "w"))[0]
         for span in (41, 42)
     ]
     assert points[0].time_ns != points[1].time_ns
@@ -253,7 +260,9 @@ def test_zipkin_style_root_spans_stay_apart_and_cheap() -> None:
     http = {"http.request.method": "GET", "http.route": "/z", "http.response.status_code": 200}
     times = set()
     for trace_id in range(1, 4001):  # 64-bit trace ids, span id = trace id
-        (point,) = mapper.add(http, True, trace_id, trace_id, None, T_NS, T_NS + 5, False, "s")
+        (point,) = mapper.add(
+            SpanRecord(http, True, trace_id, trace_id, None, T_NS, T_NS + 5, False, "s")
+        )
         times.add(point.time_ns)
     assert len(times) == 4000
     assert mapper.times.collisions < 4000 + 400

@@ -79,7 +79,7 @@ def test_spans_in_process_and_over_otlp_give_identical_lines() -> None:
     exporter.shutdown()
     receiver = Receiver(memory_settings(), sink=otlp_sink)
     request = ExportTraceServiceRequest.FromString(encode_spans(spans).SerializeToString())
-    assert receiver.accept_traces(request) == (0, "")
+    assert receiver.accept_traces(request)[:2] == (0, "")
     receiver.shutdown()
     assert len(direct_sink.lines) == 2 * sum(len(c["expected"]) for c in GOLDEN) + 3
     assert otlp_sink.lines == direct_sink.lines
@@ -172,7 +172,7 @@ def test_rejected_points_are_reported_as_partial_success() -> None:
         pass
     sink = InMemorySink()
     receiver = Receiver(memory_settings(), sink=sink)
-    rejected, message = receiver.accept_traces(encode_spans(memory.get_finished_spans()))
+    rejected, message, _ = receiver.accept_traces(encode_spans(memory.get_finished_spans()))
     receiver.shutdown()
     # The route cannot be written: the point is rejected. A bad user tag alone would only
     # be dropped (and named in the message): the point is written without it.
@@ -191,7 +191,7 @@ def test_full_spool_refuses_with_backpressure() -> None:
     receiver.accept_traces(request)  # fills it beyond the high-water mark
     with pytest.raises(Backpressure):
         receiver.accept_traces(request)
-    assert receiver.requests["refused_spool_full"] == 1
-    receiver.traces.force_flush(10)
+    assert receiver.counts()["requests_refused_spool_full"] == 1
+    receiver.ingest.force_flush(10)
     receiver.accept_traces(request)  # room again once delivered
     receiver.shutdown()

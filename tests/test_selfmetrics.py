@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from otel_luna.selfmetrics import classify
+from otel_luna.outcomes import Outcome, Reason
 
 SCRIPT = textwrap.dedent(
     """
@@ -50,20 +50,29 @@ def test_counters_are_exported_as_otel_metrics() -> None:
     )
     found = json.loads(done.stdout)
 
-    def points(outcome: str, reason: str = "") -> int:
-        key = json.dumps({"outcome": outcome, "reason": reason, "signal": "traces"}, sort_keys=True)
-        return int(found.get("otel_luna.points" + key, 0))
+    def points(outcome: str, reason: str = "", signal: str | None = "traces") -> int:
+        attributes = {"outcome": outcome, "reason": reason}
+        if signal is not None:
+            attributes["signal"] = signal
+        return int(found.get("otel_luna.points" + json.dumps(attributes, sort_keys=True), 0))
 
     assert points("mapped") == 4  # three requests points, one errors point
-    assert points("spooled") == 4
-    assert points("written") == 4
-    assert points("dropped", "nonfinite_field") == 4
-    assert found['otel_luna.spool.lines{"signal": "traces"}'] == 0
+    assert points("spooled", signal=None) == 4  # delivery is one per destination: no signal
+    assert points("written", signal=None) == 4
+    assert points("value_dropped", "nonfinite_field") == 4  # written without the field
+    assert found["otel_luna.spool.lines{}"] == 0
     assert found['otel_luna.events{"event": "server_spans", "signal": "traces"}'] == 3
 
 
-def test_classify_counter_keys() -> None:
-    """Counter keys map to an outcome and a reason."""
-    assert classify("written") == ("written", "")
-    assert classify("dropped_spool_full") == ("dropped", "spool_full")
-    assert classify("backslash_in_tag_value") == ("dropped", "backslash_in_tag_value")
+def test_every_counter_has_an_outcome_and_a_reason_label() -> None:
+    """The self-metric labels come from the Reason itself, never guessed from a name."""
+    assert (Reason.WRITTEN.outcome, Reason.WRITTEN.label) == (Outcome.WRITTEN, "")
+    assert (Reason.DROPPED_SPOOL_FULL.outcome, Reason.DROPPED_SPOOL_FULL.label) == (
+        Outcome.DROPPED,
+        "spool_full",
+    )
+    assert Reason.BACKSLASH_IN_TAG_VALUE.outcome is Outcome.REJECTED
+    assert Reason.TRUNCATED_STRING.outcome is Outcome.VALUE_DROPPED  # the point is written
+    assert Reason.WRITER_ERRORS.outcome is Outcome.EVENT  # not a dropped point
+    assert Reason.of("replayed_lines") is Reason.REPLAYED_LINES
+    assert all(isinstance(reason.outcome, Outcome) for reason in Reason)

@@ -184,8 +184,7 @@ def test_full_disk_spool_drops_oldest_segments(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond max_bytes whole oldest segments go, counted; the newest data stays."""
-    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 200)
-    spool = DiskSpool(tmp_path / "spool", max_bytes=1000)
+    spool = DiskSpool(tmp_path / "spool", max_bytes=1000, segment_bytes=200)
     for index in range(100):
         spool.append(b"m x=%03di\n" % index, 1)
     assert spool.pending_bytes <= 1000 + 200
@@ -243,8 +242,7 @@ def test_full_spool_never_drops_the_segment_being_written_out(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Making room while a batch is in flight keeps that batch's segment and exact counts."""
-    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 100)
-    spool = DiskSpool(tmp_path / "spool", max_bytes=350)
+    spool = DiskSpool(tmp_path / "spool", max_bytes=350, segment_bytes=100)
     for index in range(6):
         spool.append(b"m x=%03di\n" % index, 1)  # 26 bytes a record: 4 per segment
     batch = spool.read(2)
@@ -294,7 +292,7 @@ def test_a_refused_record_leaves_nothing_behind(
     assert refused.value.errno == errno.ENOSPC
     assert len(segment_bytes(spool.directory)) == record_size(b"m x=1i\n")
     assert spool.pending_lines == 1 and spool.pending_bytes == record_size(b"m x=1i\n")
-    assert spool.counts == Counter()
+    assert spool.counts.snapshot() == Counter()
     disk.room = None  # room again
     spool.append(b"m x=3i\n", 1)
     die(spool)
@@ -427,7 +425,7 @@ def test_serve_spool_refuses_what_the_disk_refuses(tmp_path: Path, disk: DiskFau
     with pytest.raises(SpoolUnavailable) as refused:
         spool.append(b"m x=1i\n", 1)
     assert isinstance(refused.value, OSError) and refused.value.errno == errno.ENOSPC
-    assert spool.pending_lines == 0 and spool.counts == Counter()
+    assert spool.pending_lines == 0 and spool.counts.snapshot() == Counter()
     assert segment_bytes(spool.directory) == b""
     disk.room = None
     spool.append(b"m x=2i\n", 1)

@@ -96,7 +96,6 @@ def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
     """Exports fill the tmpfs spool while InfluxDB is unreachable; each answers SUCCESS (the
     overflow waits in memory). Once InfluxDB is reachable every one of those points is written
     exactly once, in a few writes, none empty; then new points go to the disk again."""
-    monkeypatch.setattr(spool_module, "DISK_RETRY_INTERVAL", 0.0)
     settings = Settings.load(
         {},
         endpoint=influxdb1.url,
@@ -109,9 +108,10 @@ def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
     )
     sink = SwitchableSink(closed_port_sink(influxdb1_database), InfluxV1Sink(settings))
     exporter = LunaSpanExporter(settings, sink=sink)
-    assert exporter._pipeline.writer is not None
-    spool = exporter._pipeline.writer.spool
+    assert exporter._ingest.delivery is not None
+    spool = exporter._ingest.delivery.spool
     assert isinstance(spool, FallbackSpool)
+    spool._retry_interval = 0.0  # try the disk again at once
     spans = server_spans(POINTS + 1)
     try:
         results = [exporter.export([span]).name for span in spans[:POINTS]]

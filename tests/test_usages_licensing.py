@@ -17,8 +17,9 @@ from servers import InfluxDB1
 import otel_luna
 from otel_luna import _helpers
 from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper, UsageSample
+from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
 
 SCRIPT = Path(__file__).parent / "apps" / "usage_script.py"
 VENV_BIN = Path(sys.executable).parent
@@ -80,7 +81,9 @@ def test_license_span_maps_to_one_point() -> None:
         "luna.license.warnings": ("balance is low", "expires soon"),
         "luna.license.errors": (),
     }
-    points = RequestMapper().add(attributes, False, 1, 2, 3, T0, T0 + 1, False, "luna-handlers")
+    points = RequestMapper().add(
+        SpanRecord(attributes, False, 1, 2, 3, T0, T0 + 1, False, "luna-handlers")
+    )
     assert LineProtocolEncoder().encode(points) == [
         "licensing,license_status=warning,service=luna-handlers liveness_balance=12i,"
         f'warnings="balance is low; expires soon",errors="" {T0 + 551_618}'
@@ -186,7 +189,9 @@ def test_licence_attributes_without_status_are_counted_not_mapped() -> None:
     """A span with licence fields but no luna.license.status is no licence check."""
     mapper = RequestMapper()
     assert (
-        mapper.add({"luna.license.liveness_balance": 3}, False, 1, 2, None, T0, T0, False, "s")
+        mapper.add(
+            SpanRecord({"luna.license.liveness_balance": 3}, False, 1, 2, None, T0, T0, False, "s")
+        )
         == []
     )
     assert mapper.counts["incomplete_license_check"] == 1

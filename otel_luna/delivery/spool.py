@@ -49,11 +49,13 @@ import struct
 import threading
 import time
 import zlib
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from otel_luna.outcomes import Counts, Reason
 
 _logger = logging.getLogger(__name__)
 
@@ -94,7 +96,7 @@ class Batch:
 
 class Spool(Protocol):
     @property
-    def counts(self) -> Counter[str]: ...
+    def counts(self) -> Counts: ...
 
     @property
     def durable(self) -> bool:
@@ -131,8 +133,8 @@ class MemorySpool:
 
     durable = False
 
-    def __init__(self, max_bytes: int) -> None:
-        self.counts: Counter[str] = Counter()
+    def __init__(self, max_bytes: int, counts: Counts | None = None) -> None:
+        self.counts = Counts() if counts is None else counts
         self.max_bytes = max_bytes
         self._records: deque[tuple[bytes, int]] = deque()
         self._bytes = 0
@@ -152,7 +154,7 @@ class MemorySpool:
                 del self._records[self._reading]
                 self._bytes -= len(old)
                 self._lines -= old_lines
-                self.counts["dropped_spool_full"] += old_lines
+                self.counts.add(Reason.DROPPED_SPOOL_FULL, old_lines)
 
     def read(self, max_lines: int) -> Batch | None:
         with self._lock:
@@ -200,7 +202,8 @@ class MemorySpool:
 
     def after_fork_in_child(self) -> None:
         """The parent keeps the records; the child starts empty, with a lock of its own."""
-        self.__init__(self.max_bytes)  # type: ignore[misc]
+        self.counts.after_fork_in_child()
+        self.__init__(self.max_bytes, self.counts)  # type: ignore[misc]
 
 
 def _check_record(body: bytes, lines: int) -> None:
@@ -213,9 +216,11 @@ def _check_record(body: bytes, lines: int) -> None:
 class _SegmentLog:
     """The records of one directory: ``<n>.seg`` files and an ``ack`` file (segment, offset)."""
 
-    def __init__(self, directory: Path, counts: Counter[str]) -> None:
+    def __init__(self, directory: Path, counts: Counts, segment_bytes: int = SEGMENT_BYTES) -> None:
         self.directory = directory
         self._counts = counts
+        self._segment_bytes = segment_bytes
+        self._ack_write_errors = 0
         self.segments = sorted(
             int(path.stem) for path in directory.glob(f"*{_SEGMENT_SUFFIX}") if path.stem.isdigit()
         )
@@ -251,8 +256,9 @@ class _SegmentLog:
             temporary.write_text(f"{self.read_segment} {self.read_offset}\n")
             os.replace(temporary, self.directory / _ACK_FILE)
         except OSError as error:
-            self._counts["ack_write_errors"] += 1
-            if self._counts["ack_write_errors"] == 1:
+            self._ack_write_errors += 1
+            self._counts.add(Reason.ACK_WRITE_ERRORS)
+            if self._ack_write_errors == 1:
                 _logger.warning(
                     "otel-luna spool: cannot record progress in %s: %s", self.directory, error
                 )
@@ -265,7 +271,7 @@ class _SegmentLog:
         while valid_end < len(data):
             record = _parse(data, valid_end)
             if record is None:
-                self._counts["corrupt_records"] += 1
+                self._counts.add(Reason.CORRUPT_RECORDS)
                 _logger.warning(
                     "otel-luna spool: %s is damaged at byte %d; skipping the rest of it",
                     self._path(number),
@@ -280,7 +286,7 @@ class _SegmentLog:
         self._lines[number] = lines
         self.pending_bytes += valid_end - offset
         self.pending_lines += lines
-        self._counts["replayed_lines"] += lines
+        self._counts.add(Reason.REPLAYED_LINES, lines)
 
     # -- appending --------------------------------------------------------------------------
 
@@ -306,7 +312,7 @@ class _SegmentLog:
     def _write(self, record: bytes) -> int:
         """Write ``record`` at the end of the current segment; its number. On failure nothing
         of it is left behind."""
-        if self._write_fd is None or self._sizes[self.segments[-1]] >= SEGMENT_BYTES:
+        if self._write_fd is None or self._sizes[self.segments[-1]] >= self._segment_bytes:
             self._roll()
         assert self._write_fd is not None
         number = self.segments[-1]
@@ -395,8 +401,8 @@ class _SegmentLog:
         """The record at the read position is damaged (changed or cut after it was written):
         count it, drop what is left of its segment, and never append there again."""
         lost = self._lines[number] - self._read_lines
-        self._counts["corrupt_records"] += 1
-        self._counts["dropped_corrupt"] += lost
+        self._counts.add(Reason.CORRUPT_RECORDS)
+        self._counts.add(Reason.DROPPED_CORRUPT, lost)
         _logger.warning(
             "otel-luna spool: %s is damaged at byte %d; dropping the %d lines left in it",
             self._path(number),
@@ -474,10 +480,18 @@ class DiskSpool:
 
     durable = True
 
-    def __init__(self, root: Path | str, max_bytes: int) -> None:
+    def __init__(
+        self,
+        root: Path | str,
+        max_bytes: int,
+        *,
+        segment_bytes: int = SEGMENT_BYTES,
+        counts: Counts | None = None,
+    ) -> None:
         self.root = Path(root)
-        self.counts: Counter[str] = Counter()
+        self.counts = Counts() if counts is None else counts
         self._max_bytes = max_bytes
+        self._segment_bytes = segment_bytes
         self._lock = threading.Lock()
         self._closed = False
         self.root.mkdir(parents=True, exist_ok=True)
@@ -492,11 +506,11 @@ class DiskSpool:
         did not deliver before it exited is delivered by a living process.
         """
         adopted = 0
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+        for directory in _process_directories(self.root):
             fd = _try_lock(directory)
             if fd is None:
                 continue
-            log = _SegmentLog(directory, self.counts)
+            log = _SegmentLog(directory, self.counts, self._segment_bytes)
             if log.pending_lines:
                 with self._lock:
                     self._adopted.append((log, fd))
@@ -509,14 +523,23 @@ class DiskSpool:
         return adopted
 
     def _new_own(self) -> tuple[_SegmentLog, int]:
-        directory = self.root / f"{os.getpid()}-{os.urandom(4).hex()}"
-        directory.mkdir(mode=0o700)
-        fd = _try_lock(directory)
+        # Made and locked under a hidden name, then renamed: no other process ever sees it
+        # unlocked (and adopts or removes it) between mkdir and lock.
+        name = f"{os.getpid()}-{os.urandom(4).hex()}"
+        hidden = self.root / f".{name}"
+        hidden.mkdir(mode=0o700)
+        fd = _try_lock(hidden)
         if fd is None:  # pragma: no cover - a fresh directory nobody else knows
-            raise OSError(f"cannot lock {directory}")
+            raise OSError(f"cannot lock {hidden}")
         with contextlib.suppress(OSError):  # its room, while there is some
-            _write_stats(directory, {})
-        return _SegmentLog(directory, self.counts), fd
+            _write_stats(hidden, {})
+        directory = self.root / name
+        try:
+            hidden.rename(directory)
+        except OSError:
+            os.close(fd)
+            raise
+        return _SegmentLog(directory, self.counts, self._segment_bytes), fd
 
     def after_fork_in_child(self) -> None:
         """A forked child gets a directory of its own; the parent keeps its records. A closed
@@ -528,7 +551,7 @@ class DiskSpool:
         self._own.close()
         os.close(self._own_fd)
         self._lock = threading.Lock()
-        self.counts = Counter()
+        self.counts.after_fork_in_child()
         self._adopted = []
         self._own, self._own_fd = self._new_own()
 
@@ -550,7 +573,7 @@ class DiskSpool:
                 dropped = self._drop_oldest()
                 if dropped is None:
                     break
-                self.counts["dropped_spool_full"] += dropped
+                self.counts.add(Reason.DROPPED_SPOOL_FULL, dropped)
                 _logger.warning("otel-luna spool full: dropped the %d oldest lines", dropped)
 
     def _drop_oldest(self) -> int | None:
@@ -615,6 +638,11 @@ class DiskSpool:
             else:
                 self._own.close()
                 os.close(self._own_fd)
+
+
+def _process_directories(root: Path) -> list[Path]:
+    """The process directories under a destination's spool root (not those being made)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _try_lock(directory: Path) -> int | None:
@@ -712,16 +740,21 @@ class FallbackSpool:
     """
 
     def __init__(
-        self, disk: DiskSpool, max_bytes: int, *, clock: Callable[[], float] = time.monotonic
+        self,
+        disk: DiskSpool,
+        max_bytes: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        retry_interval: float = DISK_RETRY_INTERVAL,
     ) -> None:
         self.disk = disk
-        self.memory = MemorySpool(max_bytes)
+        self.memory = MemorySpool(max_bytes, disk.counts)
         self._clock = clock
+        self._retry_interval = retry_interval
         self._init_state()
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
         self._in_memory = False  # new records go to memory
         self._disk_again_at = 0.0
         self._since = 0.0  # time.time() of the switch to memory
@@ -750,8 +783,8 @@ class FallbackSpool:
         }
 
     @property
-    def counts(self) -> Counter[str]:
-        return self.disk.counts + self.memory.counts + self._counts
+    def counts(self) -> Counts:
+        return self.disk.counts  # shared with the memory spool
 
     def append(self, body: bytes, lines: int) -> None:
         with self._lock:
@@ -764,11 +797,11 @@ class FallbackSpool:
                 try:
                     self.disk.append(body, lines)
                 except SpoolUnavailable as error:
-                    self._disk_again_at = self._clock() + DISK_RETRY_INTERVAL
+                    self._disk_again_at = self._clock() + self._retry_interval
                     if not self._in_memory:
                         self._in_memory = True
                         self._since, self._reason = time.time(), str(error)
-                        self._counts["spool_fallback_memory"] += 1
+                        self.counts.add(Reason.SPOOL_FALLBACK_MEMORY)
                         _logger.warning("otel-luna spool: %s; keeping points in memory", error)
                 else:
                     if retrying:
@@ -833,7 +866,7 @@ def open_spool(kind: str, directory: str, max_bytes: int, *, memory_fallback: bo
             "otel-luna spool: cannot use %s (%s); keeping points in memory", directory, error
         )
         spool = MemorySpool(max_bytes)
-        spool.counts["spool_fallback_memory"] = 1
+        spool.counts.add(Reason.SPOOL_FALLBACK_MEMORY)
         return spool
     return FallbackSpool(disk, max_bytes) if memory_fallback else disk
 
@@ -849,11 +882,11 @@ def describe(root: Path | str) -> list[dict[str, object]]:
     if not root.is_dir():
         return entries
     for destination in sorted(p for p in root.iterdir() if p.is_dir()):
-        for directory in sorted(p for p in destination.iterdir() if p.is_dir()):
+        for directory in _process_directories(destination):
             fd = _try_lock(directory)
             if fd is not None:
                 os.close(fd)
-            counts: Counter[str] = Counter()
+            counts = Counts()
             log = _SegmentLog(directory, counts)
             try:
                 stats = json.loads((directory / _STATS_FILE).read_text())

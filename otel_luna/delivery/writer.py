@@ -34,12 +34,9 @@ never traces our own writes. A worker that dies is restarted (``writer_restarts`
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
 import os
 import random
-import stat
 import threading
 import time
 import weakref
@@ -47,10 +44,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from otel_luna.delivery.spool import Spool, write_all
+from otel_luna.delivery.deadletters import DeadLetters
+from otel_luna.delivery.spool import Spool
+from otel_luna.delivery.throttle import SUMMARY_INTERVAL, Throttle
 from otel_luna.encoding.lineprotocol import split_lines
+from otel_luna.outcomes import Counts, Reason
 from otel_luna.redact import redact
-from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
 from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
 
 _logger = logging.getLogger(__name__)
@@ -59,186 +58,18 @@ BACKOFF_INITIAL = 0.5
 #: Short enough that delivery resumes within seconds of the database coming back (measured:
 #: with 30 s, a 60 s outage drained at only 2.7x ingest counted from recovery).
 BACKOFF_MAX = 5.0
-#: Seconds between the one-line summaries logged when something was retried or dropped, and
-#: between the warnings that the destination is still blocked.
-SUMMARY_INTERVAL = 60.0
 #: Seconds between looks for spool directories of processes that are gone (forked children).
 ADOPT_INTERVAL = 5.0
-#: Default bound of the dead-letter file (``dead_letter_max_bytes``).
-DEAD_LETTER_MAX_BYTES = 64 * 1024 * 1024
 _SUMMARY_KEYS = (
-    "retried",
-    "dropped_spool_full",
-    "dead_lettered",
-    "dead_letters_rotated_out",
-    "dead_letter_write_errors",
-    "corrupt_records",
-    "writer_restarts",
-)
-#: How the dead-letter file is opened: never through a symbolic link (``O_NOFOLLOW``), never
-#: blocking on a FIFO (``O_NONBLOCK``); what is opened must then be a regular file.
-_DEAD_LETTER_FLAGS = (
-    os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    Reason.RETRIED,
+    Reason.DROPPED_SPOOL_FULL,
+    Reason.DEAD_LETTERED,
+    Reason.DEAD_LETTERS_ROTATED_OUT,
+    Reason.DEAD_LETTER_WRITE_ERRORS,
+    Reason.CORRUPT_RECORDS,
+    Reason.WRITER_RESTARTS,
 )
 _HELD = (Failure.RETRY, Failure.BLOCKED)
-
-
-class _Throttle:
-    """Says when a recurring message is due: the first time, then at most once per
-    :data:`SUMMARY_INTERVAL` (the rest are counted, and the summary reports them)."""
-
-    __slots__ = ("_last",)
-
-    def __init__(self) -> None:
-        self._last: float | None = None  # time.monotonic() of the last message
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if self._last is not None and now - self._last < SUMMARY_INTERVAL:
-            return False
-        self._last = now
-        return True
-
-
-class DeadLetters:
-    """Appends rejected lines with the server's (redacted) reason, one JSON object per line.
-
-    The file is created with mode 0600 (an existing one is made 0600). When appending would
-    take it past ``max_bytes`` it is renamed to ``<path>.1`` (replacing the previous one, whose
-    records are counted as ``dead_letters_rotated_out``) and a new file is started. Raises
-    :class:`SettingsError` naming ``OTEL_EXPORTER_LUNA_DEAD_LETTER`` when the path cannot be
-    written or is a symbolic link; creates nothing until the first dead letter.
-
-    A symbolic link is never followed (nor a file other than a regular one written): one that
-    appears at the path later makes each write fail, counted as ``dead_letter_write_errors``
-    and logged (the first, then at most once a minute); the line is lost, never appended to
-    whatever the link points at.
-    """
-
-    def __init__(
-        self, path: str, max_bytes: int = DEAD_LETTER_MAX_BYTES, secrets: Iterable[str] = ()
-    ) -> None:
-        self.path = path
-        self.max_bytes = max_bytes
-        self.counts: Counter[str] = Counter()
-        self._secrets = tuple(secrets)
-        self._lock = threading.Lock()
-        self._errors = _Throttle()
-        problem = _unwritable(path)
-        if problem:
-            raise SettingsError(
-                OTEL_EXPORTER_LUNA_DEAD_LETTER,
-                redact(f"cannot write dead letters to {path}: {problem}", self._secrets),
-            )
-
-    def write(self, line: bytes, reason: str, status: int | None) -> None:
-        record = {
-            "time": time.time(),
-            "status": status,
-            "reason": redact(reason, self._secrets),
-            "line": line.decode(errors="replace").rstrip("\n"),
-        }
-        data = (json.dumps(record, ensure_ascii=False) + "\n").encode()
-        try:
-            with self._lock:
-                directory = os.path.dirname(self.path)
-                if directory:
-                    os.makedirs(directory, exist_ok=True)
-                size = _size(self.path)
-                if size and size + len(data) > self.max_bytes:
-                    self._rotate()
-                fd = _open_regular(self.path, _DEAD_LETTER_FLAGS)
-                try:
-                    if os.fstat(fd).st_mode & 0o077:  # a file an older version left readable
-                        with contextlib.suppress(OSError):
-                            os.fchmod(fd, 0o600)  # the file itself: fd was opened without links
-                    write_all(fd, data)
-                finally:
-                    os.close(fd)
-        except OSError as error:
-            self.counts["dead_letter_write_errors"] += 1
-            if self._errors.due():
-                _logger.error(
-                    "otel-luna: cannot write dead letter to %s: %s (the line is lost; further "
-                    "failures within %.0f s are only counted: dead_letter_write_errors)",
-                    self.path,
-                    _why(error),
-                    SUMMARY_INTERVAL,
-                )
-
-    def _rotate(self) -> None:
-        older = f"{self.path}.1"
-        try:
-            fd = _open_regular(older, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:  # none, or not ours to read (a link): replaced all the same, uncounted
-            lost = 0
-        else:
-            with open(fd, "rb") as file:
-                lost = sum(chunk.count(b"\n") for chunk in iter(lambda: file.read(1 << 20), b""))
-        os.replace(self.path, older)  # renames links themselves, never what they point at
-        if lost:
-            self.counts["dead_letters_rotated_out"] += lost
-            _logger.warning(
-                "otel-luna: dead-letter file %s rotated; %d older dead letters discarded",
-                self.path,
-                lost,
-            )
-
-    def stats(self) -> dict[str, object]:
-        """Path and bytes on disk (the file and its rotated predecessor), for ``status``."""
-        return {"path": self.path, "bytes": _size(self.path) + _size(f"{self.path}.1")}
-
-    def after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self.counts = Counter()
-        self._errors = _Throttle()
-
-
-def _open_regular(path: str, flags: int) -> int:
-    """``os.open(path, flags, 0o600)``, refusing anything but a regular file."""
-    fd = os.open(path, flags, 0o600)
-    found = os.fstat(fd)
-    # A hard link would be followed like a symbolic one: another file's contents and mode.
-    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
-        os.close(fd)
-        raise OSError(errno.EINVAL, "not a regular file of its own", path)
-    return fd
-
-
-def _why(error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "it is a symbolic link, which is not followed"
-    return str(error)
-
-
-def _size(path: str) -> int:
-    try:
-        return os.lstat(path).st_size
-    except OSError:
-        return 0
-
-
-def _unwritable(path: str) -> str | None:
-    """Why ``path`` could not be appended to (a directory, a symbolic link, no permission ...),
-    else None."""
-    if os.path.islink(path):
-        return "it is a symbolic link (not followed: give the path of the file itself)"
-    if os.path.isdir(path):
-        return "it is a directory"
-    if os.path.exists(path) and not os.path.isfile(path):
-        return "it is not a regular file (a device, a pipe)"
-    if os.path.isfile(path) and os.stat(path).st_nlink > 1:
-        return "it is a hard link to another file"
-    if os.path.exists(path):
-        return None if os.access(path, os.W_OK) else "no permission to write the file"
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"{parent} is not a directory"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"no permission to create files in {parent}"
-    return None
 
 
 @dataclass
@@ -256,7 +87,7 @@ class _Blocked:
     since: float  # time.time()
     reason: str
     status: int | None
-    warnings: _Throttle
+    warnings: Throttle
 
 
 class BatchWriter:
@@ -272,22 +103,23 @@ class BatchWriter:
         write_timeout: float = 10.0,
         dead_letters: DeadLetters | None = None,
         secrets: Iterable[str] = (),
-        extra_counts: Callable[[], Mapping[str, int]] | None = None,
+        extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
+        summary_interval: float = SUMMARY_INTERVAL,
     ) -> None:
-        """``extra_counts``, if given, returns counters kept elsewhere (the pipeline's mapping
-        and encoder rejections) to add to the stats ``otel-luna status`` shows; it is called on
-        the writer thread, while other threads may be updating them: a call that raises (a
-        dict changed size while copied) is tried again, then skipped for that round. Its
-        counts are not part of :meth:`all_counts`."""
+        """``extra_counts``, if given, returns counters kept elsewhere (the ingest's mapping
+        and encoder counts, copied under its lock) to add to the stats ``otel-luna status``
+        shows; they are not part of :meth:`all_counts`. ``summary_interval``: seconds between
+        the summaries and repeated warnings."""
         self.sink = sink
         self.spool = spool
-        self.counts: Counter[str] = Counter()
+        self.counts = Counts()
         self.dead_letters = dead_letters
         self._extra_counts = extra_counts
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._write_timeout = write_timeout
         self._secrets = tuple(secrets)
+        self._summary_interval = summary_interval
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -301,11 +133,13 @@ class BatchWriter:
         self._flush_requested = 0
         self._flushed = 0
         self._closed = False
+        self._worker_closes = False  # shutdown left closing the sink and spool to the worker
+        self._worker_done = False  # the worker has stopped for good
         self._blocked: _Blocked | None = None
-        self._rejections = _Throttle()
+        self._rejections = Throttle(self._summary_interval)
         self._extra_failed = False
         self._last_summary = self._last_adoption = time.monotonic()
-        self._summarised: Counter[str] = Counter()
+        self._summarised: Counter[Reason] = Counter()
         self._worker = self._start_worker()
 
     def _start_worker(self) -> threading.Thread:
@@ -318,7 +152,7 @@ class BatchWriter:
         # and connections (the parent's may be mid-use in a thread the child does not have).
         if self._closed:  # shut down, not yet collected: nothing to renew (its fds are closed)
             return
-        self.counts = Counter()
+        self.counts.after_fork_in_child()
         self.spool.after_fork_in_child()
         if self.dead_letters is not None:
             self.dead_letters.after_fork_in_child()
@@ -338,13 +172,13 @@ class BatchWriter:
         if not lines:
             return
         if self._closed:
-            self.counts["dropped_after_shutdown"] += len(lines)
+            self.counts.add(Reason.DROPPED_AFTER_SHUTDOWN, len(lines))
             return
         size = self._batch_size
         for start in range(0, len(lines), size):  # no record larger than a batch
             chunk = lines[start : start + size]
             self.spool.append(("\n".join(chunk) + "\n").encode(), len(chunk))
-        self.counts["spooled"] += len(lines)
+        self.counts.add(Reason.SPOOLED, len(lines))
         if not self._worker.is_alive():
             with self._lock:
                 self._restart_worker_locked()
@@ -355,7 +189,7 @@ class BatchWriter:
         """Start a new worker if the last one died (hold ``_lock``)."""
         if self._worker.is_alive() or self._closed:
             return
-        self.counts["writer_restarts"] += 1
+        self.counts.add(Reason.WRITER_RESTARTS, 1)
         _logger.warning("otel-luna: the writer thread had stopped; restarted it")
         self._wake.set()
         self._worker = self._start_worker()
@@ -373,12 +207,18 @@ class BatchWriter:
             return None
         return {"since": blocked.since, "reason": blocked.reason, "status": blocked.status}
 
-    def all_counts(self) -> Counter[str]:
+    def all_counts(self) -> Counter[Reason]:
         """Delivery, dead-letter and spool counters together."""
-        total = self.counts + self.spool.counts
+        total = self.counts.snapshot()
+        total.update(self.spool.counts.snapshot())
         if self.dead_letters is not None:
-            total.update(self.dead_letters.counts)
+            total.update(self.dead_letters.counts.snapshot())
         return total
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes waiting in the spool."""
+        return self.spool.pending_bytes
 
     def force_flush(self, timeout: float | None = None) -> bool:
         """Deliver everything spooled now; ``False`` if not done within ``timeout``."""
@@ -415,7 +255,7 @@ class BatchWriter:
         left = self.spool.pending_lines
         volatile = min(left, self.spool.pending_volatile_lines)
         if left - volatile:
-            self.counts["left_in_spool"] += left - volatile
+            self.counts.add(Reason.LEFT_IN_SPOOL, left - volatile)
             _logger.warning(
                 "otel-luna: %d lines not delivered at shutdown stay in the spool%s for the next "
                 "start (left_in_spool)",
@@ -423,7 +263,7 @@ class BatchWriter:
                 _where(self.spool),
             )
         if volatile:
-            self.counts["dropped_at_shutdown"] += volatile
+            self.counts.add(Reason.DROPPED_AT_SHUTDOWN, volatile)
             fallback = getattr(self.spool, "fallback", None)
             _logger.warning(
                 "otel-luna: %d lines not delivered at shutdown were held in memory only (%s) and "
@@ -437,12 +277,24 @@ class BatchWriter:
             )
         self._log_summary(force=True)
         self._write_stats()
+        with self._lock:
+            # A worker still inside a write closes them when that returns, not under it.
+            self._worker_closes = self._worker.is_alive() and not self._worker_done
+        if self._worker_closes:
+            _logger.warning(
+                "otel-luna: a write still runs at shutdown; the sink and the spool are closed "
+                "when it returns"
+            )
+        else:
+            self._close_sink_and_spool()
+        return done
+
+    def _close_sink_and_spool(self) -> None:
         for closing in (self.sink.close, self.spool.close):
             try:
                 closing()
             except Exception as error:  # noqa: BLE001 - logged (redacted); shutdown goes on
                 _logger.error("otel-luna: closing %r failed: %s", closing, self._clean(error))
-        return done
 
     # -- worker -----------------------------------------------------------------------------
 
@@ -450,8 +302,13 @@ class BatchWriter:
         try:
             self._loop()
         except Exception:  # restarted by the next submit() or force_flush()
-            self.counts["writer_errors"] += 1
+            self.counts.add(Reason.WRITER_ERRORS, 1)
             _logger.exception("otel-luna: the writer thread failed")
+        with self._lock:
+            closes = self._worker_closes and threading.current_thread() is self._worker
+            self._worker_done = self._closed
+        if closes:  # shutdown stopped waiting for this thread
+            self._close_sink_and_spool()
 
     def _loop(self) -> None:
         suppress_instrumentation()
@@ -476,7 +333,7 @@ class BatchWriter:
                 ok, retry_after = self._drain()
             except Exception:  # the worker must outlive anything: retry later
                 _logger.exception("otel-luna: delivery failed unexpectedly; will retry")
-                self.counts["writer_errors"] += 1
+                self.counts.add(Reason.WRITER_ERRORS, 1)
                 ok, retry_after = False, None
             if ok:
                 backoff = 0.0
@@ -496,7 +353,7 @@ class BatchWriter:
     def _write_stats(self) -> None:
         counts = self.all_counts()
         counts.update(self._extra())
-        stats: dict[str, object] = dict(counts)
+        stats: dict[str, object] = {str(reason): value for reason, value in counts.items()}
         if self._blocked is not None:
             stats["blocked"] = self.blocked
         if self.dead_letters is not None:
@@ -507,22 +364,17 @@ class BatchWriter:
         with contextlib.suppress(OSError):  # the spool's own writes report disk trouble
             self.spool.write_stats(stats)
 
-    def _extra(self) -> Counter[str]:
-        """What ``extra_counts`` returns, copied; empty if it keeps failing."""
+    def _extra(self) -> Mapping[Reason, int]:
+        """What ``extra_counts`` returns; empty if it fails."""
         if self._extra_counts is None:
-            return Counter()
-        for _ in range(3):
-            try:
-                extra = dict(self._extra_counts())
-                return Counter({str(key): int(value) for key, value in extra.items()})
-            except RuntimeError:  # a counter grew while it was copied: copy again
-                continue
-            except Exception as error:  # noqa: BLE001 - stats are a report; delivery goes on
-                if not self._extra_failed:
-                    self._extra_failed = True
-                    _logger.warning("otel-luna: cannot read counters for the stats: %r", error)
-                return Counter()
-        return Counter()
+            return {}
+        try:
+            return self._extra_counts()
+        except Exception as error:  # noqa: BLE001 - stats are a report; delivery goes on
+            if not self._extra_failed:
+                self._extra_failed = True
+                _logger.warning("otel-luna: cannot read counters for the stats: %r", error)
+            return {}
 
     def _adopt_orphans(self) -> None:
         now = time.monotonic()
@@ -549,7 +401,7 @@ class BatchWriter:
             try:
                 self._deliver(batch.body, batch.lines, outcome)
             except SinkError as error:  # RETRY or BLOCKED: the whole batch stays
-                self.counts["retried"] += batch.lines
+                self.counts.add(Reason.RETRIED, batch.lines)
                 self._held(error)
                 return False, error.retry_after
             self._settle(outcome)
@@ -582,7 +434,7 @@ class BatchWriter:
                 self._split(body, outcome)
         except Exception as error:  # noqa: BLE001 - logged (redacted) and retried
             # A broken sink must not kill the worker: treat it as a failure to retry.
-            self.counts["sink_errors"] += 1
+            self.counts.add(Reason.SINK_ERRORS, 1)
             message = f"sink {self.sink!r} failed: {error!r}"
             _logger.error("otel-luna: %s", self._clean(message))
             raise SinkError(message, failure=Failure.RETRY, secrets=self._secrets) from None
@@ -596,7 +448,7 @@ class BatchWriter:
             lines = split_lines(body)  # a string field may hold \n or \r
         middle = len(lines) // 2
         for half in (lines[:middle], lines[middle:]):
-            self.counts["split_writes"] += 1
+            self.counts.add(Reason.SPLIT_WRITES, 1)
             self._deliver(b"".join(half), len(half), outcome)
 
     @staticmethod
@@ -610,10 +462,10 @@ class BatchWriter:
             outcome.retry_error = error
 
     def _settle(self, outcome: _Outcome) -> None:
-        self.counts["written"] += outcome.written
-        self.counts["retried"] += outcome.retry_body.count(b"\n")
+        self.counts.add(Reason.WRITTEN, outcome.written)
+        self.counts.add(Reason.RETRIED, outcome.retry_body.count(b"\n"))
         for line, reason, status in outcome.rejected:
-            self.counts["dead_lettered"] += 1
+            self.counts.add(Reason.DEAD_LETTERED, 1)
             clean = self._clean(reason)
             self._log_rejection(clean)
             if self.dead_letters is not None:
@@ -631,7 +483,7 @@ class BatchWriter:
             "in the summary (dead_lettered)",
             where,
             reason,
-            SUMMARY_INTERVAL,
+            self._summary_interval,
         )
 
     def _held(self, error: SinkError) -> None:
@@ -642,7 +494,9 @@ class BatchWriter:
         reason = self._clean(error)
         blocked = self._blocked
         if blocked is None:
-            blocked = self._blocked = _Blocked(time.time(), reason, error.status, _Throttle())
+            blocked = self._blocked = _Blocked(
+                time.time(), reason, error.status, Throttle(self._summary_interval)
+            )
         blocked.reason, blocked.status = reason, error.status
         if not blocked.warnings.due():
             return
@@ -664,7 +518,7 @@ class BatchWriter:
 
     def _log_summary(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_summary < SUMMARY_INTERVAL:
+        if not force and now - self._last_summary < self._summary_interval:
             return
         self._last_summary = now
         current = self.all_counts()
@@ -672,7 +526,7 @@ class BatchWriter:
         if any(changed.values()):
             _logger.warning(
                 "otel-luna: last %.0f s: %s; spooled now: %d lines",
-                SUMMARY_INTERVAL,
+                self._summary_interval,
                 ", ".join(f"{key}={value}" for key, value in changed.items() if value),
                 self.spool.pending_lines,
             )

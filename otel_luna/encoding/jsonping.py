@@ -11,6 +11,7 @@ from collections import Counter
 from typing import Any
 
 from otel_luna.encoding.lineprotocol import InvalidPointError
+from otel_luna.outcomes import Reason
 from otel_luna.point import Point
 from otel_luna.schema.watchdog import EVENTS, TOPIC
 
@@ -23,12 +24,14 @@ class PingEncoder:
     """
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Reason] = Counter()
 
     def encode_point(self, point: Point) -> str:
         spec = EVENTS.get(point.measurement)
         if spec is None:
-            raise InvalidPointError("unknown_watchdog_event", f"no event {point.measurement!r}")
+            raise InvalidPointError(
+                Reason.UNKNOWN_WATCHDOG_EVENT, f"no event {point.measurement!r}"
+            )
         tags = dict(point.tags)
         ping: dict[str, Any] = {
             "topic": TOPIC,
@@ -46,7 +49,9 @@ class PingEncoder:
             try:
                 line.encode()
             except UnicodeEncodeError:
-                raise InvalidPointError("invalid_utf8", "a lone surrogate in a value") from None
+                raise InvalidPointError(
+                    Reason.INVALID_UTF8, "a lone surrogate in a value"
+                ) from None
         return line
 
     def encode(self, points: list[Point]) -> list[str]:

@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from otel_luna.outcomes import Reason
 from otel_luna.point import FieldValue, Point
 
 #: String field values longer than this many UTF-8 bytes are truncated (InfluxDB's own limit).
@@ -54,19 +55,21 @@ _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 class InvalidPointError(ValueError):
     """A point that line protocol cannot carry; ``reason`` is a short machine-readable word."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
 
 
 def _check_name(kind: str, text: str) -> None:
     if not text:
-        raise InvalidPointError(f"empty_{kind}", f"{kind} is empty")
+        raise InvalidPointError(Reason.of(f"empty_{kind}"), f"{kind} is empty")
     if "\n" in text or "\r" in text:
-        raise InvalidPointError(f"newline_in_{kind}", f"{kind} {text!r} contains a newline")
+        raise InvalidPointError(
+            Reason.of(f"newline_in_{kind}"), f"{kind} {text!r} contains a newline"
+        )
     if "\\" in text and _AMBIGUOUS_BACKSLASH.search(text):
         raise InvalidPointError(
-            f"backslash_in_{kind}",
+            Reason.of(f"backslash_in_{kind}"),
             f'{kind} {text!r} has a backslash before , = space " or backslash, or at its end',
         )
 
@@ -74,7 +77,8 @@ def _check_name(kind: str, text: str) -> None:
 def _check_start(kind: str, text: str) -> None:
     if text[0] in "\t\x00":
         raise InvalidPointError(
-            f"whitespace_start_{kind}", f"{kind} {text!r} starts with a tab or NUL the parser skips"
+            Reason.of(f"whitespace_start_{kind}"),
+            f"{kind} {text!r} starts with a tab or NUL the parser skips",
         )
 
 
@@ -116,7 +120,7 @@ class LineProtocolEncoder:
     """
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Reason] = Counter()
         self._measurements: dict[str, str] = {}
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}
@@ -138,7 +142,7 @@ class LineProtocolEncoder:
         measurement, tags, fields, time_ns = point
         if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
             raise InvalidPointError(
-                "time_out_of_range", f"time {time_ns} is outside InfluxDB's range"
+                Reason.TIME_OUT_OF_RANGE, f"time {time_ns} is outside InfluxDB's range"
             )
         prefix = self._prefixes.get((measurement, tags))
         if prefix is None:
@@ -152,7 +156,7 @@ class LineProtocolEncoder:
                 line.encode()
             except UnicodeEncodeError:
                 raise InvalidPointError(
-                    "invalid_utf8", "a lone surrogate in a key or value"
+                    Reason.INVALID_UTF8, "a lone surrogate in a key or value"
                 ) from None
         return line
 
@@ -162,7 +166,7 @@ class LineProtocolEncoder:
             escaped = self._field_keys.get(key) or self._field_key(key)
             if series + len(escaped.encode(errors="surrogatepass")) - 1 > MAX_KEY_BYTES:
                 raise InvalidPointError(
-                    "key_too_long", f"series key and field key over {MAX_KEY_BYTES} bytes"
+                    Reason.KEY_TOO_LONG, f"series key and field key over {MAX_KEY_BYTES} bytes"
                 )
 
     def _prefix(self, measurement: str, tags: tuple[tuple[str, str], ...]) -> str:
@@ -183,7 +187,9 @@ class LineProtocolEncoder:
     def _measurement(self, name: str) -> str:
         _check_name("measurement", name)
         if name[0] == "#":
-            raise InvalidPointError("comment_measurement", f"measurement {name!r} starts with #")
+            raise InvalidPointError(
+                Reason.COMMENT_MEASUREMENT, f"measurement {name!r} starts with #"
+            )
         _check_start("measurement", name)
         encoded = name.translate(_MEASUREMENT_ESCAPES)
         if len(self._measurements) < _TAG_CACHE_LIMIT:
@@ -195,12 +201,14 @@ class LineProtocolEncoder:
         cacheable = True  # a counted drop must be counted again next time
         for key, value in tags:
             if value == "":
-                self.counts["empty_tag_value"] += 1
+                self.counts[Reason.EMPTY_TAG_VALUE] += 1
                 cacheable = False
                 continue
             _check_name("tag_key", key)
             if key == _RESERVED_KEY:
-                raise InvalidPointError("reserved_key", "tag key 'time' is reserved by InfluxDB")
+                raise InvalidPointError(
+                    Reason.RESERVED_KEY, "tag key 'time' is reserved by InfluxDB"
+                )
             _check_name("tag_value", value)
             parts.append(f",{key.translate(_KEY_ESCAPES)}={value.translate(_KEY_ESCAPES)}")
         encoded = "".join(parts)
@@ -215,7 +223,7 @@ class LineProtocolEncoder:
         _check_name("field_key", key)
         _check_start("field_key", key)  # the first key follows a space
         if key == _RESERVED_KEY:
-            raise InvalidPointError("reserved_key", "field key 'time' is reserved by InfluxDB")
+            raise InvalidPointError(Reason.RESERVED_KEY, "field key 'time' is reserved by InfluxDB")
         encoded = key.translate(_KEY_ESCAPES) + "="
         if len(self._field_keys) < _TAG_CACHE_LIMIT:
             self._field_keys[key] = encoded
@@ -238,18 +246,18 @@ class LineProtocolEncoder:
                 if value - value == 0.0:  # type: ignore[operator] # finite: not NaN, not inf
                     parts.append(f"{prefix}{value!r}")
                 else:
-                    self.counts["nonfinite_field"] += 1
+                    self.counts[Reason.NONFINITE_FIELD] += 1
             elif kind is int:
                 if _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
                     parts.append(f"{prefix}{value}i")
                 else:
-                    self.counts["int_out_of_range"] += 1
+                    self.counts[Reason.INT_OUT_OF_RANGE] += 1
             elif kind is bool:
                 parts.append(f"{prefix}{'true' if value else 'false'}")
             else:
-                self.counts["unsupported_field_type"] += 1
+                self.counts[Reason.UNSUPPORTED_FIELD_TYPE] += 1
         if not parts:
-            raise InvalidPointError("no_fields", "point has no field line protocol can carry")
+            raise InvalidPointError(Reason.NO_FIELDS, "point has no field line protocol can carry")
         return ",".join(parts)
 
     def _string(self, value: str) -> str:
@@ -257,7 +265,7 @@ class LineProtocolEncoder:
         if len(value) > MAX_STRING_FIELD_BYTES // 4:
             raw = value.encode()
             if len(raw) > MAX_STRING_FIELD_BYTES:
-                self.counts["truncated_string"] += 1
+                self.counts[Reason.TRUNCATED_STRING] += 1
                 value = raw[:MAX_STRING_FIELD_BYTES].decode(errors="ignore")
         if '"' in value or "\\" in value:
             return value.translate(_STRING_ESCAPES)

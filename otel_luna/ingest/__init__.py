@@ -1,1 +1,271 @@
-"""The one way in: SDK and OTLP data → typed records → mapping → encoding → delivery."""
+"""The one way in: records → points → lines → delivery, for the exporters and the receiver.
+
+The adapters (:mod:`otel_luna.ingest.sdk` for SDK spans and metrics, :mod:`otel_luna.ingest.otlp`
+for OTLP requests) turn what arrives into :class:`~otel_luna.mapping.records.SpanRecord` and
+:class:`~otel_luna.mapping.records.UsageSample`; everything after that is :class:`Ingest`: the
+profile's mappers, the encoder of the destination's wire format, the lock around both, the
+counters, and the delivery the lines go to.
+
+One ingest per destination per process: :meth:`Ingest.shared` gives the trace and the metric
+exporter of a process the same one — one lock, one writer thread, one spool and one bound,
+one set of fork handlers — and :meth:`Ingest.release` shuts it down when the last user is done.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import weakref
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from otel_luna import lifecycle, selfmetrics
+from otel_luna.delivery import open_delivery
+from otel_luna.delivery.writer import BatchWriter
+from otel_luna.encoding.lineprotocol import InvalidPointError
+from otel_luna.mapping.records import SpanRecord, UsageSample
+from otel_luna.outcomes import Reason, describe, problems, rejected
+from otel_luna.profiles import LINE_PROTOCOL, profile_of
+from otel_luna.settings import Settings
+from otel_luna.sinks import Sink, load_sink
+
+_logger = logging.getLogger(__name__)
+_MAPPED = Reason.MAPPED
+_MAPPING_ERROR = Reason.MAPPING_ERROR
+#: The ``signal`` each way in counts under (the self-metrics' attribute).
+TRACES = "traces"
+METRICS = "metrics"
+
+
+class Result(NamedTuple):
+    """What one call took — the OTLP partial success of a request: spans, samples or points
+    rejected, and every problem by reason in a line (values dropped from points that were
+    written are reported there too, with 0 rejected: the OTLP way to warn)."""
+
+    rejected: int
+    message: str
+    problems: Mapping[Reason, int]
+
+
+_NOTHING = Result(0, "", {})
+
+
+class Ingest:
+    """Maps, encodes and hands lines to the delivery; counts every outcome. Thread-safe.
+
+    A disabled ingest (``enabled = false``) has no delivery and takes everything doing nothing.
+    """
+
+    def __init__(
+        self, settings: Settings, sink: Sink | None = None, *, memory_fallback: bool = True
+    ) -> None:
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
+        profile = profile_of(settings)
+        self._spans = profile.span_mapper(settings)
+        self._usages = None if profile.usage_mapper is None else profile.usage_mapper()
+        self.delivery: BatchWriter | None = None
+        if not settings.enabled:
+            self._encoder = profile.encoder(LINE_PROTOCOL, settings)
+            return
+        if sink is None:
+            sink = load_sink(settings)
+        try:
+            self._encoder = profile.encoder(getattr(sink, "format", LINE_PROTOCOL), settings)
+            self.delivery = open_delivery(
+                settings, sink, memory_fallback=memory_fallback, extra_counts=self.ingest_counts
+            )
+        except BaseException:
+            sink.close()
+            raise
+        if hasattr(os, "register_at_fork"):
+            reinit = functools.partial(_reinit_in_child, weakref.ref(self))
+            os.register_at_fork(after_in_child=reinit)
+        selfmetrics.register(self)
+        lifecycle.watch(self, settings)  # SIGTERM delivers what it holds (lifecycle.py)
+
+    # -- the two ways in ---------------------------------------------------------------------
+
+    def spans(self, records: Iterable[SpanRecord | Reason]) -> Result:
+        """Map, encode and spool ended spans. ``records`` may hold a :class:`Reason` for a span
+        its adapter could not read (counted). A span that cannot be mapped costs only itself.
+        Raises only what the delivery raises (``SpoolUnavailable`` without memory fallback)."""
+        if self.delivery is None:
+            return _NOTHING
+        counts: Counter[Reason] = Counter()
+        lines: list[str] = []
+        append = lines.append
+        with self._lock:
+            mapper, encoder = self._spans, self._encoder
+            mapper.counts = encoder.counts = counts
+            add, encode = mapper.add, encoder.encode_point
+            try:
+                for record in records:
+                    if type(record) is Reason:
+                        counts[record] += 1
+                        continue
+                    try:
+                        for point in add(record):  # type: ignore[arg-type]  # a SpanRecord here
+                            try:
+                                append(encode(point))
+                            except InvalidPointError as error:
+                                counts[error.reason] += 1
+                    except Exception:  # a bug must cost one span, never the batch
+                        _logger.exception("otel-luna: could not map a span")
+                        counts[_MAPPING_ERROR] += 1
+            except Exception:  # the adapter failed: the rest of the batch cannot be read
+                _logger.exception("otel-luna: could not read spans")
+                counts[_MAPPING_ERROR] += 1
+            counts[_MAPPED] += len(lines)
+            self._counts[TRACES].update(counts)
+        self.delivery.submit(lines)
+        return _result(counts)
+
+    def usages(self, samples: Iterable[UsageSample]) -> Result:
+        """Map, encode and spool ``luna.usages`` data points (nothing for a profile without
+        usages). Raises only what the delivery raises."""
+        if self.delivery is None or self._usages is None:
+            return _NOTHING
+        counts: Counter[Reason] = Counter()
+        lines: list[str] = []
+        with self._lock:
+            mapper, encoder = self._usages, self._encoder
+            mapper.counts = encoder.counts = counts
+            taken: list[UsageSample] = []
+            try:
+                taken.extend(samples)
+                points = mapper.points(taken)
+            except Exception:  # a bug must be an answer, never a dropped connection
+                _logger.exception("otel-luna: could not map usage samples")
+                counts[_MAPPING_ERROR] += max(1, len(taken))
+                points = []
+            for point in points:
+                try:
+                    lines.append(encoder.encode_point(point))
+                except InvalidPointError as error:
+                    counts[error.reason] += 1
+            counts[_MAPPED] += len(lines)
+            self._counts[METRICS].update(counts)
+        self.delivery.submit(lines)
+        return _result(counts)
+
+    def count(self, signal: str, reason: Reason, value: int = 1) -> None:
+        """Count what an adapter saw outside :meth:`spans`/:meth:`usages` (a failed export)."""
+        with self._lock:
+            self._counts[signal][reason] += value
+
+    # -- what it holds and did ---------------------------------------------------------------
+
+    def ingest_counts(self) -> Counter[Reason]:
+        """Mapping and encoding counters of both signals, summed."""
+        with self._lock:
+            return self._counts[TRACES] + self._counts[METRICS]
+
+    def signal_counts(self) -> dict[str, Counter[Reason]]:
+        """Mapping and encoding counters by signal (for the self-metrics)."""
+        with self._lock:
+            return {signal: Counter(counts) for signal, counts in self._counts.items()}
+
+    def delivery_counts(self) -> Counter[Reason]:
+        """Spool, writer and dead-letter counters."""
+        return Counter() if self.delivery is None else self.delivery.all_counts()
+
+    def counts(self) -> Counter[Reason]:
+        """Every counter, by reason."""
+        return self.ingest_counts() + self.delivery_counts()
+
+    def queued(self) -> int:
+        """Lines waiting in the spool."""
+        return 0 if self.delivery is None else self.delivery.queued
+
+    def pending_bytes(self) -> int:
+        """Bytes waiting in the spool."""
+        return 0 if self.delivery is None else self.delivery.spool.pending_bytes
+
+    # -- lifetime ----------------------------------------------------------------------------
+
+    def force_flush(self, timeout: float | None) -> bool:
+        return True if self.delivery is None else self.delivery.force_flush(timeout)
+
+    def shutdown(self) -> None:
+        if self.delivery is not None:
+            self.delivery.shutdown(self.settings.shutdown_timeout)
+
+    def _reinit_in_child(self) -> None:
+        # A lock the parent's exporting thread held stays held in the child: replace it. The
+        # child's counters are its own.
+        self._lock = threading.Lock()
+        self._counts = {TRACES: Counter(), METRICS: Counter()}
+
+    @classmethod
+    def shared(
+        cls, settings: Settings, sink: Sink | None = None, *, memory_fallback: bool = True
+    ) -> Ingest:
+        """The ingest of this destination in this process, made on first use; every call
+        needs a :meth:`release`. Equal settings (and the same ``sink`` object, if one is
+        given) are the same destination."""
+        key = (settings, None if sink is None else id(sink), memory_fallback)
+        with _registry.lock:
+            entry = _registry.entries.get(key)
+            if entry is None:
+                ingest = cls(settings, sink, memory_fallback=memory_fallback)
+                entry = _registry.entries[key] = _Entry(ingest)
+                _registry.keys[id(ingest)] = key
+            entry.users += 1
+            return entry.ingest
+
+    def release(self) -> None:
+        """One user is done; the last one shuts the ingest down (delivering what it holds,
+        within ``shutdown_timeout``). Earlier users leave their lines in the spool for it."""
+        with _registry.lock:
+            key = _registry.keys.get(id(self))
+            if key is not None:  # else not shared: made directly, shut down directly
+                entry = _registry.entries[key]
+                entry.users -= 1
+                if entry.users > 0:
+                    return
+                del _registry.entries[key]
+                del _registry.keys[id(self)]
+        self.shutdown()
+
+
+_Key = tuple[Settings, "int | None", bool]
+
+
+@dataclass
+class _Entry:
+    ingest: Ingest
+    users: int = 0
+
+
+class _Registry:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.entries: dict[_Key, _Entry] = {}
+        self.keys: dict[int, _Key] = {}  # id(ingest) → its key
+
+    def after_fork_in_child(self) -> None:
+        self.lock = threading.Lock()
+
+
+_registry = _Registry()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_registry.after_fork_in_child)
+
+
+def _reinit_in_child(ref: weakref.ref[Ingest]) -> None:
+    ingest = ref()
+    if ingest is not None:
+        ingest._reinit_in_child()
+
+
+def _result(counts: Counter[Reason]) -> Result:
+    found = problems(counts.items())
+    if not found:
+        return _NOTHING
+    return Result(rejected(found), describe(found), found)

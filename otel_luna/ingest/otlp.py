@@ -1,8 +1,8 @@
-"""OTLP protobuf (and OTLP/JSON) → the mapping's input. Pure: messages in, records out.
+"""OTLP protobuf (and OTLP/JSON) → records. Pure: messages in, records out.
 
 The receiver decodes requests here and hands the records to the same
-:class:`~otel_luna.mapping.RequestMapper` and :class:`~otel_luna.mapping.usages.UsageMapper` the
-in-process exporters use: one set of rules for both ways in.
+:class:`~otel_luna.ingest.Ingest` the in-process exporters use (whose adapter is
+``ingest/sdk.py``): one set of rules for both ways in.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_luna._attributes import ESTIMATOR, LUNA_PREFIX, SERVICE_NAME, USAGES_INSTRUMENT
-from otel_luna.mapping.usages import UsageSample, origin_of
+from otel_luna.mapping.records import SpanRecord, UsageSample
+from otel_luna.mapping.usages import origin_of
 from otel_luna.mapping.watchdog import PREFIX as WATCHDOG_PREFIX
 
 _SERVER = Span.SPAN_KIND_SERVER
@@ -29,9 +30,8 @@ _ERROR = Status.STATUS_CODE_ERROR
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _UNKNOWN_SERVICE = "unknown_service"
 
-#: Arguments of :meth:`RequestMapper.add`: attributes, is_server, trace_id, span_id,
-#: parent_span_id, start_ns, end_ns, status_error, service.
-SpanRecord = tuple[dict[str, Any], bool, int, int, "int | None", int, int, bool, str]
+# A record without the NamedTuple's argument parsing (see ingest/sdk.py).
+_record = tuple.__new__
 
 
 def any_value(value: AnyValue) -> Any:
@@ -82,23 +82,20 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
             for span in scope_spans.spans:
                 is_server = span.kind == _SERVER
                 parent = span.parent_span_id
-                yield (
-                    attributes(span.attributes) if is_server else _luna_only(span.attributes),
-                    is_server,
-                    int.from_bytes(span.trace_id, "big"),
-                    int.from_bytes(span.span_id, "big"),
-                    int.from_bytes(parent, "big") if parent else None,
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano,
-                    span.status.code == _ERROR,
-                    service,
+                yield _record(
+                    SpanRecord,
+                    (
+                        attributes(span.attributes) if is_server else _luna_only(span.attributes),
+                        is_server,
+                        int.from_bytes(span.trace_id, "big"),
+                        int.from_bytes(span.span_id, "big"),
+                        int.from_bytes(parent, "big") if parent else None,
+                        span.start_time_unix_nano,
+                        span.end_time_unix_nano,
+                        span.status.code == _ERROR,
+                        service,
+                    ),
                 )
-
-
-def count_spans(request: ExportTraceServiceRequest) -> int:
-    return sum(
-        len(scope.spans) for resource in request.resource_spans for scope in resource.scope_spans
-    )
 
 
 def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]:
@@ -129,17 +126,6 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
                         cumulative,
                         origin,
                     )
-
-
-def count_data_points(request: ExportMetricsServiceRequest) -> int:
-    total = 0
-    for resource in request.resource_metrics:
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                kind = metric.WhichOneof("data")
-                if kind is not None:
-                    total += len(getattr(metric, kind).data_points)
-    return total
 
 
 # -- OTLP/JSON --------------------------------------------------------------------------------

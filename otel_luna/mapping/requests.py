@@ -28,7 +28,9 @@ from typing import Any
 
 from otel_luna import _attributes as attr
 from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
+from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.timestamps import SeriesTimes
+from otel_luna.outcomes import Reason
 from otel_luna.point import FieldValue, Point
 from otel_luna.schema import luna as schema
 
@@ -56,6 +58,7 @@ _TAGSET_CACHE_LIMIT = 4096
 _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
 _PLAN_CACHE_LIMIT = 1024
+_SERVER_SPANS = Reason.SERVER_SPANS
 
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
     9
@@ -154,7 +157,7 @@ def _joined(messages: Any) -> str:
 class RequestMapper:
     """Maps finished spans to points, one span at a time, in the order they end.
 
-    Not thread-safe: the exporter holds a lock around :meth:`add`.
+    Not thread-safe: the ingest holds its lock around :meth:`add`.
     """
 
     def __init__(
@@ -164,7 +167,8 @@ class RequestMapper:
         pending_limit: int = PENDING_LIMIT,
         route_limit: int = ROUTE_LIMIT,
     ):
-        self.counts: Counter[str] = Counter()
+        #: Where problems are counted (the ingest points it at each call's own counter).
+        self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
         self._route_limit = route_limit
         self._routes: dict[str, set[str]] = {}
@@ -180,19 +184,19 @@ class RequestMapper:
         """Spans whose ``luna.*`` data wait for a SERVER ancestor to end."""
         return len(self._pending)
 
-    def add(
-        self,
-        attributes: Mapping[str, Any],
-        is_server: bool,
-        trace_id: int,
-        span_id: int,
-        parent_span_id: int | None,
-        start_ns: int,
-        end_ns: int,
-        status_error: bool,
-        service: str,
-    ) -> list[Point]:
+    def add(self, record: SpanRecord) -> list[Point]:
         """Points for one ended span (empty for all but SERVER and licence-check spans)."""
+        (
+            attributes,
+            is_server,
+            trace_id,
+            span_id,
+            parent_span_id,
+            start_ns,
+            end_ns,
+            status_error,
+            service,
+        ) = record
         extra = self._pending.pop(span_id, None) if self._pending else None
         # Spans of one kind carry the same attribute keys in the same order: classify the
         # luna.* keys once per key tuple instead of testing every key of every span.
@@ -208,13 +212,13 @@ class RequestMapper:
             for key, kind, name in plan:
                 self._take(extra, kind, name, attributes[key])
         if is_server:
-            self.counts["server_spans"] += 1
+            self.counts[_SERVER_SPANS] += 1
             return self._points(
                 attributes, trace_id, span_id, start_ns, end_ns, status_error, service, extra
             )
         if extra is not None:
             if parent_span_id is None:
-                self.counts["orphan_luna_attributes"] += 1
+                self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
             else:
                 self._park(parent_span_id, extra, end_ns)
         return []
@@ -225,7 +229,7 @@ class RequestMapper:
         status = attributes[attr.LICENSE_STATUS]
         balance = attributes.get(attr.LICENSE_LIVENESS_BALANCE)
         if status not in schema.LICENSE_STATUSES:
-            self.counts["invalid_license_status"] += 1
+            self.counts[Reason.INVALID_LICENSE_STATUS] += 1
             return []
         fields: dict[str, FieldValue] = {
             "warnings": _joined(attributes.get(attr.LICENSE_WARNINGS)),
@@ -234,7 +238,7 @@ class RequestMapper:
         if type(balance) is int:
             fields = {"liveness_balance": balance, **fields}
         else:
-            self.counts["invalid_liveness_balance"] += 1
+            self.counts[Reason.INVALID_LIVENESS_BALANCE] += 1
         tags = (("license_status", status), ("service", service))
         return [Point(schema.LICENSING, tags, fields, self.times.claim(start_ns, owner))]
 
@@ -279,21 +283,21 @@ class RequestMapper:
                 ):
                     problem = tag_value_problem(text)
                     if problem is not None:  # the request is written without this tag
-                        self.counts[f"attribute_{problem}"] += 1
+                        self.counts[Reason.of("attribute_" + problem)] += 1
                         return
                 extra.tags[name] = text
                 return
         elif kind == _FIELD:
             if scalar:
                 if type(value) is str and not value.isascii() and not _encodable(value):
-                    self.counts["attribute_invalid_utf8"] += 1  # written without this field
+                    self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # written without this field
                     return
                 extra.fields[name] = value
                 return
         elif kind == _REQUEST_ID:
             text = str(value)
             if not text.isascii() and not _encodable(text):
-                self.counts["attribute_invalid_utf8"] += 1  # the trace id stands in for it
+                self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # the trace id stands in for it
                 return
             extra.request_id = text
             return
@@ -301,15 +305,15 @@ class RequestMapper:
             extra.error_code = value
             return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
-            self.counts["incomplete_license_check"] += 1
+            self.counts[Reason.INCOMPLETE_LICENSE_CHECK] += 1
             return
         elif kind == _REFUSED:  # name holds the reason
-            self.counts[f"attribute_{name}"] += 1
+            self.counts[Reason.of("attribute_" + name)] += 1
             return
         else:
-            self.counts["unknown_luna_attribute"] += 1
+            self.counts[Reason.UNKNOWN_LUNA_ATTRIBUTE] += 1
             return
-        self.counts["unsupported_attribute_type"] += 1
+        self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
     def _park(self, parent_span_id: int, extra: _Extra, end_ns: int) -> None:
         waiting = self._pending.get(parent_span_id)
@@ -332,7 +336,7 @@ class RequestMapper:
             stale += [key for key in self._pending if key not in expired][:overflow]
         for key in stale:
             del self._pending[key]
-        self.counts["expired_luna_attributes"] += len(stale)
+        self.counts[Reason.EXPIRED_LUNA_ATTRIBUTES] += len(stale)
 
     def _points(
         self,
@@ -386,7 +390,7 @@ class RequestMapper:
         }
         if extra is not None and extra.times:
             if request_fields and not request_fields.keys().isdisjoint(extra.times):
-                self.counts["attribute_field_and_time"] += len(
+                self.counts[Reason.ATTRIBUTE_FIELD_AND_TIME] += len(
                     request_fields.keys() & extra.times.keys()
                 )
             fields.update(extra.times)
@@ -402,7 +406,7 @@ class RequestMapper:
     def _drop_tag_field_conflicts(self, extra: _Extra) -> None:
         """A name used both as a user tag and a user field (or timing): keep the tag."""
         for name in extra.tags.keys() & (extra.fields.keys() | extra.times.keys()):
-            self.counts["attribute_tag_and_field"] += 1
+            self.counts[Reason.ATTRIBUTE_TAG_AND_FIELD] += 1
             extra.fields.pop(name, None)
             extra.times.pop(name, None)
 
@@ -417,7 +421,7 @@ class RequestMapper:
         if route in seen:
             return route
         if len(seen) >= self._route_limit:
-            self.counts["route_overflow"] += 1
+            self.counts[Reason.ROUTE_OVERFLOW] += 1
             return OVERFLOW_ROUTE
         seen.add(route)
         return route

@@ -14,9 +14,11 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
+from otel_luna.mapping.records import UsageSample
 from otel_luna.mapping.timestamps import SeriesTimes
+from otel_luna.outcomes import Reason
 from otel_luna.point import FieldValue, Point
 from otel_luna.schema import luna as schema
 
@@ -26,20 +28,6 @@ _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 def valid_estimator(name: Any) -> bool:
     """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
     return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
-
-
-class UsageSample(NamedTuple):
-    """One data point of the ``luna.usages`` counter."""
-
-    service: str
-    estimator: Any
-    start_ns: int
-    time_ns: int
-    value: int | float
-    cumulative: bool
-    #: Who sent it (a checksum of the sender's resource): senders of one service whose clocks
-    #: give the same time still write distinct points.
-    origin: int = 0
 
 
 def origin_of(resource_attributes: Mapping[str, Any]) -> int:
@@ -78,7 +66,7 @@ class UsageMapper:
     """Turns ``luna.usages`` samples into ``usages_statistic`` points."""
 
     def __init__(self, converter: CumulativeToDelta | None = None) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
         self._converter = converter if converter is not None else CumulativeToDelta()
 
@@ -86,18 +74,18 @@ class UsageMapper:
         by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
         for sample in samples:
             if not valid_estimator(sample.estimator):
-                self.counts["invalid_estimator"] += 1
+                self.counts[Reason.INVALID_ESTIMATOR] += 1
                 continue
             value = sample.value
             if not math.isfinite(value):
-                self.counts["nonfinite_usage"] += 1
+                self.counts[Reason.NONFINITE_USAGE] += 1
                 continue
             if sample.cumulative:
                 value = self._converter.delta(
                     (sample.service, sample.estimator), sample.start_ns, value
                 )
             if value < 0:
-                self.counts["negative_usage"] += 1
+                self.counts[Reason.NEGATIVE_USAGE] += 1
                 continue
             count = round(value)
             if count == 0:

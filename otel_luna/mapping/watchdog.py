@@ -7,10 +7,11 @@ fields as ``watchdog.<field>`` attributes; the span's end is the ping's time.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 from typing import Any
 
+from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.timestamps import SeriesTimes, owner_of
+from otel_luna.outcomes import Reason
 from otel_luna.point import FieldValue, Point
 from otel_luna.schema.watchdog import EVENTS, TAGS
 
@@ -30,27 +31,17 @@ class WatchdogMapper:
     """Same interface as :class:`~otel_luna.mapping.RequestMapper`: ``add(...)`` → points."""
 
     def __init__(self) -> None:
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
 
-    def add(
-        self,
-        attributes: Mapping[str, Any],
-        is_server: bool,
-        trace_id: int,
-        span_id: int,
-        parent_span_id: int | None,
-        start_ns: int,
-        end_ns: int,
-        status_error: bool,
-        service: str,
-    ) -> list[Point]:
+    def add(self, record: SpanRecord) -> list[Point]:
+        attributes = record.attributes
         event = attributes.get(EVENT)
         if event is None:
             return []
         spec = EVENTS.get(event)
         if spec is None:
-            self.counts["unknown_watchdog_event"] += 1
+            self.counts[Reason.UNKNOWN_WATCHDOG_EVENT] += 1
             return []
         tags: list[tuple[str, str]] = []
         fields: dict[str, FieldValue] = {}
@@ -59,7 +50,7 @@ class WatchdogMapper:
             if value is None:
                 continue  # a ping carries null; InfluxDB gets no field
             if not _check(value, kind):
-                self.counts["bad_watchdog_value"] += 1
+                self.counts[Reason.BAD_WATCHDOG_VALUE] += 1
                 continue
             if name in TAGS:
                 tags.append((name, str(value).lower() if kind is bool else str(value)))
@@ -72,6 +63,6 @@ class WatchdogMapper:
                 event,
                 tuple(sorted(tags)),
                 fields,
-                self.times.claim(end_ns, owner_of(trace_id, span_id)),
+                self.times.claim(record.end_ns, owner_of(record.trace_id, record.span_id)),
             )
         ]

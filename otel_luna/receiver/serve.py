@@ -42,7 +42,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otel_luna.ingest import otlp
+from otel_luna.ingest import Result, otlp
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
 from otel_luna.settings import Settings
 
@@ -63,7 +63,7 @@ class _Signal:
     def __init__(
         self,
         request_type: type[Message],
-        accept: Callable[[Any], tuple[int, str]],
+        accept: Callable[[Any], Result],
         respond: Callable[[int, str], Message],
     ) -> None:
         self.request_type = request_type
@@ -116,7 +116,7 @@ def _grpc_handler(signal_: _Signal, token: str | None) -> Callable[[bytes, Any],
         except DecodeError as error:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed OTLP protobuf: {error}")
         try:
-            rejected, message = signal_.accept(request)
+            rejected, message, _ = signal_.accept(request)
         except Backpressure as error:
             retry = error_details_pb2.RetryInfo(retry_delay=Duration(seconds=RETRY_AFTER_SECONDS))
             details = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=str(error))
@@ -293,7 +293,7 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
             self._error(400, code_pb2.INVALID_ARGUMENT, reason, answer_type)
             return
         try:
-            rejected, message = signal_.accept(request)
+            rejected, message, _ = signal_.accept(request)
         except Backpressure as error:
             self._error(
                 503,

@@ -1,0 +1,111 @@
+"""Profiles: which series a deployment writes, and what it takes to write them.
+
+A profile names its mappers (spans → points, usage samples → points) and the wire formats its
+points can be written in; the sink says which format it takes (its ``format`` attribute). The
+pair is checked once, when the ingest is built: a profile and a sink that cannot work together
+are a start-up error naming the settings, never a stream of rejected points.
+
+To add a profile: a mapper with the :class:`SpanMapper` interface (``counts``, ``add(record)``),
+its series in :mod:`otel_luna.schema`, and an entry in :data:`PROFILES`; the ``schema`` setting
+accepts its name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from otel_luna.encoding.jsonping import PingEncoder
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+from otel_luna.mapping.requests import RequestMapper
+from otel_luna.mapping.usages import UsageMapper
+from otel_luna.mapping.watchdog import WatchdogMapper
+from otel_luna.outcomes import Reason
+from otel_luna.point import Point
+from otel_luna.settings import SettingsError, env_name
+
+if TYPE_CHECKING:
+    from otel_luna.mapping.records import SpanRecord
+    from otel_luna.settings import Settings
+
+LINE_PROTOCOL = "line-protocol"
+JSON = "json"
+
+
+class SpanMapper(Protocol):
+    """Spans → points, one span at a time. ``counts`` is where it counts problems."""
+
+    counts: Counter[Reason]
+
+    def add(self, record: SpanRecord) -> list[Point]: ...
+
+
+class Encoder(Protocol):
+    """Points → lines of one wire format; raises ``InvalidPointError`` for a point it cannot
+    carry and counts dropped values in ``counts``."""
+
+    counts: Counter[Reason]
+
+    def encode_point(self, point: Point) -> str: ...
+
+
+#: The encoder of each wire format.
+ENCODERS: dict[str, Callable[[], Encoder]] = {
+    LINE_PROTOCOL: LineProtocolEncoder,
+    JSON: PingEncoder,
+}
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    #: What the profile writes, for messages.
+    series: str
+    #: Wire formats its points can be written in.
+    formats: frozenset[str]
+    span_mapper: Callable[[Settings], SpanMapper]
+    #: None: the profile writes nothing from metrics.
+    usage_mapper: Callable[[], UsageMapper] | None
+
+    def encoder(self, sink_format: str, settings: Settings) -> Encoder:
+        """The encoder for a sink taking ``sink_format``; a :class:`SettingsError` naming the
+        schema and endpoint settings if this profile cannot be written in it."""
+        if sink_format not in self.formats:
+            raise SettingsError(
+                env_name("schema"),
+                f"profile {self.name!r} writes {self.series} as "
+                f"{' or '.join(sorted(self.formats))}, but the destination "
+                f"({env_name('endpoint')}={settings.endpoint!r}, sink {settings.sink_name!r}) "
+                f"takes {sink_format}; {_hint(self, sink_format)}",
+            )
+        return ENCODERS[sink_format]()
+
+
+def _hint(profile: Profile, sink_format: str) -> str:
+    others = [p.name for p in PROFILES.values() if sink_format in p.formats and p is not profile]
+    if others and sink_format == JSON:
+        return f"use schema {others[0]!r}, or a line-protocol destination (a .lp file, InfluxDB)"
+    return "choose a destination that takes " + " or ".join(sorted(profile.formats))
+
+
+LUNA = Profile(
+    "luna",
+    "the LUNA PLATFORM series (requests, errors, usages_statistic, licensing)",
+    frozenset({LINE_PROTOCOL}),
+    lambda settings: RequestMapper(route_limit=settings.route_limit),
+    UsageMapper,
+)
+WATCHDOG = Profile(
+    "watchdog",
+    "the watchdog events (new_item, poller_heartbeat, worker_works)",
+    frozenset({LINE_PROTOCOL, JSON}),
+    lambda settings: WatchdogMapper(),
+    None,
+)
+PROFILES = {profile.name: profile for profile in (LUNA, WATCHDOG)}
+
+
+def profile_of(settings: Settings) -> Profile:
+    return PROFILES[settings.schema]
