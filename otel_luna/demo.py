@@ -10,7 +10,7 @@ Steps, each a function usable on its own (the CLI in :mod:`otel_luna.cli` only p
    free port, stopped with SIGTERM and waited for, so the SDK flushes the exporter at exit;
 3. :func:`plan_requests` and :func:`drive` — a seeded mix over the app's routes, failing requests
    included, sent concurrently with a progress bar on standard error;
-4. :func:`read_line_protocol` (a parser of the line protocol otel-luna writes) or
+4. :func:`read_line_protocol` (through :mod:`otel_luna.encoding.lineprotocol_reader`) or
    :func:`query_influxdb1` (InfluxQL over ``/query``), then :func:`summarize`,
    :func:`format_summary` and :func:`check`.
 """
@@ -29,10 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from base64 import b64encode
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,7 +38,10 @@ from types import TracebackType
 from typing import Any, TextIO
 from urllib.parse import urlencode
 
-from otel_luna.point import FieldValue, Point
+import urllib3
+
+from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_line, parse_lines
+from otel_luna.point import Point
 from otel_luna.schema import luna as schema
 from otel_luna.settings import (
     OTEL_EXPORTER_LUNA_DEAD_LETTER,
@@ -50,6 +50,7 @@ from otel_luna.settings import (
     Settings,
 )
 from otel_luna.sinks.file import file_path
+from otel_luna.sinks.http import basic_auth
 
 #: The example service the demo runs (present in a source checkout of otel-luna).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
@@ -503,162 +504,6 @@ async def _drive(
 # -- line protocol, read back -------------------------------------------------------------------
 
 
-class LineProtocolSyntaxError(ValueError):
-    """Text that is not line protocol; ``position`` is the offending character's index."""
-
-    def __init__(self, message: str, text: str, position: int) -> None:
-        line_start = text.rfind("\n", 0, position) + 1
-        snippet = text[line_start : line_start + 200].partition("\n")[0]
-        super().__init__(f"{message} at character {position - line_start}: {snippet!r}")
-        self.position = position
-
-
-_MEASUREMENT_END = frozenset(", \n")
-_KEY_END = frozenset("=, \n")
-_TAG_VALUE_END = frozenset(", \n")
-_FIELD_VALUE_END = frozenset(", \n")
-_MEASUREMENT_ESCAPABLE = frozenset(", ")
-_KEY_ESCAPABLE = frozenset(",= ")
-_STRING_ESCAPABLE = frozenset('"\\')
-_TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
-_FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
-
-
-def _token(
-    text: str, start: int, ends: frozenset[str], escapable: frozenset[str]
-) -> tuple[str, int]:
-    """Unescaped text from ``start`` up to an unescaped character of ``ends`` (or the end)."""
-    out: list[str] = []
-    i = start
-    n = len(text)
-    while i < n:
-        char = text[i]
-        if char == "\\" and i + 1 < n and text[i + 1] in escapable:
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if char in ends:
-            break
-        out.append(char)
-        i += 1
-    return "".join(out), i
-
-
-def _string_value(text: str, start: int) -> tuple[str, int]:
-    """A quoted string field value starting at the opening quote; index after the closing one.
-
-    It may span lines: only ``"`` and ``\\`` are escaped inside.
-    """
-    out: list[str] = []
-    i = start + 1
-    n = len(text)
-    while i < n:
-        char = text[i]
-        if char == "\\" and i + 1 < n and text[i + 1] in _STRING_ESCAPABLE:
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if char == '"':
-            return "".join(out), i + 1
-        out.append(char)
-        i += 1
-    raise LineProtocolSyntaxError("unterminated string field", text, start)
-
-
-def _scalar_value(token: str, text: str, position: int) -> FieldValue:
-    if not token:
-        raise LineProtocolSyntaxError("missing field value", text, position)
-    if token[-1] in "iu" and token[:-1].lstrip("-").isdigit():
-        return int(token[:-1])
-    if token in _TRUE:
-        return True
-    if token in _FALSE:
-        return False
-    try:
-        return float(token)
-    except ValueError:
-        raise LineProtocolSyntaxError(f"bad field value {token!r}", text, position) from None
-
-
-def _parse_point(text: str, start: int) -> tuple[Point, int]:
-    """The point whose line starts at ``start``; the index just past its line (and newline)."""
-    measurement, i = _token(text, start, _MEASUREMENT_END, _MEASUREMENT_ESCAPABLE)
-    if not measurement:
-        raise LineProtocolSyntaxError("missing measurement", text, start)
-    n = len(text)
-    tags: list[tuple[str, str]] = []
-    while i < n and text[i] == ",":
-        key, i = _token(text, i + 1, _KEY_END, _KEY_ESCAPABLE)
-        if i >= n or text[i] != "=" or not key:
-            raise LineProtocolSyntaxError("bad tag", text, i)
-        value, i = _token(text, i + 1, _TAG_VALUE_END, _KEY_ESCAPABLE)
-        tags.append((key, value))
-    if i >= n or text[i] != " ":
-        raise LineProtocolSyntaxError("expected a space before the fields", text, i)
-    i += 1
-    fields: dict[str, FieldValue] = {}
-    while True:
-        key, i = _token(text, i, _KEY_END, _KEY_ESCAPABLE)
-        if i >= n or text[i] != "=" or not key:
-            raise LineProtocolSyntaxError("bad field", text, i)
-        i += 1
-        if i < n and text[i] == '"':
-            fields[key], i = _string_value(text, i)
-        else:
-            value_start = i
-            while i < n and text[i] not in _FIELD_VALUE_END:
-                i += 1
-            fields[key] = _scalar_value(text[value_start:i], text, value_start)
-        if i < n and text[i] == ",":
-            i += 1
-            continue
-        break
-    time_ns = 0
-    if i < n and text[i] == " ":
-        stamp_start = i + 1
-        end = text.find("\n", stamp_start)
-        end = n if end < 0 else end
-        stamp = text[stamp_start:end].strip()
-        if not stamp.lstrip("-").isdigit():
-            raise LineProtocolSyntaxError("bad timestamp", text, stamp_start)
-        time_ns = int(stamp)
-        i = end
-    if i < n and text[i] != "\n":
-        raise LineProtocolSyntaxError("unexpected character", text, i)
-    return Point(measurement, tuple(sorted(tags)), fields, time_ns), i + 1
-
-
-def parse_line(line: str) -> Point:
-    """One line of line protocol (as otel-luna writes it) as a :class:`Point`.
-
-    Handles backslash escapes of ``,`` and space (and ``=`` in keys and tag values), quoted
-    string fields with ``\\"`` and ``\\\\``, integers (``1i``, ``1u``), floats and booleans.
-    Tags are returned sorted; a line without a timestamp gets ``time_ns`` 0.
-    """
-    point, end = _parse_point(line, 0)
-    if end < len(line):
-        raise LineProtocolSyntaxError("more than one line", line, end - 1)
-    return point
-
-
-def parse_lines(text: str) -> list[Point]:
-    """Every point in ``text``; blank lines and ``#`` comments are skipped. A string field may
-    hold a newline."""
-    points = []
-    i = 0
-    n = len(text)
-    while i < n:
-        end = text.find("\n", i)
-        line_end = n if end < 0 else end
-        head = text[i:line_end].strip()
-        if not head or head.startswith("#"):
-            i = line_end + 1
-            continue
-        point, i = _parse_point(text, i)
-        points.append(point)
-    return points
-
-
 def read_line_protocol(path: Path, offset: int = 0) -> list[Point]:
     """Every point in the file from byte ``offset`` on (a line start)."""
     data = path.read_bytes()
@@ -666,7 +511,7 @@ def read_line_protocol(path: Path, offset: int = 0) -> list[Point]:
     try:
         return parse_lines(text)
     except LineProtocolSyntaxError as error:
-        line = data[:offset].count(b"\n") + text.count("\n", 0, error.position) + 1
+        line = data[:offset].count(b"\n") + error.line
         raise DemoError(f"{path}: line {line}: {error}") from None
 
 
@@ -806,24 +651,20 @@ def _influx_request(
     settings: Settings, path: str, params: Mapping[str, str] | None = None
 ) -> tuple[int, bytes]:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    if settings.username and settings.password:
-        pair = f"{settings.username}:{settings.password}".encode()
-        headers["Authorization"] = "Basic " + b64encode(pair).decode()
+    headers.update(basic_auth(settings.username, settings.password))
     data = None if params is None else urlencode(params).encode()
-    request = urllib.request.Request(
-        settings.endpoint + path,
-        data=data,
-        headers=headers,
-        method="GET" if data is None else "POST",
-    )
     try:
-        with urllib.request.urlopen(request, timeout=settings.timeout) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as error:
-        return int(error.code), bytes(error.read())
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise DemoError(f"cannot reach InfluxDB at {settings.endpoint}: {reason}") from None
+        response = urllib3.request(
+            "GET" if data is None else "POST",
+            settings.endpoint + path,
+            body=data,
+            headers=headers,
+            timeout=settings.timeout,
+            retries=False,
+        )
+    except urllib3.exceptions.HTTPError as error:
+        raise DemoError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
+    return response.status, response.data
 
 
 def influx_query(settings: Settings, *statements: str) -> list[dict[str, Any]]:

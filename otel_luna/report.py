@@ -33,9 +33,6 @@ import os
 import re
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -43,10 +40,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import urllib3
+
+from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_lines
 from otel_luna.point import Point
 from otel_luna.schema.watchdog import EVENTS, NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 from otel_luna.settings import Settings
 from otel_luna.sinks.file import file_path
+from otel_luna.sinks.http import basic_auth
 
 __all__ = [
     "Breakdown",
@@ -458,13 +459,10 @@ def read_file(path: Path, since_ns: int | None = None) -> list[Event]:
     if path.name.endswith(_JSON_SUFFIXES):
         events = events_from_pings(text.splitlines(), str(path))
     else:
-        from otel_luna.demo import LineProtocolSyntaxError, parse_lines
-
         try:
             events = events_from_points(parse_lines(text))
         except LineProtocolSyntaxError as error:
-            line = text.count("\n", 0, error.position) + 1
-            raise ReportError(f"{path}: line {line}: {error}") from None
+            raise ReportError(f"{path}: line {error.line}: {error}") from None
     if since_ns is not None:
         events = [event for event in events if event.time_ns >= since_ns]
     return events
@@ -515,27 +513,24 @@ def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Eve
         "chunk_size": str(CHUNK_SIZE),
     }
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    if settings.username and settings.password:
-        pair = f"{settings.username}:{settings.password}".encode()
-        headers["Authorization"] = "Basic " + b64encode(pair).decode()
-    request = urllib.request.Request(
-        settings.endpoint + "/query",
-        data=urlencode(params).encode(),
-        headers=headers,
-        method="POST",
-    )
+    headers.update(basic_auth(settings.username, settings.password))
     try:
-        with urllib.request.urlopen(request, timeout=settings.timeout) as response:
-            body = bytes(response.read())
-    except urllib.error.HTTPError as error:
-        detail = error.read()[:300].decode(errors="replace").strip()
+        response = urllib3.request(
+            "POST",
+            settings.endpoint + "/query",
+            body=urlencode(params).encode(),
+            headers=headers,
+            timeout=settings.timeout,
+            retries=False,
+        )
+    except urllib3.exceptions.HTTPError as error:
+        raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
+    if response.status >= 300:
+        detail = response.data[:300].decode(errors="replace").strip()
         raise ReportError(
-            f"InfluxDB at {settings.endpoint} answered HTTP {error.code}: {detail}"
-        ) from None
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
-        raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {reason}") from None
-    return events_from_influx_results(_chunks(body))
+            f"InfluxDB at {settings.endpoint} answered HTTP {response.status}: {detail}"
+        )
+    return events_from_influx_results(_chunks(response.data))
 
 
 def render_png(events: Sequence[Event], path: Path, title: str = "watchdog timings") -> None:

@@ -1,4 +1,5 @@
-"""``otel-luna demo``: its line-protocol reader, its summary, whole runs (file, CLI, InfluxDB)."""
+"""``otel-luna demo``: its line-protocol file read back, its summary, whole runs (file, CLI,
+InfluxDB)."""
 
 from __future__ import annotations
 
@@ -12,15 +13,11 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
-from hypothesis import assume, given
-from hypothesis import strategies as st
 from servers import InfluxDB1, unique_name
 
 from otel_luna import cli, demo
-from otel_luna.encoding.lineprotocol import InvalidPointError, LineProtocolEncoder
 from otel_luna.point import Point
 from otel_luna.schema import luna as schema
 
@@ -33,51 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def typed(point: Point) -> tuple[Any, ...]:
-    """A point with each field value's type, so that ``1``, ``1.0`` and ``True`` differ."""
-    fields = tuple((key, type(value), repr(value)) for key, value in point.fields.items())
-    return (point.measurement, point.tags, fields, point.time_ns)
-
-
-# -- the line-protocol reader -------------------------------------------------------------------
-
-
-def test_parse_line_unescapes_tags_and_string_fields() -> None:
-    """Escaped commas, spaces and equals signs in names and tags, and quoted strings, read back."""
-    line = (
-        r"my\ series,a\,b=c\ d\=e,route=POST:/handlers/{handler_id}/events "
-        r'request_id="1700000000,a b=c \"q\" \\",execution_time=0.25 1700000000000000000'
-    )
-    assert demo.parse_line(line) == Point(
-        "my series",
-        (("a,b", "c d=e"), ("route", "POST:/handlers/{handler_id}/events")),
-        {"request_id": '1700000000,a b=c "q" \\', "execution_time": 0.25},
-        1700000000000000000,
-    )
-
-
-def test_parse_line_reads_every_field_type() -> None:
-    """Integers, unsigned integers, floats and booleans keep their type; no timestamp gives 0."""
-    point = demo.parse_line('m i=-3i,u=4u,f=1e-05,g=2.0,t=true,F=F,s=""')
-    assert typed(point) == typed(
-        Point("m", (), {"i": -3, "u": 4, "f": 1e-05, "g": 2.0, "t": True, "F": False, "s": ""}, 0)
-    )
-
-
-def test_parse_lines_skips_comments_and_keeps_newlines_in_strings() -> None:
-    """Blank and # lines are skipped; a string field may hold a newline."""
-    points = demo.parse_lines('# comment\n\nm s="a\nb",n=1i 5\nm n=2i\n')
-    assert points == [Point("m", (), {"s": "a\nb", "n": 1}, 5), Point("m", (), {"n": 2}, 0)]
-
-
-@pytest.mark.parametrize(
-    "line",
-    ["m", "m,t=1", "m x", "m x=", 'm x="open', "m x=1i notatime", "m x=bad 1", "m,=v x=1 1"],
-)
-def test_parse_line_rejects_what_is_not_line_protocol(line: str) -> None:
-    """Malformed lines raise LineProtocolSyntaxError."""
-    with pytest.raises(demo.LineProtocolSyntaxError):
-        demo.parse_line(line)
+# -- the line-protocol file ---------------------------------------------------------------------
 
 
 def test_read_line_protocol_names_the_bad_line(tmp_path: Path) -> None:
@@ -89,38 +42,6 @@ def test_read_line_protocol_names_the_bad_line(tmp_path: Path) -> None:
     with pytest.raises(demo.DemoError, match=r"x\.lp: line 2: "):
         demo.read_line_protocol(path, offset=len("m x=1i 1\n"))
     assert demo.read_line_protocol(path, offset=path.stat().st_size) == []
-
-
-# Names: what the encoder escapes, plus a rare backslash (some uses of it are rejected).
-_NAME_CHARS = st.sampled_from(list('aaaabbbbcé日 ,="#\\'))
-_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=8)
-_CHARS = st.sampled_from(list('ab ,="\\#\t\x00\né日'))
-_FIELD_VALUES = st.one_of(
-    st.integers(-(2**63), 2**63 - 1),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.booleans(),
-    st.text(_CHARS, max_size=12),
-)
-
-
-@given(
-    measurement=_NAMES,
-    tags=st.dictionaries(_NAMES, _NAMES, max_size=3),
-    fields=st.dictionaries(_NAMES, _FIELD_VALUES, min_size=1, max_size=4),
-    time_ns=st.integers(0, 2**62),
-)
-def test_encoder_output_parses_back(
-    measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int
-) -> None:
-    """Whatever otel-luna's encoder writes, the demo's parser reads back unchanged."""
-    point = Point(measurement, tuple(sorted(tags.items())), fields, time_ns)
-    try:
-        line = LineProtocolEncoder().encode_point(point)
-    except InvalidPointError:
-        assume(False)
-        return
-    assert typed(demo.parse_line(line)) == typed(point)
-    assert [typed(p) for p in demo.parse_lines(line + "\n" + line)] == [typed(point)] * 2
 
 
 # -- the summary --------------------------------------------------------------------------------

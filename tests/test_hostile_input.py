@@ -30,7 +30,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from servers import InfluxDB1, ServerHTTPError
 
-from otel_luna.demo import parse_line
 from otel_luna.encoding.lineprotocol import (
     MAX_KEY_BYTES,
     MAX_TIME_NS,
@@ -38,6 +37,7 @@ from otel_luna.encoding.lineprotocol import (
     InvalidPointError,
     LineProtocolEncoder,
 )
+from otel_luna.encoding.lineprotocol_reader import parse_line
 from otel_luna.exporter import LunaSpanExporter
 from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper

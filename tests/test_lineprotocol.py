@@ -1,19 +1,24 @@
-"""Line-protocol encoder: escaping, types, what it drops and rejects (unit tests, no server)."""
+"""Line-protocol encoder (escaping, types, what it drops and rejects) and reader, and the round
+trip between them (unit tests, no server)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from otel_luna.encoding.lineprotocol import (
     MAX_STRING_FIELD_BYTES,
+    MAX_TIME_NS,
+    MIN_TIME_NS,
+    InvalidPointError,
     LineProtocolEncoder,
     encode,
     split_lines,
 )
+from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_line, parse_lines
 from otel_luna.point import Point
 
 T = 1_700_000_000_123_456_789
@@ -133,3 +138,82 @@ def test_split_lines_finds_the_encoded_lines(specs: list[Any]) -> None:
     ]
     lines = [f"{line}\n".encode() for line in encoder.encode(points)]
     assert split_lines(b"".join(lines)) == lines
+
+
+# -- the reader ------------------------------------------------------------------------------------
+
+
+def typed(point: Point) -> tuple[Any, ...]:
+    """A point with each field value's type, so that ``1``, ``1.0`` and ``True`` differ."""
+    fields = tuple((key, type(value), repr(value)) for key, value in point.fields.items())
+    return (point.measurement, point.tags, fields, point.time_ns)
+
+
+def test_parse_line_unescapes_tags_and_string_fields() -> None:
+    """Escaped commas, spaces and equals signs in names and tags, and quoted strings, read back."""
+    text = (
+        r"my\ series,a\,b=c\ d\=e,route=POST:/handlers/{handler_id}/events "
+        r'request_id="1700000000,a b=c \"q\" \\",execution_time=0.25 1700000000000000000'
+    )
+    assert parse_line(text) == Point(
+        "my series",
+        (("a,b", "c d=e"), ("route", "POST:/handlers/{handler_id}/events")),
+        {"request_id": '1700000000,a b=c "q" \\', "execution_time": 0.25},
+        1700000000000000000,
+    )
+
+
+def test_parse_line_reads_every_field_type() -> None:
+    """Integers, unsigned integers, floats and booleans keep their type; no timestamp gives 0."""
+    point = parse_line('m i=-3i,u=4u,f=1e-05,g=2.0,t=true,F=F,s=""')
+    assert typed(point) == typed(
+        Point("m", (), {"i": -3, "u": 4, "f": 1e-05, "g": 2.0, "t": True, "F": False, "s": ""}, 0)
+    )
+
+
+def test_parse_lines_skips_comments_and_keeps_newlines_in_strings() -> None:
+    """Blank and # lines are skipped; a string field may hold a newline."""
+    points = parse_lines('# comment\n\nm s="a\nb",n=1i 5\nm n=2i\n')
+    assert points == [Point("m", (), {"s": "a\nb", "n": 1}, 5), Point("m", (), {"n": 2}, 0)]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["m", "m,t=1", "m x", "m x=", 'm x="open', "m x=1i notatime", "m x=bad 1", "m,=v x=1 1"],
+)
+def test_parse_line_rejects_what_is_not_line_protocol(text: str) -> None:
+    """Malformed lines raise LineProtocolSyntaxError."""
+    with pytest.raises(LineProtocolSyntaxError):
+        parse_line(text)
+
+
+# Names: what the encoder escapes, plus a rare backslash (some uses of it are rejected).
+_NAME_CHARS = st.sampled_from(list('aaaabbbbcé日 ,="#\\'))
+_NAMES = st.text(_NAME_CHARS, min_size=1, max_size=8)
+_CHARS = st.sampled_from(list('ab ,="\\#\t\x00\né日'))
+_FIELD_VALUES = st.one_of(
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.text(_CHARS, max_size=12),
+)
+
+
+@given(
+    measurement=_NAMES,
+    tags=st.dictionaries(_NAMES, _NAMES, max_size=3),
+    fields=st.dictionaries(_NAMES, _FIELD_VALUES, min_size=1, max_size=4),
+    time_ns=st.integers(MIN_TIME_NS, MAX_TIME_NS),
+)
+def test_encoder_output_parses_back(
+    measurement: str, tags: dict[str, str], fields: dict[str, Any], time_ns: int
+) -> None:
+    """Whatever the encoder writes, the reader reads back as the same point."""
+    point = Point(measurement, tuple(sorted(tags.items())), fields, time_ns)
+    try:
+        text = LineProtocolEncoder().encode_point(point)
+    except InvalidPointError:
+        assume(False)
+        return
+    assert typed(parse_line(text)) == typed(point)
+    assert [typed(p) for p in parse_lines(text + "\n" + text)] == [typed(point)] * 2

@@ -1,4 +1,4 @@
-"""The 2.x API path: influxdb-client writing our line protocol into a real VictoriaMetrics.
+"""The 2.x API path: the ``influxdb-v2`` sink writing our line protocol into a real VictoriaMetrics.
 
 VictoriaMetrics serves ``/api/v2/write`` (it stores ``<measurement>_<field>`` series, numeric
 fields only), so it stands in for an InfluxDB 2.x server that cannot be had here.
@@ -16,7 +16,7 @@ from test_influxdb1_apps import TRAFFIC, drive
 FLASK_APP = Path(__file__).parent / "apps" / "flask_app.py"
 
 
-def test_flask_app_through_influxdb_client(victoria_metrics: VictoriaMetrics) -> None:
+def test_flask_app_through_the_v2_api(victoria_metrics: VictoriaMetrics) -> None:
     """Every request lands as numeric requests/errors fields with the documented labels."""
     service = "luna-vm-test"
     env = {

@@ -1,9 +1,11 @@
-"""Shared HTTP plumbing for the InfluxDB sinks: one pooled urllib3 connection pool."""
+"""HTTP plumbing shared by the package: the InfluxDB sinks' pooled poster, basic auth."""
 
 from __future__ import annotations
 
 import gzip as gzip_module
+from base64 import b64encode
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import urllib3
 
@@ -15,6 +17,17 @@ from otel_luna.sinks import (
     parse_retry_after,
     server_reason,
 )
+
+if TYPE_CHECKING:
+    from otel_luna.settings import Settings
+
+
+def basic_auth(username: str | None, password: str | None) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic authentication (``username:password`` in UTF-8,
+    base64), or no header unless both are set."""
+    if not (username and password):
+        return {}
+    return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
 
 
 class HttpPoster:
@@ -72,3 +85,23 @@ class HttpPoster:
 
     def close(self) -> None:
         self._pool.clear()
+
+
+class PostingSink:
+    """A sink that POSTs every body to one URL (the InfluxDB write APIs) through an
+    :class:`HttpPoster`; ``where`` names the destination in error messages."""
+
+    def __init__(self, settings: Settings, url: str, headers: dict[str, str], where: str) -> None:
+        self._where = where
+        self._poster = HttpPoster(
+            url, headers, timeout=settings.timeout, gzip=settings.gzip, secrets=settings.secrets
+        )
+
+    def write(self, body: bytes) -> None:
+        self._poster.post(body, self._where)
+
+    def after_fork_in_child(self) -> None:
+        self._poster.after_fork_in_child()
+
+    def close(self) -> None:
+        self._poster.close()
