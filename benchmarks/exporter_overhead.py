@@ -24,7 +24,7 @@ Each round times, over the same ``--n`` spans:
   ever moves from ``export()`` to the writer, this row keeps it visible;
 * the breakdown, each step alone on precomputed input: ``read`` (span fields and attribute dict,
   as the exporter reads them), ``map`` (``RequestMapper.add``), ``encode``
-  (``LineProtocolEncoder.encode_point``), ``hand-off`` (``Pipeline.submit`` per batch: lines
+  (``LineProtocolEncoder.encode_point``), ``hand-off`` (``BatchWriter.submit`` per batch: lines
   joined into a body and appended to the spool; also ``hand-off, memory spool``),
   ``rest of export`` (``export`` minus those four: loop, lock, calls between the steps); two
   probes: ``encode: float repr alone`` (``repr()`` of the points' float fields, part of
@@ -290,58 +290,35 @@ def check_output(spans: Sequence[ReadableSpan], batch: int) -> dict[str, Any]:
 def breakdown_workloads(
     spans: Sequence[ReadableSpan], batch: int, closers: list[Callable[[], object]]
 ) -> tuple[dict[str, Callable[[], int]], Callable[[], None]]:
-    """The exporter's steps, each alone on precomputed input (mirrors LunaSpanExporter._encode)."""
-    from otel_luna import exporter as exporter_module
+    """The exporter's steps, each alone on precomputed input (mirrors Ingest.spans)."""
+    from otel_luna.delivery import open_delivery
     from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+    from otel_luna.ingest.sdk import ServiceNames, span_records
     from otel_luna.mapping.requests import RequestMapper
-    from otel_luna.pipeline import Pipeline
 
-    attributes_of = getattr(exporter_module, "_attributes_of", None) or (
-        lambda s: s.attributes or {}
-    )
-    server, error = SpanKind.SERVER, StatusCode.ERROR
-    services: dict[int, tuple[Any, str]] = {}
+    services = ServiceNames()
 
-    def service_of(resource: Any) -> str:
-        cached = services.get(id(resource))
-        if cached is not None and cached[0] is resource:
-            return cached[1]
-        name = str(resource.attributes.get("service.name") or "unknown_service")
-        services[id(resource)] = (resource, name)
-        return name
-
-    def read(span: ReadableSpan, public: bool = False) -> tuple[Any, ...]:
-        context = span.context
-        parent = span.parent
-        return (
-            (span.attributes or {}) if public else attributes_of(span),
-            span.kind is server,
-            context.trace_id,
-            context.span_id,
-            None if parent is None else parent.span_id,
-            span.start_time,
-            span.end_time,
-            span.status.status_code is error,
-            service_of(span.resource),
-        )
+    def read(span: ReadableSpan, public: bool = False) -> Any:
+        (record,) = span_records([span], services)
+        return record._replace(attributes=span.attributes or {}) if public else record
 
     args = [read(s) for s in spans]
     public_args = [read(s, public=True) for s in spans]
     mapper = RequestMapper()
-    points = [p for a in args for p in mapper.add(*a)]
+    points = [p for a in args for p in mapper.add(a)]
     encoder = LineProtocolEncoder()
     per_batch: list[list[str]] = []
     for i in range(0, len(spans), batch):
         per_batch.append(
-            [encoder.encode_point(p) for a in args[i : i + batch] for p in mapper.add(*a)]
+            [encoder.encode_point(p) for a in args[i : i + batch] for p in mapper.add(a)]
         )
-    pipeline = Pipeline(settings(), NullSink())
-    memory_pipeline = Pipeline(settings("memory"), NullSink())
+    disk_delivery = open_delivery(settings(), NullSink())
+    memory_delivery = open_delivery(settings("memory"), NullSink())
 
     def read_only() -> int:
         begin = time.perf_counter_ns()
-        for span in spans:
-            read(span)
+        for _ in span_records(spans, services):
+            pass
         return time.perf_counter_ns() - begin
 
     def map_with(arguments: list[tuple[Any, ...]]) -> Callable[[], int]:
@@ -349,7 +326,7 @@ def breakdown_workloads(
             add = mapper.add
             begin = time.perf_counter_ns()
             for a in arguments:
-                add(*a)
+                add(a)
             return time.perf_counter_ns() - begin
 
         return run
@@ -380,19 +357,19 @@ def breakdown_workloads(
         return run
 
     def drain() -> None:
-        pipeline.force_flush(60.0)
-        memory_pipeline.force_flush(60.0)
+        disk_delivery.force_flush(60.0)
+        memory_delivery.force_flush(60.0)
 
     workloads = {
         "read": read_only,
         "map": map_with(args),
         "encode": encode_only,
-        "hand-off": hand_off_to(pipeline),
-        "hand-off, memory spool": hand_off_to(memory_pipeline),
+        "hand-off": hand_off_to(disk_delivery),
+        "hand-off, memory spool": hand_off_to(memory_delivery),
         "encode: float repr alone": float_repr,
         "map via span.attributes": map_with(public_args),
     }
-    closers.extend((pipeline.shutdown, memory_pipeline.shutdown))
+    closers.extend((lambda: disk_delivery.shutdown(10.0), lambda: memory_delivery.shutdown(10.0)))
     return workloads, drain
 
 

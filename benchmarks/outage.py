@@ -286,7 +286,7 @@ def child_main(config_path: str) -> int:
     )
     sink = ProbeSink(load_sink(settings))
     exporter = LunaSpanExporter(settings, sink=sink)
-    writer = exporter._pipeline.writer
+    writer = exporter._ingest.delivery
     assert writer is not None
     probe = SpoolProbe(writer.spool)
     sink.pending = lambda: writer.queued

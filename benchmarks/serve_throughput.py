@@ -711,16 +711,16 @@ def _step(frames: list[str]) -> str:
         module = frame.rpartition("(")[2].rstrip(")")
         if module == "otlp.py":
             return "decode: span_records (OTLP attributes -> dicts)"
-        if module == "mapping.py":
+        if module == "requests.py":
             return "map: RequestMapper"
-        if module in ("lineprotocol.py", "pipeline.py"):
+        if module == "lineprotocol.py":
             return "encode: line protocol"
-        if module in ("spool.py", "delivery.py"):
+        if module in ("spool.py", "writer.py", "deadletters.py"):
             return "spool / delivery"
         if module in ("influx_v1.py", "http.py"):
             return "sink: HTTP write to InfluxDB"
-        if module == "receiver.py":
-            return "receiver glue"
+        if module == "__init__.py":
+            return "ingest and receiver glue"
         if module == "serve.py":
             return "serve.py handler (FromString, response)"
     return "grpcio / threading / other (no otel_luna frame)"

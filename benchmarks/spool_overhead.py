@@ -18,9 +18,9 @@ Each round times, in rotating order, over the same ``--n`` spans:
   ``--batch`` (512, BatchSpanProcessor's default) — the ratio of the two is the headline;
 * ``sdk``: the SDK's own cost to create and end the same spans (as in exporter_overhead.py), to
   put both in proportion;
-* per ``export()`` call, on precomputed input: ``hand-off`` (``Pipeline.submit(lines)``: the
+* per ``export()`` call, on precomputed input: ``hand-off`` (``BatchWriter.submit(lines)``: the
   lines joined into one body and appended) with each spool, and ``append`` alone
-  (``spool.append(body, lines)`` on a spool built by ``open_spool``, as the pipeline builds it)
+  (``spool.append(body, lines)`` on a spool built by ``open_spool``, as open_delivery builds it)
   with each spool; two probes split the disk append: ``crc32 of the record`` (``zlib.crc32`` of
   the body, as DiskSpool checksums each record) and ``os.write of the record`` (the record
   written to an ``O_APPEND`` file). The append and probe rows repeat the round's bodies
@@ -114,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(options: Any, state_dir: str) -> int:
+    from otel_luna.delivery import open_delivery
     from otel_luna.delivery.spool import open_spool
-    from otel_luna.pipeline import Pipeline
+    from otel_luna.delivery.writer import BatchWriter
+    from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+    from otel_luna.ingest.sdk import ServiceNames, span_records
+    from otel_luna.mapping.requests import RequestMapper
 
     n, batch = options.n, options.batch
     reqs = requests(n, seed=options.seed, error_share=options.error_share, semconv=options.semconv)
@@ -130,15 +134,26 @@ def _run(options: Any, state_dir: str) -> int:
         "disk": LunaSpanExporter(settings("disk", state_dir), sink=NullSink()),
         "memory": LunaSpanExporter(settings("memory", state_dir), sink=NullSink()),
     }
-    spool_kinds = {kind: type(e._pipeline.writer.spool).__name__ for kind, e in exporters.items()}
+    spool_kinds = {
+        kind: type(e._ingest.delivery.spool).__name__  # type: ignore[union-attr]
+        for kind, e in exporters.items()
+    }
 
     # Precomputed input of the hand-off and append rows: the lines export() makes of each batch.
-    per_batch: list[list[str]] = [exporters["memory"]._encode(b) for b in batches]
+    mapper, encoder, services = RequestMapper(), LineProtocolEncoder(), ServiceNames()
+    per_batch: list[list[str]] = [
+        [
+            encoder.encode_point(point)
+            for record in span_records(b, services)
+            for point in mapper.add(record)  # type: ignore[arg-type]
+        ]
+        for b in batches
+    ]
     lines_total = sum(len(lines) for lines in per_batch)
     bodies = [(("\n".join(lines) + "\n").encode(), len(lines)) for lines in per_batch]
     body_bytes = sum(len(b) for b, _ in bodies)
-    pipelines = {
-        kind: Pipeline(settings(kind, os.path.join(state_dir, f"handoff-{kind}")), NullSink())
+    deliveries = {
+        kind: open_delivery(settings(kind, os.path.join(state_dir, f"handoff-{kind}")), NullSink())
         for kind in ("disk", "memory")
     }
     spools = {
@@ -157,9 +172,9 @@ def _run(options: Any, state_dir: str) -> int:
 
         return run
 
-    def hand_off_to(pipeline: Pipeline) -> Callable[[], int]:
+    def hand_off_to(delivery: BatchWriter) -> Callable[[], int]:
         def run() -> int:
-            submit = pipeline.submit
+            submit = delivery.submit
             begin = time.perf_counter_ns()
             for lines in per_batch:
                 submit(lines)
@@ -205,8 +220,8 @@ def _run(options: Any, state_dir: str) -> int:
         "export, disk spool": export_with(exporters["disk"]),
         "export, memory spool": export_with(exporters["memory"]),
         "sdk": lambda: record(sdk_tracer, reqs),
-        "hand-off, disk spool": hand_off_to(pipelines["disk"]),
-        "hand-off, memory spool": hand_off_to(pipelines["memory"]),
+        "hand-off, disk spool": hand_off_to(deliveries["disk"]),
+        "hand-off, memory spool": hand_off_to(deliveries["memory"]),
         "append, disk spool": append_to(spools["disk"]),
         "append, memory spool": append_to(spools["memory"]),
         "probe: crc32 of the record": crc32_only,
@@ -216,8 +231,8 @@ def _run(options: Any, state_dir: str) -> int:
     def drain() -> None:
         for exporter in exporters.values():
             exporter.force_flush(60_000)
-        for pipeline in pipelines.values():
-            pipeline.force_flush(60.0)
+        for delivery in deliveries.values():
+            delivery.force_flush(60.0)
         for spool in spools.values():
             drain_spool(spool)
 
@@ -229,8 +244,8 @@ def _run(options: Any, state_dir: str) -> int:
     leftovers = {kind: e.counts for kind, e in exporters.items()}
     for exporter in exporters.values():
         exporter.shutdown()
-    for pipeline in pipelines.values():
-        pipeline.shutdown()
+    for delivery in deliveries.values():
+        delivery.shutdown(10.0)
     for spool in spools.values():
         spool.close()
 
