@@ -43,13 +43,12 @@ from urllib.parse import urlencode
 
 from otel_luna.point import FieldValue, Point
 from otel_luna.schema import luna as schema
-from otel_luna.settings import (
-    OTEL_EXPORTER_LUNA_DEAD_LETTER,
-    OTEL_EXPORTER_LUNA_ENDPOINT,
-    OTEL_EXPORTER_LUNA_SPOOL_DIR,
-    Settings,
-)
+from otel_luna.settings import Settings, env_name
 from otel_luna.sinks.file import file_path
+
+OTEL_EXPORTER_LUNA_DEAD_LETTER = env_name("dead_letter")
+OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
+OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
 
 #: The example service the demo runs (present in a source checkout of otel-luna).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"

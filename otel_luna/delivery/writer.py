@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from otel_luna.delivery.spool import Spool, write_all
 from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.redact import redact
-from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, SettingsError
+from otel_luna.settings import SettingsError, env_name
 from otel_luna.sinks import Failure, Sink, SinkError, suppress_instrumentation
 
 _logger = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class DeadLetters:
         problem = _unwritable(path)
         if problem:
             raise SettingsError(
-                OTEL_EXPORTER_LUNA_DEAD_LETTER,
+                env_name("dead_letter"),
                 redact(f"cannot write dead letters to {path}: {problem}", self._secrets),
             )
 
