@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from otel_luna.settings import OTEL_EXPORTER_LUNA_ENDPOINT, SettingsError
+from otel_luna.settings import SettingsError, env_name
 
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run, 2 bad usage or
 #: setting, 130 interrupted.
@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
     except SettingsError as error:
         source = ""
-        if getattr(args, "endpoint", None) and error.setting == OTEL_EXPORTER_LUNA_ENDPOINT:
+        if getattr(args, "endpoint", None) and error.setting == env_name("endpoint"):
             source = " (given with --endpoint)"
         print(f"otel-luna {args.command}: {error}{source}", file=sys.stderr)
         return EXIT_USAGE

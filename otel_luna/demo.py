@@ -43,14 +43,13 @@ import urllib3
 from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_line, parse_lines
 from otel_luna.point import Point
 from otel_luna.schema import luna as schema
-from otel_luna.settings import (
-    OTEL_EXPORTER_LUNA_DEAD_LETTER,
-    OTEL_EXPORTER_LUNA_ENDPOINT,
-    OTEL_EXPORTER_LUNA_SPOOL_DIR,
-    Settings,
-)
+from otel_luna.settings import Settings, env_name
 from otel_luna.sinks.file import file_path
 from otel_luna.sinks.http import basic_auth
+
+OTEL_EXPORTER_LUNA_DEAD_LETTER = env_name("dead_letter")
+OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
+OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
 
 #: The example service the demo runs (present in a source checkout of otel-luna).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"

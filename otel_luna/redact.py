@@ -89,3 +89,20 @@ def basic_credentials(username: str, password: str) -> list[str]:
     forms = [b64encode(pair).decode(), urlsafe_b64encode(pair).decode()]
     forms += [form.rstrip("=") for form in forms]
     return list(dict.fromkeys(forms))
+
+
+def credential_forms(
+    username: str | None, passwords: Iterable[str], tokens: Iterable[str]
+) -> tuple[str, ...]:
+    """Every form of these credentials for :func:`redact` to mask: each password and token as
+    it is and base64-encoded on its own without padding (a server may echo a secret so), and
+    each password's :func:`basic_credentials` with ``username``. Blank values are left out."""
+    passwords = [password for password in passwords if password.strip()]
+    values = [*passwords, *(token for token in tokens if token.strip())]
+    values += [
+        b64encode(value.encode(errors="surrogatepass")).decode().rstrip("=") for value in values
+    ]
+    if username:
+        for password in passwords:
+            values += basic_credentials(username, password)
+    return tuple(dict.fromkeys(value for value in values if value.strip()))

@@ -1,4 +1,12 @@
-"""Every setting of the exporter, read once into a frozen :class:`Settings`.
+"""Every setting of the exporter, declared once and read once into a frozen :class:`Settings`.
+
+Each field of :class:`Settings` is declared with :func:`setting`: its default, parser, what it
+accepts, a one-line doc and its group; its environment variable (``OTEL_EXPORTER_LUNA_<NAME>``)
+and ``[monitoring]`` key follow from its name unless given. Everything else — loading, error
+messages, the list of secrets, :func:`describe`, the tables of ``docs/configuration.md`` — is
+derived from those declarations. A sink declares settings of its own the same way, as
+:class:`Setting` objects in its ``settings`` attribute (see :func:`otel_luna.sinks.sink_settings`);
+their values are in :attr:`Settings.sink_options`, read with :meth:`Settings.option`.
 
 Sources, later ones winning: defaults, the ``[monitoring]`` section of the TOML file named by
 ``OTEL_EXPORTER_LUNA_CONFIG`` (keys mirror luna-handlers' own ``monitoring`` section), the
@@ -16,90 +24,29 @@ import ipaddress
 import os
 import re
 import sys
-from base64 import b64encode
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from otel_luna.redact import MASK, basic_credentials, redact
+from otel_luna.redact import MASK, credential_forms, redact
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: URL of the InfluxDB (``http(s)://host:port``, optionally a path prefix; no query string),
-#: ``file:///path`` for a line-protocol file, or ``console`` for standard output.
-OTEL_EXPORTER_LUNA_ENDPOINT = "OTEL_EXPORTER_LUNA_ENDPOINT"
-#: InfluxDB write API: ``1`` (``/write``), ``2`` (``/api/v2/write``) or ``auto`` (2 when a token
-#: is set, else 1).
-OTEL_EXPORTER_LUNA_API_VERSION = "OTEL_EXPORTER_LUNA_API_VERSION"
-#: 1.x API: database.
-OTEL_EXPORTER_LUNA_DATABASE = "OTEL_EXPORTER_LUNA_DATABASE"
-#: 1.x API: retention policy (the database's default when unset).
-OTEL_EXPORTER_LUNA_RETENTION_POLICY = "OTEL_EXPORTER_LUNA_RETENTION_POLICY"
-#: 1.x API: user name for basic authentication.
-OTEL_EXPORTER_LUNA_USERNAME = "OTEL_EXPORTER_LUNA_USERNAME"
-#: 1.x API: password for basic authentication (secret).
-OTEL_EXPORTER_LUNA_PASSWORD = "OTEL_EXPORTER_LUNA_PASSWORD"
-#: 2.x API: organization.
-OTEL_EXPORTER_LUNA_ORG = "OTEL_EXPORTER_LUNA_ORG"
-#: 2.x API: bucket.
-OTEL_EXPORTER_LUNA_BUCKET = "OTEL_EXPORTER_LUNA_BUCKET"
-#: 2.x API: token (secret).
-OTEL_EXPORTER_LUNA_TOKEN = "OTEL_EXPORTER_LUNA_TOKEN"
-#: Seconds between flushes of buffered points (luna-handlers' ``flushing_period``).
-OTEL_EXPORTER_LUNA_FLUSH_INTERVAL = "OTEL_EXPORTER_LUNA_FLUSH_INTERVAL"
-#: Most lines in one write; a full batch is written without waiting for the interval.
-OTEL_EXPORTER_LUNA_BATCH_SIZE = "OTEL_EXPORTER_LUNA_BATCH_SIZE"
-#: Seconds one write may take.
-OTEL_EXPORTER_LUNA_TIMEOUT = "OTEL_EXPORTER_LUNA_TIMEOUT"
-#: ``true`` to gzip request bodies.
-OTEL_EXPORTER_LUNA_GZIP = "OTEL_EXPORTER_LUNA_GZIP"
-#: Where encoded points wait for the sink: ``disk`` (survives crashes and restarts) or ``memory``.
-OTEL_EXPORTER_LUNA_SPOOL = "OTEL_EXPORTER_LUNA_SPOOL"
-#: Directory of the disk spool (one subdirectory per destination, then per process).
-OTEL_EXPORTER_LUNA_SPOOL_DIR = "OTEL_EXPORTER_LUNA_SPOOL_DIR"
-#: Most bytes the spool holds; beyond it the oldest points are dropped and counted.
-OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES = "OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES"
-#: File where points the destination rejects for good are kept, one JSON object per line.
-OTEL_EXPORTER_LUNA_DEAD_LETTER = "OTEL_EXPORTER_LUNA_DEAD_LETTER"
-#: Seconds shutdown (and interpreter exit) may spend delivering what is spooled.
-OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT = "OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT"
-#: Name of the sink in entry-point group ``otel_luna.sinks`` (default: chosen by the endpoint).
-OTEL_EXPORTER_LUNA_SINK = "OTEL_EXPORTER_LUNA_SINK"
-#: ``false`` turns the exporter into a no-op (luna-handlers' ``send_data_for_monitoring``).
-OTEL_EXPORTER_LUNA_ENABLED = "OTEL_EXPORTER_LUNA_ENABLED"
-#: Which series to write: ``luna`` (requests, errors, usages_statistic, licensing) or
-#: ``watchdog`` (new_item, poller_heartbeat, worker_works pings).
-OTEL_EXPORTER_LUNA_SCHEMA = "OTEL_EXPORTER_LUNA_SCHEMA"
-#: Ping Centre sink: most pings being POSTed at once (one HTTP request per ping).
-OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT = "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT"
-#: ``otel-luna serve``: address to listen on.
-OTEL_EXPORTER_LUNA_SERVE_HOST = "OTEL_EXPORTER_LUNA_SERVE_HOST"
-#: ``otel-luna serve``: OTLP/gRPC port (0: any free port).
-OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT = "OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT"
-#: ``otel-luna serve``: OTLP/HTTP port (0: any free port).
-OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT = "OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT"
-#: ``otel-luna serve``: largest request accepted, in bytes (after gzip decompression).
-OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES = "OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES"
-#: ``otel-luna serve``: TLS certificate chain (PEM); with the key, both protocols use TLS.
-OTEL_EXPORTER_LUNA_SERVE_TLS_CERT = "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
-#: ``otel-luna serve``: TLS private key (PEM).
-OTEL_EXPORTER_LUNA_SERVE_TLS_KEY = "OTEL_EXPORTER_LUNA_SERVE_TLS_KEY"
-#: ``otel-luna serve``: when set, requests must carry ``Authorization: Bearer <token>`` (secret).
-OTEL_EXPORTER_LUNA_SERVE_TOKEN = "OTEL_EXPORTER_LUNA_SERVE_TOKEN"
-#: Most distinct ``route`` tag values per service; further ones are written as
-#: ``METHOD:{overflow}``.
-OTEL_EXPORTER_LUNA_ROUTE_LIMIT = "OTEL_EXPORTER_LUNA_ROUTE_LIMIT"
-#: Most bytes of the dead-letter file; beyond it the file is rotated (one older file kept).
-OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES = "OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES"
-#: ``true``: on SIGTERM, move what the SDK holds into the spool and deliver it (within
-#: SHUTDOWN_TIMEOUT) before the signal's previous handler runs.
-OTEL_EXPORTER_LUNA_HANDLE_SIGTERM = "OTEL_EXPORTER_LUNA_HANDLE_SIGTERM"
 #: Path of a TOML file whose ``[monitoring]`` section holds settings (environment wins).
 OTEL_EXPORTER_LUNA_CONFIG = "OTEL_EXPORTER_LUNA_CONFIG"
+#: How every setting's environment variable starts.
+ENV_PREFIX = "OTEL_EXPORTER_LUNA_"
+
+#: Groups of settings, each a section of docs/configuration.md; a sink's own settings are in
+#: group ``"<sink name> sink"``.
+DESTINATION = "destination"
+DELIVERY = "delivery"
+SPOOL = "spool"
+SERVE = "serve"
 
 _TIB = 2**40
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -135,21 +82,22 @@ def _parse_bool(value: Any) -> bool:
     raise ValueError("expected true or false")
 
 
-def _number(
+def number(
     kind: type[int] | type[float], low: float, high: float, unit: str = ""
 ) -> tuple[Callable[[Any], Any], str]:
-    """A parser of ``kind`` numbers from ``low`` to ``high``, and its ``accepts`` text."""
+    """A parser of ``kind`` numbers from ``low`` to ``high``, and its ``accepts`` text: the
+    ``parse`` and ``accepts`` of a :class:`Setting`."""
 
-    def show(number: float) -> str:
-        return str(int(number)) if kind is int else f"{number:g}"
+    def show(bound: float) -> str:
+        return str(int(bound)) if kind is int else f"{bound:g}"
 
     def parse(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        number = kind(value)
-        if not low <= number <= high:  # NaN fails too
+        parsed = kind(value)
+        if not low <= parsed <= high:  # NaN fails too
             raise ValueError("out of range")
-        return number
+        return parsed
 
     noun = "seconds" if kind is float else "an integer"
     return parse, f"{noun} from {show(low)} to {show(high)}" + (f" ({unit})" if unit else "")
@@ -290,58 +238,318 @@ def _text(value: Any) -> str:
     return text
 
 
+def _shown(value: Any) -> str:
+    return redact(str(value))
+
+
 @dataclass(frozen=True)
-class _Spec:
-    env: str
-    toml: tuple[str, ...]
+class Setting:
+    """One setting, declared once. ``env`` defaults to ``OTEL_EXPORTER_LUNA_<NAME>`` and
+    ``toml`` (its key in the ``[monitoring]`` section) to ``name``. A sink declares its own as
+    a tuple of these in its ``settings`` attribute; their parsed values must be hashable."""
+
+    name: str
+    default: Any
     parse: Callable[[Any], Any]
+    #: What the setting accepts, as error messages and the docs say it.
     accepts: str
+    #: One line for the docs.
+    doc: str = ""
+    #: Section of the docs; a sink's settings get ``"<sink name> sink"``.
+    group: str = ""
+    toml: str = ""
+    env: str = ""
+    #: Never shown: not in a message, a ``repr`` or :func:`describe`; masked by ``secrets``.
     secret: bool = False
-    shown_default: str | None = None  # for defaults that depend on the machine
-    show: Callable[[Any], str] = lambda value: redact(str(value))  # a bad value in a message
+    #: The default as the docs show it, for a default that depends on the machine.
+    shown_default: str | None = None
+    #: A bad value as an error message shows it.
+    show: Callable[[Any], str] = _shown
+    #: Makes the default each time one is needed (then ``default`` is unused).
+    factory: Callable[[], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.name:  # the fields of Settings get their name later, see SETTINGS
+            object.__setattr__(self, "env", self.env or ENV_PREFIX + self.name.upper())
+            object.__setattr__(self, "toml", self.toml or self.name)
+
+    def default_value(self) -> Any:
+        return self.default if self.factory is None else self.factory()
+
+
+_SETTING = "otel_luna.setting"  # key of a Setting in a field's metadata
+
+
+def setting(
+    default: Any,
+    parse: Callable[[Any], Any],
+    accepts: str,
+    *,
+    group: str,
+    doc: str,
+    toml: str = "",
+    env: str = "",
+    secret: bool = False,
+    shown_default: str | None = None,
+    show: Callable[[Any], str] = _shown,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
+    """A field of :class:`Settings` declared as a :class:`Setting` named after the field."""
+    declared = Setting(
+        "", default, parse, accepts, doc, group, toml, env, secret, shown_default, show, factory
+    )
+    metadata = {_SETTING: declared}
+    if factory is not None:
+        return field(default_factory=factory, repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """The values given to settings that sinks declare, each with its declaration, by name.
+    A value equal to its default is left out, so that equal settings compare (and hash) equal
+    however they were given."""
+
+    items: tuple[tuple[Setting, Any], ...] = ()
+
+    def __repr__(self) -> str:
+        return repr({each.name: MASK if each.secret else value for each, value in self.items})
 
 
 @dataclass(frozen=True)
 class Settings:
     """The exporter's settings. Build with :meth:`load`; fields are documented in
-    ``docs/configuration.md``."""
+    ``docs/configuration.md``. Built directly or by :meth:`replace`, values are checked (and
+    normalised) as :meth:`load` checks them."""
 
-    endpoint: str = "http://127.0.0.1:8086"
-    api_version: str = "auto"
-    database: str = "luna_monitoring"
-    retention_policy: str | None = None
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    org: str | None = None
-    bucket: str = "luna_monitoring"
-    token: str | None = field(default=None, repr=False)
-    flush_interval: float = 1.0
-    batch_size: int = 5000
-    timeout: float = 10.0
-    gzip: bool = False
-    spool: str = "disk"
-    spool_dir: str = field(default_factory=lambda: _default_state_dir("spool"))
-    spool_max_bytes: int = 512 * 1024 * 1024
-    dead_letter: str = field(default_factory=lambda: _default_state_dir("dead-letter.jsonl"))
-    shutdown_timeout: float = 10.0
-    sink: str | None = None
-    enabled: bool = True
-    schema: str = "luna"
-    max_in_flight: int = 8
-    route_limit: int = 1000
-    dead_letter_max_bytes: int = 64 * 1024 * 1024
-    handle_sigterm: bool = True
-    serve_host: str = "127.0.0.1"
-    serve_grpc_port: int = 4317
-    serve_http_port: int = 4318
-    serve_max_message_bytes: int = 16 * 1024 * 1024
-    serve_tls_cert: str | None = None
-    serve_tls_key: str | None = None
-    serve_token: str | None = field(default=None, repr=False)
+    # destination
+    endpoint: str = setting(
+        "http://127.0.0.1:8086",
+        _endpoint,
+        "http(s)://host:port[/path prefix], file:///path or console",
+        group=DESTINATION,
+        doc="where points go: an InfluxDB URL, a line-protocol file or standard output",
+        show=_shown_endpoint,
+    )
+    api_version: str = setting(
+        "auto",
+        _api_version,
+        "1, 2 or auto",
+        group=DESTINATION,
+        toml="version",
+        doc="InfluxDB write API: 1 (/write), 2 (/api/v2/write), auto: 2 when a token is set",
+    )
+    database: str = setting(
+        "luna_monitoring",
+        _text,
+        "a database name",
+        group=DESTINATION,
+        toml="database_name",
+        doc="1.x API: database",
+    )
+    retention_policy: str | None = setting(
+        None,
+        _text,
+        "a retention policy name",
+        group=DESTINATION,
+        doc="1.x API: retention policy (the database's default when unset)",
+    )
+    username: str | None = setting(
+        None,
+        _text,
+        "a user name",
+        group=DESTINATION,
+        toml="user_name",
+        doc="1.x API: user name for basic authentication",
+    )
+    password: str | None = setting(
+        None,
+        _text,
+        "a password",
+        group=DESTINATION,
+        secret=True,
+        doc="1.x API: password for basic authentication (secret)",
+    )
+    org: str | None = setting(
+        None,
+        _text,
+        "an organization name",
+        group=DESTINATION,
+        toml="organization",
+        doc="2.x API: organization",
+    )
+    bucket: str = setting(
+        "luna_monitoring", _text, "a bucket name", group=DESTINATION, doc="2.x API: bucket"
+    )
+    token: str | None = setting(
+        None, _text, "an API token", group=DESTINATION, secret=True, doc="2.x API: token (secret)"
+    )
+    sink: str | None = setting(
+        None,
+        _text,
+        "the name of an entry point in group otel_luna.sinks",
+        group=DESTINATION,
+        doc="the sink that delivers the points (default: chosen by the endpoint)",
+    )
+    schema: str = setting(
+        "luna",
+        _schema,
+        "luna or watchdog",
+        group=DESTINATION,
+        doc="which series to write: luna (requests, errors, …) or watchdog (pings)",
+    )
+    enabled: bool = setting(
+        True,
+        _parse_bool,
+        "true or false (1 or 0)",
+        group=DESTINATION,
+        toml="send_data_for_monitoring",
+        doc="false turns the exporter into a no-op",
+    )
+    gzip: bool = setting(
+        False, _parse_bool, "true or false", group=DESTINATION, doc="gzip request bodies"
+    )
+    timeout: float = setting(
+        10.0, *number(float, 0.1, 600), group=DESTINATION, doc="seconds one write may take"
+    )
+    # delivery
+    flush_interval: float = setting(
+        1.0,
+        *number(float, 0.01, 3600),
+        group=DELIVERY,
+        toml="flushing_period",
+        doc="seconds between flushes of buffered points",
+    )
+    batch_size: int = setting(
+        5000,
+        *number(int, 1, 1_000_000_000),
+        group=DELIVERY,
+        doc="most lines in one write; a full batch is written at once",
+    )
+    shutdown_timeout: float = setting(
+        10.0,
+        *number(float, 0.1, 3600),
+        group=DELIVERY,
+        doc="seconds shutdown (and interpreter exit) may spend delivering what is spooled",
+    )
+    handle_sigterm: bool = setting(
+        True,
+        _parse_bool,
+        "true or false",
+        group=DELIVERY,
+        doc="on SIGTERM, spool what the SDK holds and deliver it before the previous handler",
+    )
+    dead_letter: str = setting(
+        None,
+        _text,
+        "a file path",
+        group=DELIVERY,
+        factory=lambda: _default_state_dir("dead-letter.jsonl"),
+        shown_default="$XDG_STATE_HOME/otel-luna/dead-letter.jsonl",
+        doc="file of the points the destination rejects for good, one JSON object per line",
+    )
+    dead_letter_max_bytes: int = setting(
+        64 * 1024 * 1024,
+        *number(int, 1024, _TIB, "bytes"),
+        group=DELIVERY,
+        doc="size at which the dead-letter file is rotated (one older file kept)",
+    )
+    route_limit: int = setting(
+        1000,
+        *number(int, 1, 1_000_000, "distinct routes per service"),
+        group=DELIVERY,
+        doc="most distinct route tag values per service; further ones are METHOD:{overflow}",
+    )
+    # spool
+    spool: str = setting(
+        "disk",
+        _spool_kind,
+        "disk or memory",
+        group=SPOOL,
+        doc="where encoded points wait for the sink: disk (survives restarts) or memory",
+    )
+    spool_dir: str = setting(
+        None,
+        _text,
+        "a directory path",
+        group=SPOOL,
+        factory=lambda: _default_state_dir("spool"),
+        shown_default="$XDG_STATE_HOME/otel-luna/spool",
+        doc="directory of the disk spool (one subdirectory per destination, then per process)",
+    )
+    spool_max_bytes: int = setting(
+        512 * 1024 * 1024,
+        *number(int, 1, _TIB, "bytes"),
+        group=SPOOL,
+        doc="most bytes the spool holds; beyond it the oldest points are dropped",
+    )
+    spool_retry_interval: float = setting(
+        5.0,
+        *number(float, 0, 3600),
+        group=SPOOL,
+        doc="seconds a disk spool whose disk refused a write keeps new points in memory "
+        "before it tries the disk again (serve: refuses instead)",
+    )
+    # otel-luna serve
+    serve_host: str = setting(
+        "127.0.0.1", _text, "an address", group=SERVE, doc="address to listen on"
+    )
+    serve_grpc_port: int = setting(
+        4317,
+        _port,
+        "0 (any free port) to 65535",
+        group=SERVE,
+        doc="OTLP/gRPC port",
+    )
+    serve_http_port: int = setting(
+        4318,
+        _port,
+        "0 (any free port) to 65535",
+        group=SERVE,
+        doc="OTLP/HTTP port",
+    )
+    serve_max_message_bytes: int = setting(
+        16 * 1024 * 1024,
+        *number(int, 1, 2**31 - 1, "bytes"),
+        group=SERVE,
+        doc="largest request accepted (after gzip decompression)",
+    )
+    serve_tls_cert: str | None = setting(
+        None,
+        _text,
+        "a PEM file path",
+        group=SERVE,
+        doc="TLS certificate chain; with the key, both protocols use TLS",
+    )
+    serve_tls_key: str | None = setting(
+        None, _text, "a PEM file path", group=SERVE, doc="TLS private key"
+    )
+    serve_token: str | None = setting(
+        None,
+        _text,
+        "a bearer token",
+        group=SERVE,
+        secret=True,
+        doc="when set, the bearer token every request must carry (secret)",
+    )
+    #: Values of the settings sinks declare; read them with :meth:`option`.
+    sink_options: SinkOptions = field(default=SinkOptions())
+
+    def __post_init__(self) -> None:
+        try:
+            for each in SETTINGS:
+                value = getattr(self, each.name)
+                if value is None and each.default is None and each.factory is None:
+                    continue  # unset and optional
+                object.__setattr__(self, each.name, _convert(each.name, each, value))
+            self.validated()
+        except SettingsError as error:  # a secret pasted into another field is not shown
+            raise error.redacted(self.secrets) from None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Defaults, then the TOML file, then the environment, then ``overrides``.
+        """Defaults, then the TOML file, then the environment, then ``overrides`` (``None``
+        meaning the default). Settings that sinks declare are read the same way.
 
         A :class:`SettingsError` never shows a secret given in any of them."""
         env = os.environ if environ is None else environ
@@ -352,35 +560,67 @@ class Settings:
 
     @classmethod
     def _load(cls, env: Mapping[str, str], overrides: Mapping[str, Any]) -> Settings:
-        values: dict[str, Any] = {}
-        config_path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
-        if config_path:
-            values.update(_from_toml(config_path))
-        for name, spec in _SPECS.items():
-            raw = env.get(spec.env)
-            if raw is not None and raw.strip() != "":
-                values[name] = _convert(spec.env, spec, raw)
-        for name, value in overrides.items():
-            if name not in _SPECS:
-                raise SettingsError(name, f"unknown setting; known: {', '.join(_SPECS)}")
-            values[name] = None if value is None else _convert(name, _SPECS[name], value)
-        return cls(**values).validated()
+        path = env.get(OTEL_EXPORTER_LUNA_CONFIG) or ""
+        section = _read_section(path) if path else {}
+        values = _toml_endpoint(section)
+        values.update(_given(SETTINGS, env, section, overrides))
+        return cls(**values)._with_sink_options(env, section, overrides, path)
+
+    def _with_sink_options(
+        self,
+        env: Mapping[str, str],
+        section: Mapping[str, Any],
+        overrides: Mapping[str, Any],
+        path: str = "",
+    ) -> Settings:
+        """This with the values given to the settings its sink declares, and to those of any
+        other installed sink when something given is no setting of this one's."""
+        from otel_luna.sinks import sink_settings
+
+        # Only the chosen sink is imported, unless a setting of another one is given: the
+        # others may be slow to import (influxdb-client) or broken.
+        declared = _sink_declarations(sink_settings(self.sink_name))
+        if any(_unknown([*SETTINGS, *declared], env, section, overrides)):
+            declared = _sink_declarations([*declared, *sink_settings()])
+        every = [*SETTINGS, *declared]
+        keys, names, _ = _unknown(every, env, section, overrides)  # unknown variables are let be
+        if keys:
+            known = sorted([*(each.toml for each in every), *_ENDPOINT_PARTS])
+            raise SettingsError(
+                f"[monitoring] {keys[0]}", f"unknown key in {path}; known keys: {', '.join(known)}"
+            )
+        if names:
+            known = [each.name for each in every]
+            raise SettingsError(names[0], f"unknown setting; known: {', '.join(known)}")
+        given = _given(declared, env, section, overrides)
+        if not given:
+            return self
+        by_name = {each.name: each for each in declared}
+        options = {each.name: (each, value) for each, value in self.sink_options.items}
+        options.update({name: (by_name[name], value) for name, value in given.items()})
+        kept = [(each, value) for each, value in options.values() if value != each.default_value()]
+        kept.sort(key=lambda option: option[0].name)
+        return dataclasses.replace(self, sink_options=SinkOptions(tuple(kept)))
+
+    def option(self, declared: Setting) -> Any:
+        """The value of a setting a sink declares: the one given, else its default."""
+        for each, value in self.sink_options.items:
+            if each.name == declared.name:
+                return value
+        return declared.default_value()
 
     def validated(self) -> Settings:
-        """Checks that need several settings at once."""
+        """Checks that need several settings at once (construction runs them)."""
         if self.resolved_api_version == "2" and not self.org:
             raise SettingsError(
-                OTEL_EXPORTER_LUNA_ORG, "the 2.x API needs an organization (and usually a token)"
+                env_name("org"), "the 2.x API needs an organization (and usually a token)"
             )
         if bool(self.serve_tls_cert) != bool(self.serve_tls_key):
             raise SettingsError(
-                OTEL_EXPORTER_LUNA_SERVE_TLS_CERT,
-                "set both the TLS certificate and key, or neither",
+                env_name("serve_tls_cert"), "set both the TLS certificate and key, or neither"
             )
         if bool(self.username) != bool(self.password):
-            raise SettingsError(
-                OTEL_EXPORTER_LUNA_USERNAME, "set both username and password, or neither"
-            )
+            raise SettingsError(env_name("username"), "set both username and password, or neither")
         return self
 
     @property
@@ -404,184 +644,136 @@ class Settings:
     @property
     def secrets(self) -> tuple[str, ...]:
         """Values never to show (for :func:`otel_luna.redact.redact`): the password, the tokens
-        and the base64 of ``user:password`` that basic authentication sends (also without its
-        padding and URL-safe). :func:`~otel_luna.redact.redact` masks each also
-        percent-encoded or JSON-escaped."""
-        return _secrets(self.username, [self.password], [self.token, self.serve_token])
+        (a sink's secret settings too) and their base64 forms, see
+        :func:`~otel_luna.redact.credential_forms`. :func:`~otel_luna.redact.redact` masks each
+        also percent-encoded or JSON-escaped."""
+        # The password is the one secret that also goes with the username (basic auth).
+        tokens = [getattr(self, each.name) for each in _SECRETS if each.name != "password"]
+        tokens += [value for each, value in self.sink_options.items if each.secret]
+        passwords = [str(self.password)] if self.password is not None else []
+        tokens = [str(token) for token in tokens if token is not None]
+        return credential_forms(self.username and str(self.username), passwords, tokens)
 
     def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes`` applied and validated."""
-        return dataclasses.replace(self, **changes).validated()
+        """A copy with ``changes`` applied, checked as :meth:`load` checks them."""
+        core = {name: value for name, value in changes.items() if name in _BY_NAME}
+        changed = dataclasses.replace(self, **core)
+        others = {name: value for name, value in changes.items() if name not in _BY_NAME}
+        return changed._with_sink_options({}, {}, others) if others else changed
 
 
-def _secrets(username: Any, passwords: Iterable[Any], tokens: Iterable[Any]) -> tuple[str, ...]:
-    """Secret values (blank ones left out) and the basic-authentication forms of each password
-    with ``username``."""
-    passwords = [str(value) for value in passwords if value is not None and str(value).strip()]
-    values = [*passwords, *(str(value) for value in tokens if value is not None)]
-    for secret in list(values):  # a server may echo a secret base64-encoded on its own
-        values.append(b64encode(secret.encode(errors="surrogatepass")).decode().rstrip("="))
-    if username:
-        for password in passwords:
-            values += basic_credentials(str(username), password)
-    return tuple(dict.fromkeys(value for value in values if value.strip()))
+#: The declarations of the fields of :class:`Settings`, in their order.
+SETTINGS: tuple[Setting, ...] = tuple(
+    dataclasses.replace(each.metadata[_SETTING], name=each.name)
+    for each in dataclasses.fields(Settings)
+    if _SETTING in each.metadata
+)
+_BY_NAME = {each.name: each for each in SETTINGS}
+_SECRETS = [each for each in SETTINGS if each.secret]
+
+
+def env_name(name: str) -> str:
+    """The environment variable of the setting ``name`` (a field of :class:`Settings`)."""
+    return _BY_NAME[name].env
+
+
+def _sink_declarations(declared: Iterable[Setting]) -> list[Setting]:
+    """``declared`` without the names of :class:`Settings` fields (those stay the core's) and,
+    of several with one name, all but the first."""
+    unique: dict[str, Setting] = {}
+    for each in declared:
+        if each.name not in _BY_NAME:
+            unique.setdefault(each.name, each)
+    return list(unique.values())
+
+
+def _unknown(
+    declared: Iterable[Setting],
+    env: Mapping[str, str],
+    section: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+) -> tuple[list[str], list[str], list[str]]:
+    """What is given that none of ``declared`` reads: TOML keys, keyword arguments, and
+    environment variables named like settings."""
+    declared = list(declared)
+    keys = {each.toml for each in declared}.union(_ENDPOINT_PARTS)
+    names = {each.name for each in declared}
+    variables = {each.env for each in declared} | {OTEL_EXPORTER_LUNA_CONFIG}
+    return (
+        [key for key in section if key not in keys],
+        [name for name in overrides if name not in names],
+        [
+            variable
+            for variable, raw in env.items()
+            if variable.startswith(ENV_PREFIX) and variable not in variables and raw.strip()
+        ],
+    )
+
+
+def _given(
+    declared: Iterable[Setting],
+    env: Mapping[str, str],
+    section: Mapping[str, Any],
+    overrides: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The values given to ``declared`` settings, parsed; a later source wins."""
+    values: dict[str, Any] = {}
+    for each in declared:
+        if each.toml in section:
+            values[each.name] = _convert(f"[monitoring] {each.toml}", each, section[each.toml])
+        raw = env.get(each.env)
+        if raw is not None and raw.strip() != "":
+            values[each.name] = _convert(each.env, each, raw)
+        if each.name in overrides:
+            value = overrides[each.name]
+            values[each.name] = (
+                each.default_value() if value is None else _convert(each.name, each, value)
+            )
+    return values
 
 
 def _given_secrets(env: Mapping[str, str], overrides: Mapping[str, Any]) -> tuple[str, ...]:
     """Every secret value given to :meth:`Settings.load` — valid or not — in the keyword
     arguments, the environment and the TOML file (read again, quietly)."""
+    from otel_luna.sinks import sink_settings
+
+    declared = [*SETTINGS, *_sink_declarations(sink_settings())]
     sources: list[Mapping[str, Any]] = [overrides]
-    sources.append({name: env.get(spec.env) for name, spec in _SPECS.items()})
-    config_path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
-    if config_path:
+    sources.append({each.name: env.get(each.env) for each in declared})
+    path = env.get(OTEL_EXPORTER_LUNA_CONFIG)
+    if path:
         try:
-            with open(config_path, "rb") as file:
-                section = tomllib.load(file).get("monitoring")
-        except (OSError, ValueError):
-            section = None
-        if isinstance(section, dict):
-            sources.append(
-                {name: section.get(key) for name, spec in _SPECS.items() for key in spec.toml}
-            )
-    secret = [name for name, spec in _SPECS.items() if spec.secret]
-    users = [source.get("username") for source in sources if source.get("username")]
-    passwords = [source.get("password") for source in sources]
-    tokens = [source.get(name) for source in sources for name in secret if name != "password"]
+            section = _read_section(path)
+        except SettingsError:
+            section = {}
+        sources.append({each.name: section.get(each.toml) for each in declared})
+    secret = [each.name for each in declared if each.secret and each.name != "password"]
+    users: list[str | None] = [str(src["username"]) for src in sources if src.get("username")]
+    passwords = [str(source["password"]) for source in sources if source.get("password")]
+    tokens = [str(source[name]) for source in sources for name in secret if source.get(name)]
     found: list[str] = []
     for username in users or [None]:
-        found += _secrets(username, passwords, tokens)
+        found += credential_forms(username, passwords, tokens)
     return tuple(dict.fromkeys(found))
 
 
-def _convert(setting: str, spec: _Spec, raw: Any) -> Any:
+def _convert(setting: str, declared: Setting, raw: Any) -> Any:
     try:
-        return spec.parse(raw)
+        return declared.parse(raw)
     except (ValueError, TypeError) as error:
-        shown = "" if spec.secret else f" {spec.show(raw)!r}:"
-        raise SettingsError(setting, f"bad value{shown} {error}; accepts {spec.accepts}") from None
+        shown = "" if declared.secret else f" {declared.show(raw)!r}:"
+        raise SettingsError(
+            setting, f"bad value{shown} {error}; accepts {declared.accepts}"
+        ) from None
 
-
-_SPECS: dict[str, _Spec] = {
-    "endpoint": _Spec(
-        OTEL_EXPORTER_LUNA_ENDPOINT,
-        ("endpoint",),
-        _endpoint,
-        "http(s)://host:port[/path prefix], file:///path or console",
-        show=_shown_endpoint,
-    ),
-    "api_version": _Spec(
-        OTEL_EXPORTER_LUNA_API_VERSION, ("version",), _api_version, "1, 2 or auto"
-    ),
-    "database": _Spec(OTEL_EXPORTER_LUNA_DATABASE, ("database_name",), _text, "a database name"),
-    "retention_policy": _Spec(
-        OTEL_EXPORTER_LUNA_RETENTION_POLICY, ("retention_policy",), _text, "a retention policy name"
-    ),
-    "username": _Spec(OTEL_EXPORTER_LUNA_USERNAME, ("user_name",), _text, "a user name"),
-    "password": _Spec(OTEL_EXPORTER_LUNA_PASSWORD, ("password",), _text, "a password", True),
-    "org": _Spec(OTEL_EXPORTER_LUNA_ORG, ("organization",), _text, "an organization name"),
-    "bucket": _Spec(OTEL_EXPORTER_LUNA_BUCKET, ("bucket",), _text, "a bucket name"),
-    "token": _Spec(OTEL_EXPORTER_LUNA_TOKEN, ("token",), _text, "an API token", True),
-    "flush_interval": _Spec(
-        OTEL_EXPORTER_LUNA_FLUSH_INTERVAL, ("flushing_period",), *_number(float, 0.01, 3600)
-    ),
-    "batch_size": _Spec(
-        OTEL_EXPORTER_LUNA_BATCH_SIZE, ("batch_size",), *_number(int, 1, 1_000_000_000)
-    ),
-    "timeout": _Spec(OTEL_EXPORTER_LUNA_TIMEOUT, ("timeout",), *_number(float, 0.1, 600)),
-    "gzip": _Spec(OTEL_EXPORTER_LUNA_GZIP, ("gzip",), _parse_bool, "true or false"),
-    "spool": _Spec(OTEL_EXPORTER_LUNA_SPOOL, ("spool",), _spool_kind, "disk or memory"),
-    "spool_dir": _Spec(
-        OTEL_EXPORTER_LUNA_SPOOL_DIR,
-        ("spool_dir",),
-        _text,
-        "a directory path",
-        shown_default="$XDG_STATE_HOME/otel-luna/spool",
-    ),
-    "spool_max_bytes": _Spec(
-        OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES,
-        ("spool_max_bytes",),
-        *_number(int, 1, _TIB, "bytes"),
-    ),
-    "dead_letter": _Spec(
-        OTEL_EXPORTER_LUNA_DEAD_LETTER,
-        ("dead_letter",),
-        _text,
-        "a file path",
-        shown_default="$XDG_STATE_HOME/otel-luna/dead-letter.jsonl",
-    ),
-    "shutdown_timeout": _Spec(
-        OTEL_EXPORTER_LUNA_SHUTDOWN_TIMEOUT,
-        ("shutdown_timeout",),
-        *_number(float, 0.1, 3600),
-    ),
-    "sink": _Spec(
-        OTEL_EXPORTER_LUNA_SINK,
-        ("sink",),
-        _text,
-        "the name of an entry point in group otel_luna.sinks",
-    ),
-    "schema": _Spec(OTEL_EXPORTER_LUNA_SCHEMA, ("schema",), _schema, "luna or watchdog"),
-    "max_in_flight": _Spec(
-        OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT,
-        ("max_in_flight",),
-        *_number(int, 1, 1024),
-    ),
-    "route_limit": _Spec(
-        OTEL_EXPORTER_LUNA_ROUTE_LIMIT,
-        ("route_limit",),
-        *_number(int, 1, 1_000_000, "distinct routes per service"),
-    ),
-    "dead_letter_max_bytes": _Spec(
-        OTEL_EXPORTER_LUNA_DEAD_LETTER_MAX_BYTES,
-        ("dead_letter_max_bytes",),
-        *_number(int, 1024, _TIB, "bytes"),
-    ),
-    "handle_sigterm": _Spec(
-        OTEL_EXPORTER_LUNA_HANDLE_SIGTERM,
-        ("handle_sigterm",),
-        _parse_bool,
-        "true or false",
-    ),
-    "serve_host": _Spec(OTEL_EXPORTER_LUNA_SERVE_HOST, ("serve_host",), _text, "an address"),
-    "serve_grpc_port": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_GRPC_PORT,
-        ("serve_grpc_port",),
-        _port,
-        "0 (any free port) to 65535",
-    ),
-    "serve_http_port": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT,
-        ("serve_http_port",),
-        _port,
-        "0 (any free port) to 65535",
-    ),
-    "serve_max_message_bytes": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_MAX_MESSAGE_BYTES,
-        ("serve_max_message_bytes",),
-        *_number(int, 1, 2**31 - 1, "bytes"),
-    ),
-    "serve_tls_cert": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_TLS_CERT, ("serve_tls_cert",), _text, "a PEM file path"
-    ),
-    "serve_tls_key": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_TLS_KEY, ("serve_tls_key",), _text, "a PEM file path"
-    ),
-    "serve_token": _Spec(
-        OTEL_EXPORTER_LUNA_SERVE_TOKEN, ("serve_token",), _text, "a bearer token", True
-    ),
-    "enabled": _Spec(
-        OTEL_EXPORTER_LUNA_ENABLED,
-        ("send_data_for_monitoring",),
-        _parse_bool,
-        "true or false (1 or 0)",
-    ),
-}
 
 #: ``[monitoring]`` keys that build the endpoint, as in luna-handlers' configuration.
 _ENDPOINT_PARTS = ("host", "port", "use_ssl")
+_USE_SSL = Setting("use_ssl", False, _parse_bool, "true or false (1 or 0)")
 
 
-def _from_toml(path: str) -> dict[str, Any]:
+def _read_section(path: str) -> dict[str, Any]:
+    """The ``[monitoring]`` section of the TOML file at ``path``."""
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)
@@ -596,45 +788,60 @@ def _from_toml(path: str) -> dict[str, Any]:
     section = document.get("monitoring")
     if not isinstance(section, dict):
         raise SettingsError(OTEL_EXPORTER_LUNA_CONFIG, f"{path} has no [monitoring] section")
-    by_key = {key: name for name, spec in _SPECS.items() for key in spec.toml}
-    known = sorted([*by_key, *_ENDPOINT_PARTS])
-    values: dict[str, Any] = {}
-    for key, raw in section.items():
-        if key in _ENDPOINT_PARTS:
-            continue
-        name = by_key.get(key)
-        if name is None:
-            raise SettingsError(
-                f"[monitoring] {key}", f"unknown key in {path}; known keys: {', '.join(known)}"
-            )
-        values[name] = _convert(f"[monitoring] {key}", _SPECS[name], raw)
-    if "host" in section and "endpoint" not in section:
-        scheme = (
-            "https"
-            if _convert("[monitoring] use_ssl", _SPECS["gzip"], section.get("use_ssl", False))
-            else "http"
-        )
-        port = section.get("port", 8086)
-        endpoint = f"{scheme}://{section['host']}:{port}"
-        values["endpoint"] = _convert("[monitoring] host", _SPECS["endpoint"], endpoint)
-    return values
+    return section
 
 
-def describe() -> list[tuple[str, str, str, Any, str]]:
-    """(field, environment variable, TOML key, default, accepted values) for every setting."""
-    defaults = Settings()
+def _toml_endpoint(section: Mapping[str, Any]) -> dict[str, Any]:
+    """The endpoint that ``host``, ``port`` and ``use_ssl`` build, unless ``endpoint`` is
+    given."""
+    if "host" not in section or "endpoint" in section:
+        return {}
+    use_ssl = _convert("[monitoring] use_ssl", _USE_SSL, section.get("use_ssl", False))
+    endpoint = f"{'https' if use_ssl else 'http'}://{section['host']}:{section.get('port', 8086)}"
+    return {"endpoint": _convert("[monitoring] host", _BY_NAME["endpoint"], endpoint)}
+
+
+class Row(NamedTuple):
+    """A setting as :func:`describe` lists it."""
+
+    name: str
+    env: str
+    toml: str
+    default: Any  # None for a secret or a setting without a default
+    accepts: str
+    group: str
+    doc: str
+
+
+def describe() -> list[Row]:
+    """Every setting: the fields of :class:`Settings`, then those every installed sink
+    declares."""
+    from otel_luna.sinks import sink_settings
+
     return [
-        (
-            name,
-            spec.env,
-            spec.toml[0],
-            None if spec.secret else spec.shown_default or getattr(defaults, name),
-            spec.accepts,
+        Row(
+            each.name,
+            each.env,
+            each.toml,
+            None if each.secret else each.shown_default or each.default_value(),
+            each.accepts,
+            each.group,
+            each.doc,
         )
-        for name, spec in _SPECS.items()
+        for each in [*SETTINGS, *_sink_declarations(sink_settings())]
     ]
 
 
-def env_name(setting: str) -> str:
-    """The environment variable of ``setting`` (a field name of :class:`Settings`)."""
-    return _SPECS[setting].env
+def markdown_table(group: str) -> str:
+    """The table of ``group``'s settings as ``docs/configuration.md`` shows it (a test checks
+    that it does)."""
+    lines = [
+        "| environment variable | `[monitoring]` key | default | accepts | what it is |",
+        "|---|---|---|---|---|",
+    ]
+    for row in describe():
+        if row.group == group:
+            default = "*(none)*" if row.default is None else f"`{row.default}`"
+            doc = row.doc.replace("|", "\\|")
+            lines.append(f"| `{row.env}` | `{row.toml}` | {default} | {row.accepts} | {doc} |")
+    return "\n".join(lines) + "\n"

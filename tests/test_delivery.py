@@ -23,7 +23,7 @@ from otel_luna.delivery import spool as spool_module
 from otel_luna.delivery.spool import DiskSpool, FallbackSpool, MemorySpool, Spool
 from otel_luna.delivery.writer import BatchWriter, DeadLetters
 from otel_luna.outcomes import Reason
-from otel_luna.settings import OTEL_EXPORTER_LUNA_DEAD_LETTER, Settings, SettingsError
+from otel_luna.settings import Settings, SettingsError, env_name
 from otel_luna.sinks import Failure, SinkError
 from otel_luna.sinks.influx_v1 import InfluxV1Sink
 from otel_luna.testing import InMemorySink
@@ -460,7 +460,7 @@ def test_a_symlink_at_the_dead_letter_path_fails_at_start(tmp_path: Path, kind: 
     path.symlink_to(target)
     with pytest.raises(SettingsError) as caught:
         DeadLetters(str(path))
-    assert caught.value.setting == OTEL_EXPORTER_LUNA_DEAD_LETTER
+    assert caught.value.setting == env_name("dead_letter")
     assert "symbolic link" in str(caught.value)
     if kind == "link to a file":
         assert target.read_text() == "precious\n"
@@ -475,7 +475,7 @@ def test_a_fifo_at_the_dead_letter_path_fails_at_start(tmp_path: Path) -> None:
     os.mkfifo(path)
     with pytest.raises(SettingsError) as caught:
         DeadLetters(str(path))
-    assert caught.value.setting == OTEL_EXPORTER_LUNA_DEAD_LETTER
+    assert caught.value.setting == env_name("dead_letter")
     assert "not a regular file" in str(caught.value)
 
 

@@ -2,11 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import re
+import sys
+from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from otel_luna.settings import Settings, SettingsError, describe
+from otel_luna.settings import (
+    DELIVERY,
+    DESTINATION,
+    SERVE,
+    SPOOL,
+    Settings,
+    SettingsError,
+    describe,
+    env_name,
+    markdown_table,
+)
+from otel_luna.sinks import SINK_GROUP, load_sink
+
+DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
 
 
 def test_defaults() -> None:
@@ -90,19 +110,55 @@ def test_secrets_never_shown() -> None:
 
 
 def test_describe_covers_every_setting() -> None:
-    """Every field of Settings has an environment variable and a documented default."""
-    names = {row[0] for row in describe()}
-    assert names == set(Settings.__dataclass_fields__)
-    for _, env, _, _, accepts in describe():
-        assert env.startswith("OTEL_EXPORTER_LUNA_") and accepts
+    """Every field of Settings (but the sinks' options) and every setting a built-in sink
+    declares has an environment variable, what it accepts, a doc line and a group."""
+    rows = describe()
+    fields = {field.name for field in dataclasses.fields(Settings)} - {"sink_options"}
+    assert {row.name for row in rows if not row.group.endswith(" sink")} == fields
+    assert ("max_in_flight", "pingcentre sink") in {(row.name, row.group) for row in rows}
+    for row in rows:
+        assert row.env.startswith("OTEL_EXPORTER_LUNA_") and row.accepts and row.doc, row
+    core = [row.group for row in rows[: len(fields)]]
+    assert core == sorted(core, key=[DESTINATION, DELIVERY, SPOOL, SERVE].index)
 
 
-def test_configuration_doc_lists_every_setting_and_default() -> None:
-    """docs/configuration.md has a row for every setting with its real default and range."""
-    doc = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
-    for _, env, toml, default, accepts in describe():
-        shown = "*(none)*" if default is None else f"`{default}`"
-        assert f"| `{env}` | `{toml}` | {shown} | {accepts} |" in doc, env
+def built_in_groups() -> list[str]:
+    """The groups docs/configuration.md shows: the core's and those of the sinks otel-luna
+    ships (other installed sinks may declare settings too)."""
+    ours = {
+        f"{entry.name} sink"
+        for entry in entry_points(group=SINK_GROUP)
+        if entry.value.startswith("otel_luna.")
+    }
+    sinks = sorted({row.group for row in describe() if row.group in ours})
+    return [DESTINATION, DELIVERY, SPOOL, SERVE, *sinks]
+
+
+@pytest.mark.parametrize("group", built_in_groups())
+def test_configuration_doc_shows_each_group_as_declared(group: str) -> None:
+    """docs/configuration.md has a table per group made from the declarations
+    (markdown_table): every setting with its real default, range and doc line."""
+    table = markdown_table(group)
+    assert table.count("\n| `OTEL_EXPORTER_LUNA_") == sum(r.group == group for r in describe())
+    found = re.search(
+        rf'<!-- markdown_table\("{group}"\) -->\n(.*?)<!-- end of markdown_table -->',
+        DOC.read_text(),
+        re.S,
+    )
+    assert found, f"no table of {group} in {DOC}"
+    assert found.group(1) == table, f"put this table in {DOC}:\n{table}"
+
+
+def test_configuration_doc_has_a_section_per_group() -> None:
+    headings = re.findall(r"^### (.+)$", DOC.read_text(), re.M)
+    assert headings[:5] == ["Destination", "Delivery", "Spool", "Serve", "`pingcentre` sink"]
+
+
+def test_env_name_is_derived_from_the_name() -> None:
+    assert env_name("dead_letter") == "OTEL_EXPORTER_LUNA_DEAD_LETTER"
+    assert env_name("enabled") == "OTEL_EXPORTER_LUNA_ENABLED"  # TOML: send_data_for_monitoring
+    with pytest.raises(KeyError):
+        env_name("max_in_flight")  # a sink's setting: its Setting has .env
 
 
 @pytest.mark.parametrize(
@@ -128,7 +184,7 @@ def test_absurd_values_fail_naming_the_setting_and_its_range(variable: str, valu
     with pytest.raises(SettingsError) as caught:
         Settings.load({variable: value})
     assert caught.value.setting == variable
-    (accepts,) = [row[4] for row in describe() if row[1] == variable]
+    (accepts,) = [row.accepts for row in describe() if row.env == variable]
     assert str(caught.value).endswith(f"accepts {accepts}") and " from " in accepts
 
 
@@ -276,8 +332,8 @@ def test_settings_errors_never_show_a_configured_secret(
     """A secret given in the environment, the TOML file or as a keyword argument is masked in
     the error about another setting that holds the same text (a value pasted in the wrong
     variable), which still names that setting and what it accepts."""
-    env_names = {row[0]: row[1] for row in describe()}
-    toml_keys = {row[0]: row[2] for row in describe()}
+    env_names = {row.name: row.env for row in describe()}
+    toml_keys = {row.name: row.toml for row in describe()}
     secrets = {secret_setting: SECRET, "username": "luna"}
     env: dict[str, str] = {}
     overrides: dict[str, str] = {}
@@ -311,3 +367,186 @@ def test_a_secret_is_masked_in_errors_also_percent_encoded() -> None:
         )
     assert caught.value.setting == "OTEL_EXPORTER_LUNA_FLUSH_INTERVAL"
     assert "S3cr3t" not in str(caught.value) and "bad value '***'" in str(caught.value)
+
+
+# --------------------------------------------------------------------------- direct construction
+
+
+@pytest.mark.parametrize(
+    ("changes", "setting"),
+    [
+        ({"endpoint": "ftp://x"}, "endpoint"),
+        ({"endpoint": "http://admin:pw@db:8086"}, "endpoint"),
+        ({"flush_interval": 0}, "flush_interval"),
+        ({"schema": "other"}, "schema"),
+        ({"endpoint": None}, "endpoint"),
+        ({"api_version": "2"}, "OTEL_EXPORTER_LUNA_ORG"),
+        ({"username": "luna"}, "OTEL_EXPORTER_LUNA_USERNAME"),
+    ],
+)
+def test_direct_construction_and_replace_check_values_as_load_does(
+    changes: dict[str, object], setting: str
+) -> None:
+    """Settings(...) and replace() refuse what load() refuses, naming the field."""
+    with pytest.raises(SettingsError) as caught:
+        Settings(**changes)  # type: ignore[arg-type]
+    assert caught.value.setting == setting
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({}).replace(**changes)
+    assert caught.value.setting == setting
+    assert "pw" not in str(caught.value)
+
+
+def test_direct_construction_never_shows_a_secret() -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings(token="S3cr3tT0k", org="o", timeout="S3cr3tT0k")  # type: ignore[arg-type]
+    assert caught.value.setting == "timeout" and "S3cr3tT0k" not in str(caught.value)
+
+
+def test_direct_construction_normalises_as_load_does() -> None:
+    settings = Settings(endpoint="http://db:8086/", timeout=5, gzip="yes")  # type: ignore[arg-type]
+    assert settings == Settings.load({}, endpoint="http://db:8086", timeout=5.0, gzip=True)
+    assert isinstance(settings.timeout, float) and settings.gzip is True
+    assert settings.replace(timeout="7").timeout == 7.0
+
+
+# --------------------------------------------------------------------------- sinks' own settings
+
+FAKE_SINK = """
+from otel_luna.settings import Setting, number
+
+DEPTH = Setting("fake_depth", 3, *number(int, 1, 10), doc="how deep")
+KEY = Setting("fake_key", None, str, "a key", secret=True, doc="the key", toml="key")
+
+
+class FakeSink:
+    settings = (DEPTH, KEY)
+
+    def __init__(self, settings):
+        self.depth = settings.option(DEPTH)
+        self.key = settings.option(KEY)
+
+    def write(self, body):
+        pass
+
+    def close(self):
+        pass
+"""
+
+
+@pytest.fixture
+def fake_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """An installed third-party sink ``fake`` with settings fake_depth and fake_key (secret,
+    TOML key ``key``), and an installed sink ``broken`` that cannot be imported."""
+    site = tmp_path / "site"
+    info = site / "fake_luna_sink-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-luna-sink\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{SINK_GROUP}]\nfake = fake_luna_sink:FakeSink\nbroken = no_such_module:Sink\n"
+    )
+    (site / "fake_luna_sink.py").write_text(FAKE_SINK)
+    monkeypatch.syspath_prepend(str(site))
+    yield importlib.import_module("fake_luna_sink")
+    sys.modules.pop("fake_luna_sink", None)
+
+
+def test_a_sink_setting_is_read_from_every_source(fake_sink: Any, tmp_path: Path) -> None:
+    """A sink's setting comes from its variable, its TOML key or a keyword argument, and
+    the sink reads it with Settings.option; not given, it is the declared default."""
+    config = tmp_path / "luna.toml"
+    config.write_text('[monitoring]\nsink = "fake"\nfake_depth = 4\nkey = "k3y"\n')
+    from_toml = Settings.load({"OTEL_EXPORTER_LUNA_CONFIG": str(config)})
+    assert (from_toml.option(fake_sink.DEPTH), from_toml.option(fake_sink.KEY)) == (4, "k3y")
+    env = {"OTEL_EXPORTER_LUNA_SINK": "fake", "OTEL_EXPORTER_LUNA_FAKE_DEPTH": "5"}
+    assert Settings.load(env).option(fake_sink.DEPTH) == 5
+    assert Settings.load(env, fake_depth=6).option(fake_sink.DEPTH) == 6
+    assert Settings.load({}, sink="fake").option(fake_sink.DEPTH) == 3
+    sink = load_sink(Settings.load(env, fake_key="k"))
+    assert (sink.depth, sink.key) == (5, "k")
+    assert Settings.load(env).replace(fake_depth=2).option(fake_sink.DEPTH) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "overrides", "setting"),
+    [
+        ({"OTEL_EXPORTER_LUNA_FAKE_DEPTH": "11"}, {}, "OTEL_EXPORTER_LUNA_FAKE_DEPTH"),
+        ({"OTEL_EXPORTER_LUNA_SINK": "fake"}, {"fake_depth": 0}, "fake_depth"),
+        ({}, {"fake_dept": 1}, "fake_dept"),
+    ],
+)
+def test_a_bad_sink_setting_fails_at_load_naming_it(
+    fake_sink: Any, env: dict[str, str], overrides: dict[str, object], setting: str
+) -> None:
+    """A sink's setting is checked at load — also when another sink is chosen — and an
+    unknown keyword is still refused."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env, **overrides)
+    assert caught.value.setting == setting
+    assert "accepts an integer from 1 to 10" in str(caught.value) or "unknown setting" in str(
+        caught.value
+    )
+
+
+def test_an_unknown_toml_key_names_the_sinks_keys_too(fake_sink: Any, tmp_path: Path) -> None:
+    config = tmp_path / "luna.toml"
+    config.write_text("[monitoring]\nfake_dept = 1\n")
+    with pytest.raises(SettingsError, match=r"\[monitoring\] fake_dept: unknown key.*fake_depth"):
+        Settings.load({"OTEL_EXPORTER_LUNA_CONFIG": str(config)})
+
+
+def test_a_sink_secret_is_never_shown(fake_sink: Any) -> None:
+    """A sink's secret setting is in Settings.secrets, masked in repr and in load errors."""
+    settings = Settings.load({}, sink="fake", fake_key="Pl4gS3cr3t")
+    assert "Pl4gS3cr3t" in settings.secrets and "Pl4gS3cr3t" not in repr(settings)
+    assert "fake_depth" not in repr(settings)  # defaults are not stored
+    assert "'fake_key': '***'" in repr(settings)
+    env = {"OTEL_EXPORTER_LUNA_FAKE_KEY": "Pl4gS3cr3t", "OTEL_EXPORTER_LUNA_TIMEOUT": "Pl4gS3cr3t"}
+    with pytest.raises(SettingsError) as caught:
+        Settings.load(env)
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_TIMEOUT"
+    assert "Pl4gS3cr3t" not in str(caught.value)
+
+
+def test_sink_settings_are_part_of_the_value(fake_sink: Any) -> None:
+    """Settings stay a hashable value: equal however given (a default given equals none),
+    different when a sink's setting differs."""
+    plain = Settings.load({}, sink="fake")
+    assert plain == Settings.load({}, sink="fake", fake_depth=3)
+    assert hash(plain) == hash(Settings.load({"OTEL_EXPORTER_LUNA_FAKE_DEPTH": "3"}, sink="fake"))
+    deeper = Settings.load({}, sink="fake", fake_depth=4)
+    assert deeper != plain and len({plain, deeper, Settings.load({}, sink="fake")}) == 2
+
+
+def test_describe_lists_a_sinks_settings_under_it(fake_sink: Any) -> None:
+    """describe() shows the settings of every installed sink in group "<name> sink"; a sink
+    that cannot be imported declares none and breaks nothing."""
+    rows = {row.name: row for row in describe()}
+    assert rows["fake_depth"][:6] == (
+        "fake_depth",
+        "OTEL_EXPORTER_LUNA_FAKE_DEPTH",
+        "fake_depth",
+        3,
+        "an integer from 1 to 10",
+        "fake sink",
+    )
+    assert rows["fake_key"].default is None and rows["fake_key"].toml == "key"
+    assert "| `OTEL_EXPORTER_LUNA_FAKE_DEPTH` | `fake_depth` | `3` |" in markdown_table("fake sink")
+    assert Settings.load({"OTEL_EXPORTER_LUNA_SINK": "broken"}).sink_name == "broken"
+
+
+def test_ping_centre_max_in_flight_is_the_sinks_own(tmp_path: Path) -> None:
+    """max_in_flight is declared by the Ping Centre sink, still read from its variable and
+    checked at load; the sink uses it."""
+    from otel_luna.sinks.pingcentre import MAX_IN_FLIGHT, PingCentreSink
+
+    assert "max_in_flight" not in {field.name for field in dataclasses.fields(Settings)}
+    env = {"OTEL_EXPORTER_LUNA_SINK": "pingcentre", "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT": "3"}
+    settings = Settings.load(env, endpoint="http://127.0.0.1:9", schema="watchdog")
+    assert settings.option(MAX_IN_FLIGHT) == 3
+    sink = PingCentreSink(settings)
+    assert sink._max_in_flight == 3
+    sink.close()
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({**env, "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT": "0"})
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT"

@@ -104,6 +104,7 @@ def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
         flush_interval=3600,  # writes happen when a batch is full and on force_flush only
         batch_size=BATCH_SIZE,
         spool_dir=str(full_disk),
+        spool_retry_interval=0,  # try the disk again as soon as memory has drained
         dead_letter=str(tmp_path / "dead.jsonl"),
     )
     sink = SwitchableSink(closed_port_sink(influxdb1_database), InfluxV1Sink(settings))
@@ -111,7 +112,6 @@ def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
     assert exporter._ingest.delivery is not None
     spool = exporter._ingest.delivery.spool
     assert isinstance(spool, FallbackSpool)
-    spool._retry_interval = 0.0  # try the disk again at once
     spans = server_spans(POINTS + 1)
     try:
         results = [exporter.export([span]).name for span in spans[:POINTS]]

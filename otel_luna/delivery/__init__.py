@@ -45,6 +45,7 @@ def open_delivery(
             os.path.join(settings.spool_dir, destination_slug(settings)),
             settings.spool_max_bytes,
             memory_fallback=memory_fallback,
+            retry_interval=settings.spool_retry_interval,
         ),
         flush_interval=settings.flush_interval,
         batch_size=settings.batch_size,

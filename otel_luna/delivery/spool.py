@@ -847,7 +847,14 @@ class FallbackSpool:
         self._init_state()
 
 
-def open_spool(kind: str, directory: str, max_bytes: int, *, memory_fallback: bool = True) -> Spool:
+def open_spool(
+    kind: str,
+    directory: str,
+    max_bytes: int,
+    *,
+    memory_fallback: bool = True,
+    retry_interval: float = DISK_RETRY_INTERVAL,
+) -> Spool:
     """The spool the settings ask for.
 
     With ``memory_fallback`` (the exporter inside an app) a disk spool that cannot start, or
@@ -868,7 +875,9 @@ def open_spool(kind: str, directory: str, max_bytes: int, *, memory_fallback: bo
         spool = MemorySpool(max_bytes)
         spool.counts.add(Reason.SPOOL_FALLBACK_MEMORY)
         return spool
-    return FallbackSpool(disk, max_bytes) if memory_fallback else disk
+    if not memory_fallback:
+        return disk
+    return FallbackSpool(disk, max_bytes, retry_interval=retry_interval)
 
 
 def describe(root: Path | str) -> list[dict[str, object]]:

@@ -17,7 +17,7 @@ import threading
 import urllib3
 
 from otel_luna.redact import redact
-from otel_luna.settings import Settings
+from otel_luna.settings import Setting, Settings, number
 from otel_luna.sinks import (
     MESSAGE_LIMIT,
     REPLY_LIMIT,
@@ -30,6 +30,13 @@ from otel_luna.sinks import (
     suppress_instrumentation,
 )
 
+MAX_IN_FLIGHT = Setting(
+    "max_in_flight",
+    8,
+    *number(int, 1, 1024),
+    doc="most pings being POSTed at once (one HTTP request per ping)",
+)
+
 #: How one ping fared: None when delivered, else (failure, HTTP status, reason, Retry-After).
 _Outcome = tuple[Failure, int | None, str, float | None] | None
 
@@ -38,11 +45,12 @@ class PingCentreSink:
     """POSTs each line of a body as its own ``application/json`` request."""
 
     format = "json"
+    settings = (MAX_IN_FLIGHT,)
 
     def __init__(self, settings: Settings) -> None:
         self._url = settings.endpoint
         self._timeout = settings.timeout
-        self._max_in_flight = settings.max_in_flight
+        self._max_in_flight: int = settings.option(MAX_IN_FLIGHT)
         self._secrets = settings.secrets
         self._pool = self._new_pool()
 
