@@ -205,7 +205,24 @@ def _status(args: argparse.Namespace) -> int:
         counts = entry["counts"]
         if isinstance(counts, dict) and counts:
             print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
+            print("    points by outcome: " + _by_outcome(counts))
     return EXIT_OK
+
+
+def _by_outcome(counts: dict[str, Any]) -> str:
+    """The counters summed by :class:`~otel_luna.outcomes.Outcome` (events left out)."""
+    from otel_luna.outcomes import Outcome, Reason
+
+    totals: dict[Outcome, int] = {}
+    for key, value in counts.items():
+        try:
+            outcome = Reason.of(key).outcome
+        except ValueError:  # written by another version: shown above only
+            continue
+        if outcome is not Outcome.EVENT and isinstance(value, int):
+            totals[outcome] = totals.get(outcome, 0) + value
+    shown = [f"{outcome.value}={totals[outcome]}" for outcome in Outcome if outcome in totals]
+    return ", ".join(shown) or "none"
 
 
 def _since(state: dict[str, Any]) -> str:

@@ -27,7 +27,28 @@ from otel_luna.sinks import Sink
 _logger = logging.getLogger(__name__)
 
 
-class LunaSpanExporter(SpanExporter):
+class _Attached:
+    """What both exporters share: the settings, the destination's ingest (shared with the
+    other exporter of the process), the service-name cache and the shutdown flag."""
+
+    def _attach(self, settings: Settings | None, sink: Sink | None) -> None:
+        self.settings = settings if settings is not None else Settings.load()
+        self._ingest = Ingest.shared(self.settings, sink)
+        self._services = ServiceNames()
+        self._shutdown = False
+
+    @property
+    def counts(self) -> Any:
+        """What the exporter's destination mapped, dropped and wrote, by reason (a ``Counter``)."""
+        return self._ingest.counts()
+
+    def _release(self) -> None:
+        if not self._shutdown:
+            self._shutdown = True
+            self._ingest.release()
+
+
+class LunaSpanExporter(_Attached, SpanExporter):
     """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
     ``licensing`` points.
 
@@ -38,15 +59,7 @@ class LunaSpanExporter(SpanExporter):
     """
 
     def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
-        self.settings = settings if settings is not None else Settings.load()
-        self._ingest = Ingest.shared(self.settings, sink)
-        self._services = ServiceNames()
-        self._shutdown = False
-
-    @property
-    def counts(self) -> Any:
-        """What the exporter's destination mapped, dropped and wrote, by reason (a ``Counter``)."""
-        return self._ingest.counts()
+        self._attach(settings, sink)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -65,12 +78,10 @@ class LunaSpanExporter(SpanExporter):
         return self._ingest.force_flush(timeout_millis / 1000)
 
     def shutdown(self) -> None:
-        if not self._shutdown:
-            self._shutdown = True
-            self._ingest.release()
+        self._release()
 
 
-class LunaMetricExporter(MetricExporter):
+class LunaMetricExporter(_Attached, MetricExporter):
     """Writes the ``luna.usages`` counter as ``usages_statistic`` points, one per service and
     export interval. Other metrics are skipped. Asks the SDK for delta temporality on counters;
     cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
@@ -83,15 +94,7 @@ class LunaMetricExporter(MetricExporter):
                 ObservableCounter: AggregationTemporality.DELTA,
             }
         )
-        self.settings = settings if settings is not None else Settings.load()
-        self._ingest = Ingest.shared(self.settings, sink)
-        self._services = ServiceNames()
-        self._shutdown = False
-
-    @property
-    def counts(self) -> Any:
-        """What the exporter's destination mapped, dropped and wrote, by reason (a ``Counter``)."""
-        return self._ingest.counts()
+        self._attach(settings, sink)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
@@ -110,6 +113,4 @@ class LunaMetricExporter(MetricExporter):
         return self._ingest.force_flush(timeout_millis / 1000)
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
-        if not self._shutdown:
-            self._shutdown = True
-            self._ingest.release()
+        self._release()

@@ -232,6 +232,7 @@ def test_status_shows_waiting_points_and_counters(
     assert f"spool {root}: 1 process directories" in out
     assert f"dest/{spool.directory.name}: running, 2 points / " in out
     assert "retried=2, written=7" in out
+    assert "points by outcome: written=7, retried=2" in out  # the Outcome of each counter
     spool._own.close()
     os.close(spool._own_fd)  # the process is gone
     assert main(["status", str(root), "--json"]) == 0
