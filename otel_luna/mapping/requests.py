@@ -59,6 +59,8 @@ _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
 _PLAN_CACHE_LIMIT = 1024
 _SERVER_SPANS = Reason.SERVER_SPANS
+# A point without the NamedTuple's argument parsing: a third of the cost, on the hot path.
+_point = tuple.__new__
 
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
     9
@@ -395,13 +397,13 @@ class RequestMapper:
                 )
             fields.update(extra.times)
         time_ns = self.times.claim(start_ns, (trace_id << 64) | span_id)  # timestamps.owner_of
-        requests = Point(schema.REQUESTS, tags, fields, time_ns)
+        requests = _point(Point, (schema.REQUESTS, tags, fields, time_ns))
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
             return [requests]
         code = schema.UNKNOWN_ERROR_CODE if error_code is None else str(error_code)
         error_tags = tuple(sorted((*error_tags_base, ("error_code", code))))
         error_fields = {**request_fields, "request_id": request_id}
-        return [requests, Point(schema.ERRORS, error_tags, error_fields, time_ns)]
+        return [requests, _point(Point, (schema.ERRORS, error_tags, error_fields, time_ns))]
 
     def _drop_tag_field_conflicts(self, extra: _Extra) -> None:
         """A name used both as a user tag and a user field (or timing): keep the tag."""
