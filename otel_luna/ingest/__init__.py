@@ -87,7 +87,6 @@ class Ingest:
             reinit = functools.partial(_reinit_in_child, weakref.ref(self))
             os.register_at_fork(after_in_child=reinit)
         selfmetrics.register(self)
-        lifecycle.watch(self, settings)  # SIGTERM delivers what it holds (lifecycle.py)
 
     # -- the two ways in ---------------------------------------------------------------------
 
@@ -216,6 +215,8 @@ class Ingest:
                 ingest = cls(settings, sink, memory_fallback=memory_fallback)
                 entry = _registry.entries[key] = _Entry(ingest)
                 _registry.keys[id(ingest)] = key
+                if ingest.delivery is not None:  # inside an application: SIGTERM delivers it
+                    lifecycle.watch(ingest, settings)
             entry.users += 1
             return entry.ingest
 
