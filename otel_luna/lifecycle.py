@@ -56,7 +56,8 @@ Handler = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
 
 class Flushable(Protocol):
-    """A pipeline: delivers what it has spooled within ``timeout`` seconds."""
+    """An ingest (one per destination, :class:`~otel_luna.ingest.Ingest`), called a pipeline
+    here: delivers what it has spooled within ``timeout`` seconds."""
 
     def force_flush(self, timeout: float | None) -> bool: ...
 

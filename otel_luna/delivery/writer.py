@@ -24,7 +24,7 @@ the sink and acknowledges what the sink took. The sink says what a failure means
 
 Counters go to the disk spool's ``stats.json`` (``otel-luna status``) after every round:
 the writer's, the spool's and the dead-letter file's, plus whatever ``extra_counts`` returns
-(the pipeline's mapping and encoder rejections), and the blocked and memory-fallback states.
+(the ingest's mapping and encoder counters), and the blocked and memory-fallback states.
 
 The worker runs with OpenTelemetry instrumentation suppressed, so an instrumented HTTP library
 never traces our own writes. A worker that dies is restarted (``writer_restarts``). After

@@ -31,6 +31,7 @@ _FIELD_VALUE_END = frozenset(", \n")
 _MEASUREMENT_ESCAPABLE = frozenset(", ")
 _KEY_ESCAPABLE = frozenset(",= ")
 _STRING_ESCAPABLE = frozenset('"\\')
+_QUOTE = frozenset('"')
 _TRUE = frozenset({"t", "T", "true", "True", "TRUE"})
 _FALSE = frozenset({"f", "F", "false", "False", "FALSE"})
 
@@ -60,20 +61,10 @@ def _string_value(text: str, start: int) -> tuple[str, int]:
 
     It may span lines: only ``"`` and ``\\`` are escaped inside.
     """
-    out: list[str] = []
-    i = start + 1
-    n = len(text)
-    while i < n:
-        char = text[i]
-        if char == "\\" and i + 1 < n and text[i + 1] in _STRING_ESCAPABLE:
-            out.append(text[i + 1])
-            i += 2
-            continue
-        if char == '"':
-            return "".join(out), i + 1
-        out.append(char)
-        i += 1
-    raise LineProtocolSyntaxError("unterminated string field", text, start)
+    value, end = _token(text, start + 1, _QUOTE, _STRING_ESCAPABLE)
+    if end >= len(text):
+        raise LineProtocolSyntaxError("unterminated string field", text, start)
+    return value, end + 1
 
 
 def _scalar_value(token: str, text: str, position: int) -> FieldValue:
