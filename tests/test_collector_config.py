@@ -29,6 +29,7 @@ from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from otel_luna.receiver import serve
+from otel_luna.receiver.protocol import METRICS_PATH, METRICS_SERVICE, TRACE_SERVICE, TRACES_PATH
 from otel_luna.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
@@ -183,14 +184,14 @@ def test_http_exporters_use_the_port_and_paths_the_receiver_serves(
     """otlphttp exporters post to serve's default HTTP port at TRACES_PATH / METRICS_PATH."""
     path, document = config
     default = Settings().serve_http_port
-    paths = {"traces_endpoint": serve.TRACES_PATH, "metrics_endpoint": serve.METRICS_PATH}
+    paths = {"traces_endpoint": TRACES_PATH, "metrics_endpoint": METRICS_PATH}
     for name, exporter in _bridge_exporters(document).items():
         if _kind(name) != "otlphttp":
             continue
         if "endpoint" in exporter:  # the exporter appends /v1/traces and /v1/metrics
             assert _host_port(exporter["endpoint"])[1] == default, path.name
             assert urlsplit(exporter["endpoint"]).path in ("", "/"), path.name
-            assert (serve.TRACES_PATH, serve.METRICS_PATH) == ("/v1/traces", "/v1/metrics")
+            assert (TRACES_PATH, METRICS_PATH) == ("/v1/traces", "/v1/metrics")
         for key, served in paths.items():
             if key in exporter:
                 parts = urlsplit(exporter[key])
@@ -333,8 +334,8 @@ def test_the_otlp_exporters_grpc_methods_are_the_ones_serve_registers() -> None:
     assert _method(trace_service_pb2, "TraceService") == (
         "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
     )
-    assert _method(trace_service_pb2, "TraceService") == f"/{serve.TRACE_SERVICE}/Export"
-    assert _method(metrics_service_pb2, "MetricsService") == f"/{serve.METRICS_SERVICE}/Export"
+    assert _method(trace_service_pb2, "TraceService") == f"/{TRACE_SERVICE}/Export"
+    assert _method(metrics_service_pb2, "MetricsService") == f"/{METRICS_SERVICE}/Export"
 
 
 def test_grpc_trace_export_as_the_collector_sends_it_answers_ok(
@@ -365,14 +366,14 @@ def test_grpc_metrics_export_as_the_collector_sends_it_answers_ok(server: serve.
 def test_http_posts_to_the_receivers_paths_answer_ok(server: serve.Server) -> None:
     """gzip protobuf POSTs to TRACES_PATH and METRICS_PATH answer 200 with an OTLP response."""
     status, headers, body = _http_post(
-        server.http_port, serve.TRACES_PATH, _trace_request("/over-http").SerializeToString()
+        server.http_port, TRACES_PATH, _trace_request("/over-http").SerializeToString()
     )
     assert status == 200, body
     assert headers["Content-Type"] == "application/x-protobuf"
     answer = trace_service_pb2.ExportTraceServiceResponse.FromString(body)
     assert answer.partial_success.rejected_spans == 0
     metrics = metrics_service_pb2.ExportMetricsServiceRequest().SerializeToString()
-    status, _, body = _http_post(server.http_port, serve.METRICS_PATH, metrics)
+    status, _, body = _http_post(server.http_port, METRICS_PATH, metrics)
     assert status == 200, body
 
 
@@ -397,7 +398,7 @@ def test_full_spool_answers_resource_exhausted_with_retry_info(full_server: serv
 def test_full_spool_answers_503_with_retry_after_over_http(full_server: serve.Server) -> None:
     """HTTP refusal is 503 with Retry-After in seconds: the otlphttp exporter waits and retries."""
     status, headers, body = _http_post(
-        full_server.http_port, serve.TRACES_PATH, _trace_request().SerializeToString()
+        full_server.http_port, TRACES_PATH, _trace_request().SerializeToString()
     )
     assert status == 503
     assert int(headers["Retry-After"]) >= 1
