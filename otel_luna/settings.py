@@ -514,6 +514,32 @@ class Settings:
         group=SERVE,
         doc="largest request accepted (after gzip decompression)",
     )
+    serve_workers: int = setting(
+        1,
+        *number(int, 0, 256, "processes; 0: one per CPU"),
+        group=SERVE,
+        doc="processes sharing the ports (SO_REUSEPORT), each with its own spool directory",
+    )
+    serve_max_connections: int = setting(
+        256,
+        *number(int, 1, 100_000, "per worker"),
+        group=SERVE,
+        doc="most OTLP/HTTP connections and gRPC calls served at once; more wait or are refused",
+    )
+    serve_max_inflight_bytes: int = setting(
+        64 * 1024 * 1024,
+        *number(int, 1024, 2**40, "bytes per worker"),
+        group=SERVE,
+        doc="most request bytes being read or decoded at once; beyond it requests are refused "
+        "with 503 / RESOURCE_EXHAUSTED and retried by the client",
+    )
+    serve_read_timeout: float = setting(
+        10.0,
+        *number(float, 0.1, 600),
+        group=SERVE,
+        doc="seconds a client may take to send a request's headers and body; also bounds how "
+        "long a slow client can hold up shutdown",
+    )
     serve_tls_cert: str | None = setting(
         None,
         _text,
