@@ -227,8 +227,11 @@ def _by_outcome(counts: dict[str, Any]) -> str:
 
 def _since(state: dict[str, Any]) -> str:
     """``YYYY-mm-dd HH:MM:SS (N s)`` of a state's ``since`` (epoch seconds)."""
-    since = float(state.get("since") or 0)
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    try:  # a stats file is data from disk: anything may stand there
+        since = float(state.get("since") or 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "an unknown time"
     return f"{when} ({time.time() - since:.0f} s)"
 
 

@@ -27,6 +27,23 @@ from otel_luna.sinks import Sink
 _logger = logging.getLogger(__name__)
 
 
+def _seconds(timeout_millis: Any, default: float) -> float:
+    """A timeout the SDK (or an application) passed in milliseconds, in seconds; ``default``
+    for anything that is no finite, non-negative number (never an exception)."""
+    try:
+        seconds = float(timeout_millis) / 1000
+    except (TypeError, ValueError):
+        return default
+    return seconds if 0 <= seconds < float("inf") else default
+
+
+def _size(items: Any) -> int:
+    try:
+        return len(items)
+    except TypeError:
+        return 1
+
+
 class _Attached:
     """What both exporters share: the settings, the destination's ingest (shared with the
     other exporter of the process), the service-name cache and the shutdown flag."""
@@ -63,6 +80,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
+            self._ingest.count(TRACES, Reason.DROPPED_AFTER_SHUTDOWN, _size(spans))
             return SpanExportResult.FAILURE
         try:
             result = self._ingest.spans(span_records(spans, self._services))
@@ -75,7 +93,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self._ingest.force_flush(timeout_millis / 1000)
+        return self._ingest.force_flush(_seconds(timeout_millis, 30.0))
 
     def shutdown(self) -> None:
         self._release()
@@ -100,6 +118,7 @@ class LunaMetricExporter(_Attached, MetricExporter):
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
         if self._shutdown:
+            self._ingest.count(METRICS, Reason.DROPPED_AFTER_SHUTDOWN)
             return MetricExportResult.FAILURE
         try:
             self._ingest.usages(usage_samples(metrics_data, self._services))
@@ -110,7 +129,7 @@ class LunaMetricExporter(_Attached, MetricExporter):
         return MetricExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: float = 10_000) -> bool:
-        return self._ingest.force_flush(timeout_millis / 1000)
+        return self._ingest.force_flush(_seconds(timeout_millis, 10.0))
 
     def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
         self._release()

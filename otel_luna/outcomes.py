@@ -176,8 +176,9 @@ class Counts:
         self._values: Counter[Reason] = Counter()
 
     def add(self, reason: Reason, count: int = 1) -> None:
-        with self._lock:
-            self._values[reason] += count
+        if count:
+            with self._lock:
+                self._values[reason] += count
 
     def update(self, counts: Mapping[Reason, int]) -> None:
         with self._lock:

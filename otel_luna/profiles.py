@@ -6,8 +6,8 @@ pair is checked once, when the ingest is built: a profile and a sink that cannot
 are a start-up error naming the settings, never a stream of rejected points.
 
 To add a profile: a mapper with the :class:`SpanMapper` interface (``counts``, ``add(record)``),
-its series in :mod:`otel_luna.schema`, and an entry in :data:`PROFILES`; the ``schema`` setting
-accepts its name.
+its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
+values the ``schema`` setting accepts (``_schema`` in :mod:`otel_luna.settings`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from otel_luna.mapping.usages import UsageMapper
 from otel_luna.mapping.watchdog import WatchdogMapper
 from otel_luna.outcomes import Reason
 from otel_luna.point import Point
+from otel_luna.redact import redact
 from otel_luna.settings import SettingsError, env_name
 
 if TYPE_CHECKING:
@@ -77,7 +78,8 @@ class Profile:
                 env_name("schema"),
                 f"profile {self.name!r} writes {self.series} as "
                 f"{' or '.join(sorted(self.formats))}, but the destination "
-                f"({env_name('endpoint')}={settings.endpoint!r}, sink {settings.sink_name!r}) "
+                f"({env_name('endpoint')}={redact(settings.endpoint, settings.secrets)!r}, "
+                f"sink {redact(settings.sink_name, settings.secrets)!r}) "
                 f"takes {sink_format}; {_hint(self, sink_format)}",
             )
         return ENCODERS[sink_format]()

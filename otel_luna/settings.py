@@ -604,7 +604,7 @@ class Settings:
         from otel_luna.sinks import sink_settings
 
         # Only the chosen sink is imported, unless a setting of another one is given: the
-        # others may be slow to import (influxdb-client) or broken.
+        # others may be slow to import or broken.
         declared = _sink_declarations(sink_settings(self.sink_name))
         if any(_unknown([*SETTINGS, *declared], env, section, overrides)):
             declared = _sink_declarations([*declared, *sink_settings()])
@@ -625,6 +625,13 @@ class Settings:
         options = {each.name: (each, value) for each, value in self.sink_options.items}
         options.update({name: (by_name[name], value) for name, value in given.items()})
         kept = [(each, value) for each, value in options.values() if value != each.default_value()]
+        for each, value in kept:
+            try:
+                hash(value)  # settings are a value: equal settings are one destination
+            except TypeError:
+                raise SettingsError(
+                    each.env, f"the sink's parser gave an unhashable {type(value).__name__}"
+                ) from None
         kept.sort(key=lambda option: option[0].name)
         return dataclasses.replace(self, sink_options=SinkOptions(tuple(kept)))
 
@@ -682,10 +689,14 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` applied, checked as :meth:`load` checks them."""
-        core = {name: value for name, value in changes.items() if name in _BY_NAME}
-        changed = dataclasses.replace(self, **core)
-        others = {name: value for name, value in changes.items() if name not in _BY_NAME}
-        return changed._with_sink_options({}, {}, others) if others else changed
+        try:
+            core = {name: value for name, value in changes.items() if name in _BY_NAME}
+            changed = dataclasses.replace(self, **core)
+            others = {name: value for name, value in changes.items() if name not in _BY_NAME}
+            return changed._with_sink_options({}, {}, others) if others else changed
+        except SettingsError as error:  # a secret among the changes, shown in another's error
+            given = {"username": self.username, "password": self.password, **changes}
+            raise error.redacted((*self.secrets, *_given_secrets({}, given))) from None
 
 
 #: The declarations of the fields of :class:`Settings`, in their order.

@@ -144,7 +144,7 @@ def test_a_profile_and_a_destination_that_do_not_fit_fail_at_start(tmp_path: Pat
     with pytest.raises(SettingsError, match="OTEL_EXPORTER_LUNA_SCHEMA") as raised:
         LunaSpanExporter(settings)
     assert "luna" in str(raised.value) and "watchdog" in str(raised.value)
-    assert not (tmp_path / "pings.jsonl").exists() or (tmp_path / "pings.jsonl").stat().st_size == 0
+    assert not (tmp_path / "pings.jsonl").exists()
     watchdog = LunaSpanExporter(settings.replace(schema="watchdog"))  # the profile that fits
     watchdog.shutdown()
 
@@ -215,3 +215,52 @@ def test_counts_add_up_under_eight_threads_and_concurrent_readers(tmp_path: Path
     assert counts[Reason.WRITTEN] == expected
     assert len(sink.lines) == expected
     assert len(set(sink.lines)) == expected  # no point written twice, none overwrote another
+
+
+def test_shutdown_delivers_even_while_another_user_keeps_the_delivery(tmp_path: Path) -> None:
+    """An exporter made and dropped without shutdown (a stray copy, or one inherited by a
+    forked child) shares the destination: the real exporter's shutdown still delivers what it
+    exported, and the stray one keeps a working delivery."""
+    settings = Settings.load({}, spool="memory", flush_interval=3600)
+    sink = InMemorySink()
+    stray = LunaSpanExporter(settings, sink=sink)
+    real = LunaSpanExporter(settings, sink=sink)
+    real.export(server_spans(5))
+    real.shutdown()
+    assert len(sink.lines) == 5
+    assert stray.export(server_spans(2)).name == "SUCCESS"
+    assert stray.force_flush(10_000) and len(sink.lines) == 7
+    stray.shutdown()
+    assert sink.closed and stray._ingest.queued() == 0
+
+
+def test_export_after_shutdown_is_counted_and_flush_takes_any_timeout() -> None:
+    settings = Settings.load({}, spool="memory")
+    sink = InMemorySink()
+    exporter = LunaSpanExporter(settings, sink=sink)
+    for timeout in (None, "5", -1, float("nan")):
+        assert exporter.force_flush(timeout) is True  # type: ignore[arg-type]
+    exporter.shutdown()
+    assert exporter.export(server_spans(3)).name == "FAILURE"
+    assert exporter.counts[Reason.DROPPED_AFTER_SHUTDOWN] == 3
+
+
+def test_the_spool_directory_tells_influxdb2_organizations_apart() -> None:
+    """Points spooled for one organization are never replayed into another."""
+    from otel_luna.delivery import destination_slug
+
+    one = Settings.load({}, token="t", org="one")
+    assert destination_slug(one) != destination_slug(one.replace(org="two"))
+    assert destination_slug(one) == destination_slug(Settings.load({}, token="t", org="one"))
+
+
+def test_a_mismatch_names_no_secret_and_creates_nothing(tmp_path: Path) -> None:
+    settings = Settings.load(
+        {}, endpoint=f"file://{tmp_path}/new/dir/pings.jsonl", token="tok-XYZ", org="o"
+    )
+    with pytest.raises(SettingsError) as raised:
+        LunaSpanExporter(settings.replace(endpoint="http://127.0.0.1:9/tok-XYZ", sink="pingcentre"))
+    assert "tok-XYZ" not in str(raised.value)
+    with pytest.raises(SettingsError):
+        LunaSpanExporter(settings)
+    assert not (tmp_path / "new").exists()  # checked before the sink opened anything

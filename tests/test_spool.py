@@ -537,3 +537,33 @@ def test_stats_are_rewritten_in_place_when_no_new_file_can_be_written(
         spool.write_stats({"x" * spool_module.STATS_RESERVE_BYTES: 1})
     assert describe(tmp_path / "spool")[0]["counts"]["written"] == 7
     spool.close()
+
+
+def test_a_damaged_ack_replays_the_directory_instead_of_raising(tmp_path: Path) -> None:
+    """An ``ack`` file with a negative or unreadable position is damage like any other: the
+    directory is replayed from its start, never an exception at start-up."""
+    root = tmp_path / "spool"
+    first = DiskSpool(root, max_bytes=10**8)
+    first.append(b"m x=1i\n", 1)
+    directory = first.directory
+    first._own.close()
+    os.close(first._own_fd)  # the process is gone
+    for damage in ("1 -100", "-1 0", "x y", "1 2 3"):
+        (directory / "ack").write_text(damage)
+        spool = DiskSpool(root, max_bytes=10**8)
+        assert spool.pending_lines == 1
+        spool.close()  # releases the adopted directory, still holding the line
+
+
+def test_status_survives_a_stats_file_written_by_hand(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otel_luna.cli import main
+
+    root = tmp_path / "spool"
+    spool = DiskSpool(root / "dest", max_bytes=10**8)
+    for since in ("yesterday", 1e300, -1e20, [1], None):
+        spool.write_stats({"blocked": {"since": since, "reason": "r"}, "written": "many"})
+        assert main(["status", str(root)]) == 0
+        assert "BLOCKED since" in capsys.readouterr().out
+    spool.close()

@@ -60,9 +60,17 @@ def destination_slug(settings: Settings) -> str:
 
     Readable first part, then a hash of everything that picks the destination.
     """
-    target = settings.bucket if settings.sink_name == "influxdb-v2" else settings.database
-    key = "\0".join(
-        [settings.sink_name, settings.endpoint, target, settings.retention_policy or ""]
+    v2 = settings.sink_name == "influxdb-v2"
+    target = settings.bucket if v2 else settings.database
+    parts = [settings.sink_name, settings.endpoint, target, settings.retention_policy or ""]
+    if v2:
+        parts.append(settings.org or "")
+    # What a sink declares may pick the destination too (a topic); secrets never do.
+    options = sorted(
+        (each.name, repr(value)) for each, value in settings.sink_options.items if not each.secret
     )
+    if options:
+        parts.append(repr(options))
+    key = "\0".join(parts)
     readable = re.sub(r"[^A-Za-z0-9.]+", "_", f"{settings.endpoint}_{target}").strip("_")
     return f"{readable[:60]}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"

@@ -243,9 +243,13 @@ class _SegmentLog:
 
     def _load_ack(self) -> tuple[int, int]:
         try:
-            segment, offset = (self.directory / _ACK_FILE).read_text().split()
-            return int(segment), int(offset)
-        except (OSError, ValueError):
+            segment, offset = (
+                int(part) for part in (self.directory / _ACK_FILE).read_text().split()
+            )
+            if segment < 0 or offset < 0:
+                raise ValueError("a negative position")
+            return segment, offset
+        except (OSError, ValueError):  # gone or damaged: replay the directory from its start
             return (self.segments[0] if self.segments else 0), 0
 
     def _store_ack(self) -> None:

@@ -247,11 +247,13 @@ class BatchWriter:
         """
         if self._closed:
             return True
+        deadline = time.monotonic() + timeout
         done = self.force_flush(timeout)
         self._closed = True
         self._stop.set()
         self._wake.set()
-        self._worker.join(timeout=self._write_timeout + 1.0)
+        # Within the timeout: a worker still inside a write closes the sink and spool itself.
+        self._worker.join(timeout=max(0.1, deadline - time.monotonic()))
         left = self.spool.pending_lines
         volatile = min(left, self.spool.pending_volatile_lines)
         if left - volatile:

@@ -17,6 +17,7 @@ import functools
 import logging
 import os
 import threading
+import time
 import weakref
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -31,7 +32,7 @@ from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.outcomes import Reason, describe, problems, rejected
 from otel_luna.profiles import LINE_PROTOCOL, profile_of
 from otel_luna.settings import Settings
-from otel_luna.sinks import Sink, load_sink
+from otel_luna.sinks import Sink, sink_factory, wire_format
 
 _logger = logging.getLogger(__name__)
 _MAPPED = Reason.MAPPED
@@ -70,13 +71,17 @@ class Ingest:
         self._spans = profile.span_mapper(settings)
         self._usages = None if profile.usage_mapper is None else profile.usage_mapper()
         self.delivery: BatchWriter | None = None
+        self._exit_deadline: float | None = None  # monotonic; see _time_left()
+        self._closed = False
         if not settings.enabled:
             self._encoder = profile.encoder(LINE_PROTOCOL, settings)
             return
-        if sink is None:
-            sink = load_sink(settings)
+        if sink is None:  # the profile is checked before the sink opens files or sockets
+            factory = sink_factory(settings)
+            self._encoder = profile.encoder(wire_format(factory, settings), settings)
+            sink = factory(settings)
         try:
-            self._encoder = profile.encoder(getattr(sink, "format", LINE_PROTOCOL), settings)
+            self._encoder = profile.encoder(wire_format(sink, settings), settings)
             self.delivery = open_delivery(
                 settings, sink, memory_fallback=memory_fallback, extra_counts=self.ingest_counts
             )
@@ -179,8 +184,9 @@ class Ingest:
         return self.ingest_counts() + self.delivery_counts()
 
     def queued(self) -> int:
-        """Lines waiting in the spool."""
-        return 0 if self.delivery is None else self.delivery.queued
+        """Lines waiting in the spool (none once shut down: what a disk spool keeps then is
+        the next start's)."""
+        return 0 if self.delivery is None or self._closed else self.delivery.queued
 
     def pending_bytes(self) -> int:
         """Bytes waiting in the spool."""
@@ -193,7 +199,18 @@ class Ingest:
 
     def shutdown(self) -> None:
         if self.delivery is not None:
-            self.delivery.shutdown(self.settings.shutdown_timeout)
+            self.delivery.shutdown(self._time_left())
+        self._closed = True
+
+    def _time_left(self) -> float:
+        """What is left of ``shutdown_timeout`` for this exit. Releases close together (the span
+        and the metric exporter at exit) share one budget, so a destination that is down costs
+        it once, not once per signal; a release long after the last starts a new one."""
+        now = time.monotonic()
+        timeout = self.settings.shutdown_timeout
+        if self._exit_deadline is None or now > self._exit_deadline + timeout:
+            self._exit_deadline = now + timeout
+        return max(0.0, self._exit_deadline - now)
 
     def _reinit_in_child(self) -> None:
         # A lock the parent's exporting thread held stays held in the child: replace it. The
@@ -221,18 +238,22 @@ class Ingest:
             return entry.ingest
 
     def release(self) -> None:
-        """One user is done; the last one shuts the ingest down (delivering what it holds,
-        within ``shutdown_timeout``). Earlier users leave their lines in the spool for it."""
+        """One user is done: what is spooled is delivered (within ``shutdown_timeout``, one
+        budget for releases close together); the last user also shuts the ingest down."""
         with _registry.lock:
             key = _registry.keys.get(id(self))
+            last = True
             if key is not None:  # else not shared: made directly, shut down directly
                 entry = _registry.entries[key]
                 entry.users -= 1
-                if entry.users > 0:
-                    return
-                del _registry.entries[key]
-                del _registry.keys[id(self)]
-        self.shutdown()
+                last = entry.users <= 0
+                if last:
+                    del _registry.entries[key]
+                    del _registry.keys[id(self)]
+        if last:
+            self.shutdown()
+        else:  # what this user exported is delivered now, as its shutdown promises; others
+            self.force_flush(self._time_left())  # (or a copy that was never shut down) go on
 
 
 _Key = tuple[Settings, "int | None", bool]

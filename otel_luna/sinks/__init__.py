@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
@@ -178,8 +178,9 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
-def load_sink(settings: Settings) -> Sink:
-    """The sink named by ``settings.sink_name``, built from ``settings``."""
+def sink_factory(settings: Settings) -> Callable[[Settings], Sink]:
+    """The entry point named by ``settings.sink_name``: a callable (usually the sink's class)
+    that builds the sink from ``settings``."""
     from otel_luna.settings import SettingsError, env_name
 
     name = settings.sink_name
@@ -188,10 +189,23 @@ def load_sink(settings: Settings) -> Sink:
         known = sorted(ep.name for ep in entry_points(group=SINK_GROUP))
         raise SettingsError(
             env_name("sink"), f"no sink named {name!r}; installed: {', '.join(known)}"
-        )
-    factory = next(iter(found)).load()
-    sink: Sink = factory(settings)
-    return sink
+        ).redacted(settings.secrets)  # a secret pasted into the wrong setting
+    factory: Callable[[Settings], Sink] = next(iter(found)).load()
+    return factory
+
+
+def wire_format(sink: object, settings: Settings) -> str:
+    """What lines ``sink`` — a sink, or its factory before it is built — takes: its
+    ``format_for(settings)``, else its ``format``, else line protocol."""
+    format_for = getattr(sink, "format_for", None)
+    if callable(format_for):
+        return str(format_for(settings))
+    return str(getattr(sink, "format", "line-protocol"))
+
+
+def load_sink(settings: Settings) -> Sink:
+    """The sink named by ``settings.sink_name``, built from ``settings``."""
+    return sink_factory(settings)(settings)
 
 
 def sink_settings(name: str | None = None) -> list[Setting]:

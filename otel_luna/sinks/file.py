@@ -21,10 +21,18 @@ def file_path(endpoint: str) -> str:
 class FileSink:
     """Appends each body to the file and flushes it to the operating system."""
 
+    @staticmethod
+    def format_for(settings: Settings) -> str:
+        """``.json`` / ``.jsonl`` files get JSON lines (pings), others line protocol."""
+        return (
+            "json"
+            if file_path(settings.endpoint).endswith((".json", ".jsonl"))
+            else "line-protocol"
+        )
+
     def __init__(self, settings: Settings) -> None:
         self.path = file_path(settings.endpoint)
-        #: ``.json`` / ``.jsonl`` files get JSON lines (pings), others line protocol.
-        self.format = "json" if self.path.endswith((".json", ".jsonl")) else "line-protocol"
+        self.format = self.format_for(settings)
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
