@@ -151,12 +151,20 @@ def flush_sdk(deadline: float) -> bool:
 
 
 def flush_pipelines(pipelines: Iterable[Flushable], deadline: float) -> bool:
-    """Every pipeline delivers its spool, all at once, within ``deadline``."""
+    """Every pipeline delivers its spool, all at once, within ``deadline``; ``False`` unless
+    each one said it delivered everything."""
+
+    failed: list[Flushable] = []
 
     def flush(pipeline: Flushable) -> Callable[[], object]:
-        return lambda: pipeline.force_flush(max(0.0, deadline - time.monotonic()))
+        def run() -> None:
+            if not pipeline.force_flush(max(0.0, deadline - time.monotonic())):
+                failed.append(pipeline)
 
-    return run_bounded([flush(pipeline) for pipeline in pipelines], deadline, "deliver")
+        return run
+
+    finished = run_bounded([flush(pipeline) for pipeline in pipelines], deadline, "deliver")
+    return finished and not failed
 
 
 def raise_default(signum: int) -> None:

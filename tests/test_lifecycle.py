@@ -512,3 +512,16 @@ def test_flush_for_an_app_handler_that_dies_without_atexit(tmp_path: Path) -> No
     assert result.returncode == -signal.SIGTERM, result.stderr
     ids = {line.split('request_id="')[1].split('"')[0] for line in target.read_text().splitlines()}
     assert ids == {f"own-{index}" for index in range(50)}
+
+
+def test_flush_says_false_when_a_pipeline_could_not_deliver() -> None:
+    """otel_luna.flush() reports what the deliveries said, not only that they returned."""
+
+    class Undelivered(FakePipeline):
+        def force_flush(self, timeout: float | None) -> bool:
+            super().force_flush(timeout)
+            return False
+
+    deadline = time.monotonic() + 5
+    assert lifecycle.flush_pipelines([FakePipeline("a")], deadline)
+    assert not lifecycle.flush_pipelines([FakePipeline("a"), Undelivered("b")], deadline)
