@@ -46,8 +46,9 @@ call is measured from its scheduled start to its answer: p50, p90, p99, max. Las
 to ``serve`` to show where its time goes (inclusive and self shares of the samples).
 
 Reported: spans/s (median, min, max over rounds), ratios to the decode floor and to the target
-(100,000 spans/s), latency percentiles, CPU shares. Exit status is 0 whatever the figures.
-Every process started here is stopped by its PID in ``finally``.
+(100,000 spans/s), latency percentiles, CPU shares, CPU per span, and serve's CPU as spans per
+core-second (spans ÷ serve's CPU seconds) beside the decode floor. Exit status is 0 whatever
+the figures. Every process started here is stopped by its PID in ``finally``.
 """
 
 from __future__ import annotations
@@ -906,6 +907,11 @@ def _run(options: Any, root: Path, influx: Any) -> int:
         )
         for who in ("serve", "influxd", "clients")
     }
+    # serve's CPU as a rate (spans per second of one core, all its threads), beside the decode
+    # floor (one thread in-process): how far serve is from the least work per span
+    serve_per_core_second = [
+        r["served"]["spans"] / max(r["served"]["cpu_seconds"]["serve"], 1e-9) for r in rounds
+    ]
     report = {
         "benchmark": "serve_throughput",
         "what": "one otel-luna serve: OTLP/gRPC Export calls in, InfluxDB 1.x /write out",
@@ -916,10 +922,12 @@ def _run(options: Any, root: Path, influx: Any) -> int:
             "served_accepted": summary(accepted, 0),
             "served_end_to_end": summary(end_to_end, 0),
         },
+        "serve_spans_per_cpu_second": summary(serve_per_core_second, 0),
         "ratio_to_decode_floor": {
             "accept_path_in_process": ratio(accept, floor),
             "served_accepted": ratio(accepted, floor),
             "served_end_to_end": ratio(end_to_end, floor),
+            "serve_spans_per_cpu_second": ratio(serve_per_core_second, floor),
         },
         "ratio_to_target": {
             "decode_floor": summary([v / TARGET for v in floor], 3),
@@ -1006,6 +1014,17 @@ def _print(report: dict[str, Any]) -> None:
                 f"{goal:.2f}",
             ]
         )
+    per_core = report["serve_spans_per_cpu_second"]
+    rows.append(
+        [
+            "serve: spans per core-second of its CPU",
+            f"{per_core['median']:,.0f}",
+            f"{per_core['min']:,.0f}",
+            f"{per_core['max']:,.0f}",
+            f"{report['ratio_to_decode_floor']['serve_spans_per_cpu_second']['median']:.2f}",
+            "",
+        ]
+    )
     table(rows)
     latency = report["latency_at_half_sustained_rate"]
     if latency:

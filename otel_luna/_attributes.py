@@ -31,6 +31,21 @@ HTTP_URL = ("url.full", "http.url")
 
 SERVICE_NAME = "service.name"
 
+#: Prefix of the watchdog events' attributes (``watchdog.event``, ``watchdog.<field>``).
+WATCHDOG_PREFIX = "watchdog."
+
+# -- what the mapping reads of a span ------------------------------------------------------------
+# The OTLP receiver converts only these attributes (ingest/otlp.py); the in-process exporters
+# hand over the SDK's dict as it is. A mapper that reads another attribute must add it here
+# (tests/test_otlp_paths.py checks the mappers against these).
+#: Every attribute under these prefixes, of any span.
+MAPPED_PREFIXES = (LUNA_PREFIX, WATCHDOG_PREFIX)
+#: These of a SERVER span: its method, route and status (``mapping/requests.py``).
+SERVER_SPAN_KEYS = frozenset((*HTTP_METHOD, HTTP_METHOD_ORIGINAL, HTTP_ROUTE, *HTTP_STATUS_CODE))
+#: And these of a SERVER span whose ``http.route`` is missing or empty: the route is made from
+#: its path then.
+ROUTE_FALLBACK_KEYS = frozenset((*HTTP_PATH, *HTTP_URL))
+
 # -- usages_statistic: an OpenTelemetry counter ------------------------------------------------
 #: Monotonic counter of SDK estimations; one data point stream per estimator.
 USAGES_INSTRUMENT = "luna.usages"

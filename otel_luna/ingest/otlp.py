@@ -20,10 +20,17 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from otel_luna._attributes import ESTIMATOR, LUNA_PREFIX, SERVICE_NAME, USAGES_INSTRUMENT
+from otel_luna._attributes import (
+    ESTIMATOR,
+    HTTP_ROUTE,
+    MAPPED_PREFIXES,
+    ROUTE_FALLBACK_KEYS,
+    SERVER_SPAN_KEYS,
+    SERVICE_NAME,
+    USAGES_INSTRUMENT,
+)
 from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.usages import origin_of
-from otel_luna.mapping.watchdog import PREFIX as WATCHDOG_PREFIX
 
 _SERVER = Span.SPAN_KIND_SERVER
 _ERROR = Status.STATUS_CODE_ERROR
@@ -35,14 +42,30 @@ _record = tuple.__new__
 
 
 def any_value(value: AnyValue) -> Any:
-    """The Python value of an OTLP ``AnyValue`` (arrays become tuples)."""
+    """The Python value of an OTLP ``AnyValue``: str, int, float, bool, bytes, a tuple (array),
+    a dict (kvlist), None (empty)."""
+    # A oneof member that is not the one set reads as its default ("", 0, 0.0): a string, int
+    # or double that is not the default is the value, without WhichOneof (which costs as much
+    # as two field reads with upb). Defaults and the other kinds take WhichOneof.
+    text = value.string_value
+    return text if text else _not_a_string(value)
+
+
+def _not_a_string(value: AnyValue) -> Any:
+    """:func:`any_value` of a value whose ``string_value`` reads empty."""
+    number = value.int_value
+    if number:
+        return number
+    real = value.double_value
+    if real:
+        return real
     kind = value.WhichOneof("value")
     if kind == "string_value":
-        return value.string_value
+        return ""
     if kind == "int_value":
-        return value.int_value
+        return number
     if kind == "double_value":
-        return value.double_value
+        return real
     if kind == "bool_value":
         return value.bool_value
     if kind == "array_value":
@@ -55,15 +78,8 @@ def any_value(value: AnyValue) -> Any:
 
 
 def attributes(key_values: Any) -> dict[str, Any]:
+    """Every attribute, converted (resources; spans take only what the mapping reads)."""
     return {kv.key: any_value(kv.value) for kv in key_values}
-
-
-_KEPT_PREFIXES = (LUNA_PREFIX, WATCHDOG_PREFIX)
-
-
-def _luna_only(key_values: Any) -> dict[str, Any]:
-    """The attributes a non-SERVER span can contribute: ``luna.*`` and ``watchdog.*``."""
-    return {kv.key: any_value(kv.value) for kv in key_values if kv.key.startswith(_KEPT_PREFIXES)}
 
 
 def _service(resource_attributes: Any) -> str:
@@ -73,19 +89,70 @@ def _service(resource_attributes: Any) -> str:
     return _UNKNOWN_SERVICE
 
 
+# What the mapping reads of an attribute, by key (see _classify): the attribute is kept when its
+# class is above the least of the span's kind.
+_DROP, _ROUTE_FALLBACK, _SERVER_ONLY, _ANY_SPAN = range(4)
+_LEAST_OF_SERVER, _LEAST_OF_OTHER = _DROP, _SERVER_ONLY
+# Bounded in keys and in key length: a client may send any keys it likes (a few MiB each).
+_CLASS_CACHE_LIMIT = 4096
+_CLASS_CACHE_KEY_LENGTH = 128
+_classes: dict[str, int] = {}
+
+
+def _classify(key: str) -> int:
+    """The class of an attribute key, remembered (keys repeat from span to span)."""
+    if key.startswith(MAPPED_PREFIXES):
+        found = _ANY_SPAN
+    elif key in SERVER_SPAN_KEYS:
+        found = _SERVER_ONLY
+    elif key in ROUTE_FALLBACK_KEYS:
+        found = _ROUTE_FALLBACK
+    else:
+        found = _DROP
+    if len(key) <= _CLASS_CACHE_KEY_LENGTH:
+        if len(_classes) >= _CLASS_CACHE_LIMIT:
+            _classes.clear()
+        _classes[key] = found
+    return found
+
+
 def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
-    """One record per span. SERVER spans need every attribute; others their luna.* and
-    watchdog.* ones."""
+    """One record per span, with only the attributes the mapping reads (``_attributes.py``):
+    ``MAPPED_PREFIXES`` of any span; of a SERVER span also ``SERVER_SPAN_KEYS``, and
+    ``ROUTE_FALLBACK_KEYS`` when it has no ``http.route``. Most of a span's attributes are the
+    instrumentation's, which no mapper reads: they are never converted."""
+    classes = _classes
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
                 is_server = span.kind == _SERVER
+                least = _LEAST_OF_SERVER if is_server else _LEAST_OF_OTHER
+                kept: dict[str, Any] = {}
+                fallback = None
+                for kv in span.attributes:
+                    key = kv.key
+                    found = classes.get(key)
+                    if found is None:
+                        found = _classify(key)
+                    if found > least:
+                        if found == _ROUTE_FALLBACK:  # wanted only without http.route
+                            if fallback is None:
+                                fallback = [kv]
+                            else:
+                                fallback.append(kv)
+                            continue
+                        value = kv.value
+                        text = value.string_value  # any_value, inline
+                        kept[key] = text if text else _not_a_string(value)
+                if fallback is not None and not kept.get(HTTP_ROUTE):
+                    for kv in fallback:
+                        kept[kv.key] = any_value(kv.value)
                 parent = span.parent_span_id
                 yield _record(
                     SpanRecord,
                     (
-                        attributes(span.attributes) if is_server else _luna_only(span.attributes),
+                        kept,
                         is_server,
                         int.from_bytes(span.trace_id, "big"),
                         int.from_bytes(span.span_id, "big"),

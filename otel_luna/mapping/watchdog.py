@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from otel_luna._attributes import WATCHDOG_PREFIX
 from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.timestamps import SeriesTimes, owner_of
 from otel_luna.outcomes import Reason
@@ -16,7 +17,7 @@ from otel_luna.point import FieldValue, Point
 from otel_luna.schema.watchdog import EVENTS, TAGS
 
 EVENT = "watchdog.event"
-PREFIX = "watchdog."
+PREFIX = WATCHDOG_PREFIX
 
 
 def _check(value: Any, kind: type) -> bool:

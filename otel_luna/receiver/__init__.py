@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
@@ -40,27 +41,35 @@ class Receiver:
         self.ingest = Ingest(settings, sink, memory_fallback=False)
         self.requests = Counts()
         self._high_water = int(settings.spool_max_bytes * HIGH_WATER)
+        # The most a request's re-encoded size can be: 4 x what is accepted on the wire (binary
+        # protobuf re-encodes to at most 2 x its input: a negative enum read from 5 bytes comes
+        # back in 10; OTLP/JSON to at most 4 x: ``1,`` in a repeated fixed64 or double is 8).
+        self._largest_request = 4 * settings.serve_max_message_bytes
 
     def accept_traces(self, request: ExportTraceServiceRequest) -> Result:
         """Map, encode and spool; what was rejected, for the partial success. A span that
         cannot be mapped is rejected alone (counted, never raised)."""
-        self._check_room(request.ByteSize())
+        self._check_room(request)
         result = self._spooled(lambda: self.ingest.spans(otlp.span_records(request)))
         self.requests.add(Reason.REQUESTS_TRACES)
         return result
 
     def accept_metrics(self, request: ExportMetricsServiceRequest) -> Result:
-        self._check_room(request.ByteSize())
+        self._check_room(request)
         result = self._spooled(lambda: self.ingest.usages(otlp.usage_samples(request)))
         self.requests.add(Reason.REQUESTS_METRICS)
         return result
 
-    def _check_room(self, request_bytes: int) -> None:
+    def _check_room(self, request: Message) -> None:
         """Refuse unless the request fits under the high-water mark. Its protobuf size bounds
         its line protocol (which drops the ids and most attributes)."""
         pending = self.ingest.pending_bytes()
         # An empty spool takes any request (else one bigger than the headroom never gets in).
-        if pending and pending + request_bytes >= self._high_water:
+        # Far below the mark no request can reach it: its size (a serialization with upb,
+        # about 1 µs a span) is computed only near the mark.
+        if not pending or pending + self._largest_request < self._high_water:
+            return
+        if pending + request.ByteSize() >= self._high_water:
             self.requests.add(Reason.REQUESTS_REFUSED_SPOOL_FULL)
             raise Backpressure("the spool is full; retry later")
 
