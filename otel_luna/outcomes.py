@@ -160,6 +160,20 @@ class Reason(str, enum.Enum):
     REQUESTS_METRICS = "requests_metrics", _O.EVENT
     REQUESTS_REFUSED_SPOOL_FULL = "requests_refused_spool_full", _O.EVENT
     REQUESTS_REFUSED_SPOOL_UNAVAILABLE = "requests_refused_spool_unavailable", _O.EVENT
+    # OTLP/HTTP requests answered with an error (receiver/protocol.py), by why
+    REQUESTS_REFUSED_NOT_FOUND = "requests_refused_not_found", _O.EVENT  # 404
+    REQUESTS_REFUSED_METHOD = "requests_refused_method", _O.EVENT  # 405
+    REQUESTS_REFUSED_UNAUTHENTICATED = "requests_refused_unauthenticated", _O.EVENT  # 401
+    REQUESTS_REFUSED_UNSUPPORTED = "requests_refused_unsupported", _O.EVENT  # 415
+    REQUESTS_REFUSED_TOO_LARGE = "requests_refused_too_large", _O.EVENT  # 413, 431
+    REQUESTS_REFUSED_MALFORMED = "requests_refused_malformed", _O.EVENT  # 400
+    REQUESTS_REFUSED_TIMEOUT = "requests_refused_timeout", _O.EVENT  # 408, or closed silently
+    REQUESTS_REFUSED_BUSY = "requests_refused_busy", _O.EVENT  # 503: too many bytes in flight
+    REQUESTS_REFUSED_STOPPING = "requests_refused_stopping", _O.EVENT  # 503: serve is stopping
+    REQUESTS_FAILED = "requests_failed", _O.EVENT  # 500: a bug (logged)
+    # OTLP/JSON spans and metrics that could not be read, left out of an accepted request
+    MALFORMED_SPAN = "malformed_span", _O.REJECTED
+    MALFORMED_DATA_POINT = "malformed_data_point", _O.REJECTED
 
 
 class Counts:

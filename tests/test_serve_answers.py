@@ -57,13 +57,34 @@ def body_with(bad: object) -> str:
 
 
 @pytest.mark.parametrize(
+    "bad",
+    [
+        '{"stringValue":"caf\\udce9"}',  # what JSON.stringify makes of a lone surrogate
+        '{"intValue":"99999999999999999999999"}',
+        '{"intValue":"1.5"}',
+        '{"doubleValue":"abc"}',
+        "[1,2]",
+    ],
+)
+def test_a_malformed_json_span_is_left_out_and_the_good_one_accepted(
+    serve: Serve, bad: str
+) -> None:
+    answer = requests.post(
+        f"{serve.http_url}/v1/traces",
+        data=body_with(bad).encode(),
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert answer.status_code == 200, answer.text
+    partial = json.loads(answer.content)["partialSuccess"]
+    assert partial["rejectedSpans"] == "1"
+    assert "malformed_span=1" in partial["errorMessage"]
+    assert "spans[1]" in partial["errorMessage"]
+
+
+@pytest.mark.parametrize(
     "body",
     [
-        body_with('{"stringValue":"caf\\udce9"}'),  # what JSON.stringify makes of a lone surrogate
-        body_with('{"intValue":"99999999999999999999999"}'),
-        body_with('{"intValue":"1.5"}'),
-        body_with('{"doubleValue":"abc"}'),
-        body_with("[1,2]"),
         '{"resourceSpans":[{"scopeSpans":[{"spans":[{"startTimeUnixNano":"-1"}]}]}]}',
         "[1,2]",
         "null",

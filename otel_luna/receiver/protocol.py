@@ -1,13 +1,21 @@
 """What both OTLP front ends share: the paths and services, how each signal's request is
-parsed, accepted and answered, and the bearer-token check."""
+parsed, accepted and answered, the bearer-token check, and :class:`HttpProtocol`, OTLP/HTTP as a
+pure function of (method, path, headers, body) that the HTTP server only hosts."""
 
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
-from typing import Any
+import logging
+import threading
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsPartialSuccess,
     ExportMetricsServiceRequest,
@@ -19,8 +27,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otel_luna.ingest import Result
-from otel_luna.receiver import Receiver
+from otel_luna.ingest import METRICS, TRACES, Result, otlp
+from otel_luna.outcomes import Reason, describe, rejected
+from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
+from otel_luna.settings import Settings
+
+_logger = logging.getLogger("otel_luna.receiver.http")
 
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
@@ -39,10 +51,15 @@ class Signal:
         request_type: type[Message],
         accept: Callable[[Any], Result],
         respond: Callable[[int, str], Message],
+        name: str = TRACES,
+        malformed: Reason = Reason.MALFORMED_SPAN,
     ) -> None:
         self.request_type = request_type
         self.accept = accept
         self.respond = respond
+        #: The ingest's signal (``traces``/``metrics``) and the counter of unreadable parts.
+        self.name = name
+        self.malformed = malformed
 
 
 def signals(receiver: Receiver) -> dict[str, Signal]:
@@ -60,9 +77,19 @@ def signals(receiver: Receiver) -> dict[str, Signal]:
         return ExportMetricsServiceResponse(partial_success=partial)
 
     return {
-        TRACES_PATH: Signal(ExportTraceServiceRequest, receiver.accept_traces, traces_response),
+        TRACES_PATH: Signal(
+            ExportTraceServiceRequest,
+            receiver.accept_traces,
+            traces_response,
+            TRACES,
+            Reason.MALFORMED_SPAN,
+        ),
         METRICS_PATH: Signal(
-            ExportMetricsServiceRequest, receiver.accept_metrics, metrics_response
+            ExportMetricsServiceRequest,
+            receiver.accept_metrics,
+            metrics_response,
+            METRICS,
+            Reason.MALFORMED_DATA_POINT,
         ),
     }
 
@@ -75,3 +102,398 @@ def token_ok(expected: str | None, header: str | None) -> bool:
     # As bytes: compare_digest refuses str with non-ASCII characters (a hostile header).
     given = header.encode("utf-8", "surrogatepass")
     return hmac.compare_digest(given, f"Bearer {expected}".encode("utf-8", "surrogatepass"))
+
+
+# -- OTLP/HTTP ---------------------------------------------------------------------------------
+
+
+class Answer(NamedTuple):
+    """An HTTP answer: status, headers (``Content-Type`` among them), body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+class ByteBudget:
+    """Request bytes being read or decoded at once (``serve_max_inflight_bytes``), shared by
+    the event loop and the decoding threads. When nothing is held any request is admitted, so
+    one bigger than the whole budget is not refused for ever."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._used = 0
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> bool:
+        """Hold ``count`` more bytes; False (nothing held) when that would pass the limit."""
+        with self._lock:
+            if self._used and self._used + count > self.limit:
+                return False
+            self._used += count
+            return True
+
+    def give(self, count: int) -> None:
+        with self._lock:
+            self._used -= count
+
+    @property
+    def used(self) -> int:
+        with self._lock:
+            return self._used
+
+
+#: Seconds between two log lines of one kind of refusal (the others are counted in the next).
+LOG_INTERVAL = 10.0
+#: Bytes inflated at a time, each held in the budget before the next.
+_INFLATE_STEP = 1 << 20
+_MESSAGE_CHARS = 1000
+_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _Busy(Exception):
+    pass
+
+
+class HttpProtocol:
+    """OTLP/HTTP without sockets or a framework: :meth:`check` decides what can be decided from
+    the request line and headers (before any body byte is read), :meth:`handle` answers a whole
+    request. Errors are answers (a ``google.rpc.Status`` in the request's encoding), each with a
+    counter in ``receiver.counts()`` and a log line (at most one per kind every
+    :data:`LOG_INTERVAL` seconds). Thread-safe; nothing raises."""
+
+    def __init__(
+        self, receiver: Receiver, settings: Settings, budget: ByteBudget | None = None
+    ) -> None:
+        self.receiver = receiver
+        self.settings = settings
+        self.budget = (
+            budget if budget is not None else ByteBudget(settings.serve_max_inflight_bytes)
+        )
+        self._signals = signals(receiver)
+        self._log_lock = threading.Lock()
+        self._logged: dict[str, tuple[float, int]] = {}
+
+    # -- the two steps ----------------------------------------------------------------------
+
+    def check(self, method: str, path: str, headers: Mapping[str, str]) -> Answer | None:
+        """The answer decided before the body: ``None`` to go on and read it."""
+        try:
+            return self._check(method, path.split("?", 1)[0], _lowered(headers))
+        except Exception as error:  # noqa: BLE001 - a bug: an answer all the same
+            return self.failed(headers, error)
+
+    def handle(self, path: str, headers: Mapping[str, str], body: bytes | bytearray) -> Answer:
+        """The answer to a whole ``POST``: decompress, parse, accept, respond."""
+        try:
+            return self._handle(path.split("?", 1)[0], _lowered(headers), body)
+        except Exception as error:  # noqa: BLE001 - a bug: an answer all the same
+            return self.failed(headers, error)
+
+    # -- answers the host gives on its own --------------------------------------------------
+
+    def busy(self, headers: Mapping[str, str]) -> Answer:
+        """503 + ``Retry-After``: too many request bytes are being read or decoded."""
+        return self._refuse(
+            _lowered(headers),
+            503,
+            code_pb2.UNAVAILABLE,
+            Reason.REQUESTS_REFUSED_BUSY,
+            "too many request bytes in flight (serve_max_inflight_bytes); retry later",
+            retry=True,
+        )
+
+    def stopping(self, headers: Mapping[str, str]) -> Answer:
+        """503 + ``Retry-After``: serve is stopping (another replica, or this one restarted,
+        takes the retry)."""
+        return self._refuse(
+            _lowered(headers),
+            503,
+            code_pb2.UNAVAILABLE,
+            Reason.REQUESTS_REFUSED_STOPPING,
+            "otel-luna serve is stopping; retry later",
+            retry=True,
+        )
+
+    def timed_out(self, headers: Mapping[str, str]) -> Answer:
+        """408: the body did not arrive within ``serve_read_timeout``."""
+        seconds = self.settings.serve_read_timeout
+        return self._refuse(
+            _lowered(headers),
+            408,
+            code_pb2.DEADLINE_EXCEEDED,
+            Reason.REQUESTS_REFUSED_TIMEOUT,
+            f"the request did not arrive within {seconds:g} s (serve_read_timeout)",
+        )
+
+    def too_large(self, headers: Mapping[str, str]) -> Answer:
+        """413: the body (chunked, of no declared length) passed ``serve_max_message_bytes``."""
+        return self._too_large(_lowered(headers))
+
+    def bad_request(self, headers: Mapping[str, str], why: str, status: int = 400) -> Answer:
+        """400 (or 413/431 for oversized request lines and headers): what the HTTP layer could
+        not read, e.g. broken chunked framing."""
+        lowered = _lowered(headers)
+        if status in (413, 431):
+            return self._refuse(
+                lowered,
+                status,
+                code_pb2.RESOURCE_EXHAUSTED,
+                Reason.REQUESTS_REFUSED_TOO_LARGE,
+                f"request head too large: {why}",
+            )
+        return self._refuse(
+            lowered, 400, code_pb2.INVALID_ARGUMENT, Reason.REQUESTS_REFUSED_MALFORMED, why
+        )
+
+    def failed(self, headers: Mapping[str, str], error: BaseException) -> Answer:
+        """500: a bug. Logged with its type and text (no traceback), counted."""
+        try:
+            lowered = _lowered(headers)
+        except Exception:  # noqa: BLE001 - headers that cannot even be read
+            lowered = {}
+        return self._refuse(
+            lowered,
+            500,
+            code_pb2.INTERNAL,
+            Reason.REQUESTS_FAILED,
+            f"internal error: {type(error).__name__}: {str(error)[:200]}",
+            level=logging.ERROR,
+        )
+
+    # -- inside ------------------------------------------------------------------------------
+
+    def _check(self, method: str, path: str, headers: dict[str, str]) -> Answer | None:
+        if path not in self._signals:
+            what = "logs are not handled by otel-luna" if path == LOGS_PATH else "no such path"
+            return self._refuse(
+                headers, 404, code_pb2.NOT_FOUND, Reason.REQUESTS_REFUSED_NOT_FOUND, what
+            )
+        if method != "POST":
+            return self._refuse(
+                headers,
+                405,
+                code_pb2.UNIMPLEMENTED,
+                Reason.REQUESTS_REFUSED_METHOD,
+                f"{method[:20]} is not allowed; use POST",
+                extra={"Allow": "POST"},
+            )
+        if not token_ok(self.settings.serve_token, headers.get("authorization")):
+            return self._refuse(
+                headers,
+                401,
+                code_pb2.UNAUTHENTICATED,
+                Reason.REQUESTS_REFUSED_UNAUTHENTICATED,
+                "missing or wrong bearer token",
+                extra={"WWW-Authenticate": "Bearer"},
+            )
+        if _media_type(headers) not in (PROTOBUF, JSON):
+            return self._refuse(
+                headers,
+                415,
+                code_pb2.INVALID_ARGUMENT,
+                Reason.REQUESTS_REFUSED_UNSUPPORTED,
+                f"use Content-Type {PROTOBUF} or {JSON}",
+            )
+        encoding = headers.get("content-encoding", "").strip().lower()
+        if encoding not in _ENCODINGS:
+            return self._refuse(
+                headers,
+                415,
+                code_pb2.INVALID_ARGUMENT,
+                Reason.REQUESTS_REFUSED_UNSUPPORTED,
+                f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
+            )
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.strip().isdigit():
+                return self._refuse(
+                    headers,
+                    400,
+                    code_pb2.INVALID_ARGUMENT,
+                    Reason.REQUESTS_REFUSED_MALFORMED,
+                    "bad Content-Length",
+                )
+            if int(length) > self.settings.serve_max_message_bytes:
+                return self._too_large(headers)
+        return None
+
+    def _handle(self, path: str, headers: dict[str, str], body: bytes | bytearray) -> Answer:
+        refused = self._check("POST", path, headers)
+        if refused is not None:
+            return refused
+        signal_ = self._signals[path]
+        answer_type = _answer_type(headers)
+        if len(body) > self.settings.serve_max_message_bytes:
+            return self._too_large(headers)
+        held = [0]  # inflated bytes in the budget, given back once parsed
+        try:
+            try:
+                data = self._decompress(body, headers.get("content-encoding", ""), held)
+            except _TooLarge:
+                return self._too_large(headers)
+            except _Busy:
+                return self.busy(headers)
+            except (zlib.error, ValueError) as error:
+                return self._malformed(headers, f"bad compressed body: {error}")
+            request = signal_.request_type()
+            malformed: list[otlp.Malformed] = []
+            try:
+                if answer_type == JSON:
+                    malformed = otlp.parse_json(data, request)
+                else:
+                    request.ParseFromString(data)
+            except RecursionError:
+                return self._malformed(headers, "nesting too deep")
+            except Exception as error:  # noqa: BLE001 - DecodeError, ValueError, json errors, ...
+                what = str(error)[:300] or type(error).__name__
+                return self._malformed(headers, f"{type(error).__name__}: {what}")
+        finally:
+            if held[0]:
+                self.budget.give(held[0])
+        del data
+        try:
+            result = signal_.accept(request)
+        except Backpressure as error:  # counted by the receiver
+            return self._refuse(headers, 503, code_pb2.UNAVAILABLE, None, str(error), retry=True)
+        count, message = self._partial(signal_, result, malformed)
+        response = signal_.respond(count, message)
+        return Answer(200, {"Content-Type": answer_type}, _encode(response, answer_type))
+
+    def _partial(
+        self, signal_: Signal, result: Result, malformed: list[otlp.Malformed]
+    ) -> tuple[int, str]:
+        """The partial success: the ingest's, plus the parts of an OTLP/JSON body left out."""
+        if not malformed:
+            return result.rejected, result.message
+        lost = sum(part.items for part in malformed)
+        self.receiver.ingest.count(signal_.name, signal_.malformed, lost)
+        counts: Counter[Reason] = Counter(result.problems)
+        counts[signal_.malformed] += lost
+        first = malformed[0]
+        noun = "span" if signal_.malformed is Reason.MALFORMED_SPAN else "metric"
+        message = (
+            f"{describe(counts)}; {len(malformed)} unreadable {noun}(s) left out, "
+            f"first {first.where}: {first.error}"
+        )
+        if len(message) > _MESSAGE_CHARS:
+            message = message[:_MESSAGE_CHARS] + "..."
+        # An error may quote the body's lone surrogate: protobuf strings must be UTF-8.
+        return rejected(counts), message.encode("utf-8", "backslashreplace").decode()
+
+    def _decompress(self, raw: bytes | bytearray, encoding: str, held: list[int]) -> Any:
+        """``raw`` inflated (gzip, also several members, or deflate with or without the zlib
+        header), each step held in the budget; ``_TooLarge`` past the message limit."""
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            return raw
+        limit = self.settings.serve_max_message_bytes
+        if encoding in ("gzip", "x-gzip"):
+            wbits = 16 + zlib.MAX_WBITS
+        elif len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0:
+            wbits = zlib.MAX_WBITS  # deflate as RFC 9110 says: with the zlib header
+        else:
+            wbits = -zlib.MAX_WBITS  # deflate as some clients send it: raw
+        out = bytearray()
+        inflater = zlib.decompressobj(wbits)
+        data: bytes | bytearray = raw
+        while True:
+            chunk = inflater.decompress(data, _INFLATE_STEP)
+            if chunk:
+                if len(out) + len(chunk) > limit:
+                    raise _TooLarge
+                if not self.budget.take(len(chunk)):
+                    raise _Busy
+                held[0] += len(chunk)
+                out += chunk
+            if inflater.eof:
+                rest = inflater.unused_data
+                if wbits > 0 and wbits & 16 and rest.strip(b"\0"):  # another gzip member
+                    inflater = zlib.decompressobj(wbits)
+                    data = rest
+                    continue
+                return out
+            data = inflater.unconsumed_tail
+            if not chunk and not data:
+                raise ValueError("truncated")
+
+    def _too_large(self, headers: dict[str, str]) -> Answer:
+        limit = self.settings.serve_max_message_bytes
+        return self._refuse(
+            headers,
+            413,
+            code_pb2.RESOURCE_EXHAUSTED,
+            Reason.REQUESTS_REFUSED_TOO_LARGE,
+            f"request larger than {limit} bytes (serve_max_message_bytes, after decompression)",
+        )
+
+    def _malformed(self, headers: dict[str, str], why: str) -> Answer:
+        return self._refuse(
+            headers,
+            400,
+            code_pb2.INVALID_ARGUMENT,
+            Reason.REQUESTS_REFUSED_MALFORMED,
+            f"malformed request: {why}",
+        )
+
+    def _refuse(
+        self,
+        headers: dict[str, str],
+        status: int,
+        code: int,
+        reason: Reason | None,
+        message: str,
+        *,
+        retry: bool = False,
+        extra: dict[str, str] | None = None,
+        level: int = logging.WARNING,
+    ) -> Answer:
+        """An error answer: a ``google.rpc.Status`` in the request's encoding, counted (unless
+        the receiver counted it: ``reason`` None) and logged."""
+        # A parse error may quote the body's lone surrogate: protobuf strings must be UTF-8.
+        message = message.encode("utf-8", "backslashreplace").decode()
+        if reason is not None:
+            self.receiver.requests.add(reason)
+        self.log(str(reason or "backpressure"), f"{status}: {message}", level)
+        answer_type = _answer_type(headers)
+        answer_headers = {"Content-Type": answer_type, **(extra or {})}
+        if retry:
+            answer_headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        body = _encode(status_pb2.Status(code=code, message=message), answer_type)
+        return Answer(status, answer_headers, body)
+
+    def log(self, key: str, text: str, level: int = logging.WARNING) -> None:
+        """One line per ``key`` every :data:`LOG_INTERVAL` seconds, saying how many were not
+        logged since (the host logs its own events here too: timeouts, TLS failures)."""
+        now = time.monotonic()
+        with self._log_lock:
+            last, quiet = self._logged.get(key, (-LOG_INTERVAL, 0))
+            if now - last < LOG_INTERVAL:
+                self._logged[key] = (last, quiet + 1)
+                return
+            self._logged[key] = (now, 0)
+        more = f"; {quiet} more since the last line" if quiet else ""
+        _logger.log(level, "otlp/http %s (%s%s)", text[:400], key, more)
+
+
+def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
+    return {str(name).lower(): value for name, value in headers.items()}
+
+
+def _media_type(headers: Mapping[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _answer_type(headers: Mapping[str, str]) -> str:
+    """Answers are in the request's encoding: JSON for JSON, else protobuf."""
+    return JSON if _media_type(headers) == JSON else PROTOBUF
+
+
+def _encode(message: Message, answer_type: str) -> bytes:
+    text: str = json_format.MessageToJson(message, indent=None) if answer_type == JSON else ""
+    serialized: bytes = text.encode() if text else message.SerializeToString()
+    return serialized

@@ -14,7 +14,7 @@ import grpc
 
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.grpc_server import start_grpc
-from otel_luna.receiver.http_server import _HttpServer, start_http
+from otel_luna.receiver.http_server import HttpServer, start_http
 from otel_luna.settings import Settings
 
 
@@ -25,7 +25,7 @@ class Server:
         self.settings = settings
         self.receiver = Receiver(settings)
         self.grpc: grpc.Server | None = None
-        self.http: _HttpServer | None = None
+        self.http: HttpServer | None = None
         self.grpc_port = self.http_port = 0
         try:
             self.grpc, self.grpc_port = start_grpc(
@@ -42,9 +42,7 @@ class Server:
         if self.grpc is not None:
             self.grpc.stop(grace).wait(grace + 1)
         if self.http is not None:
-            self.http.shutdown()
-            self.http.close_idle()
-            self.http.server_close()  # waits for the requests in flight
+            self.http.stop(grace)  # requests in flight get grace (and serve_read_timeout)
         self.receiver.shutdown()
 
     def wait_for_signal(self) -> None:
