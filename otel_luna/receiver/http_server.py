@@ -33,7 +33,14 @@ class _HttpServer(http.server.ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver, settings: Settings) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        receiver: Receiver,
+        settings: Settings,
+        reuse_port: bool = False,
+    ) -> None:
+        self.allow_reuse_port = reuse_port  # SO_REUSEPORT before bind: workers share the port
         self.signals = signals(receiver)
         self.settings = settings
         self._connections_lock = threading.Lock()
@@ -230,9 +237,12 @@ def _decompress(raw: bytes, encoding: str | None, settings: Settings) -> bytes:
     return body
 
 
-def start_http(receiver: Receiver, settings: Settings, port: int) -> tuple[_HttpServer, int]:
-    """A serving HTTP server (in a thread); returns it and the bound port."""
-    server = _HttpServer((settings.serve_host, port), receiver, settings)
+def start_http(
+    receiver: Receiver, settings: Settings, port: int, *, reuse_port: bool = False
+) -> tuple[_HttpServer, int]:
+    """A serving HTTP server (in a thread); returns it and the bound port. ``reuse_port``:
+    listen with ``SO_REUSEPORT`` (worker processes sharing the port)."""
+    server = _HttpServer((settings.serve_host, port), receiver, settings, reuse_port)
     if settings.serve_tls_cert and settings.serve_tls_key:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(settings.serve_tls_cert, settings.serve_tls_key)

@@ -10,10 +10,8 @@ from __future__ import annotations
 import signal
 import threading
 
-import grpc
-
 from otel_luna.receiver import Receiver
-from otel_luna.receiver.grpc_server import start_grpc
+from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
 from otel_luna.receiver.http_server import _HttpServer, start_http
 from otel_luna.settings import Settings
 
@@ -21,18 +19,18 @@ from otel_luna.settings import Settings
 class Server:
     """Both front ends and the receiver; :meth:`stop` drains in-flight requests, then flushes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self.receiver = Receiver(settings)
-        self.grpc: grpc.Server | None = None
+        self.grpc: GrpcServer | None = None
         self.http: _HttpServer | None = None
         self.grpc_port = self.http_port = 0
         try:
             self.grpc, self.grpc_port = start_grpc(
-                self.receiver, settings, settings.serve_grpc_port
+                self.receiver, settings, settings.serve_grpc_port, reuse_port=reuse_port
             )
             self.http, self.http_port = start_http(
-                self.receiver, settings, settings.serve_http_port
+                self.receiver, settings, settings.serve_http_port, reuse_port=reuse_port
             )
         except BaseException:
             self.stop()
