@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, help="largest request accepted")
     serve.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
     serve.add_argument("--tls-key", help="PEM private key")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="processes sharing the ports, each with its own spool (default 1; 0: one per CPU)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON")
     _add_report_parser(commands)
     return parser
@@ -171,13 +177,20 @@ def _report(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
+    from otel_luna.receiver.workers import describe_supervisors, supervisor_line
     from otel_luna.settings import Settings
 
     root = args.spool_dir or Settings.load().spool_dir
     entries = status_entries(root)
+    supervisors = describe_supervisors(root)
     if args.json:
-        print(json.dumps({"spool_dir": root, "processes": entries}, indent=2))
+        document = {"spool_dir": root, "processes": entries}
+        if supervisors:
+            document["serve_supervisors"] = supervisors
+        print(json.dumps(document, indent=2))
         return EXIT_OK
+    for supervisor in supervisors:
+        print(supervisor_line(supervisor))
     print(f"spool {root}: {len(entries)} process directories")
     for entry in entries:
         state = "running" if entry["running"] else "gone (replayed at next start)"
@@ -259,7 +272,7 @@ def status_entries(root: str) -> list[dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from otel_luna.receiver.serve import Server
+    from otel_luna.receiver.workers import supervise, worker_count
     from otel_luna.settings import Settings
 
     flags = {
@@ -270,7 +283,13 @@ def _serve(args: argparse.Namespace) -> int:
         "serve_tls_cert": args.tls_cert,
         "serve_tls_key": args.tls_key,
     }
-    settings = Settings.load(**{name: value for name, value in flags.items() if value is not None})
+    given = {name: value for name, value in flags.items() if value is not None}
+    settings = Settings.load(**given, serve_workers=args.workers)
+    workers = worker_count(settings.serve_workers)
+    if workers > 1:  # before grpc is imported: the supervisor starts processes
+        return supervise(settings, given, workers)
+    from otel_luna.receiver.serve import Server
+
     server = Server(settings)
     host = settings.serve_host
     print(f"otel-luna serve: OTLP/gRPC on {host}:{server.grpc_port}", flush=True)

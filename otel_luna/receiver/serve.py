@@ -10,10 +10,8 @@ from __future__ import annotations
 import signal
 import threading
 
-import grpc
-
 from otel_luna.receiver import Receiver
-from otel_luna.receiver.grpc_server import start_grpc
+from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
 from otel_luna.receiver.http_server import HttpServer, start_http
 from otel_luna.settings import Settings
 
@@ -21,28 +19,31 @@ from otel_luna.settings import Settings
 class Server:
     """Both front ends and the receiver; :meth:`stop` drains in-flight requests, then flushes."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self.receiver = Receiver(settings)
-        self.grpc: grpc.Server | None = None
+        self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.grpc_port = self.http_port = 0
         try:
             self.grpc, self.grpc_port = start_grpc(
-                self.receiver, settings, settings.serve_grpc_port
+                self.receiver, settings, settings.serve_grpc_port, reuse_port=reuse_port
             )
             self.http, self.http_port = start_http(
-                self.receiver, settings, settings.serve_http_port
+                self.receiver, settings, settings.serve_http_port, reuse_port=reuse_port
             )
         except BaseException:
             self.stop()
             raise
 
     def stop(self, grace: float = 5.0) -> None:
-        if self.grpc is not None:
-            self.grpc.stop(grace).wait(grace + 1)
+        # Both front ends drain at once: requests in flight get ``grace`` (and a client still
+        # sending, serve_read_timeout), then the receiver delivers within SHUTDOWN_TIMEOUT.
+        grpc_stopped = None if self.grpc is None else self.grpc.stop(grace)
         if self.http is not None:
-            self.http.stop(grace)  # requests in flight get grace (and serve_read_timeout)
+            self.http.stop(grace)
+        if grpc_stopped is not None:
+            grpc_stopped.wait(grace + 1)
         self.receiver.shutdown()
 
     def wait_for_signal(self) -> None:
