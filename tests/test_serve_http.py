@@ -984,3 +984,19 @@ def test_serve_env_settings_reach_the_http_front_end(tmp_path: Path) -> None:
         assert status == 408
         assert "serve_read_timeout" in status_pb2.Status.FromString(body).message
         assert time.monotonic() - started < ANSWER_TIMEOUT
+
+
+def test_the_bearer_scheme_is_case_insensitive_and_one_header_only(
+    protocol: HttpProtocol,
+) -> None:
+    """RFC 9110 makes the scheme case-insensitive; two Authorization headers are refused
+    (which one a proxy in front would have checked is anybody's guess)."""
+    from multidict import CIMultiDict
+
+    for scheme in ("bearer", "BEARER", "Bearer", " Bearer "):
+        headers = {**PB, "Authorization": f"{scheme} {TOKEN}"}
+        assert protocol.check("POST", TRACES_PATH, headers) is None, scheme
+    twice = CIMultiDict([*PB.items(), ("Authorization", "Bearer wrong")])
+    twice.add("Authorization", f"Bearer {TOKEN}")
+    refused = protocol.check("POST", TRACES_PATH, twice)
+    assert refused is not None and refused.status == 401

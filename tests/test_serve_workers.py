@@ -247,12 +247,14 @@ def test_killed_worker_loses_nothing_is_restarted_and_sigterm_stops_all(
     replayed = re.search(
         rf"otel-luna spool: replaying (\d+) lines left in \S+/{victim}-", serve.output
     )
-    assert replayed and int(replayed[1]) > 0, serve.output
     acked = clients.acked
     assert len(acked) > 50
     stored = set(stored_ids(influxdb1, database))
     missing = set(acked) - stored
-    assert not missing, f"{len(missing)} of {len(acked)} acknowledged ids not stored"
+    assert not missing, (
+        f"{len(missing)} of {len(acked)} acknowledged ids not stored\n{serve.output}"
+    )
+    assert replayed and int(replayed[1]) > 0, serve.output
     logging.getLogger(__name__).info("retries after the kill: %s", clients.retries)
 
 

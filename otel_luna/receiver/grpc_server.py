@@ -51,6 +51,8 @@ POOL_THREADS = 8
 REFUSAL_THREADS = 2
 #: How often calls that are slow to send their message are looked for (seconds).
 READ_TIMEOUT_CHECK = 0.5
+#: Seconds a call that waited for a pool thread past its read timeout still gets to be read.
+READ_GRACE = 1.0
 
 
 def _serialize(message: Message) -> bytes:
@@ -119,11 +121,19 @@ class _ReadDeadlines:
         self._thread.daemon = True
         self._thread.start()
 
-    def read(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes | None:
-        """The call's one message; None if the client sent none (``RpcError`` if cancelled)."""
+    def read(
+        self, requests: Iterator[bytes], context: grpc.ServicerContext, admitted: float
+    ) -> bytes | None:
+        """The call's one message; None if the client sent none (``RpcError`` if cancelled).
+
+        The timeout counts from the call's admission, not from when a pool thread took it: a
+        flood of stalled calls must not hold the slots for (calls / threads) x timeout. A call
+        that waited long for a thread still gets READ_GRACE to deliver a message it may have
+        sent meanwhile."""
         key = id(context)
+        deadline = max(admitted + self.timeout, time.monotonic() + READ_GRACE)
         with self._lock:
-            self._calls[key] = (time.monotonic() + self.timeout, context)
+            self._calls[key] = (deadline, context)
         try:
             return next(requests, None)
         finally:
@@ -158,9 +168,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         )
         by_path = signals(receiver)
         self._methods = {
-            f"/{service}/Export": grpc.stream_unary_rpc_method_handler(
-                self._export(by_path[path]), response_serializer=_serialize
-            )
+            f"/{service}/Export": by_path[path]
             for service, path in ((TRACE_SERVICE, TRACES_PATH), (METRICS_SERVICE, METRICS_PATH))
         }
         self._unauthenticated = grpc.stream_unary_rpc_method_handler(
@@ -171,11 +179,15 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         )
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
-        handler = self._methods.get(handler_call_details.method)
-        if handler is None:
+        signal_ = self._methods.get(handler_call_details.method)
+        if signal_ is None:
             return None  # UNIMPLEMENTED
-        metadata = dict(handler_call_details.invocation_metadata)
-        if not token_ok(self._token, metadata.get("authorization")):
+        given = [
+            value
+            for key, value in handler_call_details.invocation_metadata
+            if key == "authorization"
+        ]  # repeated: as good as none
+        if not token_ok(self._token, given[0] if len(given) == 1 else None):
             return self._unauthenticated
         with self._lock:
             if self._calls >= self._max_calls:
@@ -183,16 +195,20 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
             # Counted until its handler ends: grpcio runs every handler it was given (stream
             # handlers even for a cancelled call), so the count cannot leak.
             self._calls += 1
-        return handler
+        return grpc.stream_unary_rpc_method_handler(
+            self._export(signal_, time.monotonic()), response_serializer=_serialize
+        )
 
     def _done(self) -> None:
         with self._lock:
             self._calls -= 1
 
-    def _export(self, signal_: Signal) -> Callable[[Iterator[bytes], Any], Message]:
+    def _export(
+        self, signal_: Signal, admitted: float
+    ) -> Callable[[Iterator[bytes], Any], Message]:
         def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
             try:
-                data = self.deadlines.read(requests, context)
+                data = self.deadlines.read(requests, context, admitted)
                 if data is None:
                     _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
                 size = len(data)

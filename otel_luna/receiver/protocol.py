@@ -99,9 +99,14 @@ def token_ok(expected: str | None, header: str | None) -> bool:
         return True
     if header is None:
         return False
-    # As bytes: compare_digest refuses str with non-ASCII characters (a hostile header).
-    given = header.encode("utf-8", "surrogatepass")
-    return hmac.compare_digest(given, f"Bearer {expected}".encode("utf-8", "surrogatepass"))
+    # The scheme is case-insensitive (RFC 9110, 11.1); the token is compared as bytes:
+    # compare_digest refuses str with non-ASCII characters (a hostile header).
+    scheme, _, given = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(
+        given.strip().encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
 
 
 # -- OTLP/HTTP ---------------------------------------------------------------------------------
@@ -480,8 +485,21 @@ class HttpProtocol:
         _logger.log(level, "otlp/http %s (%s%s)", text[:400], key, more)
 
 
+#: Headers that must come once: a repeated one is as good as none.
+_SINGLE = frozenset({"authorization"})
+
+
 def _lowered(headers: Mapping[str, str]) -> dict[str, str]:
-    return {str(name).lower(): value for name, value in headers.items()}
+    lowered: dict[str, str] = {}
+    repeated: set[str] = set()
+    for name, value in headers.items():
+        key = str(name).lower()
+        if key in lowered and key in _SINGLE:
+            repeated.add(key)  # which one a proxy in front checked is anybody's guess
+        lowered[key] = value
+    for key in repeated:
+        del lowered[key]
+    return lowered
 
 
 def _media_type(headers: Mapping[str, str]) -> str:

@@ -468,6 +468,12 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--overrides", default="{}")
     args = parser.parse_args(argv)
+    # First of all: a SIGTERM while still starting (the supervisor stopping right after a
+    # restart) must wait for the start and then stop gracefully — delivering the spool this
+    # worker may just have adopted from the one it replaces — never kill it half-way.
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
     _die_with_parent(args.parent)
     logging.basicConfig(
         level=logging.WARNING,
@@ -484,7 +490,10 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except BaseException:
         server.stop()
         raise
-    server.wait_for_signal()
+    # With a timeout: a signal only sets a flag the main thread checks when it runs Python.
+    while not stop.wait(0.5):
+        pass
+    server.stop()
     return 0
 
 
