@@ -36,6 +36,7 @@ from otel_luna.receiver.protocol import (
     METRICS_SERVICE,
     TRACE_SERVICE,
     TRACES_PATH,
+    ByteBudget,
     Signal,
     signals,
     token_ok,
@@ -84,28 +85,6 @@ class _Refusal:
 
     def __call__(self, requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
         self._answer(context)
-
-
-class _ByteBudget:
-    """Request bytes being decoded and accepted at once; a request is let in while the total
-    stays within the limit, or when nothing else is in (else one larger than the limit never
-    would be)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> bool:
-        with self._lock:
-            if self.used and self.used + size > self.limit:
-                return False
-            self.used += size
-            return True
-
-    def give(self, size: int) -> None:
-        with self._lock:
-            self.used -= size
 
 
 class _ReadDeadlines:
@@ -161,7 +140,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._max_calls = settings.serve_max_connections
         self._calls = 0
         self._lock = threading.Lock()
-        self._budget = _ByteBudget(settings.serve_max_inflight_bytes)
+        self._budget = ByteBudget(settings.serve_max_inflight_bytes)  # as HTTP's
         self.deadlines = _ReadDeadlines(settings.serve_read_timeout)
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
