@@ -24,9 +24,6 @@ answered ``OK`` afterwards. Exit status 0 whatever the figures. serve is stopped
 from __future__ import annotations
 
 import collections
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,12 +32,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import dump
+from serve_throughput import EXPORT, REPO, Serve
 
-REPO = Path(__file__).resolve().parent.parent
-EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 TOKEN = "flood-token"
-START_TIMEOUT = 30.0
-STOP_TIMEOUT = 60.0
+
+
+def serve_env(root: Path) -> dict[str, str]:
+    """serve writing to a file, with a bearer token (the flood has none, or the right one)."""
+    return {
+        "OTEL_EXPORTER_LUNA_ENDPOINT": f"file://{root / 'points.lp'}",
+        "OTEL_EXPORTER_LUNA_SERVE_TOKEN": TOKEN,
+    }
 
 
 def _status(pid: int) -> dict[str, float]:
@@ -72,69 +74,18 @@ def _body(mib: int) -> bytes:
     return request.SerializeToString()
 
 
-class Serve:
-    def __init__(self, root: Path, extra_env: dict[str, str]) -> None:
-        from servers import _set_parent_death_signal
-
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
-        env.update(
-            {
-                "OTEL_EXPORTER_LUNA_ENDPOINT": f"file://{root / 'points.lp'}",
-                "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(root / "spool"),
-                "OTEL_EXPORTER_LUNA_SERVE_TOKEN": TOKEN,
-                "XDG_STATE_HOME": str(root / "state"),
-                **extra_env,
-            }
-        )
-        self.log = root / "serve.log"
-        argv = [sys.executable, "-m", "otel_luna.cli", "serve", "--grpc-port", "0"]
-        with open(self.log, "wb") as log:
-            self.popen = subprocess.Popen(
-                [*argv, "--http-port", "0"],
-                env=env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_set_parent_death_signal,
-            )
-        self.port = 0
-        deadline = time.monotonic() + START_TIMEOUT
-        while not self.port:
-            for line in self.log.read_text(errors="replace").splitlines():
-                if line.startswith("otel-luna serve: OTLP/gRPC on "):
-                    self.port = int(line.rsplit(":", 1)[1])
-            if not self.port and (self.popen.poll() is not None or time.monotonic() > deadline):
-                self.stop()
-                raise RuntimeError(f"serve did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int | None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT)
-        return self.popen.returncode
-
-
 def flood(options: Any, root: Path) -> dict[str, Any]:
     import grpc
 
     body = _body(options.mib)
-    serve = Serve(root, {})
-    target = f"127.0.0.1:{serve.port}"
+    serve = Serve(root, serve_env(root))
+    target = serve.target
     peak = {"VmRSS": 0.0}
     done = threading.Event()
 
     def sample() -> None:
         while not done.is_set():
-            rss = _status(serve.popen.pid).get("VmRSS", 0.0)
+            rss = _status(serve.pid).get("VmRSS", 0.0)
             peak["VmRSS"] = max(peak["VmRSS"], rss)
             time.sleep(0.02)
 
@@ -146,7 +97,7 @@ def flood(options: Any, root: Path) -> dict[str, Any]:
         for call in calls:  # connected before the flood starts
             call(b"", timeout=30, metadata=(("authorization", f"Bearer {TOKEN}"),))
         time.sleep(0.5)
-        before = _status(serve.popen.pid)
+        before = _status(serve.pid)
         sampler.start()
         started = time.monotonic()
         futures = [
@@ -164,7 +115,7 @@ def flood(options: Any, root: Path) -> dict[str, Any]:
                 details.setdefault(error.code().name, error.details() or "")
         seconds = time.monotonic() - started
         time.sleep(1.0)
-        after = _status(serve.popen.pid)
+        after = _status(serve.pid)
         done.set()
         sampler.join()
         good = (

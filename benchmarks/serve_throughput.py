@@ -57,6 +57,7 @@ import collections
 import contextlib
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -83,6 +84,9 @@ _GRID_NS = 1000  # template spans start 1 µs apart
 
 
 # -- requests -------------------------------------------------------------------------------
+
+
+_WORKERS_LINE = re.compile(r"^otel-luna serve: \d+ workers \(pids ([\d, ]+)\)$", re.M)
 
 
 def make_templates(count: int, spans: int, seed: int) -> list[tuple[bytes, list[tuple[int, ...]]]]:
@@ -166,10 +170,13 @@ def _retry_delay(error: Any) -> float:
     return 1.0
 
 
-def _connect(job: dict[str, Any]) -> tuple[Any, Any]:
+def _connect(job: dict[str, Any], own_connection: bool = False) -> tuple[Any, Any]:
+    """A channel and its Export call; ``own_connection``: a connection no other channel of
+    this process shares (``SO_REUSEPORT`` spreads connections, not calls, over workers)."""
     import grpc
 
-    channel = grpc.insecure_channel(job["target"])
+    options = [("grpc.use_local_subchannel_pool", 1)] if own_connection else []
+    channel = grpc.insecure_channel(job["target"], options=options)
     call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
     call(b"", timeout=CALL_TIMEOUT)  # connect and warm up: an empty request maps to nothing
     return channel, call
@@ -181,11 +188,17 @@ def _sleep_until(moment: float) -> None:
 
 
 def _sender(job: dict[str, Any], results: Any) -> None:
-    """``threads`` blocking callers, each sending copies k, k + stride, ... until ``stop_at``."""
+    """``threads`` blocking callers, each sending copies k, k + stride, ... until ``stop_at``;
+    RESOURCE_EXHAUSTED is retried after the delay the server asks for. With
+    ``job["connection_per_thread"]`` each caller has a connection of its own, else they share
+    one."""
     import grpc
 
     requests = Requests(job["templates"], job["spans"])
-    channel, call = _connect(job)
+    if job.get("connection_per_thread"):
+        connections = [_connect(job, own_connection=True) for _ in range(job["threads"])]
+    else:
+        connections = [_connect(job)] * job["threads"]
     results.put({"ready": job["index"]})
     _sleep_until(job["start_at"])
     cpu0 = os.times()
@@ -194,7 +207,7 @@ def _sender(job: dict[str, Any], results: Any) -> None:
     ends: list[float] = []
     lock = threading.Lock()
 
-    def caller(k: int) -> None:
+    def caller(k: int, call: Any) -> None:
         counts: collections.Counter[str] = collections.Counter()
         last = time.time()
         while time.time() < job["stop_at"]:
@@ -219,13 +232,17 @@ def _sender(job: dict[str, Any], results: Any) -> None:
             ends.append(last)
 
     first = job["index"] * job["threads"]
-    threads = [threading.Thread(target=caller, args=(first + i,)) for i in range(job["threads"])]
+    threads = [
+        threading.Thread(target=caller, args=(first + i, call))
+        for i, (_, call) in enumerate(connections)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     cpu1 = os.times()
-    channel.close()
+    for channel in {id(channel): channel for channel, _ in connections}.values():
+        channel.close()
     cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
     results.put({**tally, "last_answer": max(ends), "cpu_s": cpu})
 
@@ -329,32 +346,30 @@ def _cpu_seconds(pid: int) -> float:
 
 
 class Serve:
-    """``otel-luna serve --grpc-port 0 --http-port 0`` writing to ``database``, its log a file."""
+    """``otel-luna serve --grpc-port 0 --http-port 0 [--workers N]`` with ``env`` (where it
+    writes and how) on top of a state directory of its own; its log a file."""
 
-    def __init__(self, influx_url: str, database: str, state: Path, spool: str) -> None:
+    def __init__(self, state: Path, env: dict[str, str], workers: int = 1) -> None:
         from servers import _set_parent_death_signal
 
         state.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
-        env.update(
+        self.dead_letter = state / "dead-letter.jsonl"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
+        full.update(
             {
-                "OTEL_EXPORTER_LUNA_ENDPOINT": influx_url,
-                "OTEL_EXPORTER_LUNA_API_VERSION": "1",
-                "OTEL_EXPORTER_LUNA_DATABASE": database,
-                "OTEL_EXPORTER_LUNA_SPOOL": spool,
                 "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
-                "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(state / "dead-letter.jsonl"),
+                "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(self.dead_letter),
                 "XDG_STATE_HOME": str(state),
+                **env,
             }
         )
         argv = [sys.executable, "-m", "otel_luna.cli", "serve", "--grpc-port", "0"]
-        argv += ["--http-port", "0"]
+        argv += ["--http-port", "0", "--workers", str(workers)]
         self.log = state / "serve.log"
-        self.dead_letter = state / "dead-letter.jsonl"
         with open(self.log, "wb") as log:
             self.popen = subprocess.Popen(
                 argv,
-                env=env,
+                env=full,
                 cwd=REPO,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -362,14 +377,19 @@ class Serve:
                 preexec_fn=_set_parent_death_signal,
             )
         self.grpc_port = 0
+        self.pids = [self.popen.pid]  # the supervisor, then its workers
         deadline = time.monotonic() + START_TIMEOUT
-        while not self.grpc_port:
-            for line in self.log.read_text(errors="replace").splitlines():
+        while True:
+            text = self.log.read_text(errors="replace")
+            for line in text.splitlines():
                 if line.startswith("otel-luna serve: OTLP/gRPC on "):
                     self.grpc_port = int(line.rsplit(":", 1)[1])
-            if not self.grpc_port and (
-                self.popen.poll() is not None or time.monotonic() > deadline
-            ):
+            match = _WORKERS_LINE.search(text)
+            if match:
+                self.pids += [int(pid) for pid in match[1].split(", ")]
+            if self.grpc_port and (workers == 1 or match):
+                break
+            if self.popen.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 raise RuntimeError(f"otel-luna serve did not start:\n{self.output()}")
             time.sleep(0.05)
@@ -382,11 +402,20 @@ class Serve:
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    def cpu_seconds(self) -> float:
+        """CPU of the serve process and, with workers, of each of them."""
+        total = 0.0
+        for pid in self.pids:
+            with contextlib.suppress(OSError):  # a worker that was restarted
+                total += _cpu_seconds(pid)
+        return total
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
 
     def stop(self) -> int | None:
-        """SIGTERM (the graceful drain) by PID, then SIGKILL if it does not end."""
+        """SIGTERM (the graceful drain; a supervisor forwards it) by PID, then SIGKILL if it
+        does not end."""
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
             try:
@@ -395,6 +424,16 @@ class Serve:
                 self.popen.kill()
                 self.popen.wait(timeout=STOP_TIMEOUT)
         return self.popen.returncode
+
+
+def influx_env(url: str, database: str, spool: str = "disk") -> dict[str, str]:
+    """The settings of a serve writing to InfluxDB 1.x at ``url``."""
+    return {
+        "OTEL_EXPORTER_LUNA_ENDPOINT": url,
+        "OTEL_EXPORTER_LUNA_API_VERSION": "1",
+        "OTEL_EXPORTER_LUNA_DATABASE": database,
+        "OTEL_EXPORTER_LUNA_SPOOL": spool,
+    }
 
 
 def _stored(influx: Any, database: str) -> int:
@@ -446,7 +485,9 @@ class Bench:
         try:
             for replica in range(replicas):
                 state = self.root / f"{database}_{replica}"
-                serves.append(Serve(self.influx.url, database, state, self.options.spool))
+                serves.append(
+                    Serve(state, influx_env(self.influx.url, database, self.options.spool))
+                )
         except BaseException:
             for serve in serves:
                 self._finish(serve)

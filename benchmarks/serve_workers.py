@@ -31,176 +31,28 @@ stopped by its PID.
 from __future__ import annotations
 
 import collections
-import contextlib
 import os
-import re
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from _common import arguments, dump, summary, table
 from serve_throughput import (
-    CALL_TIMEOUT,
-    EXPORT,
     REPO,
-    START_TIMEOUT,
-    STOP_TIMEOUT,
     STORE_TIMEOUT,
-    Requests,
+    Serve,
     _cpu_seconds,
     _environment,
     _machine_busy_seconds,
-    _retry_delay,
     _run_clients,
-    _sleep_until,
+    _sender,
     _stored,
+    influx_env,
     make_templates,
     parallel_cores,
 )
-
-_WORKERS_LINE = re.compile(r"^otel-luna serve: \d+ workers \(pids ([\d, ]+)\)$", re.M)
-
-
-def _sender(job: dict[str, Any], results: Any) -> None:
-    """``threads`` blocking callers, each on a channel (a connection) of its own, sending
-    copies k, k + stride, ... until ``stop_at``; RESOURCE_EXHAUSTED is retried after the delay
-    the server asks for."""
-    import grpc
-
-    requests = Requests(job["templates"], job["spans"])
-    calls = []
-    channels = []
-    for _ in range(job["threads"]):
-        channel = grpc.insecure_channel(
-            job["target"], options=[("grpc.use_local_subchannel_pool", 1)]
-        )
-        call = channel.unary_unary(EXPORT, request_serializer=None, response_deserializer=None)
-        call(b"", timeout=CALL_TIMEOUT)  # connect and warm up
-        channels.append(channel)
-        calls.append(call)
-    results.put({"ready": job["index"]})
-    _sleep_until(job["start_at"])
-    cpu0 = os.times()
-    stride = job["processes"] * job["threads"]
-    tally: collections.Counter[str] = collections.Counter()
-    ends: list[float] = []
-    lock = threading.Lock()
-
-    def caller(k: int, call: Any) -> None:
-        counts: collections.Counter[str] = collections.Counter()
-        last = time.time()
-        while time.time() < job["stop_at"]:
-            body = requests.body(k)
-            while True:
-                try:
-                    call(body, timeout=CALL_TIMEOUT)
-                except grpc.RpcError as error:
-                    if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                        counts["refused"] += 1
-                        time.sleep(_retry_delay(error))
-                        continue
-                    counts[f"error_{error.code().name}"] += 1
-                else:
-                    counts["calls"] += 1
-                    counts["spans"] += requests.spans
-                break
-            last = time.time()
-            k += stride
-        with lock:
-            tally.update(counts)
-            ends.append(last)
-
-    first = job["index"] * job["threads"]
-    threads = [
-        threading.Thread(target=caller, args=(first + i, calls[i])) for i in range(job["threads"])
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    cpu1 = os.times()
-    for channel in channels:
-        channel.close()
-    cpu = (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)
-    results.put({**tally, "last_answer": max(ends), "cpu_s": cpu})
-
-
-class Serve:
-    """``otel-luna serve --workers N`` on free ports, writing to ``env``'s endpoint."""
-
-    def __init__(self, workers: int, state: Path, endpoint_env: dict[str, str]) -> None:
-        from servers import _set_parent_death_signal
-
-        state.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
-        env.update(
-            {
-                **endpoint_env,
-                "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
-                "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(state / "dead-letter.jsonl"),
-                "XDG_STATE_HOME": str(state),
-            }
-        )
-        argv = [sys.executable, "-m", "otel_luna.cli", "serve", "--grpc-port", "0"]
-        argv += ["--http-port", "0", "--workers", str(workers)]
-        self.log = state / "serve.log"
-        with open(self.log, "wb") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                env=env,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_set_parent_death_signal,
-            )
-        self.grpc_port = 0
-        self.pids = [self.popen.pid]
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            text = self.log.read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("otel-luna serve: OTLP/gRPC on "):
-                    self.grpc_port = int(line.rsplit(":", 1)[1])
-            match = _WORKERS_LINE.search(text)
-            if match:
-                self.pids += [int(pid) for pid in match[1].split(", ")]
-            if self.grpc_port and (workers == 1 or match):
-                break
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"otel-luna serve did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def cpu_seconds(self) -> float:
-        total = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError):  # a worker that was restarted
-                total += _cpu_seconds(pid)
-        return total
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int | None:
-        """SIGTERM (the supervisor forwards it to its workers), then SIGKILL if it hangs."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT)
-        return self.popen.returncode
 
 
 class _FileCount:
@@ -262,16 +114,12 @@ class Bench:
         else:
             database = f"bench_{name}"
             self.influx.create_database(database)
-            env = {
-                "OTEL_EXPORTER_LUNA_ENDPOINT": self.influx.url,
-                "OTEL_EXPORTER_LUNA_API_VERSION": "1",
-                "OTEL_EXPORTER_LUNA_DATABASE": database,
-            }
+            env = influx_env(self.influx.url, database)
 
             def count() -> int:
                 return _stored(self.influx, database)
 
-        serve = Serve(workers, state, env)
+        serve = Serve(state, env, workers)
         try:
             clients = options.clients
             jobs = [
@@ -283,6 +131,7 @@ class Bench:
                     "threads": options.threads,
                     "index": index,
                     "seconds": options.seconds,
+                    "connection_per_thread": True,  # SO_REUSEPORT spreads connections
                 }
                 for index in range(clients)
             ]
