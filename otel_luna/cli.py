@@ -115,59 +115,89 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_report_parser(commands: Any) -> None:
-    from otel_luna import report
+    from otel_luna.report import parse_duration
 
     def duration(text: str) -> int:
         try:
-            return report.parse_duration(text)
+            return parse_duration(text)
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
     parser = commands.add_parser(
         "report",
-        help="answer the watchdog-proxy metrics questions from InfluxDB 1.x or a file sink",
-        description="Read the watchdog events (new_item, poller_heartbeat, worker_works) from "
-        "an InfluxDB 1.x database (InfluxQL over /query; --endpoint, else "
-        "OTEL_EXPORTER_LUNA_ENDPOINT, and the other OTEL_EXPORTER_LUNA_* settings) or from a "
-        "file sink's output (--file: JSON pings for .json/.jsonl, else line protocol) and print, "
-        "for all consumers and per consumer_name: time in queue, waiting for PhotoDNA, reply to "
-        "the consumer and their sum (nearest-rank p50/p95, max), positives vs negatives, errors, "
-        "items processed and submitted; and the queue sizes over the period.",
+        help="summarise the LUNA series or the watchdog events from InfluxDB or a file sink",
+        description="Read the series back from InfluxDB (1.x: InfluxQL over /query; 2.x: Flux "
+        "over /api/v2/query; --endpoint, else OTEL_EXPORTER_LUNA_ENDPOINT, and the other "
+        "OTEL_EXPORTER_LUNA_* settings) or from a file sink's output (--file) and print what a "
+        "dashboard shows. 'luna': per service and route, request rate, nearest-rank p50/p95/p99 "
+        "of execution_time, error rate and top error_codes, the slowest stage (*_time); "
+        "usages_statistic per estimator over time; licence status and liveness_balance. "
+        "'watchdog': for all consumers and per consumer_name, time in queue, waiting for "
+        "PhotoDNA, reply to the consumer and their sum (p50/p95/max), positives vs negatives, "
+        "errors, items processed and submitted, and the queue sizes.",
     )
-    parser.add_argument("profile", choices=["watchdog"], help="the schema profile to report on")
+    parser.add_argument(
+        "profile", choices=["luna", "watchdog"], help="the schema profile to report on"
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
         "--endpoint",
         metavar="URL",
-        help="InfluxDB 1.x URL (or file:///path); overrides OTEL_EXPORTER_LUNA_ENDPOINT",
+        help="InfluxDB URL (or file:///path); overrides OTEL_EXPORTER_LUNA_ENDPOINT",
     )
     source.add_argument(
-        "--file", type=Path, metavar="PATH", help="a file sink's output (.json/.jsonl or .lp)"
+        "--file",
+        type=Path,
+        metavar="PATH",
+        help="a file sink's output (line protocol; watchdog also .json/.jsonl pings)",
     )
-    parser.add_argument("--database", metavar="DB", help="overrides OTEL_EXPORTER_LUNA_DATABASE")
+    parser.add_argument(
+        "--database", metavar="DB", help="1.x: overrides OTEL_EXPORTER_LUNA_DATABASE"
+    )
+    parser.add_argument("--org", help="2.x: overrides OTEL_EXPORTER_LUNA_ORG")
+    parser.add_argument("--bucket", help="2.x: overrides OTEL_EXPORTER_LUNA_BUCKET")
     parser.add_argument(
         "--since",
         type=duration,
         metavar="DURATION",
         help="only the last DURATION (90s, 15m, 2h, 7d, 1h30m; default: everything)",
     )
-    parser.add_argument("--png", type=Path, metavar="PATH", help="also chart the timings here")
+    parser.add_argument("--service", help="luna: only this service tag")
+    parser.add_argument("--png", type=Path, metavar="PATH", help="also draw the charts here")
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _report(args: argparse.Namespace) -> int:
-    from otel_luna import report
+    from otel_luna.report import ReportError, luna, watchdog
 
     try:
-        text = report.run_report(
-            endpoint=args.endpoint,
-            file=args.file,
-            database=args.database,
-            since_ns=args.since,
-            png=args.png,
-            as_json=args.json,
-        )
-    except report.ReportError as error:
+        if args.profile == "luna":
+            text = luna.run_report(
+                endpoint=args.endpoint,
+                file=args.file,
+                database=args.database,
+                org=args.org,
+                bucket=args.bucket,
+                since_ns=args.since,
+                service=args.service,
+                png=args.png,
+                as_json=args.json,
+            )
+        else:
+            if args.service is not None:
+                print("otel-luna report: --service is for the luna report", file=sys.stderr)
+                return EXIT_USAGE
+            text = watchdog.run_report(
+                endpoint=args.endpoint,
+                file=args.file,
+                database=args.database,
+                org=args.org,
+                bucket=args.bucket,
+                since_ns=args.since,
+                png=args.png,
+                as_json=args.json,
+            )
+    except ReportError as error:
         print(f"otel-luna report: {error}", file=sys.stderr)
         return EXIT_FAILED
     print(text, flush=True)

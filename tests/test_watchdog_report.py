@@ -25,13 +25,14 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from servers import InfluxDB1
 from test_watchdog_service import SERVICE, submit, wait_for
 
-from otel_luna import cli, report
+from otel_luna import cli
 from otel_luna.encoding.jsonping import PingEncoder
 from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
 from otel_luna.ingest import otlp
 from otel_luna.point import Point
 from otel_luna.receiver import Receiver
+from otel_luna.report import watchdog as report
 from otel_luna.settings import Settings
 
 ITEMS = 60

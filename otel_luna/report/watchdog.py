@@ -8,46 +8,45 @@ last value); total processed (``worker_works`` pings) and new items submitted (`
 
 Layout, I/O only at the edges:
 
-* readers turn a source into :class:`Event` rows: :func:`query_influxdb1` (InfluxQL over the 1.x
-  ``/query`` API), :func:`read_file` (a file sink's output: JSON pings for ``.json``/``.jsonl``,
-  else line protocol); the parsing under them is pure (:func:`events_from_pings`,
-  :func:`events_from_points`, :func:`events_from_influx_results`);
+* readers turn a source into :class:`Event` rows: :func:`read_events` (InfluxDB 1.x over InfluxQL,
+  2.x over Flux, or a file), :func:`query_influxdb1`, :func:`read_file` (a file sink's output:
+  JSON pings for ``.json``/``.jsonl``, else line protocol); the points come from
+  :mod:`otel_luna.report.common`, and the parsing under them is pure
+  (:func:`events_from_pings`, :func:`events_from_points`);
 * :func:`summarize` is pure: rows in, a :class:`WatchdogReport` of numbers out;
 * :func:`format_report` / :func:`report_as_dict` present it; :func:`render_png` charts the
   timings over time (matplotlib, Agg backend, the ``report`` extra).
 
-Percentiles are **nearest rank**: p is the smallest value such that at least p % of the values
-are less than or equal to it, i.e. the value at 1-based rank ``ceil(p / 100 * n)`` of the sorted
-values (rank 1 when that is 0). It is always one of the values; ``max`` is p100. Flux's
-``quantile(method: "exact_selector")`` is the same definition; InfluxQL's ``percentile()``
-rounds the rank instead (``floor(n * p / 100 + 0.5)``) and can be one rank lower.
+Percentiles are **nearest rank** (:func:`otel_luna.report.common.nearest_rank`, shared with the
+luna report).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
-import os
-import re
-import tempfile
-import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
-import urllib3
-
-from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_lines
 from otel_luna.point import Point
+from otel_luna.report.common import (
+    ReportError,
+    Source,
+    describe_source,
+    iso_ms,
+    nearest_rank,
+    new_figure,
+    parse_duration,
+    read_line_protocol,
+    read_points,
+    resolve_source,
+    save_png,
+    window_start,
+)
 from otel_luna.schema.watchdog import EVENTS, NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 from otel_luna.settings import Settings
-from otel_luna.sinks.file import file_path
-from otel_luna.sinks.http import basic_auth
 
 __all__ = [
     "Breakdown",
@@ -56,13 +55,13 @@ __all__ = [
     "Gauge",
     "ReportError",
     "WatchdogReport",
-    "events_from_influx_results",
     "events_from_pings",
     "events_from_points",
     "format_report",
     "nearest_rank",
     "parse_duration",
     "query_influxdb1",
+    "read_events",
     "read_file",
     "render_png",
     "report_as_dict",
@@ -87,23 +86,7 @@ TIMING_LABELS: Mapping[str, str] = {
 QUEUE_FIELDS = ("items_in_queue", "items_in_progress", "items_in_waiting")
 #: Measurements (events) the report reads.
 MEASUREMENTS = (NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS)
-#: Rows per chunk of a chunked InfluxQL answer.
-CHUNK_SIZE = 10_000
-
-_DURATION_UNITS_NS = {
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60 * 1_000_000_000,
-    "h": 3600 * 1_000_000_000,
-    "d": 86400 * 1_000_000_000,
-    "w": 7 * 86400 * 1_000_000_000,
-}
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _JSON_SUFFIXES = (".json", ".jsonl")
-
-
-class ReportError(RuntimeError):
-    """The report could not read its source; the message says what and where."""
 
 
 @dataclass(frozen=True)
@@ -163,21 +146,6 @@ class WatchdogReport:
 
 
 # -- pure computation ---------------------------------------------------------------------------
-
-
-def nearest_rank(values: Sequence[int], percent: float) -> int | None:
-    """The nearest-rank ``percent`` percentile: the sorted value at rank ``ceil(p/100 * n)``.
-
-    Exact arithmetic (``Fraction`` of the decimal ``percent``), so 95 of 20 values is rank 19,
-    never 20 through a rounding error. ``None`` for no values.
-    """
-    if not values:
-        return None
-    if not 0 <= percent <= 100:
-        raise ValueError(f"percent must be in [0, 100], got {percent}")
-    ordered = sorted(values)
-    rank = math.ceil(Fraction(str(percent)) * len(ordered) / 100)
-    return ordered[max(rank, 1) - 1]
 
 
 def distribution(values: Sequence[int]) -> Distribution:
@@ -292,13 +260,6 @@ def report_as_dict(report: WatchdogReport) -> dict[str, Any]:
 # -- presentation -------------------------------------------------------------------------------
 
 
-def _iso_ms(epoch_ms: int | None) -> str:
-    if epoch_ms is None:
-        return "-"
-    seconds, millis = divmod(epoch_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
-
-
 def _cell(value: int | float | None) -> str:
     if value is None:
         return "-"
@@ -332,7 +293,7 @@ def format_report(report: WatchdogReport, source: str = "") -> str:
     lines = []
     if source:
         lines.append(f"watchdog report: {source}")
-    lines.append(f"period: {_iso_ms(report.first_ms)} .. {_iso_ms(report.last_ms)} ({counts})")
+    lines.append(f"period: {iso_ms(report.first_ms)} .. {iso_ms(report.last_ms)} ({counts})")
     lines.append("")
     lines.append("all consumers")
     lines += _breakdown_lines(report.overall)
@@ -414,143 +375,50 @@ def events_from_points(points: Iterable[Point]) -> list[Event]:
     ]
 
 
-def events_from_influx_results(documents: Iterable[Mapping[str, Any]]) -> list[Event]:
-    """Rows of ``SELECT *`` answers (``epoch=ns``), possibly chunked: one document per chunk."""
-    events = []
-    for document in documents:
-        if "error" in document:
-            raise ReportError(f"InfluxDB: {document['error']}")
-        for result in document.get("results", []):
-            if "error" in result:
-                raise ReportError(f"InfluxDB: {result['error']}")
-            for series in result.get("series", []):
-                name = series.get("name")
-                if name not in EVENTS:
-                    continue
-                columns = series["columns"]
-                tags = series.get("tags", {})
-                for values in series.get("values", []):
-                    row = {**tags, **dict(zip(columns, values, strict=True))}
-                    events.append(_event(name, int(row["time"]), row))
-    return events
-
-
-def parse_duration(text: str) -> int:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``1h30m``, ``500ms`` → nanoseconds (> 0)."""
-    compact = text.strip().lower()
-    if not compact or _DURATION.sub("", compact):
-        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 1d, 1h30m)")
-    total = sum(int(n) * _DURATION_UNITS_NS[unit] for n, unit in _DURATION.findall(compact))
-    if total <= 0:
-        raise ValueError(f"the duration must be > 0, got {text!r}")
-    return total
-
-
 # -- edges: files, InfluxDB, PNG ----------------------------------------------------------------
 
 
 def read_file(path: Path, since_ns: int | None = None) -> list[Event]:
     """The events in a file sink's output: JSON pings for ``.json``/``.jsonl``, else line
     protocol; those before ``since_ns`` left out."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise ReportError(f"cannot read {path}: {error.strerror}") from None
     if path.name.endswith(_JSON_SUFFIXES):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as error:
+            raise ReportError(f"cannot read {path}: {error.strerror}") from None
         events = events_from_pings(text.splitlines(), str(path))
     else:
-        try:
-            events = events_from_points(parse_lines(text))
-        except LineProtocolSyntaxError as error:
-            raise ReportError(f"{path}: line {error.line}: {error}") from None
+        events = events_from_points(read_line_protocol(path))
     if since_ns is not None:
         events = [event for event in events if event.time_ns >= since_ns]
     return events
 
 
-def _identifier(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def influxql_select(settings: Settings, since_ns: int | None = None) -> str:
-    """The one InfluxQL statement the report runs: every point of the three measurements."""
-    prefix = _identifier(settings.database) + "."
-    if settings.retention_policy:
-        prefix += _identifier(settings.retention_policy)
-    prefix += "."
-    sources = ", ".join(prefix + _identifier(name) for name in MEASUREMENTS)
-    where = "" if since_ns is None else f" WHERE time >= {since_ns}"
-    return f"SELECT * FROM {sources}{where}"
-
-
-def _chunks(body: bytes) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(body.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            document = json.loads(line)
-        except ValueError:
-            snippet = line[:300].decode(errors="replace")
-            raise ReportError(
-                f"InfluxDB answered something not JSON (chunk {number}): {snippet}"
-            ) from None
-        if isinstance(document, dict):
-            yield document
+def read_events(source: Source, since_ns: int | None = None) -> list[Event]:
+    """The events in ``source`` (a file, an InfluxDB 1.x or 2.x) from ``since_ns`` on."""
+    if isinstance(source, Path):
+        return read_file(source, since_ns)
+    return events_from_points(read_points(source, MEASUREMENTS, since_ns))
 
 
 def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Event]:
     """The events in ``settings``' InfluxDB 1.x database (``POST /query``, chunked, epoch ns)."""
-    if settings.resolved_api_version != "1":
-        raise ReportError(
-            "the report reads the InfluxDB 1.x /query API; for 2.x use the Flux queries in "
-            "docs/watchdog.md"
-        )
-    params = {
-        "q": influxql_select(settings, since_ns),
-        "db": settings.database,
-        "epoch": "ns",
-        "chunked": "true",
-        "chunk_size": str(CHUNK_SIZE),
-    }
-    headers = {"Content-Type": "application/x-www-form-urlencoded"}
-    headers.update(basic_auth(settings.username, settings.password))
-    try:
-        response = urllib3.request(
-            "POST",
-            settings.endpoint + "/query",
-            body=urlencode(params).encode(),
-            headers=headers,
-            timeout=settings.timeout,
-            retries=False,
-        )
-    except urllib3.exceptions.HTTPError as error:
-        raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
-    if response.status >= 300:
-        detail = response.data[:300].decode(errors="replace").strip()
-        raise ReportError(
-            f"InfluxDB at {settings.endpoint} answered HTTP {response.status}: {detail}"
-        )
-    return events_from_influx_results(_chunks(response.data))
+    return read_events(settings.replace(api_version="1"), since_ns)
 
 
 def render_png(events: Sequence[Event], path: Path, title: str = "watchdog timings") -> None:
     """A PNG of the ``worker_works`` timings over time (one point per ping and stage, and their
     sum), with the queue sizes below. Written atomically (temporary file, then rename)."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-        from matplotlib.figure import Figure
-    except ImportError:
-        raise ReportError("--png needs matplotlib: pip install 'otel-luna[report]'") from None
+    figure = new_figure(10, 6.5)
     import datetime as dt
+
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
     def when(event: Event) -> dt.datetime:
         return dt.datetime.fromtimestamp(event.time_ns / 1e9, tz=dt.timezone.utc)
 
     works = sorted((e for e in events if e.event == WORKER_WORKS), key=lambda e: e.time_ns)
     beats = sorted((e for e in events if e.event == POLLER_HEARTBEAT), key=lambda e: e.time_ns)
-    figure = Figure(figsize=(10, 6.5), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
     timings, queue = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
     for name in (*TIMINGS, TOTAL):
         xs: list[dt.datetime] = []
@@ -596,17 +464,7 @@ def render_png(events: Sequence[Event], path: Path, title: str = "watchdog timin
     queue.xaxis.set_major_locator(locator)
     queue.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
     queue.set_xlabel("time (UTC)")
-    directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            figure.savefig(file, format="png")
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    save_png(figure, path)
 
 
 # -- the command --------------------------------------------------------------------------------
@@ -617,6 +475,8 @@ def run_report(
     endpoint: str | None = None,
     file: Path | None = None,
     database: str | None = None,
+    org: str | None = None,
+    bucket: str | None = None,
     since_ns: int | None = None,
     png: Path | None = None,
     as_json: bool = False,
@@ -626,42 +486,28 @@ def run_report(
     """Read, summarise, optionally chart; the text (or JSON) to print.
 
     The source is ``file``, else ``endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT`` (a
-    ``file://`` endpoint reads that file, ``http(s)://`` an InfluxDB 1.x); ``database`` overrides
-    ``OTEL_EXPORTER_LUNA_DATABASE``. ``since_ns`` is a duration: only the last ``since_ns``
-    before ``now_ns`` (default: now) are read.
+    ``file://`` endpoint reads that file, ``http(s)://`` an InfluxDB: 1.x with InfluxQL, 2.x with
+    Flux, as the settings' API version says); ``database``, ``org`` and ``bucket`` override
+    ``OTEL_EXPORTER_LUNA_DATABASE``, ``_ORG`` and ``_BUCKET``. ``since_ns`` is a duration: only
+    the last ``since_ns`` before ``now_ns`` (default: now) are read.
     """
-    overrides: dict[str, Any] = {}
-    if endpoint is not None:
-        overrides["endpoint"] = endpoint
-    if database is not None:
-        overrides["database"] = database
-    settings = Settings.load(environ, **overrides)
-    now = time.time_ns() if now_ns is None else now_ns
-    start = None if since_ns is None else now - since_ns
-    if file is None and settings.endpoint.startswith("file:"):
-        file = Path(file_path(settings.endpoint))
-    if file is not None:
-        events = read_file(file, start)
-        source = f"file {file}"
-    elif settings.endpoint.startswith(("http://", "https://")):
-        events = query_influxdb1(settings, start)
-        source = f"InfluxDB {settings.endpoint} database {settings.database}"
-    else:
-        raise ReportError(
-            f"cannot read a report from {settings.endpoint!r}: give an InfluxDB 1.x URL "
-            "(--endpoint) or a file sink's output (--file)"
-        )
+    source = resolve_source(
+        endpoint=endpoint, file=file, environ=environ, database=database, org=org, bucket=bucket
+    )
+    start = window_start(since_ns, now_ns)
+    events = read_events(source, start)
+    described = describe_source(source)
     if start is not None:
-        source += f", since {_iso_ms(start // 1_000_000)}"
+        described += f", since {iso_ms(start // 1_000_000)}"
     report = summarize(events)
     if png is not None:
         render_png(events, png)
     if as_json:
-        document = {"source": source, **report_as_dict(report)}
+        document = {"source": described, **report_as_dict(report)}
         if png is not None:
             document["png"] = str(png)
         return json.dumps(document, indent=2)
-    text = format_report(report, source)
+    text = format_report(report, described)
     if png is not None:
         text += f"\nchart: {png}"
     return text

@@ -1,0 +1,513 @@
+"""What the reports share: the error, nearest-rank percentiles, durations, where the points come
+from (a line-protocol file, InfluxDB 1.x over InfluxQL, InfluxDB 2.x over Flux) and the PNG file.
+
+Readers are the edges: each turns a source into :class:`~otel_luna.point.Point` rows. The parsing
+under them is pure (:func:`points_from_influxql`, :func:`points_from_flux_csv`); the queries they
+send are built by pure functions too (:func:`influxql_select`, :func:`flux_select`), so a test can
+hold them to what the server expects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime as dt
+import io
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlencode
+
+import urllib3
+
+from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_lines
+from otel_luna.point import FieldValue, Point
+from otel_luna.settings import Settings
+from otel_luna.sinks.file import file_path
+from otel_luna.sinks.http import basic_auth
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "CHUNK_SIZE",
+    "ReportError",
+    "Source",
+    "describe_source",
+    "flux_select",
+    "influxql_select",
+    "iso_ms",
+    "nearest_rank",
+    "new_figure",
+    "parse_duration",
+    "points_from_flux_csv",
+    "points_from_influxql",
+    "query_flux",
+    "query_influxql",
+    "read_line_protocol",
+    "read_points",
+    "resolve_source",
+    "rfc3339_ns",
+    "save_png",
+    "source_of",
+    "window_start",
+]
+
+#: Rows per chunk of a chunked InfluxQL answer.
+CHUNK_SIZE = 10_000
+
+#: Where a report reads: a file sink's output, or an InfluxDB described by the settings
+#: (``resolved_api_version`` 1: InfluxQL over ``/query``; 2: Flux over ``/api/v2/query``).
+Source = Path | Settings
+
+_Number = TypeVar("_Number", int, float)
+
+_DURATION_UNITS_NS = {
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+    "d": 86400 * 1_000_000_000,
+    "w": 7 * 86400 * 1_000_000_000,
+}
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
+#: Columns of a Flux answer that are neither tags nor the point's own data.
+_FLUX_META = frozenset({"", "result", "table", "_start", "_stop"})
+
+
+class ReportError(RuntimeError):
+    """The report could not read its source; the message says what and where."""
+
+
+# -- pure helpers -------------------------------------------------------------------------------
+
+
+def nearest_rank(values: Sequence[_Number], percent: float) -> _Number | None:
+    """The nearest-rank ``percent`` percentile: the sorted value at rank ``ceil(p/100 * n)``.
+
+    p is the smallest value such that at least p % of the values are less than or equal to it
+    (rank 1 when ``ceil`` gives 0); it is always one of the values, and p100 is the max. Exact
+    arithmetic (``Fraction`` of the decimal ``percent``), so 95 of 20 values is rank 19, never 20
+    through a rounding error. ``None`` for no values. Flux's ``quantile(method:
+    "exact_selector")`` is the same definition; InfluxQL's ``percentile()`` rounds the rank
+    instead (``floor(n * p / 100 + 0.5)``) and can be one rank lower.
+    """
+    if not values:
+        return None
+    if not 0 <= percent <= 100:
+        raise ValueError(f"percent must be in [0, 100], got {percent}")
+    ordered = sorted(values)
+    rank = math.ceil(Fraction(str(percent)) * len(ordered) / 100)
+    return ordered[max(rank, 1) - 1]
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``1h30m``, ``500ms`` → nanoseconds (> 0)."""
+    compact = text.strip().lower()
+    if not compact or _DURATION.sub("", compact):
+        raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 1d, 1h30m)")
+    total = sum(int(n) * _DURATION_UNITS_NS[unit] for n, unit in _DURATION.findall(compact))
+    if total <= 0:
+        raise ValueError(f"the duration must be > 0, got {text!r}")
+    return total
+
+
+def window_start(since_ns: int | None, now_ns: int | None = None) -> int | None:
+    """The start of the last ``since_ns`` before ``now_ns`` (default: now); ``None``: all."""
+    if since_ns is None:
+        return None
+    return (time.time_ns() if now_ns is None else now_ns) - since_ns
+
+
+def iso_ms(epoch_ms: int | None) -> str:
+    """``2026-11-30T04:29:44.123Z``; ``-`` for ``None``."""
+    if epoch_ms is None:
+        return "-"
+    seconds, millis = divmod(epoch_ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _flux_string(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("${", "\\${")
+    return '"' + escaped + '"'
+
+
+def _keep(point: Point, start_ns: int | None, tags: Mapping[str, str]) -> bool:
+    if start_ns is not None and point.time_ns < start_ns:
+        return False
+    own = dict(point.tags)
+    return all(own.get(key) == value for key, value in tags.items())
+
+
+# -- queries (pure) -----------------------------------------------------------------------------
+
+
+def influxql_select(
+    settings: Settings,
+    measurements: Sequence[str],
+    start_ns: int | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The one InfluxQL statement a report runs: every point of ``measurements`` from
+    ``start_ns`` on whose tags equal ``tags``, grouped by every tag (so that the answer says
+    which columns are tags)."""
+    prefix = _identifier(settings.database) + "."
+    if settings.retention_policy:
+        prefix += _identifier(settings.retention_policy)
+    prefix += "."
+    sources = ", ".join(prefix + _identifier(name) for name in measurements)
+    conditions = [] if start_ns is None else [f"time >= {start_ns}"]
+    conditions += [f"{_identifier(k)} = {_literal(v)}" for k, v in (tags or {}).items()]
+    where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"SELECT * FROM {sources}{where} GROUP BY *"
+
+
+def flux_select(
+    settings: Settings,
+    measurements: Sequence[str],
+    start_ns: int | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """The Flux query a report sends to InfluxDB 2.x: the same rows as :func:`influxql_select`,
+    one table per series and field, as stored (no pivot)."""
+    wanted = " or ".join(f"r._measurement == {_flux_string(name)}" for name in measurements)
+    lines = [
+        f"from(bucket: {_flux_string(settings.bucket)})",
+        f"  |> range(start: time(v: {start_ns or 0}))",
+        f"  |> filter(fn: (r) => {wanted})",
+    ]
+    for key, value in (tags or {}).items():
+        lines.append(f"  |> filter(fn: (r) => r[{_flux_string(key)}] == {_flux_string(value)})")
+    return "\n".join(lines)
+
+
+# -- parsing (pure) -----------------------------------------------------------------------------
+
+
+def _field_value(value: Any) -> FieldValue | None:
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return None
+
+
+def points_from_influxql(
+    documents: Iterable[Mapping[str, Any]], measurements: Iterable[str]
+) -> list[Point]:
+    """Points of ``SELECT * … GROUP BY *`` answers (``epoch=ns``), possibly chunked (one
+    document per chunk). Tags come from each series' tags (an empty one is no tag), fields from
+    its columns (a null is no field); other measurements are ignored."""
+    wanted = frozenset(measurements)
+    points = []
+    for document in documents:
+        if "error" in document:
+            raise ReportError(f"InfluxDB: {document['error']}")
+        for result in document.get("results", []):
+            if "error" in result:
+                raise ReportError(f"InfluxDB: {result['error']}")
+            for series in result.get("series", []):
+                name = series.get("name")
+                if name not in wanted:
+                    continue
+                tags = tuple(sorted((k, v) for k, v in series.get("tags", {}).items() if v))
+                columns = series["columns"]
+                for values in series.get("values", []):
+                    row = dict(zip(columns, values, strict=True))
+                    stamp = row.pop("time")
+                    fields = {
+                        key: value
+                        for key, raw in row.items()
+                        if (value := _field_value(raw)) is not None
+                    }
+                    if fields:
+                        points.append(Point(name, tags, fields, int(stamp)))
+    return points
+
+
+def rfc3339_ns(text: str) -> int:
+    """``2026-11-30T04:29:44.123456789Z`` (any fraction, ``Z`` or an offset) → ns since the
+    epoch, exactly."""
+    match = _RFC3339.match(text.strip())
+    if match is None:
+        raise ValueError(f"not an RFC 3339 time: {text!r}")
+    whole, fraction, zone = match.groups()
+    moment = dt.datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    seconds = (moment - _EPOCH) // dt.timedelta(seconds=1)
+    return seconds * 1_000_000_000 + int((fraction or "0").ljust(9, "0"))
+
+
+def _flux_cell(datatype: str, text: str) -> Any:
+    if datatype == "string":
+        return text
+    if text == "":
+        return None
+    if datatype in ("long", "unsignedLong"):
+        return int(text)
+    if datatype == "double":
+        return float(text)
+    if datatype == "boolean":
+        return text == "true"
+    if datatype.startswith("dateTime"):
+        return rfc3339_ns(text)
+    return text
+
+
+def points_from_flux_csv(text: str) -> list[Point]:
+    """Points of an annotated-CSV answer of ``/api/v2/query`` to :func:`flux_select` (one row
+    per field: ``_measurement``, ``_field``, ``_value``, ``_time`` and the tags), merged back into
+    one point per measurement, tag set and time. An error table (columns ``error``,
+    ``reference``) raises :class:`ReportError`."""
+    merged: dict[tuple[str, tuple[tuple[str, str], ...], int], dict[str, FieldValue]] = {}
+    datatypes: list[str] = []
+    defaults: list[str] = []
+    header: list[str] | None = None
+    for row in csv.reader(io.StringIO(text)):
+        if not row or all(cell == "" for cell in row):
+            datatypes, defaults, header = [], [], None  # a new table follows
+            continue
+        if row[0] == "#datatype":
+            datatypes, header = row, None
+            continue
+        if row[0] == "#default":
+            defaults, header = row, None
+            continue
+        if row[0].startswith("#"):
+            header = None
+            continue
+        if header is None:
+            header = row
+            continue
+        if "error" in header and "_value" not in header:
+            index = header.index("error")
+            raise ReportError(f"InfluxDB: {row[index] if index < len(row) else row}")
+        cells: dict[str, Any] = {}
+        for index, name in enumerate(header):
+            value = row[index] if index < len(row) else ""
+            if value == "" and index < len(defaults):
+                value = defaults[index]
+            kind = datatypes[index] if index < len(datatypes) else "string"
+            cells[name] = _flux_cell(kind, value)
+        measurement, field, stamp = (
+            cells.get("_measurement"),
+            cells.get("_field"),
+            cells.get("_time"),
+        )
+        stored = _field_value(cells.get("_value"))
+        if not isinstance(measurement, str) or not isinstance(field, str):
+            continue
+        if not isinstance(stamp, int) or stored is None:
+            continue
+        tags = tuple(
+            sorted(
+                (name, cell)
+                for name, cell in cells.items()
+                if name not in _FLUX_META
+                and not name.startswith("_")
+                and isinstance(cell, str)
+                and cell
+            )
+        )
+        merged.setdefault((measurement, tags, stamp), {})[field] = stored
+    return [Point(m, tags, fields, stamp) for (m, tags, stamp), fields in merged.items()]
+
+
+# -- edges: files, InfluxDB ---------------------------------------------------------------------
+
+
+def resolve_source(
+    *,
+    endpoint: str | None = None,
+    file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Source:
+    """``file``, else ``endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT`` with the other
+    ``OTEL_EXPORTER_LUNA_*`` settings (``overrides`` replace them: ``database``, ``org``,
+    ``bucket``, …): a ``file://`` endpoint is that file, ``http(s)://`` an InfluxDB."""
+    if file is not None:
+        return file
+    given = {name: value for name, value in overrides.items() if value is not None}
+    if endpoint is not None:
+        given["endpoint"] = endpoint
+    return source_of(Settings.load(environ, **given))
+
+
+def source_of(settings: Settings) -> Source:
+    """What ``settings`` point at: the file of a ``file://`` endpoint, else the InfluxDB of an
+    ``http(s)://`` one; any other endpoint (``console``) is a :class:`ReportError`."""
+    if settings.endpoint.startswith("file:"):
+        return Path(file_path(settings.endpoint))
+    if settings.endpoint.startswith(("http://", "https://")):
+        return settings
+    raise ReportError(
+        f"cannot read a report from {settings.endpoint!r}: give an InfluxDB URL (--endpoint) "
+        "or a file sink's output (--file)"
+    )
+
+
+def describe_source(source: Source) -> str:
+    """``file PATH``, ``InfluxDB URL database DB`` or ``InfluxDB URL org O bucket B``."""
+    if isinstance(source, Path):
+        return f"file {source}"
+    if source.resolved_api_version == "2":
+        return f"InfluxDB {source.endpoint} org {source.org} bucket {source.bucket}"
+    return f"InfluxDB {source.endpoint} database {source.database}"
+
+
+def read_line_protocol(path: Path) -> list[Point]:
+    """Every point of a line-protocol file (a file sink's output)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ReportError(f"cannot read {path}: {error.strerror}") from None
+    try:
+        return parse_lines(text)
+    except LineProtocolSyntaxError as error:
+        raise ReportError(f"{path}: line {error.line}: {error}") from None
+
+
+def _post(settings: Settings, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+    try:
+        response = urllib3.request(
+            "POST",
+            settings.endpoint + path,
+            body=body,
+            headers=headers,
+            timeout=settings.timeout,
+            retries=False,
+        )
+    except urllib3.exceptions.HTTPError as error:
+        raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
+    if response.status >= 300:
+        detail = response.data[:300].decode(errors="replace").strip()
+        raise ReportError(
+            f"InfluxDB at {settings.endpoint} answered HTTP {response.status}: {detail}"
+        )
+    return bytes(response.data)
+
+
+def _chunks(body: bytes) -> Iterator[dict[str, Any]]:
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            document = json.loads(line)
+        except ValueError:
+            snippet = line[:300].decode(errors="replace")
+            raise ReportError(
+                f"InfluxDB answered something not JSON (chunk {number}): {snippet}"
+            ) from None
+        if isinstance(document, dict):
+            yield document
+
+
+def query_influxql(
+    settings: Settings,
+    measurements: Sequence[str],
+    start_ns: int | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[Point]:
+    """The points of :func:`influxql_select` from an InfluxDB 1.x (``POST /query``, chunked,
+    epoch ns, basic auth from the settings)."""
+    params = {
+        "q": influxql_select(settings, measurements, start_ns, tags),
+        "db": settings.database,
+        "epoch": "ns",
+        "chunked": "true",
+        "chunk_size": str(CHUNK_SIZE),
+    }
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    headers.update(basic_auth(settings.username, settings.password))
+    body = _post(settings, "/query", urlencode(params).encode(), headers)
+    return points_from_influxql(_chunks(body), measurements)
+
+
+def query_flux(
+    settings: Settings,
+    measurements: Sequence[str],
+    start_ns: int | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[Point]:
+    """The points of :func:`flux_select` from an InfluxDB 2.x (``POST /api/v2/query?org=``,
+    ``Authorization: Token``, annotated CSV)."""
+    request = {
+        "query": flux_select(settings, measurements, start_ns, tags),
+        "type": "flux",
+        "dialect": {
+            "header": True,
+            "delimiter": ",",
+            "annotations": ["datatype", "group", "default"],
+        },
+    }
+    headers = {"Content-Type": "application/json", "Accept": "application/csv"}
+    if settings.token:
+        headers["Authorization"] = f"Token {settings.token}"
+    path = "/api/v2/query?" + urlencode({"org": settings.org or ""})
+    body = _post(settings, path, json.dumps(request).encode(), headers)
+    return points_from_flux_csv(body.decode("utf-8", errors="replace"))
+
+
+def read_points(
+    source: Source,
+    measurements: Sequence[str],
+    start_ns: int | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> list[Point]:
+    """The points of ``measurements`` in ``source`` from ``start_ns`` on, with ``tags``."""
+    wanted = tags or {}
+    if isinstance(source, Path):
+        names = frozenset(measurements)
+        return [
+            point
+            for point in read_line_protocol(source)
+            if point.measurement in names and _keep(point, start_ns, wanted)
+        ]
+    if source.resolved_api_version == "2":
+        return query_flux(source, measurements, start_ns, wanted)
+    return query_influxql(source, measurements, start_ns, wanted)
+
+
+# -- PNG ----------------------------------------------------------------------------------------
+
+
+def new_figure(width: float, height: float) -> Figure:
+    """A matplotlib figure on the Agg canvas (no display needed), constrained layout."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ReportError("--png needs matplotlib: pip install 'otel-luna[report]'") from None
+    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_png(figure: Figure, path: Path) -> None:
+    """Write ``figure`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            figure.savefig(file, format="png")
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
