@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -12,8 +13,8 @@ from typing import Any
 
 from otel_luna.settings import SettingsError, env_name
 
-#: Exit codes: 0 success, 1 the demo ran but found a problem or could not run, 2 bad usage or
-#: setting, 130 interrupted.
+#: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
+#: no spool directory), 2 bad usage or setting, 130 interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
@@ -40,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the example luna-handlers service under opentelemetry-instrument and "
         "summarise the series it wrote",
         description=(
-            "Start examples/luna_handlers_app.py under opentelemetry-instrument with the luna "
-            "traces exporter, send it requests (some failing), stop it with SIGTERM and print "
-            "the requests/errors series read back. The endpoint is --endpoint, else "
+            "Start the example service that ships with otel-luna (otel_luna/examples/"
+            "luna_handlers_app.py) under opentelemetry-instrument with the luna traces and "
+            "metrics exporters, send it requests (some failing), stop it with SIGTERM and print "
+            "the requests, errors, usages_statistic and licensing series read back. Needs the "
+            "demo extra: pip install 'otel-luna[demo]'. The endpoint is --endpoint, else "
             f"OTEL_EXPORTER_LUNA_ENDPOINT, else file://$PWD/{demo.DEFAULT_FILE_NAME} "
             "(emptied first). Other OTEL_EXPORTER_LUNA_* variables are passed on."
         ),
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=demo.EXAMPLE_APP,
         metavar="PATH",
-        help="the service to run (default: the example in the source checkout)",
+        help="the service to run (default: the example that ships with otel-luna)",
     )
     status = commands.add_parser(
         "status",
@@ -211,6 +214,11 @@ def _status(args: argparse.Namespace) -> int:
     from otel_luna.settings import Settings
 
     root = args.spool_dir or Settings.load().spool_dir
+    if not os.path.isdir(root):
+        where = "" if args.spool_dir else f" ({env_name('spool_dir')} or its default)"
+        problem = "is not a directory" if os.path.exists(root) else "does not exist"
+        print(f"otel-luna status: spool directory {root}{where} {problem}", file=sys.stderr)
+        return EXIT_FAILED
     entries = status_entries(root)
     supervisors = describe_supervisors(root)
     if args.json:

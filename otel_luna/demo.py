@@ -3,11 +3,12 @@ with requests, and its LUNA series read back and summarised.
 
 Steps, each a function usable on its own (the CLI in :mod:`otel_luna.cli` only parses arguments):
 
-1. :func:`app_environment` — the environment that selects the ``luna`` traces exporter; the
-   endpoint is ``--endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT``, else a line-protocol file
-   ``luna-demo.lp`` in the working directory (emptied first);
-2. :class:`AppProcess` — ``opentelemetry-instrument python examples/luna_handlers_app.py`` on a
-   free port, stopped with SIGTERM and waited for, so the SDK flushes the exporter at exit;
+1. :func:`app_environment` — the environment that selects the ``luna`` traces and metrics
+   exporters; the endpoint is ``--endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT``, else a
+   line-protocol file ``luna-demo.lp`` in the working directory (emptied first);
+2. :class:`AppProcess` — ``opentelemetry-instrument python`` :data:`EXAMPLE_APP` (the example
+   service shipped in the package, ``otel_luna/examples/luna_handlers_app.py``) on a free port,
+   stopped with SIGTERM and waited for, so the SDK flushes the exporters at exit;
 3. :func:`plan_requests` and :func:`drive` — a seeded mix over the app's routes, failing requests
    included, sent concurrently with a progress bar on standard error;
 4. :func:`read_line_protocol` (through :mod:`otel_luna.encoding.lineprotocol_reader`) or
@@ -51,8 +52,8 @@ OTEL_EXPORTER_LUNA_DEAD_LETTER = env_name("dead_letter")
 OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
 OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
 
-#: The example service the demo runs (present in a source checkout of otel-luna).
-EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
+#: The example service the demo runs; it ships in the package (:mod:`otel_luna.examples`).
+EXAMPLE_APP = Path(__file__).resolve().parent / "examples" / "luna_handlers_app.py"
 #: Line-protocol file written in the working directory when no endpoint is configured.
 DEFAULT_FILE_NAME = "luna-demo.lp"
 #: Dead-letter file of the demo's own state directory (spool and dead letters of one run).
@@ -63,7 +64,7 @@ SERVICE_NAME = "luna-handlers"
 HOST = "127.0.0.1"
 REQUEST_ID_HEADER = "LUNA-Request-Id"
 
-#: The app's LUNA error codes (see ``examples/luna_handlers_app.py``).
+#: The app's LUNA error codes (see ``otel_luna/examples/luna_handlers_app.py``).
 BAD_INPUT_DATA = 12031
 HANDLER_NOT_FOUND = 22002
 
@@ -77,7 +78,7 @@ REQUEST_TIMEOUT = 30.0
 #: What the app is started with, over the caller's environment.
 APP_ENV: Mapping[str, str] = {
     "OTEL_TRACES_EXPORTER": "luna",
-    "OTEL_METRICS_EXPORTER": "none",
+    "OTEL_METRICS_EXPORTER": "luna",
     "OTEL_LOGS_EXPORTER": "none",
     "OTEL_SERVICE_NAME": SERVICE_NAME,
 }
@@ -92,6 +93,10 @@ REQUEST_MIX: tuple[tuple[str, int], ...] = (
     ("version", 12),
 )
 EVENTS_ROUTE = "POST:/handlers/{handler_id}/events"
+#: The series the demo summarises, in the order it prints them.
+SERIES = (schema.REQUESTS, schema.ERRORS, schema.USAGES_STATISTIC, schema.LICENSING)
+#: Request kinds whose answer the app counts with ``record_usages`` (when they succeed).
+USAGE_KINDS = frozenset({"detector", "extractor"})
 
 
 class DemoError(RuntimeError):
@@ -154,9 +159,7 @@ class AppProcess:
         args: Sequence[str] = (),
     ) -> None:
         if not app.is_file():
-            raise DemoError(
-                f"example app not found at {app}; run from a source checkout of otel-luna"
-            )
+            raise DemoError(f"app not found: {app}")
         self.command = [
             instrument_command(),
             sys.executable,
@@ -405,19 +408,27 @@ class ProgressBar:
         self._tty = stream is not None and stream.isatty()
         self._started = time.monotonic()
         self._drawn_at = -1.0
+        #: Seconds from :meth:`start` to the latest :meth:`update`.
+        self.elapsed = 0.0
+
+    def start(self, at: float | None = None) -> None:
+        """Count the time from ``at`` (a :func:`time.monotonic` value; default now)."""
+        self._started = time.monotonic() if at is None else at
+        self.elapsed = 0.0
 
     def render(self, done: int) -> str:
-        """The bar for ``done`` of :attr:`total`."""
+        """The bar for ``done`` of :attr:`total`, with the time of the latest :meth:`update`."""
         filled = self.width * done // max(self.total, 1)
         bar = "#" * filled + "." * (self.width - filled)
-        elapsed = time.monotonic() - self._started
-        return f"[{bar}] {done}/{self.total} {self.label} {elapsed:5.1f} s"
+        return f"[{bar}] {done}/{self.total} {self.label} {self.elapsed:5.1f} s"
 
     def update(self, done: int) -> None:
+        """Note ``done`` (and the time since :meth:`start` in :attr:`elapsed`); redraw."""
+        now = time.monotonic()
+        self.elapsed = now - self._started
         if self.stream is None:
             return
         final = done >= self.total
-        now = time.monotonic()
         if not final and (not self._tty or now - self._drawn_at < self.redraw_seconds):
             return
         self._drawn_at = now
@@ -432,7 +443,8 @@ class ProgressBar:
 
 @dataclass
 class DriveResult:
-    """What the app answered: ``statuses[i]`` for ``calls[i]`` (``None``: no answer)."""
+    """What the app answered: ``statuses[i]`` for ``calls[i]`` (``None``: no answer);
+    ``seconds`` from the first request sent to the last answer (the time the progress bar shows)."""
 
     statuses: list[int | None]
     seconds: float
@@ -465,7 +477,7 @@ async def _drive(
     problems: list[str] = []
     pending = iter(range(len(calls)))
     done = 0
-    started = time.monotonic()
+    bar.start()  # the bar and the summary line count the same time
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     connector = aiohttp.TCPConnector(limit=concurrency)
 
@@ -497,7 +509,7 @@ async def _drive(
             await asyncio.gather(*(worker(session) for _ in range(workers)))
     finally:
         bar.close()
-    return DriveResult(statuses, time.monotonic() - started, problems)
+    return DriveResult(statuses, bar.elapsed, problems)
 
 
 # -- line protocol, read back -------------------------------------------------------------------
@@ -577,7 +589,7 @@ def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Su
                 route_times.append(value)
         elif point.measurement == schema.ERRORS:
             codes[tags.get("error_code", "")] += 1
-    for measurement in (schema.REQUESTS, schema.ERRORS):
+    for measurement in SERIES:
         series.setdefault(measurement, 0)
     routes = {
         route: RouteStats(len(values), percentile(values, 50), percentile(values, 95))
@@ -592,10 +604,11 @@ def _ms(seconds: float | None) -> str:
 
 def format_summary(summary: Summary) -> str:
     """The summary as printed: points per series, a route table, errors by ``error_code``."""
-    order = [schema.REQUESTS, schema.ERRORS]
+    order = [name for name in SERIES if name in summary.points]
     order += sorted(name for name in summary.points if name not in order)
     width = max(len(str(count)) for count in summary.points.values())
-    lines = [f"{name:<10} {summary.points[name]:>{max(width, 3)}} points" for name in order]
+    names = max(len(name) for name in order)
+    lines = [f"{name:<{names}} {summary.points[name]:>{max(width, 3)}} points" for name in order]
     lines.append(f"{'route':<40}{'count':>5}{'p50 ms':>9}{'p95 ms':>9}")
     for route, stats in summary.routes.items():
         lines.append(f"{route:<40}{stats.count:>5}{_ms(stats.p50):>9}{_ms(stats.p95):>9}")
@@ -622,7 +635,10 @@ def expected_summary_counts(
 
 
 def check(summary: Summary, calls: Sequence[Call], statuses: Sequence[int | None]) -> list[str]:
-    """Differences between the series read back and the requests the app answered."""
+    """Differences between the series read back and the requests the app answered: one
+    ``requests`` point per answer, one ``errors`` point per failure, at least one
+    ``usages_statistic`` point when the app counted estimations (one per export interval) and
+    one ``licensing`` point (the app's licence check at start-up)."""
     routes, codes = expected_summary_counts(calls, statuses)
     problems = []
     sent = sum(routes.values())
@@ -640,6 +656,17 @@ def check(summary: Summary, calls: Sequence[Call], statuses: Sequence[int | None
         problems.append(f"requests per route {found_routes} != sent {dict(routes)}")
     if summary.error_codes != dict(codes):
         problems.append(f"errors per error_code {summary.error_codes} != expected {dict(codes)}")
+    counted = any(
+        call.kind in USAGE_KINDS and status == call.expect_status
+        for call, status in zip(calls, statuses, strict=True)
+    )
+    if counted and not summary.points.get(schema.USAGES_STATISTIC):
+        problems.append("no usages_statistic point for the estimations the app counted")
+    if summary.points.get(schema.LICENSING, 0) != 1:
+        problems.append(
+            f"{summary.points.get(schema.LICENSING, 0)} licensing points for the app's one "
+            "licence check"
+        )
     return problems
 
 
@@ -718,13 +745,18 @@ def query_influxdb1(
     where = f"WHERE service = {_literal(service)} AND time >= {since_ns} AND time <= {until_ns}"
     requests = prefix + _identifier(schema.REQUESTS)
     errors = prefix + _identifier(schema.ERRORS)
-    total_requests, total_errors, by_route, by_code = influx_query(
+    usages = prefix + _identifier(schema.USAGES_STATISTIC)
+    licensing = prefix + _identifier(schema.LICENSING)
+    total_requests, total_errors, by_route, by_code, total_usages, total_licensing = influx_query(
         settings,
         f'SELECT count("execution_time") FROM {requests} {where}',
         f'SELECT count("request_id") FROM {errors} {where}',
         f'SELECT count("execution_time"), percentile("execution_time", 50), '
         f'percentile("execution_time", 95) FROM {requests} {where} GROUP BY "route"',
         f'SELECT count("request_id") FROM {errors} {where} GROUP BY "error_code"',
+        # every usages_statistic point has some *_usages field: the largest count is the points
+        f"SELECT count(*) FROM {usages} {where}",
+        f'SELECT count("warnings") FROM {licensing} {where}',
     )
 
     def rows(result: dict[str, Any]) -> list[tuple[dict[str, str], list[Any]]]:
@@ -735,14 +767,19 @@ def query_influxdb1(
         ]
 
     def total(result: dict[str, Any]) -> int:
-        return sum(int(values[1]) for _, values in rows(result))
+        return sum(max((int(n or 0) for n in values[1:]), default=0) for _, values in rows(result))
 
     routes = {
         tags.get("route", ""): RouteStats(int(values[1]), values[2], values[3])
         for tags, values in sorted(rows(by_route), key=lambda row: row[0].get("route", ""))
     }
     codes = {tags.get("error_code", ""): int(values[1]) for tags, values in rows(by_code)}
-    points = {schema.REQUESTS: total(total_requests), schema.ERRORS: total(total_errors)}
+    points = {
+        schema.REQUESTS: total(total_requests),
+        schema.ERRORS: total(total_errors),
+        schema.USAGES_STATISTIC: total(total_usages),
+        schema.LICENSING: total(total_licensing),
+    }
     return Summary(points, routes, codes)
 
 
@@ -915,7 +952,13 @@ def _run_demo(
         mismatches = check(summary, calls, driven.statuses)
         problems += mismatches
         if not mismatches:
-            say("check: one requests point per request, one errors point per failed request: ok")
+            say(
+                "check: one requests point per request, one errors point per failed request, "
+                "usages_statistic and licensing points: ok"
+            )
+    # Here the lead wires `otel-luna report luna` (issue 12): the report of the series just
+    # written, read from lp_path (file) or settings' InfluxDB database between since_ns and
+    # until_ns, printed after the summary.
     for problem in problems:
         say(f"problem: {problem}")
     if problems and returncode == 0 and process.output[1:]:

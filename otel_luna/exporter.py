@@ -1,10 +1,20 @@
 """The SDK-facing edge: the ``luna`` span and metric exporters. Thin adapters over
-:class:`~otel_luna.ingest.Ingest`; they never raise into the application."""
+:class:`~otel_luna.ingest.Ingest`; they never raise into the application.
+
+Built without settings (as ``opentelemetry-instrument`` builds them, from the environment), an
+exporter whose settings are bad logs one line naming the setting and what it accepts and does
+nothing, so the app runs on without it (the OpenTelemetry convention);
+``OTEL_EXPORTER_LUNA_STRICT=true`` ends the process instead, with :data:`EXIT_BAD_SETTING`.
+Settings given in code raise :class:`~otel_luna.settings.SettingsError` as ever."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.metrics import Counter as SdkCounter
@@ -21,10 +31,45 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from otel_luna.ingest import METRICS, TRACES, Ingest
 from otel_luna.ingest.sdk import ServiceNames, span_records, usage_samples
 from otel_luna.outcomes import Reason
-from otel_luna.settings import Settings
+from otel_luna.settings import Settings, SettingsError, env_name, strict_requested
 from otel_luna.sinks import Sink
 
 _logger = logging.getLogger(__name__)
+
+#: Exit status of a process that a bad setting ends (``OTEL_EXPORTER_LUNA_STRICT=true``).
+EXIT_BAD_SETTING = 2
+#: How a strict exporter ends the process: at once, as ``sys.exit`` cannot end it from
+#: ``opentelemetry-instrument``'s start-up code (``sitecustomize``). Tests replace it.
+_exit: Callable[[int], Any] = os._exit
+#: The messages already logged: one line per process, not one per exporter.
+_refused: set[str] = set()
+_refused_lock = threading.Lock()
+
+
+def _refuse(error: SettingsError) -> None:
+    """Log ``error`` (once per process) for an exporter built from the environment; end the
+    process when ``OTEL_EXPORTER_LUNA_STRICT`` asks for it."""
+    strict = strict_requested()
+    strict_env = env_name("strict")
+    if strict:
+        outcome = f"stopping the process ({strict_env} is set)"
+    else:
+        outcome = (
+            f"the luna exporter is off and the app runs without it ({strict_env}=true stops "
+            "the process instead)"
+        )
+    message = f"otel-luna: {error}; {outcome}"
+    with _refused_lock:
+        first = message not in _refused
+        _refused.add(message)
+    if first:
+        _logger.error("%s", message)
+    if strict:
+        for stream in (sys.stdout, sys.stderr):
+            # a closed stream, or none at all: nothing to keep
+            with contextlib.suppress(AttributeError, OSError, ValueError):
+                stream.flush()
+        _exit(EXIT_BAD_SETTING)
 
 
 def _seconds(timeout_millis: Any, default: float) -> float:
@@ -49,8 +94,20 @@ class _Attached:
     other exporter of the process), the service-name cache and the shutdown flag."""
 
     def _attach(self, settings: Settings | None, sink: Sink | None) -> None:
-        self.settings = settings if settings is not None else Settings.load()
-        self._ingest = Ingest.shared(self.settings, sink)
+        #: Why an exporter built from the environment does nothing (``None``: it works).
+        self.settings_error: SettingsError | None = None
+        try:
+            self._open(settings if settings is not None else Settings.load(), sink)
+        except SettingsError as error:
+            if settings is not None:  # given in code: the caller's to handle
+                raise
+            _refuse(error)
+            self.settings_error = error
+            self._open(Settings(enabled=False), None)
+
+    def _open(self, settings: Settings, sink: Sink | None) -> None:
+        self._ingest = Ingest.shared(settings, sink)
+        self.settings = settings
         self._services = ServiceNames()
         self._shutdown = False
 

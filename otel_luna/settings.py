@@ -94,7 +94,10 @@ def number(
     def parse(value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError("expected a number")
-        parsed = kind(value)
+        try:
+            parsed = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError("not an integer" if kind is int else "not a number") from None
         if not low <= parsed <= high:  # NaN fails too
             raise ValueError("out of range")
         return parsed
@@ -406,6 +409,14 @@ class Settings:
         toml="send_data_for_monitoring",
         doc="false turns the exporter into a no-op",
     )
+    strict: bool = setting(
+        False,
+        _parse_bool,
+        "true or false (1 or 0)",
+        group=DESTINATION,
+        doc="a bad setting ends the process at start-up (exit status 2) instead of leaving the "
+        "app running without the luna exporters",
+    )
     gzip: bool = setting(
         False, _parse_bool, "true or false", group=DESTINATION, doc="gzip request bodies"
     )
@@ -707,6 +718,27 @@ SETTINGS: tuple[Setting, ...] = tuple(
 )
 _BY_NAME = {each.name: each for each in SETTINGS}
 _SECRETS = [each for each in SETTINGS if each.secret]
+
+
+def strict_requested(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether ``OTEL_EXPORTER_LUNA_STRICT`` (or ``strict`` in the TOML file) asks for a bad
+    setting to be fatal, read on its own so that it counts when other settings are bad. A value
+    that is no boolean counts as true: whoever set it wanted something strict."""
+    env = os.environ if environ is None else environ
+    declared = _BY_NAME["strict"]
+    raw: Any = env.get(declared.env)
+    if raw is None or not str(raw).strip():
+        path = env.get(OTEL_EXPORTER_LUNA_CONFIG) or ""
+        try:
+            raw = _read_section(path).get(declared.toml) if path else None
+        except SettingsError:
+            raw = None
+    if raw is None:
+        return False
+    try:
+        return bool(declared.parse(raw))
+    except (ValueError, TypeError):
+        return True
 
 
 def env_name(name: str) -> str:

@@ -70,16 +70,19 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
     points += [_point("errors", "POST:/extractor", code="12031")] * 2
     points += [_point("errors", "POST:/x", code="22002")]
     points += [Point("requests", (("service", "other"),), {"execution_time": 1.0}, 1)]
+    points += [Point("licensing", (("service", "luna-handlers"),), {"warnings": ""}, 1)]
     summary = demo.summarize(points)
-    assert summary.points == {"requests": 5, "errors": 3}
+    assert summary.points == {"requests": 5, "errors": 3, "usages_statistic": 0, "licensing": 1}
     assert summary.routes == {
         "GET:/version": demo.RouteStats(1, 0.0005, 0.0005),
         "POST:/detector": demo.RouteStats(4, 0.002, 0.004),
     }
     assert summary.error_codes == {"12031": 2, "22002": 1}
     assert demo.format_summary(summary) == (
-        "requests     5 points\n"
-        "errors       3 points\n"
+        "requests           5 points\n"
+        "errors             3 points\n"
+        "usages_statistic   0 points\n"
+        "licensing          1 points\n"
         "route                                   count   p50 ms   p95 ms\n"
         "GET:/version                                1      0.5      0.5\n"
         "POST:/detector                              4      2.0      4.0\n"
@@ -88,12 +91,13 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
 
 
 def test_check_reports_lost_points() -> None:
-    """A missing requests or errors point, or a wrong error code, is reported as a problem."""
+    """A missing requests or errors point, a wrong error code, no usages_statistic point or no
+    licensing point is reported as a problem."""
     calls = demo.plan_requests(40, ["h"], ["x"], random.Random(1))
     statuses: list[int | None] = [call.expect_status for call in calls]
     routes, codes = demo.expected_summary_counts(calls, statuses)
     good = demo.Summary(
-        {"requests": 40, "errors": sum(codes.values())},
+        {"requests": 40, "errors": sum(codes.values()), "usages_statistic": 1, "licensing": 1},
         {route: demo.RouteStats(count, 0.1, 0.1) for route, count in routes.items()},
         dict(codes),
     )
@@ -102,6 +106,13 @@ def test_check_reports_lost_points() -> None:
     assert demo.check(lost, calls, statuses)[0] == "39 requests points for 40 requests"
     wrong = demo.Summary(good.points, good.routes, {"0": sum(codes.values())})
     assert len(demo.check(wrong, calls, statuses)) == 1
+    quiet = demo.Summary(
+        {**good.points, "usages_statistic": 0, "licensing": 0}, good.routes, good.error_codes
+    )
+    assert demo.check(quiet, calls, statuses) == [
+        "no usages_statistic point for the estimations the app counted",
+        "0 licensing points for the app's one licence check",
+    ]
 
 
 def test_endpoint_comes_from_option_then_environment_then_default(tmp_path: Path) -> None:
@@ -109,7 +120,7 @@ def test_endpoint_comes_from_option_then_environment_then_default(tmp_path: Path
     key = "OTEL_EXPORTER_LUNA_ENDPOINT"
     env = demo.app_environment({}, tmp_path)
     assert env[key] == (tmp_path / "luna-demo.lp").as_uri()
-    assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "none"
+    assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "luna"
     assert env["OTEL_LOGS_EXPORTER"] == "none" and env["OTEL_SERVICE_NAME"] == "luna-handlers"
     assert demo.app_environment({key: "console"}, tmp_path)[key] == "console"
     assert demo.app_environment({key: "console"}, tmp_path, "http://h:1")[key] == "http://h:1"
@@ -174,7 +185,9 @@ def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: 
     points = demo.read_line_protocol(lp)
     requests = [p for p in points if p.measurement == schema.REQUESTS]
     errors = [p for p in points if p.measurement == schema.ERRORS]
-    assert len(requests) == 60 and len(points) == len(requests) + len(errors)
+    others = Counter(p.measurement for p in points if p not in requests and p not in errors)
+    assert len(requests) == 60 and others["licensing"] == 1 and others["usages_statistic"] >= 1
+    assert set(others) == {"licensing", "usages_statistic"}
     expected_codes = Counter(
         str(call.expect_error_code) for call in result.calls if call.expect_error_code
     )
@@ -193,6 +206,10 @@ def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: 
     assert f"\nerrors by error_code: {shown}\n" in text
     assert "check: " in text and ": ok" in text
     assert bar.getvalue().strip().startswith("[##############################] 60/60 requests")
+    # the bar and the summary line show one time: first request sent to last answer
+    shown = re.search(r"60/60 requests +([\d.]+) s", bar.getvalue())
+    assert shown and f"in {shown.group(1)} s;" in text
+    assert shown.group(1) == f"{result.drive.seconds:.1f}"
 
 
 def test_run_demo_reads_only_its_own_points_from_a_given_file(tmp_path: Path) -> None:
@@ -238,6 +255,11 @@ def test_run_demo_reads_back_from_influxdb1(influxdb1: InfluxDB1, tmp_path: Path
         )
         rows = influxdb1.select("SELECT * FROM requests", database)
         error_rows = influxdb1.select("SELECT * FROM errors", database)
+        other_rows = [
+            (name, row)
+            for name in ("usages_statistic", "licensing")
+            for row in influxdb1.select(f"SELECT * FROM {name}", database)
+        ]
     finally:
         if database in influxdb1.databases():
             influxdb1.drop_database(database)
@@ -256,7 +278,9 @@ def test_run_demo_reads_back_from_influxdb1(influxdb1: InfluxDB1, tmp_path: Path
         Point("errors", (("error_code", row["error_code"]), ("service", row["service"])), {}, 0)
         for row in error_rows
     ]
+    points += [Point(name, (("service", row["service"]),), {}, 0) for name, row in other_rows]
     assert len(rows) == 60
+    assert {name for name, _ in other_rows} == {"usages_statistic", "licensing"}
     assert result.summary == demo.summarize(points)
     assert demo.format_summary(result.summary) in out.getvalue()
     assert not (tmp_path / "luna-demo.lp").exists()
@@ -288,3 +312,22 @@ def test_run_demo_reports_points_the_database_rejected(
         assert f"kept in {kept.parent}" in out.getvalue()
     finally:
         shutil.rmtree(kept.parent)
+
+
+# -- otel-luna status ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file"])
+def test_status_of_no_spool_directory_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """`otel-luna status DIR` for a DIR that is no directory names it and exits non-zero."""
+    path = tmp_path / "no" / "such" / "dir"
+    if kind == "a file":
+        path = tmp_path / "file"
+        path.write_text("")
+    assert cli.main(["status", str(path)]) == cli.EXIT_FAILED
+    captured = capsys.readouterr()
+    problem = "does not exist" if kind == "missing" else "is not a directory"
+    assert captured.err == f"otel-luna status: spool directory {path} {problem}\n"
+    assert captured.out == ""

@@ -17,7 +17,7 @@ from otel_luna import demo
 from otel_luna.point import Point
 from otel_luna.schema import luna as schema
 
-EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
+EXAMPLE_APP = demo.EXAMPLE_APP
 KNOWN_HANDLERS = ["h-known-1", "h-known-2"]
 UNKNOWN_HANDLERS = ["h-missing"]
 EVENTS = "POST:/handlers/{handler_id}/events"
@@ -123,6 +123,10 @@ def test_server_spans_have_templated_routes_and_children(tmp_path: Path) -> None
     assert {"luna.time.save_warps_time", "luna.time.save_samples_time"} <= set(detector)
     assert "luna.time.face_storage_policy_time" in events
     children = {span["name"]: span for span in spans if span["kind"] == "SpanKind.INTERNAL"}
+    # the licence check of start-up is a trace of its own (otel_luna.record_license)
+    license_check = children.pop("luna.license_check")
+    assert license_check["parent_id"] is None
+    assert license_check["attributes"]["luna.license.status"] == "ok"
     assert set(children) == {"match policy", "luna-events: save event"}
     server_id = servers[0]["context"]["span_id"]
     for child in children.values():
@@ -153,8 +157,15 @@ def test_luna_points_per_request(tmp_path: Path) -> None:
     points = demo.read_line_protocol(lp)
     requests = [p for p in points if p.measurement == schema.REQUESTS]
     errors = [p for p in points if p.measurement == schema.ERRORS]
-    assert len(points) == len(requests) + len(errors)
+    (license_point,) = [p for p in points if p.measurement == schema.LICENSING]
+    assert license_point.fields["liveness_balance"] == 100_000
+    usages = [p for p in points if p.measurement == schema.USAGES_STATISTIC]
+    assert len(points) == len(requests) + len(errors) + len(usages) + 1
     assert len(requests) == len(calls)
+    detected = sum(1 for call in calls if call.kind == "detector")
+    extracted = sum(1 for call in calls if call.kind == "extractor")  # one sample each
+    assert sum(p.fields.get("face_detector_usages", 0) for p in usages) == detected
+    assert sum(p.fields.get("face_descriptor_extractor_usages", 0) for p in usages) == extracted
 
     by_id: dict[str, Point] = {str(p.fields["request_id"]): p for p in requests}
     assert len(by_id) == len(requests)  # request ids are unique
@@ -209,5 +220,5 @@ def test_sigint_stops_cleanly_and_flushes(tmp_path: Path) -> None:
         assert app.pid is not None
         os.kill(app.pid, signal.SIGINT)
         assert app.wait(timeout=30) == 0
-    (point,) = demo.read_line_protocol(lp)
+    (point,) = [p for p in demo.read_line_protocol(lp) if p.measurement == schema.REQUESTS]
     assert dict(point.tags)["route"] == "GET:/version"

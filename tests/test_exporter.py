@@ -37,10 +37,17 @@ def test_no_argument_constructor_reads_the_environment(
 
 
 def test_bad_setting_fails_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bad value fails when the exporter is built, naming the setting."""
-    monkeypatch.setenv("OTEL_EXPORTER_LUNA_BATCH_SIZE", "many")
+    """A bad value is found when the exporter is built, naming the setting: settings given in
+    code raise; read from the environment, the exporter says why and does nothing (see
+    tests/test_settings_errors.py)."""
     with pytest.raises(SettingsError, match="OTEL_EXPORTER_LUNA_BATCH_SIZE"):
-        LunaSpanExporter()
+        LunaSpanExporter(Settings.load({"OTEL_EXPORTER_LUNA_BATCH_SIZE": "many"}))
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_BATCH_SIZE", "many")
+    exporter = LunaSpanExporter()
+    assert exporter.settings_error is not None
+    assert exporter.settings_error.setting == "OTEL_EXPORTER_LUNA_BATCH_SIZE"
+    assert not exporter.settings.enabled
+    exporter.shutdown()
 
 
 def test_export_never_raises() -> None:

@@ -134,7 +134,7 @@ def test_semantic_conventions_give_identical_points(influxdb1: InfluxDB1, opt_in
     assert len(old) == len(TRAFFIC)
 
 
-EXAMPLE_APP = Path(__file__).parent.parent / "examples" / "luna_handlers_app.py"
+EXAMPLE_APP = Path(__file__).parent.parent / "otel_luna" / "examples" / "luna_handlers_app.py"
 STAGES = {
     "POST:/detector": {"load_images_for_processing_time", "save_warps_time", "save_samples_time"},
     "POST:/extractor": {"load_face_samples_time", "save_face_attributes_time"},

@@ -4,9 +4,12 @@ It never configures OpenTelemetry: run it unchanged under ``opentelemetry-instru
 patches ``aiohttp.web.Application`` so that every request is a SERVER span with ``http.route``
 templated (``/handlers/{handler_id}/events``), and select the ``luna`` exporter::
 
-    OTEL_TRACES_EXPORTER=luna OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none \\
+    OTEL_TRACES_EXPORTER=luna OTEL_METRICS_EXPORTER=luna OTEL_LOGS_EXPORTER=none \\
     OTEL_SERVICE_NAME=luna-handlers OTEL_EXPORTER_LUNA_ENDPOINT=file://$PWD/luna.lp \\
-    opentelemetry-instrument python examples/luna_handlers_app.py --port 8080
+    opentelemetry-instrument python -m otel_luna.examples.luna_handlers_app --port 8080
+
+It ships inside the package (``otel-luna demo`` runs it), so ``pip install 'otel-luna[demo]'``
+is all it needs.
 
 Routes (the work is simulated with sleeps of a few milliseconds):
 
@@ -23,6 +26,11 @@ Routes (the work is simulated with sleeps of a few milliseconds):
 * ``GET /version``.
 
 A ``LUNA-Request-Id`` request header becomes the ``request_id`` field and is echoed back.
+The SDK estimations a request would run are counted with ``otel_luna.record_usages`` (the
+``usages_statistic`` series, with ``OTEL_METRICS_EXPORTER=luna``): ``face_detector`` per detected
+image, ``face_descriptor_extractor`` and ``face_basic_attributes_extractor`` per extracted sample.
+At start-up the app checks its licence once with ``otel_luna.record_license`` (one ``licensing``
+point; status ``ok``, liveness balance :data:`LIVENESS_BALANCE`).
 The app prints ``listening on http://HOST:PORT`` once bound (``--port 0`` picks a free port)
 and shuts down cleanly on SIGTERM or SIGINT, so the SDK flushes the exporter at exit.
 """
@@ -54,6 +62,9 @@ DEFAULT_HANDLER_IDS = (
 BAD_INPUT_DATA = 12031
 #: LUNA error: no handler with this id.
 HANDLER_NOT_FOUND = 22002
+
+#: Liveness checks left on the licence, as the start-up licence check reports it.
+LIVENESS_BALANCE = 100_000
 
 REQUEST_ID_HEADER = "LUNA-Request-Id"
 VERSION = {"Version": {"api": 6, "major": 5, "minor": 0, "patch": 0}, "service": "luna-handlers"}
@@ -106,6 +117,7 @@ async def detector(request: web.Request) -> web.Response:
     with otel_luna.monitor_time("load_images_for_processing_time"):
         await work(1.0, 4.0)
     await asyncio.gather(timed("save_warps_time"), timed("save_samples_time"))
+    otel_luna.record_usages(face_detector=1)
     faces = [{"sample_id": str(uuid.uuid4()), "score": round(random.random(), 4)}]
     return web.json_response({"images": [{"size": len(image), "faces": faces}]}, status=201)
 
@@ -124,6 +136,9 @@ async def extractor(request: web.Request) -> web.Response:
     await timed("load_face_samples_time")
     await work()
     await timed_in_span("luna-faces: save attributes", "save_face_attributes_time")
+    otel_luna.record_usages(
+        face_descriptor_extractor=len(sample_ids), face_basic_attributes_extractor=len(sample_ids)
+    )
     attributes = [{"attribute_id": str(uuid.uuid4()), "sample_id": s} for s in sample_ids]
     return web.json_response({"faces": attributes}, status=201)
 
@@ -164,6 +179,7 @@ def make_app(handler_ids: Iterable[str] = DEFAULT_HANDLER_IDS) -> web.Applicatio
 
 async def serve(host: str, port: int, handler_ids: Iterable[str]) -> None:
     """Serve until SIGTERM or SIGINT, then stop accepting, finish requests and clean up."""
+    otel_luna.record_license("ok", LIVENESS_BALANCE)  # the licence check of start-up
     runner = web.AppRunner(make_app(handler_ids), handle_signals=False, access_log=None)
     await runner.setup()
     stop = asyncio.Event()
@@ -181,7 +197,7 @@ async def serve(host: str, port: int, handler_ids: Iterable[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").partition("\n")[0])
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind; 0 picks a free one")
     parser.add_argument(
