@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
+import importlib.util
 import json
 import os
 import random
@@ -32,7 +34,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -56,6 +58,8 @@ OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
 EXAMPLE_APP = Path(__file__).resolve().parent / "examples" / "luna_handlers_app.py"
 #: Line-protocol file written in the working directory when no endpoint is configured.
 DEFAULT_FILE_NAME = "luna-demo.lp"
+#: The report's chart, written in the working directory (``otel-luna report luna --png``).
+DEFAULT_PNG_NAME = "luna-demo.png"
 #: Dead-letter file of the demo's own state directory (spool and dead letters of one run).
 DEAD_LETTER_NAME = "dead-letter.jsonl"
 DEFAULT_REQUESTS = 300
@@ -545,37 +549,20 @@ def points_in_output(lines: Iterable[str]) -> list[Point]:
 # -- summary ------------------------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], percent: float) -> float | None:
-    """Nearest-rank percentile, as InfluxDB 1.x's ``percentile()`` computes it."""
-    ordered = sorted(values)
-    index = int(len(ordered) * percent / 100 + 0.5) - 1
-    if index < 0 or index >= len(ordered):
-        return None
-    return ordered[index]
-
-
-@dataclass(frozen=True)
-class RouteStats:
-    """``requests`` points of one route; percentiles of ``execution_time`` in seconds."""
-
-    count: int
-    p50: float | None
-    p95: float | None
-
-
 @dataclass(frozen=True)
 class Summary:
-    """Points per series, ``execution_time`` by route, ``errors`` points by error code."""
+    """Points per series, ``requests`` points by route, ``errors`` points by error code: what
+    :func:`check` compares with the requests sent (``otel-luna report luna`` shows the rest)."""
 
     points: dict[str, int]
-    routes: dict[str, RouteStats]
+    routes: dict[str, int]
     error_codes: dict[str, int]
 
 
 def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Summary:
     """The :class:`Summary` of ``points`` (of ``service`` only, unless it is ``None``)."""
     series: Counter[str] = Counter()
-    times: dict[str, list[float]] = {}
+    routes: Counter[str] = Counter()
     codes: Counter[str] = Counter()
     for point in points:
         tags = dict(point.tags)
@@ -583,38 +570,21 @@ def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Su
             continue
         series[point.measurement] += 1
         if point.measurement == schema.REQUESTS:
-            value = point.fields.get("execution_time")
-            route_times = times.setdefault(tags.get("route", ""), [])
-            if isinstance(value, float):
-                route_times.append(value)
+            routes[tags.get("route", "")] += 1
         elif point.measurement == schema.ERRORS:
             codes[tags.get("error_code", "")] += 1
     for measurement in SERIES:
         series.setdefault(measurement, 0)
-    routes = {
-        route: RouteStats(len(values), percentile(values, 50), percentile(values, 95))
-        for route, values in sorted(times.items())
-    }
-    return Summary(dict(series), routes, dict(codes))
-
-
-def _ms(seconds: float | None) -> str:
-    return "-" if seconds is None else f"{seconds * 1000:.1f}"
+    return Summary(dict(series), dict(sorted(routes.items())), dict(codes))
 
 
 def format_summary(summary: Summary) -> str:
-    """The summary as printed: points per series, a route table, errors by ``error_code``."""
+    """The summary as printed: points per series."""
     order = [name for name in SERIES if name in summary.points]
     order += sorted(name for name in summary.points if name not in order)
     width = max(len(str(count)) for count in summary.points.values())
     names = max(len(name) for name in order)
     lines = [f"{name:<{names}} {summary.points[name]:>{max(width, 3)}} points" for name in order]
-    lines.append(f"{'route':<40}{'count':>5}{'p50 ms':>9}{'p95 ms':>9}")
-    for route, stats in summary.routes.items():
-        lines.append(f"{route:<40}{stats.count:>5}{_ms(stats.p50):>9}{_ms(stats.p95):>9}")
-    codes = sorted(summary.error_codes.items(), key=lambda item: (-item[1], item[0]))
-    shown = ", ".join(f"{code}: {count}" for code, count in codes) or "none"
-    lines.append(f"errors by error_code: {shown}")
     return "\n".join(lines)
 
 
@@ -651,9 +621,8 @@ def check(summary: Summary, calls: Sequence[Call], statuses: Sequence[int | None
         problems.append(
             f"{summary.points.get(schema.ERRORS, 0)} errors points for {failed} failed requests"
         )
-    found_routes = {route: stats.count for route, stats in summary.routes.items()}
-    if found_routes != dict(routes):
-        problems.append(f"requests per route {found_routes} != sent {dict(routes)}")
+    if summary.routes != dict(routes):
+        problems.append(f"requests per route {summary.routes} != sent {dict(routes)}")
     if summary.error_codes != dict(codes):
         problems.append(f"errors per error_code {summary.error_codes} != expected {dict(codes)}")
     counted = any(
@@ -751,8 +720,7 @@ def query_influxdb1(
         settings,
         f'SELECT count("execution_time") FROM {requests} {where}',
         f'SELECT count("request_id") FROM {errors} {where}',
-        f'SELECT count("execution_time"), percentile("execution_time", 50), '
-        f'percentile("execution_time", 95) FROM {requests} {where} GROUP BY "route"',
+        f'SELECT count("execution_time") FROM {requests} {where} GROUP BY "route"',
         f'SELECT count("request_id") FROM {errors} {where} GROUP BY "error_code"',
         # every usages_statistic point has some *_usages field: the largest count is the points
         f"SELECT count(*) FROM {usages} {where}",
@@ -770,7 +738,7 @@ def query_influxdb1(
         return sum(max((int(n or 0) for n in values[1:]), default=0) for _, values in rows(result))
 
     routes = {
-        tags.get("route", ""): RouteStats(int(values[1]), values[2], values[3])
+        tags.get("route", ""): int(values[1])
         for tags, values in sorted(rows(by_route), key=lambda row: row[0].get("route", ""))
     }
     codes = {tags.get("error_code", ""): int(values[1]) for tags, values in rows(by_code)}
@@ -784,6 +752,32 @@ def query_influxdb1(
 
 
 # -- the whole demo -----------------------------------------------------------------------------
+
+
+def _report(
+    source: Path | Settings | None,
+    since_ns: int,
+    cwd: Path,
+    say: Callable[[str], None],
+    out: TextIO,
+) -> list[str]:
+    """``otel-luna report luna`` of the run's points, charted in :data:`DEFAULT_PNG_NAME` when
+    matplotlib is installed (the ``report`` extra, part of ``demo``); problems found."""
+    from otel_luna.report import ReportError, luna
+
+    assert source is not None
+    png: Path | None = cwd / DEFAULT_PNG_NAME
+    if importlib.util.find_spec("matplotlib") is None:
+        png = None
+    say("")
+    since = dt.datetime.fromtimestamp(since_ns // 1000 / 1e6, tz=dt.timezone.utc)
+    try:
+        luna.show(source, since=since, service=SERVICE_NAME, png=png, out=out)
+    except ReportError as error:
+        return [f"the report: {error}"]
+    if png is None:
+        say("(pip install 'otel-luna[report]' to get the chart as a PNG too)")
+    return []
 
 
 def summary_source(settings: Settings) -> str:
@@ -956,9 +950,8 @@ def _run_demo(
                 "check: one requests point per request, one errors point per failed request, "
                 "usages_statistic and licensing points: ok"
             )
-    # Here the lead wires `otel-luna report luna` (issue 12): the report of the series just
-    # written, read from lp_path (file) or settings' InfluxDB database between since_ns and
-    # until_ns, printed after the summary.
+    if summary is not None and source in ("file", "influxdb1"):
+        problems += _report(lp_path if source == "file" else settings, since_ns, cwd, say, out)
     for problem in problems:
         say(f"problem: {problem}")
     if problems and returncode == 0 and process.output[1:]:

@@ -506,6 +506,7 @@ def save_png(figure: Figure, path: Path) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             figure.savefig(file, format="png")
+        os.chmod(temporary, 0o644)  # a chart to share, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(OSError):
