@@ -174,6 +174,9 @@ class Reason(str, enum.Enum):
     # OTLP/JSON spans and metrics that could not be read, left out of an accepted request
     MALFORMED_SPAN = "malformed_span", _O.REJECTED
     MALFORMED_DATA_POINT = "malformed_data_point", _O.REJECTED
+    # OTLP spans whose trace or span id is not 16/8 bytes or all zeros (invalid, says the proto):
+    # their points would have no identity of their own and overwrite each other
+    INVALID_SPAN_ID = "invalid_span_id", _O.REJECTED
 
 
 class Counts:

@@ -398,7 +398,9 @@ def test_the_key_classes_remembered_are_bounded() -> None:
     spans = request.resource_spans.add().scope_spans.add().spans
     long_key = "luna.tag." + "k" * 10_000
     for i in range(otlp._CLASS_CACHE_LIMIT + 10):
-        span = spans.add(span_id=(i + 1).to_bytes(8, "big"), kind=Span.SPAN_KIND_SERVER)
+        span = spans.add(
+            trace_id=b"\x01" * 16, span_id=(i + 1).to_bytes(8, "big"), kind=Span.SPAN_KIND_SERVER
+        )
         span.attributes.add(key=f"custom.{i}", value=AnyValue(string_value="x"))
         span.attributes.add(key=f"luna.field.f{i}", value=AnyValue(int_value=i))
         span.attributes.add(key=long_key, value=AnyValue(string_value="v"))

@@ -393,10 +393,8 @@ EXAMPLES = [
     pytest.param("trace", TRACES, "trace", None, id="trace"),
     pytest.param("metrics", METRICS, "metrics", None, id="metrics"),
     # The opentelemetry-proto example as it is: a SERVER span with no HTTP attributes gives a
-    # requests point without route or status_code, and a warning that the empty tags were left out.
-    pytest.param(
-        "example_trace", TRACES, "example_trace", "empty_tag_value=2", id="proto-example-trace"
-    ),
+    # requests point without route or status_code (no warning: no value was dropped).
+    pytest.param("example_trace", TRACES, "example_trace", None, id="proto-example-trace"),
     # The Collector's TestJsonHttp body: snake_case names, an enum name, int64 as numbers.
     pytest.param("collector_trace", TRACES, "collector_trace", None, id="collector-json"),
 ]
@@ -727,6 +725,58 @@ def test_base64_ids_are_not_read_as_hex(points: Points) -> None:
     answer = post(points.serve, TRACES, json.dumps(doc).encode(), JSON)
     assert_error(answer, 400, code_pb2.INVALID_ARGUMENT, JSON)
     assert points.of_last_case() == []
+
+
+def licence_check_ids(doc: dict[str, Any], **ids: str) -> dict[str, Any]:
+    """``trace.json`` with the licence-check span's ids replaced (OTLP/JSON hex)."""
+    doc = copy.deepcopy(doc)
+    for span in doc["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+        if span["name"] == "luna.license_check":
+            span.update(ids)
+    return doc
+
+
+@pytest.mark.parametrize("content_type", [JSON, PROTOBUF, "grpc"])
+@pytest.mark.parametrize(
+    "ids",
+    [
+        pytest.param({"traceId": ""}, id="empty-trace-id"),
+        pytest.param({"spanId": ""}, id="empty-span-id"),
+        pytest.param({"traceId": "0" * 32}, id="zero-trace-id"),
+        pytest.param({"spanId": "0" * 16}, id="zero-span-id"),
+        pytest.param({"traceId": "5b8efff798038103d269b633813fc6"}, id="15-byte-trace-id"),
+        pytest.param({"spanId": "eee19b7ec3c1b17400"}, id="9-byte-span-id"),
+        pytest.param({"parentSpanId": "eee19b"}, id="3-byte-parent-span-id"),
+    ],
+)
+def test_invalid_ids_reject_their_span(
+    points: Points, ids: dict[str, str], content_type: str
+) -> None:
+    """trace.proto: a trace id of other than 16 bytes, a span id of other than 8, or either all
+    zeros, is invalid. Such a span is left out and counted (``invalid_span_id``), the others
+    written: its points would take their identity (time, request_id) from the ids, and spans
+    sharing an invalid id would overwrite each other in InfluxDB. (The Collector answers 400 to
+    a wrong length and accepts empty or zero ids.)"""
+    doc = licence_check_ids(document("trace"), **ids)
+    if content_type == "grpc":
+        code, details, _, raw = grpc_export(
+            points.serve.grpc_target, to_protobuf(doc, ExportTraceServiceRequest)
+        )
+        assert code == grpc.StatusCode.OK, details
+        assert raw is not None
+        response: Message = ExportTraceServiceResponse.FromString(raw)
+    else:
+        answer = post(points.serve, TRACES, encode(doc, TRACES, content_type), content_type)
+        assert answer.status_code == 200, answer.content
+        response = ExportTraceServiceResponse()
+        if content_type == JSON:
+            json_format.Parse(answer.content, response)
+        else:
+            response.ParseFromString(answer.content)
+    rejected, message = rejected_of(response)
+    assert rejected == 1
+    assert "invalid_span_id=1" in message
+    assert points.of_last_case() == TRACE_WITHOUT_LICENSING
 
 
 @pytest.mark.parametrize("content_type", [JSON, PROTOBUF, "grpc"])

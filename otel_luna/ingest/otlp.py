@@ -31,6 +31,7 @@ from otel_luna._attributes import (
 )
 from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.usages import origin_of
+from otel_luna.outcomes import Reason
 
 _SERVER = Span.SPAN_KIND_SERVER
 _ERROR = Status.STATUS_CODE_ERROR
@@ -116,16 +117,34 @@ def _classify(key: str) -> int:
     return found
 
 
-def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
+_NO_TRACE, _NO_SPAN = bytes(16), bytes(8)
+
+
+def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Reason]:
     """One record per span, with only the attributes the mapping reads (``_attributes.py``):
     ``MAPPED_PREFIXES`` of any span; of a SERVER span also ``SERVER_SPAN_KEYS``, and
     ``ROUTE_FALLBACK_KEYS`` when it has no ``http.route``. Most of a span's attributes are the
-    instrumentation's, which no mapper reads: they are never converted."""
+    instrumentation's, which no mapper reads: they are never converted.
+
+    A span whose trace id is not 16 bytes, whose span id is not 8, either all zeros (invalid,
+    says ``trace.proto``), or whose parent span id is neither empty nor 8 bytes, is
+    ``Reason.INVALID_SPAN_ID``: the time and ``request_id`` of its points come from its ids.
+    """
     classes = _classes
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
+                trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
+                if (
+                    len(trace_id) != 16
+                    or len(span_id) != 8
+                    or trace_id == _NO_TRACE
+                    or span_id == _NO_SPAN
+                    or (parent and len(parent) != 8)
+                ):
+                    yield Reason.INVALID_SPAN_ID
+                    continue
                 is_server = span.kind == _SERVER
                 least = _LEAST_OF_SERVER if is_server else _LEAST_OF_OTHER
                 kept: dict[str, Any] = {}
@@ -148,14 +167,13 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord]:
                 if fallback is not None and not kept.get(HTTP_ROUTE):
                     for kv in fallback:
                         kept[kv.key] = any_value(kv.value)
-                parent = span.parent_span_id
                 yield _record(
                     SpanRecord,
                     (
                         kept,
                         is_server,
-                        int.from_bytes(span.trace_id, "big"),
-                        int.from_bytes(span.span_id, "big"),
+                        int.from_bytes(trace_id, "big"),
+                        int.from_bytes(span_id, "big"),
                         int.from_bytes(parent, "big") if parent else None,
                         span.start_time_unix_nano,
                         span.end_time_unix_nano,

@@ -442,11 +442,15 @@ class RequestMapper:
             status = int(status) if str(status).isdigit() else None
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
-        base = {
-            "route": self._bounded_route(service, *_route(attributes, status)),
-            "service": service,
-            "status_code": "" if status is None else str(status),
-        }
+        route = self._bounded_route(service, *_route(attributes, status))
+        # A SERVER span without HTTP attributes (gRPC, a message consumer) has no route or
+        # status: line protocol cannot carry an empty tag, so it is left out here (it is no
+        # dropped value: there is none).
+        base = {"service": service}
+        if route:
+            base["route"] = route
+        if status is not None:
+            base["status_code"] = str(status)
         if extra is not None and extra.tags:
             base = {**extra.tags, **base}
         tags = tuple(sorted(base.items()))
