@@ -349,7 +349,10 @@ class Serve:
     """``otel-luna serve --grpc-port 0 --http-port 0 [--workers N]`` with ``env`` (where it
     writes and how) on top of a state directory of its own; its log a file."""
 
-    def __init__(self, state: Path, env: dict[str, str], workers: int = 1) -> None:
+    def __init__(
+        self, state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO
+    ) -> None:
+        """``repo``: the checkout whose ``otel_luna`` runs (another one to compare commits)."""
         from servers import _set_parent_death_signal
 
         state.mkdir(parents=True, exist_ok=True)
@@ -370,13 +373,13 @@ class Serve:
             self.popen = subprocess.Popen(
                 argv,
                 env=full,
-                cwd=REPO,
+                cwd=repo,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_set_parent_death_signal,
             )
-        self.grpc_port = 0
+        self.grpc_port = self.http_port = 0
         self.pids = [self.popen.pid]  # the supervisor, then its workers
         deadline = time.monotonic() + START_TIMEOUT
         while True:
@@ -384,10 +387,12 @@ class Serve:
             for line in text.splitlines():
                 if line.startswith("otel-luna serve: OTLP/gRPC on "):
                     self.grpc_port = int(line.rsplit(":", 1)[1])
+                if line.startswith("otel-luna serve: OTLP/HTTP on "):
+                    self.http_port = int(line.rsplit(":", 1)[1])
             match = _WORKERS_LINE.search(text)
             if match:
                 self.pids += [int(pid) for pid in match[1].split(", ")]
-            if self.grpc_port and (workers == 1 or match):
+            if self.grpc_port and self.http_port and (workers == 1 or match):
                 break
             if self.popen.poll() is not None or time.monotonic() > deadline:
                 self.stop()

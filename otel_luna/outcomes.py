@@ -170,6 +170,8 @@ class Reason(str, enum.Enum):
     REQUESTS_REFUSED_TIMEOUT = "requests_refused_timeout", _O.EVENT  # 408, or closed silently
     REQUESTS_REFUSED_BUSY = "requests_refused_busy", _O.EVENT  # 503: too many bytes in flight
     REQUESTS_REFUSED_STOPPING = "requests_refused_stopping", _O.EVENT  # 503: serve is stopping
+    # 503: a body still arriving when the stop's grace ended
+    REQUESTS_REFUSED_CUT_AT_STOP = "requests_refused_cut_at_stop", _O.EVENT
     REQUESTS_FAILED = "requests_failed", _O.EVENT  # 500: a bug (logged)
     # OTLP/JSON spans and metrics that could not be read, left out of an accepted request
     MALFORMED_SPAN = "malformed_span", _O.REJECTED

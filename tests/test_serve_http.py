@@ -167,6 +167,14 @@ def lines_of(receiver: Receiver, sink: InMemorySink) -> str:
         (
             "POST",
             TRACES_PATH,
+            {**AUTH, **PB, "Transfer-Encoding": "gzip, chunked"},
+            501,
+            code_pb2.UNIMPLEMENTED,
+            "unsupported",
+        ),
+        (
+            "POST",
+            TRACES_PATH,
             {**AUTH, **PB, "Content-Length": str(LIMIT + 1)},
             413,
             code_pb2.RESOURCE_EXHAUSTED,

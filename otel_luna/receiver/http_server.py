@@ -7,12 +7,18 @@ that need sockets:
   client waits, the connection idle longest between requests is closed, else the one whose
   request head has been arriving longest (408), either after a second at least;
 - everything :meth:`HttpProtocol.check` decides (path, method, token, content type, declared
-  length) is answered before any body byte is read, and the connection closed;
+  length, transfer coding) is answered before any body byte is read, and the connection closed;
+  what the client still sends of the body is thrown away by the kernel (``MSG_TRUNC``: not
+  copied, not parsed) after the answer, so that it reads the answer and not a reset;
+- what aiohttp's parser refuses (request line, headers, framing) is answered like the rest:
+  ``400`` (``414``/``431`` for a request line or headers too long) with a ``google.rpc.Status``
+  in the request's encoding when its ``Content-Type`` line arrived, HTTP/1.1, closed;
 - at most ``serve_max_inflight_bytes`` of request bodies read or decoded at once: beyond it
   ``503`` + ``Retry-After`` without reading;
 - ``serve_read_timeout`` for a request's head (from its first byte) and again for its body (from
   the end of the head), for the TLS handshake (done on the loop, never in the accept path), and
-  so for how long a slow client can hold up :meth:`HttpServer.stop`;
+  so for how long a slow client can hold up :meth:`HttpServer.stop`; a body still arriving when
+  the stop's grace ends is answered ``503`` + ``Retry-After``;
 - decoding and accepting run in a few threads, so the loop goes on serving other connections.
 """
 
@@ -20,15 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
+import http
 import logging
+import os
 import socket
 import ssl
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -43,9 +53,18 @@ BACKLOG = 1024
 IDLE_TIMEOUT = 60.0
 #: Threads that decode and accept request bodies, off the event loop.
 DECODE_THREADS = 4
-#: Seconds the unread rest of a refused body is read and thrown away before the connection is
-#: closed: the client then reads the answer rather than a connection reset.
+#: Seconds a refused body's sender may pause before its connection is closed: while it sends,
+#: the rest of the body is thrown away (for at most ``serve_read_timeout``), so that the client
+#: reads the answer rather than a connection reset. Over TLS, where the bytes must be decrypted,
+#: aiohttp reads and throws them away for at most this long in all.
 LINGER = 1.0
+#: Bytes of a request head kept, to answer in its encoding what aiohttp could not parse.
+HEAD_KEPT = 16384
+#: Bytes per second of refused bodies thrown away, all connections together, each its share:
+#: a client alone gets its answer at once; a flood of them is slowed down by TCP itself.
+DRAIN_RATE = 64 << 20
+#: Bytes of a refused body thrown away at once (and at its start, beyond its share).
+DRAIN_BURST = 1 << 20
 #: Seconds a connection must have idled, or have been receiving a request head, before it may
 #: be closed (a head: answered 408) to make room for a new client at the connection cap.
 SPARE = 1.0
@@ -61,6 +80,14 @@ class _TooLarge(Exception):
 
 class _Busy(Exception):
     pass
+
+
+class _Stopped(Exception):
+    """The stop's grace ended while the body was arriving."""
+
+
+#: Where the kernel is told to throw received bytes away (``MSG_TRUNC`` writes nothing to it).
+_DISCARD = memoryview(bytearray(DRAIN_BURST))
 
 
 class _Hold:
@@ -98,20 +125,149 @@ class _Slot:
             self._held = False
             self._front._slot_freed()
 
+    def hand_over(self) -> _Slot:
+        """A slot that holds this one's place; this one then holds none."""
+        taken = _Slot(self._front)
+        taken._held, self._held = self._held, False
+        return taken
+
+
+class _Drain:
+    """The rest of a refused body, after the answer was sent and the sending side shut (FIN):
+    thrown away by the kernel as it arrives (``recv`` with ``MSG_TRUNC`` copies nothing), all
+    drains together at most :data:`DRAIN_RATE` (shared equally; beyond it the clients wait, TCP
+    slows them down), until the client closes, pauses for :data:`LINGER`, or
+    ``serve_read_timeout`` has passed. It keeps the connection's slot (a victim at the cap
+    before idle connections: it has its answer)."""
+
+    __slots__ = (
+        "_allowance",
+        "_deadline",
+        "_front",
+        "_last",
+        "_reading",
+        "_slot",
+        "_sock",
+        "_stamp",
+        "_timer",
+        "since",
+    )
+
+    def __init__(self, front: HttpServer, sock: socket.socket, slot: _Slot) -> None:
+        self._front = front
+        self._sock = sock
+        self._slot = slot
+        loop = front.loop
+        self.since = self._last = self._stamp = loop.time()  # began; bytes last came; allowed
+        self._deadline = self.since + front.settings.serve_read_timeout
+        self._allowance = float(DRAIN_BURST)  # bytes it may throw away now
+        front.drains.add(self)
+        loop.add_reader(sock.fileno(), self._readable)
+        self._reading = True
+        self._timer: asyncio.TimerHandle | None = loop.call_at(
+            min(self._deadline, self._last + LINGER), self._tick
+        )
+
+    def _readable(self) -> None:
+        loop = self._front.loop
+        now = loop.time()
+        share = DRAIN_RATE / len(self._front.drains)
+        self._allowance = min(DRAIN_BURST, self._allowance + (now - self._stamp) * share)
+        self._stamp = now
+        while True:
+            want = min(len(_DISCARD), int(self._allowance))
+            if want < 1:
+                if not _sent_all(self._sock):
+                    break
+                want = len(_DISCARD)  # all it sends is here: nothing to slow down
+            try:
+                count = self._sock.recv_into(_DISCARD, want, socket.MSG_TRUNC)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                count = 0  # reset
+            if not count:
+                self.close()  # the client closed (or reset)
+                return
+            self._allowance = max(0.0, self._allowance - count)
+            self._last = now
+        # Its share used: read again once it may read half a burst (the client waits).
+        loop.remove_reader(self._sock.fileno())
+        self._reading = False
+        self._schedule(now + (DRAIN_BURST / 2 - self._allowance) / share)
+
+    def _tick(self) -> None:
+        self._timer = None
+        now = self._front.loop.time()
+        if now >= self._deadline or (self._reading and now - self._last >= LINGER):
+            self.close()
+            return
+        if not self._reading:  # its pause is over
+            self._front.loop.add_reader(self._sock.fileno(), self._readable)
+            self._reading = True
+            self._last = now
+        self._schedule(self._last + LINGER)
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._front.loop.call_at(min(self._deadline, when), self._tick)
+
+    def close(self) -> None:
+        """Close the socket and free the slot (idempotent)."""
+        if self._sock.fileno() < 0:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._reading:
+            self._front.loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._front.drains.discard(self)
+        self._slot.release()
+
+
+class _Parser:
+    """aiohttp's request parser, telling the connection of what it cannot parse (and parsing
+    nothing more on that connection) instead of letting aiohttp answer it."""
+
+    def __init__(self, parser: Any, connection: _Connection) -> None:
+        self._parser = parser
+        self._connection = connection
+        self.failed = False
+
+    def feed_data(self, data: bytes) -> Any:
+        if self.failed:
+            return (), False, b""
+        try:
+            return self._parser.feed_data(data)
+        except HttpProcessingError as error:
+            self.failed = True
+            self._connection.parse_failed(error)
+            return (), False, b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._parser, name)
+
 
 class _Connection(RequestHandler):
-    """aiohttp's connection, plus what the server tracks: whether a request is being handled,
-    whether it idles between requests or receives a request head (with its deadline)."""
+    """aiohttp's connection, plus what the server tracks: whether a request is being handled
+    (from its head to its answer written), whether it idles between requests or receives a
+    request head (with its deadline and first bytes)."""
 
     def __init__(self, manager: _Server, slot: _Slot, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self.front = manager.front
         self.slot = slot
         self.in_request = False
+        self.payload: StreamReader | None = None  # the body of the request being handled
         self.idle = True  # between requests, no byte of the next one yet
         self.idle_since = self.front.loop.time()
         self.head_since: float | None = None  # when the head being received began
+        self._head = b""  # its first HEAD_KEPT bytes
         self._head_timer: asyncio.TimerHandle | None = None
+        self._after: Answer | None = None  # to send once the answer being written is out
+        self._parser = cast(Any, _Parser(self._parser, self))  # aiohttp's, wrapped
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -135,18 +291,61 @@ class _Connection(RequestHandler):
                 self.front.settings.serve_read_timeout, self._head_timed_out
             )
             self.front.changed()
+        if len(self._head) < HEAD_KEPT and (
+            not self.in_request or (self.payload is not None and self.payload.is_eof())
+        ):  # a head (also one pipelined behind the request being handled)
+            self._head += data[: HEAD_KEPT - len(self._head)]
         super().data_received(data)
 
-    def request_started(self) -> None:
+    def request_started(self, request: web.BaseRequest) -> None:
         self._cancel_head_timer()
         self.in_request = True
+        self.payload = request.content
         self.idle = False
         self.head_since = None
+        self._head = b""
 
     def request_finished(self) -> None:
         self.in_request = False
+        self.payload = None
         self.idle = True
         self.idle_since = self.front.loop.time()
+        self._head = b""
+        self.front.changed()
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        """aiohttp writes the answer; then the connection is ready for the next request, or
+        sends the answer that waited for this one, or throws away the rest of a refused body."""
+        payload = self.payload
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self.request_finished()
+            after, self._after = self._after, None
+            if after is not None:
+                self._send_and_close(after)
+            elif payload is not None and not payload.is_eof() and not resp.keep_alive:
+                self._drain()
+
+    def parse_failed(self, error: HttpProcessingError) -> None:
+        """What aiohttp's parser refused: in the body of the request being handled, its
+        handler answers (the body read fails); else the answer goes out now, or after the
+        answer being written. Counted and logged once, as every answer."""
+        if self.payload is not None and not self.payload.is_eof():
+            self.payload.set_exception(error)
+            return
+        status = 400
+        if isinstance(error, LineTooLong) or "Too many headers" in error.message:
+            line_end = self._head.find(b"\r\n")
+            status = 414 if line_end < 0 or line_end > self.max_line_size else 431
+        headers = _content_type_of(self._head)
+        answer = self.front.protocol.bad_request(headers, _why(error), status)
+        if self.in_request:
+            self._after = answer  # a pipelined request after the one being handled
+        else:
+            self._send_and_close(answer)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -162,14 +361,45 @@ class _Connection(RequestHandler):
         self._cancel_head_timer()
         if self.in_request or self.transport is None:
             return
-        answer = self.front.protocol.timed_out({})
-        head = (
-            f"HTTP/1.1 {answer.status} Request Timeout\r\n"
-            f"Content-Type: {answer.headers['Content-Type']}\r\n"
-            f"Content-Length: {len(answer.body)}\r\nConnection: close\r\n\r\n"
-        )
-        self.transport.write(head.encode() + answer.body)
+        answer = self.front.protocol.timed_out(_content_type_of(self._head))
+        self.transport.write(_raw(answer))
         self.force_close()
+
+    def _send_and_close(self, answer: Answer) -> None:
+        """``answer`` in one write, outside aiohttp (which has no request to answer), then
+        the rest of what the client sends thrown away."""
+        self._cancel_head_timer()
+        if self.transport is None:
+            return
+        self.transport.write(_raw(answer))
+        if not self._drain():
+            self.force_close()
+
+    def _drain(self) -> bool:
+        """Shut the sending side once the answer is on the socket, and give the socket (and the
+        slot) to a :class:`_Drain`; False where that cannot be done: over TLS (aiohttp lingers
+        there) or with the answer not yet on the socket."""
+        transport = self.transport
+        if transport is None or self.front.tls or self.front.closing:
+            return False
+        if transport.get_write_buffer_size():
+            return False
+        raw = transport.get_extra_info("socket")
+        if raw is None:
+            return False
+        try:
+            sock = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:
+            return False
+        try:
+            sock.setblocking(False)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return False
+        _Drain(self.front, sock, self.slot.hand_over())
+        self.force_close()  # the duplicate keeps the socket open
+        return True
 
     # aiohttp's own answers (a request it cannot parse, a handler that raised) as OTLP answers,
     # each a log line without a traceback.
@@ -226,7 +456,10 @@ class HttpServer:
         self.settings = settings
         self.protocol = HttpProtocol(receiver, settings)
         self.connections: set[_Connection] = set()
+        self.drains: set[_Drain] = set()
         self._ssl = _ssl_context(settings)
+        self.tls = self._ssl is not None
+        self.closing = False  # the stop closes every connection: no more drains
         self._sock = _listen(settings.serve_host, port, reuse_port)
         self.port: int = self._sock.getsockname()[1]
         self.loop = asyncio.new_event_loop()
@@ -330,10 +563,14 @@ class HttpServer:
             victim, _ = self._victim()
             if waiting.done() and self._open >= limit and victim is not None:
                 self._changed.clear()
-                what = "an idle connection" if victim.idle else "a slow request head"
-                if victim.idle:
+                if isinstance(victim, _Drain):
+                    what = "a connection throwing away a refused body"
+                    victim.close()
+                elif victim.idle:
+                    what = "an idle connection"
                     victim.force_close()
                 else:
+                    what = "a slow request head"
                     victim.cut()
                 self.protocol.log(
                     "connection_closed_for_new_client",
@@ -345,21 +582,21 @@ class HttpServer:
     async def _wait_changed(self) -> None:
         await self._changed.wait()
 
-    def _victim(self) -> tuple[_Connection | None, float | None]:
-        """The connection to close when a new client waits at the cap: the one idle longest
-        between requests, else the one whose head has been arriving for longest — either only
-        after SPARE seconds (a client that just got its answer is likely to send again soon).
-        Else (None, seconds until there may be one, or None)."""
+    def _victim(self) -> tuple[_Connection | _Drain | None, float | None]:
+        """The connection to close when a new client waits at the cap: the one throwing away a
+        refused body for longest (it has its answer), else the one idle longest between
+        requests, else the one whose head has been arriving for longest — each only after SPARE
+        seconds (a client that just got its answer is likely to send again soon). Else (None,
+        seconds until there may be one, or None)."""
         now = self.loop.time()
         soonest: float | None = None
-        for waiting in (True, False):
-            since = [
-                (c.idle_since if waiting else c.head_since or now, c)
-                for c in self.connections
-                if c.transport is not None
-                and not c.in_request
-                and (c.idle if waiting else c.head_since is not None)
-            ]
+        open_ = [c for c in self.connections if c.transport is not None and not c.in_request]
+        groups: tuple[list[tuple[float, _Connection | _Drain]], ...] = (
+            [(d.since, d) for d in self.drains],
+            [(c.idle_since, c) for c in open_ if c.idle],
+            [(c.head_since, c) for c in open_ if c.head_since is not None and not c.idle],
+        )
+        for since in groups:
             if not since:
                 continue
             oldest, connection = min(since, key=lambda pair: pair[0])
@@ -397,7 +634,7 @@ class HttpServer:
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
         connection = request.protocol
         if isinstance(connection, _Connection):
-            connection.request_started()
+            connection.request_started(request)  # finished once its answer is written
         self._in_flight += 1
         try:
             return await self._answer(request)
@@ -405,8 +642,6 @@ class HttpServer:
             return _response(self.protocol.failed(request.headers, error), close=True)
         finally:
             self._in_flight -= 1
-            if isinstance(connection, _Connection):
-                connection.request_finished()
             self.changed()
 
     async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -435,8 +670,10 @@ class HttpServer:
                 return _response(protocol.too_large(headers), close=True)
             except _Busy:
                 return _response(protocol.busy(headers), close=True)
+            except _Stopped:
+                return _response(protocol.cut_at_stop(headers), close=True)
             except Exception as error:  # noqa: BLE001 - broken framing, or the client went away
-                why = f"unreadable body: {type(error).__name__}: {error}"
+                why = f"unreadable body: {_why(error)}"
                 return _response(protocol.bad_request(headers, why[:300]), close=True)
             if self._executor is None:
                 answer = protocol.handle(request.path, headers, body)
@@ -474,7 +711,8 @@ class HttpServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop accepting (the port is closed), close connections that wait for a request, give
         requests in flight ``grace`` seconds (a body still arriving also has its
-        ``serve_read_timeout``), then close the rest. Idempotent."""
+        ``serve_read_timeout``), answer ``503`` to bodies still arriving then (their clients get
+        :data:`LINGER` to read it), then close the rest. Idempotent."""
         with self._stop_lock:
             if self._stopped:
                 return
@@ -499,19 +737,82 @@ class HttpServer:
             if not connection.in_request:
                 connection.force_close()
         deadline = self.loop.time() + grace
-        while self._in_flight and self.loop.time() < deadline:
-            self._changed.clear()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), deadline - self.loop.time())
+        await self._until(lambda: not self._in_flight, deadline)
+        # Bodies still arriving: answered 503 (another serve takes the retry), the answers
+        # written and the clients given LINGER to finish sending and read them.
+        cut = [c for c in self.connections if c.payload is not None and not c.payload.is_eof()]
+        for connection in cut:
+            assert connection.payload is not None
+            connection.payload.set_exception(_Stopped())
+        await self._until(
+            lambda: not self.drains and not any(c.in_request for c in cut if c.transport),
+            self.loop.time() + LINGER,
+        )
+        self.closing = True
+        for drain in list(self.drains):
+            drain.close()
         for connection in list(self.connections):
             connection.force_close()
         assert self._finished is not None
         self._finished.set_result(None)
 
+    async def _until(self, done: Callable[[], bool], deadline: float) -> None:
+        """Wait until ``done()`` (checked at each change), or the loop time ``deadline``."""
+        while not done() and self.loop.time() < deadline:
+            self._changed.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - self.loop.time())
+
 
 def _resolve(future: asyncio.Future[None]) -> None:
     if not future.done():
         future.set_result(None)
+
+
+#: TCP states (linux/tcp_states.h) in which the peer has sent its FIN: TIME_WAIT, CLOSE,
+#: CLOSE_WAIT, LAST_ACK, CLOSING.
+_PEER_DONE = frozenset({6, 7, 8, 9, 11})
+
+
+def _sent_all(sock: socket.socket) -> bool:
+    """Whether the client has sent all it will (its FIN arrived), where the system says."""
+    option = getattr(socket, "TCP_INFO", None)
+    if option is None:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, option, 1)[0] in _PEER_DONE
+    except OSError:
+        return False
+
+
+def _raw(answer: Answer) -> bytes:
+    """``answer`` as HTTP/1.1 bytes with ``Connection: close``, for a request aiohttp does not
+    answer (a head cut by its timeout, one its parser refused)."""
+    lines = [f"HTTP/1.1 {answer.status} {http.HTTPStatus(answer.status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in answer.headers.items()]
+    lines += [f"Date: {email.utils.formatdate(usegmt=True)}", "Server: otel-luna"]
+    lines += [f"Content-Length: {len(answer.body)}", "Connection: close"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + answer.body
+
+
+def _content_type_of(head: bytes) -> dict[str, str]:
+    """The ``Content-Type`` of a request head aiohttp did not parse, if its line arrived whole
+    (the answer is in the request's encoding): an empty dict otherwise."""
+    for line in head.split(b"\r\n")[1:-1]:  # after the request line; the last is incomplete
+        if not line:
+            break  # the end of the head
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"content-type":
+            return {"Content-Type": value.strip().decode("latin-1")}
+    return {}
+
+
+def _why(error: BaseException) -> str:
+    """What went wrong, in one line: aiohttp's parser errors carry several (with a pointer)."""
+    if isinstance(error, HttpProcessingError):
+        text = error.message.strip().split("\n", 1)[0].rstrip(":")
+        return text[:200] or type(error).__name__
+    return f"{type(error).__name__}: {error}"[:200]
 
 
 def _response(answer: Answer, *, close: bool) -> web.Response:

@@ -224,6 +224,18 @@ class HttpProtocol:
             retry=True,
         )
 
+    def cut_at_stop(self, headers: Mapping[str, str]) -> Answer:
+        """503 + ``Retry-After``: the stop's grace ended while the body was still arriving (the
+        OTLP clients retry 503, against another replica or this one restarted)."""
+        return self._refuse(
+            _lowered(headers),
+            503,
+            code_pb2.UNAVAILABLE,
+            Reason.REQUESTS_REFUSED_CUT_AT_STOP,
+            "otel-luna serve stopped before the request arrived whole; retry later",
+            retry=True,
+        )
+
     def timed_out(self, headers: Mapping[str, str]) -> Answer:
         """408: the body did not arrive within ``serve_read_timeout``."""
         seconds = self.settings.serve_read_timeout
@@ -240,10 +252,10 @@ class HttpProtocol:
         return self._too_large(_lowered(headers))
 
     def bad_request(self, headers: Mapping[str, str], why: str, status: int = 400) -> Answer:
-        """400 (or 413/431 for oversized request lines and headers): what the HTTP layer could
-        not read, e.g. broken chunked framing."""
+        """400 (or 413, 414, 431 for oversized requests, request lines and headers): what the
+        HTTP layer could not read, e.g. broken chunked framing."""
         lowered = _lowered(headers)
-        if status in (413, 431):
+        if status in (413, 414, 431):
             return self._refuse(
                 lowered,
                 status,
@@ -312,6 +324,16 @@ class HttpProtocol:
                 code_pb2.INVALID_ARGUMENT,
                 Reason.REQUESTS_REFUSED_UNSUPPORTED,
                 f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
+            )
+        codings = [c.strip() for c in headers.get("transfer-encoding", "").lower().split(",")]
+        if any(coding not in ("", "chunked") for coding in codings):
+            return self._refuse(  # RFC 9112, 6.1: a transfer coding not understood is a 501
+                headers,
+                501,
+                code_pb2.UNIMPLEMENTED,
+                Reason.REQUESTS_REFUSED_UNSUPPORTED,
+                f"unsupported Transfer-Encoding {headers['transfer-encoding'][:40]!r}; "
+                "use chunked (compress with Content-Encoding: gzip)",
             )
         length = headers.get("content-length")
         if length is not None:
