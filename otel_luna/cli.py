@@ -381,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"otel-luna {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``otel-luna report luna | head``): no traceback, and none
+        # either when Python flushes standard output at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_FAILED
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
 
 

@@ -682,3 +682,26 @@ def test_sparkline() -> None:
     assert luna.sparkline([None, 3, 3]) == " ██"
     assert luna.sparkline([0, 0]) == "▁▁"
     assert luna.sparkline([]) == ""
+
+
+def test_a_reader_that_goes_away_is_no_traceback(data: Data) -> None:
+    """``otel-luna report luna | head -1``: the command stops quietly when its reader has closed
+    the pipe (exit 1, nothing on standard error), instead of a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    otel_luna = Path(sys.executable).with_name("otel-luna")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the report is written
+    try:
+        done = subprocess.run(
+            [str(otel_luna), "report", "luna", "--file", str(data.file)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.stderr == b""
+    assert done.returncode == cli.EXIT_FAILED

@@ -815,6 +815,8 @@ def render_png(report: LunaReport, path: Path, title: str = "LUNA monitoring") -
         locator = AutoDateLocator()  # type: ignore[no-untyped-call]
         axes.xaxis.set_major_locator(locator)
         axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+        if report.buckets and report.bucket_ns:  # one time axis: the period's buckets
+            axes.set_xlim(when[0], when[-1] + dt.timedelta(microseconds=report.bucket_ns / 1000))
         axes.grid(alpha=0.3)
     stages.grid(axis="x", alpha=0.3)
     total = report.points.get(REQUESTS, 0)
