@@ -59,3 +59,9 @@ def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> Non
     bar = re.search(r"60/60 requests +([\d.]+) s", done.stderr)
     sent = re.search(r"sent 60 requests \(\d+ failing\) in ([\d.]+) s", done.stdout)
     assert bar and sent and bar.group(1) == sent.group(1)  # one time, shown twice
+    # ... and ends with `otel-luna report luna` of those points, charted beside them
+    assert f"luna report: file {lp}, service luna-handlers" in done.stdout
+    assert re.search(r"^  all routes +60 ", done.stdout, re.M)
+    chart = work / demo.DEFAULT_PNG_NAME
+    assert f"chart: {chart}" in done.stdout
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and chart.stat().st_size > 50_000
