@@ -167,6 +167,8 @@ class Reason(str, enum.Enum):
     REQUESTS_REFUSED_UNSUPPORTED = "requests_refused_unsupported", _O.EVENT  # 415
     REQUESTS_REFUSED_TOO_LARGE = "requests_refused_too_large", _O.EVENT  # 413, 431
     REQUESTS_REFUSED_MALFORMED = "requests_refused_malformed", _O.EVENT  # 400
+    # 413: decoded it would pass serve_max_decoded_bytes (HTTP and gRPC)
+    REQUESTS_REFUSED_DECODED_TOO_LARGE = "requests_refused_decoded_too_large", _O.EVENT
     REQUESTS_REFUSED_TIMEOUT = "requests_refused_timeout", _O.EVENT  # 408, or closed silently
     REQUESTS_REFUSED_BUSY = "requests_refused_busy", _O.EVENT  # 503: too many bytes in flight
     REQUESTS_REFUSED_STOPPING = "requests_refused_stopping", _O.EVENT  # 503: serve is stopping

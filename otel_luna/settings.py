@@ -544,6 +544,14 @@ class Settings:
         doc="most request bytes being read or decoded at once; beyond it requests are refused "
         "with 503 / RESOURCE_EXHAUSTED and retried by the client",
     )
+    serve_max_decoded_bytes: int = setting(
+        128 * 1024 * 1024,
+        *number(int, 1024 * 1024, 2**40, "bytes per request, estimated before decoding"),
+        group=SERVE,
+        doc="most memory one request may take decoded, by a bound computed before decoding "
+        "(many tiny messages decode to 30-90 times their wire size); beyond it the request is "
+        "refused with 413 / RESOURCE_EXHAUSTED: send fewer spans or data points per request",
+    )
     serve_read_timeout: float = setting(
         10.0,
         *number(float, 0.1, 600),

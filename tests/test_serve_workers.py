@@ -421,8 +421,9 @@ def test_grpc_calls_over_the_cap_are_refused_with_retry_info_and_slow_ones_cance
 
 def test_grpc_request_bytes_in_flight_are_capped(influxdb1: InfluxDB1, database: str) -> None:
     """SERVE_MAX_INFLIGHT_BYTES at its minimum: of 8 large requests sent at once, those
-    arriving while another is decoded get RESOURCE_EXHAUSTED with RetryInfo; resent, every one
-    is accepted and stored, and serve stays up."""
+    arriving while another is decoded wait their turn (or, past protocol.DECODE_WAIT, get
+    RESOURCE_EXHAUSTED with RetryInfo and are resent): every one is accepted and stored, and
+    serve stays up."""
     env = serve_env(influxdb1.url, database, OTEL_EXPORTER_LUNA_SERVE_MAX_INFLIGHT_BYTES="1024")
     requests_ = [server_spans(1500) for _ in range(8)]
     bodies = [trace_request(spans).SerializeToString() for spans, _ in requests_]
@@ -453,6 +454,6 @@ def test_grpc_request_bytes_in_flight_are_capped(influxdb1: InfluxDB1, database:
         for thread in threads:
             thread.join(timeout=SEND_DEADLINE + 10)
     assert not errors, errors
-    assert refused and set(refused) == {1.0}, refused
+    assert set(refused) <= {1.0}, refused  # any refusal carries RetryInfo
     expected = {request_id for _, ids in requests_ for request_id in ids}
     assert set(stored_ids(influxdb1, database)) == expected

@@ -19,6 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from otel_luna.delivery.spool import SpoolUnavailable
 from otel_luna.ingest import Ingest, Result, otlp
 from otel_luna.outcomes import Counts, Reason
+from otel_luna.receiver.budget import ByteBudget
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
 
@@ -40,6 +41,9 @@ class Receiver:
         # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
         self.ingest = Ingest(settings, sink, memory_fallback=False)
         self.requests = Counts()
+        #: Request bytes being read, inflated and decoded (decoded ones at their bound), by both
+        #: front ends: one ``serve_max_inflight_bytes`` per process.
+        self.budget = ByteBudget(settings.serve_max_inflight_bytes)
         self._high_water = int(settings.spool_max_bytes * HIGH_WATER)
         # The most a request's re-encoded size can be: 4 x what is accepted on the wire (binary
         # protobuf re-encodes to at most 2 x its input: a negative enum read from 5 bytes comes

@@ -9,10 +9,14 @@ arrive, before any byte of the body is read and before a thread of the pool is t
 never reads the body. The Export handlers are request-*streaming* on the server side (the wire
 is the same as a unary call's): the message is read inside the handler, on the pool, only once
 the call was admitted, and a client that takes longer than ``SERVE_READ_TIMEOUT`` to send it is
-cancelled. A message read counts against ``SERVE_MAX_INFLIGHT_BYTES`` until it is decoded and
-spooled; past it the call is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``. So the bytes
+cancelled. A message read counts against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it
+may take decoded (:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the
+call is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
+``SERVE_MAX_DECODED_BYTES`` decoded ``RESOURCE_EXHAUSTED`` without (counted
+``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes
 serve holds for gRPC requests are at most: the messages being received (one per pool thread,
-each up to ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``), and
+each up to ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or
+one request alone up to ``SERVE_MAX_DECODED_BYTES``), and
 grpc's flow-control window for each admitted call still waiting for a thread (64 KiB: BDP
 probing, which grows the windows to megabytes per stream, is off).
 """
@@ -30,14 +34,16 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from otel_luna.outcomes import Reason
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
 from otel_luna.receiver.protocol import (
+    DECODE_WAIT,
     METRICS_PATH,
     METRICS_SERVICE,
     TRACE_SERVICE,
     TRACES_PATH,
-    ByteBudget,
     Signal,
+    decoded_too_large,
     signals,
     token_ok,
 )
@@ -140,7 +146,9 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._max_calls = settings.serve_max_connections
         self._calls = 0
         self._lock = threading.Lock()
-        self._budget = ByteBudget(settings.serve_max_inflight_bytes)  # as HTTP's
+        self._receiver = receiver
+        self._budget = receiver.budget  # HTTP's too
+        self._max_decoded = settings.serve_max_decoded_bytes
         self.deadlines = _ReadDeadlines(settings.serve_read_timeout)
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
@@ -190,8 +198,13 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
                 data = self.deadlines.read(requests, context, admitted)
                 if data is None:
                     _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
-                size = len(data)
-                if not self._budget.take(size):
+                # The message is held at what it may take decoded (its size at least).
+                size = signal_.decoded_bound(data, False, self._max_decoded)
+                if size > self._max_decoded:
+                    self._receiver.requests.add(Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE)
+                    message = decoded_too_large(size, self._max_decoded)
+                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+                if not self._budget.take(size, wait=DECODE_WAIT):
                     _abort_retry_later(context, "too many request bytes in flight; retry later")
                 try:
                     request = _decode(signal_, data, context)

@@ -30,6 +30,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from otel_luna.ingest import METRICS, TRACES, Result, otlp
 from otel_luna.outcomes import Reason, describe, rejected
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
+from otel_luna.receiver.budget import ByteBudget as ByteBudget  # re-exported: the hosts use it
+from otel_luna.receiver.decoded import ProtobufBound, json_bound
 from otel_luna.settings import Settings
 
 _logger = logging.getLogger("otel_luna.receiver.http")
@@ -60,6 +62,34 @@ class Signal:
         #: The ingest's signal (``traces``/``metrics``) and the counter of unreadable parts.
         self.name = name
         self.malformed = malformed
+        #: What a protobuf body of this signal may take decoded, at most.
+        self.bound = _protobuf_bound(request_type)
+
+    def decoded_bound(self, data: bytes | bytearray, json: bool, limit: int) -> int:
+        """Bytes ``data`` may take once decoded (at least its own size), known before decoding
+        (:mod:`otel_luna.receiver.decoded`); made tighter when a quick figure passes ``limit``."""
+        return max(len(data), json_bound(data) if json else self.bound(data, limit))
+
+
+_bounds: dict[str, ProtobufBound] = {}
+
+
+def _protobuf_bound(request_type: type[Message]) -> ProtobufBound:
+    """One bound per request type (made from its descriptors once)."""
+    name = request_type.DESCRIPTOR.full_name
+    bound = _bounds.get(name)
+    if bound is None:
+        bound = _bounds[name] = ProtobufBound(request_type.DESCRIPTOR)
+    return bound
+
+
+def decoded_too_large(bound: int, limit: int) -> str:
+    """Why a request was refused by ``serve_max_decoded_bytes`` (HTTP and gRPC alike)."""
+    return (
+        f"request may take up to {bound / 2**20:.0f} MiB decoded, more than {limit} bytes "
+        "(serve_max_decoded_bytes: many small messages decode to 30-90 times their size); "
+        "send fewer spans or data points per request"
+    )
 
 
 def signals(receiver: Receiver) -> dict[str, Signal]:
@@ -120,36 +150,11 @@ class Answer(NamedTuple):
     body: bytes
 
 
-class ByteBudget:
-    """Request bytes being read or decoded at once (``serve_max_inflight_bytes``), shared by
-    the event loop and the decoding threads. When nothing is held any request is admitted, so
-    one bigger than the whole budget is not refused for ever."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._used = 0
-        self._lock = threading.Lock()
-
-    def take(self, count: int) -> bool:
-        """Hold ``count`` more bytes; False (nothing held) when that would pass the limit."""
-        with self._lock:
-            if self._used and self._used + count > self.limit:
-                return False
-            self._used += count
-            return True
-
-    def give(self, count: int) -> None:
-        with self._lock:
-            self._used -= count
-
-    @property
-    def used(self) -> int:
-        with self._lock:
-            return self._used
-
-
 #: Seconds between two log lines of one kind of refusal (the others are counted in the next).
 LOG_INTERVAL = 10.0
+#: Seconds a request that was read waits for its decoded bound to fit in the budget before it is
+#: refused as busy: large requests (each bounded at far more than its size) take turns instead.
+DECODE_WAIT = 5.0
 #: Bytes inflated at a time, each held in the budget before the next.
 _INFLATE_STEP = 1 << 20
 _MESSAGE_CHARS = 1000
@@ -176,9 +181,8 @@ class HttpProtocol:
     ) -> None:
         self.receiver = receiver
         self.settings = settings
-        self.budget = (
-            budget if budget is not None else ByteBudget(settings.serve_max_inflight_bytes)
-        )
+        # One budget per process, both front ends' (the receiver's), unless given one.
+        self.budget = budget if budget is not None else receiver.budget
         self._signals = signals(receiver)
         self._log_lock = threading.Lock()
         self._logged: dict[str, tuple[float, int]] = {}
@@ -357,31 +361,55 @@ class HttpProtocol:
         answer_type = _answer_type(headers)
         if len(body) > self.settings.serve_max_message_bytes:
             return self._too_large(headers)
-        held = [0]  # inflated bytes in the budget, given back once parsed
+        held = [0]  # inflated bytes and the decoded bound, given back once accepted
         try:
-            try:
-                data = self._decompress(body, headers.get("content-encoding", ""), held)
-            except _TooLarge:
-                return self._too_large(headers)
-            except _Busy:
-                return self.busy(headers)
-            except (zlib.error, ValueError) as error:
-                return self._malformed(headers, f"bad compressed body: {error}")
-            request = signal_.request_type()
-            malformed: list[otlp.Malformed] = []
-            try:
-                if answer_type == JSON:
-                    malformed = otlp.parse_json(data, request)
-                else:
-                    request.ParseFromString(data)
-            except RecursionError:
-                return self._malformed(headers, "nesting too deep")
-            except Exception as error:  # noqa: BLE001 - DecodeError, ValueError, json errors, ...
-                what = str(error)[:300] or type(error).__name__
-                return self._malformed(headers, f"{type(error).__name__}: {what}")
+            return self._decode_and_accept(signal_, headers, answer_type, body, held)
         finally:
             if held[0]:
                 self.budget.give(held[0])
+
+    def _decode_and_accept(
+        self,
+        signal_: Signal,
+        headers: dict[str, str],
+        answer_type: str,
+        body: bytes | bytearray,
+        held: list[int],
+    ) -> Answer:
+        try:
+            data = self._decompress(body, headers.get("content-encoding", ""), held)
+        except _TooLarge:
+            return self._too_large(headers)
+        except _Busy:
+            return self.busy(headers)
+        except (zlib.error, ValueError) as error:
+            return self._malformed(headers, f"bad compressed body: {error}")
+        limit = self.settings.serve_max_decoded_bytes
+        decoded = signal_.decoded_bound(data, answer_type == JSON, limit)
+        if decoded > limit:
+            return self._refuse(
+                headers,
+                413,
+                code_pb2.RESOURCE_EXHAUSTED,
+                Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE,
+                decoded_too_large(decoded, limit),
+            )
+        # The body is held by the host (its length) and the inflated bytes here: alone, it fits.
+        if not self.budget.take(decoded, held=len(body) + held[0], wait=DECODE_WAIT):
+            return self.busy(headers)
+        held[0] += decoded
+        request = signal_.request_type()
+        malformed: list[otlp.Malformed] = []
+        try:
+            if answer_type == JSON:
+                malformed = otlp.parse_json(data, request)
+            else:
+                request.ParseFromString(data)
+        except RecursionError:
+            return self._malformed(headers, "nesting too deep")
+        except Exception as error:  # noqa: BLE001 - DecodeError, ValueError, json errors, ...
+            what = str(error)[:300] or type(error).__name__
+            return self._malformed(headers, f"{type(error).__name__}: {what}")
         del data
         try:
             result = signal_.accept(request)
