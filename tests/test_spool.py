@@ -123,6 +123,42 @@ def test_reads_in_order_and_batches_by_lines(any_spool: DiskSpool | MemorySpool)
     assert any_spool.pending_lines == 0 and any_spool.pending_bytes == 0
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_a_batch_reads_pieces_of_its_segment_and_records_cut_between_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """A batch reads its segment a piece at a time, not to the end: records cut at the end of
+    a piece, and records larger than a piece, come back whole, in order, each once; a damaged
+    record after them still ends its segment."""
+    import random
+
+    monkeypatch.setattr(spool_module, "READ_AHEAD", 300)
+    rng = random.Random(seed)
+    spool = DiskSpool(tmp_path / "spool", max_bytes=10**8, segment_bytes=20_000)
+    sent: list[bytes] = []
+    got: list[bytes] = []
+    for index in range(400):
+        lines = rng.randint(1, 3)
+        pad = b"p" * (rng.randint(300, 2000) if rng.random() < 0.1 else rng.randint(0, 30))
+        body = b"".join(b'm f="%s" %d\n' % (pad, index) for _ in range(lines))
+        spool.append(body, lines)
+        sent.append(body)
+        if rng.random() < 0.2:
+            got += drain(spool, max_lines=rng.randint(1, 10))
+    got += drain(spool, max_lines=7)
+    assert b"".join(got) == b"".join(sent)
+    assert spool.counts["corrupt_records"] == 0
+    for index in range(3):
+        spool.append(b"m x=%di\n" % index + b"q" * 400 + b"\n", 1)
+    segment = sorted(spool.directory.glob("*.seg"))[-1]
+    data = bytearray(segment.read_bytes())
+    data[-5] ^= 0xFF  # the last record, in another piece than the first
+    segment.write_bytes(bytes(data))
+    assert len(drain(spool, max_lines=1)) == 2
+    assert spool.counts["corrupt_records"] == 1 and spool.counts["dropped_corrupt"] == 1
+    spool.close()
+
+
 def test_unacked_records_replay_after_restart(tmp_path: Path) -> None:
     """A new spool on the same root replays what a dead process appended and did not ack."""
     root = tmp_path / "spool"

@@ -67,6 +67,8 @@ _LOCK_FILE = "lock"
 _STATS_FILE = "stats.json"
 #: Segment files roll over past this size.
 SEGMENT_BYTES = 8 * 1024 * 1024
+#: Bytes of a segment read at once for a batch (more only for a record larger than that).
+READ_AHEAD = 1024 * 1024
 #: Seconds a :class:`FallbackSpool` keeps new records in memory before trying the disk again
 #: (and only once what it kept in memory was delivered).
 DISK_RETRY_INTERVAL = 5.0
@@ -377,29 +379,53 @@ class _SegmentLog:
                     return None
                 self._drop_segment(number)
                 continue
-            data = self._read_bytes(number, end)
-            bodies: list[bytes] = []
-            lines, position = 0, 0
-            while (record := _parse(data, position)) is not None:
-                body, count, next_position = record
-                if bodies and lines + count > max_lines:
-                    break
-                bodies.append(body)
-                lines += count
-                position = next_position
+            bodies, lines, position = self._read_records(number, end, max_lines)
             if bodies:
                 self.reading = number
                 return b"".join(bodies), lines, (number, self.read_offset + position)
             self._give_up_damaged(number, end)
         return None
 
-    def _read_bytes(self, number: int, end: int) -> bytes:
+    def _read_records(self, number: int, end: int, max_lines: int) -> tuple[list[bytes], int, int]:
+        """The whole records from the read position, up to ``max_lines`` (at least one), their
+        lines, and how many bytes they take. The segment is read in pieces of
+        :data:`READ_AHEAD` bytes, not to its end (a batch is a few MiB of a segment that may
+        hold many more), and further only for a record cut at the end of a piece."""
+        bodies: list[bytes] = []
+        lines = 0
+        available = end - self.read_offset
         try:
-            with open(self._path(number), "rb") as file:
-                file.seek(self.read_offset)
-                return file.read(end - self.read_offset)
+            file = open(self._path(number), "rb")  # noqa: SIM115 - closed by the with below
         except FileNotFoundError:
-            return b""  # removed behind our back: as damaged as it gets
+            return bodies, 0, 0  # removed behind our back: as damaged as it gets
+        with file:
+            file.seek(self.read_offset)
+            data = file.read(min(available, READ_AHEAD))
+            start = position = 0  # data[0] is at start; the next record at start + position
+            while True:
+                record = _parse(data, position)
+                if record is None:
+                    if start + len(data) >= available:
+                        break  # the end of what was written, or damage
+                    rest = len(data) - position  # a record cut at the end of the piece
+                    want = _HEADER.size
+                    if rest >= _HEADER.size:
+                        want += _HEADER.unpack_from(data, position)[1]
+                    more = min(max(want - rest, READ_AHEAD), available - start - len(data))
+                    piece = file.read(more)
+                    if not piece:
+                        break  # cut behind our back: as damaged as it gets
+                    start += position
+                    data = data[position:] + piece
+                    position = 0
+                    continue
+                body, count, next_position = record
+                if bodies and lines + count > max_lines:
+                    break
+                bodies.append(body)
+                lines += count
+                position = next_position
+        return bodies, lines, start + position
 
     def _give_up_damaged(self, number: int, end: int) -> None:
         """The record at the read position is damaged (changed or cut after it was written):
