@@ -698,57 +698,18 @@ def _identifier(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def query_influxdb1(
     settings: Settings, since_ns: int, until_ns: int, service: str = SERVICE_NAME
 ) -> Summary:
-    """The :class:`Summary` of ``service``'s points between the two times, by InfluxQL."""
-    prefix = _identifier(settings.database) + "."
-    if settings.retention_policy:
-        prefix += _identifier(settings.retention_policy) + "."
-    else:
-        prefix += "."
-    where = f"WHERE service = {_literal(service)} AND time >= {since_ns} AND time <= {until_ns}"
-    requests = prefix + _identifier(schema.REQUESTS)
-    errors = prefix + _identifier(schema.ERRORS)
-    usages = prefix + _identifier(schema.USAGES_STATISTIC)
-    licensing = prefix + _identifier(schema.LICENSING)
-    total_requests, total_errors, by_route, by_code, total_usages, total_licensing = influx_query(
-        settings,
-        f'SELECT count("execution_time") FROM {requests} {where}',
-        f'SELECT count("request_id") FROM {errors} {where}',
-        f'SELECT count("execution_time") FROM {requests} {where} GROUP BY "route"',
-        f'SELECT count("request_id") FROM {errors} {where} GROUP BY "error_code"',
-        # every usages_statistic point has some *_usages field: the largest count is the points
-        f"SELECT count(*) FROM {usages} {where}",
-        f'SELECT count("warnings") FROM {licensing} {where}',
-    )
+    """The :class:`Summary` of ``service``'s points between the two times, read back with
+    InfluxQL by the reader ``otel-luna report`` uses."""
+    from otel_luna.report import ReportError, common
 
-    def rows(result: dict[str, Any]) -> list[tuple[dict[str, str], list[Any]]]:
-        return [
-            (series.get("tags", {}), values)
-            for series in result.get("series", [])
-            for values in series.get("values", [])
-        ]
-
-    def total(result: dict[str, Any]) -> int:
-        return sum(max((int(n or 0) for n in values[1:]), default=0) for _, values in rows(result))
-
-    routes = {
-        tags.get("route", ""): int(values[1])
-        for tags, values in sorted(rows(by_route), key=lambda row: row[0].get("route", ""))
-    }
-    codes = {tags.get("error_code", ""): int(values[1]) for tags, values in rows(by_code)}
-    points = {
-        schema.REQUESTS: total(total_requests),
-        schema.ERRORS: total(total_errors),
-        schema.USAGES_STATISTIC: total(total_usages),
-        schema.LICENSING: total(total_licensing),
-    }
-    return Summary(points, routes, codes)
+    try:
+        points = common.query_influxql(settings, SERIES, since_ns, {"service": service})
+    except ReportError as error:
+        raise DemoError(str(error)) from None
+    return summarize(point for point in points if point.time_ns <= until_ns)
 
 
 # -- the whole demo -----------------------------------------------------------------------------
