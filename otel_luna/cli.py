@@ -230,6 +230,10 @@ def _status(args: argparse.Namespace) -> int:
     for supervisor in supervisors:
         print(supervisor_line(supervisor))
     print(f"spool {root}: {len(entries)} process directories")
+    if not entries:
+        hint = _not_a_spool_root(root)
+        if hint:
+            print(f"  ({root} {hint}; give the spool root: {env_name('spool_dir')})")
     for entry in entries:
         state = "running" if entry["running"] else "gone (replayed at next start)"
         print(
@@ -258,6 +262,19 @@ def _status(args: argparse.Namespace) -> int:
             print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
             print("    points by outcome: " + _by_outcome(counts))
     return EXIT_OK
+
+
+def _not_a_spool_root(root: str) -> str | None:
+    """Why ``root``, holding no process directory, may be the wrong directory, if it looks like
+    one level of a spool root: a destination's directory or a process's."""
+    from otel_luna.delivery.spool import process_directories
+
+    here = Path(root)
+    if (here / "lock").is_file():
+        return "looks like one process's directory, two levels below a spool root"
+    if process_directories(here.parent) and here.parent != here:
+        return "looks like one destination's directory, one level below a spool root"
+    return None
 
 
 def _by_outcome(counts: dict[str, Any]) -> str:

@@ -715,6 +715,25 @@ def query_influxdb1(
 # -- the whole demo -----------------------------------------------------------------------------
 
 
+def _empty(path: Path) -> None:
+    """Make ``path`` an empty regular file, never through a symbolic link (a link would have
+    its target emptied: someone else's file)."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise DemoError(
+            f"{path} is a symbolic link or no regular file: the demo empties {path.name} first "
+            "and will not do that to whatever it points at; remove it, or run the demo elsewhere"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise DemoError(
+            f"cannot write {path}: {error.strerror}; run the demo in a writable directory or "
+            "pass --endpoint"
+        ) from None
+    os.close(fd)
+
+
 def _report(
     source: Path | Settings | None,
     since_ns: int,
@@ -728,7 +747,8 @@ def _report(
 
     assert source is not None
     png: Path | None = cwd / DEFAULT_PNG_NAME
-    if importlib.util.find_spec("matplotlib") is None:
+    unwritable = not os.access(cwd, os.W_OK)
+    if importlib.util.find_spec("matplotlib") is None or unwritable:
         png = None
     say("")
     since = dt.datetime.fromtimestamp(since_ns // 1000 / 1e6, tz=dt.timezone.utc)
@@ -737,7 +757,11 @@ def _report(
     except ReportError as error:
         return [f"the report: {error}"]
     if png is None:
-        say("(pip install 'otel-luna[report]' to get the chart as a PNG too)")
+        say(
+            f"(no chart: {cwd} is not writable)"
+            if unwritable
+            else "(pip install 'otel-luna[report]' to get the chart as a PNG too)"
+        )
     return []
 
 
@@ -853,8 +877,7 @@ def _run_demo(
     if source == "file":
         lp_path = cwd / file_path(settings.endpoint)
         if chosen == default_endpoint(cwd):
-            lp_path.parent.mkdir(parents=True, exist_ok=True)
-            lp_path.write_bytes(b"")
+            _empty(lp_path)
         elif lp_path.exists():
             offset = lp_path.stat().st_size
     elif source == "influxdb1":

@@ -838,9 +838,12 @@ def _convert(setting: str, declared: Setting, raw: Any) -> Any:
     try:
         return declared.parse(raw)
     except (ValueError, TypeError) as error:
-        shown = "" if declared.secret else f" {declared.show(raw)!r}:"
+        shown = "" if declared.secret else f" {declared.show(raw)!r}"
+        why = str(error)
+        if why == f"expected {declared.accepts}":  # would say it twice
+            raise SettingsError(setting, f"bad value{shown}; accepts {declared.accepts}") from None
         raise SettingsError(
-            setting, f"bad value{shown} {error}; accepts {declared.accepts}"
+            setting, f"bad value{shown}: {why}; accepts {declared.accepts}"
         ) from None
 
 

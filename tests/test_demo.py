@@ -327,3 +327,62 @@ def test_status_of_no_spool_directory_is_an_error(
     problem = "does not exist" if kind == "missing" else "is not a directory"
     assert captured.err == f"otel-luna status: spool directory {path} {problem}\n"
     assert captured.out == ""
+
+
+def test_status_of_a_directory_that_is_no_spool_reads_it_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`otel-luna status` on any directory only reads it: no lock file is created in
+    directories two levels down (it used to create one in each), unreadable ones are skipped
+    without a traceback, and no process directory is "0 process directories"."""
+    tree = tmp_path / "home" / "user" / "projects"
+    tree.mkdir(parents=True)
+    unreadable = tmp_path / "home" / "locked"
+    unreadable.mkdir(mode=0)
+    try:
+        assert cli.main(["status", str(tmp_path / "home")]) == cli.EXIT_OK
+        assert cli.main(["status", "/proc"]) == cli.EXIT_OK
+    finally:
+        unreadable.chmod(0o700)
+    assert list(tree.iterdir()) == []
+    captured = capsys.readouterr()
+    assert f"spool {tmp_path / 'home'}: 0 process directories" in captured.out
+    assert "Traceback" not in captured.err
+
+
+def test_status_of_one_level_of_a_spool_says_which_root_to_give(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given a destination's directory (or a process's) instead of the spool root, status says
+    so instead of a bare "0 process directories"."""
+    from otel_luna.delivery.spool import DiskSpool
+
+    root = tmp_path / "spool"
+    spool = DiskSpool(root / "file_x", max_bytes=10**6)
+    spool.append(b"m x=1i\n", 1)
+    try:
+        assert cli.main(["status", str(root)]) == cli.EXIT_OK
+        assert "1 process directories" in capsys.readouterr().out
+        assert cli.main(["status", str(root / "file_x")]) == cli.EXIT_OK
+        assert "looks like one destination's directory" in capsys.readouterr().out
+        assert cli.main(["status", str(spool.directory)]) == cli.EXIT_OK
+        assert "looks like one process's directory" in capsys.readouterr().out
+    finally:
+        spool.close()
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory"])
+def test_the_demo_never_empties_a_file_through_a_link(tmp_path: Path, kind: str) -> None:
+    """luna-demo.lp as a symbolic link (to someone's file) or a directory: the demo refuses
+    before it starts the app, naming it, and the link's target keeps its content."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    if kind == "symlink":
+        (work / demo.DEFAULT_FILE_NAME).symlink_to(precious)
+    else:
+        (work / demo.DEFAULT_FILE_NAME).mkdir()
+    with pytest.raises(demo.DemoError, match=r"luna-demo\.lp is a symbolic link or no regular"):
+        demo.run_demo(5, cwd=work, environ=clean_env(), out=io.StringIO(), seed=1)
+    assert precious.read_text() == "keep me\n"

@@ -675,10 +675,12 @@ def _process_directories(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def _try_lock(directory: Path) -> int | None:
-    """An open, exclusively locked fd on ``directory/lock``, or None if another process has it."""
+def _try_lock(directory: Path, create: bool = True) -> int | None:
+    """An open, exclusively locked fd on ``directory/lock``, or None if another process has it
+    (or, with ``create`` false, if there is no lock file)."""
     try:
-        fd = os.open(directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        flags = os.O_RDWR | (os.O_CREAT if create else 0)
+        fd = os.open(directory / _LOCK_FILE, flags, 0o600)
     except OSError:
         return None
     try:
@@ -910,6 +912,23 @@ def open_spool(
     return FallbackSpool(disk, max_bytes, retry_interval=retry_interval)
 
 
+def process_directories(root: Path | str) -> list[Path]:
+    """The process directories under a spool root (``<root>/<destination>/<process>``, each
+    holding its lock file); directories that cannot be read, or hold no lock file, are none."""
+    found: list[Path] = []
+    try:
+        destinations = sorted(p for p in Path(root).iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for destination in destinations:
+        try:
+            directories = _process_directories(destination)
+        except OSError:
+            continue
+        found += [d for d in directories if (d / _LOCK_FILE).is_file()]
+    return found
+
+
 def describe(root: Path | str) -> list[dict[str, object]]:
     """What waits under a spool root: one entry per process directory, for ``otel-luna status``.
 
@@ -917,31 +936,31 @@ def describe(root: Path | str) -> list[dict[str, object]]:
     live one, and left as it is.
     """
     entries: list[dict[str, object]] = []
-    root = Path(root)
-    if not root.is_dir():
-        return entries
-    for destination in sorted(p for p in root.iterdir() if p.is_dir()):
-        for directory in _process_directories(destination):
-            fd = _try_lock(directory)
-            if fd is not None:
-                os.close(fd)
-            counts = Counts()
+    for directory in process_directories(root):
+        destination = directory.parent
+        fd = _try_lock(directory, create=False)
+        if fd is not None:
+            os.close(fd)
+        counts = Counts()
+        try:
             log = _SegmentLog(directory, counts)
-            try:
-                stats = json.loads((directory / _STATS_FILE).read_text())
-            except (OSError, ValueError):
-                stats = {}
-            if not isinstance(stats, dict):
-                stats = {}
-            entries.append(
-                {
-                    "destination": destination.name,
-                    "process": directory.name,
-                    "running": fd is None,
-                    "pending_lines": log.pending_lines,
-                    "pending_bytes": log.pending_bytes,
-                    "corrupt_records": counts["corrupt_records"],
-                    "counts": stats,
-                }
-            )
+        except OSError:  # unreadable: not ours to describe
+            continue
+        try:
+            stats = json.loads((directory / _STATS_FILE).read_text())
+        except (OSError, ValueError):
+            stats = {}
+        if not isinstance(stats, dict):
+            stats = {}
+        entries.append(
+            {
+                "destination": destination.name,
+                "process": directory.name,
+                "running": fd is None,
+                "pending_lines": log.pending_lines,
+                "pending_bytes": log.pending_bytes,
+                "corrupt_records": counts["corrupt_records"],
+                "counts": stats,
+            }
+        )
     return entries
