@@ -126,6 +126,13 @@ def _add_report_parser(commands: Any) -> None:
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
 
+    def png_path(text: str) -> Path:
+        if not text.lower().endswith(".png"):
+            raise argparse.ArgumentTypeError(
+                f"the chart is PNG data: give a path ending in .png, got {text!r}"
+            )
+        return Path(text)
+
     parser = commands.add_parser(
         "report",
         help="summarise the LUNA series or the watchdog events from InfluxDB or a file sink",
@@ -166,12 +173,18 @@ def _add_report_parser(commands: Any) -> None:
         help="only the last DURATION (90s, 15m, 2h, 7d, 1h30m; default: everything)",
     )
     parser.add_argument("--service", help="luna: only this service tag")
-    parser.add_argument("--png", type=Path, metavar="PATH", help="also draw the charts here")
+    parser.add_argument(
+        "--png",
+        type=png_path,
+        metavar="PATH",
+        help="also draw the charts in this PNG file (missing directories are created)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _report(args: argparse.Namespace) -> int:
     from otel_luna.report import ReportError, luna, watchdog
+    from otel_luna.report.common import ChartError
 
     try:
         if args.profile == "luna":
@@ -200,6 +213,10 @@ def _report(args: argparse.Namespace) -> int:
                 png=args.png,
                 as_json=args.json,
             )
+    except ChartError as error:  # the report was made: print it, then say why there is no chart
+        print(error.text, flush=True)
+        print(f"otel-luna report: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except ReportError as error:
         print(f"otel-luna report: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -705,3 +705,250 @@ def test_a_reader_that_goes_away_is_no_traceback(data: Data) -> None:
         os.close(write_end)
     assert done.stderr == b""
     assert done.returncode == cli.EXIT_FAILED
+
+
+# -- what a new user ran into (issue 12) ---------------------------------------------------------
+
+
+@pytest.fixture
+def lp_file(tmp_path: Path) -> Path:
+    """The crafted points in a line-protocol file (no InfluxDB needed)."""
+    file = tmp_path / "luna.lp"
+    file.write_text(line_protocol(crafted_points()))
+    return file
+
+
+def without_luna_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [key for key in os.environ if key.startswith("OTEL_EXPORTER_LUNA_")]:
+        monkeypatch.delenv(name)
+
+
+def test_an_unwritable_chart_prints_the_report_then_one_line_and_exit_1(
+    lp_file: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``--png`` where no file can be written: the report is printed all the same, then one line
+    on standard error naming the chart and why, exit 1; no traceback. A missing parent
+    directory is created."""
+    without_luna_environment(monkeypatch)
+    assert cli.main(["report", "luna", "--file", str(lp_file)]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    (tmp_path / "a-dir.png").mkdir()
+    (tmp_path / "a-file").write_text("")
+    cases = {
+        "/proc/x.png": "No such file or directory",
+        str(tmp_path / "a-dir.png"): "Is a directory",
+        str(tmp_path / "a-file" / "x.png"): "Not a directory",
+        "/etc/passwd/x.png": "Not a directory",
+    }
+    for png, reason in cases.items():
+        assert cli.main(["report", "luna", "--file", str(lp_file), "--png", png]) == 1, png
+        out, err = capsys.readouterr()
+        assert out == text
+        assert err == f"otel-luna report: cannot write the chart {png}: {reason}\n"
+    for png, reason in cases.items():  # the same for the JSON
+        assert cli.main(["report", "luna", "--file", str(lp_file), "--json", "--png", png]) == 1
+        out, err = capsys.readouterr()
+        assert "png" not in json.loads(out) and err.endswith(f": {reason}\n")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no temporary file"
+    created = tmp_path / "new" / "deeper" / "luna.png"
+    assert cli.main(["report", "luna", "--file", str(lp_file), "--png", str(created)]) == 0
+    assert capsys.readouterr().out == text + f"chart: {created}\n"
+    assert created.read_bytes().startswith(PNG_SIGNATURE)
+
+
+def test_a_png_path_not_ending_in_png_is_a_usage_error(
+    lp_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """We always write PNG data: ``--png /tmp``, ``--png ""`` or ``--png c.svg`` is a usage
+    error (exit 2) naming the option; nothing is read or printed."""
+    for png in ("/tmp", "", "chart.svg"):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["report", "luna", "--file", str(lp_file), "--png", png])
+        assert stopped.value.code == cli.EXIT_USAGE
+        out, err = capsys.readouterr()
+        assert (
+            out == ""
+            and f"argument --png: the chart is PNG data: give a path ending in .png, got {png!r}"
+            in err
+        )
+    assert (
+        cli.main(
+            ["report", "luna", "--file", str(lp_file), "--png", str(lp_file.with_name("C.PNG"))]
+        )
+        == 0
+    )
+
+
+def test_show_prints_the_report_before_failing_on_the_chart(lp_file: Path, tmp_path: Path) -> None:
+    """``show()`` (what the demo calls) writes the text first, then raises ``ReportError`` for a
+    chart it cannot write: the caller still has the text."""
+    out = io.StringIO()
+    directory = tmp_path / "taken.png"
+    directory.mkdir()
+    with pytest.raises(ReportError, match=f"cannot write the chart {directory}: Is a directory"):
+        luna.show(lp_file, png=directory, out=out)
+    assert (
+        out.getvalue()
+        == f"luna report: file {lp_file}\n"
+        + luna.format_report(luna.summarize(luna.read(lp_file)))
+        + "\n"
+    )
+
+
+def test_a_file_cut_short_is_read_but_its_last_line(
+    lp_file: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``head -c -20 luna.lp > t.lp`` (a file cut short by a crash): the report of the lines
+    before, and the skipped line counted in the header, text and JSON; exit 0."""
+    without_luna_environment(monkeypatch)
+    data = lp_file.read_bytes()
+    cut = lp_file.with_name("t.lp")
+    cut.write_bytes(data[:-20])
+    lines = data.count(b"\n")
+    assert cli.main(["report", "luna", "--file", str(cut)]) == cli.EXIT_OK
+    out = capsys.readouterr().out.splitlines()
+    assert out[3].startswith(
+        f"skipped 1 unreadable line (first: line {lines}: bad timestamp at character "
+    )
+    whole = luna.summarize(crafted_points()[:-1])  # the last line is the last point
+    assert out[1:3] + out[4:] == luna.format_report(whole).splitlines()
+    assert cli.main(["report", "luna", "--file", str(cut), "--json"]) == cli.EXIT_OK
+    skipped = json.loads(capsys.readouterr().out)["skipped"]
+    assert skipped["lines"] == 1 and skipped["first"].startswith(f"line {lines}: bad timestamp")
+
+
+def test_bad_lines_are_skipped_and_counted_string_fields_keep_their_newlines() -> None:
+    """Lines are cut as ``split_lines`` cuts them (a string field may hold a newline): a bad
+    line among good ones is skipped and named by its line in the file."""
+    good = (
+        'licensing,license_status=warning,service=s liveness_balance=9i,warnings="two\nlines" 1\n'
+        "requests,route=r,service=s execution_time=0.5 2\n"
+    )
+    text = good + "requests,route=r,service=s execution_time=x 3\n# a comment\nbroken\n" + good
+    read = common.parse_line_protocol(text.encode(), "t.lp")
+    assert [p.time_ns for p in read.points] == [1, 2, 1, 2]
+    assert read.points[0].fields["warnings"] == "two\nlines"
+    assert read.skipped == common.Skipped(2, "line 4: bad field value 'x' at character 42")
+    assert read.skipped.describe() == (
+        "skipped 2 unreadable lines (first: line 4: bad field value 'x' at character 42)"
+    )
+    with pytest.raises(ReportError, match=r"^t\.lp: no line can be read \(first: line 1: "):
+        common.parse_line_protocol(b"broken\nalso broken\n", "t.lp")
+    assert common.parse_line_protocol(b"", "t.lp") == ([], common.Skipped())
+
+
+def test_bytes_that_are_not_utf8_are_a_report_error_naming_the_file_and_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not UTF-8: one line naming the file, the line and the byte offset, exit 1 (no
+    UnicodeDecodeError traceback); but a last line cut inside a character is a line cut short."""
+    file = tmp_path / "bin.lp"
+    file.write_bytes(
+        b"requests,service=a execution_time=1 1\nrequests,service=\xff execution_time=1 2\n"
+    )
+    assert cli.main(["report", "luna", "--file", str(file)]) == cli.EXIT_FAILED
+    assert capsys.readouterr().err == (
+        f"otel-luna report: {file}: line 2 (byte offset 55) is not UTF-8 text\n"
+    )
+    cut = b'requests,service=a execution_time=1,s="\xc3\xa9" 1\nrequests,service=a s="\xc3'
+    read = common.parse_line_protocol(cut, "cut.lp")
+    assert [p.fields["s"] for p in read.points] == ["é"]
+    assert read.skipped == common.Skipped(1, "line 2: cut short inside a UTF-8 character")
+
+
+def test_rates_need_a_period_of_a_second_and_columns_stay_apart() -> None:
+    """Three requests 2 ns apart: no rates (``-``), not billions per second; and a number
+    wider than its column still has spaces on both sides."""
+    points = [
+        Point("requests", (("route", "r"), ("service", "s")), {"execution_time": 1e9}, T0 + i)
+        for i in (0, 2, 4)
+    ]
+    report = luna.summarize(points)
+    assert report.rate_seconds is None and report.services[0].overall.rate is None
+    text = luna.format_report(report)
+    assert "; no rates (a period under 1 s)" in text.splitlines()[0]
+    rows = [line.split() for line in text.splitlines() if line.startswith("  r ")]
+    assert rows == [["r", "3", "-", *["1000000000000.0"] * 4, "0", "(0.0%)"]]
+    later = Point("requests", points[0].tags, {"execution_time": 0.5}, T0 + SECOND)
+    wide = luna.summarize([*points, later])
+    assert wide.rate_seconds == 1.0 and wide.services[0].overall.rate == 4.0
+    assert "; rates over 1.0 s" in luna.format_report(wide).splitlines()[0]
+
+
+def test_since_beyond_a_hundred_years_is_a_usage_error(
+    lp_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--since 99999999999d`` is refused before anything is read (exit 2, naming --since)."""
+    assert common.parse_duration("36525d") == common.MAX_DURATION_NS
+    for since in ("99999999999d", "36526d", "5300w"):
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["report", "luna", "--file", str(lp_file), "--since", since])
+        assert stopped.value.code == cli.EXIT_USAGE
+        assert "argument --since: the duration must be at most 100 years" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="at most 100 years"):
+        luna.show(lp_file, since="99999999999d", out=io.StringIO())
+
+
+def test_no_points_is_exit_0_everywhere_an_unreadable_source_exit_1(
+    influxdb1: InfluxDB1,
+    influxdb1_database: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The source was read but holds no points (an empty file, an empty database, an empty
+    window, an unknown service): the report says so, exit 0, for both reports. A source that
+    cannot be read: exit 1."""
+    without_luna_environment(monkeypatch)
+    empty = tmp_path / "empty.lp"
+    empty.write_bytes(b"")
+    sources = (
+        ["--file", str(empty)],
+        ["--endpoint", influxdb1.url, "--database", influxdb1_database],
+    )
+    for source in sources:
+        assert cli.main(["report", "luna", *source]) == cli.EXIT_OK
+        assert "no LUNA points in this period" in capsys.readouterr().out
+        assert cli.main(["report", "watchdog", *source]) == cli.EXIT_OK
+        assert "(0 new_item, 0 poller_heartbeat, 0 worker_works)" in capsys.readouterr().out
+    lp = tmp_path / "luna.lp"
+    lp.write_text(line_protocol(crafted_points()))
+    for extra in (["--service", "nobody"], ["--since", "1s"]):
+        assert cli.main(["report", "luna", "--file", str(lp), *extra]) == cli.EXIT_OK
+        assert "no LUNA points in this period" in capsys.readouterr().out
+    for profile in ("luna", "watchdog"):
+        assert cli.main(["report", profile, "--file", str(tmp_path / "missing.lp")]) == 1
+        assert capsys.readouterr().err == (
+            f"otel-luna report: cannot read {tmp_path / 'missing.lp'}: No such file or directory\n"
+        )
+
+
+class QuietFileServer(http.server.SimpleHTTPRequestHandler):
+    """``python -m http.server``'s handler (a 501 HTML page for a POST), not logging."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_an_html_error_page_is_cut_to_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong endpoint (``python -m http.server`` answers a POST with a 501 HTML page): one
+    short line on standard error, not the page."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietFileServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        assert cli.main(["report", "luna", "--endpoint", url]) == cli.EXIT_FAILED
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 300 and "<" not in err
+    assert err.startswith(f"otel-luna report: InfluxDB at {url} answered HTTP 501: Error response")
+    assert "Unsupported method ('POST')" in err
+    assert common.server_answer(b"\n  first line\nsecond\n") == "first line"
+    assert common.server_answer(b"x" * 500) == "x" * 197 + "..."

@@ -249,6 +249,7 @@ def expected_report(influx: InfluxDB1, database: str) -> dict[str, Any]:
             for consumer in consumers
         },
         "queue": queue,
+        "skipped": {"lines": 0, "first": ""},  # InfluxDB answers points, not lines
     }
 
 
@@ -502,3 +503,51 @@ def test_a_bad_json_line_names_the_file_and_line(tmp_path: Path) -> None:
     pings.write_text('{"topic":"watchdog-proxy"}\n{not json\n')
     with pytest.raises(report.ReportError, match=r"w\.jsonl: line 2 is not JSON"):
         report.read_file(pings)
+
+
+def test_a_line_protocol_file_cut_short_is_read_but_its_last_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file cut short by a crash: the events before it, the skipped line in the header (text
+    and JSON), exit 0."""
+    points = seed_points()
+    whole = "".join(LineProtocolEncoder().encode_point(p) + "\n" for p in points).encode()
+    cut = tmp_path / "w.lp"
+    cut.write_bytes(whole[:-20])
+    assert cli.main(["report", "watchdog", "--file", str(cut)]) == cli.EXIT_OK
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].endswith("(1 new_item, 1 poller_heartbeat, 2 worker_works)")
+    number = whole.count(b"\n")
+    assert (
+        lines[2]
+        == f"skipped 1 unreadable line (first: line {number}: bad timestamp at character 101)"
+    )
+    expected = report.summarize(report.events_from_points(points[:-1]))
+    assert lines[3:] == report.format_report(expected).splitlines()[1:]
+    document = json.loads(report.run_report(file=cut, as_json=True, environ={}))
+    assert document["skipped"] == {
+        "lines": 1,
+        "first": lines[2][len("skipped 1 unreadable line (first: ") : -1],
+    }
+
+
+def test_an_unwritable_chart_prints_the_report_then_one_line_and_exit_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--png`` that cannot be written: the report all the same, then one line, exit 1; a
+    path not ending in .png is a usage error."""
+    pings = tmp_path / "w.jsonl"
+    pings.write_text("".join(PingEncoder().encode_point(p) + "\n" for p in seed_points()))
+    assert cli.main(["report", "watchdog", "--file", str(pings)]) == cli.EXIT_OK
+    text = capsys.readouterr().out
+    taken = tmp_path / "taken.png"
+    taken.mkdir()
+    assert cli.main(["report", "watchdog", "--file", str(pings), "--png", str(taken)]) == 1
+    assert capsys.readouterr() == (
+        text,
+        f"otel-luna report: cannot write the chart {taken}: Is a directory\n",
+    )
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["report", "watchdog", "--file", str(pings), "--png", str(tmp_path)])
+    assert stopped.value.code == cli.EXIT_USAGE
+    assert "argument --png: the chart is PNG data" in capsys.readouterr().err

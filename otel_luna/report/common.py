@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import datetime as dt
+import errno
 import io
 import json
 import math
@@ -20,13 +21,15 @@ import re
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
 import urllib3
 
+from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_lines
 from otel_luna.point import FieldValue, Point
 from otel_luna.settings import Settings
@@ -38,7 +41,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_SIZE",
+    "MAX_DURATION_NS",
+    "ChartError",
+    "PointsRead",
     "ReportError",
+    "Skipped",
     "Source",
     "describe_source",
     "flux_select",
@@ -47,6 +54,7 @@ __all__ = [
     "nearest_rank",
     "new_figure",
     "parse_duration",
+    "parse_line_protocol",
     "points_from_flux_csv",
     "points_from_influxql",
     "query_flux",
@@ -56,6 +64,7 @@ __all__ = [
     "resolve_source",
     "rfc3339_ns",
     "save_png",
+    "server_answer",
     "source_of",
     "window_start",
 ]
@@ -78,7 +87,16 @@ _DURATION_UNITS_NS = {
     "w": 7 * 86400 * 1_000_000_000,
 }
 _DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w)")
+#: The longest ``--since``: 100 years (36525 d); beyond, InfluxDB refuses the time and a file's
+#: window would start before year 1.
+MAX_DURATION_NS = 36525 * _DURATION_UNITS_NS["d"]
+#: Longest answer of a server quoted in an error (its first line only).
+_ANSWER_CHARS = 200
+_HTML_HEAD = re.compile(r"<head.*?</head>|<!--.*?-->|<(script|style).*?</\1>", re.S | re.I)
+_MARKUP = re.compile(r"<[^>]*>")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+#: A :class:`LineProtocolSyntaxError`'s reason, before the quoted line it ends with.
+_REASON = re.compile(r"(.*? at character \d+): ", re.S)
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 #: Columns of a Flux answer that are neither tags nor the point's own data.
 _FLUX_META = frozenset({"", "result", "table", "_start", "_stop"})
@@ -86,6 +104,39 @@ _FLUX_META = frozenset({"", "result", "table", "_start", "_stop"})
 
 class ReportError(RuntimeError):
     """The report could not read its source; the message says what and where."""
+
+
+class ChartError(ReportError):
+    """The report was made but its chart could not be drawn or written; ``text`` is the
+    report (text or JSON) to print all the same."""
+
+    def __init__(self, message: str, text: str) -> None:
+        super().__init__(message)
+        self.text = text
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Lines of a line-protocol file left out because they could not be read (a file cut
+    short by a crash ends in half a line): how many, and where the first one is and why."""
+
+    lines: int = 0
+    first: str = ""
+
+    def describe(self) -> str:
+        """``skipped 1 unreadable line (first: line 364: bad timestamp at character 144)``;
+        empty when nothing was skipped."""
+        if not self.lines:
+            return ""
+        noun = "line" if self.lines == 1 else "lines"
+        return f"skipped {self.lines} unreadable {noun} (first: {self.first})"
+
+
+class PointsRead(NamedTuple):
+    """What a reader got: the points, and the lines of a file it had to leave out."""
+
+    points: list[Point]
+    skipped: Skipped
 
 
 # -- pure helpers -------------------------------------------------------------------------------
@@ -111,13 +162,16 @@ def nearest_rank(values: Sequence[_Number], percent: float) -> _Number | None:
 
 
 def parse_duration(text: str) -> int:
-    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``1h30m``, ``500ms`` → nanoseconds (> 0)."""
+    """``90s``, ``15m``, ``2h``, ``7d``, ``1w``, ``1h30m``, ``500ms`` → nanoseconds (> 0, at
+    most :data:`MAX_DURATION_NS`)."""
     compact = text.strip().lower()
     if not compact or _DURATION.sub("", compact):
         raise ValueError(f"not a duration: {text!r} (e.g. 90s, 15m, 2h, 1d, 1h30m)")
     total = sum(int(n) * _DURATION_UNITS_NS[unit] for n, unit in _DURATION.findall(compact))
     if total <= 0:
         raise ValueError(f"the duration must be > 0, got {text!r}")
+    if total > MAX_DURATION_NS:
+        raise ValueError(f"the duration must be at most 100 years (36525d), got {text!r}")
     return total
 
 
@@ -370,16 +424,79 @@ def describe_source(source: Source) -> str:
     return f"InfluxDB {source.endpoint} database {source.database}"
 
 
-def read_line_protocol(path: Path) -> list[Point]:
-    """Every point of a line-protocol file (a file sink's output)."""
+def _problem(error: LineProtocolSyntaxError, first_line: int) -> str:
+    """``line 364: bad timestamp at character 144`` (the line's text left out)."""
+    match = _REASON.match(str(error))
+    reason = match.group(1) if match else str(error)
+    return f"line {first_line + error.line - 1}: {reason}"
+
+
+def parse_line_protocol(data: bytes, origin: str = "line protocol") -> PointsRead:
+    """The points of line-protocol ``data`` (a file sink's output), skipping the lines that
+    cannot be parsed (:class:`Skipped` counts them; lines are cut as
+    :func:`otel_luna.encoding.lineprotocol.split_lines` cuts them: a string field may hold a
+    newline). Pure. Text that is not UTF-8 is a :class:`ReportError` naming ``origin``, the
+    line and the byte offset — except a last line cut short inside a character, which is
+    skipped like any other half line. Lines but none readable is a :class:`ReportError` too.
+    """
+    cut: int | None = None
     try:
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.reason != "unexpected end of data" or b"\n" in data[error.start :]:
+            line = data.count(b"\n", 0, error.start) + 1
+            raise ReportError(
+                f"{origin}: line {line} (byte offset {error.start}) is not UTF-8 text"
+            ) from None
+        text, cut = "", error.start
+    if cut is not None:  # the last line ends inside a character: skip it, read the rest
+        tail = data.rfind(b"\n", 0, cut) + 1
+        read = parse_line_protocol(data[:tail], origin)
+        last_line = data.count(b"\n", 0, tail) + 1
+        first = read.skipped.first or f"line {last_line}: cut short inside a UTF-8 character"
+        if not read.points:
+            raise ReportError(f"{origin}: no line can be read (first: {first})")
+        return PointsRead(read.points, Skipped(read.skipped.lines + 1, first))
+    try:
+        return PointsRead(parse_lines(text), Skipped())
+    except LineProtocolSyntaxError:
+        pass  # read it line by line, leaving out the bad ones
+    points: list[Point] = []
+    bad = 0
+    first = ""
+    number = 1  # of the line a chunk starts on
+    for chunk in split_lines(data):
+        try:
+            points += parse_lines(chunk.decode("utf-8"))
+        except LineProtocolSyntaxError as error:
+            bad += 1
+            first = first or _problem(error, number)
+        number += chunk.count(b"\n")
+    if not points:
+        raise ReportError(f"{origin}: no line can be read (first: {first})")
+    return PointsRead(points, Skipped(bad, first))
+
+
+def read_line_protocol(path: Path) -> PointsRead:
+    """The points of a line-protocol file (a file sink's output): :func:`parse_line_protocol`
+    of its bytes."""
+    try:
+        data = path.read_bytes()
     except OSError as error:
         raise ReportError(f"cannot read {path}: {error.strerror}") from None
-    try:
-        return parse_lines(text)
-    except LineProtocolSyntaxError as error:
-        raise ReportError(f"{path}: line {error.line}: {error}") from None
+    return parse_line_protocol(data, str(path))
+
+
+def server_answer(body: bytes) -> str:
+    """What a server said, for an error message, on one line of at most about 200 characters:
+    the first non-blank line of ``body``; of an HTML page (a proxy's or a web server's error
+    page, not InfluxDB), its text without the markup."""
+    text = body[: _ANSWER_CHARS * 20].decode(errors="replace")
+    if text.lstrip().startswith("<"):
+        first = " ".join(_MARKUP.sub(" ", _HTML_HEAD.sub(" ", text)).split())
+    else:
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return first if len(first) <= _ANSWER_CHARS else first[: _ANSWER_CHARS - 3] + "..."
 
 
 def _post(settings: Settings, path: str, body: bytes, headers: dict[str, str]) -> bytes:
@@ -395,7 +512,7 @@ def _post(settings: Settings, path: str, body: bytes, headers: dict[str, str]) -
     except urllib3.exceptions.HTTPError as error:
         raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
     if response.status >= 300:
-        detail = response.data[:300].decode(errors="replace").strip()
+        detail = server_answer(response.data)
         raise ReportError(
             f"InfluxDB at {settings.endpoint} answered HTTP {response.status}: {detail}"
         )
@@ -409,7 +526,7 @@ def _chunks(body: bytes) -> Iterator[dict[str, Any]]:
         try:
             document = json.loads(line)
         except ValueError:
-            snippet = line[:300].decode(errors="replace")
+            snippet = server_answer(line)
             raise ReportError(
                 f"InfluxDB answered something not JSON (chunk {number}): {snippet}"
             ) from None
@@ -468,19 +585,22 @@ def read_points(
     measurements: Sequence[str],
     start_ns: int | None = None,
     tags: Mapping[str, str] | None = None,
-) -> list[Point]:
-    """The points of ``measurements`` in ``source`` from ``start_ns`` on, with ``tags``."""
+) -> PointsRead:
+    """The points of ``measurements`` in ``source`` from ``start_ns`` on, with ``tags``, and
+    the lines of a file that could not be read (none for an InfluxDB)."""
     wanted = tags or {}
     if isinstance(source, Path):
         names = frozenset(measurements)
-        return [
+        everything, skipped = read_line_protocol(source)
+        kept = [
             point
-            for point in read_line_protocol(source)
+            for point in everything
             if point.measurement in names and _keep(point, start_ns, wanted)
         ]
+        return PointsRead(kept, skipped)
     if source.resolved_api_version == "2":
-        return query_flux(source, measurements, start_ns, wanted)
-    return query_influxql(source, measurements, start_ns, wanted)
+        return PointsRead(query_flux(source, measurements, start_ns, wanted), Skipped())
+    return PointsRead(query_influxql(source, measurements, start_ns, wanted), Skipped())
 
 
 # -- PNG ----------------------------------------------------------------------------------------
@@ -499,9 +619,15 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save_png(figure: Figure, path: Path) -> None:
-    """Write ``figure`` to ``path`` atomically (a temporary file beside it, then a rename)."""
+    """Write ``figure`` to ``path`` atomically (a temporary file beside it, then a rename),
+    creating the missing parent directories. :class:`OSError` when it cannot be written."""
     directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:  # a file stands where a directory is needed
+        raise NotADirectoryError(
+            errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory)
+        ) from None
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=directory)
     try:
         with os.fdopen(handle, "wb") as file:

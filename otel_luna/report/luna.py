@@ -36,7 +36,10 @@ from typing import Any, TextIO
 
 from otel_luna.point import FieldValue, Point
 from otel_luna.report.common import (
+    ChartError,
+    PointsRead,
     ReportError,
+    Skipped,
     Source,
     describe_source,
     iso_ms,
@@ -70,6 +73,7 @@ __all__ = [
     "ServiceReport",
     "Stage",
     "bucket_width",
+    "chart",
     "format_report",
     "read",
     "render_png",
@@ -91,6 +95,9 @@ _SECONDS_WIDTHS: tuple[int, ...] = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900,
 _SECONDS_WIDTHS += (7200, 10800, 21600, 43200, 86400, 2 * 86400, 7 * 86400)
 BUCKET_WIDTHS_NS = (100_000_000, 200_000_000, 500_000_000, *(n * _SECOND for n in _SECONDS_WIDTHS))
 MAX_BUCKETS = 60
+#: Rates (requests per second) are given over a period of at least this; below, a count over
+#: a few nanoseconds would read as billions per second.
+MIN_RATE_SECONDS = 1.0
 #: Routes drawn in each chart (the busiest); every route is in the text.
 CHART_ROUTES = 8
 #: Most frequent error codes printed per route.
@@ -216,6 +223,7 @@ class LunaReport:
     buckets: tuple[int, ...]
     points: Mapping[str, int]
     services: tuple[ServiceReport, ...]
+    skipped: Skipped = dataclasses.field(default_factory=Skipped)
 
     @property
     def seconds(self) -> float | None:
@@ -223,6 +231,13 @@ class LunaReport:
         if self.start_ns is None or self.end_ns is None:
             return None
         return (self.end_ns - self.start_ns) / _SECOND
+
+    @property
+    def rate_seconds(self) -> float | None:
+        """The period rates are counted over: :attr:`seconds` when at least
+        :data:`MIN_RATE_SECONDS`, else ``None`` (no rates)."""
+        seconds = self.seconds
+        return seconds if seconds is not None and seconds >= MIN_RATE_SECONDS else None
 
 
 # -- pure computation ---------------------------------------------------------------------------
@@ -394,12 +409,15 @@ def summarize(
     start_ns: int | None = None,
     end_ns: int | None = None,
     service: str | None = None,
+    skipped: Skipped | None = None,
 ) -> LunaReport:
     """The report of ``points``. Pure.
 
     Points outside ``start_ns`` … ``end_ns`` or of another ``service`` (when given) are left
-    out. That is the period, each end defaulting to the earliest / latest point. Points are
-    taken in time order (then measurement and tags), so sums do not depend on the source.
+    out. That is the period, each end defaulting to the earliest / latest point; rates are
+    given when it is at least :data:`MIN_RATE_SECONDS` long. Points are taken in time order
+    (then measurement and tags), so sums do not depend on the source. ``skipped``: the lines
+    the reader left out, carried into the report.
     """
     kept = sorted(
         (
@@ -422,7 +440,9 @@ def summarize(
         width = bucket_width(start, end)
         buckets = tuple(range(start // width * width, end // width * width + 1, width))
     timeline = _Timeline(buckets, width)
-    seconds = None if start is None or end is None or end <= start else (end - start) / _SECOND
+    seconds = None if start is None or end is None else (end - start) / _SECOND
+    if seconds is not None and seconds < MIN_RATE_SECONDS:
+        seconds = None
     by_service: dict[str, dict[str, list[Point]]] = {}
     for point in kept:
         series = by_service.setdefault(_tag(point, "service"), {name: [] for name in MEASUREMENTS})
@@ -460,6 +480,7 @@ def summarize(
         buckets=buckets,
         points={name: counts[name] for name in MEASUREMENTS},
         services=tuple(services),
+        skipped=skipped or Skipped(),
     )
 
 
@@ -551,16 +572,30 @@ def _service_lines(service: ServiceReport, report: LunaReport) -> list[str]:
     rows = [service.overall, *service.routes]
     names = ["all routes" if not row.route else row.route for row in rows]
     width = max(12, *(len(name) for name in names)) + 2
-    lines = [
-        f"  {'route':<{width}}{'requests':>9}{'req/s':>9}{'p50 ms':>9}{'p95 ms':>9}"
-        f"{'p99 ms':>9}{'max ms':>9}  errors",
+    headers = ("requests", "req/s", "p50 ms", "p95 ms", "p99 ms", "max ms")
+    cells = [
+        (
+            str(row.requests),
+            "-" if row.rate is None else f"{row.rate:.2f}",
+            _ms(row.latency.p50),
+            _ms(row.latency.p95),
+            _ms(row.latency.p99),
+            _ms(row.latency.max),
+        )
+        for row in rows
     ]
-    for name, row in zip(names, rows, strict=True):
-        rate = "-" if row.rate is None else f"{row.rate:.2f}"
-        lat = row.latency
+    # right-aligned, at least 9 wide and 2 spaces apart whatever the width of a number
+    widths = [max(9, len(h) + 1, *(len(c[i]) + 2 for c in cells)) for i, h in enumerate(headers)]
+    lines = [
+        f"  {'route':<{width}}"
+        + "".join(f"{h:>{w}}" for h, w in zip(headers, widths, strict=True))
+        + "  errors"
+    ]
+    for name, row, cell in zip(names, rows, cells, strict=True):
         lines.append(
-            f"  {name:<{width}}{row.requests:>9}{rate:>9}{_ms(lat.p50):>9}{_ms(lat.p95):>9}"
-            f"{_ms(lat.p99):>9}{_ms(lat.max):>9}  {row.errors} ({_percent(row.error_rate)})"
+            f"  {name:<{width}}"
+            + "".join(f"{c:>{w}}" for c, w in zip(cell, widths, strict=True))
+            + f"  {row.errors} ({_percent(row.error_rate)})"
         )
     failing = [row for row in service.routes if row.error_codes]
     if failing:
@@ -625,10 +660,16 @@ def format_report(report: LunaReport, source: str = "") -> str:
         lines.append(f"luna report: {source}")
     first = None if report.first_ns is None else report.first_ns // 1_000_000
     last = None if report.last_ns is None else report.last_ns // 1_000_000
-    lines.append(
-        f"period: {iso_ms(first)} .. {iso_ms(last)}; rates over {_duration(report.seconds)}"
-    )
+    if report.rate_seconds is not None:
+        rates = f"rates over {_duration(report.rate_seconds)}"
+    elif report.seconds is not None:
+        rates = f"no rates (a period under {MIN_RATE_SECONDS:g} s)"
+    else:
+        rates = "rates over -"
+    lines.append(f"period: {iso_ms(first)} .. {iso_ms(last)}; {rates}")
     lines.append("points: " + ", ".join(f"{n} {name}" for name, n in report.points.items()))
+    if report.skipped.lines:
+        lines.append(report.skipped.describe())
     if not report.services:
         lines.append("")
         lines.append("no LUNA points in this period")
@@ -832,7 +873,12 @@ def render_png(report: LunaReport, path: Path, title: str = "LUNA monitoring") -
 
 
 def read(source: Source, start_ns: int | None = None, service: str | None = None) -> list[Point]:
-    """The LUNA points in ``source`` from ``start_ns`` on (of ``service`` only, if given)."""
+    """The LUNA points in ``source`` from ``start_ns`` on (of ``service`` only, if given); the
+    unreadable lines of a file are left out (:func:`show` and :func:`run_report` count them)."""
+    return _read(source, start_ns, service).points
+
+
+def _read(source: Source, start_ns: int | None, service: str | None) -> PointsRead:
     return read_points(source, MEASUREMENTS, start_ns, {"service": service} if service else None)
 
 
@@ -841,18 +887,25 @@ def _build(
     start_ns: int | None,
     end_ns: int | None,
     service: str | None,
-    png: Path | None,
 ) -> tuple[LunaReport, str]:
-    points = read(source, start_ns, service)
-    report = summarize(points, start_ns=start_ns, end_ns=end_ns, service=service)
+    points, skipped = _read(source, start_ns, service)
+    report = summarize(points, start_ns=start_ns, end_ns=end_ns, service=service, skipped=skipped)
     described = describe_source(source)
     if service:
         described += f", service {service}"
     if start_ns is not None:
         described += f", since {iso_ms(start_ns // 1_000_000)}"
-    if png is not None:
-        render_png(report, png)
     return report, described
+
+
+def chart(report: LunaReport, path: Path) -> None:
+    """:func:`render_png`, its failure to write the file a :class:`ReportError` (``cannot
+    write the chart PATH: <reason>``)."""
+    try:
+        render_png(report, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ReportError(f"cannot write the chart {path}: {reason}") from None
 
 
 def run_report(
@@ -883,16 +936,18 @@ def run_report(
     )
     now = time.time_ns() if now_ns is None else now_ns
     start = None if since_ns is None else now - since_ns
-    report, described = _build(source, start, None if start is None else now, service, png)
+    report, described = _build(source, start, None if start is None else now, service)
+    document = {"source": described, **report_as_dict(report)}
+    text = json.dumps(document, indent=2) if as_json else format_report(report, described)
+    if png is None:
+        return text
+    try:
+        chart(report, png)
+    except ReportError as error:
+        raise ChartError(str(error), text) from None
     if as_json:
-        document = {"source": described, **report_as_dict(report)}
-        if png is not None:
-            document["png"] = str(png)
-        return json.dumps(document, indent=2)
-    text = format_report(report, described)
-    if png is not None:
-        text += f"\nchart: {png}"
-    return text
+        return json.dumps({**document, "png": str(png)}, indent=2)
+    return f"{text}\nchart: {png}"
 
 
 def _source(source: Source | str) -> Source:
@@ -920,7 +975,8 @@ def show(
     environment). ``since``: a duration (``"15m"``) counted back from now, or an aware
     :class:`~datetime.datetime` from which on to read; either way the period ends now. Without
     it, everything, over the time from the first point to the last. ``png``: also chart it
-    there. Raises :class:`~otel_luna.report.common.ReportError` when the source cannot be read.
+    there. Raises :class:`~otel_luna.report.common.ReportError` when the source cannot be read,
+    or — after printing the report — when the chart cannot be written.
     """
     resolved = _source(source)
     start: int | None = None
@@ -937,10 +993,12 @@ def show(
             )
         else:
             start = end - parse_duration(since)
-    report, described = _build(resolved, start, end, service, png)
+    report, described = _build(resolved, start, end, service)
     stream = sys.stdout if out is None else out
     stream.write(format_report(report, described) + "\n")
-    if png is not None:
-        stream.write(f"chart: {png}\n")
     stream.flush()
+    if png is not None:
+        chart(report, png)
+        stream.write(f"chart: {png}\n")
+        stream.flush()
     return report

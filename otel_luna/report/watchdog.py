@@ -32,7 +32,9 @@ from typing import Any
 
 from otel_luna.point import Point
 from otel_luna.report.common import (
+    ChartError,
     ReportError,
+    Skipped,
     Source,
     describe_source,
     iso_ms,
@@ -55,6 +57,7 @@ __all__ = [
     "Gauge",
     "ReportError",
     "WatchdogReport",
+    "chart",
     "events_from_pings",
     "events_from_points",
     "format_report",
@@ -143,6 +146,7 @@ class WatchdogReport:
     overall: Breakdown
     consumers: Mapping[str, Breakdown]
     queue: Mapping[str, Gauge]
+    skipped: Skipped = dataclasses.field(default_factory=Skipped)
 
 
 # -- pure computation ---------------------------------------------------------------------------
@@ -203,8 +207,9 @@ def _breakdown(new_items: int, works: Sequence[Event]) -> Breakdown:
     )
 
 
-def summarize(events: Iterable[Event]) -> WatchdogReport:
-    """The report of ``events`` (already limited to the period). Pure.
+def summarize(events: Iterable[Event], skipped: Skipped | None = None) -> WatchdogReport:
+    """The report of ``events`` (already limited to the period). Pure. ``skipped``: the lines
+    the reader left out, carried into the report.
 
     * timings: each stage over the ``worker_works`` pings that reached it (a worker that raised
       has ``null`` for the stages after the failure); the sum over the pings that have all three;
@@ -249,6 +254,7 @@ def summarize(events: Iterable[Event]) -> WatchdogReport:
         overall=_breakdown(sum(new_items.values()), all_works),
         consumers=consumers,
         queue={field: _gauge(samples) for field, samples in heartbeats.items()},
+        skipped=skipped or Skipped(),
     )
 
 
@@ -294,6 +300,8 @@ def format_report(report: WatchdogReport, source: str = "") -> str:
     if source:
         lines.append(f"watchdog report: {source}")
     lines.append(f"period: {iso_ms(report.first_ms)} .. {iso_ms(report.last_ms)} ({counts})")
+    if report.skipped.lines:
+        lines.append(report.skipped.describe())
     lines.append("")
     lines.append("all consumers")
     lines += _breakdown_lines(report.overall)
@@ -380,25 +388,47 @@ def events_from_points(points: Iterable[Point]) -> list[Event]:
 
 def read_file(path: Path, since_ns: int | None = None) -> list[Event]:
     """The events in a file sink's output: JSON pings for ``.json``/``.jsonl``, else line
-    protocol; those before ``since_ns`` left out."""
+    protocol (its unreadable lines left out); those before ``since_ns`` left out."""
+    return _file_events(path, since_ns)[0]
+
+
+def _file_events(path: Path, since_ns: int | None) -> tuple[list[Event], Skipped]:
     if path.name.endswith(_JSON_SUFFIXES):
         try:
             text = path.read_text(encoding="utf-8")
         except OSError as error:
             raise ReportError(f"cannot read {path}: {error.strerror}") from None
-        events = events_from_pings(text.splitlines(), str(path))
+        except UnicodeDecodeError as error:
+            raise ReportError(f"{path}: byte offset {error.start} is not UTF-8 text") from None
+        events, skipped = events_from_pings(text.splitlines(), str(path)), Skipped()
     else:
-        events = events_from_points(read_line_protocol(path))
+        points, skipped = read_line_protocol(path)
+        events = events_from_points(points)
     if since_ns is not None:
         events = [event for event in events if event.time_ns >= since_ns]
-    return events
+    return events, skipped
 
 
 def read_events(source: Source, since_ns: int | None = None) -> list[Event]:
-    """The events in ``source`` (a file, an InfluxDB 1.x or 2.x) from ``since_ns`` on."""
+    """The events in ``source`` (a file, an InfluxDB 1.x or 2.x) from ``since_ns`` on; the
+    unreadable lines of a line-protocol file are left out (:func:`run_report` counts them)."""
+    return _events(source, since_ns)[0]
+
+
+def _events(source: Source, since_ns: int | None) -> tuple[list[Event], Skipped]:
     if isinstance(source, Path):
-        return read_file(source, since_ns)
-    return events_from_points(read_points(source, MEASUREMENTS, since_ns))
+        return _file_events(source, since_ns)
+    return events_from_points(read_points(source, MEASUREMENTS, since_ns).points), Skipped()
+
+
+def chart(events: Sequence[Event], path: Path) -> None:
+    """:func:`render_png`, its failure to write the file a :class:`ReportError` (``cannot
+    write the chart PATH: <reason>``)."""
+    try:
+        render_png(events, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ReportError(f"cannot write the chart {path}: {reason}") from None
 
 
 def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Event]:
@@ -495,19 +525,19 @@ def run_report(
         endpoint=endpoint, file=file, environ=environ, database=database, org=org, bucket=bucket
     )
     start = window_start(since_ns, now_ns)
-    events = read_events(source, start)
+    events, skipped = _events(source, start)
     described = describe_source(source)
     if start is not None:
         described += f", since {iso_ms(start // 1_000_000)}"
-    report = summarize(events)
-    if png is not None:
-        render_png(events, png)
+    report = summarize(events, skipped)
+    document = {"source": described, **report_as_dict(report)}
+    text = json.dumps(document, indent=2) if as_json else format_report(report, described)
+    if png is None:
+        return text
+    try:
+        chart(events, png)
+    except ReportError as error:
+        raise ChartError(str(error), text) from None
     if as_json:
-        document = {"source": described, **report_as_dict(report)}
-        if png is not None:
-            document["png"] = str(png)
-        return json.dumps(document, indent=2)
-    text = format_report(report, described)
-    if png is not None:
-        text += f"\nchart: {png}"
-    return text
+        return json.dumps({**document, "png": str(png)}, indent=2)
+    return f"{text}\nchart: {png}"
