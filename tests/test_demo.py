@@ -153,7 +153,7 @@ def test_cli_rejects_bad_numbers(capsys: pytest.CaptureFixture[str]) -> None:
 
 def printed_table(text: str) -> dict[str, int]:
     """Route -> requests from the route table of the report the demo printed."""
-    number = r" +[\d.]+"
+    number = r" +(?:[\d.]+|-)"
     rows = re.findall(rf"^  ([A-Z]+:/\S*) +(\d+){number * 5} +\d+ \(", text, re.M)
     return {route: int(count) for route, count in rows}
 

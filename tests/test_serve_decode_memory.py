@@ -14,6 +14,7 @@ import base64
 import gzip
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -367,6 +368,61 @@ def test_a_take_that_waits_gets_the_bytes_given_back_meanwhile() -> None:
     taker.join(TIMEOUT)
     assert results == [True]
     assert budget.used == 80
+
+
+def test_takers_that_wait_holding_bytes_go_one_at_a_time_not_never() -> None:
+    """Two requests whose bodies are read (held) and who both wait for room to decode would
+    each wait for the other for ever (until the wait ends: both refused). The oldest waiter
+    goes once every byte held is a waiter's; the next when it gave its bytes back."""
+    budget = ByteBudget(100)
+    assert budget.take(60) and budget.take(30)  # two bodies, read
+    results: dict[str, bool] = {}
+    went = threading.Event()
+
+    def first() -> None:
+        results["first"] = budget.take(90, held=60, wait=TIMEOUT)
+        went.set()
+
+    def second() -> None:
+        results["second"] = budget.take(90, held=30, wait=TIMEOUT)
+
+    one = threading.Thread(target=first)
+    one.start()
+    time.sleep(0.1)  # the first waits (the second's 30 are no waiter's yet)
+    assert "first" not in results
+    two = threading.Thread(target=second)
+    two.start()
+    assert went.wait(TIMEOUT), "the oldest waiter never went"
+    assert results == {"first": True} and budget.used == 180
+    budget.give(60 + 90)  # the first is done
+    two.join(TIMEOUT)
+    assert results == {"first": True, "second": True}
+    assert budget.used == 120
+
+
+def test_large_http_requests_at_once_take_turns(running: Running) -> None:
+    """Several requests, each bounded above the whole budget, sent at once over HTTP: all
+    answered 200 in turn (they used to wait for each other, then all got 503)."""
+    body = spans_request(12_000).SerializeToString()
+    bound = TRACE_BOUND(body, 1 << 62)
+    assert (
+        running.settings.serve_max_inflight_bytes < bound < running.settings.serve_max_decoded_bytes
+    )
+    answers: list[int] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        status = running.post(TRACES_PATH, body, PROTOBUF).status_code
+        with lock:
+            answers.append(status)
+
+    senders = [threading.Thread(target=send) for _ in range(3)]
+    for sender in senders:
+        sender.start()
+    for sender in senders:
+        sender.join(TIMEOUT * 2)
+    assert answers == [200, 200, 200]
+    assert running.receiver.budget.used == 0
 
 
 def test_a_request_that_does_not_fit_yet_is_decoded_once_the_budget_frees() -> None:

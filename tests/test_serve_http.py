@@ -295,6 +295,7 @@ def test_handle_accepts_every_encoding(
         (JS, b"[" * 100_000 + b"]" * 100_000, 400, "nesting too deep"),
         (JS, b'{"resourceSpans":' * 500 + b"{}" + b"}" * 500, 400, "malformed request"),
         (JS, b'{"resourceSpans": 5}', 400, "not a list"),
+        (JS, b'{"resourceSpans": {}}', 400, "resourceSpans is an object, not a list"),
         (JS, b'{"resourceSpans": [5, "x", null]}', 400, "nothing readable"),
         (JS, b'{"resourceSpans":"\\udc00"}', 400, "not a list"),
         (

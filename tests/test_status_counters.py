@@ -118,3 +118,45 @@ def test_status_shows_mapping_and_encoder_rejections_by_reason(
         assert counts[key] == expected[key], key
     stored = influxdb1.select("SELECT * FROM requests", influxdb1_database)
     assert len(stored) == expected["written"] == counts["written"]
+
+
+def test_status_shows_what_serve_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """serve's answers are counted where an operator looks: `otel-luna status` shows the
+    requests serve took and refused by why (they were only in the receiver's own counters)."""
+    import requests
+
+    from otel_luna.receiver import Receiver
+    from otel_luna.receiver.http_server import start_http
+
+    spool_dir = tmp_path / "spool"
+    settings = Settings.load(
+        {},
+        endpoint=(tmp_path / "out.lp").as_uri(),
+        flush_interval=0.05,
+        spool_dir=str(spool_dir),
+        dead_letter=str(tmp_path / "dead.jsonl"),
+        serve_token="s3cret",
+    )
+    receiver = Receiver(settings)
+    server, port = start_http(receiver, settings, 0)
+    try:
+        url = f"http://127.0.0.1:{port}/v1/traces"
+        headers = {"Content-Type": "application/x-protobuf"}
+        assert requests.post(url, data=b"", headers=headers, timeout=30).status_code == 401
+        headers["Authorization"] = "Bearer s3cret"
+        assert requests.post(url, data=b"\xff", headers=headers, timeout=30).status_code == 400
+        assert requests.post(url, data=b"", headers=headers, timeout=30).status_code == 200
+
+        def settled() -> dict[str, Any] | None:
+            entries = status_json(spool_dir, capsys)["processes"]
+            counts: dict[str, Any] = entries[0]["counts"] if entries else {}
+            return counts if counts.get("requests_traces") == 1 else None
+
+        counts = poll(settled)
+    finally:
+        server.stop(1)
+        receiver.shutdown()
+    assert counts["requests_refused_unauthenticated"] == 1
+    assert counts["requests_refused_malformed"] == 1

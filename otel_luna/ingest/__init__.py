@@ -20,7 +20,7 @@ import threading
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -62,9 +62,17 @@ class Ingest:
     """
 
     def __init__(
-        self, settings: Settings, sink: Sink | None = None, *, memory_fallback: bool = True
+        self,
+        settings: Settings,
+        sink: Sink | None = None,
+        *,
+        memory_fallback: bool = True,
+        more_counts: Callable[[], Mapping[Reason, int]] | None = None,
     ) -> None:
+        """``more_counts``: counters its host keeps (serve's requests), for the stats
+        ``otel-luna status`` shows."""
         self.settings = settings
+        self._more_counts = more_counts
         self._lock = threading.Lock()
         self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
         profile = profile_of(settings)
@@ -83,7 +91,7 @@ class Ingest:
         try:
             self._encoder = profile.encoder(wire_format(sink, settings), settings)
             self.delivery = open_delivery(
-                settings, sink, memory_fallback=memory_fallback, extra_counts=self.ingest_counts
+                settings, sink, memory_fallback=memory_fallback, extra_counts=self._stats_counts
             )
         except BaseException:
             sink.close()
@@ -164,6 +172,13 @@ class Ingest:
             self._counts[signal][reason] += value
 
     # -- what it holds and did ---------------------------------------------------------------
+
+    def _stats_counts(self) -> Counter[Reason]:
+        """What the writer adds to its own counters in the stats: the ingest's and the host's."""
+        counts = self.ingest_counts()
+        if self._more_counts is not None:
+            counts.update(self._more_counts())
+        return counts
 
     def ingest_counts(self) -> Counter[Reason]:
         """Mapping and encoding counters of both signals, summed."""

@@ -39,8 +39,10 @@ class Receiver:
     def __init__(self, settings: Settings, sink: Sink | None = None) -> None:
         self.settings = settings
         # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
-        self.ingest = Ingest(settings, sink, memory_fallback=False)
-        self.requests = Counts()
+        self.requests = Counts()  # shown by otel-luna status too
+        self.ingest = Ingest(
+            settings, sink, memory_fallback=False, more_counts=self.requests.snapshot
+        )
         #: Request bytes being read, inflated and decoded (decoded ones at their bound), by both
         #: front ends: one ``serve_max_inflight_bytes`` per process.
         self.budget = ByteBudget(settings.serve_max_inflight_bytes)

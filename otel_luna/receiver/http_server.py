@@ -60,6 +60,9 @@ DECODE_THREADS = 4
 LINGER = 1.0
 #: Bytes of a request head kept, to answer in its encoding what aiohttp could not parse.
 HEAD_KEPT = 16384
+#: Bytes a request head may take in all (aiohttp's own limits are per line: 8,190 bytes x 128
+#: headers, 1 MiB a head, held before any token is checked: 256 such heads took 580 MB).
+MAX_HEAD_BYTES = 64 * 1024
 #: Bytes per second of refused bodies thrown away, all connections together, each its share:
 #: a client alone gets its answer at once; a flood of them is slowed down by TCP itself.
 DRAIN_RATE = 64 << 20
@@ -265,6 +268,9 @@ class _Connection(RequestHandler):
         self.idle_since = self.front.loop.time()
         self.head_since: float | None = None  # when the head being received began
         self._head = b""  # its first HEAD_KEPT bytes
+        self._head_bytes = 0  # bytes of the head being received, until its blank line
+        self._head_end = b""  # its last bytes so far (the blank line may straddle two reads)
+        self._head_done = False  # its blank line arrived
         self._head_timer: asyncio.TimerHandle | None = None
         self._after: Answer | None = None  # to send once the answer being written is out
         self._parser = cast(Any, _Parser(self._parser, self))  # aiohttp's, wrapped
@@ -295,7 +301,32 @@ class _Connection(RequestHandler):
             not self.in_request or (self.payload is not None and self.payload.is_eof())
         ):  # a head (also one pipelined behind the request being handled)
             self._head += data[: HEAD_KEPT - len(self._head)]
+        if not self.in_request and not self._head_done and self._head_overflows(data):
+            self._head_too_large()
+            return
         super().data_received(data)
+
+    def _head_overflows(self, data: bytes) -> bool:
+        """Count ``data`` into the head being received, up to its blank line; True when the
+        head passes :data:`MAX_HEAD_BYTES` without one. (The handler learns of a request only
+        later, from a task: body bytes may come first, and are not counted.)"""
+        window = self._head_end + data
+        if not self._head_bytes:
+            window = window.lstrip(b"\r\n")  # empty lines before a request line are no end
+        if b"\r\n\r\n" in window:
+            self._head_done = True
+            return False
+        self._head_bytes += len(data)
+        self._head_end = window[-3:]
+        return self._head_bytes > MAX_HEAD_BYTES
+
+    def _head_too_large(self) -> None:
+        """A head past :data:`MAX_HEAD_BYTES`: ``431``, and no more of it is read."""
+        self._head_done = True  # answered once
+        answer = self.front.protocol.bad_request(
+            _content_type_of(self._head), f"request head over {MAX_HEAD_BYTES} bytes", 431
+        )
+        self._send_and_close(answer)
 
     def request_started(self, request: web.BaseRequest) -> None:
         self._cancel_head_timer()
@@ -311,6 +342,9 @@ class _Connection(RequestHandler):
         self.idle = True
         self.idle_since = self.front.loop.time()
         self._head = b""
+        self._head_bytes = 0
+        self._head_end = b""
+        self._head_done = False
         self.front.changed()
 
     async def finish_response(
