@@ -859,7 +859,7 @@ def test_bytes_that_are_not_utf8_are_a_report_error_naming_the_file_and_line(
     assert read.skipped == common.Skipped(1, "line 2: cut short inside a UTF-8 character")
 
 
-def test_rates_need_a_period_of_a_second_and_columns_stay_apart() -> None:
+def test_rates_need_a_period_of_a_tenth_of_a_second_and_columns_stay_apart() -> None:
     """Three requests 2 ns apart: no rates (``-``), not billions per second; and a number
     wider than its column still has spaces on both sides."""
     points = [
@@ -869,7 +869,7 @@ def test_rates_need_a_period_of_a_second_and_columns_stay_apart() -> None:
     report = luna.summarize(points)
     assert report.rate_seconds is None and report.services[0].overall.rate is None
     text = luna.format_report(report)
-    assert "; no rates (a period under 1 s)" in text.splitlines()[0]
+    assert "; no rates (a period under 0.1 s)" in text.splitlines()[0]
     rows = [line.split() for line in text.splitlines() if line.startswith("  r ")]
     assert rows == [["r", "3", "-", *["1000000000000.0"] * 4, "0", "(0.0%)"]]
     later = Point("requests", points[0].tags, {"execution_time": 0.5}, T0 + SECOND)

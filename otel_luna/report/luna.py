@@ -97,7 +97,7 @@ BUCKET_WIDTHS_NS = (100_000_000, 200_000_000, 500_000_000, *(n * _SECOND for n i
 MAX_BUCKETS = 60
 #: Rates (requests per second) are given over a period of at least this; below, a count over
 #: a few nanoseconds would read as billions per second.
-MIN_RATE_SECONDS = 1.0
+MIN_RATE_SECONDS = 0.1
 #: Routes drawn in each chart (the busiest); every route is in the text.
 CHART_ROUTES = 8
 #: Most frequent error codes printed per route.
