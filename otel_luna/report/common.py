@@ -20,7 +20,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -57,6 +57,7 @@ __all__ = [
     "parse_line_protocol",
     "points_from_flux_csv",
     "points_from_influxql",
+    "printable",
     "query_flux",
     "query_influxql",
     "read_line_protocol",
@@ -620,7 +621,16 @@ def new_figure(width: float, height: float) -> Figure:
 
 def save_png(figure: Figure, path: Path) -> None:
     """Write ``figure`` to ``path`` atomically (a temporary file beside it, then a rename),
-    creating the missing parent directories. :class:`OSError` when it cannot be written."""
+    creating the missing parent directories. :class:`ReportError` (``cannot write the chart
+    PATH: <reason>``) when it cannot be written."""
+    try:
+        _write_png(figure, path)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ReportError(f"cannot write the chart {path}: {reason}") from None
+
+
+def _write_png(figure: Figure, path: Path) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -638,3 +648,25 @@ def save_png(figure: Figure, path: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(temporary)
         raise
+
+
+def printable(
+    document: dict[str, Any],
+    text: str,
+    as_json: bool,
+    png: Path | None,
+    draw: Callable[[Path], None],
+) -> str:
+    """What a report command prints: ``text``, or ``document`` as JSON, after ``draw`` wrote
+    the chart to ``png`` (if asked), saying where. :class:`ChartError`, carrying what to print
+    all the same, when the chart cannot be written."""
+    printed = json.dumps(document, indent=2) if as_json else text
+    if png is None:
+        return printed
+    try:
+        draw(png)
+    except ReportError as error:
+        raise ChartError(str(error), printed) from None
+    if as_json:
+        return json.dumps({**document, "png": str(png)}, indent=2)
+    return f"{printed}\nchart: {png}"

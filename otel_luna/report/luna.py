@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import math
 import sys
 import time
@@ -36,7 +35,6 @@ from typing import Any, TextIO
 
 from otel_luna.point import FieldValue, Point
 from otel_luna.report.common import (
-    ChartError,
     PointsRead,
     ReportError,
     Skipped,
@@ -46,6 +44,7 @@ from otel_luna.report.common import (
     nearest_rank,
     new_figure,
     parse_duration,
+    printable,
     read_points,
     resolve_source,
     save_png,
@@ -73,7 +72,6 @@ __all__ = [
     "ServiceReport",
     "Stage",
     "bucket_width",
-    "chart",
     "format_report",
     "read",
     "render_png",
@@ -898,16 +896,6 @@ def _build(
     return report, described
 
 
-def chart(report: LunaReport, path: Path) -> None:
-    """:func:`render_png`, its failure to write the file a :class:`ReportError` (``cannot
-    write the chart PATH: <reason>``)."""
-    try:
-        render_png(report, path)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ReportError(f"cannot write the chart {path}: {reason}") from None
-
-
 def run_report(
     *,
     endpoint: str | None = None,
@@ -938,16 +926,8 @@ def run_report(
     start = None if since_ns is None else now - since_ns
     report, described = _build(source, start, None if start is None else now, service)
     document = {"source": described, **report_as_dict(report)}
-    text = json.dumps(document, indent=2) if as_json else format_report(report, described)
-    if png is None:
-        return text
-    try:
-        chart(report, png)
-    except ReportError as error:
-        raise ChartError(str(error), text) from None
-    if as_json:
-        return json.dumps({**document, "png": str(png)}, indent=2)
-    return f"{text}\nchart: {png}"
+    text = format_report(report, described)
+    return printable(document, text, as_json, png, lambda path: render_png(report, path))
 
 
 def _source(source: Source | str) -> Source:
@@ -998,7 +978,7 @@ def show(
     stream.write(format_report(report, described) + "\n")
     stream.flush()
     if png is not None:
-        chart(report, png)
+        render_png(report, png)
         stream.write(f"chart: {png}\n")
         stream.flush()
     return report

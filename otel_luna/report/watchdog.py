@@ -32,7 +32,6 @@ from typing import Any
 
 from otel_luna.point import Point
 from otel_luna.report.common import (
-    ChartError,
     ReportError,
     Skipped,
     Source,
@@ -41,6 +40,7 @@ from otel_luna.report.common import (
     nearest_rank,
     new_figure,
     parse_duration,
+    printable,
     read_line_protocol,
     read_points,
     resolve_source,
@@ -57,7 +57,6 @@ __all__ = [
     "Gauge",
     "ReportError",
     "WatchdogReport",
-    "chart",
     "events_from_pings",
     "events_from_points",
     "format_report",
@@ -421,16 +420,6 @@ def _events(source: Source, since_ns: int | None) -> tuple[list[Event], Skipped]
     return events_from_points(read_points(source, MEASUREMENTS, since_ns).points), Skipped()
 
 
-def chart(events: Sequence[Event], path: Path) -> None:
-    """:func:`render_png`, its failure to write the file a :class:`ReportError` (``cannot
-    write the chart PATH: <reason>``)."""
-    try:
-        render_png(events, path)
-    except OSError as error:
-        reason = error.strerror or str(error)
-        raise ReportError(f"cannot write the chart {path}: {reason}") from None
-
-
 def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Event]:
     """The events in ``settings``' InfluxDB 1.x database (``POST /query``, chunked, epoch ns)."""
     return read_events(settings.replace(api_version="1"), since_ns)
@@ -531,13 +520,5 @@ def run_report(
         described += f", since {iso_ms(start // 1_000_000)}"
     report = summarize(events, skipped)
     document = {"source": described, **report_as_dict(report)}
-    text = json.dumps(document, indent=2) if as_json else format_report(report, described)
-    if png is None:
-        return text
-    try:
-        chart(events, png)
-    except ReportError as error:
-        raise ChartError(str(error), text) from None
-    if as_json:
-        return json.dumps({**document, "png": str(png)}, indent=2)
-    return f"{text}\nchart: {png}"
+    text = format_report(report, described)
+    return printable(document, text, as_json, png, lambda path: render_png(events, path))
