@@ -45,6 +45,7 @@ import urllib3
 
 from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_line, parse_lines
 from otel_luna.point import Point
+from otel_luna.report.common import influxql_identifier
 from otel_luna.schema import luna as schema
 from otel_luna.settings import Settings, env_name
 from otel_luna.sinks.file import file_path
@@ -690,12 +691,8 @@ def prepare_influxdb1(settings: Settings) -> str | None:
     names = {row[0] for series in result.get("series", []) for row in series.get("values", [])}
     if settings.database in names:
         return None
-    influx_query(settings, f"CREATE DATABASE {_identifier(settings.database)}")
+    influx_query(settings, f"CREATE DATABASE {influxql_identifier(settings.database)}")
     return f"created database {settings.database}"
-
-
-def _identifier(name: str) -> str:
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def query_influxdb1(

@@ -49,6 +49,7 @@ __all__ = [
     "Source",
     "describe_source",
     "flux_select",
+    "influxql_identifier",
     "influxql_select",
     "iso_ms",
     "nearest_rank",
@@ -191,7 +192,7 @@ def iso_ms(epoch_ms: int | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
 
 
-def _identifier(name: str) -> str:
+def influxql_identifier(name: str) -> str:
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -223,13 +224,13 @@ def influxql_select(
     """The one InfluxQL statement a report runs: every point of ``measurements`` from
     ``start_ns`` on whose tags equal ``tags``, grouped by every tag (so that the answer says
     which columns are tags)."""
-    prefix = _identifier(settings.database) + "."
+    prefix = influxql_identifier(settings.database) + "."
     if settings.retention_policy:
-        prefix += _identifier(settings.retention_policy)
+        prefix += influxql_identifier(settings.retention_policy)
     prefix += "."
-    sources = ", ".join(prefix + _identifier(name) for name in measurements)
+    sources = ", ".join(prefix + influxql_identifier(name) for name in measurements)
     conditions = [] if start_ns is None else [f"time >= {start_ns}"]
-    conditions += [f"{_identifier(k)} = {_literal(v)}" for k, v in (tags or {}).items()]
+    conditions += [f"{influxql_identifier(k)} = {_literal(v)}" for k, v in (tags or {}).items()]
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
     return f"SELECT * FROM {sources}{where} GROUP BY *"
 
