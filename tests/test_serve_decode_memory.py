@@ -31,6 +31,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
+from otlpwire import empties, field
 
 from otel_luna.outcomes import Reason
 from otel_luna.receiver import Receiver
@@ -53,27 +54,9 @@ TIMEOUT = 60.0
 REFUSED = Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low, value = value & 0x7F, value >> 7
-        if not value:
-            out.append(low)
-            return bytes(out)
-        out.append(low | 0x80)
-
-
-def _field(number: int, payload: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
 def _empties(number: int, *path: int) -> bytes:
-    """A body of ``SIZE`` bytes: empty messages in field ``number`` of the message that
-    ``path`` (field numbers from the request down) leads to."""
-    inner = _field(number, b"") * ((SIZE - 8 * len(path)) // 2)
-    for outer in reversed(path):
-        inner = _field(outer, inner)
-    return inner
+    """A body of ``SIZE`` bytes (see :func:`otlpwire.empties`)."""
+    return empties(SIZE, number, *path)
 
 
 #: (path, content type, body): hostile bodies, each at most 15 MB on the wire.
@@ -312,7 +295,7 @@ def test_the_bound_counts_the_messages_of_an_empty_spans_body() -> None:
     """A body of N empty spans is bounded by N spans (upb takes 177 bytes for each), however
     small each is on the wire."""
     count = 1000
-    body = _field(1, _field(2, _field(2, b"") * count))
+    body = field(1, field(2, field(2, b"") * count))
     bound = TRACE_BOUND(body, 1 << 62)
     assert bound >= count * 177
     assert TRACE_BOUND(body, 0) >= count * 177  # the tighter figure too
