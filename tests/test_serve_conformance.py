@@ -369,6 +369,27 @@ def rejected_of(response: Message) -> tuple[int, str]:
     return partial.rejected_data_points, partial.error_message
 
 
+def traces_accepted(points: Points, doc: dict[str, Any], content_type: str) -> Message:
+    """The ``ExportTraceServiceResponse`` to ``doc`` sent as ``content_type`` (JSON, protobuf,
+    or ``"grpc"``), which must be accepted: ``200`` in the request's encoding, or ``OK``."""
+    if content_type == "grpc":
+        code, details, _, raw = grpc_export(
+            points.serve.grpc_target, to_protobuf(doc, ExportTraceServiceRequest)
+        )
+        assert code == grpc.StatusCode.OK, details
+        assert raw is not None
+        return ExportTraceServiceResponse.FromString(raw)
+    answer = post(points.serve, TRACES, encode(doc, TRACES, content_type), content_type)
+    assert answer.status_code == 200, answer.content
+    assert answer.headers["Content-Type"] == content_type
+    response = ExportTraceServiceResponse()
+    if content_type == JSON:
+        json_format.Parse(answer.content, response)
+    else:
+        response.ParseFromString(answer.content)
+    return response
+
+
 def grpc_export(
     target: str,
     body: bytes,
@@ -757,22 +778,7 @@ def test_invalid_ids_reject_their_span(
     written: its points would take their identity (time, request_id) from the ids, and spans
     sharing an invalid id would overwrite each other in InfluxDB. (The Collector answers 400 to
     a wrong length and accepts empty or zero ids.)"""
-    doc = licence_check_ids(document("trace"), **ids)
-    if content_type == "grpc":
-        code, details, _, raw = grpc_export(
-            points.serve.grpc_target, to_protobuf(doc, ExportTraceServiceRequest)
-        )
-        assert code == grpc.StatusCode.OK, details
-        assert raw is not None
-        response: Message = ExportTraceServiceResponse.FromString(raw)
-    else:
-        answer = post(points.serve, TRACES, encode(doc, TRACES, content_type), content_type)
-        assert answer.status_code == 200, answer.content
-        response = ExportTraceServiceResponse()
-        if content_type == JSON:
-            json_format.Parse(answer.content, response)
-        else:
-            response.ParseFromString(answer.content)
+    response = traces_accepted(points, licence_check_ids(document("trace"), **ids), content_type)
     rejected, message = rejected_of(response)
     assert rejected == 1
     assert "invalid_span_id=1" in message
@@ -783,23 +789,7 @@ def test_invalid_ids_reject_their_span(
 def test_partial_success_counts_the_rejected_points(points: Points, content_type: str) -> None:
     """A licence check with a status outside the four (an invalid point): 200 / OK with
     partial_success.rejected_spans 1 and the reason, the other points written."""
-    doc = license_status(document("trace"), "bogus")
-    if content_type == "grpc":
-        code, details, _, raw = grpc_export(
-            points.serve.grpc_target, to_protobuf(doc, ExportTraceServiceRequest)
-        )
-        assert code == grpc.StatusCode.OK, details
-        assert raw is not None
-        response: Message = ExportTraceServiceResponse.FromString(raw)
-    else:
-        answer = post(points.serve, TRACES, encode(doc, TRACES, content_type), content_type)
-        assert answer.status_code == 200, answer.content
-        assert answer.headers["Content-Type"] == content_type
-        response = ExportTraceServiceResponse()
-        if content_type == JSON:
-            json_format.Parse(answer.content, response)
-        else:
-            response.ParseFromString(answer.content)
+    response = traces_accepted(points, license_status(document("trace"), "bogus"), content_type)
     assert rejected_of(response)[0] == 1
     assert "invalid_license_status=1" in rejected_of(response)[1]
     assert points.of_last_case() == TRACE_WITHOUT_LICENSING
