@@ -284,10 +284,10 @@ def _status(args: argparse.Namespace) -> int:
 def _not_a_spool_root(root: str) -> str | None:
     """Why ``root``, holding no process directory, may be the wrong directory, if it looks like
     one level of a spool root: a destination's directory or a process's."""
-    from otel_luna.delivery.spool import process_directories
+    from otel_luna.delivery.spool import is_process_directory, process_directories
 
     here = Path(root)
-    if (here / "lock").is_file():
+    if is_process_directory(here):
         return "looks like one process's directory, two levels below a spool root"
     if process_directories(here.parent) and here.parent != here:
         return "looks like one destination's directory, one level below a spool root"

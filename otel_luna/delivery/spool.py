@@ -925,8 +925,13 @@ def process_directories(root: Path | str) -> list[Path]:
             directories = _process_directories(destination)
         except OSError:
             continue
-        found += [d for d in directories if (d / _LOCK_FILE).is_file()]
+        found += [d for d in directories if is_process_directory(d)]
     return found
+
+
+def is_process_directory(directory: Path) -> bool:
+    """Whether ``directory`` is one process's spool directory (it holds its lock file)."""
+    return (directory / _LOCK_FILE).is_file()
 
 
 def describe(root: Path | str) -> list[dict[str, object]]:
