@@ -873,6 +873,7 @@ def watchdog_timings() -> Section:
         .span(HALF)
     )
     per_consumer = ", ".join(f'percentile("{name}", 95) AS "{name} p95"' for name in TIMING_TITLES)
+    by_consumer = group("consumer_name")
     panels.append(
         table.Panel()
         .title("Per consumer over the time range")
@@ -881,14 +882,22 @@ def watchdog_timings() -> Section:
             Influx(
                 f'SELECT count("worker_id") AS "processed", {per_consumer} {works_from} '
                 'GROUP BY "consumer_name"',
+                # Each field is grouped apart: worker_id is a string, the timings integers,
+                # and InfluxDB 2.x refuses a table of both ("schema collision").
                 union_table(
-                    pipe(*works(field_in(("worker_id", *TIMING_TITLES))), group("consumer_name")),
+                    pipe(*works(field_in(("worker_id", *TIMING_TITLES)))),
                     ("consumer_name",),
-                    [("processed", 'filter(fn: (r) => r._field == "worker_id") |> count()')]
+                    [
+                        (
+                            "processed",
+                            f'filter(fn: (r) => r._field == "worker_id") |> {by_consumer} '
+                            "|> count()",
+                        )
+                    ]
                     + [
                         (
                             f"{name} p95",
-                            f'filter(fn: (r) => r._field == "{name}") '
+                            f'filter(fn: (r) => r._field == "{name}") |> {by_consumer} '
                             '|> quantile(q: 0.95, method: "exact_selector")',
                         )
                         for name in TIMING_TITLES

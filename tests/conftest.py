@@ -1,5 +1,5 @@
-"""Session-wide fixtures: real InfluxDB 1.x (plain, auth-enabled, small max body) and
-VictoriaMetrics servers on 127.0.0.1.
+"""Session-wide fixtures: real InfluxDB 1.x (plain, auth-enabled, small max body), InfluxDB 2.x
+and VictoriaMetrics servers on 127.0.0.1.
 
 Servers start on first use, once per test session, each on free ports in its own temporary
 directory, and are stopped (by the PID started here) when the session ends. A missing binary or
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,15 +21,18 @@ _TESTS_DIR = str(Path(__file__).resolve().parent)
 if _TESTS_DIR not in sys.path:
     sys.path.insert(0, _TESTS_DIR)
 
+from exporterapp import App  # noqa: E402
 from servers import (  # noqa: E402
     InfluxDB1,
+    InfluxDB2,
     ServerError,
     VictoriaMetrics,
     start_influxdb1,
+    start_influxdb2,
     start_victoria_metrics,
 )
 
-_Server = TypeVar("_Server", InfluxDB1, VictoriaMetrics)
+_Server = TypeVar("_Server", InfluxDB1, InfluxDB2, VictoriaMetrics)
 
 #: ``max-body-size`` of the ``influxdb1_small_body`` server.
 SMALL_BODY_BYTES = 4096
@@ -92,6 +95,22 @@ def influxdb1_database(influxdb1: InfluxDB1) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def influxdb2(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxDB2]:
+    """A real InfluxDB 2.x (built from its Go module) for the whole session, onboarded; see
+    ``servers.InfluxDB2``."""
+    with _running("InfluxDB 2.x", start_influxdb2, tmp_path_factory.mktemp("influxdb2")) as server:
+        yield server
+
+
+@pytest.fixture
+def influxdb2_bucket(influxdb2: InfluxDB2) -> Iterator[str]:
+    """The name of a new, empty bucket of the InfluxDB 2.x for one test (deleted afterwards)."""
+    name = influxdb2.fresh_bucket()
+    yield name
+    influxdb2.delete_bucket(name)
+
+
+@pytest.fixture(scope="session")
 def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
     """A real VictoriaMetrics for the whole session; see ``servers.VictoriaMetrics``."""
     with _running(
@@ -129,3 +148,19 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
+    """Makes in-process exporting apps (``exporterapp.App``) for one test; shut down after."""
+    apps: list[App] = []
+
+    def make(**settings: Any) -> App:
+        apps.append(App(tmp_path, **settings))
+        return apps[-1]
+
+    yield make
+    for app in apps:
+        app.close()
+
+

@@ -1,4 +1,5 @@
-"""Real database servers for the tests: InfluxDB 1.x (``influxd``) and VictoriaMetrics.
+"""Real database servers for the tests: InfluxDB 1.x (``influxd``), InfluxDB 2.x (``influxd`` built
+by ``scripts/build-influxdb2``) and VictoriaMetrics.
 
 Each server runs as a child process of the test session on 127.0.0.1, on ports found by binding
 port 0, with its data and its log in its own temporary directory. Readiness is polled with a
@@ -495,5 +496,195 @@ def start_victoria_metrics(root: Path) -> VictoriaMetrics:
         attempt = root / f"run{len(list(root.glob('run*'))) + 1}"
         attempt.mkdir(parents=True)
         return VictoriaMetrics(attempt)
+
+    return _start_with_port_retry(start)
+
+
+# --------------------------------------------------------------------------- InfluxDB 2.x
+
+#: Builds ``influxd`` of InfluxDB OSS 2.7 from its Go module, once (``tests/influxdb2``).
+INFLUXDB2_BUILD = Path(__file__).resolve().parent.parent / "scripts" / "build-influxdb2"
+INFLUXDB2_BUILD_TIMEOUT = 3600.0
+
+
+def influxdb2_binary() -> str:
+    """The path of InfluxDB 2.x's ``influxd`` (built now if the cache has none of these sources:
+    ``./scripts/test`` builds it before pytest, so here it only asks)."""
+    try:
+        built = subprocess.run(
+            [str(INFLUXDB2_BUILD)],
+            capture_output=True,
+            text=True,
+            timeout=INFLUXDB2_BUILD_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except OSError as exc:
+        raise ServerError(f"cannot run {INFLUXDB2_BUILD}: {exc}") from None
+    if built.returncode != 0:
+        raise ServerError(
+            f"{INFLUXDB2_BUILD} failed ({built.returncode}); it needs Go 1.26, Rust and the Go "
+            f"module proxy and crates.io:\n{built.stderr[-4000:]}"
+        )
+    return built.stdout.strip().splitlines()[-1]
+
+
+class InfluxDB2:
+    """A running InfluxDB OSS 2.x ``influxd`` on 127.0.0.1, onboarded: organization ``org``,
+    bucket ``bucket``, the operator token ``token`` (all privileges).
+
+    Every path it writes is in ``root``, it reads no configuration file (``INFLUXD_CONFIG_PATH``
+    is ``root``, ``INFLUXD_*`` variables are dropped) and it listens on one port of 127.0.0.1.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.host = HOST
+        self.port = free_port()
+        self.url = f"http://{self.host}:{self.port}"
+        self.org = "luna"
+        self.bucket = "luna_monitoring"
+        self.token = f"operator-{uuid.uuid4().hex}"
+        self.version: str | None = None
+        env = _child_env(["INFLUXD_"])
+        env["INFLUXD_CONFIG_PATH"] = str(root)  # never a ./config.* of somewhere else
+        self.process = ServerProcess(
+            "influxd2",
+            [
+                influxdb2_binary(),
+                f"--http-bind-address={self.host}:{self.port}",
+                f"--bolt-path={root / 'influxd.bolt'}",
+                f"--engine-path={root / 'engine'}",
+                f"--sqlite-path={root / 'influxd.sqlite'}",
+                "--reporting-disabled",
+                "--pprof-disabled",
+                "--ui-disabled",
+                "--log-level=warn",
+            ],
+            root,
+            env=env,
+        )
+        self.startup_seconds = self.process.wait_ready(self._healthy)
+        answer = self.api(
+            "POST",
+            "/api/v2/setup",
+            {
+                "username": "luna",
+                "password": uuid.uuid4().hex,
+                "org": self.org,
+                "bucket": self.bucket,
+                "token": self.token,
+                "retentionPeriodSeconds": 0,
+            },
+            token=None,
+        )
+        self.org_id: str = answer["org"]["id"]
+        self.bucket_id: str = answer["bucket"]["id"]
+
+    def __repr__(self) -> str:
+        return f"InfluxDB2(url={self.url!r}, pid={self.pid}, version={self.version!r})"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def _healthy(self) -> bool:
+        status, _, body = http_request("GET", f"{self.url}/health", timeout=1.0)
+        self.version = json.loads(body).get("version")
+        return status == 200
+
+    def api(
+        self, method: str, path: str, document: Any = None, *, token: str | None = "operator"
+    ) -> Any:
+        """One JSON call of the HTTP API; the parsed answer (None when empty)."""
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Token {self.token if token == 'operator' else token}"
+        data = json.dumps(document).encode() if document is not None else None
+        _, _, raw = http_request(method, f"{self.url}{path}", data=data, headers=headers)
+        return json.loads(raw) if raw.strip() else None
+
+    def create_bucket(self, name: str, retention_seconds: int = 0) -> str:
+        """A new bucket of ``org``; its id."""
+        rules = [{"type": "expire", "everySeconds": retention_seconds}] if retention_seconds else []
+        answer = self.api(
+            "POST",
+            "/api/v2/buckets",
+            {"orgID": self.org_id, "name": name, "retentionRules": rules},
+        )
+        return str(answer["id"])
+
+    def fresh_bucket(self, prefix: str = "test") -> str:
+        """Create a new bucket with a unique name and return the name."""
+        name = unique_name(prefix)
+        self.create_bucket(name)
+        return name
+
+    def delete_bucket(self, name: str) -> None:
+        found = self.api("GET", f"/api/v2/buckets?{urllib.parse.urlencode({'name': name})}")
+        for bucket in found.get("buckets", []):
+            self.api("DELETE", f"/api/v2/buckets/{bucket['id']}")
+
+    def create_token(self, description: str, *, write_bucket: str | None = None) -> str:
+        """A token of ``org``: write access to one bucket (``write_bucket``), or read access
+        to the organization's buckets only."""
+        if write_bucket is not None:
+            found = self.api(
+                "GET", f"/api/v2/buckets?{urllib.parse.urlencode({'name': write_bucket})}"
+            )
+            bucket_id = found["buckets"][0]["id"]
+            resource = {"type": "buckets", "id": bucket_id, "orgID": self.org_id}
+            permissions = [{"action": "write", "resource": resource}]
+        else:
+            resource = {"type": "buckets", "orgID": self.org_id}
+            permissions = [{"action": "read", "resource": resource}]
+        answer = self.api(
+            "POST",
+            "/api/v2/authorizations",
+            {"orgID": self.org_id, "description": description, "permissions": permissions},
+        )
+        return str(answer["token"])
+
+    def write(self, lines: str | bytes, bucket: str, *, precision: str = "ns") -> None:
+        """Write line protocol with ``POST /api/v2/write``. Raise ServerHTTPError if not 2xx."""
+        data = lines.encode() if isinstance(lines, str) else lines
+        http_request(
+            "POST",
+            f"{self.url}/api/v2/write",
+            params={"org": self.org, "bucket": bucket, "precision": precision},
+            data=data,
+            headers={"Authorization": f"Token {self.token}"},
+        )
+
+    def flux_csv(self, query: str) -> str:
+        """The annotated CSV answer of a Flux query (``POST /api/v2/query``)."""
+        _, _, raw = http_request(
+            "POST",
+            f"{self.url}/api/v2/query",
+            params={"org": self.org},
+            data=json.dumps({"query": query, "type": "flux"}).encode(),
+            headers={
+                "Authorization": f"Token {self.token}",
+                "Content-Type": "application/json",
+                "Accept": "application/csv",
+            },
+        )
+        return raw.decode()
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def start_influxdb2(root: Path) -> InfluxDB2:
+    """Start InfluxDB 2.x in ``root`` (a fresh directory); retries if the port was taken."""
+
+    def start() -> InfluxDB2:
+        attempt = root / f"run{len(list(root.glob('run*'))) + 1}"
+        attempt.mkdir(parents=True)
+        return InfluxDB2(attempt)
 
     return _start_with_port_retry(start)

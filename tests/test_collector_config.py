@@ -1,10 +1,11 @@
 """The OpenTelemetry Collector configurations in ``collector-config/`` fit the real receiver.
 
-No Collector binary can be had here, so the configurations are checked for what can go wrong
-on our side: they parse, every component a pipeline names is defined, every exporter aimed at
-``otel-luna serve`` uses the ports and paths it really serves, and a live ``Server`` answers
-the calls the Collector's ``otlp`` and ``otlphttp`` exporters make (gzip, as they send by
-default) and refuses a full spool the way those exporters retry.
+The real Collector (``tests/collector``, built by ``scripts/build-collector``) loads every file
+(``validate``) and starts on it without a deprecation warning; ``test_collector_chain.py`` runs
+them end to end. Here, besides: every component a pipeline names is defined, every exporter
+aimed at ``otel-luna serve`` uses the ports and paths it really serves, and a live ``Server``
+answers the calls the Collector's ``otlp_grpc`` and ``otlp_http`` exporters make (gzip, as they
+send by default) and refuses a full spool the way those exporters retry.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+from otelcol import Collector, localize, validate
+from servers import HOST, free_port
 
 from otel_luna.receiver import serve
 from otel_luna.receiver.protocol import METRICS_PATH, METRICS_SERVICE, TRACE_SERVICE, TRACES_PATH
@@ -35,8 +38,10 @@ from otel_luna.settings import Settings
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 SECTIONS = ("receivers", "processors", "exporters", "connectors", "extensions")
-#: Exporter types that send OTLP to the bridge (the part of a component id before "/").
-BRIDGE_EXPORTERS = ("otlp", "otlphttp", "loadbalancing")
+#: Exporter types that send OTLP to the bridge (the part of a component id before "/"), by their
+#: current names; the Collector (v0.161.0) still accepts the old ones as deprecated aliases.
+ALIASES = {"otlp": "otlp_grpc", "otlphttp": "otlp_http", "loadbalancing": "load_balancing"}
+BRIDGE_EXPORTERS = ("otlp_grpc", "otlp_http", "load_balancing")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 RPC_TIMEOUT = 10.0
 
@@ -48,7 +53,9 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _kind(component_id: str) -> str:
-    return component_id.split("/", 1)[0]
+    """The component type of an id, an old alias mapped to its current name."""
+    kind = component_id.split("/", 1)[0]
+    return ALIASES.get(kind, kind)
 
 
 def _host_port(endpoint: str) -> tuple[str, int]:
@@ -83,6 +90,42 @@ def test_the_three_documented_configurations_exist() -> None:
         "gateway-loadbalancing.yaml",
         "gateway-loadbalancing-influxdb.yaml",
     } <= names
+
+
+def test_every_file_is_loaded_by_the_real_collector(config: tuple[Path, dict[str, Any]]) -> None:
+    """``otelcol-luna validate`` accepts the file as it is shipped (an unknown key, a wrong
+    type or a component the distribution lacks would fail it)."""
+    path, _ = config
+    result = validate(path, env={"INFLUXDB_SPANS_TOKEN": "token"})
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_validate_refuses_a_misspelled_setting(tmp_path: Path) -> None:
+    """The check above can fail: the Collector refuses a key its component does not have."""
+    broken = tmp_path / "broken.yaml"
+    text = (CONFIG_DIR / "agent.yaml").read_text().replace("send_batch_size:", "batch_size:")
+    broken.write_text(text)
+    result = validate(broken)
+    assert result.returncode != 0
+    assert "batch_size" in result.stdout + result.stderr
+
+
+def test_every_file_starts_without_a_deprecation_warning(
+    config: tuple[Path, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Started for real (receivers on free ports of 127.0.0.1, nothing behind it), the
+    Collector logs no deprecated alias and no unset variable for the file."""
+    _, document = config
+    addresses = {
+        endpoint: f"{HOST}:{free_port()}"
+        for endpoint in ("0.0.0.0:14317", "0.0.0.0:14318", "127.0.0.1:14317", "127.0.0.1:14318")
+    }
+    with Collector(
+        localize(document, addresses), tmp_path, env={"INFLUXDB_SPANS_TOKEN": "token"}
+    ) as collector:
+        log = collector.log
+    assert "deprecated" not in log.lower(), log
+    assert "unset environment variable" not in log, log
 
 
 def test_every_yaml_parses_and_has_the_collector_sections(
@@ -140,12 +183,12 @@ def test_bridge_exporters_use_the_grpc_port_serve_really_serves(
     exporters = _bridge_exporters(document)
     assert exporters, f"{path.name}: no exporter sends to otel-luna serve"
     for name, exporter in exporters.items():
-        if _kind(name) == "otlp":
+        if _kind(name) == "otlp_grpc":
             host, port = _host_port(exporter["endpoint"])
             assert port == default, f"{path.name}: {name} sends to port {port}, not {default}"
             if host in LOOPBACK:
                 assert exporter["tls"]["insecure"] is True, f"{path.name}: {name} needs TLS off"
-        elif _kind(name) == "loadbalancing":
+        elif _kind(name) == "load_balancing":
             template = exporter["protocol"]["otlp"]
             assert "endpoint" not in template, f"{path.name}: {name} sets protocol.otlp.endpoint"
             assert template["tls"]["insecure"] is True, path.name
@@ -171,7 +214,7 @@ def test_loadbalancing_routes_traces_by_trace_id_and_metrics_by_service(
     exporters = document["exporters"]
     for pipeline_name, pipeline in document["service"]["pipelines"].items():
         for name in pipeline["exporters"]:
-            if _kind(name) != "loadbalancing":
+            if _kind(name) != "load_balancing":
                 continue
             key = (exporters[name] or {}).get("routing_key", "traceID")
             expected = "traceID" if _kind(pipeline_name) == "traces" else "service"
@@ -186,7 +229,7 @@ def test_http_exporters_use_the_port_and_paths_the_receiver_serves(
     default = Settings().serve_http_port
     paths = {"traces_endpoint": TRACES_PATH, "metrics_endpoint": METRICS_PATH}
     for name, exporter in _bridge_exporters(document).items():
-        if _kind(name) != "otlphttp":
+        if _kind(name) != "otlp_http":
             continue
         if "endpoint" in exporter:  # the exporter appends /v1/traces and /v1/metrics
             assert _host_port(exporter["endpoint"])[1] == default, path.name
@@ -202,7 +245,7 @@ def test_http_exporters_use_the_port_and_paths_the_receiver_serves(
 def test_http_configs_exist_for_the_http_paths() -> None:
     """At least one configuration uses OTLP/HTTP, so the path check above checks something."""
     kinds = {_kind(name) for path in CONFIGS for name in _bridge_exporters(_load(path))}
-    assert "otlphttp" in kinds
+    assert "otlp_http" in kinds
 
 
 def test_collector_receivers_do_not_take_the_bridge_ports_on_the_same_host(

@@ -3,13 +3,15 @@ its structure holds together (uids, ids, data source references, variables, layo
 InfluxQL target — with ``$timeFilter``, ``$__interval`` and the template variables substituted
 as Grafana does — returns rows from a real InfluxDB 1.x holding the demo's LUNA series, the
 usages and licence checks of the real exporter, and the watchdog example's events. The Flux
-variants mirror the InfluxQL ones panel for panel, and every Flux script parses and type checks
-with the Flux language server's checker (no InfluxDB 2.x runs here, so none is executed).
+variants mirror the InfluxQL ones panel for panel, every Flux script parses and type checks
+with the Flux language server's checker, and runs on a real InfluxDB 2.x holding the same
+series, returning data.
 
 No Grafana runs here: how Grafana renders the panels is not tested."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import json
 import os
@@ -25,9 +27,15 @@ from typing import Any
 
 import pytest
 from apprunner import instrumented_app
-from servers import InfluxDB1
+from influxdb_client import InfluxDBClient
+from servers import InfluxDB1, InfluxDB2
 from test_watchdog_service import SERVICE as WATCHDOG_SERVICE
 from test_watchdog_service import submit, wait_for
+
+from otel_luna.encoding.lineprotocol import LineProtocolEncoder
+from otel_luna.point import Point
+from otel_luna.report.common import query_influxql
+from otel_luna.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARDS = REPO / "dashboards"
@@ -451,8 +459,7 @@ def test_the_flux_checker_refuses_what_influxdb_would() -> None:
 
 def test_every_flux_script_parses_and_type_checks() -> None:
     """Every Flux target and variable query, with Grafana's macros and variables replaced,
-    parses and type checks against Flux's standard library. (No InfluxDB 2.x runs here: the
-    scripts are checked, never executed.)"""
+    parses and type checks against Flux's standard library (and runs on InfluxDB 2.x: below)."""
     scripts = flux_scripts()
     assert scripts
     variables = {
@@ -554,3 +561,136 @@ def test_a_single_selected_value_filters(data: Data, name: str) -> None:
         rows = data.run(name, statement)
         assert has_data(data.values(name, statement)), statement
         assert {row[tag] for row in rows} == {value}, statement
+
+
+# -- every Flux query against InfluxDB 2.x ------------------------------------------------------
+
+
+@dataclass
+class FluxData:
+    """The same series in buckets of a real InfluxDB 2.x, one per Flux dashboard."""
+
+    influx: InfluxDB2
+    buckets: dict[str, str]  # dashboard file → bucket
+    start: str  # RFC 3339: Grafana's v.timeRangeStart
+    stop: str
+
+    def run(self, file: str, script: str, selection: Mapping[str, Sequence[str]]) -> list[Any]:
+        """The records of ``script`` with Grafana's macros and ``selection`` substituted."""
+        for macro, value in {
+            "v.timeRangeStart": self.start,
+            "v.timeRangeStop": self.stop,
+            "v.windowPeriod": f"{INTERVAL_MS}ms",
+            "v.defaultBucket": json.dumps(self.buckets[file]),
+        }.items():
+            script = script.replace(macro, value)
+        script = interpolate(script, selection, 0, 0)
+        with InfluxDBClient(url=self.influx.url, token=self.influx.token, org=self.influx.org) as c:
+            tables = c.query_api().query(script)
+        return [record for table in tables for record in table.records]
+
+    def selection(self, file: str, board: Mapping[str, Any]) -> dict[str, list[str]]:
+        """Every query variable at *All*: the values its own Flux query returns."""
+        chosen: dict[str, list[str]] = {}
+        for variable in board["templating"]["list"]:
+            if variable["type"] == "query":
+                records = self.run(file, variable["query"], chosen)
+                values = sorted({str(record.get_value()) for record in records}, key=str.lower)
+                assert values, f"variable {variable['name']} has no values"
+                chosen[variable["name"]] = values
+        return chosen
+
+
+def copy_to_bucket(data: Data, database: str, influx: InfluxDB2, bucket: str) -> None:
+    """Every point of ``database`` written to ``bucket`` with its field types (InfluxQL's JSON
+    answers 5.0 as 5: ``SHOW FIELD KEYS`` says which fields are floats)."""
+    floats = {
+        (row["measurement"], row["fieldKey"])
+        for row in (
+            {"measurement": series["name"], **dict(zip(series["columns"], values, strict=True))}
+            for statement in data.influx.query("SHOW FIELD KEYS", database)["results"]
+            for series in statement.get("series", [])
+            for values in series["values"]
+        )
+        if row["fieldType"] == "float"
+    }
+    settings = Settings.load({}, endpoint=data.influx.url, database=database)
+    measurements = sorted({measurement for measurement, _ in floats} | LUNA_AND_WATCHDOG)
+    encoder = LineProtocolEncoder()
+    lines = []
+    for point in query_influxql(settings, measurements):
+        fields = {
+            key: float(value) if (point.measurement, key) in floats else value
+            for key, value in point.fields.items()
+        }
+        lines.append(
+            encoder.encode_point(Point(point.measurement, point.tags, fields, point.time_ns))
+        )
+    assert lines, f"nothing to copy from {database}"
+    influx.write("\n".join(lines) + "\n", bucket)
+
+
+LUNA_AND_WATCHDOG = frozenset(
+    {"requests", "errors", "usages_statistic", "licensing"}
+    | {"new_item", "poller_heartbeat", "worker_works"}
+)
+#: Columns of a Flux answer that are no panel's data (the table number, the window, what a
+#: value is of and when).
+FLUX_META = frozenset({"result", "table", "_start", "_stop", "_time", "_measurement", "_field"})
+
+
+def rfc3339_ms(epoch_ms: int) -> str:
+    return (
+        dt.datetime.fromtimestamp(epoch_ms / 1000, dt.timezone.utc)
+        .isoformat()
+        .replace("+00:00", "Z")
+    )
+
+
+@pytest.fixture(scope="module")
+def flux_data(data: Data, influxdb2: InfluxDB2) -> Iterator[FluxData]:
+    """The demo's series of :func:`data`, copied into buckets of a real InfluxDB 2.x."""
+    buckets = {
+        "luna-flux.json": influxdb2.fresh_bucket("dash_luna"),
+        "watchdog-flux.json": influxdb2.fresh_bucket("dash_watchdog"),
+    }
+    try:
+        for file, bucket in buckets.items():
+            database = data.databases[file.replace("-flux", "-influxql")]
+            copy_to_bucket(data, database, influxdb2, bucket)
+        yield FluxData(influxdb2, buckets, rfc3339_ms(data.from_ms), rfc3339_ms(data.to_ms))
+    finally:
+        for bucket in buckets.values():
+            influxdb2.delete_bucket(bucket)
+
+
+@pytest.mark.parametrize(
+    ("name", "where", "script"),
+    flux_scripts(),
+    ids=[f"{n.removesuffix('-flux.json')}:{w}" for n, w, _ in flux_scripts()],
+)
+def test_every_flux_query_runs_on_influxdb2_and_returns_data(
+    flux_data: FluxData, name: str, where: str, script: str
+) -> None:
+    """The Flux target or variable query, with Grafana's macros and every variable at *All*
+    (the values its own Flux query returns on 2.x), runs on a real InfluxDB 2.x and returns
+    records with data, as its InfluxQL twin does on 1.x."""
+    board = committed()[name]
+    selection = flux_data.selection(name, board)
+    records = flux_data.run(name, script, selection)
+    values = [
+        value
+        for record in records
+        for column, value in record.values.items()
+        if column not in FLUX_META
+    ]
+    assert has_data(values), f"{where} has no data: {records[:5]}"
+
+
+def test_flux_variables_list_what_influxql_ones_do(data: Data, flux_data: FluxData) -> None:
+    """On the same series, each Flux variable offers the values of its InfluxQL twin."""
+    for flux_name in ("luna-flux.json", "watchdog-flux.json"):
+        influxql_name = flux_name.replace("-flux", "-influxql")
+        assert flux_data.selection(flux_name, committed()[flux_name]) == data.selection(
+            influxql_name, committed()[influxql_name]
+        )

@@ -16,15 +16,11 @@ from typing import Any
 
 import pytest
 from conftest import SMALL_BODY_BYTES
-from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from exporterapp import App
 from pingcentre_stub import PingCentre
 from servers import InfluxDB1, unique_name
 
-from otel_luna import LunaSpanExporter
-from otel_luna.cli import main, status_entries
+from otel_luna.cli import main
 from otel_luna.delivery.spool import MemorySpool
 from otel_luna.delivery.writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
@@ -44,68 +40,6 @@ def wait_until(probe: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT) -> A
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return value
-
-
-class App:
-    """The in-process exporter behind the SDK's batch span processor, with a disk spool."""
-
-    def __init__(self, tmp_path: Path, **settings: Any) -> None:
-        self.spool_dir = tmp_path / "spool"
-        self.dead_letter = tmp_path / "dead.jsonl"
-        self.exporter = LunaSpanExporter(
-            Settings.load(
-                {},
-                api_version="1",
-                flush_interval=0.1,
-                spool_dir=str(self.spool_dir),
-                dead_letter=str(self.dead_letter),
-                **settings,
-            )
-        )
-        self.provider = TracerProvider(resource=Resource.create({"service.name": "dest"}))
-        self.provider.add_span_processor(
-            BatchSpanProcessor(self.exporter, schedule_delay_millis=100)
-        )
-        self.ids: list[str] = []
-
-    def requests(self, count: int) -> None:
-        tracer = self.provider.get_tracer("dest")
-        for _ in range(count):
-            request_id = uuid.uuid4().hex
-            self.ids.append(request_id)
-            attributes = {
-                "http.method": "POST",
-                "http.route": "/work",
-                "http.status_code": 200,
-                "luna.request_id": request_id,
-            }
-            with tracer.start_as_current_span(
-                "POST /work", kind=trace.SpanKind.SERVER, attributes=attributes
-            ):
-                pass
-
-    def blocked(self) -> dict[str, Any] | None:
-        """The blocked state ``otel-luna status`` shows for this process, if any."""
-        for entry in status_entries(str(self.spool_dir)):
-            if isinstance(entry.get("blocked"), dict):
-                return entry  # type: ignore[return-value]
-        return None
-
-    def close(self) -> None:
-        self.provider.shutdown()
-
-
-@pytest.fixture
-def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
-    apps: list[App] = []
-
-    def make(**settings: Any) -> App:
-        apps.append(App(tmp_path, **settings))
-        return apps[-1]
-
-    yield make
-    for app in apps:
-        app.close()
 
 
 def stored_ids(influx: InfluxDB1, database: str) -> list[str]:

@@ -1,6 +1,6 @@
 """``otel-luna report luna``: every figure against the same InfluxQL run directly on a real
-InfluxDB 1.x holding known data; the same data as a line-protocol file and (through a fake
-InfluxDB 2.x ``/api/v2/query``, no 2.x server exists here) as Flux's annotated CSV give the same
+InfluxDB 1.x holding known data; the same data as a line-protocol file and in a real InfluxDB 2.x
+read over Flux (annotated CSV) give the same
 report; the PNG; the command."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import InfluxDB1
+from servers import InfluxDB1, InfluxDB2
 
 from otel_luna import cli
 from otel_luna.encoding.lineprotocol import LineProtocolEncoder
@@ -476,72 +476,6 @@ def test_since_and_service_select_the_same_points_in_influxdb_and_a_file(data: D
     assert overall["requests"] == len(kept) and overall["rate"] == len(kept) / 30
 
 
-class FakeInfluxDB2:
-    """A stand-in for InfluxDB 2.x's ``POST /api/v2/query`` (no 2.x server can be had here): it
-    records each request and answers the points it holds as Flux does without a pivot — one
-    annotated-CSV table per series and field, in InfluxDB's column layout."""
-
-    def __init__(self, points: Sequence[Point]) -> None:
-        fake = self
-        self.requests: list[tuple[str, dict[str, str], dict[str, Any]]] = []
-        self.points = list(points)
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                fake.requests.append((self.path, dict(self.headers), json.loads(body)))
-                answer = fake.annotated_csv().encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/csv; charset=utf-8")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def annotated_csv(self) -> str:
-        tables: dict[tuple[str, tuple[tuple[str, str], ...], str], list[Point]] = {}
-        for point in self.points:
-            for field in point.fields:
-                tables.setdefault((point.measurement, point.tags, field), []).append(point)
-        out = io.StringIO()
-        kinds = {bool: "boolean", int: "long", float: "double", str: "string"}
-        for number, ((measurement, tags, field), points) in enumerate(sorted(tables.items())):
-            value_kind = kinds[type(points[0].fields[field])]
-            keys = [key for key, _ in tags]
-            head = ["", "result", "table", "_start", "_stop", "_time", "_value", "_field"]
-            head += ["_measurement", *keys]
-            kinds_row = ["#datatype", "string", "long", *["dateTime:RFC3339"] * 3, value_kind]
-            kinds_row += ["string"] * (2 + len(keys))
-            group = ["#group", "false", "false", "true", "true", "false", "false", "true", "true"]
-            group += ["true"] * len(keys)
-            default = ["#default", "_result"] + [""] * (len(head) - 2)
-            if number:
-                out.write("\r\n")
-            for row in (group, kinds_row, default, head):
-                out.write(",".join(row) + "\r\n")
-            for point in sorted(points, key=lambda p: p.time_ns):
-                value = point.fields[field]
-                text = json.dumps(value) if isinstance(value, bool) else str(value)
-                if isinstance(value, float):
-                    text = repr(value)
-                if isinstance(value, str) and any(c in value for c in ',"\n'):
-                    text = '"' + value.replace('"', '""') + '"'
-                row = ["", "", str(number), rfc3339(0), rfc3339(T0 + 10**12)]
-                row += [rfc3339(point.time_ns), text, field, measurement, *(v for _, v in tags)]
-                out.write(",".join(row) + "\r\n")
-        return out.getvalue()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def rfc3339(time_ns: int) -> str:
     """As InfluxDB 2.x writes times: RFC 3339, UTC, the fraction without trailing zeros."""
     seconds, fraction = divmod(time_ns, SECOND)
@@ -552,34 +486,33 @@ def rfc3339(time_ns: int) -> str:
     return text + (f".{digits}" if digits else "") + "Z"
 
 
-def test_influxdb2_flux_request_and_annotated_csv(data: Data, from_influx: luna.LunaReport) -> None:
-    """With a token (API 2), the report POSTs Flux to /api/v2/query?org= with the token and
-    reads annotated CSV back into the same report (a fake 2.x server: none exists here)."""
-    fake = FakeInfluxDB2(data.points)
-    try:
-        settings = Settings.load({}, endpoint=fake.url, org="my org", bucket="luna", token="s3cret")
-        assert settings.resolved_api_version == "2"
-        points = luna.read(settings, start_ns=T0, service=HANDLERS)
-    finally:
-        fake.stop()
-    (path, headers, body), *more = fake.requests
-    assert not more
-    assert path == "/api/v2/query?org=my+org"
-    assert headers["Authorization"] == "Token s3cret"
-    assert headers["Content-Type"] == "application/json"
-    assert body["type"] == "flux" and body["dialect"]["header"] is True
-    assert body["query"] == (
-        'from(bucket: "luna")\n'
-        f"  |> range(start: time(v: {T0}))\n"
-        '  |> filter(fn: (r) => r._measurement == "requests" or r._measurement == "errors" or '
-        'r._measurement == "usages_statistic" or r._measurement == "licensing")\n'
-        '  |> filter(fn: (r) => r["service"] == "luna-handlers")'
+def test_influxdb2_over_flux_gives_the_report_of_the_file(
+    data: Data, influxdb2: InfluxDB2, influxdb2_bucket: str
+) -> None:
+    """With a token (API 2) the report reads a real InfluxDB 2.x over Flux (``POST
+    /api/v2/query``, annotated CSV): the same points, and the same report, as the file and as
+    InfluxDB 1.x over InfluxQL."""
+    influxdb2.write(line_protocol(data.points), influxdb2_bucket)
+    settings = Settings.load(
+        {},
+        endpoint=influxdb2.url,
+        org=influxdb2.org,
+        bucket=influxdb2_bucket,
+        token=influxdb2.token,
     )
-    # the fake answers every point, whatever the query: summarize's own filters leave the same
-    report = luna.summarize(points, start_ns=T0, service=HANDLERS)
-    assert len(points) == len(data.points)
-    assert report == luna.summarize(luna.read(data.file), start_ns=T0, service=HANDLERS)
-    assert report.services[0].overall.requests > 300
+    assert settings.resolved_api_version == "2"
+
+    def key(point: Point) -> tuple[Any, ...]:
+        return (point.measurement, point.tags, point.time_ns, sorted(point.fields.items()))
+
+    assert sorted(luna.read(settings), key=key) == sorted(data.points, key=key)
+
+    def report(source: Settings | Path) -> luna.LunaReport:
+        points = luna.read(source, start_ns=T0, service=HANDLERS)
+        return luna.summarize(points, start_ns=T0, service=HANDLERS)
+
+    assert report(settings) == report(data.file) == report(data.settings)
+    assert report(settings).services[0].overall.requests > 300
 
 
 def test_flux_csv_error_table_is_a_report_error() -> None:
