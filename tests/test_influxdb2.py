@@ -197,3 +197,23 @@ def test_points_outside_the_retention_are_dead_lettered_alone(
         assert "outside retention policy" in letter["reason"]
     finally:
         influxdb2.delete_bucket(bucket)
+
+
+def test_the_1x_write_api_of_2x_takes_the_token_as_password(
+    influxdb2: InfluxDB2, influxdb2_bucket: str, app_factory: Callable[..., App]
+) -> None:
+    """API 1 against a 2.x: ``/write?db=<bucket>&rp=autogen`` (the bucket's virtual DBRP
+    mapping) with the token as the basic-auth password writes the same points."""
+    app = app_factory(
+        endpoint=influxdb2.url,
+        api_version="1",
+        database=influxdb2_bucket,
+        retention_policy="autogen",
+        username="any",
+        password=influxdb2.token,
+    )
+    app.requests(50)
+    assert app.flush(DELIVERY_TIMEOUT)
+    stored = rows(influxdb2, influxdb2_bucket, "requests")
+    assert sorted(row["request_id"] for row in stored) == sorted(app.ids)
+    assert not app.dead_letter.exists()
