@@ -28,6 +28,9 @@ REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "collector-config"
 BUILD_SCRIPT = REPO / "scripts" / "build-collector"
 BUILD_TIMEOUT = 3600.0
+#: Where the gateways of ``collector-config/`` keep their persistent queue (``file_storage``);
+#: :func:`localize` moves it into the test's directory.
+QUEUE_DIRECTORY = "/var/lib/otelcol/gateway-queue"
 #: A Collector with one gateway or agent pipeline is ready in well under a second here.
 START_TIMEOUT = 60.0
 

@@ -25,7 +25,7 @@ from influxdb_client import InfluxDBClient
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
-from otelcol import Collector, load_config, localize
+from otelcol import QUEUE_DIRECTORY, Collector, load_config, localize
 from servehelpers import Serve, run_node_app, serve_env, server_spans, stored_ids, wait_until
 from servers import HOST, InfluxDB1, InfluxDB2, free_port
 
@@ -92,22 +92,26 @@ def replicas_with(env: dict[str, str]) -> Iterator[Replicas]:
 
 def gateway(
     root: Path,
-    config: str,
+    config: str | Mapping[str, Any],
     targets: Sequence[str],
     addresses: Mapping[str, str] | None = None,
     env: Mapping[str, str] | None = None,
+    name: str = "gateway",
 ) -> Collector:
-    """A gateway Collector running ``collector-config/CONFIG`` with its replicas at ``targets``
-    (and other documented ``addresses`` replaced)."""
+    """A gateway Collector running ``collector-config/CONFIG`` (or a parsed configuration) with
+    its replicas at ``targets``, its receivers on free ports, its persistent queue in
+    ``root/gateway-queue`` (so a gateway started again on ``root`` finds it) and other
+    documented ``addresses`` replaced."""
     ports = {
         "0.0.0.0:14317": f"{HOST}:{free_port()}",
         "0.0.0.0:14318": f"{HOST}:{free_port()}",
         "127.0.0.1:4317": targets[0],
         "127.0.0.1:5317": targets[1],
+        QUEUE_DIRECTORY: str(root / "gateway-queue"),
         **(addresses or {}),
     }
-    config_document = localize(load_config(config), ports)
-    return Collector(config_document, root / "gateway", name="gateway", env=env)
+    document = load_config(config) if isinstance(config, str) else config
+    return Collector(localize(document, ports), root / name, name=name, env=env)
 
 
 def grpc_endpoint(collector: Collector) -> str:

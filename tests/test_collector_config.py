@@ -28,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
-from otelcol import Collector, localize, validate
+from otelcol import QUEUE_DIRECTORY, Collector, localize, validate
 from servers import HOST, free_port
 
 from otel_luna.receiver import serve
@@ -120,6 +120,7 @@ def test_every_file_starts_without_a_deprecation_warning(
         endpoint: f"{HOST}:{free_port()}"
         for endpoint in ("0.0.0.0:14317", "0.0.0.0:14318", "127.0.0.1:14317", "127.0.0.1:14318")
     }
+    addresses[QUEUE_DIRECTORY] = str(tmp_path / "gateway-queue")
     with Collector(
         localize(document, addresses), tmp_path, env={"INFLUXDB_SPANS_TOKEN": "token"}
     ) as collector:
