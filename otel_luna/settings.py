@@ -241,6 +241,20 @@ def _text(value: Any) -> str:
     return text
 
 
+def _header_text(value: Any) -> str:
+    """Text sent in an HTTP header as it is (a token): no control characters, which no header
+    may carry. Said without the value, which is a secret."""
+    text = _text(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError(
+            "contains a line break, which no HTTP header may carry (often the trailing newline "
+            "of the file the secret was read from): remove it"
+        )
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in text):
+        raise ValueError("contains a control character, which no HTTP header may carry")
+    return text
+
+
 def _shown(value: Any) -> str:
     return redact(str(value))
 
@@ -385,7 +399,12 @@ class Settings:
         "luna_monitoring", _text, "a bucket name", group=DESTINATION, doc="2.x API: bucket"
     )
     token: str | None = setting(
-        None, _text, "an API token", group=DESTINATION, secret=True, doc="2.x API: token (secret)"
+        None,
+        _header_text,
+        "an API token",
+        group=DESTINATION,
+        secret=True,
+        doc="2.x API: token (secret)",
     )
     sink: str | None = setting(
         None,
@@ -571,7 +590,7 @@ class Settings:
     )
     serve_token: str | None = setting(
         None,
-        _text,
+        _header_text,
         "a bearer token",
         group=SERVE,
         secret=True,

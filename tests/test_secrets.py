@@ -366,3 +366,33 @@ def test_a_dead_letter_path_that_is_a_hard_link_is_refused(tmp_path: Path) -> No
     with pytest.raises(SettingsError, match="hard link"):
         DeadLetters(str(link))
     assert victim.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("name", ["token", "serve_token"])
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("tok-admin-0123456789\n", "a line break"),  # a secret file's trailing newline
+        ("SECRETHEAD\r\nSECRETTAIL123", "a line break"),
+        ("SECRETHEAD\x00SECRETTAIL", "a control character"),
+        ("SECRETHEAD\x7fSECRETTAIL", "a control character"),
+    ],
+)
+def test_a_token_no_header_can_carry_is_refused_at_start_without_it(
+    name: str, value: str, says: str
+) -> None:
+    """A token with a line break or another control character would fail every request (the
+    report ended in a traceback showing it; serve logged it half-masked on every write): it is
+    refused when the settings are read, naming the setting, never showing the value."""
+    variable = f"OTEL_EXPORTER_LUNA_{name.upper()}"
+    for loaded, named in (
+        (lambda: Settings.load({variable: value}), variable),
+        (lambda: Settings.load({}, **{name: value}), name),
+    ):
+        with pytest.raises(SettingsError) as raised:
+            loaded()
+        message = str(raised.value)
+        assert message.startswith(f"{named}: bad value: contains {says}"), message
+        assert all(part not in message for part in ("tok-admin", "SECRETHEAD", "SECRETTAIL"))
+    good = "tok-0123456789_-.=~+/ Aa"
+    assert getattr(Settings.load({variable: good, "OTEL_EXPORTER_LUNA_ORG": "o"}), name) == good
