@@ -367,3 +367,48 @@ def test_the_influxdb_exporter_writes_spans_beside_the_luna_series(
     finally:
         influxdb2.delete_bucket(luna_bucket)
         influxdb2.delete_bucket(spans_bucket)
+
+
+def test_the_http_agent_honours_503_and_retry_after_of_a_full_spool(
+    influxdb1: InfluxDB1, tmp_path: Path
+) -> None:
+    """agent-http.yaml → one replica over OTLP/HTTP (protobuf, gzip): the replica's database
+    does not exist yet, its small spool fills and it answers 503 + Retry-After; the
+    `otlp_http` exporter waits and retries, and once the database exists every request id is
+    stored exactly once."""
+    database = f"chain_http_{uuid.uuid4().hex[:8]}"  # not created yet: writes are 404
+    spans, ids = server_spans(1500, route="/over-http", service="chain-http")
+    env = serve_env(
+        influxdb1.url,
+        database,
+        OTEL_EXPORTER_LUNA_SPOOL_MAX_BYTES=str(64 * 1024),
+        OTEL_EXPORTER_LUNA_SPOOL_RETRY_INTERVAL="0.5",
+    )
+    with Serve(env) as replica:
+        ports = {
+            "127.0.0.1:14317": f"{HOST}:{free_port()}",
+            "127.0.0.1:14318": f"{HOST}:{free_port()}",
+            "http://127.0.0.1:4318": replica.http_url,
+        }
+        document = localize(load_config("agent-http.yaml"), ports)
+        with Collector(document, tmp_path / "agent", name="agent") as ag:
+            python_send(grpc_endpoint(ag), spans)
+            # "Throttle (1s), error: ... responded with HTTP Status Code 503, Message=the spool
+            # is full; retry later" (the Status in serve's body), then a wait of >= 1 s
+            wait_until(
+                lambda: ag.log.count(
+                    "Throttle (1s), error: rpc error: code = Unavailable desc = "
+                    "error exporting items, request to "
+                    f"{replica.http_url}/v1/traces responded "
+                    "with HTTP Status Code 503, Message=the spool is full"
+                ),
+                lambda count: count > 0,
+                60,
+                "the agent retrying serve's 503 after its Retry-After",
+            )
+            influxdb1.create_database(database)
+            try:
+                all_stored(influxdb1, database, ids, ag)
+            finally:
+                influxdb1.drop_database(database)
+            print(f"over HTTP, full spool: {what_the_collector_did(ag)}")
