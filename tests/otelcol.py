@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from servers import HOST, ServerError, ServerProcess, free_port, http_request
+from servers import HOST, ServerProcess, built_binary, free_port, http_request
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "collector-config"
 BUILD_SCRIPT = REPO / "scripts" / "build-collector"
-BUILD_TIMEOUT = 3600.0
 #: Where the gateways of ``collector-config/`` keep their persistent queue (``file_storage``);
 #: :func:`localize` moves it into the test's directory.
 QUEUE_DIRECTORY = "/var/lib/otelcol/gateway-queue"
@@ -38,26 +37,7 @@ START_TIMEOUT = 60.0
 @functools.cache
 def collector_binary() -> str:
     """The path of ``otelcol-luna`` (built now if the cache has no binary of these sources)."""
-    try:
-        built = subprocess.run(
-            [str(BUILD_SCRIPT)],
-            capture_output=True,
-            text=True,
-            timeout=BUILD_TIMEOUT,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except OSError as error:
-        raise ServerError(f"cannot run {BUILD_SCRIPT}: {error}") from None
-    if built.returncode != 0:
-        raise ServerError(
-            f"{BUILD_SCRIPT} failed ({built.returncode}); it needs Go 1.26 and the Go module "
-            f"proxy:\n{built.stderr[-4000:]}"
-        )
-    path = built.stdout.strip().splitlines()[-1]
-    if not Path(path).is_file():
-        raise ServerError(f"{BUILD_SCRIPT} printed {path!r}, which is not a file")
-    return path
+    return built_binary(BUILD_SCRIPT, "Go 1.26 and the Go module proxy")
 
 
 def validate(

@@ -504,29 +504,33 @@ def start_victoria_metrics(root: Path) -> VictoriaMetrics:
 
 #: Builds ``influxd`` of InfluxDB OSS 2.7 from its Go module, once (``tests/influxdb2``).
 INFLUXDB2_BUILD = Path(__file__).resolve().parent.parent / "scripts" / "build-influxdb2"
-INFLUXDB2_BUILD_TIMEOUT = 3600.0
+#: The first build of a server from its Go modules takes minutes (README.md).
+BUILD_TIMEOUT = 3600.0
 
 
-def influxdb2_binary() -> str:
-    """The path of InfluxDB 2.x's ``influxd`` (built now if the cache has none of these sources:
-    ``./scripts/test`` builds it before pytest, so here it only asks)."""
+def built_binary(script: Path, needs: str) -> str:
+    """The path a ``scripts/build-*`` script prints: the binary of a server built once from its
+    Go modules (built now if its cache has none of these sources; ``./scripts/test`` builds
+    them before pytest, so here it only asks). ``needs`` says what a failed build lacks."""
     try:
         built = subprocess.run(
-            [str(INFLUXDB2_BUILD)],
+            [str(script)],
             capture_output=True,
             text=True,
-            timeout=INFLUXDB2_BUILD_TIMEOUT,
+            timeout=BUILD_TIMEOUT,
             check=False,
             stdin=subprocess.DEVNULL,
         )
     except OSError as exc:
-        raise ServerError(f"cannot run {INFLUXDB2_BUILD}: {exc}") from None
+        raise ServerError(f"cannot run {script}: {exc}") from None
     if built.returncode != 0:
         raise ServerError(
-            f"{INFLUXDB2_BUILD} failed ({built.returncode}); it needs Go 1.26, Rust and the Go "
-            f"module proxy and crates.io:\n{built.stderr[-4000:]}"
+            f"{script} failed ({built.returncode}); it needs {needs}:\n{built.stderr[-4000:]}"
         )
-    return built.stdout.strip().splitlines()[-1]
+    path = built.stdout.strip().splitlines()[-1]
+    if not Path(path).is_file():
+        raise ServerError(f"{script} printed {path!r}, which is not a file")
+    return path
 
 
 class InfluxDB2:
@@ -551,7 +555,7 @@ class InfluxDB2:
         self.process = ServerProcess(
             "influxd2",
             [
-                influxdb2_binary(),
+                built_binary(INFLUXDB2_BUILD, "Go 1.26, Rust, the Go module proxy and crates.io"),
                 f"--http-bind-address={self.host}:{self.port}",
                 f"--bolt-path={root / 'influxd.bolt'}",
                 f"--engine-path={root / 'engine'}",

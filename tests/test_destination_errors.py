@@ -12,11 +12,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import SMALL_BODY_BYTES
-from exporterapp import App
+from exporterapp import DELIVERY_TIMEOUT, App, wait_until
 from pingcentre_stub import PingCentre
 from servers import InfluxDB1, unique_name
 
@@ -30,16 +29,6 @@ from otel_luna.sinks.pingcentre import PingCentreSink
 #: The database appears this long after the exporter started (the issue's scenario).
 DATABASE_LATE = 8.0
 POINTS = 300
-DELIVERY_TIMEOUT = 60.0
-
-
-def wait_until(probe: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT) -> Any:
-    """Poll ``probe()`` until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
 
 
 def stored_ids(influx: InfluxDB1, database: str) -> list[str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from exporterapp import App
+from exporterapp import DELIVERY_TIMEOUT, App, wait_until
 from influxdb_client import InfluxDBClient
 from servers import InfluxDB2, unique_name
 
@@ -26,16 +26,6 @@ from otel_luna.settings import Settings
 from otel_luna.sinks.influx_v2 import InfluxV2Sink
 
 POINTS = 300
-DELIVERY_TIMEOUT = 60.0
-
-
-def wait_until(probe: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT) -> Any:
-    """Poll ``probe()`` until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
 
 
 def rows(influx: InfluxDB2, bucket: str, measurement: str) -> list[dict[str, Any]]:

@@ -391,11 +391,21 @@ def test_large_http_requests_at_once_take_turns(running: Running) -> None:
     assert (
         running.settings.serve_max_inflight_bytes < bound < running.settings.serve_max_decoded_bytes
     )
+    first: list[int] = []
     answers: list[int] = []
     lock = threading.Lock()
 
     def send() -> None:
-        status = running.post(TRACES_PATH, body, PROTOBUF).status_code
+        # A body arriving while the others' bytes fill the budget is refused at once (503 +
+        # Retry-After, which OTLP clients retry): under load that can happen to one of them.
+        for attempt in range(5):
+            status = running.post(TRACES_PATH, body, PROTOBUF).status_code
+            with lock:
+                if attempt == 0:
+                    first.append(status)
+            if status != 503:
+                break
+            time.sleep(0.2)
         with lock:
             answers.append(status)
 
@@ -405,6 +415,7 @@ def test_large_http_requests_at_once_take_turns(running: Running) -> None:
     for sender in senders:
         sender.join(TIMEOUT * 2)
     assert answers == [200, 200, 200]
+    assert first.count(200) >= 2, f"they waited for each other: {first}"
     assert running.receiver.budget.used == 0
 
 
