@@ -194,6 +194,23 @@ class ServerProcess:
             self.popen.wait()
 
 
+class RunningServer:
+    """A server the tests started: its :class:`ServerProcess`, its PID and log, stopping it."""
+
+    process: ServerProcess
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
 _T = TypeVar("_T")
 
 
@@ -253,7 +270,7 @@ bind-address = "{host}:{rpc_port}"
 """
 
 
-class InfluxDB1:
+class InfluxDB1(RunningServer):
     """A running ``influxd`` (InfluxDB 1.x) on 127.0.0.1 with a temporary data directory.
 
     ``auth=True`` enables authentication (``[http] auth-enabled``); the helpers then use an admin
@@ -297,14 +314,6 @@ class InfluxDB1:
 
     def __repr__(self) -> str:
         return f"InfluxDB1(url={self.url!r}, pid={self.pid}, version={self.version!r})"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def _ping_ok(self) -> bool:
         status, headers, _ = http_request("GET", f"{self.url}/ping", timeout=1.0)
@@ -388,9 +397,6 @@ class InfluxDB1:
         self.create_database(name)
         return name
 
-    def stop(self) -> None:
-        self.process.stop()
-
 
 def start_influxdb1(root: Path, **options: Any) -> InfluxDB1:
     """Start influxd in ``root`` (a fresh directory); retries if a picked port was taken.
@@ -407,7 +413,7 @@ def start_influxdb1(root: Path, **options: Any) -> InfluxDB1:
 # --------------------------------------------------------------------------- VictoriaMetrics
 
 
-class VictoriaMetrics:
+class VictoriaMetrics(RunningServer):
     """A running single-node VictoriaMetrics on 127.0.0.1 with a temporary data directory.
 
     It accepts InfluxDB line protocol on ``/write`` and ``/api/v2/write``; a field ``f`` of
@@ -435,14 +441,6 @@ class VictoriaMetrics:
 
     def __repr__(self) -> str:
         return f"VictoriaMetrics(url={self.url!r}, pid={self.pid})"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def _healthy(self) -> bool:
         status, _, body = http_request("GET", f"{self.url}/health", timeout=1.0)
@@ -484,9 +482,6 @@ class VictoriaMetrics:
                     f"{timeout} s, expected {expected_count}: {series!r}"
                 )
             time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 def start_victoria_metrics(root: Path) -> VictoriaMetrics:
@@ -533,7 +528,7 @@ def built_binary(script: Path, needs: str) -> str:
     return path
 
 
-class InfluxDB2:
+class InfluxDB2(RunningServer):
     """A running InfluxDB OSS 2.x ``influxd`` on 127.0.0.1, onboarded: organization ``org``,
     bucket ``bucket``, the operator token ``token`` (all privileges).
 
@@ -587,14 +582,6 @@ class InfluxDB2:
 
     def __repr__(self) -> str:
         return f"InfluxDB2(url={self.url!r}, pid={self.pid}, version={self.version!r})"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def log_path(self) -> Path:
-        return self.process.log_path
 
     def _healthy(self) -> bool:
         status, _, body = http_request("GET", f"{self.url}/health", timeout=1.0)
@@ -678,9 +665,6 @@ class InfluxDB2:
             },
         )
         return raw.decode()
-
-    def stop(self) -> None:
-        self.process.stop()
 
 
 def start_influxdb2(root: Path) -> InfluxDB2:

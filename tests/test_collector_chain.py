@@ -199,6 +199,25 @@ def all_stored(
     assert len(stored) == len(set(stored)) == len(expected), "a request stored twice, or a stranger"
 
 
+def retrying_then_all_stored(
+    collector: Collector, retry: str, influx: InfluxDB1, database: str, ids: Sequence[str]
+) -> None:
+    """Wait until ``collector`` logged ``retry`` (the refusal it is retrying), then create the
+    replicas' ``database`` (it did not exist: their spools filled) and wait until every id is
+    stored exactly once; the database is dropped afterwards."""
+    wait_until(
+        lambda: collector.log.count(retry),
+        lambda count: count > 0,
+        60,
+        f"{collector.process.name} retrying: {retry}",
+    )
+    influx.create_database(database)
+    try:
+        all_stored(influx, database, ids, collector)
+    finally:
+        influx.drop_database(database)
+
+
 def test_python_and_node_senders_through_agent_and_gateway_to_two_replicas(
     influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
 ) -> None:
@@ -277,17 +296,13 @@ def test_a_replica_with_a_full_spool_is_retried_after_its_hint(
         python_send(grpc_endpoint(gw), spans)
         # The exporter logs "Throttle (1s), error: rpc error: code = ResourceExhausted ..."
         # and waits the RetryInfo's delay (or its own backoff, if longer) before each retry.
-        wait_until(
-            lambda: gw.log.count("Throttle (1s), error: rpc error: code = ResourceExhausted"),
-            lambda count: count > 0,
-            60,
-            "the gateway retrying RESOURCE_EXHAUSTED after serve's RetryInfo",
+        retrying_then_all_stored(
+            gw,
+            "Throttle (1s), error: rpc error: code = ResourceExhausted",
+            influxdb1,
+            database,
+            ids,
         )
-        influxdb1.create_database(database)
-        try:
-            all_stored(influxdb1, database, ids, gw)
-        finally:
-            influxdb1.drop_database(database)
         log = gw.log
         assert "Will retry the request after interval" in log, what_the_collector_did(gw)
         print(f"full spool: {what_the_collector_did(gw)}")
@@ -395,20 +410,13 @@ def test_the_http_agent_honours_503_and_retry_after_of_a_full_spool(
             python_send(grpc_endpoint(ag), spans)
             # "Throttle (1s), error: ... responded with HTTP Status Code 503, Message=the spool
             # is full; retry later" (the Status in serve's body), then a wait of >= 1 s
-            wait_until(
-                lambda: ag.log.count(
-                    "Throttle (1s), error: rpc error: code = Unavailable desc = "
-                    "error exporting items, request to "
-                    f"{replica.http_url}/v1/traces responded "
-                    "with HTTP Status Code 503, Message=the spool is full"
-                ),
-                lambda count: count > 0,
-                60,
-                "the agent retrying serve's 503 after its Retry-After",
+            retrying_then_all_stored(
+                ag,
+                "Throttle (1s), error: rpc error: code = Unavailable desc = error exporting "
+                f"items, request to {replica.http_url}/v1/traces responded with HTTP Status "
+                "Code 503, Message=the spool is full",
+                influxdb1,
+                database,
+                ids,
             )
-            influxdb1.create_database(database)
-            try:
-                all_stored(influxdb1, database, ids, ag)
-            finally:
-                influxdb1.drop_database(database)
             print(f"over HTTP, full spool: {what_the_collector_did(ag)}")
