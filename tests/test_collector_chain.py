@@ -70,9 +70,6 @@ class Replicas:
             if replica is not None:
                 replica.stop()
 
-    def output(self) -> str:
-        return "\n".join(replica.output for replica in self.running if replica is not None)
-
 
 @contextlib.contextmanager
 def replicas(influx: InfluxDB1, database: str, **env: str) -> Iterator[Replicas]:
