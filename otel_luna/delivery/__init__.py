@@ -16,6 +16,7 @@ from otel_luna.delivery.deadletters import DeadLetters
 from otel_luna.delivery.spool import open_spool
 from otel_luna.delivery.writer import BatchWriter
 from otel_luna.outcomes import Reason
+from otel_luna.redact import redact
 from otel_luna.settings import Settings
 from otel_luna.sinks import Sink
 
@@ -52,7 +53,19 @@ def open_delivery(
         write_timeout=settings.timeout,
         secrets=settings.secrets,
         extra_counts=extra_counts,
+        destination=destination_name(settings),
     )
+
+
+def destination_name(settings: Settings) -> str:
+    """The destination as log lines name it, without credentials: the endpoint, and the
+    database (1.x) or the bucket (2.x) of an InfluxDB."""
+    name = redact(settings.endpoint, settings.secrets)
+    if settings.sink_name == "influxdb-v1":
+        return f"{name} (database {settings.database})"
+    if settings.sink_name == "influxdb-v2":
+        return f"{name} (bucket {settings.bucket})"
+    return name
 
 
 def destination_slug(settings: Settings) -> str:

@@ -10,8 +10,8 @@ the sink and acknowledges what the sink took. The sink says what a failure means
   after an exponential backoff with jitter, or after the server's ``Retry-After`` if that is
   longer. Sleeps are interrupted by flush and shutdown;
 * BLOCKED (401, 403, database or bucket not found, TLS) holds the spool the same way, never
-  splitting, acknowledging or dead-lettering anything; a warning names the cause once a minute
-  and the blocked state goes to the stats ``otel-luna status`` shows;
+  splitting, acknowledging or dead-lettering anything; the blocked state goes to the stats
+  ``otel-luna status`` shows;
 * TOO_LARGE (413) splits the batch in halves until it fits; a single line that alone is too
   large is dead-lettered;
 * PER_LINE (400 unparsable line, field type conflict) is narrowed down by splitting the batch in
@@ -21,6 +21,12 @@ the sink and acknowledges what the sink took. The sink says what a failure means
   (re-sending a line InfluxDB already took writes the same point again). The first line
   rejected for good is logged with its reason, then at most one a minute: the once-a-minute
   summary counts the others (``dead_lettered``).
+
+Delivery trouble (RETRY or BLOCKED) is logged by class (:attr:`~otel_luna.sinks.SinkError.trouble`:
+connection refused, DNS failure, TLS error, timeout, ``HTTP 404``, ``HTTP 5xx``, ...): one
+warning naming the destination and the class when it starts, then at most one a minute per class
+while it lasts, and one line when a write succeeds again (``delivering again after N s, M points
+waited``). The trouble (since when, which class, why) goes to the stats too.
 
 Counters go to the disk spool's ``stats.json`` (``otel-luna status``) after every round:
 the writer's, the spool's and the dead-letter file's, plus whatever ``extra_counts`` returns
@@ -87,7 +93,17 @@ class _Blocked:
     since: float  # time.time()
     reason: str
     status: int | None
-    warnings: Throttle
+
+
+@dataclass
+class _Trouble:
+    """Writes failing (RETRY or BLOCKED) since ``started``; a warning throttle per class."""
+
+    started: float  # the writer's clock
+    since: float  # time.time(), for the stats
+    kind: str
+    reason: str
+    warnings: dict[str, Throttle] = field(default_factory=dict)
 
 
 class BatchWriter:
@@ -105,11 +121,15 @@ class BatchWriter:
         secrets: Iterable[str] = (),
         extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
         summary_interval: float = SUMMARY_INTERVAL,
+        destination: str = "",
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``extra_counts``, if given, returns counters kept elsewhere (the ingest's mapping
         and encoder counts, copied under its lock) to add to the stats ``otel-luna status``
         shows; they are not part of :meth:`all_counts`. ``summary_interval``: seconds between
-        the summaries and repeated warnings."""
+        the summaries and repeated warnings. ``destination``: where the sink writes, as the
+        trouble warnings name it (no secrets). ``clock``: monotonic seconds, for the trouble
+        warnings and their intervals (tests pass one they move)."""
         self.sink = sink
         self.spool = spool
         self.counts = Counts()
@@ -120,6 +140,8 @@ class BatchWriter:
         self._write_timeout = write_timeout
         self._secrets = tuple(secrets)
         self._summary_interval = summary_interval
+        self.destination = destination or repr(sink)
+        self._clock = clock
         self._init_state()
         if hasattr(os, "register_at_fork"):
             ref = weakref.WeakMethod(self._after_fork_in_child)
@@ -136,6 +158,7 @@ class BatchWriter:
         self._worker_closes = False  # shutdown left closing the sink and spool to the worker
         self._worker_done = False  # the worker has stopped for good
         self._blocked: _Blocked | None = None
+        self._trouble: _Trouble | None = None
         self._rejections = Throttle(self._summary_interval)
         self._extra_failed = False
         self._last_summary = self._last_adoption = time.monotonic()
@@ -206,6 +229,15 @@ class BatchWriter:
         if blocked is None:
             return None
         return {"since": blocked.since, "reason": blocked.reason, "status": blocked.status}
+
+    @property
+    def trouble(self) -> dict[str, object] | None:
+        """Since when (epoch seconds) writes fail, the class of the last failure
+        (:attr:`~otel_luna.sinks.SinkError.trouble`) and why; None while they succeed."""
+        trouble = self._trouble
+        if trouble is None:
+            return None
+        return {"since": trouble.since, "kind": trouble.kind, "reason": trouble.reason}
 
     def all_counts(self) -> Counter[Reason]:
         """Delivery, dead-letter and spool counters together."""
@@ -358,6 +390,8 @@ class BatchWriter:
         stats: dict[str, object] = {str(reason): value for reason, value in counts.items()}
         if self._blocked is not None:
             stats["blocked"] = self.blocked
+        if self._trouble is not None:
+            stats["trouble"] = self.trouble
         if self.dead_letters is not None:
             stats["dead_letter"] = self.dead_letters.stats()
         fallback = getattr(self.spool, "fallback", None)
@@ -399,6 +433,7 @@ class BatchWriter:
             batch = self.spool.read(self._batch_size)
             if batch is None:
                 return True, None
+            waiting = self.spool.pending_lines
             outcome = _Outcome()
             try:
                 self._deliver(batch.body, batch.lines, outcome)
@@ -411,9 +446,11 @@ class BatchWriter:
                 self.spool.append(outcome.retry_body, outcome.retry_body.count(b"\n"))
             self.spool.ack(batch.token)
             held = outcome.retry_error
-            if held is None or held.failure is not Failure.BLOCKED:
-                self._unblocked()  # the destination answered line by line
-            if held is not None:
+            if held is None:
+                self._recovered(waiting)
+            else:
+                if held.failure is not Failure.BLOCKED:
+                    self._blocked = None  # the destination answered line by line
                 self._held(held)
                 return False, held.retry_after
         return False, None
@@ -489,34 +526,52 @@ class BatchWriter:
         )
 
     def _held(self, error: SinkError) -> None:
-        """Note a write held back: the blocked state and its warning, once a minute."""
-        if error.failure is not Failure.BLOCKED:  # says nothing about a blocked destination
-            _logger.debug("otel-luna: write failed, will retry: %s", self._clean(error))
-            return
+        """Note a write held back (RETRY or BLOCKED): the trouble and blocked states, and the
+        warning of its class — when it starts, then at most once a minute while it lasts."""
         reason = self._clean(error)
-        blocked = self._blocked
-        if blocked is None:
-            blocked = self._blocked = _Blocked(
-                time.time(), reason, error.status, Throttle(self._summary_interval)
-            )
-        blocked.reason, blocked.status = reason, error.status
-        if not blocked.warnings.due():
+        kind = error.trouble
+        now = self._clock()
+        trouble = self._trouble
+        if trouble is None:
+            trouble = self._trouble = _Trouble(now, time.time(), kind, reason)
+        trouble.kind, trouble.reason = kind, reason
+        if error.failure is Failure.BLOCKED:
+            if self._blocked is None:
+                self._blocked = _Blocked(time.time(), reason, error.status)
+            self._blocked.reason, self._blocked.status = reason, error.status
+        warnings = trouble.warnings.get(kind)
+        if warnings is None:
+            warnings = trouble.warnings[kind] = Throttle(self._summary_interval, self._clock)
+        if not warnings.due():
+            _logger.debug("otel-luna: write failed, will retry: %s", reason)
             return
+        lasted = now - trouble.started
         _logger.warning(
-            "otel-luna: destination blocked for %.0f s, holding %d lines in the spool and "
-            "retrying: %s",
-            time.time() - blocked.since,
+            "otel-luna: %s %s: %s; %d points wait in the spool, %s: %s",
+            f"still cannot deliver after {lasted:.0f} s to" if lasted >= 1 else "cannot deliver to",
+            self.destination,
+            kind,
             self.spool.pending_lines,
+            (
+                "held until it takes writes again (blocked)"
+                if error.failure is Failure.BLOCKED
+                else "retrying"
+            ),
             reason,
         )
 
-    def _unblocked(self) -> None:
-        if self._blocked is not None:
-            _logger.warning(
-                "otel-luna: destination accepts writes again after %.0f s blocked",
-                time.time() - self._blocked.since,
-            )
-            self._blocked = None
+    def _recovered(self, waited: int) -> None:
+        """A write succeeded: one line if writes had been failing, and no trouble any more."""
+        trouble, self._trouble, self._blocked = self._trouble, None, None
+        if trouble is None:
+            return
+        _logger.warning(
+            "otel-luna: delivering again to %s after %.0f s (%s), %d points waited",
+            self.destination,
+            self._clock() - trouble.started,
+            ", ".join(trouble.warnings),
+            waited,
+        )
 
     def _log_summary(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -74,6 +74,7 @@ class SinkError(Exception):
         retry_body: bytes | None = None,
         rejected: list[tuple[bytes, str, int | None]] | None = None,
         secrets: Iterable[str] = (),
+        trouble: str | None = None,
     ) -> None:
         # Redact first, then shorten: a cut through a secret would leave part of it readable.
         super().__init__(redact(message, secrets)[:MESSAGE_LIMIT])
@@ -90,6 +91,21 @@ class SinkError(Exception):
         self.retry_body = retry_body
         #: ... and these were refused for good: (line, reason, HTTP status).
         self.rejected = rejected
+        #: The class of trouble a failed connection was (:func:`connection_trouble`); an HTTP
+        #: reply's is derived from ``status`` (:attr:`trouble`).
+        self._trouble = trouble
+
+    @property
+    def trouble(self) -> str:
+        """The class of delivery trouble, for the log line of each class (once a minute):
+        ``connection refused``, ``DNS failure``, ``TLS error``, ``timeout``, ``connection
+        reset``, ``connection error``, ``HTTP <status>`` for a 4xx (and any other non-5xx),
+        ``HTTP 5xx``; a sink that says none of these is ``sink error``."""
+        if self._trouble is not None:
+            return self._trouble
+        if self.status is not None:
+            return "HTTP 5xx" if self.status >= 500 else f"HTTP {self.status}"
+        return "sink error"
 
     @property
     def retryable(self) -> bool:
@@ -130,6 +146,31 @@ def classify_connection_error(error: BaseException) -> Failure:
     if isinstance(error, urllib3.exceptions.MaxRetryError):
         error = error.reason or error
     return Failure.BLOCKED if isinstance(error, urllib3.exceptions.SSLError) else Failure.RETRY
+
+
+def connection_trouble(error: BaseException) -> str:
+    """The class of trouble a urllib3 error raised before any reply was: ``DNS failure``,
+    ``TLS error``, ``connection refused``, ``timeout``, ``connection reset`` or ``connection
+    error``."""
+    import urllib3
+
+    exceptions = urllib3.exceptions
+    if isinstance(error, exceptions.MaxRetryError):
+        error = error.reason or error
+    if isinstance(error, exceptions.NameResolutionError):
+        return "DNS failure"
+    if isinstance(error, exceptions.SSLError):
+        return "TLS error"
+    if isinstance(error, exceptions.NewConnectionError):  # a ConnectTimeoutError subclass
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        return "timeout" if isinstance(cause, TimeoutError) else "connection error"
+    if isinstance(error, exceptions.TimeoutError):
+        return "timeout"
+    if isinstance(error, exceptions.ProtocolError):
+        return "connection reset"
+    return "connection error"
 
 
 #: Most characters of a SinkError message (after redaction).

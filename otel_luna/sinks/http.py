@@ -14,6 +14,7 @@ from otel_luna.sinks import (
     SinkError,
     classify,
     classify_connection_error,
+    connection_trouble,
     parse_retry_after,
     server_reason,
 )
@@ -67,6 +68,7 @@ class HttpPoster:
                 f"{where}: {type(error).__name__}: {error}",
                 failure=classify_connection_error(error),
                 secrets=self._secrets,
+                trouble=connection_trouble(error),
             ) from None
         if response.status >= 300:
             reason = server_reason(response.data[:REPLY_LIMIT])
