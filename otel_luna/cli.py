@@ -264,6 +264,12 @@ def _status(args: argparse.Namespace) -> int:
                 f"    destination BLOCKED since {_since(blocked)}, "
                 f"points held in the spool: {blocked.get('reason')}"
             )
+        trouble = entry.get("trouble")
+        if isinstance(trouble, dict) and not isinstance(blocked, dict):
+            print(
+                f"    writes FAILING since {_since(trouble)} ({trouble.get('kind')}), points "
+                f"held in the spool and retried: {trouble.get('reason')}"
+            )
         fallback = entry.get("memory_fallback")
         if isinstance(fallback, dict):
             print(
@@ -331,7 +337,7 @@ def status_entries(root: str) -> list[dict[str, object]]:
     for entry in describe(root):
         stats = entry["counts"]
         counts = dict(stats) if isinstance(stats, dict) else {}
-        for state in ("blocked", "memory_fallback"):
+        for state in ("blocked", "trouble", "memory_fallback"):
             found = counts.pop(state, None)
             if isinstance(found, dict):
                 entry[state] = {**found, "reason": redact(str(found.get("reason", "")))}

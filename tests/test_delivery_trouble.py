@@ -19,6 +19,7 @@ from exporterapp import wait_until
 from faultproxy import PASS, FaultProxy, status
 from servers import InfluxDB1, unique_name
 
+from otel_luna.cli import status_entries
 from otel_luna.delivery import destination_name, open_delivery
 from otel_luna.delivery.spool import MemorySpool
 from otel_luna.delivery.writer import BatchWriter
@@ -82,6 +83,10 @@ def test_refused_connection_is_logged_with_the_destination_and_its_recovery(
         assert f"cannot deliver to {closed_port.url} (database {influxdb1_database})" in refused
         assert f"{len(LINES)} points wait in the spool, retrying" in refused
         assert batch.trouble is not None and batch.trouble["kind"] == "connection refused"
+        entry = wait_until(
+            lambda: next((e for e in status_entries(settings.spool_dir) if "trouble" in e), None)
+        )
+        assert entry["trouble"]["kind"] == "connection refused" and "trouble" not in entry["counts"]
         closed_port.open()
         assert batch.force_flush(FLUSH_TIMEOUT)
         (recovered,) = warnings(caplog, "delivering again")
