@@ -103,6 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--grpc-port", type=int, help="OTLP/gRPC port (default 4317; 0: any)")
     serve.add_argument("--http-port", type=int, help="OTLP/HTTP port (default 4318; 0: any)")
+    serve.add_argument(
+        "--health-port",
+        type=int,
+        help="port of /healthz, /readyz and /metrics (Prometheus) on 127.0.0.1 "
+        "(default: off; 0: any)",
+    )
     serve.add_argument("--max-message-bytes", type=int, help="largest request accepted")
     serve.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
     serve.add_argument("--tls-key", help="PEM private key")
@@ -357,6 +363,7 @@ def _serve(args: argparse.Namespace) -> int:
         "serve_host": args.host,
         "serve_grpc_port": args.grpc_port,
         "serve_http_port": args.http_port,
+        "serve_health_port": args.health_port,
         "serve_max_message_bytes": args.max_message_bytes,
         "serve_tls_cert": args.tls_cert,
         "serve_tls_key": args.tls_key,
@@ -366,10 +373,13 @@ def _serve(args: argparse.Namespace) -> int:
     workers = worker_count(settings.serve_workers)
     if workers > 1:  # before grpc is imported: the supervisor starts processes
         return supervise(settings, given, workers)
+    from otel_luna.receiver.health import start_line
     from otel_luna.receiver.serve import Server
 
     server = Server(settings)
     host = settings.serve_host
+    if server.health is not None:
+        print(start_line(server.health), flush=True)
     print(f"otel-luna serve: OTLP/gRPC on {host}:{server.grpc_port}", flush=True)
     print(f"otel-luna serve: OTLP/HTTP on {host}:{server.http_port}", flush=True)
     print(f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})", flush=True)

@@ -8,7 +8,8 @@ per destination and has no ``signal``. ``otel_luna.events`` counts what is not a
 (SERVER spans seen, split writes, writer restarts) by ``event``; ``otel_luna.spool.lines``
 (up-down counter) is what waits in the spool. They go wherever the application's metrics go;
 the ``luna`` metric exporter never writes them into a LUNA series (it only maps
-``luna.usages``).
+``luna.usages``). ``otel-luna serve`` also serves them in Prometheus text format
+(:mod:`otel_luna.receiver.health`), grouped the same way by :func:`totals`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,26 @@ from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_luna.outcomes import Outcome, Reason
+
+POINTS_HELP = "Points otel-luna handled, by outcome and reason"
+EVENTS_HELP = "Other things otel-luna counted (spans seen, split writes, ...)"
+SPOOL_HELP = "Points waiting in the spool"
+#: (signal or None, outcome, reason label) → points; (signal or None, event) → events.
+PointTotals = Counter[tuple[str | None, Outcome, str]]
+EventTotals = Counter[tuple[str | None, Reason]]
+
+
+def totals(counts: Iterable[tuple[str | None, Reason, int]]) -> tuple[PointTotals, EventTotals]:
+    """Counters by (signal, reason) as the metrics have them: points by outcome and the
+    reason's :attr:`~otel_luna.outcomes.Reason.label`, events by reason. Pure."""
+    points: PointTotals = Counter()
+    events: EventTotals = Counter()
+    for signal, reason, value in counts:
+        if reason.outcome is Outcome.EVENT:
+            events[(signal, reason)] += value
+        else:
+            points[(signal, reason.outcome, reason.label)] += value
+    return points, events
 
 
 class Source(Protocol):
@@ -52,19 +73,19 @@ class _Registry:
                         "otel_luna.points",
                         [self._points],
                         "{point}",
-                        "Points otel-luna handled, by outcome and reason",
+                        POINTS_HELP,
                     ),
                     meter.create_observable_counter(
                         "otel_luna.events",
                         [self._events],
                         "{event}",
-                        "Other things otel-luna counted (spans seen, split writes, ...)",
+                        EVENTS_HELP,
                     ),
                     meter.create_observable_up_down_counter(
                         "otel_luna.spool.lines",
                         [self._pending],
                         "{point}",
-                        "Points waiting in the spool",
+                        SPOOL_HELP,
                     ),
                 ]
 
@@ -81,29 +102,23 @@ class _Registry:
                 yield None, reason, value
 
     def _points(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: Counter[tuple[str | None, Outcome, str]] = Counter()
-        for signal, reason, value in self._counts():
-            if reason.outcome is not Outcome.EVENT:
-                totals[(signal, reason.outcome, reason.label)] += value
+        points, _ = totals(self._counts())
         return [
             Observation(
                 value,
                 {"outcome": outcome.value, "reason": label}
                 | ({} if signal is None else {"signal": signal}),
             )
-            for (signal, outcome, label), value in totals.items()
+            for (signal, outcome, label), value in points.items()
         ]
 
     def _events(self, options: CallbackOptions) -> Iterable[Observation]:
-        totals: Counter[tuple[str | None, Reason]] = Counter()
-        for signal, reason, value in self._counts():
-            if reason.outcome is Outcome.EVENT:
-                totals[(signal, reason)] += value
+        _, events = totals(self._counts())
         return [
             Observation(
                 value, {"event": str(event)} | ({} if signal is None else {"signal": signal})
             )
-            for (signal, event), value in totals.items()
+            for (signal, event), value in events.items()
         ]
 
     def _pending(self, options: CallbackOptions) -> Iterable[Observation]:

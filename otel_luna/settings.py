@@ -538,6 +538,22 @@ class Settings:
         group=SERVE,
         doc="OTLP/HTTP port",
     )
+    serve_health_port: int | None = setting(
+        None,
+        _port,
+        "0 (any free port) to 65535; unset: off",
+        group=SERVE,
+        doc="port of the health and metrics endpoint (/healthz, /readyz, /metrics in "
+        "Prometheus text format); off unless set",
+    )
+    serve_health_host: str = setting(
+        "127.0.0.1",
+        _text,
+        "an address",
+        group=SERVE,
+        doc="address the health and metrics endpoint listens on (not serve_host: the counters "
+        "are for the operator, not for every sender)",
+    )
     serve_max_message_bytes: int = setting(
         16 * 1024 * 1024,
         *number(int, 1, 2**31 - 1, "bytes"),

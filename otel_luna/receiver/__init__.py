@@ -51,6 +51,8 @@ class Receiver:
         # protobuf re-encodes to at most 2 x its input: a negative enum read from 5 bytes comes
         # back in 10; OTLP/JSON to at most 4 x: ``1,`` in a repeated fixed64 or double is 8).
         self._largest_request = 4 * settings.serve_max_message_bytes
+        #: Why the spool refused the last request it was given; None once one is stored again.
+        self.spool_refused: str | None = None
 
     def accept_traces(self, request: ExportTraceServiceRequest) -> Result:
         """Map, encode and spool; what was rejected, for the partial success. A span that
@@ -83,12 +85,20 @@ class Receiver:
         """``ingest()``; a disk that refuses its lines is backpressure (the client retries and
         gets the identical points), never a silent switch to memory."""
         try:
-            return ingest()
+            result = ingest()
         except SpoolUnavailable as error:
+            self.spool_refused = str(error)
             self.requests.add(Reason.REQUESTS_REFUSED_SPOOL_UNAVAILABLE)
             raise Backpressure(
                 f"the spool cannot store the request ({error}); retry later"
             ) from None
+        self.spool_refused = None
+        return result
+
+    @property
+    def spool_full(self) -> bool:
+        """Whether the spool is above the mark where requests are refused."""
+        return self.ingest.pending_bytes() >= self._high_water
 
     def counts(self) -> Counter[Reason]:
         return self.ingest.counts() + self.requests.snapshot()

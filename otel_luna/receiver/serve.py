@@ -12,18 +12,21 @@ import threading
 
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
+from otel_luna.receiver.health import HealthServer, ReceiverHealth, start_health
 from otel_luna.receiver.http_server import HttpServer, start_http
 from otel_luna.settings import Settings
 
 
 class Server:
-    """Both front ends and the receiver; :meth:`stop` drains in-flight requests, then flushes."""
+    """Both front ends, the receiver and the health endpoint if asked for
+    (:mod:`otel_luna.receiver.health`); :meth:`stop` drains in-flight requests, then flushes."""
 
     def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         self.receiver = Receiver(settings)
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
+        self.health: HealthServer | None = None
         self.grpc_port = self.http_port = 0
         try:
             self.grpc, self.grpc_port = start_grpc(
@@ -32,6 +35,7 @@ class Server:
             self.http, self.http_port = start_http(
                 self.receiver, settings, settings.serve_http_port, reuse_port=reuse_port
             )
+            self.health = start_health(ReceiverHealth(self.receiver), settings)
         except BaseException:
             self.stop()
             raise
@@ -39,6 +43,9 @@ class Server:
     def stop(self, grace: float = 5.0) -> None:
         # Both front ends drain at once: requests in flight get ``grace`` (and a client still
         # sending, serve_read_timeout), then the receiver delivers within SHUTDOWN_TIMEOUT.
+        # The health endpoint goes first: a stopping serve is not ready for more.
+        if self.health is not None:
+            self.health.stop()
         grpc_stopped = None if self.grpc is None else self.grpc.stop(grace)
         if self.http is not None:
             self.http.stop(grace)

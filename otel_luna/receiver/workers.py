@@ -327,6 +327,10 @@ class Supervisor:
 
     # -- status ----------------------------------------------------------------------------
 
+    def ready_pids(self) -> list[int | None]:
+        """Each slot's worker pid, None while it is not running or not ready yet."""
+        return [w.pid if w is not None and w.ready else None for w in self.workers]
+
     def status(self) -> dict[str, Any]:
         return {
             "pid": os.getpid(),
@@ -405,9 +409,12 @@ def supervise(
 
     ``overrides`` are the settings given as flags: each worker loads its settings as the
     supervisor did (same environment, same TOML file), with these and the real ports."""
+    from otel_luna.receiver.health import SupervisorHealth, start_health, start_line
+
     out = sys.stdout if out is None else out
     host = settings.serve_host
     reserved = []
+    health = None
     try:
         reserved = [
             reserve_port(host, settings.serve_grpc_port),
@@ -416,6 +423,9 @@ def supervise(
         grpc_port, http_port = (sock.getsockname()[1] for sock in reserved)
         given = {**overrides, "serve_grpc_port": grpc_port, "serve_http_port": http_port}
         supervisor = Supervisor(settings, given, workers)
+        # Before the workers start (a port in use is a start-up error), not ready until they
+        # are; only the supervisor serves it (the workers' settings turn it off).
+        health = start_health(SupervisorHealth(settings, supervisor.ready_pids), settings)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: supervisor.request_stop())
         try:
@@ -425,6 +435,8 @@ def supervise(
             return 1
         try:
             pids = ", ".join(str(w.pid) for w in supervisor.workers if w is not None)
+            if health is not None:
+                print(start_line(health), file=out, flush=True)
             print(f"otel-luna serve: OTLP/gRPC on {host}:{grpc_port}", file=out, flush=True)
             print(f"otel-luna serve: OTLP/HTTP on {host}:{http_port}", file=out, flush=True)
             print(
@@ -443,6 +455,8 @@ def supervise(
         )
         return 0
     finally:
+        if health is not None:
+            health.stop()
         for sock in reserved:
             sock.close()
 
@@ -481,7 +495,8 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     )
     from otel_luna.receiver.serve import Server
 
-    settings = Settings.load(**json.loads(args.overrides))
+    # The supervisor serves the health endpoint: a worker's would take the same port.
+    settings = Settings.load(**{**json.loads(args.overrides), "serve_health_port": None})
     server = Server(settings, reuse_port=True)
     try:
         with contextlib.suppress(OSError):  # a supervisor gone away: PDEATHSIG stops us

@@ -1,0 +1,302 @@
+"""``otel-luna serve``'s health and metrics endpoint, on a port of its own (off unless
+``serve_health_port`` is set; 127.0.0.1 unless ``serve_health_host`` says otherwise):
+
+* ``GET /healthz`` — liveness: 200 ``{"status": "alive", "uptime": seconds}`` while the process
+  serves;
+* ``GET /readyz`` — readiness: 200 ``{"ready": true}``, else 503 ``{"ready": false, "reasons":
+  [...]}`` while writes to the destination fail (refused, blocked, 5xx, ... — the trouble the
+  log names, :attr:`~otel_luna.delivery.writer.BatchWriter.trouble`), the spool cannot store
+  requests (its directory not writable, a write refused, or full: requests get 503);
+* ``GET /metrics`` — the ``otel_luna.*`` self-metrics in Prometheus text format (0.0.4):
+  ``otel_luna_points_total{outcome, reason}``, ``otel_luna_events_total{event}``,
+  ``otel_luna_spool_lines`` and ``otel_luna_ready``. The counters are those ``otel-luna
+  status`` shows, grouped as :func:`otel_luna.selfmetrics.totals` groups them.
+
+One serve process reports itself (:class:`ReceiverHealth`). With ``--workers N`` the supervisor
+serves the endpoint (:class:`SupervisorHealth`): ready when every worker runs and none reports
+trouble; the counters summed over the stats files its running workers write (a worker that is
+restarted starts its counters again, which Prometheus reads as a counter reset).
+
+An aiohttp application in a thread of its own with its own event loop; the sources are read in
+the loop's default executor (they take locks or read files).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from aiohttp import web
+
+from otel_luna.outcomes import Reason
+from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
+from otel_luna.settings import Settings, SettingsError, env_name
+
+if TYPE_CHECKING:
+    from otel_luna.receiver import Receiver
+
+#: Seconds the endpoint's loop thread has to start, and to stop.
+START_TIMEOUT = STOP_TIMEOUT = 10.0
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class HealthSource(Protocol):
+    """What the endpoint reports."""
+
+    def problems(self) -> list[str]:
+        """Why it is not ready; empty when it is."""
+
+    def counts(self) -> Mapping[Reason, int]:
+        """Every counter, as ``otel-luna status`` shows them."""
+
+    def queued(self) -> int:
+        """Points waiting in the spool."""
+
+
+class ReceiverHealth:
+    """One serve process: its receiver's delivery and spool."""
+
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+
+    def problems(self) -> list[str]:
+        found = []
+        delivery = self.receiver.ingest.delivery
+        if delivery is not None:
+            trouble = delivery.trouble
+            if trouble is not None:
+                found.append(_trouble_text(delivery.destination, trouble))
+            directory = getattr(delivery.spool, "directory", None)
+            if directory is not None and not _writable(directory):
+                found.append(f"the spool directory {directory} is not writable")
+        if self.receiver.spool_refused is not None:
+            found.append(f"the spool refused the last request: {self.receiver.spool_refused}")
+        if self.receiver.spool_full:
+            found.append("the spool is full: requests are refused with 503 until it drains")
+        return found
+
+    def counts(self) -> Mapping[Reason, int]:
+        return self.receiver.counts()
+
+    def queued(self) -> int:
+        return self.receiver.ingest.queued()
+
+
+class SupervisorHealth:
+    """``--workers N``: what the workers last wrote to their stats files (``otel-luna
+    status``'s reading of them), and whether every worker runs. ``workers()`` gives each
+    slot's pid, None for a slot whose worker is not running or not ready yet."""
+
+    def __init__(self, settings: Settings, workers: Callable[[], Sequence[int | None]]) -> None:
+        from otel_luna.delivery import destination_name, destination_slug
+        from otel_luna.receiver import HIGH_WATER
+
+        self.settings = settings
+        self._workers = workers
+        self._destination = destination_slug(settings)
+        self._name = destination_name(settings)
+        self._high_water = int(settings.spool_max_bytes * HIGH_WATER)
+
+    def _entries(self) -> list[dict[str, object]]:
+        from otel_luna.cli import status_entries
+
+        pids = {pid for pid in self._workers() if pid is not None}
+        root = self.settings.spool_dir
+        if not os.path.isdir(root):
+            return []
+        return [
+            entry
+            for entry in status_entries(root)
+            if entry["destination"] == self._destination
+            and entry["running"]
+            and _pid_of(str(entry["process"])) in pids
+        ]
+
+    def problems(self) -> list[str]:
+        found = [
+            f"worker {slot} is not running"
+            for slot, pid in enumerate(self._workers())
+            if pid is None
+        ]
+        if not _writable(Path(self.settings.spool_dir)):
+            found.append(f"the spool directory {self.settings.spool_dir} is not writable")
+        for entry in self._entries():
+            trouble = entry.get("trouble")
+            if isinstance(trouble, dict):
+                where = _trouble_text(self._name, trouble)
+                found.append(f"worker {_pid_of(str(entry['process']))}: {where}")
+            pending = entry.get("pending_bytes")
+            if isinstance(pending, int) and pending >= self._high_water:
+                found.append(
+                    f"worker {_pid_of(str(entry['process']))}: the spool is full: requests "
+                    "are refused with 503 until it drains"
+                )
+        return found
+
+    def counts(self) -> Mapping[Reason, int]:
+        total: Counter[Reason] = Counter()
+        for entry in self._entries():
+            counts = entry.get("counts")
+            if not isinstance(counts, dict):
+                continue
+            for name, value in counts.items():
+                try:
+                    reason = Reason.of(name)
+                except ValueError:  # written by another version
+                    continue
+                if isinstance(value, int) and not isinstance(value, bool):
+                    total[reason] += value
+        return total
+
+    def queued(self) -> int:
+        lines = (entry.get("pending_lines") for entry in self._entries())
+        return sum(each for each in lines if isinstance(each, int))
+
+
+def prometheus_text(counts: Mapping[Reason, int], queued: int, ready: bool) -> str:
+    """The counters, the spool and readiness in Prometheus text format 0.0.4. Pure."""
+    points, events = totals((None, reason, value) for reason, value in counts.items())
+    lines = [
+        f"# HELP otel_luna_points_total {POINTS_HELP}",
+        "# TYPE otel_luna_points_total counter",
+    ]
+    lines += [
+        f'otel_luna_points_total{{outcome="{outcome.value}",reason="{_label(label)}"}} {value}'
+        for (_, outcome, label), value in sorted(
+            points.items(), key=lambda item: (item[0][1].value, item[0][2])
+        )
+    ]
+    lines += [
+        f"# HELP otel_luna_events_total {EVENTS_HELP}",
+        "# TYPE otel_luna_events_total counter",
+    ]
+    lines += [
+        f'otel_luna_events_total{{event="{_label(str(event))}"}} {value}'
+        for (_, event), value in sorted(events.items(), key=lambda item: str(item[0][1]))
+    ]
+    lines += [
+        f"# HELP otel_luna_spool_lines {SPOOL_HELP}",
+        "# TYPE otel_luna_spool_lines gauge",
+        f"otel_luna_spool_lines {queued}",
+        "# HELP otel_luna_ready 1 when /readyz says ready, else 0",
+        "# TYPE otel_luna_ready gauge",
+        f"otel_luna_ready {int(ready)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _trouble_text(destination: str, trouble: Mapping[str, object]) -> str:
+    since = trouble.get("since")
+    lasted = ""
+    if isinstance(since, (int, float)):
+        lasted = f" for {max(0.0, time.time() - since):.0f} s"
+    return (
+        f"cannot deliver to {destination}{lasted} ({trouble.get('kind')}): {trouble.get('reason')}"
+    )
+
+
+def _writable(directory: Path | str) -> bool:
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _pid_of(process: str) -> int | None:
+    head = process.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+class HealthServer:
+    """The endpoint on ``host:port`` (0: any free port, see :attr:`port`), serving until
+    :meth:`stop`."""
+
+    def __init__(self, source: HealthSource, host: str, port: int) -> None:
+        from otel_luna.receiver.http_server import _listen
+
+        self.source = source
+        self._started = time.monotonic()
+        try:
+            self._sock = _listen(host, port, reuse_port=False)
+        except OSError as error:
+            raise SettingsError(
+                env_name("serve_health_port"),
+                f"cannot listen on {host}:{port}: {error.strerror or error}",
+            ) from None
+        self.host = host
+        self.port = int(self._sock.getsockname()[1])
+        self.loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="otel-luna-health", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT) or self._error is not None:
+            self.stop()
+            raise OSError(f"the health endpoint did not start: {self._error!r}")
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._start())
+        except BaseException as error:  # noqa: BLE001 - reported by __init__
+            self._error = error
+        self._ready.set()
+        if self._error is None:
+            self.loop.run_forever()
+        if self._runner is not None:
+            self.loop.run_until_complete(self._runner.cleanup())
+        self.loop.close()
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.SockSite(self._runner, self._sock).start()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        uptime = round(time.monotonic() - self._started, 3)
+        return web.json_response({"status": "alive", "uptime": uptime})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problems = await asyncio.get_running_loop().run_in_executor(None, self.source.problems)
+        if problems:
+            return web.json_response({"ready": False, "reasons": problems}, status=503)
+        return web.json_response({"ready": True})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        text = await asyncio.get_running_loop().run_in_executor(None, self._scrape)
+        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+
+    def _scrape(self) -> str:
+        return prometheus_text(
+            self.source.counts(), self.source.queued(), not self.source.problems()
+        )
+
+    def stop(self) -> None:
+        if self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(STOP_TIMEOUT)
+        self._sock.close()
+
+
+def start_health(source: HealthSource, settings: Settings) -> HealthServer | None:
+    """The endpoint ``settings`` ask for (``serve_health_port``), serving; None when off."""
+    if settings.serve_health_port is None:
+        return None
+    return HealthServer(source, settings.serve_health_host, settings.serve_health_port)
+
+
+def start_line(server: HealthServer) -> str:
+    """What serve prints when the endpoint listens (tests read the port from it)."""
+    return f"otel-luna serve: health and metrics on {server.host}:{server.port}"
