@@ -47,6 +47,8 @@ LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 
 _T = TypeVar("_T")
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")
+#: Printed before the OTLP lines when ``--health-port`` is given.
+_HEALTH_LINE = re.compile(r"^otel-luna serve: health and metrics on (\S+):(\d+)$")
 
 
 def wait_until(
@@ -98,6 +100,8 @@ class Serve:
         )
         self._lines: list[str] = []
         self._ports: dict[str, int] = {}
+        #: The port of /healthz, /readyz and /metrics, if serve was asked for them.
+        self.health_port: int | None = None
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -111,6 +115,9 @@ class Serve:
         assert self.popen.stdout is not None
         for line in self.popen.stdout:
             self._lines.append(line)
+            health = _HEALTH_LINE.match(line.rstrip("\n"))
+            if health:
+                self.health_port = int(health[2])
             match = _PORT_LINE.match(line.rstrip("\n"))
             if match:
                 self._ports[match[1]] = int(match[3])
@@ -134,6 +141,11 @@ class Serve:
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def health_url(self) -> str:
+        assert self.health_port is not None, f"serve printed no health port:\n{self.output}"
+        return f"http://127.0.0.1:{self.health_port}"
 
     def stop(self) -> int:
         """SIGTERM (graceful drain) and wait; the exit status. Killed if it does not stop."""
