@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
+from typing import Any
 
 from otel_luna.outcomes import Outcome, Reason
 
@@ -76,3 +79,69 @@ def test_every_counter_has_an_outcome_and_a_reason_label() -> None:
     assert Reason.WRITER_ERRORS.outcome is Outcome.EVENT  # not a dropped point
     assert Reason.of("replayed_lines") is Reason.REPLAYED_LINES
     assert all(isinstance(reason.outcome, Outcome) for reason in Reason)
+
+
+APP = textwrap.dedent(
+    """
+    from opentelemetry import metrics, trace
+
+    tracer = trace.get_tracer("t")
+    for status in (200, 500):
+        with tracer.start_as_current_span("GET /v", kind=trace.SpanKind.SERVER, attributes={
+                "http.request.method": "GET", "http.route": "/v",
+                "http.response.status_code": status}):
+            pass
+    trace.get_tracer_provider().force_flush()
+    metrics.get_meter_provider().force_flush()
+    """
+)
+
+
+def test_in_an_app_the_counters_reach_the_other_metric_exporter(tmp_path: Path) -> None:
+    """Under opentelemetry-instrument with ``OTEL_METRICS_EXPORTER=luna,console`` the
+    ``otel_luna.*`` counters reach the console exporter (the app's own pipeline); the luna
+    exporter writes no series of them."""
+    script = tmp_path / "app.py"
+    script.write_text(APP)
+    output = tmp_path / "points.lp"
+    env = {
+        **os.environ,
+        "OTEL_TRACES_EXPORTER": "luna",
+        "OTEL_METRICS_EXPORTER": "luna,console",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_METRIC_EXPORT_INTERVAL": "60000",
+        "OTEL_EXPORTER_LUNA_ENDPOINT": output.as_uri(),
+    }
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "opentelemetry-instrument"), sys.executable, script],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    decoder = json.JSONDecoder()
+    text, exports = done.stdout.strip(), []
+    while text:
+        document, end = decoder.raw_decode(text)
+        exports.append(document)
+        text = text[end:].lstrip()
+    written = [
+        point["value"]
+        for metric in _metrics(exports[0])  # the app's force_flush: after its spans were written
+        if metric["name"] == "otel_luna.points"
+        for point in metric["data"]["data_points"]
+        if point["attributes"] == {"outcome": "written", "reason": ""}
+    ]
+    assert written == [3]  # two requests points and one errors point
+    assert [line.split(",")[0] for line in output.read_text().splitlines()].count("requests") == 2
+    assert "otel_luna" not in output.read_text()
+
+
+def _metrics(export: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        metric
+        for resource in export["resource_metrics"]
+        for scope in resource["scope_metrics"]
+        for metric in scope["metrics"]
+    ]
