@@ -26,6 +26,7 @@ from otel_luna.delivery.writer import BatchWriter
 from otel_luna.settings import Settings
 from otel_luna.sinks import connection_trouble
 from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.sinks.pingcentre import PingCentreSink
 
 LINES = [f"trouble,k=v x={index}i {1_700_000_000_000_000_000 + index}" for index in range(7)]
 FLUSH_TIMEOUT = 30.0
@@ -225,3 +226,21 @@ def test_each_class_is_logged_once_a_minute_while_it_lasts(
     assert len(warnings(caplog, "HTTP 404;")) == 1
     assert again.startswith(f"otel-luna: still cannot deliver after 61 s to {proxy.url}")
     assert f"after 70 s (HTTP 5xx, HTTP 404), {len(LINES)} points waited" in recovered
+
+
+def test_ping_centre_refused_connection_is_logged_by_class(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Ping Centre's sink posts each ping itself: its connection trouble has a class too."""
+    port = ClosedPort("127.0.0.1", 9)
+    try:
+        settings = Settings.load({}, endpoint=port.url, schema="watchdog", sink="pingcentre")
+        batch = open_delivery(settings, PingCentreSink(settings))
+        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+            batch.submit(['{"topic": "t", "value": 1}'])
+            held_once(batch)
+            (line,) = wait_for_warnings(caplog, "connection refused", 1)
+        batch.shutdown(0.1)
+    finally:
+        port.close()
+    assert line.startswith(f"otel-luna: cannot deliver to {port.url}: connection refused;")

@@ -433,7 +433,7 @@ class BatchWriter:
             batch = self.spool.read(self._batch_size)
             if batch is None:
                 return True, None
-            waiting = self.spool.pending_lines
+            waiting = 0 if self._trouble is None else self.spool.pending_lines  # for the log
             outcome = _Outcome()
             try:
                 self._deliver(batch.body, batch.lines, outcome)

@@ -25,6 +25,7 @@ from otel_luna.sinks import (
     SinkError,
     classify,
     classify_connection_error,
+    connection_trouble,
     parse_retry_after,
     server_reason,
     suppress_instrumentation,
@@ -37,8 +38,9 @@ MAX_IN_FLIGHT = Setting(
     doc="most pings being POSTed at once (one HTTP request per ping)",
 )
 
-#: How one ping fared: None when delivered, else (failure, HTTP status, reason, Retry-After).
-_Outcome = tuple[Failure, int | None, str, float | None] | None
+#: How one ping fared: None when delivered, else (failure, HTTP status, reason, Retry-After,
+#: the class of a connection's trouble).
+_Outcome = tuple[Failure, int | None, str, float | None, str | None] | None
 
 
 class PingCentreSink:
@@ -113,14 +115,14 @@ class PingCentreSink:
             )
         except urllib3.exceptions.HTTPError as error:
             reason = redact(f"{type(error).__name__}: {error}", self._secrets)
-            return classify_connection_error(error), None, reason, None
+            return classify_connection_error(error), None, reason, None, connection_trouble(error)
         status = response.status
         if status < 300:
             return None
         reason = server_reason(response.data[:REPLY_LIMIT]) or f"HTTP {status}"
         reason = redact(reason, self._secrets)[:MESSAGE_LIMIT]  # redacted before shortened
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        return classify(status, reason), status, reason, retry_after
+        return classify(status, reason), status, reason, retry_after, None
 
     def write(self, body: bytes) -> None:
         pings = body.splitlines()
@@ -156,6 +158,7 @@ class PingCentreSink:
             retry_body=b"".join(ping + b"\n" for ping in keep) if settled else None,
             rejected=rejected if settled else None,
             secrets=self._secrets,
+            trouble=decisive[4],
         )
 
     def close(self) -> None:
