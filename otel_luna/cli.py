@@ -347,6 +347,7 @@ def status_entries(root: str) -> list[dict[str, object]]:
             found = counts.pop(state, None)
             if isinstance(found, dict):
                 entry[state] = {**found, "reason": redact(str(found.get("reason", "")))}
+        counts.pop("pending", None)  # describe() counts what waits itself
         letters = counts.pop("dead_letter", None)
         if isinstance(letters, dict):
             entry["dead_letter"] = letters
@@ -377,6 +378,7 @@ def _serve(args: argparse.Namespace) -> int:
     from otel_luna.receiver.serve import Server
 
     server = Server(settings)
+    server.handle_signals()
     host = settings.serve_host
     if server.health is not None:
         print(start_line(server.health), flush=True)

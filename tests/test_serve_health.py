@@ -113,11 +113,14 @@ def test_health_endpoint_is_off_unless_asked_for(influxdb1: InfluxDB1) -> None:
         assert "health" not in serve.output
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_ready_flips_while_the_destination_refuses_connections_and_back(
-    influxdb1: InfluxDB1, influxdb1_database: str, closed_port: ClosedPort
+    influxdb1: InfluxDB1, influxdb1_database: str, closed_port: ClosedPort, workers: int
 ) -> None:
+    """With ``--workers 2`` the supervisor answers from the stats of the worker that took the
+    request."""
     env = serve_env(closed_port.url, influxdb1_database)
-    with Serve(env, "--health-port", "0") as serve:
+    with Serve(env, "--health-port", "0", "--workers", str(workers)) as serve:
         alive = get(serve, "/healthz")
         assert alive.status_code == 200 and alive.json()["status"] == "alive"
         assert readiness(serve) == (200, {"ready": True})

@@ -392,6 +392,8 @@ class BatchWriter:
             stats["blocked"] = self.blocked
         if self._trouble is not None:
             stats["trouble"] = self.trouble
+        # What waits, for serve's supervisor (its /metrics and /readyz read no segments).
+        stats["pending"] = {"lines": self.spool.pending_lines, "bytes": self.spool.pending_bytes}
         if self.dead_letters is not None:
             stats["dead_letter"] = self.dead_letters.stats()
         fallback = getattr(self.spool, "fallback", None)

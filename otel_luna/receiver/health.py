@@ -24,7 +24,9 @@ the loop's default executor (they take locks or read files).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -34,6 +36,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
+from otel_luna.delivery.spool import _STATS_FILE, process_directories
 from otel_luna.outcomes import Reason
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
 from otel_luna.settings import Settings, SettingsError, env_name
@@ -103,20 +106,16 @@ class SupervisorHealth:
         self._name = destination_name(settings)
         self._high_water = int(settings.spool_max_bytes * HIGH_WATER)
 
-    def _entries(self) -> list[dict[str, object]]:
-        from otel_luna.cli import status_entries
-
+    def _stats(self) -> list[tuple[int, dict[str, object]]]:
+        """(pid, stats) of each ready worker's spool directory of this destination. Only the
+        stats files are read (never a segment), each bounded."""
         pids = {pid for pid in self._workers() if pid is not None}
-        root = self.settings.spool_dir
-        if not os.path.isdir(root):
-            return []
-        return [
-            entry
-            for entry in status_entries(root)
-            if entry["destination"] == self._destination
-            and entry["running"]
-            and _pid_of(str(entry["process"])) in pids
-        ]
+        found = []
+        for directory in process_directories(self.settings.spool_dir):
+            pid = _pid_of(directory.name)
+            if directory.parent.name == self._destination and pid in pids:
+                found.append((pid, _read_stats(directory)))
+        return found
 
     def problems(self) -> list[str]:
         found = [
@@ -126,37 +125,39 @@ class SupervisorHealth:
         ]
         if not _writable(Path(self.settings.spool_dir)):
             found.append(f"the spool directory {self.settings.spool_dir} is not writable")
-        for entry in self._entries():
-            trouble = entry.get("trouble")
+        for pid, stats in self._stats():
+            trouble = stats.get("trouble")
             if isinstance(trouble, dict):
-                where = _trouble_text(self._name, trouble)
-                found.append(f"worker {_pid_of(str(entry['process']))}: {where}")
-            pending = entry.get("pending_bytes")
-            if isinstance(pending, int) and pending >= self._high_water:
+                found.append(f"worker {pid}: {_trouble_text(self._name, trouble)}")
+            pending = stats.get("pending")
+            waiting = pending.get("bytes") if isinstance(pending, dict) else None
+            if isinstance(waiting, int) and waiting >= self._high_water:
                 found.append(
-                    f"worker {_pid_of(str(entry['process']))}: the spool is full: requests "
-                    "are refused with 503 until it drains"
+                    f"worker {pid}: the spool is full: requests are refused with 503 until it "
+                    "drains"
                 )
         return found
 
     def counts(self) -> Mapping[Reason, int]:
         total: Counter[Reason] = Counter()
-        for entry in self._entries():
-            counts = entry.get("counts")
-            if not isinstance(counts, dict):
-                continue
-            for name, value in counts.items():
+        for _, stats in self._stats():
+            for name, value in stats.items():
                 try:
                     reason = Reason.of(name)
-                except ValueError:  # written by another version
+                except ValueError:  # a state (trouble, pending, ...) or another version's
                     continue
                 if isinstance(value, int) and not isinstance(value, bool):
                     total[reason] += value
         return total
 
     def queued(self) -> int:
-        lines = (entry.get("pending_lines") for entry in self._entries())
-        return sum(each for each in lines if isinstance(each, int))
+        total = 0
+        for _, stats in self._stats():
+            pending = stats.get("pending")
+            lines = pending.get("lines") if isinstance(pending, dict) else None
+            if isinstance(lines, int):
+                total += lines
+        return total
 
 
 def prometheus_text(counts: Mapping[Reason, int], queued: int, ready: bool) -> str:
@@ -203,6 +204,32 @@ def _trouble_text(destination: str, trouble: Mapping[str, object]) -> str:
     return (
         f"cannot deliver to {destination}{lasted} ({trouble.get('kind')}): {trouble.get('reason')}"
     )
+
+
+#: Most bytes of a stats file read (they are a few KiB).
+STATS_LIMIT = 1024 * 1024
+
+
+def _read_stats(directory: Path) -> dict[str, object]:
+    """A process directory's stats file (the writer's, see ``otel-luna status``); empty if it
+    is missing, not a regular file, too large or not a JSON object."""
+    try:
+        fd = os.open(directory / _STATS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return {}
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return {}
+        data = os.read(fd, STATS_LIMIT + 1)
+    except OSError:
+        return {}
+    finally:
+        os.close(fd)
+    try:
+        stats = json.loads(data) if len(data) <= STATS_LIMIT else None
+    except ValueError:
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 def _writable(directory: Path | str) -> bool:

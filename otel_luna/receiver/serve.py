@@ -28,6 +28,7 @@ class Server:
         self.http: HttpServer | None = None
         self.health: HealthServer | None = None
         self.grpc_port = self.http_port = 0
+        self._signalled: threading.Event | None = None
         try:
             self.grpc, self.grpc_port = start_grpc(
                 self.receiver, settings, settings.serve_grpc_port, reuse_port=reuse_port
@@ -53,11 +54,19 @@ class Server:
             grpc_stopped.wait(grace + 1)
         self.receiver.shutdown()
 
+    def handle_signals(self) -> threading.Event:
+        """From now on SIGTERM and SIGINT set the event :meth:`wait_for_signal` waits for.
+        Call it before the start lines: whoever reads them may send SIGTERM at once."""
+        if self._signalled is None:
+            self._signalled = threading.Event()
+            done = self._signalled
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, lambda *_: done.set())
+        return self._signalled
+
     def wait_for_signal(self) -> None:
         """Block until SIGTERM or SIGINT, then stop gracefully."""
-        done = threading.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, lambda *_: done.set())
+        done = self.handle_signals()
         # Wait with a timeout: a signal delivered to another thread only sets a flag that the
         # main thread checks when it runs Python code; a wait without timeout may never return.
         while not done.wait(0.5):
