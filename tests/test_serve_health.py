@@ -22,6 +22,8 @@ from servers import InfluxDB1, unique_name
 
 from otel_luna.cli import status_entries
 from otel_luna.outcomes import Outcome, Reason
+from otel_luna.receiver.health import HealthServer
+from otel_luna.settings import SettingsError, env_name
 
 HTTP_TIMEOUT = 10.0
 #: Seconds for a state to show: the writer's backoff is at most 5 s, the stats follow each round.
@@ -176,3 +178,41 @@ def test_metrics_parse_and_match_status(
         assert written == len(ids)
         assert metrics["otel_luna_events_total"][(("event", "requests_traces"),)] == 6
         assert metrics["otel_luna_spool_lines"] == {(): 0.0}
+
+
+class BrokenSource:
+    """A source with a bug."""
+
+    def problems(self) -> list[str]:
+        raise RuntimeError("a bug")
+
+    def counts(self) -> dict[Reason, int]:
+        raise RuntimeError("a bug")
+
+    def queued(self) -> int:
+        return 0
+
+
+def test_a_failing_source_is_an_answer_not_a_dropped_request() -> None:
+    server = HealthServer(BrokenSource(), "127.0.0.1", 0)
+    try:
+        base = f"http://127.0.0.1:{server.port}"
+        ready = requests.get(base + "/readyz", timeout=HTTP_TIMEOUT)
+        assert ready.status_code == 503
+        assert ready.json() == {"ready": False, "reasons": ["cannot tell: RuntimeError"]}
+        metrics = requests.get(base + "/metrics", timeout=HTTP_TIMEOUT)
+        assert (metrics.status_code, metrics.text) == (500, "cannot read the metrics: RuntimeError")
+        assert requests.get(base + "/healthz", timeout=HTTP_TIMEOUT).status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_health_port_in_use_names_the_setting() -> None:
+    server = HealthServer(BrokenSource(), "127.0.0.1", 0)
+    try:
+        with pytest.raises(SettingsError) as raised:
+            HealthServer(BrokenSource(), "127.0.0.1", server.port)
+    finally:
+        server.stop()
+    assert raised.value.setting == env_name("serve_health_port")
+    assert f"cannot listen on 127.0.0.1:{server.port}" in str(raised.value)

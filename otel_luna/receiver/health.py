@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import stat
 import threading
@@ -44,6 +45,7 @@ from otel_luna.settings import Settings, SettingsError, env_name
 if TYPE_CHECKING:
     from otel_luna.receiver import Receiver
 
+_logger = logging.getLogger(__name__)
 #: Seconds the endpoint's loop thread has to start, and to stop.
 START_TIMEOUT = STOP_TIMEOUT = 10.0
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -296,13 +298,21 @@ class HealthServer:
         return web.json_response({"status": "alive", "uptime": uptime})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        problems = await asyncio.get_running_loop().run_in_executor(None, self.source.problems)
+        try:
+            problems = await asyncio.get_running_loop().run_in_executor(None, self.source.problems)
+        except Exception as error:  # a bug: an answer and a log line, never a dropped answer
+            _logger.exception("otel-luna serve: cannot tell whether it is ready")
+            problems = [f"cannot tell: {type(error).__name__}"]
         if problems:
             return web.json_response({"ready": False, "reasons": problems}, status=503)
         return web.json_response({"ready": True})
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        text = await asyncio.get_running_loop().run_in_executor(None, self._scrape)
+        try:
+            text = await asyncio.get_running_loop().run_in_executor(None, self._scrape)
+        except Exception as error:  # a bug: an answer and a log line, never a dropped answer
+            _logger.exception("otel-luna serve: cannot read the metrics")
+            return web.Response(status=500, text=f"cannot read the metrics: {type(error).__name__}")
         return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
 
     def _scrape(self) -> str:
