@@ -227,6 +227,7 @@ def _report(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
+    from otel_luna.delivery.spool import printable, root_problem
     from otel_luna.receiver.workers import describe_supervisors, supervisor_line
     from otel_luna.settings import Settings
 
@@ -234,7 +235,10 @@ def _status(args: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         where = "" if args.spool_dir else f" ({env_name('spool_dir')} or its default)"
         problem = "is not a directory" if os.path.exists(root) else "does not exist"
-        print(f"otel-luna status: spool directory {root}{where} {problem}", file=sys.stderr)
+        print(
+            f"otel-luna status: spool directory {printable(root)}{where} {problem}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     entries = status_entries(root)
     supervisors = describe_supervisors(root)
@@ -246,39 +250,91 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for supervisor in supervisors:
         print(supervisor_line(supervisor))
-    print(f"spool {root}: {len(entries)} process directories")
+    shown_root = printable(root)
+    processes = sum(1 for entry in entries if entry["problem"] is None)
+    print(f"spool {shown_root}: {processes} process directories")
+    unsafe = root_problem(root)
+    if unsafe:
+        print(f"  ({printable(unsafe)}: otel-luna will not write there)")
     if not entries:
         hint = _not_a_spool_root(root)
         if hint:
-            print(f"  ({root} {hint}; give the spool root: {env_name('spool_dir')})")
+            print(f"  ({shown_root} {hint}; give the spool root: {env_name('spool_dir')})")
     for entry in entries:
-        state = "running" if entry["running"] else "gone (replayed at next start)"
-        print(
-            f"  {entry['destination']}/{entry['process']}: {state}, "
-            f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
-            + (f", {entry['corrupt_records']} damaged records" if entry["corrupt_records"] else "")
-        )
-        blocked = entry.get("blocked")
-        if isinstance(blocked, dict):
-            print(
-                f"    destination BLOCKED since {_since(blocked)}, "
-                f"points held in the spool: {blocked.get('reason')}"
-            )
-        fallback = entry.get("memory_fallback")
-        if isinstance(fallback, dict):
-            print(
-                f"    spool disk REFUSES writes since {_since(fallback)}: "
-                f"{fallback.get('pending_lines')} points held in memory only, lost if the "
-                f"process ends before they are delivered: {fallback.get('reason')}"
-            )
-        letters = entry.get("dead_letter")
-        if isinstance(letters, dict):
-            print(f"    dead letters: {letters.get('path')} ({letters.get('bytes')} bytes)")
-        counts = entry["counts"]
-        if isinstance(counts, dict) and counts:
-            print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
-            print("    points by outcome: " + _by_outcome(counts))
+        first, *details = _entry_lines(entry)
+        print(f"  {first}")
+        for detail in details:
+            print(f"    {detail}")
     return EXIT_OK
+
+
+def _entry_lines(entry: dict[str, Any]) -> list[str]:
+    """One process directory as ``otel-luna status`` shows it: only what is true now (a gone
+    process is neither blocked nor holding points in memory any more), every text from disk
+    made printable."""
+    from otel_luna.delivery.spool import printable
+
+    name = printable(f"{entry['destination']}/{entry['process'] or ''}")
+    if entry["problem"] is not None:
+        return [f"{name}: refused: {printable(str(entry['problem']))}"]
+    waiting = f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
+    damaged = entry["corrupt_records"]
+    if damaged:
+        waiting += f", {damaged} damaged records"
+    refused = entry.get("refused") or {}
+    running = bool(entry["running"])
+    if running:
+        state = f"running, {waiting}"
+    elif entry["pending_lines"]:
+        state = f"gone, {waiting}: replayed by the next process of this destination"
+    elif refused:
+        state = "gone, nothing to replay (kept: it holds files the spool does not use)"
+    else:
+        state = "gone, nothing waiting (removed by the next process of this destination)"
+    if damaged and not running and not entry["pending_lines"]:
+        state += f"; {damaged} damaged records"
+    lines = [f"{name}: {state}"]
+    if refused:
+        listed = "; ".join(
+            f"{printable(key)}: {printable(str(why))}" for key, why in refused.items()
+        )
+        lines.append(f"refused, never read or followed: {listed}")
+    blocked = entry.get("blocked")
+    if isinstance(blocked, dict):
+        reason = printable(str(blocked.get("reason")))
+        if running:
+            lines.append(
+                f"destination BLOCKED since {_since(blocked)}, points held in the spool: {reason}"
+            )
+        else:
+            lines.append(f"the destination refused writes when the process stopped: {reason}")
+    fallback = entry.get("memory_fallback")
+    if isinstance(fallback, dict):
+        reason = printable(str(fallback.get("reason")))
+        held = printable(str(fallback.get("pending_lines")))
+        if running:
+            lines.append(
+                f"spool disk REFUSES writes since {_since(fallback)}: {held} points held in "
+                f"memory only, lost if the process ends before they are delivered: {reason}"
+            )
+        else:
+            lines.append(
+                f"the spool disk refused writes when the process last wrote its stats ({held} "
+                f"points in memory only then, lost unless delivered before it stopped): {reason}"
+            )
+    letters = entry.get("dead_letter")
+    if isinstance(letters, dict):
+        path, size = printable(str(letters.get("path"))), printable(str(letters.get("bytes")))
+        lines.append(f"dead letters: {path} ({size} bytes)")
+    counts = entry["counts"]
+    if isinstance(counts, dict) and counts:
+        lines.append(
+            ", ".join(
+                f"{printable(key)}={printable(str(value))}" for key, value in sorted(counts.items())
+            )
+        )
+        lines.append("points by outcome: " + _by_outcome(counts))
+    return lines
 
 
 def _not_a_spool_root(root: str) -> str | None:
@@ -317,7 +373,8 @@ def _since(state: dict[str, Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
     except (TypeError, ValueError, OverflowError, OSError):
         return "an unknown time"
-    return f"{when} ({time.time() - since:.0f} s)"
+    elapsed = time.time() - since
+    return f"{when} ({elapsed:.0f} s)" if elapsed >= 1 else f"{when} (just now)"
 
 
 def status_entries(root: str) -> list[dict[str, object]]:

@@ -149,6 +149,7 @@ class Reason(str, enum.Enum):
     SPOOL_FALLBACK_MEMORY = "spool_fallback_memory", _O.EVENT
     CORRUPT_RECORDS = "corrupt_records", _O.EVENT
     ACK_WRITE_ERRORS = "ack_write_errors", _O.EVENT
+    SPOOL_FILES_REFUSED = "spool_files_refused", _O.EVENT  # a link, FIFO, foreign name ...
     WRITER_RESTARTS = "writer_restarts", _O.EVENT
     WRITER_ERRORS = "writer_errors", _O.EVENT
     SINK_ERRORS = "sink_errors", _O.EVENT

@@ -297,7 +297,7 @@ def test_blocked_destination_holds_the_whole_batch(
     assert batch.blocked is None
     assert batch.counts["dead_lettered"] == 0 and batch.counts["split_writes"] == 0
     assert not (tmp_path / "dead.jsonl").exists()
-    warnings = [r.getMessage() for r in caplog.records if "blocked for" in r.getMessage()]
+    warnings = [r.getMessage() for r in caplog.records if "destination blocked" in r.getMessage()]
     assert len(warnings) == 1 and "database not found" in warnings[0]
     batch.shutdown(10)
 

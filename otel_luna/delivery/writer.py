@@ -502,10 +502,10 @@ class BatchWriter:
         blocked.reason, blocked.status = reason, error.status
         if not blocked.warnings.due():
             return
+        elapsed = time.time() - blocked.since  # the first refusal: just now, not "for 0 s"
         _logger.warning(
-            "otel-luna: destination blocked for %.0f s, holding %d lines in the spool and "
-            "retrying: %s",
-            time.time() - blocked.since,
+            "otel-luna: destination blocked%s, holding %d lines in the spool and retrying: %s",
+            f" for {elapsed:.0f} s" if elapsed >= 1 else "",
             self.spool.pending_lines,
             reason,
         )
