@@ -449,6 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from otel_luna.delivery.spool import SpoolRefused
     from otel_luna.demo import DemoError
 
     try:
@@ -465,6 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "endpoint", None) and error.setting == env_name("endpoint"):
             source = " (given with --endpoint)"
         print(f"otel-luna {args.command}: {error}{source}", file=sys.stderr)
+        return EXIT_USAGE
+    except SpoolRefused as error:  # one line naming the path and the setting
+        print(f"otel-luna {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except DemoError as error:
         print(f"otel-luna {args.command}: {error}", file=sys.stderr)

@@ -299,6 +299,7 @@ def test_blocked_destination_holds_the_whole_batch(
     assert not (tmp_path / "dead.jsonl").exists()
     warnings = [r.getMessage() for r in caplog.records if "destination blocked" in r.getMessage()]
     assert len(warnings) == 1 and "database not found" in warnings[0]
+    assert "for 0 s" not in warnings[0]  # the first refusal is not "blocked for 0 s"
     batch.shutdown(10)
 
 

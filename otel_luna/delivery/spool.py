@@ -264,15 +264,23 @@ def open_root(directory: Path | str) -> int:
     name = path.name
     if name in ("", ".", ".."):
         raise SpoolRefused(path, "does not name a directory of its own")
-    make_directories(path)
+    make_directories(path.parent)
     try:
         parent_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except NotADirectoryError:
         raise SpoolRefused(path.parent, "is not a directory") from None
     try:
-        _check_owned(parent_fd, path.parent)
+        _check_owned(parent_fd, path.parent)  # before anything is made in it
+        try:
+            os.mkdir(name, 0o700, dir_fd=parent_fd)
+        except FileExistsError:
+            made = False
+        else:
+            made = True
         try:
             fd = os.open(name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+            if made:
+                os.fchmod(fd, 0o700)
         except OSError as error:
             if error.errno in (errno.ELOOP, errno.ENOTDIR):
                 found = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
@@ -495,9 +503,7 @@ class _SegmentLog:
 
     def _load_ack(self) -> tuple[int, int]:
         try:
-            segment, offset = (
-                int(part) for part in read_small(_ACK_FILE, self.dir_fd, 64).split()
-            )
+            segment, offset = (int(part) for part in read_small(_ACK_FILE, self.dir_fd, 64).split())
             if segment < 0 or offset < 0:
                 raise ValueError("a negative position")
             return segment, offset

@@ -45,7 +45,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from otel_luna.delivery.spool import make_directories, printable, read_small, replace_file
+from otel_luna.delivery.spool import (
+    SpoolRefused,
+    make_directories,
+    printable,
+    read_small,
+    replace_file,
+)
 from otel_luna.settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -540,7 +546,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from otel_luna.receiver.serve import Server
 
     settings = Settings.load(**json.loads(args.overrides))
-    server = Server(settings, reuse_port=True)
+    try:
+        server = Server(settings, reuse_port=True)
+    except SpoolRefused as error:  # one line, as a single serve says it
+        print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
+        return 2
     try:
         with contextlib.suppress(OSError):  # a supervisor gone away: PDEATHSIG stops us
             os.write(args.ready_fd, _READY)
