@@ -256,7 +256,7 @@ def _status(args: argparse.Namespace) -> int:
     unsafe = root_problem(root)
     if unsafe:
         print(f"  ({printable(unsafe)}: otel-luna will not write there)")
-    if not entries:
+    if not processes:
         hint = _not_a_spool_root(root)
         if hint:
             print(f"  ({shown_root} {hint}; give the spool root: {env_name('spool_dir')})")

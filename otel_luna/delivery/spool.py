@@ -173,6 +173,8 @@ def _what_is(mode: int) -> str:
         return "a socket"
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device"
+    if stat.S_ISREG(mode):
+        return "a regular file"
     return "not a regular file"
 
 
@@ -1439,6 +1441,8 @@ def _describe_destination(destination: Path, dest_fd: int) -> list[dict[str, obj
         names = sorted(os.listdir(dest_fd))
     except OSError as error:
         return [_refused_entry(destination.name, None, f"cannot be read: {_why(error)}")]
+    if _LOCK_FILE in names and _PROCESS_NAME.fullmatch(destination.name):
+        return entries  # a process directory: the root given is a destination's directory
     owner = os.fstat(dest_fd).st_uid
     for name in names:
         if name.startswith("."):
