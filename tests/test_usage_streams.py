@@ -1,11 +1,14 @@
 """Cumulative ``luna.usages`` streams told apart by their full identity: a second sender, a
 reset, a restart, a retry or a forgotten stream never inflates ``usages_statistic``; the state
-kept per stream is bounded."""
+kept per stream is bounded; the in-app warning when no luna metrics exporter runs."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
@@ -15,11 +18,15 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.resources import Resource
 from servehelpers import METRICS_EXPORT, Serve, grpc_call, serve_env
 from servers import InfluxDB1
+from test_settings_errors import run_instrumented
 
+from otel_luna import _helpers, exporter
+from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
 from otel_luna.ingest import otlp
 from otel_luna.mapping.records import UsageSample
 from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
+from otel_luna.testing import InMemorySink
 
 T0 = 1_700_000_000_000_000_000
 SERVICE = "luna-handlers"
@@ -221,6 +228,28 @@ def test_streams_not_seen_for_a_while_expire() -> None:
     assert written(mapper, [gone._replace(time_ns=T0 + 200, value=8)]) == 0  # a baseline
 
 
+def test_record_usages_keeps_a_bounded_map_of_estimators(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An app passing ever new estimator names does not grow record_usages' ready map past its
+    bound; every name is still counted."""
+    added: list[str] = []
+
+    class Recording(_helpers._Usages):
+        def __init__(self) -> None:
+            self.attributes = {}
+            self.counter = self  # type: ignore[assignment]
+
+        def add(self, amount: int, attributes: dict[str, str]) -> None:
+            added.append(attributes["luna.estimator"])
+
+    monkeypatch.setattr(_helpers, "_usages", Recording())
+    names = [f"estimator_{number}" for number in range(_helpers._ESTIMATORS_LIMIT * 4)]
+    for name in names:
+        _helpers.record_usages(**{name: 1})
+    assert added == names
+    usages = _helpers._usages
+    assert usages is not None and len(usages.attributes) == _helpers._ESTIMATORS_LIMIT
+
+
 # -- end to end: serve and a real InfluxDB 1.x ----------------------------------------------------
 
 
@@ -254,3 +283,74 @@ def test_two_senders_through_serve_store_their_true_counts(
         f'SELECT sum("{ESTIMATOR}_usages") AS total FROM usages_statistic', influxdb1_database
     )
     assert row["total"] == 30 + 1000
+
+
+# -- the warning ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def warning_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """A fresh process state for the warning, and a luna exporter built from the environment
+    that writes to a file."""
+    monkeypatch.setattr(exporter, "_warned_without_metrics", False, raising=False)
+    monkeypatch.setattr(exporter, "_metric_exporter_built", False, raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_ENDPOINT", f"file://{tmp_path}/points.lp")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+
+
+WARNING = "no luna metrics exporter"
+
+
+def test_opentelemetry_instrument_without_luna_metrics_warns_in_one_line(tmp_path: Any) -> None:
+    """Under ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=luna`` and metrics going
+    elsewhere: one otel-luna line at start naming the variable; the app runs."""
+    done = run_instrumented(
+        tmp_path, metrics_exporter="console", endpoint=f"file://{tmp_path}/out.lp"
+    )
+    assert done.returncode == 0 and "the app ran" in done.stdout, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "otel-luna" in line]
+    assert len(lines) == 1 and WARNING in lines[0], done.stderr
+    assert "OTEL_METRICS_EXPORTER=console" in lines[0]
+
+
+@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "console,otlp"])
+def test_a_luna_traces_exporter_without_a_luna_metrics_exporter_warns_once(
+    warning_state: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    metrics_exporter: str | None,
+) -> None:
+    """Built from the environment (as ``opentelemetry-instrument`` builds it) with
+    ``OTEL_METRICS_EXPORTER`` unset or naming no ``luna``: one warning line that says what is
+    lost and what to set."""
+    if metrics_exporter is None:
+        monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
+    with caplog.at_level(logging.WARNING, logger="otel_luna"):
+        first, second = LunaSpanExporter(), LunaSpanExporter()
+    first.shutdown()
+    second.shutdown()
+    lines = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "usages_statistic" in lines[0] and "OTEL_METRICS_EXPORTER=luna" in lines[0]
+    assert "\n" not in lines[0]
+
+
+@pytest.mark.parametrize("metrics_exporter", ["luna", "otlp, luna", "none"])
+def test_no_warning_with_the_luna_metrics_exporter(
+    warning_state: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    metrics_exporter: str,
+) -> None:
+    """``OTEL_METRICS_EXPORTER`` naming ``luna`` (or ``none``: no metrics on purpose), or a
+    ``LunaMetricExporter`` built first in code: no warning."""
+    monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
+    with caplog.at_level(logging.WARNING, logger="otel_luna"):
+        LunaSpanExporter().shutdown()
+        monkeypatch.delenv("OTEL_METRICS_EXPORTER")
+        metrics = LunaMetricExporter(sink=InMemorySink())
+        LunaSpanExporter().shutdown()
+        metrics.shutdown()
+    assert WARNING not in caplog.text
