@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opentelemetry.exporter.otlp.proto.common._internal.metrics_encoder import encode_metrics
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
@@ -114,27 +114,44 @@ class Sender:
         return sum(last - first for first, last in self.segments)
 
 
+SENDERS = 3
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["use", "export", "export", "restart", "reset", "retry", "late"]),
-        st.integers(0, 3),  # which sender
-        st.integers(0, 40),  # how many uses
+        st.sampled_from(["use", "use", "export", "export", "restart", "reset", "retry", "late"]),
+        st.integers(0, SENDERS - 1),  # which sender
+        st.integers(1, 40),  # how many uses
     ),
-    max_size=80,
+    min_size=10,
+    max_size=100,
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(  # a late retry of a stream that was evicted: no baseline from it
+    events=[
+        ("use", 0, 5),
+        ("export", 0, 0),
+        ("use", 0, 5),
+        ("export", 0, 0),
+        ("export", 1, 0),
+        ("late", 0, 0),
+        ("use", 0, 5),
+        ("export", 0, 0),
+    ],
+    distinct=[True] * SENDERS,
+    before_us=[False] * SENDERS,
+    limit=1,
+)
 @given(
     events=EVENTS,
-    distinct=st.lists(st.booleans(), min_size=4, max_size=4),
-    before_us=st.lists(st.booleans(), min_size=4, max_size=4),
+    distinct=st.lists(st.booleans(), min_size=SENDERS, max_size=SENDERS),
+    before_us=st.lists(st.booleans(), min_size=SENDERS, max_size=SENDERS),
     limit=st.sampled_from([1, 2, 3, 1000]),
 )
 def test_interleaved_senders_resets_and_restarts_add_up(
     events: list[tuple[str, int, int]], distinct: list[bool], before_us: list[bool], limit: int
 ) -> None:
-    """Four senders of one service and estimator (some alike but for the start time), in any
+    """Three senders of one service and estimator (some alike but for the start time), in any
     interleaving of uses, exports, restarts (new start time), resets (lower value), retries of
     the last export and late retries of an older one: the written sum equals the uses the
     senders reported. With room for fewer streams than there are, forgotten streams may
