@@ -5,6 +5,7 @@ kept per stream is bounded; the in-app warning when no luna metrics exporter run
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,8 @@ from otel_luna.ingest import otlp
 from otel_luna.mapping.records import UsageSample
 from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
+from otel_luna.profiles import profile_of
+from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 T0 = 1_700_000_000_000_000_000
@@ -243,6 +246,21 @@ def test_streams_not_seen_for_a_while_expire() -> None:
     assert len(converter) == 1
     assert mapper.counts[Reason.USAGE_STREAM_EXPIRED] == 1
     assert written(mapper, [gone._replace(time_ns=T0 + 200, value=8)]) == 0  # a baseline
+
+
+def test_with_several_serve_workers_a_first_point_is_a_baseline() -> None:
+    """``serve --workers N``: a client's connection may move to a worker that never saw its
+    stream, so there a stream's first cumulative point is a baseline (one worker: a stream that
+    started after serve did counts in full)."""
+    for workers, first in ((1, 10), (2, 0)):
+        settings = Settings.load({}, serve_workers=workers)
+        profile = profile_of(settings)
+        assert profile.usage_mapper is not None
+        mapper = profile.usage_mapper(settings)
+        start = time.time_ns()
+        sample = UsageSample(SERVICE, ESTIMATOR, start, start + 10**9, 10, True, stream=1)
+        assert written(mapper, [sample]) == first
+        assert written(mapper, [sample._replace(time_ns=start + 2 * 10**9, value=25)]) == 15
 
 
 def test_record_usages_keeps_a_bounded_map_of_estimators(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -98,7 +98,10 @@ class CumulativeToDelta:
     did — its ``start_time_unix_nano`` says from when the value counts, and we were watching
     since before then — else it is the baseline (uses before it may have been counted by a
     previous run: the Collector's ``initial_value: auto``). A point with an unknown start
-    (0, or not before its time: the data model's "unknown start time") is a baseline too.
+    (0, or not before its time: the data model's "unknown start time") is a baseline too, and
+    so is every first point when ``first_in_full`` is false: where another process may have
+    counted the stream's earlier points (``serve --workers N``, whose clients' connections can
+    move from one worker to another).
 
     Within a stream, a later point with a lower value is a reset without a new start time (a
     Prometheus-style counter): it counts from zero again. A point not later than the last one
@@ -122,8 +125,10 @@ class CumulativeToDelta:
         limit: int = STREAM_LIMIT,
         stale_ns: int = STALE_NS,
         clock: Callable[[], int] = time.time_ns,
+        first_in_full: bool = True,
     ) -> None:
         self._clock = clock
+        self._first_in_full = first_in_full
         self._created_ns = clock() if created_ns is None else created_ns
         #: A stream started before this is first seen as a baseline.
         self._counts_from_ns = self._created_ns
@@ -165,7 +170,7 @@ class CumulativeToDelta:
         key = (stream, start_ns)
         last = self._last.get(key)
         if last is None:
-            new = 0 < start_ns < time_ns and start_ns >= self._counts_from_ns
+            new = self._first_in_full and 0 < self._counts_from_ns <= start_ns < time_ns
             if not new and time_ns <= self._forgotten_ns:  # maybe older than one forgotten
                 counts[Reason.OUT_OF_ORDER_USAGE] += 1
                 return 0
