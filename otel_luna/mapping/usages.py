@@ -110,12 +110,14 @@ class CumulativeToDelta:
 
     At most ``limit`` streams are kept; past it the least recently seen is evicted, and one not
     seen for ``stale_ns`` expires. A forgotten stream that comes back must not count again what
-    was counted: forgetting it moves the start from which a new stream counts in full past its
-    start, and the time before which a stream first seen is no baseline past its last point's
-    (neither past now: a sender's clock cannot hold them). So it comes back as a baseline, taken
-    from a point newer than any it had. The cost falls on streams first seen after an eviction
-    that started before it: their first interval is not counted. Forgetting may undercount,
-    never double count. ``clock`` gives the current time in ns (injected by tests).
+    was counted, so forgetting one raises two marks (never past now, whatever a sender's clock
+    says): a stream first seen must have started after the forgotten one's start to count in
+    full, else it is a baseline; and a baseline must be newer than the forgotten one's last
+    point, else the point is ignored (``out_of_order_usage``). A forgotten stream thus comes back
+    as a baseline taken from a point newer than any it had. The cost falls on streams first seen
+    after an eviction that started before it: their first interval is not counted. Forgetting
+    may undercount, never double count. ``clock`` gives the current time in ns (tests inject
+    it).
     """
 
     def __init__(
@@ -130,9 +132,9 @@ class CumulativeToDelta:
         self._clock = clock
         self._first_in_full = first_in_full
         self._created_ns = clock() if created_ns is None else created_ns
-        #: A stream started before this is first seen as a baseline.
+        #: A stream first seen counts in full only if it started at or after this.
         self._counts_from_ns = self._created_ns
-        #: ... and not before its time is past this (a forgotten stream's last point).
+        #: A baseline must be newer than this: the last point of the streams forgotten.
         self._forgotten_ns = 0
         self._limit = max(1, limit)
         self._stale_ns = stale_ns
