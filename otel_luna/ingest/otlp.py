@@ -30,7 +30,7 @@ from otel_luna._attributes import (
     USAGES_INSTRUMENT,
 )
 from otel_luna.mapping.records import SpanRecord, UsageSample
-from otel_luna.mapping.usages import origin_of
+from otel_luna.mapping.usages import origin_of, resource_identity, stream_of
 from otel_luna.outcomes import Reason
 
 _SERVER = Span.SPAN_KIND_SERVER
@@ -188,18 +188,20 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
     for resource_metrics in request.resource_metrics:
         service = _service(resource_metrics.resource.attributes)
         origin: int | None = None
+        resource = b""
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 if metric.name != USAGES_INSTRUMENT or metric.WhichOneof("data") != "sum":
                     continue
                 if origin is None:
-                    origin = origin_of(attributes(resource_metrics.resource.attributes))
+                    resource_attributes = attributes(resource_metrics.resource.attributes)
+                    origin = origin_of(resource_attributes)
+                    resource = resource_identity(resource_attributes)
+                scope = scope_metrics.scope
                 cumulative = metric.sum.aggregation_temporality == _CUMULATIVE
                 for point in metric.sum.data_points:
-                    estimator = None
-                    for kv in point.attributes:
-                        if kv.key == ESTIMATOR:
-                            estimator = any_value(kv.value)
+                    point_attributes = attributes(point.attributes)
+                    estimator = point_attributes.get(ESTIMATOR)
                     is_int = point.WhichOneof("value") == "as_int"
                     value = point.as_int if is_int else point.as_double
                     yield UsageSample(
@@ -210,6 +212,9 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
                         value,
                         cumulative,
                         origin,
+                        stream_of(resource, scope.name, scope.version, point_attributes)
+                        if cumulative
+                        else 0,
                     )
 
 
