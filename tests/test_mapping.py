@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -309,3 +311,117 @@ def test_unhandled_exception_without_status_is_a_500() -> None:
     )
     assert lines[1].startswith("errors,error_code=0,route=POST:/detector,")
     assert ",status_code=" not in map_lines(attributes)[0]  # no error, no status: none invented
+
+
+def test_other_methods_on_one_route_keep_their_own_names() -> None:
+    """PROPFIND, LOCK and MKCOL on one route and status, each reported as _OTHER with its
+    original spelling, are three routes — not the first one's name three times (the tag-set
+    cache is keyed on http.request.method_original too)."""
+    mapper = RequestMapper()
+    routes = []
+    for span_id, original in enumerate(["PROPFIND", "LOCK", "MKCOL", "PROPFIND"], start=1):
+        attributes = {
+            "http.request.method": "_OTHER",
+            "http.request.method_original": original,
+            "http.route": "/dav/{path}",
+            "http.response.status_code": 207,
+        }
+        record = SpanRecord(attributes, True, TRACE_ID, span_id, None, START, START + 1, False, "s")
+        (point,) = mapper.add(record)
+        routes.append(dict(point.tags)["route"])
+    dav = "/dav/{path}"
+    assert routes == [f"PROPFIND:{dav}", f"LOCK:{dav}", f"MKCOL:{dav}", f"PROPFIND:{dav}"]
+
+
+#: Attribute values as senders put them, the odd ones included (types that compare equal
+#: across types, empty strings, numbers where strings belong).
+_METHODS = st.sampled_from([None, "GET", "POST", "_OTHER", "PROPFIND", "", 1, True, 1.0])
+_ORIGINALS = st.sampled_from([None, "PROPFIND", "LOCK", "GET", "POST", "get"])
+_ROUTES = st.sampled_from([None, "", "/dav/{path}", "/items/<int:item_id>", "items/<id>", 1])
+_STATUSES = st.sampled_from([None, 200, 207, 404, 500, "200", "404", True, 200.0, 1, 1.0, "x"])
+_PATHS = st.sampled_from([None, "/a", "/b?q=1", "/dav/x"])
+_URLS = st.sampled_from([None, "/api/v1/users", "http://h:1/p/q?x=1", "//h/r"])
+
+
+_VALUES = {
+    "http.request.method": _METHODS,
+    "http.method": _METHODS,
+    "http.request.method_original": _ORIGINALS,
+    "http.route": _ROUTES,
+    "http.response.status_code": _STATUSES,
+    "http.status_code": _STATUSES,
+    "url.path": _PATHS,
+    "http.url": _URLS,
+    "luna.tag.kind": st.sampled_from([None, "face", "body"]),
+}
+
+
+@st.composite
+def _server_spans(draw: st.DrawFn) -> list[tuple[dict[str, Any], bool, str]]:
+    """SERVER spans that differ from one another in a few attributes each: neighbours that a
+    cache keyed on too little would confuse."""
+    base = {key: draw(values) for key, values in _VALUES.items()}
+    spans = []
+    for _ in range(draw(st.integers(min_value=1, max_value=20))):
+        attributes = dict(base)
+        for key in draw(st.lists(st.sampled_from(sorted(_VALUES)), max_size=2)):
+            attributes[key] = draw(_VALUES[key])
+        present = {key: value for key, value in attributes.items() if value is not None}
+        spans.append((present, draw(st.booleans()), draw(st.sampled_from(["s1", "s2"]))))
+    return spans
+
+
+@settings(max_examples=500, deadline=None)
+@given(_server_spans(), st.integers(min_value=1, max_value=3))
+def test_cached_and_uncached_mapping_give_the_same_points(
+    spans: list[tuple[dict[str, Any], bool, str]], route_limit: int
+) -> None:
+    """The tag-set cache changes nothing: a mapper that remembers tag sets and one that makes
+    each anew write the same points for any sequence of SERVER spans, and count the same."""
+    cached = RequestMapper(route_limit=route_limit)
+    uncached = RequestMapper(route_limit=route_limit, tagset_cache_limit=0)
+    for span_id, (attributes, status_error, service) in enumerate(spans, start=1):
+        record = SpanRecord(
+            attributes, True, TRACE_ID, span_id, None, START, START + 1, status_error, service
+        )
+        assert cached.add(record) == uncached.add(record), attributes
+    assert cached.counts == uncached.counts
+
+
+@pytest.mark.parametrize(
+    ("url", "route"),
+    [
+        ("/api/v1/users", "GET:/api/v1/users"),  # the Collector's pdata example
+        ("/api/v1/users?page=2#top", "GET:/api/v1/users"),
+        ("http://127.0.0.1:8080/api/v1/users?page=2", "GET:/api/v1/users"),
+        ("https://example.com", "GET:/"),
+        ("//example.com/a/b", "GET:/a/b"),
+    ],
+)
+def test_path_only_http_url_is_read_as_a_path(url: str, route: str) -> None:
+    """An http.url that holds a path (no scheme, no host) gives that path as the route, not
+    ``/`` for every request."""
+    lines = map_lines({"http.method": "GET", "http.url": url, "http.status_code": 200})
+    assert lines[0].startswith(f"requests,route={route},")
+
+
+@pytest.mark.parametrize(
+    ("template", "luna"),
+    [
+        ("/items/<int:item_id>", "/items/{item_id}"),  # Flask/Werkzeug converter
+        ("/items/<item_id>", "/items/{item_id}"),
+        ("/codes/<string(length=2):code>/<path:rest>", "/codes/{code}/{rest}"),
+        ("items/<int:item_id>", "/items/{item_id}"),  # Django path()
+        ("^items/(?P<item_id>[0-9]+)/$", "/items/{item_id}/"),  # Django re_path()
+        (r"^api/v(?P<v>\d)/files/(?P<name>[^/]+)\.json\Z", "/api/v{v}/files/{name}.json"),
+        ("/files/{file_path:path}", "/files/{file_path}"),  # Starlette/FastAPI convertor
+        (r"/items/{id:\d{3}}/{name}", "/items/{id}/{name}"),  # aiohttp regex
+        ("/items/{item_id}", "/items/{item_id}"),
+        ("/", "/"),
+    ],
+)
+def test_route_templates_are_written_in_luna_form(template: str, luna: str) -> None:
+    """Every framework's route template is written in LUNA's ``{name}`` form: one service
+    ported between frameworks keeps its series."""
+    lines = map_lines({"http.method": "GET", "http.route": template, "http.status_code": 200})
+    assert lines[0].startswith(f"requests,route=GET:{luna},")

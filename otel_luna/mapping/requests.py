@@ -22,6 +22,7 @@ age (measured in span time, so the mapping reads no clock).
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -54,6 +55,9 @@ PENDING_TTL_NS = 300 * 10**9
 #: ... or when more than this many spans' data wait at once (oldest first).
 PENDING_LIMIT = 100_000
 _TAGSET_CACHE_LIMIT = 4096
+#: Types of the attribute values a cached tag set may be keyed on: no two of them compare equal
+#: across types (``True == 1 == 1.0`` would share one entry yet map differently).
+_KEY_TYPES = frozenset({str, int, type(None)})
 # The two spellings, unpacked once for the hot path (the tables stay in _attributes).
 _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
@@ -126,18 +130,140 @@ def _route(attributes: Mapping[str, Any], status: int | None) -> tuple[str, bool
     if not route and status is not None and (status in (404, 405) or 300 <= status < 400):
         return f"{method if standard else '_OTHER'}:{UNMATCHED_ROUTE}", True
     bounded = bool(route) and standard
-    if not route:
+    if route:
+        route = luna_template(str(route))
+    else:
         route = _first(attributes, attr.HTTP_PATH)
         if route is None:
             url = _first(attributes, attr.HTTP_URL)
             if url is not None:
-                after_scheme = str(url).partition("://")[2]
-                route = "/" + after_scheme.partition("/")[2]
+                route = _path_of(str(url))
         if route is not None:
             route = str(route).partition("?")[0].partition("#")[0]
     if method is None:
         return (str(route) if route else ""), bounded
     return f"{method}:{route or ''}", bounded
+
+
+def _path_of(url: str) -> str:
+    """The path of a URL: of ``scheme://host/path`` or ``//host/path`` the part after the
+    host; a URL that is a path already (``/api/v1/users``, as senders put in ``http.url``)
+    as it is."""
+    if "://" in url:
+        return "/" + url.partition("://")[2].partition("/")[2]
+    if url.startswith("//"):
+        return "/" + url[2:].partition("/")[2]
+    return url if url.startswith("/") else "/" + url
+
+
+# Werkzeug's (Flask's) ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``, and
+# Django's path converters ``<int:name>`` (its own ``<converter:name>`` syntax).
+_ANGLE_PARAMETER = re.compile(r"<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", re.ASCII)
+_NAME = re.compile(r"[A-Za-z_]\w*", re.ASCII)
+
+
+def luna_template(route: str) -> str:
+    """A framework's route template in LUNA's form, every parameter ``{name}``.
+
+    Flask/Werkzeug ``/items/<int:item_id>``, Django ``items/<int:item_id>`` (a path route,
+    without the leading slash) and ``^items/(?P<item_id>[0-9]+)/$`` (a regex route),
+    Starlette/FastAPI ``/files/{path:path}`` and aiohttp ``/items/{id:\\d+}`` all become
+    ``/items/{item_id}``-style; a template in that form already is returned as it is.
+    """
+    if route.startswith("^"):
+        route = _django_regex(route)
+    if "<" in route:
+        route = _ANGLE_PARAMETER.sub(r"{\1}", route)
+    if ":" in route and "{" in route:
+        route = _plain_braces(route)
+    if not route.startswith("/"):
+        route = "/" + route
+    return route
+
+
+def _plain_braces(route: str) -> str:
+    """``{name:regex}`` and ``{name:convertor}`` → ``{name}`` (the regex may hold braces)."""
+    out = []
+    index = 0
+    while True:
+        start = route.find("{", index)
+        name = _NAME.match(route, start + 1) if start >= 0 else None
+        if name is None or not route.startswith(":", name.end()):
+            if start < 0:
+                out.append(route[index:])
+                return "".join(out)
+            out.append(route[index : start + 1])
+            index = start + 1
+            continue
+        depth, position = 1, name.end() + 1
+        while position < len(route) and depth:
+            char = route[position]
+            if char == "\\":
+                position += 1
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            position += 1
+        if depth:  # unbalanced: not a parameter, left as it is
+            out.append(route[index:])
+            return "".join(out)
+        out.append(f"{route[index:start]}{{{name.group()}}}")
+        index = position
+
+
+def _django_regex(route: str) -> str:
+    """A Django regex route (``^items/(?P<item_id>[0-9]+)/$``) as a template
+    (``items/{item_id}/``): anchors left out, named groups as ``{name}``, escaped characters
+    as themselves; what is left of the regex (unnamed groups, ``?``) stays."""
+    out = []
+    position = 1  # after the ^
+    end = len(route)
+    if route.endswith("\\Z"):
+        end -= 2
+    elif route.endswith("$") and not route.endswith("\\$"):
+        end -= 1
+    while position < end:
+        char = route[position]
+        if route.startswith("(?P<", position):
+            close = route.find(">", position)
+            closing = _group_end(route, close + 1, end) if close > 0 else -1
+            if closing < 0:  # not a well-formed group: the rest as it is
+                out.append(route[position:end])
+                break
+            out.append("{" + route[position + 4 : close] + "}")
+            position = closing + 1
+            continue
+        if char == "\\" and position + 1 < end:
+            out.append(route[position + 1])
+            position += 2
+            continue
+        out.append(char)
+        position += 1
+    return "".join(out)
+
+
+def _group_end(pattern: str, position: int, end: int) -> int:
+    """Index of the ``)`` that closes the group whose body starts at ``position``; -1 if none."""
+    depth = 1
+    in_class = False
+    while position < end:
+        char = pattern[position]
+        if char == "\\":
+            position += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return position
+        position += 1
+    return -1
 
 
 def _encodable(text: str) -> bool:
@@ -168,7 +294,9 @@ class RequestMapper:
         pending_ttl_ns: int = PENDING_TTL_NS,
         pending_limit: int = PENDING_LIMIT,
         route_limit: int = ROUTE_LIMIT,
+        tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
     ):
+        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
         #: Where problems are counted (the ingest points it at each call's own counter).
         self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
@@ -179,6 +307,7 @@ class RequestMapper:
         self._limit = pending_limit
         self._since_sweep = 0
         self._tagsets: dict[tuple[Any, ...], Any] = {}
+        self._tagset_limit = tagset_cache_limit
         self._plans: dict[tuple[str, ...], tuple[tuple[str, int, str], ...]] = {}
 
     @property
@@ -352,11 +481,10 @@ class RequestMapper:
         extra: _Extra | None,
     ) -> list[Point]:
         get = attributes.get
-        method = get(_METHOD_NEW) or get(_METHOD_OLD)
-        route = get(attr.HTTP_ROUTE)
-        raw_status = get(_STATUS_NEW)
-        if raw_status is None:
-            raw_status = get(_STATUS_OLD)
+        method_new, method_old, route = get(_METHOD_NEW), get(_METHOD_OLD), get(attr.HTTP_ROUTE)
+        status_new, status_old = get(_STATUS_NEW), get(_STATUS_OLD)
+        method = method_new or method_old
+        raw_status = status_old if status_new is None else status_new
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
@@ -371,18 +499,31 @@ class RequestMapper:
                             break
                 extra_tags = tuple(extra.tags.items())
             request_fields = extra.fields
-        # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
-        # comes from the path (no http.route), which may be unique per request.
-        unrecorded_error = raw_status is None and status_error
-        key = (service, method, route, raw_status, extra_tags, unrecorded_error)
-        cached = self._tagsets.get(key) if route else None
+        # Tag sets repeat (a few routes x statuses): cache both sorted tuples, keyed on every
+        # attribute they are made of (the method's original spelling too), as they are: values
+        # of types that compare equal across types (True == 1 == 1.0) are not cached.
+        key = (
+            service,
+            method_new,
+            method_old,
+            get(attr.HTTP_METHOD_ORIGINAL),
+            route,
+            status_new,
+            status_old,
+            status_error,
+            extra_tags,
+        )
+        cacheable = _KEY_TYPES.issuperset(map(type, key[1:7]))
+        cached = self._tagsets.get(key) if cacheable else None
         if cached is None:
             cached = self._tagset(attributes, service, method, raw_status, status_error, extra)
-            if route:
-                if len(self._tagsets) >= _TAGSET_CACHE_LIMIT:
+            # Only a tag set made of the key alone: a path (no http.route) or a method of the
+            # client's choosing goes through the per-service route budget every time.
+            if cacheable and cached[3] and self._tagset_limit:
+                if len(self._tagsets) >= self._tagset_limit:
                     self._tagsets.clear()
                 self._tagsets[key] = cached
-        tags, error_tags_base, status = cached
+        tags, error_tags_base, status, _ = cached
         if request_id is None:
             request_id = f"{trace_id:032x}"
         fields: dict[str, FieldValue] = {
@@ -436,13 +577,15 @@ class RequestMapper:
         status: Any,
         status_error: bool,
         extra: _Extra | None,
-    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None]:
-        """(requests tags, errors tags without error_code, status as int) — the slow path."""
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None, bool]:
+        """(requests tags, errors tags without error_code, status as int, whether the tags
+        depend on nothing but the attributes that key the cache) — the slow path."""
         if type(status) is not int and status is not None:
             status = int(status) if str(status).isdigit() else None
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
-        route = self._bounded_route(service, *_route(attributes, status))
+        route, bounded = _route(attributes, status)
+        route = self._bounded_route(service, route, bounded)
         # A SERVER span without HTTP attributes (gRPC, a message consumer) has no route or
         # status: line protocol cannot carry an empty tag, so it is left out here (it is no
         # dropped value: there is none).
@@ -454,4 +597,5 @@ class RequestMapper:
         if extra is not None and extra.tags:
             base = {**extra.tags, **base}
         tags = tuple(sorted(base.items()))
-        return tags, tuple(item for item in tags if item[0] != "error_code"), status
+        errors_base = tuple(item for item in tags if item[0] != "error_code")
+        return tags, errors_base, status, bounded
