@@ -170,7 +170,7 @@ def luna_template(route: str) -> str:
     Starlette/FastAPI ``/files/{path:path}`` and aiohttp ``/items/{id:\\d+}`` all become
     ``/items/{item_id}``-style; a template in that form already is returned as it is.
     """
-    if route.startswith("^"):
+    if route.startswith("^") or "(?P<" in route:
         route = _django_regex(route)
     if "<" in route:
         route = _ANGLE_PARAMETER.sub(r"{\1}", route)
@@ -213,11 +213,12 @@ def _plain_braces(route: str) -> str:
 
 
 def _django_regex(route: str) -> str:
-    """A Django regex route (``^items/(?P<item_id>[0-9]+)/$``) as a template
-    (``items/{item_id}/``): anchors left out, named groups as ``{name}``, escaped characters
-    as themselves; what is left of the regex (unnamed groups, ``?``) stays."""
+    """A Django regex route (``^items/(?P<item_id>[0-9]+)/$``, or ``files/(?P<name>.+)$``
+    under an ``include()`` of a ``path()``) as a template (``items/{item_id}/``): anchors left
+    out, named groups as ``{name}``, escaped characters as themselves; what is left of the
+    regex (unnamed groups, ``?``) stays."""
     out = []
-    position = 1  # after the ^
+    position = 1 if route.startswith("^") else 0
     end = len(route)
     if route.endswith("\\Z"):
         end -= 2
