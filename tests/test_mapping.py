@@ -20,7 +20,7 @@ from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
 from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import RequestMapper
-from otel_luna.testing import InMemorySink
+from otel_luna.testing import InMemorySink, in_memory_exporter
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "spans.json").read_text())
 START = 1_700_000_000_000_000_000
@@ -208,25 +208,84 @@ def test_children_merge_into_server_ancestor() -> None:
     assert mapper.pending == 0
 
 
-def test_pending_child_data_expires() -> None:
-    """Child data whose SERVER ancestor never ends is dropped after the TTL and counted."""
-    mapper = RequestMapper(pending_ttl_ns=1000, pending_limit=10)
-    for span_id in range(2, 1100):
-        mapper.add(
-            SpanRecord(
-                {"luna.tag.x": "1"},
-                False,
-                TRACE_ID,
-                span_id,
-                span_id + 10_000,
-                START + span_id * 10,
-                START + span_id * 10,
-                False,
-                "",
-            )
+#: An end time in 2100: span times are the sender's to choose.
+YEAR_2100 = 4_102_444_800 * 10**9
+
+
+def child(span_id: int, parent: int, attributes: dict[str, Any], end_ns: int = START) -> SpanRecord:
+    """An ended INTERNAL span below ``parent``."""
+    return SpanRecord(attributes, False, TRACE_ID, span_id, parent, end_ns, end_ns, False, "svc")
+
+
+def test_pending_child_data_expires_by_arrival_not_span_time() -> None:
+    """Child data whose SERVER ancestor never comes is dropped a TTL after it *arrived*
+    (counted), whatever span times it carries: an end time in 2100 does not keep it, and
+    children whose span times lie an hour apart but that arrive together do not expire."""
+    mapper = RequestMapper(pending_ttl_ns=1000)
+    mapper.arrived_ns = 10_000
+    mapper.add(child(2, 100, {"luna.tag.x": "1"}, end_ns=YEAR_2100))
+    mapper.add(child(3, 101, {"luna.tag.x": "1"}, end_ns=START))
+    mapper.add(child(4, 102, {"luna.tag.x": "1"}, end_ns=START + 3600 * 10**9))
+    assert (mapper.pending, mapper.counts["expired_luna_attributes"]) == (3, 0)
+    mapper.arrived_ns = 10_000 + 1001
+    mapper.add(child(5, 103, {"luna.tag.x": "1"}, end_ns=START))
+    assert (mapper.pending, mapper.counts["expired_luna_attributes"]) == (1, 3)
+
+
+def test_pending_child_data_is_bounded_in_entries_and_bytes() -> None:
+    """Waiting child data take at most ``pending_limit`` entries and ``pending_bytes`` bytes:
+    the oldest go first, counted; 4 MB values per request cannot pile up."""
+    mapper = RequestMapper(pending_limit=10, pending_bytes=10 * 1024 * 1024)
+    for span_id in range(2, 30):
+        mapper.add(child(span_id, span_id + 10_000, {"luna.field.image": "x" * 4_000_000}))
+        assert mapper.pending_bytes <= 10 * 1024 * 1024
+    assert mapper.pending == 2
+    assert mapper.counts["evicted_luna_attributes"] == 26
+    for span_id in range(30, 60):
+        mapper.add(child(span_id, span_id + 10_000, {"luna.tag.x": "1"}))
+    assert mapper.pending == 10
+    assert mapper.counts["evicted_luna_attributes"] == 26 + 22
+    # the newest waiting data still reach their request
+    (point,) = mapper.add(
+        SpanRecord({"http.route": "/r"}, True, TRACE_ID, 10_059, None, START, START + 1, False, "s")
+    )
+    assert dict(point.tags)["x"] == "1"
+
+
+def test_fields_merged_into_one_point_are_capped() -> None:
+    """One parent collecting 8,000 children's fields writes at most ``user_key_limit`` user
+    tags, fields and timings; the rest are counted, and a name it has keeps being updated."""
+    mapper = RequestMapper(user_key_limit=256)
+    for span_id in range(2, 8002):
+        mapper.add(child(span_id, 1, {f"luna.field.f{span_id}": "y" * 10, "luna.time.t": 0.5}))
+    server = {f"luna.field.own{n}": n for n in range(300)}
+    (point,) = mapper.add(SpanRecord(server, True, TRACE_ID, 1, None, START, START + 1, False, "s"))
+    assert len(point.fields) == 256 + 2  # + request_id and execution_time
+    assert point.fields["t"] == 0.5 * 8000
+    assert mapper.counts["too_many_luna_attributes"] == 8000 - 255 + 300
+
+
+def test_route_budgets_are_bounded_in_all() -> None:
+    """The per-service route budgets remember at most ``route_budget_limit`` routes, all
+    services together: 300 services of distinct paths keep 100, the least recently used
+    services' forgotten first (counted); a service in use keeps its budget."""
+    mapper = RequestMapper(route_limit=2, route_budget_limit=100)
+
+    def request(span_id: int, service: str, path: str) -> str:
+        attributes = {"http.request.method": "GET", "url.path": path}
+        record = SpanRecord(
+            attributes, True, TRACE_ID, span_id, None, START, START + 1, False, service
         )
-    assert mapper.pending <= 10
-    assert mapper.counts["expired_luna_attributes"] >= 1088
+        (point,) = mapper.add(record)
+        return dict(point.tags)["route"]
+
+    assert request(1, "busy", "/a") == "GET:/a"
+    assert request(2, "busy", "/b") == "GET:/b"
+    for n in range(300):
+        request(10 + n, f"service-{n}", f"/p{n}")
+        assert request(1000 + n, "busy", "/c") == "{overflow}"  # busy keeps its budget
+    assert mapper.routes_held == 100
+    assert mapper.counts["routes_forgotten"] == 300 + 2 - 100
 
 
 def test_sdk_span_through_exporter_with_nested_helpers() -> None:
@@ -425,3 +484,26 @@ def test_route_templates_are_written_in_luna_form(template: str, luna: str) -> N
     ported between frameworks keeps its series."""
     lines = map_lines({"http.method": "GET", "http.route": template, "http.status_code": 200})
     assert lines[0].startswith(f"requests,route=GET:{luna},")
+
+
+def test_exporter_expires_waiting_child_data_by_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the exporter (and serve: both go through the ingest), waiting child data expire by
+    the monotonic time their batch arrived, not by the end time in 2100 the span says."""
+    import otel_luna.ingest
+
+    now = [10**12]
+    monkeypatch.setattr(otel_luna.ingest.time, "monotonic_ns", lambda: now[0])
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    for _ in range(2):
+        with tracer.start_as_current_span("request", kind=SpanKind.SERVER):
+            tracer.start_span("stage", attributes={"luna.tag.kind": "face"}).end(YEAR_2100)
+    children = [span for span in memory.get_finished_spans() if span.name == "stage"]
+    exporter, _ = in_memory_exporter()
+    exporter.export(children[:1])  # its SERVER span never comes
+    now[0] += 301 * 10**9
+    exporter.export(children[1:])
+    assert exporter.counts["expired_luna_attributes"] == 1
+    exporter.shutdown()

@@ -16,16 +16,21 @@ would shadow the series' own tags and fields are dropped and counted; the point 
 them. ``route`` is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
 and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
 
-The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in size and
-age (measured in span time, so the mapping reads no clock).
+The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
+entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
+ingest hands in with each batch: the mapping reads no clock), never from span times, which the
+sender chooses. One point takes at most ``user_key_limit`` user tags, fields and timings; the
+per-service route budgets are bounded in all (``route_budget_limit`` routes, least recently used
+services forgotten first). Whatever a bound costs is counted.
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
 from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
@@ -50,10 +55,19 @@ _STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
 
-#: Child data waiting for its SERVER ancestor is dropped after this long (span time).
+#: Child data waiting for its SERVER ancestor is dropped this long after it arrived.
 PENDING_TTL_NS = 300 * 10**9
-#: ... or when more than this many spans' data wait at once (oldest first).
+#: ... or when more than this many spans' data wait at once (oldest first),
 PENDING_LIMIT = 100_000
+#: ... or when they take more than this many bytes of memory (estimated; oldest first).
+PENDING_BYTES = 32 * 1024 * 1024
+#: Most user tags, fields and timings (``luna.tag.*``, ``luna.field.*``, ``luna.time.*``) one
+#: point takes, from its span and all below it; further names are dropped and counted.
+USER_KEY_LIMIT = 256
+#: Most routes the per-service route budgets remember, all services together.
+ROUTE_BUDGET_LIMIT = 100_000
+#: Bytes a waiting value costs beyond the value itself (its dict slot and key).
+_ENTRY_BYTES = 100
 _TAGSET_CACHE_LIMIT = 4096
 #: Types of the attribute values a cached tag set may be keyed on: no two of them compare equal
 #: across types (``True == 1 == 1.0`` would share one entry yet map differently).
@@ -84,26 +98,65 @@ _SCALARS = frozenset({str, int, float, bool})
 class _Extra:
     """``luna.*`` data of one request, gathered from its spans."""
 
-    __slots__ = ("end_ns", "error_code", "fields", "request_id", "tags", "times")
+    __slots__ = ("arrived_ns", "error_code", "fields", "request_id", "size", "tags", "times")
 
-    def __init__(self, end_ns: int) -> None:
-        self.end_ns = end_ns
+    def __init__(self) -> None:
+        #: When it was parked to wait for its parent (monotonic), and its bytes then.
+        self.arrived_ns = 0
+        self.size = 0
         self.request_id: str | None = None
         self.error_code: Any = None
         self.tags: dict[str, str] = {}
         self.fields: dict[str, FieldValue] = {}
         self.times: dict[str, float] = {}
 
-    def absorb(self, below: _Extra) -> None:
-        """Take the data of a descendant; this span's own values win, timings add up."""
+    def keys(self) -> int:
+        """User tags, fields and timings held."""
+        return len(self.tags) + len(self.fields) + len(self.times)
+
+    def weigh(self) -> int:
+        """Bytes of memory it holds, about."""
+        size = sys.getsizeof(self.request_id) + sys.getsizeof(self.error_code)
+        for values in (self.tags, self.fields, self.times):
+            size += _ENTRY_BYTES * len(values) + sum(map(sys.getsizeof, values.values()))
+        return size
+
+    def absorb(self, below: _Extra, limit: int) -> int:
+        """Take the data of a descendant; this span's own values win, timings add up. Past
+        ``limit`` user keys in all, the descendant's new ones are left out: how many."""
         if self.request_id is None:
             self.request_id = below.request_id
         if self.error_code is None:
             self.error_code = below.error_code
-        self.tags = {**below.tags, **self.tags}
-        self.fields = {**below.fields, **self.fields}
+        room = limit - self.keys()
+        self.tags, room, left_out = _merged(self.tags, below.tags, room)
+        self.fields, room, more = _merged(self.fields, below.fields, room)
+        left_out += more
         for key, seconds in below.times.items():
-            self.times[key] = self.times.get(key, 0.0) + seconds
+            if key in self.times:
+                self.times[key] += seconds
+            elif room <= 0:
+                left_out += 1
+            else:
+                room -= 1
+                self.times[key] = seconds
+        return left_out
+
+
+_V = TypeVar("_V")
+
+
+def _merged(
+    mine: dict[str, _V], theirs: dict[str, _V], room: int
+) -> tuple[dict[str, _V], int, int]:
+    """``mine`` with the names of ``theirs`` it lacks, at most ``room`` of them; (merged, room
+    left, names left out). Its own values win."""
+    new = [key for key in theirs if key not in mine]
+    if len(new) <= room:
+        return {**theirs, **mine}, room - len(new), 0
+    taken = set(new[: max(room, 0)])
+    kept = {key: value for key, value in theirs.items() if key in mine or key in taken}
+    return {**kept, **mine}, 0, len(new) - len(taken)
 
 
 def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -294,19 +347,31 @@ class RequestMapper:
         *,
         pending_ttl_ns: int = PENDING_TTL_NS,
         pending_limit: int = PENDING_LIMIT,
+        pending_bytes: int = PENDING_BYTES,
+        user_key_limit: int = USER_KEY_LIMIT,
         route_limit: int = ROUTE_LIMIT,
+        route_budget_limit: int = ROUTE_BUDGET_LIMIT,
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
     ):
         """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
         #: Where problems are counted (the ingest points it at each call's own counter).
         self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
+        #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
+        #: batch, as it sets ``counts``; waiting child data expires by it.
+        self.arrived_ns = 0
         self._route_limit = route_limit
+        self._route_budget_limit = route_budget_limit
+        #: Routes of each service's budget; services in least recently used order.
         self._routes: dict[str, set[str]] = {}
+        self._routes_held = 0
+        #: Insertion order is arrival order: the oldest waiting data come first.
         self._pending: dict[int, _Extra] = {}
+        self._pending_bytes = 0
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
-        self._since_sweep = 0
+        self._bytes_limit = pending_bytes
+        self._key_limit = user_key_limit
         self._tagsets: dict[tuple[Any, ...], Any] = {}
         self._tagset_limit = tagset_cache_limit
         self._plans: dict[tuple[str, ...], tuple[tuple[str, int, str], ...]] = {}
@@ -315,6 +380,16 @@ class RequestMapper:
     def pending(self) -> int:
         """Spans whose ``luna.*`` data wait for a SERVER ancestor to end."""
         return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of memory (estimated) the waiting data take."""
+        return self._pending_bytes
+
+    @property
+    def routes_held(self) -> int:
+        """Routes the per-service route budgets remember."""
+        return self._routes_held
 
     def add(self, record: SpanRecord) -> list[Point]:
         """Points for one ended span (empty for all but SERVER and licence-check spans)."""
@@ -330,6 +405,8 @@ class RequestMapper:
             service,
         ) = record
         extra = self._pending.pop(span_id, None) if self._pending else None
+        if extra is not None:
+            self._pending_bytes -= extra.size
         # Spans of one kind carry the same attribute keys in the same order: classify the
         # luna.* keys once per key tuple instead of testing every key of every span.
         keys = tuple(attributes)
@@ -340,7 +417,7 @@ class RequestMapper:
             if plan[0][1] == _LICENSE:
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if extra is None:
-                extra = _Extra(end_ns)
+                extra = _Extra()
             for key, kind, name in plan:
                 self._take(extra, kind, name, attributes[key])
         if is_server:
@@ -352,7 +429,7 @@ class RequestMapper:
             if parent_span_id is None:
                 self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
             else:
-                self._park(parent_span_id, extra, end_ns)
+                self._park(parent_span_id, extra)
         return []
 
     def _license(
@@ -400,6 +477,11 @@ class RequestMapper:
 
     def _take(self, extra: _Extra, kind: int, name: str, value: Any) -> None:
         scalar = type(value) in _SCALARS
+        if kind <= _FIELD and extra.keys() >= self._key_limit:  # a tag, field or timing
+            held = extra.times if kind == _TIME else extra.tags if kind == _TAG else extra.fields
+            if name not in held:
+                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += 1
+                return
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
                 extra.times[name] = extra.times.get(name, 0.0) + float(value)
@@ -447,28 +529,35 @@ class RequestMapper:
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
-    def _park(self, parent_span_id: int, extra: _Extra, end_ns: int) -> None:
-        waiting = self._pending.get(parent_span_id)
+    def _park(self, parent_span_id: int, extra: _Extra) -> None:
+        pending = self._pending
+        waiting = pending.get(parent_span_id)
         if waiting is None:
-            self._pending[parent_span_id] = extra
+            extra.arrived_ns = self.arrived_ns
+            extra.size = extra.weigh()
+            pending[parent_span_id] = extra
+            self._pending_bytes += extra.size
         else:
-            waiting.absorb(extra)
-            waiting.end_ns = max(waiting.end_ns, end_ns)
-        self._since_sweep += 1
-        if self._since_sweep >= 1024 or len(self._pending) > self._limit:
-            self._sweep(end_ns)
-
-    def _sweep(self, now_ns: int) -> None:
-        self._since_sweep = 0
-        oldest = now_ns - self._ttl_ns
-        stale = [key for key, extra in self._pending.items() if extra.end_ns < oldest]
-        overflow = len(self._pending) - len(stale) - self._limit
-        if overflow > 0:  # dicts keep insertion order: the first keys are the oldest
-            expired = set(stale)
-            stale += [key for key in self._pending if key not in expired][:overflow]
-        for key in stale:
-            del self._pending[key]
-        self.counts[Reason.EXPIRED_LUNA_ATTRIBUTES] += len(stale)
+            left_out = waiting.absorb(extra, self._key_limit)
+            if left_out:
+                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += left_out
+            size = waiting.weigh()
+            self._pending_bytes += size - waiting.size
+            waiting.size = size
+        # The oldest first: expired ones, then as many as the bounds want gone.
+        oldest = self.arrived_ns - self._ttl_ns
+        while pending:
+            key = next(iter(pending))
+            first = pending[key]
+            if first.arrived_ns < oldest:
+                reason = Reason.EXPIRED_LUNA_ATTRIBUTES
+            elif len(pending) > self._limit or self._pending_bytes > self._bytes_limit:
+                reason = Reason.EVICTED_LUNA_ATTRIBUTES
+            else:
+                break
+            del pending[key]
+            self._pending_bytes -= first.size
+            self.counts[reason] += 1
 
     def _points(
         self,
@@ -556,18 +645,32 @@ class RequestMapper:
 
     def _bounded_route(self, service: str, route: str, bounded: bool) -> str:
         """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others
-        that the application does not bound (paths, clients' methods)."""
+        that the application does not bound (paths, clients' methods). The budgets remember
+        ``route_budget_limit`` routes in all: past that, the least recently used services'
+        are forgotten (counted), and such a service starts a new budget when it comes back."""
         if bounded:
             return route
-        seen = self._routes.get(service)
+        routes = self._routes
+        seen = routes.pop(service, None)  # put back last: the most recently used
         if seen is None:
-            seen = self._routes[service] = set()
+            seen = set()
+        routes[service] = seen
         if route in seen:
             return route
         if len(seen) >= self._route_limit:
             self.counts[Reason.ROUTE_OVERFLOW] += 1
             return OVERFLOW_ROUTE
         seen.add(route)
+        self._routes_held += 1
+        while self._routes_held > self._route_budget_limit:
+            oldest = next(iter(routes))
+            forgotten = routes.pop(oldest)
+            self._routes_held -= len(forgotten)
+            self.counts[Reason.ROUTES_FORGOTTEN] += len(forgotten)
+            if oldest == service:  # one service alone over the bound: it starts anew
+                routes[service] = {route}
+                self._routes_held += 1
+                break
         return route
 
     def _tagset(
