@@ -69,9 +69,6 @@ ROUTE_BUDGET_LIMIT = 100_000
 #: Bytes a waiting value costs beyond the value itself (its dict slot and key).
 _ENTRY_BYTES = 100
 _TAGSET_CACHE_LIMIT = 4096
-#: Types of the attribute values a cached tag set may be keyed on: no two of them compare equal
-#: across types (``True == 1 == 1.0`` would share one entry yet map differently).
-_KEY_TYPES = frozenset({str, int, type(None)})
 # The two spellings, unpacked once for the hot path (the tables stay in _attributes).
 _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
@@ -93,6 +90,7 @@ _EXACT_KINDS = {
     attr.LICENSE_ERRORS: _LICENSE_PART,
 }
 _SCALARS = frozenset({str, int, float, bool})
+_NONE_HELD = (0, 0, 0)
 
 
 class _Extra:
@@ -418,8 +416,13 @@ class RequestMapper:
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if extra is None:
                 extra = _Extra()
+                had = _NONE_HELD
+            else:  # what came from below keeps its place under the limit
+                had = (len(extra.tags), len(extra.fields), len(extra.times))
             for key, kind, name in plan:
                 self._take(extra, kind, name, attributes[key])
+            if len(extra.tags) + len(extra.fields) + len(extra.times) > self._key_limit:
+                self._trim(extra, had)
         if is_server:
             self.counts[_SERVER_SPANS] += 1
             return self._points(
@@ -477,11 +480,6 @@ class RequestMapper:
 
     def _take(self, extra: _Extra, kind: int, name: str, value: Any) -> None:
         scalar = type(value) in _SCALARS
-        if kind <= _FIELD and extra.keys() >= self._key_limit:  # a tag, field or timing
-            held = extra.times if kind == _TIME else extra.tags if kind == _TAG else extra.fields
-            if name not in held:
-                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += 1
-                return
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
                 extra.times[name] = extra.times.get(name, 0.0) + float(value)
@@ -529,6 +527,19 @@ class RequestMapper:
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
+    def _trim(self, extra: _Extra, had: tuple[int, int, int]) -> None:
+        """Down to ``user_key_limit`` user names: those from below (``had`` of the tags,
+        fields and timings, the first of each) stay; of the span's own new names, the first
+        that fit (tags, then fields, then timings). What is left out is counted."""
+        room = self._key_limit - sum(had)
+        for name, before in zip(("tags", "fields", "times"), had, strict=True):
+            held: dict[str, Any] = getattr(extra, name)
+            new = len(held) - before
+            if new > room:
+                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += new - room
+                setattr(extra, name, dict(list(held.items())[: before + max(room, 0)]))
+            room -= min(new, max(room, 0))
+
     def _park(self, parent_span_id: int, extra: _Extra) -> None:
         pending = self._pending
         waiting = pending.get(parent_span_id)
@@ -572,9 +583,10 @@ class RequestMapper:
     ) -> list[Point]:
         get = attributes.get
         method_new, method_old, route = get(_METHOD_NEW), get(_METHOD_OLD), get(attr.HTTP_ROUTE)
-        status_new, status_old = get(_STATUS_NEW), get(_STATUS_OLD)
+        raw_status = get(_STATUS_NEW)
+        if raw_status is None:
+            raw_status = get(_STATUS_OLD)
         method = method_new or method_old
-        raw_status = status_old if status_new is None else status_new
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
@@ -590,20 +602,22 @@ class RequestMapper:
                 extra_tags = tuple(extra.tags.items())
             request_fields = extra.fields
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, keyed on every
-        # attribute they are made of (the method's original spelling too), as they are: values
-        # of types that compare equal across types (True == 1 == 1.0) are not cached.
+        # attribute they are made of (the method's original spelling too). Values that compare
+        # equal across types (True == 1 == 1.0) map differently: the status's type is part of
+        # the key, and only a string route is cached (only a string method ever is: a standard
+        # one, see _tagset; the other attributes are read only then).
         key = (
             service,
             method_new,
             method_old,
             get(attr.HTTP_METHOD_ORIGINAL),
             route,
-            status_new,
-            status_old,
+            raw_status,
+            raw_status.__class__,
             status_error,
             extra_tags,
         )
-        cacheable = _KEY_TYPES.issuperset(map(type, key[1:7]))
+        cacheable = route.__class__ is str
         cached = self._tagsets.get(key) if cacheable else None
         if cached is None:
             cached = self._tagset(attributes, service, method, raw_status, status_error, extra)
