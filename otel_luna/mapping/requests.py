@@ -417,11 +417,13 @@ class RequestMapper:
             if extra is None:
                 extra = _Extra()
                 had = _NONE_HELD
+                check = len(plan) > self._key_limit  # at most one name per key
             else:  # what came from below keeps its place under the limit
                 had = (len(extra.tags), len(extra.fields), len(extra.times))
+                check = True
             for key, kind, name in plan:
                 self._take(extra, kind, name, attributes[key])
-            if len(extra.tags) + len(extra.fields) + len(extra.times) > self._key_limit:
+            if check and extra.keys() > self._key_limit:
                 self._trim(extra, had)
         if is_server:
             self.counts[_SERVER_SPANS] += 1
