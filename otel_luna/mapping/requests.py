@@ -13,8 +13,10 @@ Rules (``docs/mapping.md`` has the full table):
 Every point gets its own time (:mod:`otel_luna.mapping.timestamps`), so no request overwrites
 another in InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that
 would shadow the series' own tags and fields are dropped and counted; the point is written without
-them. ``route`` is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
-and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
+them. ``route`` is the framework's template in LUNA's ``{name}`` form (:func:`luna_template`:
+Flask, Django, FastAPI/Starlette and aiohttp alike), else the path. It is bounded: a request that
+matched no route is written as ``METHOD:{unmatched}``, and past ``route_limit`` distinct values
+per service, new ones as ``{overflow}``.
 
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
 entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
