@@ -82,6 +82,12 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_ATTRIBUTE_TYPE = "unsupported_attribute_type", _O.VALUE_DROPPED
     ORPHAN_LUNA_ATTRIBUTES = "orphan_luna_attributes", _O.VALUE_DROPPED
     EXPIRED_LUNA_ATTRIBUTES = "expired_luna_attributes", _O.VALUE_DROPPED
+    # child data dropped before its SERVER span came, to keep waiting data within their bounds
+    EVICTED_LUNA_ATTRIBUTES = "evicted_luna_attributes", _O.VALUE_DROPPED
+    # user tags, fields or timings past the most one point takes
+    TOO_MANY_LUNA_ATTRIBUTES = "too_many_luna_attributes", _O.VALUE_DROPPED
+    # routes of per-service route budgets forgotten to keep them within their bound
+    ROUTES_FORGOTTEN = "routes_forgotten", _O.EVENT
     ATTRIBUTE_FIELD_AND_TIME = "attribute_field_and_time", _O.VALUE_DROPPED
     ATTRIBUTE_TAG_AND_FIELD = "attribute_tag_and_field", _O.VALUE_DROPPED
     ATTRIBUTE_SHADOWS_SCHEMA = "attribute_shadows_schema", _O.VALUE_DROPPED

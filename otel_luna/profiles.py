@@ -36,9 +36,12 @@ JSON = "json"
 
 
 class SpanMapper(Protocol):
-    """Spans → points, one span at a time. ``counts`` is where it counts problems."""
+    """Spans → points, one span at a time. ``counts`` is where it counts problems;
+    ``arrived_ns`` is when the spans being added arrived (monotonic ns), for state it keeps
+    between spans to expire by (the ingest sets both for each batch)."""
 
     counts: Counter[Reason]
+    arrived_ns: int
 
     def add(self, record: SpanRecord) -> list[Point]: ...
 

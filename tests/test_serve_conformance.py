@@ -418,6 +418,9 @@ EXAMPLES = [
     pytest.param("example_trace", TRACES, "example_trace", None, id="proto-example-trace"),
     # The Collector's TestJsonHttp body: snake_case names, an enum name, int64 as numbers.
     pytest.param("collector_trace", TRACES, "collector_trace", None, id="collector-json"),
+    # What peers send that once went wrong: PROPFIND/LOCK/MKCOL as _OTHER with the original on
+    # one route, a path-only http.url, Flask's and Django's route templates.
+    pytest.param("peer_trace", TRACES, "peer_trace", None, id="peer-vectors"),
 ]
 
 ENCODINGS = [

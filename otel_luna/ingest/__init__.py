@@ -115,6 +115,7 @@ class Ingest:
         with self._lock:
             mapper, encoder = self._spans, self._encoder
             mapper.counts = encoder.counts = counts
+            mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
             add, encode = mapper.add, encoder.encode_point
             try:
                 for record in records:
