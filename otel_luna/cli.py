@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_report_parser(commands: Any) -> None:
     from otel_luna.report import parse_duration
+    from otel_luna.report.common import DEFAULT_LIMITS
 
     def duration(text: str) -> int:
         try:
@@ -180,12 +181,30 @@ def _add_report_parser(commands: Any) -> None:
         help="also draw the charts in this PNG file (missing directories are created)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=DEFAULT_LIMITS.max_bytes,
+        metavar="N",
+        help="read at most N bytes of the file or of InfluxDB's answer; beyond, one line and "
+        f"exit 1 (default {DEFAULT_LIMITS.max_bytes})",
+    )
+    parser.add_argument(
+        "--max-time",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="give InfluxDB's answer at most DURATION in all (default "
+        f"{DEFAULT_LIMITS.max_seconds:.0f}s)",
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
     from otel_luna.report import ReportError, luna, watchdog
-    from otel_luna.report.common import ChartError
+    from otel_luna.report.common import DEFAULT_LIMITS, ChartError, Limits
 
+    seconds = DEFAULT_LIMITS.max_seconds if args.max_time is None else args.max_time / 1e9
+    limits = Limits(max_bytes=args.max_bytes, max_seconds=seconds)
     try:
         if args.profile == "luna":
             text = luna.run_report(
@@ -198,6 +217,7 @@ def _report(args: argparse.Namespace) -> int:
                 service=args.service,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
         else:
             if args.service is not None:
@@ -212,6 +232,7 @@ def _report(args: argparse.Namespace) -> int:
                 since_ns=args.since,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
     except ChartError as error:  # the report was made: print it, then say why there is no chart
         print(error.text, flush=True)

@@ -9,17 +9,30 @@ floats and booleans. Tags are returned sorted; a line without a timestamp gets `
 
 from __future__ import annotations
 
+import re
+
+from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.point import FieldValue, Point
+
+#: Longest line :class:`LineReader` holds, in bytes: a longer one is skipped (counted) without
+#: being kept whole. InfluxDB refuses a body over 25 MB by default; otel-luna's lines are far
+#: shorter (string fields are cut at 64 KiB).
+MAX_LINE_BYTES = 4 * 1024 * 1024
+#: Bytes per piece :func:`read_bytes` feeds its reader.
+_PIECE = 1024 * 1024
+_INTEGER = re.compile(r"-?[0-9]+\Z")
 
 
 class LineProtocolSyntaxError(ValueError):
     """Text that is not line protocol; ``position`` is the offending character's index in the
-    text parsed, ``line`` the number (from 1) of its line there."""
+    text parsed, ``line`` the number (from 1) of its line there, ``reason`` the message without
+    the quoted line (``bad timestamp at character 144``)."""
 
     def __init__(self, message: str, text: str, position: int) -> None:
         line_start = text.rfind("\n", 0, position) + 1
         snippet = text[line_start : line_start + 200].partition("\n")[0]
-        super().__init__(f"{message} at character {position - line_start}: {snippet!r}")
+        self.reason = f"{message} at character {position - line_start}"
+        super().__init__(f"{self.reason}: {snippet!r}")
         self.position = position
         self.line = text.count("\n", 0, position) + 1
 
@@ -70,7 +83,7 @@ def _string_value(text: str, start: int) -> tuple[str, int]:
 def _scalar_value(token: str, text: str, position: int) -> FieldValue:
     if not token:
         raise LineProtocolSyntaxError("missing field value", text, position)
-    if token[-1] in "iu" and token[:-1].lstrip("-").isdigit():
+    if token[-1] in "iu" and _INTEGER.match(token, 0, len(token) - 1):
         return int(token[:-1])
     if token in _TRUE:
         return True
@@ -121,7 +134,7 @@ def _parse_point(text: str, start: int) -> tuple[Point, int]:
         end = text.find("\n", stamp_start)
         end = n if end < 0 else end
         stamp = text[stamp_start:end].strip()
-        if not stamp.lstrip("-").isdigit():
+        if not _INTEGER.match(stamp):
             raise LineProtocolSyntaxError("bad timestamp", text, stamp_start)
         time_ns = int(stamp)
         i = end
@@ -154,3 +167,113 @@ def parse_lines(text: str) -> list[Point]:
         point, i = _parse_point(text, i)
         points.append(point)
     return points
+
+
+class LineReader:
+    """Line protocol read from bytes given piece by piece (a file, a stream): every line is
+    parsed or skipped, never an exception. Pure: bytes in, points out.
+
+    Lines are cut as :func:`~otel_luna.encoding.lineprotocol.split_lines` cuts them (a string
+    field may hold a newline), wherever the pieces are cut. A line that is not UTF-8, not line
+    protocol, or longer than ``max_line_bytes`` is skipped: ``skipped`` counts them and
+    ``first_problem`` says where the first one is and why (``line 364: bad timestamp at
+    character 144``). At most about ``max_line_bytes`` plus one piece is held at any time,
+    whatever is fed.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.skipped = 0
+        self.first_problem = ""
+        self._pending = b""  # from the start of a line that may not be complete yet
+        self._line = 1  # number (in the whole input) of the line _pending starts
+        self._offset = 0  # byte offset (in the whole input) where _pending starts
+        self._discarding = False  # skipping the rest of a line that was too long
+
+    def feed(self, data: bytes) -> list[Point]:
+        """The points of the lines ``data`` completes."""
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                self._offset += len(data)
+                return []
+            self._discarding = False
+            self._line += 1
+            self._offset += end + 1
+            data = data[end + 1 :]
+        pending = self._pending + data
+        last = pending.rfind(b"\n")
+        points: list[Point] = []
+        if last >= 0:
+            lines = split_lines(pending[: last + 1])
+            # The last line is kept: a string field's newline may have ended it early.
+            carried = lines.pop()
+            for line in lines:
+                self._take(line, points, final=False)
+            pending = carried + pending[last + 1 :]
+        self._pending = pending
+        if len(pending) > self.max_line_bytes:
+            self._skip(f"longer than {self.max_line_bytes} bytes")
+            newlines = pending.count(b"\n")
+            self._line += newlines
+            self._offset += len(pending)
+            self._pending = b""
+            self._discarding = not pending.endswith(b"\n")
+        return points
+
+    def finish(self) -> list[Point]:
+        """The points of what is left: the last line, which may lack its newline."""
+        points: list[Point] = []
+        pending, self._pending = self._pending, b""
+        if pending and not self._discarding:
+            for line in split_lines(pending):
+                self._take(line, points, final=True)
+        self._discarding = False
+        return points
+
+    def _take(self, line: bytes, points: list[Point], *, final: bool) -> None:
+        number = self._line
+        self._line += line.count(b"\n")
+        offset = self._offset
+        self._offset += len(line)
+        if len(line) > self.max_line_bytes:
+            self._skip(f"longer than {self.max_line_bytes} bytes", number)
+            return
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as error:
+            cut = final and error.reason == "unexpected end of data"
+            where = offset + error.start
+            self._skip(
+                "cut short inside a UTF-8 character"
+                if cut
+                else f"not UTF-8 text (byte offset {where})",
+                number + line.count(b"\n", 0, error.start),
+            )
+            return
+        head = text.strip()
+        if not head or head.startswith("#"):
+            return
+        try:
+            point, end = _parse_point(text, 0)
+            if end < len(text):
+                raise LineProtocolSyntaxError("unexpected character", text, end - 1)
+        except LineProtocolSyntaxError as error:
+            self._skip(error.reason, number + error.line - 1)
+            return
+        points.append(point)
+
+    def _skip(self, reason: str, line: int | None = None) -> None:
+        self.skipped += 1
+        if not self.first_problem:
+            self.first_problem = f"line {self._line if line is None else line}: {reason}"
+
+
+def read_bytes(data: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Point], LineReader]:
+    """The points of line-protocol ``data``, and the reader that says what it skipped."""
+    reader = LineReader(max_line_bytes)
+    points: list[Point] = []
+    for start in range(0, len(data), _PIECE):
+        points += reader.feed(data[start : start + _PIECE])
+    points += reader.finish()
+    return points, reader
