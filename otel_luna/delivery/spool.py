@@ -969,3 +969,61 @@ def describe(root: Path | str) -> list[dict[str, object]]:
             }
         )
     return entries
+
+
+class GoneDirectory:
+    """A process directory whose process is gone, locked as :meth:`DiskSpool.adopt_orphans`
+    locks one (for ``otel-luna spool``): while it is held, no process adopts it. What waits in
+    it; moved into another destination's directory (where that destination's processes adopt
+    it) or removed, as a drained adopted directory is. Get one with :func:`claim_gone`."""
+
+    def __init__(self, directory: Path, fd: int) -> None:
+        self.directory = directory
+        self._fd: int | None = fd
+        counts = Counts()
+        self._log = _SegmentLog(directory, counts)
+        self.pending_lines = self._log.pending_lines
+        self.pending_bytes = self._log.pending_bytes
+        self.corrupt_records = counts["corrupt_records"]
+
+    def move_to(self, destination: Path) -> Path:
+        """Rename it into ``destination`` (a destination's directory, made 0700 if missing) on
+        the same file system, keeping its name and the lock; its new path."""
+        destination.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = destination / self.directory.name
+        if target.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(target))
+        os.rename(self.directory, target)
+        self.directory = self._log.directory = target
+        return target
+
+    def discard(self) -> None:
+        """Remove it and everything in it (its points are lost); releases it."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _remove(self._log, fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._log.close()
+            os.close(fd)
+
+    def __enter__(self) -> GoneDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def claim_gone(directory: Path) -> GoneDirectory | None:
+    """``directory`` (a process directory) locked if its process — or a process that adopted
+    it — is gone; None while one is alive (then it must not be touched)."""
+    fd = _try_lock(directory, create=False)
+    if fd is None:
+        return None
+    try:
+        return GoneDirectory(directory, fd)
+    except BaseException:
+        os.close(fd)
+        raise
