@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 
-from otel_luna.encoding.lineprotocol import split_lines
 from otel_luna.point import FieldValue, Point
 
 #: Longest line :class:`LineReader` holds, in bytes: a longer one is skipped (counted) without
@@ -21,6 +20,9 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 #: Bytes per piece :func:`read_bytes` feeds its reader.
 _PIECE = 1024 * 1024
 _INTEGER = re.compile(r"-?[0-9]+\Z")
+#: What decoding with ``surrogateescape`` makes of bytes that are not UTF-8.
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_UNTERMINATED = "unterminated string field"
 
 
 class LineProtocolSyntaxError(ValueError):
@@ -34,7 +36,12 @@ class LineProtocolSyntaxError(ValueError):
         self.reason = f"{message} at character {position - line_start}"
         super().__init__(f"{self.reason}: {snippet!r}")
         self.position = position
-        self.line = text.count("\n", 0, position) + 1
+        self._text = text
+
+    @property
+    def line(self) -> int:
+        # Counted when asked: a reader skipping many lines of a long text asks elsewhere.
+        return self._text.count("\n", 0, self.position) + 1
 
 
 _MEASUREMENT_END = frozenset(", \n")
@@ -76,7 +83,7 @@ def _string_value(text: str, start: int) -> tuple[str, int]:
     """
     value, end = _token(text, start + 1, _QUOTE, _STRING_ESCAPABLE)
     if end >= len(text):
-        raise LineProtocolSyntaxError("unterminated string field", text, start)
+        raise LineProtocolSyntaxError(_UNTERMINATED, text, start)
     return value, end + 1
 
 
@@ -173,12 +180,14 @@ class LineReader:
     """Line protocol read from bytes given piece by piece (a file, a stream): every line is
     parsed or skipped, never an exception. Pure: bytes in, points out.
 
-    Lines are cut as :func:`~otel_luna.encoding.lineprotocol.split_lines` cuts them (a string
-    field may hold a newline), wherever the pieces are cut. A line that is not UTF-8, not line
-    protocol, or longer than ``max_line_bytes`` is skipped: ``skipped`` counts them and
+    A line ends at the newline after its timestamp: a string field may hold newlines, so a line
+    whose string is not closed yet waits for the next piece (at :meth:`finish`, it is skipped
+    with all that follows it: a file cut short inside a string). A line that is not line
+    protocol is skipped up to the first newline after the point where it went wrong; one that
+    is not UTF-8, or longer than ``max_line_bytes``, is skipped too. ``skipped`` counts them and
     ``first_problem`` says where the first one is and why (``line 364: bad timestamp at
-    character 144``). At most about ``max_line_bytes`` plus one piece is held at any time,
-    whatever is fed.
+    character 144``). What is read does not depend on where the pieces are cut, and at most
+    about ``max_line_bytes`` plus one piece is held at any time, whatever is fed.
     """
 
     def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
@@ -205,17 +214,11 @@ class LineReader:
         last = pending.rfind(b"\n")
         points: list[Point] = []
         if last >= 0:
-            lines = split_lines(pending[: last + 1])
-            # The last line is kept: a string field's newline may have ended it early.
-            carried = lines.pop()
-            for line in lines:
-                self._take(line, points, final=False)
-            pending = carried + pending[last + 1 :]
+            pending = pending[self._read(pending[: last + 1], points, final=False) :]
         self._pending = pending
         if len(pending) > self.max_line_bytes:
-            self._skip(f"longer than {self.max_line_bytes} bytes")
-            newlines = pending.count(b"\n")
-            self._line += newlines
+            self._skip(self._line, f"longer than {self.max_line_bytes} bytes")
+            self._line += pending.count(b"\n")
             self._offset += len(pending)
             self._pending = b""
             self._discarding = not pending.endswith(b"\n")
@@ -226,47 +229,69 @@ class LineReader:
         points: list[Point] = []
         pending, self._pending = self._pending, b""
         if pending and not self._discarding:
-            for line in split_lines(pending):
-                self._take(line, points, final=True)
+            self._read(pending, points, final=True)
         self._discarding = False
         return points
 
-    def _take(self, line: bytes, points: list[Point], *, final: bool) -> None:
-        number = self._line
-        self._line += line.count(b"\n")
-        offset = self._offset
-        self._offset += len(line)
-        if len(line) > self.max_line_bytes:
-            self._skip(f"longer than {self.max_line_bytes} bytes", number)
-            return
+    def _read(self, region: bytes, points: list[Point], *, final: bool) -> int:
+        """Parse or skip the lines of ``region`` (whole lines, but for the last one if
+        ``final``); the bytes consumed: all but a last line whose string is not closed."""
         try:
-            text = line.decode("utf-8")
-        except UnicodeDecodeError as error:
-            cut = final and error.reason == "unexpected end of data"
-            where = offset + error.start
-            self._skip(
-                "cut short inside a UTF-8 character"
-                if cut
-                else f"not UTF-8 text (byte offset {where})",
-                number + line.count(b"\n", 0, error.start),
-            )
-            return
-        head = text.strip()
-        if not head or head.startswith("#"):
-            return
-        try:
-            point, end = _parse_point(text, 0)
-            if end < len(text):
-                raise LineProtocolSyntaxError("unexpected character", text, end - 1)
-        except LineProtocolSyntaxError as error:
-            self._skip(error.reason, number + error.line - 1)
-            return
-        points.append(point)
+            text = region.decode("utf-8")
+            dirty = False
+        except UnicodeDecodeError:
+            text = region.decode("utf-8", "surrogateescape")
+            dirty = True
+        i, n, line = 0, len(text), self._line
+        while i < n:
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            head = text[i:end].strip()
+            if not head or head.startswith("#"):
+                i = end + 1
+                line += 1
+                continue
+            problem = None
+            try:
+                point, after = _parse_point(text, i)
+            except LineProtocolSyntaxError as error:
+                if error.reason.startswith(_UNTERMINATED):
+                    if not final:
+                        break  # the string may close in the next piece
+                    after = n
+                else:
+                    stop = text.find("\n", error.position)
+                    after = n if stop < 0 else stop + 1
+                problem = (line + text.count("\n", i, error.position), error.reason)
+            if dirty and _SURROGATE.search(text, i, after):
+                problem = self._not_utf8(text, i, after, line, final and after == n)
+            if problem is None:
+                points.append(point)
+            else:
+                self._skip(*problem)
+            line += text.count("\n", i, after)
+            i = after
+        consumed = len(region) if i >= n else len(text[:i].encode("utf-8", "surrogateescape"))
+        self._line = line
+        self._offset += consumed
+        return consumed
 
-    def _skip(self, reason: str, line: int | None = None) -> None:
+    def _not_utf8(self, text: str, start: int, end: int, line: int, last: bool) -> tuple[int, str]:
+        data = text[start:end].encode("utf-8", "surrogateescape")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            number = line + data.count(b"\n", 0, error.start)
+            if last and error.reason == "unexpected end of data":
+                return number, "cut short inside a UTF-8 character"
+            before = len(text[:start].encode("utf-8", "surrogateescape"))
+            return number, f"not UTF-8 text (byte offset {self._offset + before + error.start})"
+        return line, "not UTF-8 text"  # pragma: no cover - a surrogate came from bad bytes
+
+    def _skip(self, line: int, reason: str) -> None:
         self.skipped += 1
         if not self.first_problem:
-            self.first_problem = f"line {self._line if line is None else line}: {reason}"
+            self.first_problem = f"line {line}: {reason}"
 
 
 def read_bytes(data: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Point], LineReader]:
