@@ -110,7 +110,7 @@ def test_a_stranded_spool_is_moved_replayed_once_and_a_live_one_left_alone(
         live.close()
 
 
-def test_discard_needs_yes_then_deletes_and_counts(
+def test_replay_to_a_destination_that_still_refuses_keeps_them_and_discard_deletes_them(
     influxdb1: InfluxDB1,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -120,10 +120,23 @@ def test_discard_needs_yes_then_deletes_and_counts(
     configure(monkeypatch, influxdb1, "no_such_database_here", root)
     wrong = destination_slug(Settings.load())
     strand(120)
+    code, out, err = run(["spool", "replay", wrong, "--timeout", "1"], capsys)
+    assert code == cli.EXIT_FAILED and "left_in_spool=120" in out
+    assert err.startswith("otel-luna spool replay: the destination refused: ")
+    assert "database not found" in err
     code, out, err = run(["spool", "discard", wrong], capsys)
     assert code == cli.EXIT_USAGE and out == ""
-    assert "120 points waiting); add --yes to delete them" in err
+    assert "(120 points waiting); add --yes to delete them" in err
     assert len(process_directories(root)) == 1
+    # A process of that destination starts: it adopts the directory, and has its own.
+    live = DiskSpool(root / wrong, 1 << 20)
+    try:
+        code, out, err = run(["spool", "discard", wrong, "--yes"], capsys)
+        assert code == cli.EXIT_FAILED and out.startswith("discarded 0 process directories")
+        assert "left 2 process directories of running processes alone" in err
+        assert live.pending_lines == 120
+    finally:
+        live.close()
     code, out, err = run(["spool", "discard", wrong, "--yes"], capsys)
     assert code == cli.EXIT_OK, err
     assert out.startswith(f"discarded 1 process directories of {wrong}: 120 points / ")

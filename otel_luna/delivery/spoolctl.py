@@ -14,7 +14,7 @@ adopted it — is alive is left untouched and reported. So they are safe while p
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,7 +187,6 @@ def replay(
     name: str,
     settings: Settings,
     timeout: float,
-    sink_of: Callable[[Settings], object] | None = None,
 ) -> Replayed:
     """Deliver what waits in destination ``name`` now, to the destination ``settings`` pick —
     which must be its own (move it first to change it) — as a process of that destination
@@ -203,11 +202,11 @@ def replay(
         )
     from otel_luna.sinks import load_sink
 
-    sink = load_sink(settings) if sink_of is None else sink_of(settings)
+    sink = load_sink(settings)
     busy = [
         process.name for process, claimed in _gone(root / name) if claimed is None
     ]  # before the delivery's own directory exists
-    writer = open_delivery(settings, sink, memory_fallback=False)  # type: ignore[arg-type]
+    writer = open_delivery(settings, sink, memory_fallback=False)
     writer.force_flush(timeout)
     blocked = writer.blocked
     writer.shutdown(0.0)
