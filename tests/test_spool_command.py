@@ -161,6 +161,14 @@ def test_bad_names_and_settings_are_one_line(
         code, out, err = run(["spool", "discard", name, "--yes"], capsys)
         assert code == cli.EXIT_FAILED and len(err.splitlines()) == 1, err
     assert outside.is_dir()
+    # A link posing as a process directory is never followed (nothing of its target removed).
+    (outside / "lock").write_bytes(b"")
+    (outside / "victim").write_bytes(b"keep me")
+    (root / "dest").mkdir()
+    (root / "dest" / "1-deadbeef").symlink_to(outside)
+    code, out, err = run(["spool", "discard", "dest", "--yes"], capsys)
+    assert code == cli.EXIT_OK and out.startswith("discarded 0 process directories"), err
+    assert (outside / "victim").read_bytes() == b"keep me"
     code, _, err = run(["spool", "move", "x", "--to", "no_such_setting=1"], capsys)
     assert code == cli.EXIT_USAGE and "--to: no setting named 'no_such_setting'" in err
     code, _, err = run(["spool", "replay", destination_slug(Settings.load()), "--to", "x"], capsys)

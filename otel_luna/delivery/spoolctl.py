@@ -127,8 +127,8 @@ def _gone(directory: Path) -> Iterator[tuple[Path, GoneDirectory | None]]:
     """The process directories of a destination directory, each claimed if its process is
     gone (None while it is alive); each claim is released after its turn."""
     for process in process_directories(directory.parent):
-        if process.parent != directory:
-            continue
+        if process.parent != directory or process.is_symlink():
+            continue  # a link is no process's directory: never followed
         try:
             claimed = claim_gone(process)
         except OSError as error:
