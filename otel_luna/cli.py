@@ -8,10 +8,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from otel_luna.settings import SettingsError, env_name
+from otel_luna.settings import Settings, SettingsError, env_name
 
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
 #: no spool directory), 2 bad usage or setting, 130 interrupted.
@@ -114,11 +115,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     _add_report_parser(commands)
+    _add_spool_parser(commands)
     return parser
+
+
+def _add_spool_parser(commands: Any) -> None:
+    spool = commands.add_parser(
+        "spool",
+        help="list, move, replay or discard the spools of destinations (stranded points)",
+        description="The spool of a destination is <spool root>/<destination>/, named after "
+        "the settings that pick the destination (endpoint, database or bucket, retention "
+        "policy, org): points written with a misspelled database wait in a spool no corrected "
+        "configuration reads. These commands steer them. Only process directories whose "
+        "process is gone are touched (each is locked first, as a process adopting it would); "
+        "those of running processes are left and named. The spool root is --spool-dir, else "
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR (or its default).",
+    )
+    actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--spool-dir", metavar="DIR", help="the spool root")
+
+    def to(parser: argparse.ArgumentParser, what: str) -> None:
+        parser.add_argument(
+            "--to",
+            action="append",
+            default=[],
+            metavar="SETTING=VALUE",
+            help=f"{what}: the current OTEL_EXPORTER_LUNA_* settings with this one changed "
+            "(repeatable), e.g. --to database=luna, --to endpoint=http://db:8086",
+        )
+
+    listing = actions.add_parser(
+        "list",
+        help="each destination's spool: process directories, running or gone, points waiting",
+    )
+    common(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    move = actions.add_parser(
+        "move",
+        help="re-target a destination's spool to a corrected destination",
+        description="Move the gone process directories of DESTINATION into the spool of the "
+        "destination --to names; a process of that destination (running, or the next to "
+        "start, or otel-luna spool replay) delivers them.",
+    )
+    move.add_argument("destination", metavar="DESTINATION", help="as otel-luna spool list names it")
+    to(move, "the corrected destination")
+    common(move)
+    replay = actions.add_parser(
+        "replay",
+        help="deliver a destination's spool now",
+        description="Deliver what waits in the gone process directories of DESTINATION now, "
+        "to its destination (the current settings must pick it), or, with --to, move it to "
+        "that destination first.",
+    )
+    replay.add_argument("destination", metavar="DESTINATION")
+    to(replay, "move it to this destination first")
+    replay.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up delivering after this long (default 30); what is left stays",
+    )
+    common(replay)
+    discard = actions.add_parser(
+        "discard",
+        help="delete a destination's spool and the points in it",
+        description="Delete the gone process directories of DESTINATION and the points "
+        "waiting in them (counted). Without --yes, only says what would be deleted.",
+    )
+    discard.add_argument("destination", metavar="DESTINATION")
+    discard.add_argument("--yes", action="store_true", help="really delete")
+    common(discard)
 
 
 def _add_report_parser(commands: Any) -> None:
     from otel_luna.report import parse_duration
+    from otel_luna.report.common import DEFAULT_LIMITS
 
     def duration(text: str) -> int:
         try:
@@ -180,12 +254,30 @@ def _add_report_parser(commands: Any) -> None:
         help="also draw the charts in this PNG file (missing directories are created)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=DEFAULT_LIMITS.max_bytes,
+        metavar="N",
+        help="read at most N bytes of the file or of InfluxDB's answer; beyond, one line and "
+        f"exit 1 (default {DEFAULT_LIMITS.max_bytes})",
+    )
+    parser.add_argument(
+        "--max-time",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="give InfluxDB's answer at most DURATION in all (default "
+        f"{DEFAULT_LIMITS.max_seconds:.0f}s)",
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
     from otel_luna.report import ReportError, luna, watchdog
-    from otel_luna.report.common import ChartError
+    from otel_luna.report.common import DEFAULT_LIMITS, ChartError, Limits
 
+    seconds = DEFAULT_LIMITS.max_seconds if args.max_time is None else args.max_time / 1e9
+    limits = Limits(max_bytes=args.max_bytes, max_seconds=seconds)
     try:
         if args.profile == "luna":
             text = luna.run_report(
@@ -198,6 +290,7 @@ def _report(args: argparse.Namespace) -> int:
                 service=args.service,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
         else:
             if args.service is not None:
@@ -212,6 +305,7 @@ def _report(args: argparse.Namespace) -> int:
                 since_ns=args.since,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
     except ChartError as error:  # the report was made: print it, then say why there is no chart
         print(error.text, flush=True)
@@ -222,6 +316,129 @@ def _report(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(text, flush=True)
     return EXIT_OK
+
+
+def _to_settings(pairs: list[str]) -> Settings:
+    """The current settings with each ``SETTING=VALUE`` of ``pairs`` changed."""
+    changes: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError("--to", f"expected SETTING=VALUE, got {pair!r}")
+        changes[key.strip().lower().replace("-", "_")] = value
+    known = {each.name for each in fields(Settings)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise SettingsError("--to", f"no setting named {', '.join(map(repr, unknown))}")
+    return Settings.load(None, **changes)
+
+
+def _spool(args: argparse.Namespace) -> int:
+    import json
+
+    from otel_luna.delivery import destination_slug, spoolctl
+
+    prefix = f"otel-luna spool {args.action}"
+    root = Path(args.spool_dir or Settings.load().spool_dir)
+    if not root.is_dir():
+        print(f"{prefix}: the spool root {root} is not a directory", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if args.action == "list":
+            try:
+                configured: str | None = destination_slug(Settings.load())
+            except SettingsError:
+                configured = None
+            spools = spoolctl.list_spools(root, configured)
+            if args.json:
+                print(json.dumps({"spool_dir": str(root), "destinations": spools}, indent=2))
+                return EXIT_OK
+            print(f"spool {root}: {len(spools)} destinations")
+            for entry in spools:
+                mark = " (the configured destination)" if entry["configured"] else ""
+                print(
+                    f"  {entry['destination']}{mark}: {entry['pending_lines']} points / "
+                    f"{entry['pending_bytes']} bytes waiting"
+                )
+                for process in entry["processes"]:  # type: ignore[attr-defined]
+                    state = "running" if process["running"] else "gone"
+                    print(
+                        f"    {process['process']}: {state}, {process['pending_lines']} points "
+                        f"/ {process['pending_bytes']} bytes"
+                    )
+            return EXIT_OK
+        if args.action == "move":
+            if not args.to:
+                print(f"{prefix}: give the corrected destination with --to", file=sys.stderr)
+                return EXIT_USAGE
+            moved = spoolctl.move(root, args.destination, _to_settings(args.to))
+            print(
+                f"moved {len(moved.directories)} process directories ({moved.lines} points / "
+                f"{moved.bytes} bytes) from {args.destination} to {moved.target}"
+            )
+            return _busy(prefix, moved.busy)
+        if args.action == "replay":
+            name = args.destination
+            settings = _to_settings(args.to)
+            if args.to:
+                moved = spoolctl.move(root, name, settings)
+                print(
+                    f"moved {len(moved.directories)} process directories ({moved.lines} points) "
+                    f"from {name} to {moved.target}"
+                )
+                name = moved.target
+                if not (root / name).is_dir():
+                    print(f"replayed {name}: nothing waited")
+                    return _busy(prefix, moved.busy)
+            replayed = spoolctl.replay(root, name, settings, args.timeout)
+            counts = replayed.counts
+            print(
+                f"replayed {name}: "
+                + (
+                    ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+                    or "nothing waited"
+                )
+            )
+            left = counts.get("left_in_spool", 0)
+            if replayed.blocked:
+                print(f"{prefix}: the destination refused: {replayed.blocked}", file=sys.stderr)
+            status = _busy(prefix, replayed.busy)
+            return EXIT_FAILED if left or replayed.blocked else status
+        if args.action == "discard":
+            if not args.yes:
+                waiting = [
+                    e for e in spoolctl.list_spools(root) if e["destination"] == args.destination
+                ]
+                spoolctl.destination_directory(root, args.destination)
+                lines = waiting[0]["pending_lines"] if waiting else 0
+                print(
+                    f"{prefix}: would delete the gone process directories of "
+                    f"{args.destination} ({lines} points waiting); add --yes to delete them",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            discarded = spoolctl.discard(root, args.destination)
+            print(
+                f"discarded {len(discarded.directories)} process directories of "
+                f"{args.destination}: {discarded.lines} points / {discarded.bytes} bytes deleted"
+            )
+            return _busy(prefix, discarded.busy)
+    except spoolctl.SpoolCommandError as error:
+        print(f"{prefix}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    raise AssertionError(args.action)  # pragma: no cover - argparse checks it
+
+
+def _busy(prefix: str, busy: list[str]) -> int:
+    """Say which process directories were left to running processes; the exit code."""
+    if not busy:
+        return EXIT_OK
+    print(
+        f"{prefix}: left {len(busy)} process directories of running processes alone: "
+        + ", ".join(busy),
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -461,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "spool":
+            return _spool(args)
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == env_name("endpoint"):

@@ -1516,3 +1516,93 @@ def _describe_process(destination: Path, name: str, dest_fd: int) -> dict[str, o
         return _refused_entry(destination.name, name, f"cannot be read: {_why(error)}")
     finally:
         os.close(dir_fd)
+
+
+class GoneDirectory:
+    """A process directory whose process is gone, locked as :meth:`DiskSpool.adopt_orphans`
+    locks one (for ``otel-luna spool``): while it is held, no process adopts it. What waits in
+    it; moved into another destination's directory (where that destination's processes adopt
+    it) or removed, as a drained adopted directory is. Get one with :func:`claim_gone`.
+
+    It holds descriptors of its destination's directory, of itself (through its log) and of
+    its lock; every operation is relative to them, never through a link."""
+
+    def __init__(self, directory: Path, parent_fd: int, dir_fd: int, lock_fd: int) -> None:
+        counts = Counts()
+        self._log = _SegmentLog(directory, dir_fd, counts, quiet=True)  # owns dir_fd from here
+        self.directory = directory
+        self._parent_fd = parent_fd
+        self._fd: int | None = lock_fd
+        self.pending_lines = self._log.pending_lines
+        self.pending_bytes = self._log.pending_bytes
+        self.corrupt_records = counts["corrupt_records"]
+
+    def move_to(self, destination: Path) -> Path:
+        """Rename it into ``destination`` (a destination's directory, made 0700 if missing,
+        refused as a spool root would be) on the same file system, keeping its name and the
+        lock; its new path."""
+        target_fd = open_root(destination)
+        name = self.directory.name
+        try:
+            try:
+                os.stat(name, dir_fd=target_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                pass
+            else:
+                raise FileExistsError(
+                    errno.EEXIST, os.strerror(errno.EEXIST), str(destination / name)
+                )
+            os.rename(name, name, src_dir_fd=self._parent_fd, dst_dir_fd=target_fd)
+        except BaseException:
+            os.close(target_fd)
+            raise
+        os.close(self._parent_fd)
+        self._parent_fd = target_fd
+        self.directory = self._log.directory = destination / name
+        return self.directory
+
+    def discard(self) -> None:
+        """Remove it and everything the spool made in it (its points are lost); releases it."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            _remove(self._log, fd, self._parent_fd)
+            os.close(self._parent_fd)
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            self._log.release()
+            os.close(fd)
+            os.close(self._parent_fd)
+
+    def __enter__(self) -> GoneDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def claim_gone(directory: Path) -> GoneDirectory | None:
+    """``directory`` (a process directory, never reached through a link) locked if its
+    process — or a process that adopted it — is gone; None while one is alive (then it must
+    not be touched). ``OSError`` if it cannot be used (another user's, unreadable)."""
+    parent_fd = os.open(directory.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    dir_fd = lock_fd = -1
+    try:
+        dir_fd = os.open(directory.name, _DIRECTORY_FLAGS, dir_fd=parent_fd)
+        owner = os.fstat(dir_fd).st_uid
+        if owner != os.geteuid():
+            raise PermissionError(errno.EPERM, f"owned by uid {owner}", str(directory))
+        lock = _try_lock(dir_fd, create=False)
+        if lock is None:
+            os.close(dir_fd)
+            os.close(parent_fd)
+            return None
+        lock_fd = lock
+        return GoneDirectory(directory, parent_fd, dir_fd, lock_fd)
+    except BaseException:
+        for fd in (lock_fd, dir_fd, parent_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        raise
