@@ -43,9 +43,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from servehelpers import Serve
 
-from otel_luna.receiver import Receiver
+from otel_luna.receiver import Receiver, inflate
 from otel_luna.receiver import http_server as http_server_module
 from otel_luna.receiver.http_server import HttpServer, start_http
+from otel_luna.receiver.inflate import zstd
 from otel_luna.receiver.protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
 from otel_luna.receiver.serve import Server
 from otel_luna.settings import Settings
@@ -234,6 +235,15 @@ def test_check_lets_a_good_request_through(protocol: HttpProtocol, headers: dict
     assert protocol.check("POST", "/v1/metrics", headers) is None
 
 
+def _zstd_big_window() -> bytes:
+    """A zstd frame of unknown size asking for a 128 MiB window (64 KiB of zeros)."""
+    compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 27})
+    return compressor.compress(bytes(1 << 16)) + compressor.flush()
+
+
+BIG_WINDOW = _zstd_big_window()
+
+
 def _deflate_raw(data: bytes) -> bytes:
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
@@ -243,6 +253,8 @@ ENCODINGS = {
     "none": (None, lambda data: data),
     "gzip": ("gzip", gzip.compress),
     "gzip, two members": ("gzip", lambda data: gzip.compress(data[:7]) + gzip.compress(data[7:])),
+    "zstd": ("zstd", zstd.compress),
+    "zstd, two frames": ("zstd", lambda data: zstd.compress(data[:7]) + zstd.compress(data[7:])),
     "deflate (zlib)": ("deflate", zlib.compress),
     "deflate (raw)": ("deflate", _deflate_raw),
 }
@@ -284,6 +296,12 @@ def test_handle_accepts_every_encoding(
         ({**PB, "Content-Encoding": "deflate"}, b"\x78\x9c\xff\xff", 400, "bad compressed body"),
         ({**PB, "Content-Encoding": "gzip"}, gzip.compress(bytes(LIMIT + 1)), 413, "larger than"),
         ({**PB, "Content-Encoding": "deflate"}, zlib.compress(bytes(4 * LIMIT)), 413, "larger"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(bytes(1 << 30)), 413, "larger than"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(b"x" * 1000)[:-3], 400, "truncated"),
+        ({**PB, "Content-Encoding": "zstd"}, b"not zstd at all", 400, "bad compressed body"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(b"x") + b"junk", 400, "bad compressed"),
+        # a frame whose window (here 128 MiB) would be allocated before any byte is decoded
+        ({**PB, "Content-Encoding": "zstd"}, BIG_WINDOW, 400, "too much memory"),
         (PB, bytes(LIMIT + 1), 413, "larger than"),
         (JS, b"1234", 400, "not an OTLP/JSON object"),
         (JS, b"null", 400, "not an OTLP/JSON object"),
@@ -319,6 +337,70 @@ def test_handle_refuses_what_cannot_be_read(
     assert answer.headers["Content-Type"] == headers["Content-Type"]
     assert words in status_of(answer).message
     assert receiver.counts()["requests_failed"] == 0
+    assert protocol.budget.used == 0
+
+
+class CountingInflater:
+    """``zlib.decompressobj``, counting the decoders made and the input bytes handed to them."""
+
+    made = 0
+    fed = 0
+
+    def __init__(self, wbits: int) -> None:
+        CountingInflater.made += 1
+        self._inflater = real_decompressobj(wbits)
+
+    def decompress(self, data: Any, max_length: int = 0) -> bytes:
+        CountingInflater.fed += len(data)
+        return self._inflater.decompress(data, max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inflater, name)
+
+
+real_decompressobj = zlib.decompressobj
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[CountingInflater]:
+    monkeypatch.setattr(CountingInflater, "made", 0)
+    monkeypatch.setattr(CountingInflater, "fed", 0)
+    monkeypatch.setattr(zlib, "decompressobj", CountingInflater)
+    return CountingInflater
+
+
+def test_gzip_members_are_inflated_in_work_linear_in_the_body(
+    protocol: HttpProtocol,
+    receiver: Receiver,
+    sink: InMemorySink,
+    counting: type[CountingInflater],
+) -> None:
+    """A request cut into 1,000 gzip members is accepted, its members read for a few times
+    its size (each member once took a copy of the rest of the body: quadratic)."""
+    request, ids = trace_request(20)
+    plain = request.SerializeToString()
+    cut = [plain[len(plain) * i // 1000 : len(plain) * (i + 1) // 1000] for i in range(1000)]
+    body = b"".join(gzip.compress(piece) for piece in cut)
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **PB, "Content-Encoding": "gzip"}, body)
+    assert answer.status == 200, status_of(answer)
+    assert all(request_id in lines_of(receiver, sink) for request_id in ids)
+    assert counting.made == 1000
+    assert counting.fed <= 4 * len(body) + inflate.FEED * 1000, (counting.fed, len(body))
+
+
+def test_more_gzip_members_than_clients_send_are_refused_unread(
+    protocol: HttpProtocol, receiver: Receiver, counting: type[CountingInflater]
+) -> None:
+    """1 MiB of empty gzip members (52,000: once 1.6 s of CPU, 16 MiB 7 minutes): 400 after
+    the first 1,000, each read once."""
+    empty = gzip.compress(b"")
+    body = empty * ((1 << 20) // len(empty))
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **PB, "Content-Encoding": "gzip"}, body)
+    assert answer.status == 400
+    assert "more than 1000 gzip members" in status_of(answer).message
+    assert counting.made == inflate.MAX_MEMBERS
+    assert counting.fed <= inflate.FEED * inflate.MAX_MEMBERS
+    assert receiver.counts()["requests_refused_malformed"] == 1
     assert protocol.budget.used == 0
 
 
