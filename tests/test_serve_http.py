@@ -29,6 +29,7 @@ from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 from typing import Any
 
+import otlpwire
 import pytest
 import requests
 from google.protobuf import json_format
@@ -402,6 +403,97 @@ def test_more_gzip_members_than_clients_send_are_refused_unread(
     assert counting.fed <= inflate.FEED * inflate.MAX_MEMBERS
     assert receiver.counts()["requests_refused_malformed"] == 1
     assert protocol.budget.used == 0
+
+
+def _deprecated(request: ExportTraceServiceRequest, content_type: str, also: bool) -> bytes:
+    """``request`` as a sender of OTLP 0.15-0.18 writes it: its scope spans in the deprecated
+    ``ResourceSpans`` field 1000 (``deprecatedScopeSpans``), and, with ``also``, its
+    ``scope_spans`` besides holding one more span (the Collector then drops field 1000)."""
+    resource_spans = request.resource_spans[0]
+    scope_spans = resource_spans.scope_spans[0]
+    extra, _ = trace_request(1, "current")
+    current = extra.resource_spans[0].scope_spans[0] if also else None
+    if content_type == JSON:
+        document = otlp_json(request)
+        resource = document["resourceSpans"][0]
+        resource["deprecatedScopeSpans"] = resource.pop("scopeSpans")
+        if current is not None:
+            resource["scopeSpans"] = otlp_json(extra)["resourceSpans"][0]["scopeSpans"]
+        return json.dumps(document).encode()
+    body = otlpwire.field(1, resource_spans.resource.SerializeToString())
+    if current is not None:
+        body += otlpwire.field(2, current.SerializeToString())
+    body += otlpwire.field(1000, scope_spans.SerializeToString())
+    return otlpwire.field(1, body)
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
+def test_deprecated_scope_spans_are_kept_as_the_collector_keeps_them(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, content_type: str
+) -> None:
+    """OTLP 0.15-0.18 senders put scope spans in ``ResourceSpans`` field 1000
+    (``deprecatedScopeSpans``): written when there are no ``scope_spans``; dropped when there
+    are (pdata's ``MigrateTraces``)."""
+    request, ids = trace_request(3, "deprecated")
+    headers = {**AUTH, "Content-Type": content_type}
+    answer = protocol.handle(TRACES_PATH, headers, _deprecated(request, content_type, False))
+    assert answer.status == 200, status_of(answer)
+    written = lines_of(receiver, sink)
+    assert all(request_id in written for request_id in ids)
+    sink.lines.clear()
+    request, ids = trace_request(2, "dropped")
+    answer = protocol.handle(TRACES_PATH, headers, _deprecated(request, content_type, True))
+    assert answer.status == 200, status_of(answer)
+    written = lines_of(receiver, sink)
+    assert "current-0" in written
+    assert not any(request_id in written for request_id in ids)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("kind", "baz"),
+        ("kind", True),
+        ("kind", "2"),
+        ("kind", 1.5),
+        ("kind", 2**32 + 2),
+        ("kind", {"value": 2}),
+        ("status", "STATUS_CODE_BOGUS"),
+        ("status", False),
+    ],
+)
+def test_an_unknown_span_kind_or_status_name_in_json_is_a_400_as_in_the_collector(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, where: str, value: Any
+) -> None:
+    """pdata reads an enum as a number or one of its names, and refuses the request (400) for
+    anything else; protobuf's JSON parser read ``"baz"`` as unspecified and ``true`` as 1."""
+    request, _ = trace_request(2)
+    document = otlp_json(request)
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    if where == "kind":
+        span["kind"] = value
+    else:
+        span["status"] = {"code": value}
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **JS}, json.dumps(document).encode())
+    assert answer.status == 400, answer
+    message = status_of(answer).message
+    assert f"resourceSpans[0].scopeSpans[0].spans[1].{where}" in message
+    assert "SPAN_KIND_*" in message if where == "kind" else "STATUS_CODE_*" in message
+    assert receiver.counts()["requests_refused_malformed"] == 1
+    assert not lines_of(receiver, sink)
+
+
+@pytest.mark.parametrize("kind", ["SPAN_KIND_SERVER", 2, 9, -1])
+def test_span_kinds_by_name_or_number_are_read_unknown_numbers_kept(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, kind: Any
+) -> None:
+    """An enum's name or any 32-bit number (protobuf keeps unknown values: not a SERVER span)."""
+    request, ids = trace_request(1)
+    document = otlp_json(request)
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = kind
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **JS}, json.dumps(document).encode())
+    assert answer.status == 200, status_of(answer)
+    assert (ids[0] in lines_of(receiver, sink)) == (kind in ("SPAN_KIND_SERVER", 2))
 
 
 def test_the_spool_full_is_503_with_retry_after(sink: InMemorySink) -> None:
