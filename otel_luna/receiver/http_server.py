@@ -306,7 +306,8 @@ class _Connection(RequestHandler):
         self._head_done = False  # its blank line arrived
         self._head_timer: asyncio.TimerHandle | None = None
         self._after: Answer | None = None  # to send once the answer being written is out
-        self._parser = cast(Any, _Parser(self, self.front.loop))  # in place of aiohttp's
+        self.parser = _Parser(self, self.front.loop)
+        self._parser = cast(Any, self.parser)  # in place of aiohttp's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -370,7 +371,7 @@ class _Connection(RequestHandler):
         self._head = b""
 
     def request_finished(self) -> None:
-        self._parser.unanswered -= 1
+        self.parser.unanswered -= 1
         self.in_request = False
         self.payload = None
         self.idle = True
@@ -401,7 +402,7 @@ class _Connection(RequestHandler):
         """What aiohttp's parser refused: in the body of the last request parsed, its handler
         answers (the body read fails); else the answer goes out now, or after the answers of
         the requests before it. Counted and logged once, as every answer."""
-        payload = self._parser.payload
+        payload = self.parser.payload
         if payload is not None and not payload.is_eof():
             payload.set_exception(error)
             return
@@ -411,7 +412,7 @@ class _Connection(RequestHandler):
             status = 414 if line_end < 0 or line_end > self.max_line_size else 431
         headers = _content_type_of(self._head)
         answer = self.front.protocol.bad_request(headers, _why(error), status)
-        if self._parser.unanswered:
+        if self.parser.unanswered:
             self._after = answer  # behind a request not answered yet
         else:
             self._send_and_close(answer)
