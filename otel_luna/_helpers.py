@@ -26,6 +26,8 @@ from otel_luna.schema import luna as schema
 _logger = logging.getLogger("otel_luna")
 _warned: set[str] = set()
 _WARNED_LIMIT = 256
+#: How many estimators' attribute dicts :class:`_Usages` keeps ready; more are built per call.
+_ESTIMATORS_LIMIT = 256
 
 
 def misuse(message: str) -> None:
@@ -142,7 +144,8 @@ class monitor_time:
 
 
 class _Usages:
-    """The ``luna.usages`` counter and one ready attribute dict per estimator."""
+    """The ``luna.usages`` counter and one ready attribute dict per estimator (for the first
+    :data:`_ESTIMATORS_LIMIT` names: an app passing ever new names does not grow it)."""
 
     def __init__(self) -> None:
         meter = metrics.get_meter("otel_luna")
@@ -158,7 +161,9 @@ class _Usages:
                 f"([a-z][a-z0-9_]*); luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
             )
             return None
-        found = self.attributes[estimator] = {attr.ESTIMATOR: estimator}
+        found = {attr.ESTIMATOR: estimator}
+        if len(self.attributes) < _ESTIMATORS_LIMIT:
+            self.attributes[estimator] = found
         return found
 
 

@@ -8,10 +8,11 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from otel_luna.settings import SettingsError, env_name
+from otel_luna.settings import Settings, SettingsError, env_name
 
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
 #: no spool directory), 2 bad usage or setting, 130 interrupted.
@@ -120,11 +121,84 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print JSON")
     _add_report_parser(commands)
+    _add_spool_parser(commands)
     return parser
+
+
+def _add_spool_parser(commands: Any) -> None:
+    spool = commands.add_parser(
+        "spool",
+        help="list, move, replay or discard the spools of destinations (stranded points)",
+        description="The spool of a destination is <spool root>/<destination>/, named after "
+        "the settings that pick the destination (endpoint, database or bucket, retention "
+        "policy, org): points written with a misspelled database wait in a spool no corrected "
+        "configuration reads. These commands steer them. Only process directories whose "
+        "process is gone are touched (each is locked first, as a process adopting it would); "
+        "those of running processes are left and named. The spool root is --spool-dir, else "
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR (or its default).",
+    )
+    actions = spool.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--spool-dir", metavar="DIR", help="the spool root")
+
+    def to(parser: argparse.ArgumentParser, what: str) -> None:
+        parser.add_argument(
+            "--to",
+            action="append",
+            default=[],
+            metavar="SETTING=VALUE",
+            help=f"{what}: the current OTEL_EXPORTER_LUNA_* settings with this one changed "
+            "(repeatable), e.g. --to database=luna, --to endpoint=http://db:8086",
+        )
+
+    listing = actions.add_parser(
+        "list",
+        help="each destination's spool: process directories, running or gone, points waiting",
+    )
+    common(listing)
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    move = actions.add_parser(
+        "move",
+        help="re-target a destination's spool to a corrected destination",
+        description="Move the gone process directories of DESTINATION into the spool of the "
+        "destination --to names; a process of that destination (running, or the next to "
+        "start, or otel-luna spool replay) delivers them.",
+    )
+    move.add_argument("destination", metavar="DESTINATION", help="as otel-luna spool list names it")
+    to(move, "the corrected destination")
+    common(move)
+    replay = actions.add_parser(
+        "replay",
+        help="deliver a destination's spool now",
+        description="Deliver what waits in the gone process directories of DESTINATION now, "
+        "to its destination (the current settings must pick it), or, with --to, move it to "
+        "that destination first.",
+    )
+    replay.add_argument("destination", metavar="DESTINATION")
+    to(replay, "move it to this destination first")
+    replay.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="give up delivering after this long (default 30); what is left stays",
+    )
+    common(replay)
+    discard = actions.add_parser(
+        "discard",
+        help="delete a destination's spool and the points in it",
+        description="Delete the gone process directories of DESTINATION and the points "
+        "waiting in them (counted). Without --yes, only says what would be deleted.",
+    )
+    discard.add_argument("destination", metavar="DESTINATION")
+    discard.add_argument("--yes", action="store_true", help="really delete")
+    common(discard)
 
 
 def _add_report_parser(commands: Any) -> None:
     from otel_luna.report import parse_duration
+    from otel_luna.report.common import DEFAULT_LIMITS
 
     def duration(text: str) -> int:
         try:
@@ -186,12 +260,30 @@ def _add_report_parser(commands: Any) -> None:
         help="also draw the charts in this PNG file (missing directories are created)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.add_argument(
+        "--max-bytes",
+        type=_positive_int,
+        default=DEFAULT_LIMITS.max_bytes,
+        metavar="N",
+        help="read at most N bytes of the file or of InfluxDB's answer; beyond, one line and "
+        f"exit 1 (default {DEFAULT_LIMITS.max_bytes})",
+    )
+    parser.add_argument(
+        "--max-time",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="give InfluxDB's answer at most DURATION in all (default "
+        f"{DEFAULT_LIMITS.max_seconds:.0f}s)",
+    )
 
 
 def _report(args: argparse.Namespace) -> int:
     from otel_luna.report import ReportError, luna, watchdog
-    from otel_luna.report.common import ChartError
+    from otel_luna.report.common import DEFAULT_LIMITS, ChartError, Limits
 
+    seconds = DEFAULT_LIMITS.max_seconds if args.max_time is None else args.max_time / 1e9
+    limits = Limits(max_bytes=args.max_bytes, max_seconds=seconds)
     try:
         if args.profile == "luna":
             text = luna.run_report(
@@ -204,6 +296,7 @@ def _report(args: argparse.Namespace) -> int:
                 service=args.service,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
         else:
             if args.service is not None:
@@ -218,6 +311,7 @@ def _report(args: argparse.Namespace) -> int:
                 since_ns=args.since,
                 png=args.png,
                 as_json=args.json,
+                limits=limits,
             )
     except ChartError as error:  # the report was made: print it, then say why there is no chart
         print(error.text, flush=True)
@@ -230,9 +324,133 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _to_settings(pairs: list[str]) -> Settings:
+    """The current settings with each ``SETTING=VALUE`` of ``pairs`` changed."""
+    changes: dict[str, str] = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise SettingsError("--to", f"expected SETTING=VALUE, got {pair!r}")
+        changes[key.strip().lower().replace("-", "_")] = value
+    known = {each.name for each in fields(Settings)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise SettingsError("--to", f"no setting named {', '.join(map(repr, unknown))}")
+    return Settings.load(None, **changes)
+
+
+def _spool(args: argparse.Namespace) -> int:
+    import json
+
+    from otel_luna.delivery import destination_slug, spoolctl
+
+    prefix = f"otel-luna spool {args.action}"
+    root = Path(args.spool_dir or Settings.load().spool_dir)
+    if not root.is_dir():
+        print(f"{prefix}: the spool root {root} is not a directory", file=sys.stderr)
+        return EXIT_FAILED
+    try:
+        if args.action == "list":
+            try:
+                configured: str | None = destination_slug(Settings.load())
+            except SettingsError:
+                configured = None
+            spools = spoolctl.list_spools(root, configured)
+            if args.json:
+                print(json.dumps({"spool_dir": str(root), "destinations": spools}, indent=2))
+                return EXIT_OK
+            print(f"spool {root}: {len(spools)} destinations")
+            for entry in spools:
+                mark = " (the configured destination)" if entry["configured"] else ""
+                print(
+                    f"  {entry['destination']}{mark}: {entry['pending_lines']} points / "
+                    f"{entry['pending_bytes']} bytes waiting"
+                )
+                for process in entry["processes"]:  # type: ignore[attr-defined]
+                    state = "running" if process["running"] else "gone"
+                    print(
+                        f"    {process['process']}: {state}, {process['pending_lines']} points "
+                        f"/ {process['pending_bytes']} bytes"
+                    )
+            return EXIT_OK
+        if args.action == "move":
+            if not args.to:
+                print(f"{prefix}: give the corrected destination with --to", file=sys.stderr)
+                return EXIT_USAGE
+            moved = spoolctl.move(root, args.destination, _to_settings(args.to))
+            print(
+                f"moved {len(moved.directories)} process directories ({moved.lines} points / "
+                f"{moved.bytes} bytes) from {args.destination} to {moved.target}"
+            )
+            return _busy(prefix, moved.busy)
+        if args.action == "replay":
+            name = args.destination
+            settings = _to_settings(args.to)
+            if args.to:
+                moved = spoolctl.move(root, name, settings)
+                print(
+                    f"moved {len(moved.directories)} process directories ({moved.lines} points) "
+                    f"from {name} to {moved.target}"
+                )
+                name = moved.target
+                if not (root / name).is_dir():
+                    print(f"replayed {name}: nothing waited")
+                    return _busy(prefix, moved.busy)
+            replayed = spoolctl.replay(root, name, settings, args.timeout)
+            counts = replayed.counts
+            print(
+                f"replayed {name}: "
+                + (
+                    ", ".join(f"{key}={value}" for key, value in sorted(counts.items()))
+                    or "nothing waited"
+                )
+            )
+            left = counts.get("left_in_spool", 0)
+            if replayed.blocked:
+                print(f"{prefix}: the destination refused: {replayed.blocked}", file=sys.stderr)
+            status = _busy(prefix, replayed.busy)
+            return EXIT_FAILED if left or replayed.blocked else status
+        if args.action == "discard":
+            if not args.yes:
+                waiting = [
+                    e for e in spoolctl.list_spools(root) if e["destination"] == args.destination
+                ]
+                spoolctl.destination_directory(root, args.destination)
+                lines = waiting[0]["pending_lines"] if waiting else 0
+                print(
+                    f"{prefix}: would delete the gone process directories of "
+                    f"{args.destination} ({lines} points waiting); add --yes to delete them",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            discarded = spoolctl.discard(root, args.destination)
+            print(
+                f"discarded {len(discarded.directories)} process directories of "
+                f"{args.destination}: {discarded.lines} points / {discarded.bytes} bytes deleted"
+            )
+            return _busy(prefix, discarded.busy)
+    except spoolctl.SpoolCommandError as error:
+        print(f"{prefix}: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    raise AssertionError(args.action)  # pragma: no cover - argparse checks it
+
+
+def _busy(prefix: str, busy: list[str]) -> int:
+    """Say which process directories were left to running processes; the exit code."""
+    if not busy:
+        return EXIT_OK
+    print(
+        f"{prefix}: left {len(busy)} process directories of running processes alone: "
+        + ", ".join(busy),
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
+
+
 def _status(args: argparse.Namespace) -> int:
     import json
 
+    from otel_luna.delivery.spool import printable, root_problem
     from otel_luna.receiver.workers import describe_supervisors, supervisor_line
     from otel_luna.settings import Settings
 
@@ -240,7 +458,10 @@ def _status(args: argparse.Namespace) -> int:
     if not os.path.isdir(root):
         where = "" if args.spool_dir else f" ({env_name('spool_dir')} or its default)"
         problem = "is not a directory" if os.path.exists(root) else "does not exist"
-        print(f"otel-luna status: spool directory {root}{where} {problem}", file=sys.stderr)
+        print(
+            f"otel-luna status: spool directory {printable(root)}{where} {problem}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     entries = status_entries(root)
     supervisors = describe_supervisors(root)
@@ -252,45 +473,98 @@ def _status(args: argparse.Namespace) -> int:
         return EXIT_OK
     for supervisor in supervisors:
         print(supervisor_line(supervisor))
-    print(f"spool {root}: {len(entries)} process directories")
-    if not entries:
+    shown_root = printable(root)
+    processes = sum(1 for entry in entries if entry["problem"] is None)
+    print(f"spool {shown_root}: {processes} process directories")
+    unsafe = root_problem(root)
+    if unsafe:
+        print(f"  ({printable(unsafe)}: otel-luna will not write there)")
+    if not processes:
         hint = _not_a_spool_root(root)
         if hint:
-            print(f"  ({root} {hint}; give the spool root: {env_name('spool_dir')})")
+            print(f"  ({shown_root} {hint}; give the spool root: {env_name('spool_dir')})")
     for entry in entries:
-        state = "running" if entry["running"] else "gone (replayed at next start)"
-        print(
-            f"  {entry['destination']}/{entry['process']}: {state}, "
-            f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
-            + (f", {entry['corrupt_records']} damaged records" if entry["corrupt_records"] else "")
-        )
-        blocked = entry.get("blocked")
-        if isinstance(blocked, dict):
-            print(
-                f"    destination BLOCKED since {_since(blocked)}, "
-                f"points held in the spool: {blocked.get('reason')}"
-            )
-        trouble = entry.get("trouble")
-        if isinstance(trouble, dict) and not isinstance(blocked, dict):
-            print(
-                f"    writes FAILING since {_since(trouble)} ({trouble.get('kind')}), points "
-                f"held in the spool and retried: {trouble.get('reason')}"
-            )
-        fallback = entry.get("memory_fallback")
-        if isinstance(fallback, dict):
-            print(
-                f"    spool disk REFUSES writes since {_since(fallback)}: "
-                f"{fallback.get('pending_lines')} points held in memory only, lost if the "
-                f"process ends before they are delivered: {fallback.get('reason')}"
-            )
-        letters = entry.get("dead_letter")
-        if isinstance(letters, dict):
-            print(f"    dead letters: {letters.get('path')} ({letters.get('bytes')} bytes)")
-        counts = entry["counts"]
-        if isinstance(counts, dict) and counts:
-            print("    " + ", ".join(f"{key}={value}" for key, value in sorted(counts.items())))
-            print("    points by outcome: " + _by_outcome(counts))
+        first, *details = _entry_lines(entry)
+        print(f"  {first}")
+        for detail in details:
+            print(f"    {detail}")
     return EXIT_OK
+
+
+def _entry_lines(entry: dict[str, Any]) -> list[str]:
+    """One process directory as ``otel-luna status`` shows it: only what is true now (a gone
+    process is neither blocked nor holding points in memory any more), every text from disk
+    made printable."""
+    from otel_luna.delivery.spool import printable
+
+    name = printable(f"{entry['destination']}/{entry['process'] or ''}")
+    if entry["problem"] is not None:
+        return [f"{name}: refused: {printable(str(entry['problem']))}"]
+    waiting = f"{entry['pending_lines']} points / {entry['pending_bytes']} bytes waiting"
+    damaged = entry["corrupt_records"]
+    if damaged:
+        waiting += f", {damaged} damaged records"
+    refused = entry.get("refused") or {}
+    running = bool(entry["running"])
+    if running:
+        state = f"running, {waiting}"
+    elif entry["pending_lines"]:
+        state = f"gone, {waiting}: replayed by the next process of this destination"
+    elif refused:
+        state = "gone, nothing to replay (kept: it holds files the spool does not use)"
+    else:
+        state = "gone, nothing waiting (removed by the next process of this destination)"
+    if damaged and not running and not entry["pending_lines"]:
+        state += f"; {damaged} damaged records"
+    lines = [f"{name}: {state}"]
+    if refused:
+        listed = "; ".join(
+            f"{printable(key)}: {printable(str(why))}" for key, why in refused.items()
+        )
+        lines.append(f"refused, never read or followed: {listed}")
+    blocked = entry.get("blocked")
+    if isinstance(blocked, dict):
+        reason = printable(str(blocked.get("reason")))
+        if running:
+            lines.append(
+                f"destination BLOCKED since {_since(blocked)}, points held in the spool: {reason}"
+            )
+        else:
+            lines.append(f"the destination refused writes when the process stopped: {reason}")
+    trouble = entry.get("trouble")
+    if isinstance(trouble, dict) and not isinstance(blocked, dict) and running:
+        kind, reason = printable(str(trouble.get("kind"))), printable(str(trouble.get("reason")))
+        lines.append(
+            f"writes FAILING since {_since(trouble)} ({kind}), points held in the spool and "
+            f"retried: {reason}"
+        )
+    fallback = entry.get("memory_fallback")
+    if isinstance(fallback, dict):
+        reason = printable(str(fallback.get("reason")))
+        held = printable(str(fallback.get("pending_lines")))
+        if running:
+            lines.append(
+                f"spool disk REFUSES writes since {_since(fallback)}: {held} points held in "
+                f"memory only, lost if the process ends before they are delivered: {reason}"
+            )
+        else:
+            lines.append(
+                f"the spool disk refused writes when the process last wrote its stats ({held} "
+                f"points in memory only then, lost unless delivered before it stopped): {reason}"
+            )
+    letters = entry.get("dead_letter")
+    if isinstance(letters, dict):
+        path, size = printable(str(letters.get("path"))), printable(str(letters.get("bytes")))
+        lines.append(f"dead letters: {path} ({size} bytes)")
+    counts = entry["counts"]
+    if isinstance(counts, dict) and counts:
+        lines.append(
+            ", ".join(
+                f"{printable(key)}={printable(str(value))}" for key, value in sorted(counts.items())
+            )
+        )
+        lines.append("points by outcome: " + _by_outcome(counts))
+    return lines
 
 
 def _not_a_spool_root(root: str) -> str | None:
@@ -329,7 +603,8 @@ def _since(state: dict[str, Any]) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since))
     except (TypeError, ValueError, OverflowError, OSError):
         return "an unknown time"
-    return f"{when} ({time.time() - since:.0f} s)"
+    elapsed = time.time() - since
+    return f"{when} ({elapsed:.0f} s)" if elapsed >= 1 else f"{when} (just now)"
 
 
 def status_entries(root: str) -> list[dict[str, object]]:
@@ -410,6 +685,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from otel_luna.delivery.spool import SpoolRefused
     from otel_luna.demo import DemoError
 
     try:
@@ -421,11 +697,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "spool":
+            return _spool(args)
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == env_name("endpoint"):
             source = " (given with --endpoint)"
         print(f"otel-luna {args.command}: {error}{source}", file=sys.stderr)
+        return EXIT_USAGE
+    except SpoolRefused as error:  # one line naming the path and the setting
+        print(f"otel-luna {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
     except DemoError as error:
         print(f"otel-luna {args.command}: {error}", file=sys.stderr)

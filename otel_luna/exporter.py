@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
 from opentelemetry.sdk.metrics import Counter as SdkCounter
 from opentelemetry.sdk.metrics import ObservableCounter
 from opentelemetry.sdk.metrics.export import (
@@ -31,6 +32,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from otel_luna.ingest import METRICS, TRACES, Ingest
 from otel_luna.ingest.sdk import ServiceNames, span_records, usage_samples
 from otel_luna.outcomes import Reason
+from otel_luna.profiles import profile_of
 from otel_luna.settings import Settings, SettingsError, env_name, strict_requested
 from otel_luna.sinks import Sink
 
@@ -70,6 +72,41 @@ def _refuse(error: SettingsError) -> None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 stream.flush()
         _exit(EXIT_BAD_SETTING)
+
+
+#: The name of the luna exporters' entry points (``OTEL_TRACES_EXPORTER=luna``).
+_ENTRY_POINT = "luna"
+#: Whether a ``LunaMetricExporter`` was built in this process, and whether the warning of
+#: :func:`_warn_without_metrics` was logged.
+_metric_exporter_built = False
+_warned_without_metrics = False
+
+
+def _warn_without_metrics(settings: Settings) -> None:
+    """One line at start when the luna traces exporter runs without the luna metrics exporter:
+    ``usages_statistic`` comes from the ``luna.usages`` counter (``record_usages``), which only
+    the metrics exporter writes. Said when the span exporter is built from the environment
+    (``opentelemetry-instrument`` builds the traces exporters first) and ``OTEL_METRICS_EXPORTER``
+    is unset or names other exporters only — ``none`` says no metrics on purpose — unless a
+    ``LunaMetricExporter`` was built already (in code)."""
+    global _warned_without_metrics
+    if _warned_without_metrics or _metric_exporter_built or not settings.enabled:
+        return
+    if profile_of(settings).usage_mapper is None:  # a profile without usages (watchdog)
+        return
+    named = os.environ.get(OTEL_METRICS_EXPORTER, "").strip()
+    names = {name.strip() for name in named.split(",")}
+    if _ENTRY_POINT in names or named.lower() == "none":
+        return
+    _warned_without_metrics = True
+    _logger.warning(
+        "otel-luna: the luna traces exporter runs but no luna metrics exporter (%s=%s): "
+        "usages counted with record_usages are not written to usages_statistic; set %s=luna "
+        "(or none if the app counts no usages)",
+        OTEL_METRICS_EXPORTER,
+        named or "unset",
+        OTEL_METRICS_EXPORTER,
+    )
 
 
 def _seconds(timeout_millis: Any, default: float) -> float:
@@ -134,6 +171,8 @@ class LunaSpanExporter(_Attached, SpanExporter):
 
     def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
         self._attach(settings, sink)
+        if settings is None:
+            _warn_without_metrics(self.settings)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -169,6 +208,8 @@ class LunaMetricExporter(_Attached, MetricExporter):
                 ObservableCounter: AggregationTemporality.DELTA,
             }
         )
+        global _metric_exporter_built
+        _metric_exporter_built = True
         self._attach(settings, sink)
 
     def export(

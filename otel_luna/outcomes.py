@@ -82,6 +82,12 @@ class Reason(str, enum.Enum):
     UNSUPPORTED_ATTRIBUTE_TYPE = "unsupported_attribute_type", _O.VALUE_DROPPED
     ORPHAN_LUNA_ATTRIBUTES = "orphan_luna_attributes", _O.VALUE_DROPPED
     EXPIRED_LUNA_ATTRIBUTES = "expired_luna_attributes", _O.VALUE_DROPPED
+    # child data dropped before its SERVER span came, to keep waiting data within their bounds
+    EVICTED_LUNA_ATTRIBUTES = "evicted_luna_attributes", _O.VALUE_DROPPED
+    # user tags, fields or timings past the most one point takes
+    TOO_MANY_LUNA_ATTRIBUTES = "too_many_luna_attributes", _O.VALUE_DROPPED
+    # routes of per-service route budgets forgotten to keep them within their bound
+    ROUTES_FORGOTTEN = "routes_forgotten", _O.EVENT
     ATTRIBUTE_FIELD_AND_TIME = "attribute_field_and_time", _O.VALUE_DROPPED
     ATTRIBUTE_TAG_AND_FIELD = "attribute_tag_and_field", _O.VALUE_DROPPED
     ATTRIBUTE_SHADOWS_SCHEMA = "attribute_shadows_schema", _O.VALUE_DROPPED
@@ -101,6 +107,11 @@ class Reason(str, enum.Enum):
     INVALID_ESTIMATOR = "invalid_estimator", _O.REJECTED
     NONFINITE_USAGE = "nonfinite_usage", _O.REJECTED
     NEGATIVE_USAGE = "negative_usage", _O.REJECTED
+    # a cumulative luna.usages point older than its stream's last: its uses are in the later one
+    OUT_OF_ORDER_USAGE = "out_of_order_usage", _O.REJECTED
+    USAGE_BASELINE = "usage_baseline", _O.EVENT  # a stream's first cumulative point, not counted
+    USAGE_STREAM_EVICTED = "usage_stream_evicted", _O.EVENT  # past mapping/usages.STREAM_LIMIT
+    USAGE_STREAM_EXPIRED = "usage_stream_expired", _O.EVENT  # not seen for STALE_NS
 
     # -- ingest: encoding (names from lineprotocol.key_problem and the encoder) ------------
     TIME_OUT_OF_RANGE = "time_out_of_range", _O.REJECTED
@@ -149,6 +160,7 @@ class Reason(str, enum.Enum):
     SPOOL_FALLBACK_MEMORY = "spool_fallback_memory", _O.EVENT
     CORRUPT_RECORDS = "corrupt_records", _O.EVENT
     ACK_WRITE_ERRORS = "ack_write_errors", _O.EVENT
+    SPOOL_FILES_REFUSED = "spool_files_refused", _O.EVENT  # a link, FIFO, foreign name ...
     WRITER_RESTARTS = "writer_restarts", _O.EVENT
     WRITER_ERRORS = "writer_errors", _O.EVENT
     SINK_ERRORS = "sink_errors", _O.EVENT

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 from otel_luna.encoding.jsonping import PingEncoder
 from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.usages import UsageMapper
+from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
 from otel_luna.mapping.watchdog import WatchdogMapper
 from otel_luna.outcomes import Reason
 from otel_luna.point import Point
@@ -36,9 +36,12 @@ JSON = "json"
 
 
 class SpanMapper(Protocol):
-    """Spans → points, one span at a time. ``counts`` is where it counts problems."""
+    """Spans → points, one span at a time. ``counts`` is where it counts problems;
+    ``arrived_ns`` is when the spans being added arrived (monotonic ns), for state it keeps
+    between spans to expire by (the ingest sets both for each batch)."""
 
     counts: Counter[Reason]
+    arrived_ns: int
 
     def add(self, record: SpanRecord) -> list[Point]: ...
 
@@ -68,7 +71,7 @@ class Profile:
     formats: frozenset[str]
     span_mapper: Callable[[Settings], SpanMapper]
     #: None: the profile writes nothing from metrics.
-    usage_mapper: Callable[[], UsageMapper] | None
+    usage_mapper: Callable[[Settings], UsageMapper] | None
 
     def encoder(self, sink_format: str, settings: Settings) -> Encoder:
         """The encoder for a sink taking ``sink_format``; a :class:`SettingsError` naming the
@@ -97,7 +100,8 @@ LUNA = Profile(
     "the LUNA PLATFORM series (requests, errors, usages_statistic, licensing)",
     frozenset({LINE_PROTOCOL}),
     lambda settings: RequestMapper(route_limit=settings.route_limit),
-    UsageMapper,
+    # serve --workers N: a client's connection can move to a worker that never saw its streams
+    lambda settings: UsageMapper(CumulativeToDelta(first_in_full=settings.serve_workers == 1)),
 )
 WATCHDOG = Profile(
     "watchdog",

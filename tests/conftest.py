@@ -135,7 +135,15 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     Mounting needs root, as here and in CI: a mount that fails fails the test, never skips."""
     mount_point = tmp_path / "tmpfs"
     mount_point.mkdir()
-    command = ["mount", "-t", "tmpfs", "-o", f"size={FULL_DISK_BYTES}", "tmpfs", str(mount_point)]
+    command = [
+        "mount",
+        "-t",
+        "tmpfs",
+        "-o",
+        f"size={FULL_DISK_BYTES},mode=0700",
+        "tmpfs",
+        str(mount_point),
+    ]
     mounted = subprocess.run(command, capture_output=True, text=True, check=False)
     if mounted.returncode != 0:
         pytest.fail(
@@ -162,5 +170,3 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
     yield make
     for app in apps:
         app.close()
-
-

@@ -44,6 +44,7 @@ NODE_TIMEOUT = 60.0
 
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
+METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 _T = TypeVar("_T")
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")

@@ -417,3 +417,23 @@ def test_the_http_agent_honours_503_and_retry_after_of_a_full_spool(
                 ids,
             )
             print(f"over HTTP, full spool: {what_the_collector_did(ag)}")
+
+
+def test_the_http_agent_with_zstd_compression_delivers(
+    influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
+) -> None:
+    """agent-http.yaml with ``compression: zstd`` on its `otlp_http` exporter (serve answered
+    415 and the Collector dropped every span): every request id stored exactly once."""
+    spans, ids = server_spans(300, route="/zstd", service="chain-zstd")
+    with Serve(serve_env(influxdb1.url, influxdb1_database)) as replica:
+        ports = {
+            "127.0.0.1:14317": f"{HOST}:{free_port()}",
+            "127.0.0.1:14318": f"{HOST}:{free_port()}",
+            "http://127.0.0.1:4318": replica.http_url,
+        }
+        document = localize(load_config("agent-http.yaml"), ports)
+        document["exporters"]["otlp_http"]["compression"] = "zstd"
+        with Collector(document, tmp_path / "agent", name="agent") as ag:
+            python_send(grpc_endpoint(ag), spans)
+            all_stored(influxdb1, influxdb1_database, ids, ag)
+            assert "415" not in ag.log

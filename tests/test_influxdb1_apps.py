@@ -67,7 +67,7 @@ def test_flask_requests_series(influxdb1: InfluxDB1, influxdb1_database: str) ->
         {
             ("POST:/extractor", "201"): 7,
             ("POST:/extractor", "400"): 3,
-            ("POST:/handlers/<handler_id>/events", "201"): 7,
+            ("POST:/handlers/{handler_id}/events", "201"): 7,
             ("GET:/version", "200"): 4,
             ("GET:{unmatched}", "404"): 2,  # matched no route: not one series per URL
         }

@@ -773,18 +773,20 @@ def test_bad_lines_are_skipped_and_counted_string_fields_keep_their_newlines() -
     assert common.parse_line_protocol(b"", "t.lp") == ([], common.Skipped())
 
 
-def test_bytes_that_are_not_utf8_are_a_report_error_naming_the_file_and_line(
+def test_a_line_that_is_not_utf8_is_skipped_and_counted_naming_its_line_and_offset(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Not UTF-8: one line naming the file, the line and the byte offset, exit 1 (no
-    UnicodeDecodeError traceback); but a last line cut inside a character is a line cut short."""
+    """Not UTF-8: the line is skipped and counted like any unreadable line, named by its line
+    and byte offset (no UnicodeDecodeError traceback); a last line cut inside a character is a
+    line cut short."""
     file = tmp_path / "bin.lp"
     file.write_bytes(
         b"requests,service=a execution_time=1 1\nrequests,service=\xff execution_time=1 2\n"
     )
-    assert cli.main(["report", "luna", "--file", str(file)]) == cli.EXIT_FAILED
-    assert capsys.readouterr().err == (
-        f"otel-luna report: {file}: line 2 (byte offset 55) is not UTF-8 text\n"
+    assert cli.main(["report", "luna", "--file", str(file)]) == cli.EXIT_OK
+    assert (
+        "skipped 1 unreadable line (first: line 2: not UTF-8 text (byte offset 55))"
+        in capsys.readouterr().out.splitlines()
     )
     cut = b'requests,service=a execution_time=1,s="\xc3\xa9" 1\nrequests,service=a s="\xc3'
     read = common.parse_line_protocol(cut, "cut.lp")

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
@@ -18,7 +20,7 @@ from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.exporter import LunaSpanExporter
 from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import RequestMapper
-from otel_luna.testing import InMemorySink
+from otel_luna.testing import InMemorySink, in_memory_exporter
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "spans.json").read_text())
 START = 1_700_000_000_000_000_000
@@ -206,25 +208,84 @@ def test_children_merge_into_server_ancestor() -> None:
     assert mapper.pending == 0
 
 
-def test_pending_child_data_expires() -> None:
-    """Child data whose SERVER ancestor never ends is dropped after the TTL and counted."""
-    mapper = RequestMapper(pending_ttl_ns=1000, pending_limit=10)
-    for span_id in range(2, 1100):
-        mapper.add(
-            SpanRecord(
-                {"luna.tag.x": "1"},
-                False,
-                TRACE_ID,
-                span_id,
-                span_id + 10_000,
-                START + span_id * 10,
-                START + span_id * 10,
-                False,
-                "",
-            )
+#: An end time in 2100: span times are the sender's to choose.
+YEAR_2100 = 4_102_444_800 * 10**9
+
+
+def child(span_id: int, parent: int, attributes: dict[str, Any], end_ns: int = START) -> SpanRecord:
+    """An ended INTERNAL span below ``parent``."""
+    return SpanRecord(attributes, False, TRACE_ID, span_id, parent, end_ns, end_ns, False, "svc")
+
+
+def test_pending_child_data_expires_by_arrival_not_span_time() -> None:
+    """Child data whose SERVER ancestor never comes is dropped a TTL after it *arrived*
+    (counted), whatever span times it carries: an end time in 2100 does not keep it, and
+    children whose span times lie an hour apart but that arrive together do not expire."""
+    mapper = RequestMapper(pending_ttl_ns=1000)
+    mapper.arrived_ns = 10_000
+    mapper.add(child(2, 100, {"luna.tag.x": "1"}, end_ns=YEAR_2100))
+    mapper.add(child(3, 101, {"luna.tag.x": "1"}, end_ns=START))
+    mapper.add(child(4, 102, {"luna.tag.x": "1"}, end_ns=START + 3600 * 10**9))
+    assert (mapper.pending, mapper.counts["expired_luna_attributes"]) == (3, 0)
+    mapper.arrived_ns = 10_000 + 1001
+    mapper.add(child(5, 103, {"luna.tag.x": "1"}, end_ns=START))
+    assert (mapper.pending, mapper.counts["expired_luna_attributes"]) == (1, 3)
+
+
+def test_pending_child_data_is_bounded_in_entries_and_bytes() -> None:
+    """Waiting child data take at most ``pending_limit`` entries and ``pending_bytes`` bytes:
+    the oldest go first, counted; 4 MB values per request cannot pile up."""
+    mapper = RequestMapper(pending_limit=10, pending_bytes=10 * 1024 * 1024)
+    for span_id in range(2, 30):
+        mapper.add(child(span_id, span_id + 10_000, {"luna.field.image": "x" * 4_000_000}))
+        assert mapper.pending_bytes <= 10 * 1024 * 1024
+    assert mapper.pending == 2
+    assert mapper.counts["evicted_luna_attributes"] == 26
+    for span_id in range(30, 60):
+        mapper.add(child(span_id, span_id + 10_000, {"luna.tag.x": "1"}))
+    assert mapper.pending == 10
+    assert mapper.counts["evicted_luna_attributes"] == 26 + 22
+    # the newest waiting data still reach their request
+    (point,) = mapper.add(
+        SpanRecord({"http.route": "/r"}, True, TRACE_ID, 10_059, None, START, START + 1, False, "s")
+    )
+    assert dict(point.tags)["x"] == "1"
+
+
+def test_fields_merged_into_one_point_are_capped() -> None:
+    """One parent collecting 8,000 children's fields writes at most ``user_key_limit`` user
+    tags, fields and timings; the rest are counted, and a name it has keeps being updated."""
+    mapper = RequestMapper(user_key_limit=256)
+    for span_id in range(2, 8002):
+        mapper.add(child(span_id, 1, {f"luna.field.f{span_id}": "y" * 10, "luna.time.t": 0.5}))
+    server = {f"luna.field.own{n}": n for n in range(300)}
+    (point,) = mapper.add(SpanRecord(server, True, TRACE_ID, 1, None, START, START + 1, False, "s"))
+    assert len(point.fields) == 256 + 2  # + request_id and execution_time
+    assert point.fields["t"] == 0.5 * 8000
+    assert mapper.counts["too_many_luna_attributes"] == 8000 - 255 + 300
+
+
+def test_route_budgets_are_bounded_in_all() -> None:
+    """The per-service route budgets remember at most ``route_budget_limit`` routes, all
+    services together: 300 services of distinct paths keep 100, the least recently used
+    services' forgotten first (counted); a service in use keeps its budget."""
+    mapper = RequestMapper(route_limit=2, route_budget_limit=100)
+
+    def request(span_id: int, service: str, path: str) -> str:
+        attributes = {"http.request.method": "GET", "url.path": path}
+        record = SpanRecord(
+            attributes, True, TRACE_ID, span_id, None, START, START + 1, False, service
         )
-    assert mapper.pending <= 10
-    assert mapper.counts["expired_luna_attributes"] >= 1088
+        (point,) = mapper.add(record)
+        return dict(point.tags)["route"]
+
+    assert request(1, "busy", "/a") == "GET:/a"
+    assert request(2, "busy", "/b") == "GET:/b"
+    for n in range(300):
+        request(10 + n, f"service-{n}", f"/p{n}")
+        assert request(1000 + n, "busy", "/c") == "{overflow}"  # busy keeps its budget
+    assert mapper.routes_held == 100
+    assert mapper.counts["routes_forgotten"] == 300 + 2 - 100
 
 
 def test_sdk_span_through_exporter_with_nested_helpers() -> None:
@@ -309,3 +370,146 @@ def test_unhandled_exception_without_status_is_a_500() -> None:
     )
     assert lines[1].startswith("errors,error_code=0,route=POST:/detector,")
     assert ",status_code=" not in map_lines(attributes)[0]  # no error, no status: none invented
+
+
+def test_other_methods_on_one_route_keep_their_own_names() -> None:
+    """PROPFIND, LOCK and MKCOL on one route and status, each reported as _OTHER with its
+    original spelling, are three routes — not the first one's name three times (the tag-set
+    cache is keyed on http.request.method_original too)."""
+    mapper = RequestMapper()
+    routes = []
+    for span_id, original in enumerate(["PROPFIND", "LOCK", "MKCOL", "PROPFIND"], start=1):
+        attributes = {
+            "http.request.method": "_OTHER",
+            "http.request.method_original": original,
+            "http.route": "/dav/{path}",
+            "http.response.status_code": 207,
+        }
+        record = SpanRecord(attributes, True, TRACE_ID, span_id, None, START, START + 1, False, "s")
+        (point,) = mapper.add(record)
+        routes.append(dict(point.tags)["route"])
+    dav = "/dav/{path}"
+    assert routes == [f"PROPFIND:{dav}", f"LOCK:{dav}", f"MKCOL:{dav}", f"PROPFIND:{dav}"]
+
+
+#: Attribute values as senders put them, the odd ones included (types that compare equal
+#: across types, empty strings, numbers where strings belong).
+_METHODS = st.sampled_from([None, "GET", "POST", "_OTHER", "PROPFIND", "", 1, True, 1.0])
+_ORIGINALS = st.sampled_from([None, "PROPFIND", "LOCK", "GET", "POST", "get"])
+_ROUTES = st.sampled_from(
+    [None, "", "/dav/{path}", "/items/<int:item_id>", "items/<id>", 1, True, 1.0]
+)
+_STATUSES = st.sampled_from([None, 200, 207, 404, 500, "200", "404", True, 200.0, 1, 1.0, "x"])
+_PATHS = st.sampled_from([None, "/a", "/b?q=1", "/dav/x"])
+_URLS = st.sampled_from([None, "/api/v1/users", "http://h:1/p/q?x=1", "//h/r"])
+
+
+_VALUES = {
+    "http.request.method": _METHODS,
+    "http.method": _METHODS,
+    "http.request.method_original": _ORIGINALS,
+    "http.route": _ROUTES,
+    "http.response.status_code": _STATUSES,
+    "http.status_code": _STATUSES,
+    "url.path": _PATHS,
+    "http.url": _URLS,
+    "luna.tag.kind": st.sampled_from([None, "face", "body"]),
+    # not attributes: the span's error status and its service
+    "status_error": st.booleans(),
+    "service": st.sampled_from(["s1", "s2"]),
+}
+
+
+@st.composite
+def _server_spans(draw: st.DrawFn) -> list[tuple[dict[str, Any], bool, str]]:
+    """SERVER spans that differ from one another in a few attributes each: neighbours that a
+    cache keyed on too little would confuse."""
+    base = {key: draw(values) for key, values in _VALUES.items()}
+    spans = []
+    for _ in range(draw(st.integers(min_value=2, max_value=20))):
+        attributes = dict(base)
+        for key in draw(st.lists(st.sampled_from(sorted(_VALUES)), max_size=2)):
+            attributes[key] = draw(_VALUES[key])
+        status_error, service = attributes.pop("status_error"), attributes.pop("service")
+        present = {key: value for key, value in attributes.items() if value is not None}
+        spans.append((present, status_error, service))
+    return spans
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_server_spans(), st.integers(min_value=1, max_value=3))
+def test_cached_and_uncached_mapping_give_the_same_points(
+    spans: list[tuple[dict[str, Any], bool, str]], route_limit: int
+) -> None:
+    """The tag-set cache changes nothing: a mapper that remembers tag sets and one that makes
+    each anew write the same points for any sequence of SERVER spans, and count the same."""
+    cached = RequestMapper(route_limit=route_limit)
+    uncached = RequestMapper(route_limit=route_limit, tagset_cache_limit=0)
+    for span_id, (attributes, status_error, service) in enumerate(spans, start=1):
+        record = SpanRecord(
+            attributes, True, TRACE_ID, span_id, None, START, START + 1, status_error, service
+        )
+        assert cached.add(record) == uncached.add(record), attributes
+    assert cached.counts == uncached.counts
+
+
+@pytest.mark.parametrize(
+    ("url", "route"),
+    [
+        ("/api/v1/users", "GET:/api/v1/users"),  # the Collector's pdata example
+        ("/api/v1/users?page=2#top", "GET:/api/v1/users"),
+        ("http://127.0.0.1:8080/api/v1/users?page=2", "GET:/api/v1/users"),
+        ("https://example.com", "GET:/"),
+        ("//example.com/a/b", "GET:/a/b"),
+    ],
+)
+def test_path_only_http_url_is_read_as_a_path(url: str, route: str) -> None:
+    """An http.url that holds a path (no scheme, no host) gives that path as the route, not
+    ``/`` for every request."""
+    lines = map_lines({"http.method": "GET", "http.url": url, "http.status_code": 200})
+    assert lines[0].startswith(f"requests,route={route},")
+
+
+@pytest.mark.parametrize(
+    ("template", "luna"),
+    [
+        ("/items/<int:item_id>", "/items/{item_id}"),  # Flask/Werkzeug converter
+        ("/items/<item_id>", "/items/{item_id}"),
+        ("/codes/<string(length=2):code>/<path:rest>", "/codes/{code}/{rest}"),
+        ("items/<int:item_id>", "/items/{item_id}"),  # Django path()
+        ("^items/(?P<item_id>[0-9]+)/$", "/items/{item_id}/"),  # Django re_path()
+        (r"^api/v(?P<v>\d)/files/(?P<name>[^/]+)\.json\Z", "/api/v{v}/files/{name}.json"),
+        ("/files/{file_path:path}", "/files/{file_path}"),  # Starlette/FastAPI convertor
+        (r"/items/{id:\d{3}}/{name}", "/items/{id}/{name}"),  # aiohttp regex
+        ("/items/{item_id}", "/items/{item_id}"),
+        ("/", "/"),
+    ],
+)
+def test_route_templates_are_written_in_luna_form(template: str, luna: str) -> None:
+    """Every framework's route template is written in LUNA's ``{name}`` form: one service
+    ported between frameworks keeps its series."""
+    lines = map_lines({"http.method": "GET", "http.route": template, "http.status_code": 200})
+    assert lines[0].startswith(f"requests,route=GET:{luna},")
+
+
+def test_exporter_expires_waiting_child_data_by_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the exporter (and serve: both go through the ingest), waiting child data expire by
+    the monotonic time their batch arrived, not by the end time in 2100 the span says."""
+    import otel_luna.ingest
+
+    now = [10**12]
+    monkeypatch.setattr(otel_luna.ingest.time, "monotonic_ns", lambda: now[0])
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("t")
+    for _ in range(2):
+        with tracer.start_as_current_span("request", kind=SpanKind.SERVER):
+            tracer.start_span("stage", attributes={"luna.tag.kind": "face"}).end(YEAR_2100)
+    children = [span for span in memory.get_finished_spans() if span.name == "stage"]
+    exporter, _ = in_memory_exporter()
+    exporter.export(children[:1])  # its SERVER span never comes
+    now[0] += 301 * 10**9
+    exporter.export(children[1:])
+    assert exporter.counts["expired_luna_attributes"] == 1
+    exporter.shutdown()

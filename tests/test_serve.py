@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import threading
+import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -55,6 +56,8 @@ from servehelpers import (
 )
 from servers import InfluxDB1, ServerProcess, http_request, start_influxdb1
 from test_influxdb1_apps import FLASK_APP, TRAFFIC, drive, luna_env
+
+from otel_luna.receiver.inflate import zstd
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}
@@ -703,6 +706,61 @@ def test_gzip_json_and_chunked_bodies_give_the_same_points_as_protobuf(
         for i in ids
     }
     assert len(shapes) == 1, shapes  # same route, status, service and execution_time
+
+
+def test_zstd_bodies_are_stored_and_a_zstd_bomb_is_refused_like_a_gzip_bomb(
+    influxdb1: InfluxDB1, database: str
+) -> None:
+    """``Content-Encoding: zstd`` (what a Collector exporter with ``compression: zstd`` sends),
+    protobuf and JSON, one frame or two, is written like plain protobuf; a small zstd body
+    that inflates past the message limit is refused 413 as a gzip one is."""
+    batches = [server_spans(3) for _ in range(3)]
+    protobuf = [trace_request(spans).SerializeToString() for spans, _ in batches]
+    bodies = [
+        (zstd.compress(protobuf[0]), PROTOBUF),
+        (zstd.compress(protobuf[1][:9]) + zstd.compress(protobuf[1][9:]), PROTOBUF),
+        (zstd.compress(otlp_json(batches[2][0])), JSON),
+    ]
+    with Serve(serve_env(influxdb1.url, database)) as serve:
+        for body, headers in bodies:
+            answer = post(serve, "/v1/traces", body, **headers, Content_Encoding="zstd")
+            assert answer.status_code == 200, (headers, answer.content)
+        for bomb, encoding in ((zstd.compress(bytes(1 << 30)), "zstd"), (gzip_bomb(), "gzip")):
+            assert len(bomb) < 2 << 20
+            answer = post(serve, "/v1/traces", bomb, Content_Encoding=encoding)
+            assert answer.status_code == 413, (encoding, answer.content)
+            assert "serve_max_message_bytes" in status_of(answer).message
+    assert_exactly(influxdb1, database, [i for _, ids in batches for i in ids])
+
+
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros, gzip-compressed (1 MiB)."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = bytes(1 << 20)
+    return b"".join(compressor.compress(block) for _ in range(1024)) + compressor.flush()
+
+
+def test_a_body_of_many_gzip_members_is_refused_at_once_and_good_clients_are_answered(
+    influxdb1: InfluxDB1, database: str
+) -> None:
+    """16 MiB of empty gzip members (once 7 minutes of serve's CPU, each member copied the
+    rest of the body): refused 400, while good clients on both protocols are answered."""
+    members = gzip.compress(b"") * (16 * 2**20 // len(gzip.compress(b"")))
+    with Serve(serve_env(influxdb1.url, database)) as serve:
+        answers: list[requests.Response] = []
+        sender = threading.Thread(
+            target=lambda: answers.append(
+                post(serve, "/v1/traces", members, Content_Encoding="gzip")
+            )
+        )
+        sender.start()
+        ids = good_http(serve) + good_grpc(serve)
+        sender.join()
+        assert answers, "the many-members body was not answered"
+        assert answers[0].status_code == 400, answers[0].content
+        assert "more than 1000 gzip members" in status_of(answers[0]).message
+        ids += good_http(serve)
+    assert_exactly(influxdb1, database, ids)
 
 
 def test_logs_are_not_handled(influxdb1: InfluxDB1, database: str) -> None:

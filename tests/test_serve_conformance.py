@@ -44,6 +44,8 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from servehelpers import LOGS_EXPORT, RPC_TIMEOUT, TRACE_EXPORT, Serve, wait_until
 
+from otel_luna.receiver.inflate import zstd
+
 CASES = Path(__file__).parent / "otlp_cases"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -418,6 +420,9 @@ EXAMPLES = [
     pytest.param("example_trace", TRACES, "example_trace", None, id="proto-example-trace"),
     # The Collector's TestJsonHttp body: snake_case names, an enum name, int64 as numbers.
     pytest.param("collector_trace", TRACES, "collector_trace", None, id="collector-json"),
+    # What peers send that once went wrong: PROPFIND/LOCK/MKCOL as _OTHER with the original on
+    # one route, a path-only http.url, Flask's and Django's route templates.
+    pytest.param("peer_trace", TRACES, "peer_trace", None, id="peer-vectors"),
 ]
 
 ENCODINGS = [
@@ -426,6 +431,8 @@ ENCODINGS = [
     pytest.param(JSON, "gzip", id="json-gzip"),
     pytest.param(PROTOBUF, "gzip", id="protobuf-gzip"),
     pytest.param(PROTOBUF, "deflate", id="protobuf-deflate"),
+    pytest.param(JSON, "zstd", id="json-zstd"),
+    pytest.param(PROTOBUF, "zstd", id="protobuf-zstd"),
 ]
 
 
@@ -434,6 +441,8 @@ def compress(body: bytes, encoding: str) -> bytes:
         return gzip.compress(body)
     if encoding == "deflate":
         return zlib.compress(body)
+    if encoding == "zstd":
+        return zstd.compress(body)
     return body
 
 
@@ -528,8 +537,7 @@ def test_logs_are_an_unsupported_signal(points: Points, content_type: str) -> No
         pytest.param("POST", TRACES, "text/plain", {}, 415, 3, id="type-text"),
         pytest.param("POST", TRACES, "application/grpc", {}, 415, 3, id="type-grpc"),
         pytest.param("POST", TRACES, "application/protobuf", {}, 415, 3, id="type-protobuf"),
-        # Only none and gzip are required; serve also reads deflate, not these.
-        pytest.param("POST", TRACES, JSON, {"Content_Encoding": "zstd"}, 415, 3, id="zstd"),
+        # Only none and gzip are required; serve also reads deflate and zstd, not these.
         pytest.param("POST", TRACES, PROTOBUF, {"Content_Encoding": "br"}, 415, 3, id="br"),
         pytest.param(
             "POST", METRICS, PROTOBUF, {"Content_Encoding": "snappy"}, 415, 3, id="snappy"
@@ -609,6 +617,16 @@ GOOD_GZIP = gzip.compress(json.dumps(document("trace")).encode())
         ),
         pytest.param(
             TRACES, PROTOBUF, b"\x00\x01\x02", {"Content_Encoding": "deflate"}, id="not-deflate"
+        ),
+        pytest.param(
+            TRACES, PROTOBUF, b"\x00\x01\x02", {"Content_Encoding": "zstd"}, id="not-zstd"
+        ),
+        pytest.param(
+            TRACES,
+            JSON,
+            zstd.compress(json.dumps(document("trace")).encode())[:-9],
+            {"Content_Encoding": "zstd"},
+            id="zstd-truncated",
         ),
     ],
 )
@@ -811,6 +829,7 @@ def _chunks(total: int) -> Iterator[bytes]:
         pytest.param(
             zlib.compress(b"\0" * (CAP * 4)), {"Content_Encoding": "deflate"}, id="deflate"
         ),
+        pytest.param(zstd.compress(b"\0" * (CAP * 4)), {"Content_Encoding": "zstd"}, id="zstd"),
         pytest.param("chunked", {}, id="chunked"),
     ],
 )

@@ -29,6 +29,7 @@ from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 from typing import Any
 
+import otlpwire
 import pytest
 import requests
 from google.protobuf import json_format
@@ -43,9 +44,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from servehelpers import Serve
 
-from otel_luna.receiver import Receiver
+from otel_luna.receiver import Receiver, inflate
 from otel_luna.receiver import http_server as http_server_module
 from otel_luna.receiver.http_server import HttpServer, start_http
+from otel_luna.receiver.inflate import zstd
 from otel_luna.receiver.protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
 from otel_luna.receiver.serve import Server
 from otel_luna.settings import Settings
@@ -234,6 +236,15 @@ def test_check_lets_a_good_request_through(protocol: HttpProtocol, headers: dict
     assert protocol.check("POST", "/v1/metrics", headers) is None
 
 
+def _zstd_big_window() -> bytes:
+    """A zstd frame of unknown size asking for a 128 MiB window (64 KiB of zeros)."""
+    compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 27})
+    return compressor.compress(bytes(1 << 16)) + compressor.flush()
+
+
+BIG_WINDOW = _zstd_big_window()
+
+
 def _deflate_raw(data: bytes) -> bytes:
     compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
     return compressor.compress(data) + compressor.flush()
@@ -243,6 +254,8 @@ ENCODINGS = {
     "none": (None, lambda data: data),
     "gzip": ("gzip", gzip.compress),
     "gzip, two members": ("gzip", lambda data: gzip.compress(data[:7]) + gzip.compress(data[7:])),
+    "zstd": ("zstd", zstd.compress),
+    "zstd, two frames": ("zstd", lambda data: zstd.compress(data[:7]) + zstd.compress(data[7:])),
     "deflate (zlib)": ("deflate", zlib.compress),
     "deflate (raw)": ("deflate", _deflate_raw),
 }
@@ -284,6 +297,12 @@ def test_handle_accepts_every_encoding(
         ({**PB, "Content-Encoding": "deflate"}, b"\x78\x9c\xff\xff", 400, "bad compressed body"),
         ({**PB, "Content-Encoding": "gzip"}, gzip.compress(bytes(LIMIT + 1)), 413, "larger than"),
         ({**PB, "Content-Encoding": "deflate"}, zlib.compress(bytes(4 * LIMIT)), 413, "larger"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(bytes(1 << 30)), 413, "larger than"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(b"x" * 1000)[:-3], 400, "truncated"),
+        ({**PB, "Content-Encoding": "zstd"}, b"not zstd at all", 400, "bad compressed body"),
+        ({**PB, "Content-Encoding": "zstd"}, zstd.compress(b"x") + b"junk", 400, "bad compressed"),
+        # a frame whose window (here 128 MiB) would be allocated before any byte is decoded
+        ({**PB, "Content-Encoding": "zstd"}, BIG_WINDOW, 400, "too much memory"),
         (PB, bytes(LIMIT + 1), 413, "larger than"),
         (JS, b"1234", 400, "not an OTLP/JSON object"),
         (JS, b"null", 400, "not an OTLP/JSON object"),
@@ -320,6 +339,161 @@ def test_handle_refuses_what_cannot_be_read(
     assert words in status_of(answer).message
     assert receiver.counts()["requests_failed"] == 0
     assert protocol.budget.used == 0
+
+
+class CountingInflater:
+    """``zlib.decompressobj``, counting the decoders made and the input bytes handed to them."""
+
+    made = 0
+    fed = 0
+
+    def __init__(self, wbits: int) -> None:
+        CountingInflater.made += 1
+        self._inflater = real_decompressobj(wbits)
+
+    def decompress(self, data: Any, max_length: int = 0) -> bytes:
+        CountingInflater.fed += len(data)
+        return self._inflater.decompress(data, max_length)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inflater, name)
+
+
+real_decompressobj = zlib.decompressobj
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[CountingInflater]:
+    monkeypatch.setattr(CountingInflater, "made", 0)
+    monkeypatch.setattr(CountingInflater, "fed", 0)
+    monkeypatch.setattr(zlib, "decompressobj", CountingInflater)
+    return CountingInflater
+
+
+def test_gzip_members_are_inflated_in_work_linear_in_the_body(
+    protocol: HttpProtocol,
+    receiver: Receiver,
+    sink: InMemorySink,
+    counting: type[CountingInflater],
+) -> None:
+    """A request cut into 1,000 gzip members is accepted, its members read for a few times
+    its size (each member once took a copy of the rest of the body: quadratic)."""
+    request, ids = trace_request(20)
+    plain = request.SerializeToString()
+    cut = [plain[len(plain) * i // 1000 : len(plain) * (i + 1) // 1000] for i in range(1000)]
+    body = b"".join(gzip.compress(piece) for piece in cut)
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **PB, "Content-Encoding": "gzip"}, body)
+    assert answer.status == 200, status_of(answer)
+    assert all(request_id in lines_of(receiver, sink) for request_id in ids)
+    assert counting.made == 1000
+    assert counting.fed <= 4 * len(body) + inflate.FEED * 1000, (counting.fed, len(body))
+
+
+def test_more_gzip_members_than_clients_send_are_refused_unread(
+    protocol: HttpProtocol, receiver: Receiver, counting: type[CountingInflater]
+) -> None:
+    """1 MiB of empty gzip members (52,000: once 1.6 s of CPU, 16 MiB 7 minutes): 400 after
+    the first 1,000, each read once."""
+    empty = gzip.compress(b"")
+    body = empty * ((1 << 20) // len(empty))
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **PB, "Content-Encoding": "gzip"}, body)
+    assert answer.status == 400
+    assert "more than 1000 gzip members" in status_of(answer).message
+    assert counting.made == inflate.MAX_MEMBERS
+    assert counting.fed <= inflate.FEED * inflate.MAX_MEMBERS
+    assert receiver.counts()["requests_refused_malformed"] == 1
+    assert protocol.budget.used == 0
+
+
+def _deprecated(request: ExportTraceServiceRequest, content_type: str, also: bool) -> bytes:
+    """``request`` as a sender of OTLP 0.15-0.18 writes it: its scope spans in the deprecated
+    ``ResourceSpans`` field 1000 (``deprecatedScopeSpans``), and, with ``also``, its
+    ``scope_spans`` besides holding one more span (the Collector then drops field 1000)."""
+    resource_spans = request.resource_spans[0]
+    scope_spans = resource_spans.scope_spans[0]
+    extra, _ = trace_request(1, "current")
+    current = extra.resource_spans[0].scope_spans[0] if also else None
+    if content_type == JSON:
+        document = otlp_json(request)
+        resource = document["resourceSpans"][0]
+        resource["deprecatedScopeSpans"] = resource.pop("scopeSpans")
+        if current is not None:
+            resource["scopeSpans"] = otlp_json(extra)["resourceSpans"][0]["scopeSpans"]
+        return json.dumps(document).encode()
+    body = otlpwire.field(1, resource_spans.resource.SerializeToString())
+    if current is not None:
+        body += otlpwire.field(2, current.SerializeToString())
+    body += otlpwire.field(1000, scope_spans.SerializeToString())
+    return otlpwire.field(1, body)
+
+
+@pytest.mark.parametrize("content_type", [PROTOBUF, JSON])
+def test_deprecated_scope_spans_are_kept_as_the_collector_keeps_them(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, content_type: str
+) -> None:
+    """OTLP 0.15-0.18 senders put scope spans in ``ResourceSpans`` field 1000
+    (``deprecatedScopeSpans``): written when there are no ``scope_spans``; dropped when there
+    are (pdata's ``MigrateTraces``)."""
+    request, ids = trace_request(3, "deprecated")
+    headers = {**AUTH, "Content-Type": content_type}
+    answer = protocol.handle(TRACES_PATH, headers, _deprecated(request, content_type, False))
+    assert answer.status == 200, status_of(answer)
+    written = lines_of(receiver, sink)
+    assert all(request_id in written for request_id in ids)
+    sink.lines.clear()
+    request, ids = trace_request(2, "dropped")
+    answer = protocol.handle(TRACES_PATH, headers, _deprecated(request, content_type, True))
+    assert answer.status == 200, status_of(answer)
+    written = lines_of(receiver, sink)
+    assert "current-0" in written
+    assert not any(request_id in written for request_id in ids)
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [
+        ("kind", "baz"),
+        ("kind", True),
+        ("kind", "2"),
+        ("kind", 1.5),
+        ("kind", 2**32 + 2),
+        ("kind", {"value": 2}),
+        ("status", "STATUS_CODE_BOGUS"),
+        ("status", False),
+    ],
+)
+def test_an_unknown_span_kind_or_status_name_in_json_is_a_400_as_in_the_collector(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, where: str, value: Any
+) -> None:
+    """pdata reads an enum as a number or one of its names, and refuses the request (400) for
+    anything else; protobuf's JSON parser read ``"baz"`` as unspecified and ``true`` as 1."""
+    request, _ = trace_request(2)
+    document = otlp_json(request)
+    span = document["resourceSpans"][0]["scopeSpans"][0]["spans"][1]
+    if where == "kind":
+        span["kind"] = value
+    else:
+        span["status"] = {"code": value}
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **JS}, json.dumps(document).encode())
+    assert answer.status == 400, answer
+    message = status_of(answer).message
+    assert f"resourceSpans[0].scopeSpans[0].spans[1].{where}" in message
+    assert "SPAN_KIND_*" in message if where == "kind" else "STATUS_CODE_*" in message
+    assert receiver.counts()["requests_refused_malformed"] == 1
+    assert not lines_of(receiver, sink)
+
+
+@pytest.mark.parametrize("kind", ["SPAN_KIND_SERVER", 2, 9, -1])
+def test_span_kinds_by_name_or_number_are_read_unknown_numbers_kept(
+    protocol: HttpProtocol, receiver: Receiver, sink: InMemorySink, kind: Any
+) -> None:
+    """An enum's name or any 32-bit number (protobuf keeps unknown values: not a SERVER span)."""
+    request, ids = trace_request(1)
+    document = otlp_json(request)
+    document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"] = kind
+    answer = protocol.handle(TRACES_PATH, {**AUTH, **JS}, json.dumps(document).encode())
+    assert answer.status == 200, status_of(answer)
+    assert (ids[0] in lines_of(receiver, sink)) == (kind in ("SPAN_KIND_SERVER", 2))
 
 
 def test_the_spool_full_is_503_with_retry_after(sink: InMemorySink) -> None:

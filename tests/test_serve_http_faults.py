@@ -360,6 +360,39 @@ def test_a_pipelined_request_the_parser_refuses_is_answered_after_the_good_one(
     assert b"Connection: close\r\n" in second
 
 
+@pytest.mark.parametrize(
+    "junk",
+    [
+        b"\x16\x03\x01 not a request\r\n\r\n",
+        head(Content_Type=JSON, Content_Length="x1"),
+        head() + b"5\r\nhello",  # neither Content-Length nor chunked: framed as no body
+    ],
+    ids=["unparsable bytes", "a bad Content-Length", "a second request and stray bytes"],
+)
+def test_a_good_request_and_junk_in_one_read_get_the_200_then_the_400(
+    running: Running, junk: bytes
+) -> None:
+    """A good request with unparsable bytes behind it in the same segment: the good one is
+    answered 200 and stored (the parser's error for the junk used to replace it: the client
+    got the 400, the spans were neither stored nor counted), then the junk its 400, closed."""
+    body, ids = good_body(2)
+    good = head(Content_Type=PROTOBUF, Content_Length=str(len(body))) + body
+    with closing(running.connect()) as sock:
+        sock.sendall(good + junk)  # one segment on the loopback: one read
+        sock.settimeout(ANSWER_TIMEOUT)
+        data = b""
+        while chunk := sock.recv(65536):  # the answers, then the server's FIN
+            data += chunk
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert answers[0].startswith(b"200 OK\r\n"), data
+    assert answers[-1].startswith(b"400 Bad Request\r\n"), data
+    assert b"Connection: close\r\n" in answers[-1]
+    assert running.receiver.ingest.force_flush(10)
+    written = "\n".join(running.sink.lines)
+    assert all(request_id in written for request_id in ids)
+    assert running.receiver.counts()["requests_refused_malformed"] == 1
+
+
 def assert_one_line_no_traceback(caplog: pytest.LogCaptureFixture, reason: str) -> None:
     """One log line for the kind (the second within the interval is counted, not logged), and
     no record anywhere with a traceback."""

@@ -33,14 +33,16 @@ MESSAGE = (
 )
 
 
-def run_instrumented(tmp_path: Path, **settings: str) -> subprocess.CompletedProcess[str]:
-    """The app under opentelemetry-instrument with luna (and console) traces, luna metrics and
-    the OTEL_EXPORTER_LUNA_* ``settings``."""
+def run_instrumented(
+    tmp_path: Path, *, metrics_exporter: str = "luna", **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """The app under opentelemetry-instrument with luna (and console) traces, the
+    ``metrics_exporter`` (luna) and the OTEL_EXPORTER_LUNA_* ``settings``."""
     (tmp_path / "app.py").write_text(APP)
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
     env.update(
         OTEL_TRACES_EXPORTER="luna,console",
-        OTEL_METRICS_EXPORTER="luna",
+        OTEL_METRICS_EXPORTER=metrics_exporter,
         OTEL_LOGS_EXPORTER="none",
         OTEL_EXPORTER_LUNA_SPOOL_DIR=str(tmp_path / "spool"),
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),

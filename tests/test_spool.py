@@ -561,7 +561,7 @@ def test_stats_are_rewritten_in_place_when_no_new_file_can_be_written(
     spool = DiskSpool(tmp_path / "spool" / "dest", max_bytes=10**8)
     assert describe(tmp_path / "spool")[0]["counts"] == {}  # the file and its room exist
 
-    def replace(*args: Any) -> None:
+    def replace(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     disk.replace = replace  # type: ignore[attr-defined] # the atomic rename fails

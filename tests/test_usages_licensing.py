@@ -8,6 +8,7 @@ import math
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from otel_luna.encoding.lineprotocol import LineProtocolEncoder
 from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.requests import RequestMapper
 from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
+from otel_luna.outcomes import Reason
 
 SCRIPT = Path(__file__).parent / "apps" / "usage_script.py"
 VENV_BIN = Path(sys.executable).parent
@@ -27,18 +29,25 @@ T0 = 1_700_000_000_000_000_000
 
 
 def test_cumulative_to_delta_with_restart_and_reset() -> None:
-    """Deltas per stream: steady growth, a reset (lower value), a restart (new start time)."""
-    converter = CumulativeToDelta(created_ns=T0)
-    stream = ("svc", "face_detector")
-    assert converter.delta(stream, T0 + 1, 5) == 5  # started after us: counts in full
-    assert converter.delta(stream, T0 + 1, 12) == 7
-    assert converter.delta(stream, T0 + 1, 12) == 0
-    assert converter.delta(stream, T0 + 1, 3) == 3  # reset: counts from zero again
-    assert converter.delta(stream, T0 + 9, 4) == 4  # restart: new start time
-    assert converter.delta(stream, T0 + 9, 10) == 6
-    other = ("svc", "body_detector")
-    assert converter.delta(other, T0 - 100, 50) == 0  # older than us: baseline only
-    assert converter.delta(other, T0 - 100, 53) == 3
+    """Deltas per stream: steady growth, a reset (lower value), a restart (new start time),
+    a late point (ignored, counted)."""
+    converter = CumulativeToDelta(created_ns=T0, clock=lambda: T0)
+    counts: Counter[Reason] = Counter()
+    stream = ("svc", "face_detector", 0)
+    assert converter.delta(stream, T0 + 1, T0 + 10, 5, counts) == 5  # started after us: in full
+    assert converter.delta(stream, T0 + 1, T0 + 20, 12, counts) == 7
+    assert converter.delta(stream, T0 + 1, T0 + 20, 12, counts) == 0  # the same point again
+    assert converter.delta(stream, T0 + 1, T0 + 30, 3, counts) == 3  # reset: from zero again
+    assert converter.delta(stream, T0 + 1, T0 + 25, 1, counts) == 0  # older than the last
+    assert converter.delta(stream, T0 + 9, T0 + 40, 4, counts) == 4  # restart: new start time
+    assert converter.delta(stream, T0 + 9, T0 + 50, 10, counts) == 6
+    other = ("svc", "body_detector", 0)
+    assert converter.delta(other, T0 - 100, T0 + 10, 50, counts) == 0  # older than us: baseline
+    assert converter.delta(other, T0 - 100, T0 + 20, 53, counts) == 3
+    unknown = ("svc", "mask_estimator", 0)
+    assert converter.delta(unknown, 0, T0 + 10, 7, counts) == 0  # unknown start: baseline
+    assert converter.delta(unknown, T0 + 30, T0 + 30, 7, counts) == 0  # start = time: unknown
+    assert counts == {"out_of_order_usage": 1, "usage_baseline": 3}
 
 
 def test_usage_points_per_service_and_interval() -> None:

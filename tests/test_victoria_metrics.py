@@ -46,7 +46,7 @@ def test_flask_app_through_the_v2_api(victoria_metrics: VictoriaMetrics) -> None
     stages = victoria_metrics.wait_for(
         f'{{__name__="requests_download_images_time",service="{service}"}}', 7
     )
-    assert {one["metric"]["route"] for one in stages} == {"POST:/handlers/<handler_id>/events"}
+    assert {one["metric"]["route"] for one in stages} == {"POST:/handlers/{handler_id}/events"}
     errors = victoria_metrics.wait_for(f'{{__name__="errors_request_id",service="{service}"}}', 5)
     codes = Counter(one["metric"]["error_code"] for one in errors for _ in one["values"])
     assert codes == Counter({"12031": 3, "0": 2})

@@ -1,7 +1,7 @@
 """The dead-letter file: lines the destination rejected for good, with the server's reason.
 
-One JSON object per line (time, HTTP status, redacted reason, the line). Mode 0600, never
-written through a link, bounded and rotated (see :class:`DeadLetters`).
+One JSON object per line (time, HTTP status, redacted reason, the line). Mode 0600 (missing
+directories 0700), never written through a link, bounded and rotated (see :class:`DeadLetters`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from otel_luna.delivery.spool import write_all
+from otel_luna.delivery.spool import make_directories, write_all
 from otel_luna.delivery.throttle import SUMMARY_INTERVAL, Throttle
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.redact import redact
@@ -76,7 +76,7 @@ class DeadLetters:
             with self._lock:
                 directory = os.path.dirname(self.path)
                 if directory:
-                    os.makedirs(directory, exist_ok=True)
+                    make_directories(directory)  # 0700 whatever the umask
                 size = _size(self.path)
                 if size and size + len(data) > self.max_bytes:
                     self._rotate()

@@ -9,19 +9,39 @@ floats and booleans. Tags are returned sorted; a line without a timestamp gets `
 
 from __future__ import annotations
 
+import re
+
 from otel_luna.point import FieldValue, Point
+
+#: Longest line :class:`LineReader` holds, in bytes: a longer one is skipped (counted) without
+#: being kept whole. InfluxDB refuses a body over 25 MB by default; otel-luna's lines are far
+#: shorter (string fields are cut at 64 KiB).
+MAX_LINE_BYTES = 4 * 1024 * 1024
+#: Bytes per piece :func:`read_bytes` feeds its reader.
+_PIECE = 1024 * 1024
+_INTEGER = re.compile(r"-?[0-9]+\Z")
+#: What decoding with ``surrogateescape`` makes of bytes that are not UTF-8.
+_SURROGATE = re.compile("[\udc80-\udcff]")
+_UNTERMINATED = "unterminated string field"
 
 
 class LineProtocolSyntaxError(ValueError):
     """Text that is not line protocol; ``position`` is the offending character's index in the
-    text parsed, ``line`` the number (from 1) of its line there."""
+    text parsed, ``line`` the number (from 1) of its line there, ``reason`` the message without
+    the quoted line (``bad timestamp at character 144``)."""
 
     def __init__(self, message: str, text: str, position: int) -> None:
         line_start = text.rfind("\n", 0, position) + 1
         snippet = text[line_start : line_start + 200].partition("\n")[0]
-        super().__init__(f"{message} at character {position - line_start}: {snippet!r}")
+        self.reason = f"{message} at character {position - line_start}"
+        super().__init__(f"{self.reason}: {snippet!r}")
         self.position = position
-        self.line = text.count("\n", 0, position) + 1
+        self._text = text
+
+    @property
+    def line(self) -> int:
+        # Counted when asked: a reader skipping many lines of a long text asks elsewhere.
+        return self._text.count("\n", 0, self.position) + 1
 
 
 _MEASUREMENT_END = frozenset(", \n")
@@ -63,14 +83,14 @@ def _string_value(text: str, start: int) -> tuple[str, int]:
     """
     value, end = _token(text, start + 1, _QUOTE, _STRING_ESCAPABLE)
     if end >= len(text):
-        raise LineProtocolSyntaxError("unterminated string field", text, start)
+        raise LineProtocolSyntaxError(_UNTERMINATED, text, start)
     return value, end + 1
 
 
 def _scalar_value(token: str, text: str, position: int) -> FieldValue:
     if not token:
         raise LineProtocolSyntaxError("missing field value", text, position)
-    if token[-1] in "iu" and token[:-1].lstrip("-").isdigit():
+    if token[-1] in "iu" and _INTEGER.match(token, 0, len(token) - 1):
         return int(token[:-1])
     if token in _TRUE:
         return True
@@ -121,7 +141,7 @@ def _parse_point(text: str, start: int) -> tuple[Point, int]:
         end = text.find("\n", stamp_start)
         end = n if end < 0 else end
         stamp = text[stamp_start:end].strip()
-        if not stamp.lstrip("-").isdigit():
+        if not _INTEGER.match(stamp):
             raise LineProtocolSyntaxError("bad timestamp", text, stamp_start)
         time_ns = int(stamp)
         i = end
@@ -154,3 +174,131 @@ def parse_lines(text: str) -> list[Point]:
         point, i = _parse_point(text, i)
         points.append(point)
     return points
+
+
+class LineReader:
+    """Line protocol read from bytes given piece by piece (a file, a stream): every line is
+    parsed or skipped, never an exception. Pure: bytes in, points out.
+
+    A line ends at the newline after its timestamp: a string field may hold newlines, so a line
+    whose string is not closed yet waits for the next piece (at :meth:`finish`, it is skipped
+    with all that follows it: a file cut short inside a string). A line that is not line
+    protocol is skipped up to the first newline after the point where it went wrong; one that
+    is not UTF-8, or longer than ``max_line_bytes``, is skipped too. ``skipped`` counts them and
+    ``first_problem`` says where the first one is and why (``line 364: bad timestamp at
+    character 144``). What is read does not depend on where the pieces are cut, and at most
+    about ``max_line_bytes`` plus one piece is held at any time, whatever is fed.
+    """
+
+    def __init__(self, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self.skipped = 0
+        self.first_problem = ""
+        self._pending = b""  # from the start of a line that may not be complete yet
+        self._line = 1  # number (in the whole input) of the line _pending starts
+        self._offset = 0  # byte offset (in the whole input) where _pending starts
+        self._discarding = False  # skipping the rest of a line that was too long
+
+    def feed(self, data: bytes) -> list[Point]:
+        """The points of the lines ``data`` completes."""
+        if self._discarding:
+            end = data.find(b"\n")
+            if end < 0:
+                self._offset += len(data)
+                return []
+            self._discarding = False
+            self._line += 1
+            self._offset += end + 1
+            data = data[end + 1 :]
+        pending = self._pending + data
+        last = pending.rfind(b"\n")
+        points: list[Point] = []
+        if last >= 0:
+            pending = pending[self._read(pending[: last + 1], points, final=False) :]
+        self._pending = pending
+        if len(pending) > self.max_line_bytes:
+            self._skip(self._line, f"longer than {self.max_line_bytes} bytes")
+            self._line += pending.count(b"\n")
+            self._offset += len(pending)
+            self._pending = b""
+            self._discarding = not pending.endswith(b"\n")
+        return points
+
+    def finish(self) -> list[Point]:
+        """The points of what is left: the last line, which may lack its newline."""
+        points: list[Point] = []
+        pending, self._pending = self._pending, b""
+        if pending and not self._discarding:
+            self._read(pending, points, final=True)
+        self._discarding = False
+        return points
+
+    def _read(self, region: bytes, points: list[Point], *, final: bool) -> int:
+        """Parse or skip the lines of ``region`` (whole lines, but for the last one if
+        ``final``); the bytes consumed: all but a last line whose string is not closed."""
+        try:
+            text = region.decode("utf-8")
+            dirty = False
+        except UnicodeDecodeError:
+            text = region.decode("utf-8", "surrogateescape")
+            dirty = True
+        i, n, line = 0, len(text), self._line
+        while i < n:
+            end = text.find("\n", i)
+            end = n if end < 0 else end
+            head = text[i:end].strip()
+            if not head or head.startswith("#"):
+                i = end + 1
+                line += 1
+                continue
+            problem = None
+            try:
+                point, after = _parse_point(text, i)
+            except LineProtocolSyntaxError as error:
+                if error.reason.startswith(_UNTERMINATED):
+                    if not final:
+                        break  # the string may close in the next piece
+                    after = n
+                else:
+                    stop = text.find("\n", error.position)
+                    after = n if stop < 0 else stop + 1
+                problem = (line + text.count("\n", i, error.position), error.reason)
+            if dirty and _SURROGATE.search(text, i, after):
+                problem = self._not_utf8(text, i, after, line, final and after == n)
+            if problem is None:
+                points.append(point)
+            else:
+                self._skip(*problem)
+            line += text.count("\n", i, after)
+            i = after
+        consumed = len(region) if i >= n else len(text[:i].encode("utf-8", "surrogateescape"))
+        self._line = line
+        self._offset += consumed
+        return consumed
+
+    def _not_utf8(self, text: str, start: int, end: int, line: int, last: bool) -> tuple[int, str]:
+        data = text[start:end].encode("utf-8", "surrogateescape")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            number = line + data.count(b"\n", 0, error.start)
+            if last and error.reason == "unexpected end of data":
+                return number, "cut short inside a UTF-8 character"
+            before = len(text[:start].encode("utf-8", "surrogateescape"))
+            return number, f"not UTF-8 text (byte offset {self._offset + before + error.start})"
+        return line, "not UTF-8 text"  # pragma: no cover - a surrogate came from bad bytes
+
+    def _skip(self, line: int, reason: str) -> None:
+        self.skipped += 1
+        if not self.first_problem:
+            self.first_problem = f"line {line}: {reason}"
+
+
+def read_bytes(data: bytes, max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list[Point], LineReader]:
+    """The points of line-protocol ``data``, and the reader that says what it skipped."""
+    reader = LineReader(max_line_bytes)
+    points: list[Point] = []
+    for start in range(0, len(data), _PIECE):
+        points += reader.feed(data[start : start + _PIECE])
+    points += reader.finish()
+    return points, reader

@@ -77,7 +77,7 @@ class Ingest:
         self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
         profile = profile_of(settings)
         self._spans = profile.span_mapper(settings)
-        self._usages = None if profile.usage_mapper is None else profile.usage_mapper()
+        self._usages = None if profile.usage_mapper is None else profile.usage_mapper(settings)
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False
@@ -115,6 +115,7 @@ class Ingest:
         with self._lock:
             mapper, encoder = self._spans, self._encoder
             mapper.counts = encoder.counts = counts
+            mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
             add, encode = mapper.add, encoder.encode_point
             try:
                 for record in records:

@@ -12,13 +12,15 @@ import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
     ExportMetricsServiceRequest,
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
-from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
 from otel_luna._attributes import (
     ESTIMATOR,
@@ -30,7 +32,7 @@ from otel_luna._attributes import (
     USAGES_INSTRUMENT,
 )
 from otel_luna.mapping.records import SpanRecord, UsageSample
-from otel_luna.mapping.usages import origin_of
+from otel_luna.mapping.usages import origin_of, resource_identity, stream_of
 from otel_luna.outcomes import Reason
 
 _SERVER = Span.SPAN_KIND_SERVER
@@ -133,7 +135,13 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Re
     classes = _classes
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
-        for scope_spans in resource_spans.scope_spans:
+        scopes: Any = resource_spans.scope_spans
+        if not scopes:
+            scopes = _deprecated_scope_spans(resource_spans)
+        for scope_spans in scopes:
+            if scope_spans is None:
+                yield Reason.MALFORMED_SPAN
+                continue
             for span in scope_spans.spans:
                 trace_id, span_id, parent = span.trace_id, span.span_id, span.parent_span_id
                 if (
@@ -183,23 +191,45 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Re
                 )
 
 
+#: ``ResourceSpans.deprecated_scope_spans``, field 1000 (OTLP 0.15 to 0.18; ``reserved`` since).
+_DEPRECATED_SCOPE_SPANS = 1000
+_LENGTH_DELIMITED = 2
+
+
+def _deprecated_scope_spans(resource_spans: ResourceSpans) -> list[ScopeSpans | None]:
+    """The scope spans of a sender of OTLP 0.15-0.18, in the deprecated field 1000 (kept by the
+    protobuf parser as an unknown field), for a ``ResourceSpans`` without ``scope_spans``: as
+    the Collector's pdata does (``MigrateTraces``: used when ``scope_spans`` is empty, dropped
+    otherwise). None for one that cannot be read."""
+    found: list[ScopeSpans | None] = []
+    for field in UnknownFieldSet(resource_spans):
+        if field.field_number == _DEPRECATED_SCOPE_SPANS and field.wire_type == _LENGTH_DELIMITED:
+            try:
+                found.append(ScopeSpans.FromString(field.data))
+            except DecodeError:
+                found.append(None)
+    return found
+
+
 def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]:
     """The data points of every ``luna.usages`` sum; other metrics are skipped by name."""
     for resource_metrics in request.resource_metrics:
         service = _service(resource_metrics.resource.attributes)
         origin: int | None = None
+        resource = b""
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 if metric.name != USAGES_INSTRUMENT or metric.WhichOneof("data") != "sum":
                     continue
                 if origin is None:
-                    origin = origin_of(attributes(resource_metrics.resource.attributes))
+                    resource_attributes = attributes(resource_metrics.resource.attributes)
+                    origin = origin_of(resource_attributes)
+                    resource = resource_identity(resource_attributes)
+                scope = scope_metrics.scope
                 cumulative = metric.sum.aggregation_temporality == _CUMULATIVE
                 for point in metric.sum.data_points:
-                    estimator = None
-                    for kv in point.attributes:
-                        if kv.key == ESTIMATOR:
-                            estimator = any_value(kv.value)
+                    point_attributes = attributes(point.attributes)
+                    estimator = point_attributes.get(ESTIMATOR)
                     is_int = point.WhichOneof("value") == "as_int"
                     value = point.as_int if is_int else point.as_double
                     yield UsageSample(
@@ -210,6 +240,9 @@ def usage_samples(request: ExportMetricsServiceRequest) -> Iterator[UsageSample]
                         value,
                         cumulative,
                         origin,
+                        stream_of(resource, scope.name, scope.version, point_attributes)
+                        if cumulative
+                        else 0,
                     )
 
 
@@ -250,7 +283,11 @@ class Malformed(NamedTuple):
 
 
 #: The lists of a request down to its items, each as (lowerCamelCase, snake_case) JSON names.
-_TRACE_LEVELS = (("resourceSpans", "resource_spans"), ("scopeSpans", "scope_spans"), ("spans",))
+_SCOPE_SPANS = ("scopeSpans", "scope_spans")
+_SPANS = ("spans",)
+_TRACE_LEVELS = (("resourceSpans", "resource_spans"), _SCOPE_SPANS, _SPANS)
+#: ``ResourceSpans.deprecated_scope_spans`` (OTLP 0.15-0.18), as pdata reads it.
+_DEPRECATED_SCOPE_SPANS_JSON = ("deprecatedScopeSpans", "deprecated_scope_spans")
 _METRIC_LEVELS = (
     ("resourceMetrics", "resource_metrics"),
     ("scopeMetrics", "scope_metrics"),
@@ -302,7 +339,7 @@ def parse_json(body: bytes | bytearray, message: Any) -> list[Malformed]:
         kept = _parse_level(document, message, levels, "", errors, malformed)
     except RecursionError:
         raise ValueError("nesting too deep") from None
-    except errors as error:  # the request's own fields
+    except (*errors, Refused) as error:  # the request's own fields; a value pdata refuses
         raise ValueError(str(error)) from None
     if malformed and not kept:
         first = malformed[0]
@@ -361,6 +398,8 @@ def _parse_level(
     from google.protobuf import json_format
 
     names = levels[0]
+    if names is _SCOPE_SPANS:
+        _migrate_scope_spans(node)
     found = [name for name in names if name in node]
     if len(found) > 1:
         raise ValueError(f"{where or 'the request'} has both {' and '.join(found)}")
@@ -382,6 +421,8 @@ def _parse_level(
             if not isinstance(child, dict):
                 raise ValueError(f"{_json_type(child)}, not an object")
             if last:
+                if names is _SPANS:
+                    _check_span_enums(child, child_where)
                 _hex_ids_to_base64(child)
                 json_format.ParseDict(child, element, ignore_unknown_fields=True)
                 kept += 1
@@ -396,6 +437,58 @@ def _parse_level(
             points = levels[-1] == ("metrics",)
             malformed.append(Malformed(_items(child, levels[1:], points), child_where, reason))
     return kept
+
+
+class Refused(Exception):
+    """A value for which the Collector refuses the whole request (400), not only its span."""
+
+
+def _migrate_scope_spans(resource: dict[str, Any]) -> None:
+    """A ``ResourceSpans`` of OTLP 0.15-0.18: its ``deprecatedScopeSpans`` are its scope spans
+    when it has none, else dropped (pdata's ``MigrateTraces``)."""
+    deprecated = [resource.pop(name) for name in _DEPRECATED_SCOPE_SPANS_JSON if name in resource]
+    if not deprecated or any(resource.get(name) for name in _SCOPE_SPANS):
+        return
+    for name in _SCOPE_SPANS:
+        resource.pop(name, None)  # empty
+    if len(deprecated) == 1:
+        resource[_SCOPE_SPANS[0]] = deprecated[0]
+    elif all(isinstance(value, list) for value in deprecated):
+        resource[_SCOPE_SPANS[0]] = [*deprecated[0], *deprecated[1]]
+    else:
+        raise ValueError(f"{' and '.join(_DEPRECATED_SCOPE_SPANS_JSON)} are not both lists")
+
+
+_SPAN_KINDS = frozenset(Span.SpanKind.keys())
+_STATUS_CODES = frozenset(Status.StatusCode.keys())
+_INT32 = range(-(2**31), 2**31)
+
+
+def _check_span_enums(span: dict[str, Any], where: str) -> None:
+    """:class:`Refused` for a span kind or status code that is neither one of the enum's names
+    nor an integer (32 bits): pdata's ``ReadEnumValue`` refuses the request for it (protobuf's
+    JSON parser would silently read ``"baz"`` as unspecified and ``true`` as 1). Integers
+    outside the enum are kept, as in protobuf, where an unknown value is valid."""
+    kind = span.get("kind")
+    if kind is not None and not _enum_ok(kind, _SPAN_KINDS):
+        raise Refused(f"{where}.kind: {_shown(kind)} is not a span kind (SPAN_KIND_* or a number)")
+    status = span.get("status")
+    code = status.get("code") if isinstance(status, dict) else None
+    if code is not None and not _enum_ok(code, _STATUS_CODES):
+        raise Refused(
+            f"{where}.status.code: {_shown(code)} is not a status code (STATUS_CODE_* or a number)"
+        )
+
+
+def _enum_ok(value: Any, names: frozenset[str]) -> bool:
+    if isinstance(value, str):
+        return value in names
+    return type(value) is int and value in _INT32
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:60] + "..."
 
 
 def _joined(where: str, name: str) -> str:

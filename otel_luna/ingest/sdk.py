@@ -13,7 +13,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
 from otel_luna.mapping.records import SpanRecord, UsageSample
-from otel_luna.mapping.usages import origin_of
+from otel_luna.mapping.usages import origin_of, resource_identity, stream_of
 from otel_luna.outcomes import Reason
 
 _SERVER = SpanKind.SERVER
@@ -93,6 +93,7 @@ def usage_samples(metrics_data: MetricsData, services: ServiceNames) -> Iterator
     """The data points of every ``luna.usages`` sum; other metrics are skipped by name."""
     for resource_metrics in metrics_data.resource_metrics:
         service: tuple[str, int] | None = None
+        resource = b""
         for scope_metrics in resource_metrics.scope_metrics:
             for metric in scope_metrics.metrics:
                 data = metric.data
@@ -100,14 +101,20 @@ def usage_samples(metrics_data: MetricsData, services: ServiceNames) -> Iterator
                     continue
                 if service is None:
                     service = services(resource_metrics.resource)
+                    resource = resource_identity(resource_metrics.resource.attributes)
+                scope = scope_metrics.scope
                 cumulative = data.aggregation_temporality == _CUMULATIVE
                 for point in data.data_points:
+                    attributes = point.attributes or {}
                     yield UsageSample(
                         service[0],
-                        (point.attributes or {}).get(ESTIMATOR),
+                        attributes.get(ESTIMATOR),
                         point.start_time_unix_nano,
                         point.time_unix_nano,
                         point.value,
                         cumulative,
                         service[1],
+                        stream_of(resource, scope.name, scope.version or "", attributes)
+                        if cumulative
+                        else 0,
                     )

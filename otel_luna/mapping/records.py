@@ -36,3 +36,7 @@ class UsageSample(NamedTuple):
     #: Who sent it (a checksum of the sender's resource): senders of one service whose clocks
     #: give the same time still write distinct points.
     origin: int = 0
+    #: The identity of its cumulative stream but for the start time: resource, scope and point
+    #: attributes (``mapping.usages.stream_of``). Two senders of one service and estimator, or
+    #: one sender's two scopes, are two streams (0: told apart by service and estimator only).
+    stream: int = 0

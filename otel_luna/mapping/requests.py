@@ -13,18 +13,26 @@ Rules (``docs/mapping.md`` has the full table):
 Every point gets its own time (:mod:`otel_luna.mapping.timestamps`), so no request overwrites
 another in InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that
 would shadow the series' own tags and fields are dropped and counted; the point is written without
-them. ``route`` is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
-and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
+them. ``route`` is the framework's template in LUNA's ``{name}`` form (:func:`luna_template`:
+Flask, Django, FastAPI/Starlette and aiohttp alike), else the path. It is bounded: a request that
+matched no route is written as ``METHOD:{unmatched}``, and past ``route_limit`` distinct values
+per service, new ones as ``{overflow}``.
 
-The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in size and
-age (measured in span time, so the mapping reads no clock).
+The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
+entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
+ingest hands in with each batch: the mapping reads no clock), never from span times, which the
+sender chooses. One point takes at most ``user_key_limit`` user tags, fields and timings; the
+per-service route budgets are bounded in all (``route_budget_limit`` routes, least recently used
+services forgotten first). Whatever a bound costs is counted.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from collections import Counter
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
 from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
@@ -49,10 +57,19 @@ _STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
 
-#: Child data waiting for its SERVER ancestor is dropped after this long (span time).
+#: Child data waiting for its SERVER ancestor is dropped this long after it arrived.
 PENDING_TTL_NS = 300 * 10**9
-#: ... or when more than this many spans' data wait at once (oldest first).
+#: ... or when more than this many spans' data wait at once (oldest first),
 PENDING_LIMIT = 100_000
+#: ... or when they take more than this many bytes of memory (estimated; oldest first).
+PENDING_BYTES = 32 * 1024 * 1024
+#: Most user tags, fields and timings (``luna.tag.*``, ``luna.field.*``, ``luna.time.*``) one
+#: point takes, from its span and all below it; further names are dropped and counted.
+USER_KEY_LIMIT = 256
+#: Most routes the per-service route budgets remember, all services together.
+ROUTE_BUDGET_LIMIT = 100_000
+#: Bytes a waiting value costs beyond the value itself (its dict slot and key).
+_ENTRY_BYTES = 100
 _TAGSET_CACHE_LIMIT = 4096
 # The two spellings, unpacked once for the hot path (the tables stay in _attributes).
 _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
@@ -75,31 +92,71 @@ _EXACT_KINDS = {
     attr.LICENSE_ERRORS: _LICENSE_PART,
 }
 _SCALARS = frozenset({str, int, float, bool})
+_NONE_HELD = (0, 0, 0)
 
 
 class _Extra:
     """``luna.*`` data of one request, gathered from its spans."""
 
-    __slots__ = ("end_ns", "error_code", "fields", "request_id", "tags", "times")
+    __slots__ = ("arrived_ns", "error_code", "fields", "request_id", "size", "tags", "times")
 
-    def __init__(self, end_ns: int) -> None:
-        self.end_ns = end_ns
+    def __init__(self) -> None:
+        #: When it was parked to wait for its parent (monotonic), and its bytes then.
+        self.arrived_ns = 0
+        self.size = 0
         self.request_id: str | None = None
         self.error_code: Any = None
         self.tags: dict[str, str] = {}
         self.fields: dict[str, FieldValue] = {}
         self.times: dict[str, float] = {}
 
-    def absorb(self, below: _Extra) -> None:
-        """Take the data of a descendant; this span's own values win, timings add up."""
+    def keys(self) -> int:
+        """User tags, fields and timings held."""
+        return len(self.tags) + len(self.fields) + len(self.times)
+
+    def weigh(self) -> int:
+        """Bytes of memory it holds, about."""
+        size = sys.getsizeof(self.request_id) + sys.getsizeof(self.error_code)
+        for values in (self.tags, self.fields, self.times):
+            size += _ENTRY_BYTES * len(values) + sum(map(sys.getsizeof, values.values()))
+        return size
+
+    def absorb(self, below: _Extra, limit: int) -> int:
+        """Take the data of a descendant; this span's own values win, timings add up. Past
+        ``limit`` user keys in all, the descendant's new ones are left out: how many."""
         if self.request_id is None:
             self.request_id = below.request_id
         if self.error_code is None:
             self.error_code = below.error_code
-        self.tags = {**below.tags, **self.tags}
-        self.fields = {**below.fields, **self.fields}
+        room = limit - self.keys()
+        self.tags, room, left_out = _merged(self.tags, below.tags, room)
+        self.fields, room, more = _merged(self.fields, below.fields, room)
+        left_out += more
         for key, seconds in below.times.items():
-            self.times[key] = self.times.get(key, 0.0) + seconds
+            if key in self.times:
+                self.times[key] += seconds
+            elif room <= 0:
+                left_out += 1
+            else:
+                room -= 1
+                self.times[key] = seconds
+        return left_out
+
+
+_V = TypeVar("_V")
+
+
+def _merged(
+    mine: dict[str, _V], theirs: dict[str, _V], room: int
+) -> tuple[dict[str, _V], int, int]:
+    """``mine`` with the names of ``theirs`` it lacks, at most ``room`` of them; (merged, room
+    left, names left out). Its own values win."""
+    new = [key for key in theirs if key not in mine]
+    if len(new) <= room:
+        return {**theirs, **mine}, room - len(new), 0
+    taken = set(new[: max(room, 0)])
+    kept = {key: value for key, value in theirs.items() if key in mine or key in taken}
+    return {**kept, **mine}, 0, len(new) - len(taken)
 
 
 def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
@@ -126,18 +183,141 @@ def _route(attributes: Mapping[str, Any], status: int | None) -> tuple[str, bool
     if not route and status is not None and (status in (404, 405) or 300 <= status < 400):
         return f"{method if standard else '_OTHER'}:{UNMATCHED_ROUTE}", True
     bounded = bool(route) and standard
-    if not route:
+    if route:
+        route = luna_template(str(route))
+    else:
         route = _first(attributes, attr.HTTP_PATH)
         if route is None:
             url = _first(attributes, attr.HTTP_URL)
             if url is not None:
-                after_scheme = str(url).partition("://")[2]
-                route = "/" + after_scheme.partition("/")[2]
+                route = _path_of(str(url))
         if route is not None:
             route = str(route).partition("?")[0].partition("#")[0]
     if method is None:
         return (str(route) if route else ""), bounded
     return f"{method}:{route or ''}", bounded
+
+
+def _path_of(url: str) -> str:
+    """The path of a URL: of ``scheme://host/path`` or ``//host/path`` the part after the
+    host; a URL that is a path already (``/api/v1/users``, as senders put in ``http.url``)
+    as it is."""
+    if "://" in url:
+        return "/" + url.partition("://")[2].partition("/")[2]
+    if url.startswith("//"):
+        return "/" + url[2:].partition("/")[2]
+    return url if url.startswith("/") else "/" + url
+
+
+# Werkzeug's (Flask's) ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``, and
+# Django's path converters ``<int:name>`` (its own ``<converter:name>`` syntax).
+_ANGLE_PARAMETER = re.compile(r"<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", re.ASCII)
+_NAME = re.compile(r"[A-Za-z_]\w*", re.ASCII)
+
+
+def luna_template(route: str) -> str:
+    """A framework's route template in LUNA's form, every parameter ``{name}``.
+
+    Flask/Werkzeug ``/items/<int:item_id>``, Django ``items/<int:item_id>`` (a path route,
+    without the leading slash) and ``^items/(?P<item_id>[0-9]+)/$`` (a regex route),
+    Starlette/FastAPI ``/files/{path:path}`` and aiohttp ``/items/{id:\\d+}`` all become
+    ``/items/{item_id}``-style; a template in that form already is returned as it is.
+    """
+    if route.startswith("^") or "(?P<" in route:
+        route = _django_regex(route)
+    if "<" in route:
+        route = _ANGLE_PARAMETER.sub(r"{\1}", route)
+    if ":" in route and "{" in route:
+        route = _plain_braces(route)
+    if not route.startswith("/"):
+        route = "/" + route
+    return route
+
+
+def _plain_braces(route: str) -> str:
+    """``{name:regex}`` and ``{name:convertor}`` → ``{name}`` (the regex may hold braces)."""
+    out = []
+    index = 0
+    while True:
+        start = route.find("{", index)
+        name = _NAME.match(route, start + 1) if start >= 0 else None
+        if name is None or not route.startswith(":", name.end()):
+            if start < 0:
+                out.append(route[index:])
+                return "".join(out)
+            out.append(route[index : start + 1])
+            index = start + 1
+            continue
+        depth, position = 1, name.end() + 1
+        while position < len(route) and depth:
+            char = route[position]
+            if char == "\\":
+                position += 1
+            elif char == "{":
+                depth += 1
+            elif char == "}":
+                depth -= 1
+            position += 1
+        if depth:  # unbalanced: not a parameter, left as it is
+            out.append(route[index:])
+            return "".join(out)
+        out.append(f"{route[index:start]}{{{name.group()}}}")
+        index = position
+
+
+def _django_regex(route: str) -> str:
+    """A Django regex route (``^items/(?P<item_id>[0-9]+)/$``, or ``files/(?P<name>.+)$``
+    under an ``include()`` of a ``path()``) as a template (``items/{item_id}/``): anchors left
+    out, named groups as ``{name}``, escaped characters as themselves; what is left of the
+    regex (unnamed groups, ``?``) stays."""
+    out = []
+    position = 1 if route.startswith("^") else 0
+    end = len(route)
+    if route.endswith("\\Z"):
+        end -= 2
+    elif route.endswith("$") and not route.endswith("\\$"):
+        end -= 1
+    while position < end:
+        char = route[position]
+        if route.startswith("(?P<", position):
+            close = route.find(">", position)
+            closing = _group_end(route, close + 1, end) if close > 0 else -1
+            if closing < 0:  # not a well-formed group: the rest as it is
+                out.append(route[position:end])
+                break
+            out.append("{" + route[position + 4 : close] + "}")
+            position = closing + 1
+            continue
+        if char == "\\" and position + 1 < end:
+            out.append(route[position + 1])
+            position += 2
+            continue
+        out.append(char)
+        position += 1
+    return "".join(out)
+
+
+def _group_end(pattern: str, position: int, end: int) -> int:
+    """Index of the ``)`` that closes the group whose body starts at ``position``; -1 if none."""
+    depth = 1
+    in_class = False
+    while position < end:
+        char = pattern[position]
+        if char == "\\":
+            position += 2
+            continue
+        if in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return position
+        position += 1
+    return -1
 
 
 def _encodable(text: str) -> bool:
@@ -167,24 +347,49 @@ class RequestMapper:
         *,
         pending_ttl_ns: int = PENDING_TTL_NS,
         pending_limit: int = PENDING_LIMIT,
+        pending_bytes: int = PENDING_BYTES,
+        user_key_limit: int = USER_KEY_LIMIT,
         route_limit: int = ROUTE_LIMIT,
+        route_budget_limit: int = ROUTE_BUDGET_LIMIT,
+        tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
     ):
+        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
         #: Where problems are counted (the ingest points it at each call's own counter).
         self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
+        #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
+        #: batch, as it sets ``counts``; waiting child data expires by it.
+        self.arrived_ns = 0
         self._route_limit = route_limit
+        self._route_budget_limit = route_budget_limit
+        #: Routes of each service's budget; services in least recently used order.
         self._routes: dict[str, set[str]] = {}
+        self._routes_held = 0
+        #: Insertion order is arrival order: the oldest waiting data come first.
         self._pending: dict[int, _Extra] = {}
+        self._pending_bytes = 0
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
-        self._since_sweep = 0
+        self._bytes_limit = pending_bytes
+        self._key_limit = user_key_limit
         self._tagsets: dict[tuple[Any, ...], Any] = {}
+        self._tagset_limit = tagset_cache_limit
         self._plans: dict[tuple[str, ...], tuple[tuple[str, int, str], ...]] = {}
 
     @property
     def pending(self) -> int:
         """Spans whose ``luna.*`` data wait for a SERVER ancestor to end."""
         return len(self._pending)
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of memory (estimated) the waiting data take."""
+        return self._pending_bytes
+
+    @property
+    def routes_held(self) -> int:
+        """Routes the per-service route budgets remember."""
+        return self._routes_held
 
     def add(self, record: SpanRecord) -> list[Point]:
         """Points for one ended span (empty for all but SERVER and licence-check spans)."""
@@ -200,6 +405,8 @@ class RequestMapper:
             service,
         ) = record
         extra = self._pending.pop(span_id, None) if self._pending else None
+        if extra is not None:
+            self._pending_bytes -= extra.size
         # Spans of one kind carry the same attribute keys in the same order: classify the
         # luna.* keys once per key tuple instead of testing every key of every span.
         keys = tuple(attributes)
@@ -210,9 +417,16 @@ class RequestMapper:
             if plan[0][1] == _LICENSE:
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if extra is None:
-                extra = _Extra(end_ns)
+                extra = _Extra()
+                had = _NONE_HELD
+                check = len(plan) > self._key_limit  # at most one name per key
+            else:  # what came from below keeps its place under the limit
+                had = (len(extra.tags), len(extra.fields), len(extra.times))
+                check = True
             for key, kind, name in plan:
                 self._take(extra, kind, name, attributes[key])
+            if check and extra.keys() > self._key_limit:
+                self._trim(extra, had)
         if is_server:
             self.counts[_SERVER_SPANS] += 1
             return self._points(
@@ -222,7 +436,7 @@ class RequestMapper:
             if parent_span_id is None:
                 self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
             else:
-                self._park(parent_span_id, extra, end_ns)
+                self._park(parent_span_id, extra)
         return []
 
     def _license(
@@ -317,28 +531,48 @@ class RequestMapper:
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
-    def _park(self, parent_span_id: int, extra: _Extra, end_ns: int) -> None:
-        waiting = self._pending.get(parent_span_id)
-        if waiting is None:
-            self._pending[parent_span_id] = extra
-        else:
-            waiting.absorb(extra)
-            waiting.end_ns = max(waiting.end_ns, end_ns)
-        self._since_sweep += 1
-        if self._since_sweep >= 1024 or len(self._pending) > self._limit:
-            self._sweep(end_ns)
+    def _trim(self, extra: _Extra, had: tuple[int, int, int]) -> None:
+        """Down to ``user_key_limit`` user names: those from below (``had`` of the tags,
+        fields and timings, the first of each) stay; of the span's own new names, the first
+        that fit (tags, then fields, then timings). What is left out is counted."""
+        room = self._key_limit - sum(had)
+        for name, before in zip(("tags", "fields", "times"), had, strict=True):
+            held: dict[str, Any] = getattr(extra, name)
+            new = len(held) - before
+            if new > room:
+                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += new - room
+                setattr(extra, name, dict(list(held.items())[: before + max(room, 0)]))
+            room -= min(new, max(room, 0))
 
-    def _sweep(self, now_ns: int) -> None:
-        self._since_sweep = 0
-        oldest = now_ns - self._ttl_ns
-        stale = [key for key, extra in self._pending.items() if extra.end_ns < oldest]
-        overflow = len(self._pending) - len(stale) - self._limit
-        if overflow > 0:  # dicts keep insertion order: the first keys are the oldest
-            expired = set(stale)
-            stale += [key for key in self._pending if key not in expired][:overflow]
-        for key in stale:
-            del self._pending[key]
-        self.counts[Reason.EXPIRED_LUNA_ATTRIBUTES] += len(stale)
+    def _park(self, parent_span_id: int, extra: _Extra) -> None:
+        pending = self._pending
+        waiting = pending.get(parent_span_id)
+        if waiting is None:
+            extra.arrived_ns = self.arrived_ns
+            extra.size = extra.weigh()
+            pending[parent_span_id] = extra
+            self._pending_bytes += extra.size
+        else:
+            left_out = waiting.absorb(extra, self._key_limit)
+            if left_out:
+                self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += left_out
+            size = waiting.weigh()
+            self._pending_bytes += size - waiting.size
+            waiting.size = size
+        # The oldest first: expired ones, then as many as the bounds want gone.
+        oldest = self.arrived_ns - self._ttl_ns
+        while pending:
+            key = next(iter(pending))
+            first = pending[key]
+            if first.arrived_ns < oldest:
+                reason = Reason.EXPIRED_LUNA_ATTRIBUTES
+            elif len(pending) > self._limit or self._pending_bytes > self._bytes_limit:
+                reason = Reason.EVICTED_LUNA_ATTRIBUTES
+            else:
+                break
+            del pending[key]
+            self._pending_bytes -= first.size
+            self.counts[reason] += 1
 
     def _points(
         self,
@@ -352,11 +586,11 @@ class RequestMapper:
         extra: _Extra | None,
     ) -> list[Point]:
         get = attributes.get
-        method = get(_METHOD_NEW) or get(_METHOD_OLD)
-        route = get(attr.HTTP_ROUTE)
+        method_new, method_old, route = get(_METHOD_NEW), get(_METHOD_OLD), get(attr.HTTP_ROUTE)
         raw_status = get(_STATUS_NEW)
         if raw_status is None:
             raw_status = get(_STATUS_OLD)
+        method = method_new or method_old
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
@@ -371,18 +605,33 @@ class RequestMapper:
                             break
                 extra_tags = tuple(extra.tags.items())
             request_fields = extra.fields
-        # Tag sets repeat (a few routes x statuses): cache both sorted tuples, unless the route
-        # comes from the path (no http.route), which may be unique per request.
-        unrecorded_error = raw_status is None and status_error
-        key = (service, method, route, raw_status, extra_tags, unrecorded_error)
-        cached = self._tagsets.get(key) if route else None
+        # Tag sets repeat (a few routes x statuses): cache both sorted tuples, keyed on every
+        # attribute they are made of (the method's original spelling too). Values that compare
+        # equal across types (True == 1 == 1.0) map differently: the status's type is part of
+        # the key, and only a string route is cached (only a string method ever is: a standard
+        # one, see _tagset; the other attributes are read only then).
+        key = (
+            service,
+            method_new,
+            method_old,
+            get(attr.HTTP_METHOD_ORIGINAL),
+            route,
+            raw_status,
+            raw_status.__class__,
+            status_error,
+            extra_tags,
+        )
+        cacheable = route.__class__ is str
+        cached = self._tagsets.get(key) if cacheable else None
         if cached is None:
             cached = self._tagset(attributes, service, method, raw_status, status_error, extra)
-            if route:
-                if len(self._tagsets) >= _TAGSET_CACHE_LIMIT:
+            # Only a tag set made of the key alone: a path (no http.route) or a method of the
+            # client's choosing goes through the per-service route budget every time.
+            if cacheable and cached[3] and self._tagset_limit:
+                if len(self._tagsets) >= self._tagset_limit:
                     self._tagsets.clear()
                 self._tagsets[key] = cached
-        tags, error_tags_base, status = cached
+        tags, error_tags_base, status, _ = cached
         if request_id is None:
             request_id = f"{trace_id:032x}"
         fields: dict[str, FieldValue] = {
@@ -414,18 +663,32 @@ class RequestMapper:
 
     def _bounded_route(self, service: str, route: str, bounded: bool) -> str:
         """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others
-        that the application does not bound (paths, clients' methods)."""
+        that the application does not bound (paths, clients' methods). The budgets remember
+        ``route_budget_limit`` routes in all: past that, the least recently used services'
+        are forgotten (counted), and such a service starts a new budget when it comes back."""
         if bounded:
             return route
-        seen = self._routes.get(service)
+        routes = self._routes
+        seen = routes.pop(service, None)  # put back last: the most recently used
         if seen is None:
-            seen = self._routes[service] = set()
+            seen = set()
+        routes[service] = seen
         if route in seen:
             return route
         if len(seen) >= self._route_limit:
             self.counts[Reason.ROUTE_OVERFLOW] += 1
             return OVERFLOW_ROUTE
         seen.add(route)
+        self._routes_held += 1
+        while self._routes_held > self._route_budget_limit:
+            oldest = next(iter(routes))
+            forgotten = routes.pop(oldest)
+            self._routes_held -= len(forgotten)
+            self.counts[Reason.ROUTES_FORGOTTEN] += len(forgotten)
+            if oldest == service:  # one service alone over the bound: it starts anew
+                routes[service] = {route}
+                self._routes_held += 1
+                break
         return route
 
     def _tagset(
@@ -436,13 +699,15 @@ class RequestMapper:
         status: Any,
         status_error: bool,
         extra: _Extra | None,
-    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None]:
-        """(requests tags, errors tags without error_code, status as int) — the slow path."""
+    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None, bool]:
+        """(requests tags, errors tags without error_code, status as int, whether the tags
+        depend on nothing but the attributes that key the cache) — the slow path."""
         if type(status) is not int and status is not None:
             status = int(status) if str(status).isdigit() else None
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
-        route = self._bounded_route(service, *_route(attributes, status))
+        route, bounded = _route(attributes, status)
+        route = self._bounded_route(service, route, bounded)
         # A SERVER span without HTTP attributes (gRPC, a message consumer) has no route or
         # status: line protocol cannot carry an empty tag, so it is left out here (it is no
         # dropped value: there is none).
@@ -454,4 +719,5 @@ class RequestMapper:
         if extra is not None and extra.tags:
             base = {**extra.tags, **base}
         tags = tuple(sorted(base.items()))
-        return tags, tuple(item for item in tags if item[0] != "error_code"), status
+        errors_base = tuple(item for item in tags if item[0] != "error_code")
+        return tags, errors_base, status, bounded

@@ -2,19 +2,20 @@
 
 Each export interval gives one point per service with a field ``<estimator>_usages`` (integer)
 for every estimator used in that interval; an interval with no use gives nothing. Cumulative
-streams (other SDKs, the OTLP receiver) are turned into deltas per stream by
-:class:`CumulativeToDelta`.
+streams (other SDKs, the OTLP receiver) are turned into deltas per stream — told apart by their
+full identity — by :class:`CumulativeToDelta`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import time
 import zlib
-from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from typing import Any, NamedTuple
 
 from otel_luna.mapping.records import UsageSample
 from otel_luna.mapping.timestamps import SeriesTimes
@@ -37,29 +38,161 @@ def origin_of(resource_attributes: Mapping[str, Any]) -> int:
     return zlib.crc32(described.encode(errors="surrogatepass"))
 
 
+def _described(attributes: Mapping[str, Any]) -> bytes:
+    """Attributes as bytes that do not depend on their order (the same for the SDK's mapping
+    and its OTLP encoding)."""
+    pairs = sorted((str(key), repr(value)) for key, value in attributes.items())
+    return repr(pairs).encode(errors="surrogatepass")
+
+
+def resource_identity(resource_attributes: Mapping[str, Any]) -> bytes:
+    """The resource's part of a stream's identity (:func:`stream_of`): a 16-byte digest of its
+    attributes, computed once per resource."""
+    return hashlib.blake2b(_described(resource_attributes), digest_size=16).digest()
+
+
+def stream_of(
+    resource: bytes,
+    scope_name: str,
+    scope_version: str,
+    point_attributes: Mapping[str, Any],
+) -> int:
+    """The identity of a data point's stream, without its start time (``UsageSample.start_ns``
+    is the rest): the resource (:func:`resource_identity`), the instrumentation scope and the
+    point's attributes — what the Collector's ``cumulativetodelta`` tells streams apart by. A
+    128-bit digest: a fixed size per stream whatever the attributes hold, and no two senders
+    share one by chance."""
+    digest = hashlib.blake2b(resource, digest_size=16)
+    digest.update(repr((scope_name, scope_version)).encode(errors="surrogatepass"))
+    digest.update(_described(point_attributes))
+    return int.from_bytes(digest.digest(), "big")
+
+
+#: How many cumulative streams :class:`CumulativeToDelta` follows at most; a new one past it
+#: evicts the least recently seen (``usage_stream_evicted``). A sender has a stream per
+#: estimator (the SDK keeps at most 2,000 per instrument), so this is hundreds of senders.
+STREAM_LIMIT = 10_000
+#: A stream not seen for this long is forgotten (``usage_stream_expired``): its sender is gone
+#: (an SDK exports every cumulative stream each interval, 60 s by default, used or not).
+STALE_NS = 3600 * 10**9
+
+
+class _Last(NamedTuple):
+    """What a stream's next point is compared with."""
+
+    start_ns: int
+    time_ns: int
+    value: float
+    seen_ns: int  # the converter's clock when it came
+
+
 class CumulativeToDelta:
     """Per-stream deltas of cumulative sums, never counting a use twice.
 
-    A stream is (service, estimator). A new start time, or a value lower than the last one, is a
-    restart or reset: the value counts from zero again. The first value seen of a stream counts
-    in full only if the stream started after this converter did (else it may have been counted
-    by a previous run: it becomes the baseline), as the Collector's cumulativetodelta processor
-    does with ``initial_value: auto``.
+    A stream is its full identity, as the Collector's ``cumulativetodelta`` has it: resource,
+    scope and point attributes (``UsageSample.stream``, with service and estimator) and the start
+    time. A second sender, or a restart (a new start time: the OpenTelemetry data model's reset),
+    is a stream of its own, so no sender's value is ever subtracted from another's.
+
+    The first point of a stream counts in full only if the stream started after this converter
+    did — its ``start_time_unix_nano`` says from when the value counts, and we were watching
+    since before then — else it is the baseline (uses before it may have been counted by a
+    previous run: the Collector's ``initial_value: auto``). A point with an unknown start
+    (0, or not before its time: the data model's "unknown start time") is a baseline too, and
+    so is every first point when ``first_in_full`` is false: where another process may have
+    counted the stream's earlier points (``serve --workers N``, whose clients' connections can
+    move from one worker to another).
+
+    Within a stream, a later point with a lower value is a reset without a new start time (a
+    Prometheus-style counter): it counts from zero again. A point not later than the last one
+    (an out-of-order or late retried request) adds nothing: equal, it is the same point again;
+    older or lower, it is counted as ``out_of_order_usage``.
+
+    At most ``limit`` streams are kept; past it the least recently seen is evicted, and one not
+    seen for ``stale_ns`` expires. A forgotten stream that comes back must not count again what
+    was counted, so forgetting one raises two marks (never past now, whatever a sender's clock
+    says): a stream first seen must have started after the forgotten one's start to count in
+    full, else it is a baseline; and a baseline must be newer than the forgotten one's last
+    point, else the point is ignored (``out_of_order_usage``). A forgotten stream thus comes back
+    as a baseline taken from a point newer than any it had. The cost falls on streams first seen
+    after an eviction that started before it: their first interval is not counted. Forgetting
+    may undercount, never double count. ``clock`` gives the current time in ns (tests inject
+    it).
     """
 
-    def __init__(self, created_ns: int | None = None) -> None:
-        self._created_ns = time.time_ns() if created_ns is None else created_ns
-        self._last: dict[tuple[str, str], tuple[int, float]] = {}
+    def __init__(
+        self,
+        created_ns: int | None = None,
+        *,
+        limit: int = STREAM_LIMIT,
+        stale_ns: int = STALE_NS,
+        clock: Callable[[], int] = time.time_ns,
+        first_in_full: bool = True,
+    ) -> None:
+        self._clock = clock
+        self._first_in_full = first_in_full
+        self._created_ns = clock() if created_ns is None else created_ns
+        #: A stream first seen counts in full only if it started at or after this.
+        self._counts_from_ns = self._created_ns
+        #: A baseline must be newer than this: the last point of the streams forgotten.
+        self._forgotten_ns = 0
+        self._limit = max(1, limit)
+        self._stale_ns = stale_ns
+        #: Least recently seen first.
+        self._last: OrderedDict[Hashable, _Last] = OrderedDict()
+        self._now = self._created_ns
 
-    def delta(self, stream: tuple[str, str], start_ns: int, value: float) -> float:
-        last = self._last.get(stream)
-        self._last[stream] = (start_ns, value)
+    def __len__(self) -> int:
+        return len(self._last)
+
+    def expire(self, counts: Counter[Reason]) -> None:
+        """Read the clock for the points that follow; forget the streams not seen for
+        ``stale_ns``."""
+        self._now = now = self._clock()
+        last = self._last
+        stale_before = now - self._stale_ns
+        while last:
+            oldest = next(iter(last.values()))
+            if oldest.seen_ns >= stale_before:
+                break
+            last.popitem(last=False)
+            self._forgot(oldest)
+            counts[Reason.USAGE_STREAM_EXPIRED] += 1
+
+    def _forgot(self, stream: _Last) -> None:
+        now = self._now
+        if stream.start_ns and stream.start_ns < stream.time_ns:
+            self._counts_from_ns = max(self._counts_from_ns, min(stream.start_ns + 1, now))
+        self._forgotten_ns = max(self._forgotten_ns, min(stream.time_ns, now))
+
+    def delta(
+        self, stream: Hashable, start_ns: int, time_ns: int, value: float, counts: Counter[Reason]
+    ) -> float:
+        """The uses of ``stream`` (its identity without the start time) since its last point."""
+        key = (stream, start_ns)
+        last = self._last.get(key)
         if last is None:
-            return value if start_ns >= self._created_ns else 0
-        last_start, last_value = last
-        if start_ns != last_start or value < last_value:
+            new = self._first_in_full and 0 < self._counts_from_ns <= start_ns < time_ns
+            if not new and time_ns <= self._forgotten_ns:  # maybe older than one forgotten
+                counts[Reason.OUT_OF_ORDER_USAGE] += 1
+                return 0
+            if len(self._last) >= self._limit:
+                _, evicted = self._last.popitem(last=False)
+                self._forgot(evicted)
+                counts[Reason.USAGE_STREAM_EVICTED] += 1
+            self._last[key] = _Last(start_ns, time_ns, value, self._now)
+            if new:  # started after we did, and after any stream we forgot: nothing missed
+                return value
+            counts[Reason.USAGE_BASELINE] += 1
+            return 0
+        if time_ns < last.time_ns or (time_ns == last.time_ns and value < last.value):
+            counts[Reason.OUT_OF_ORDER_USAGE] += 1
+            return 0
+        self._last[key] = _Last(start_ns, time_ns, value, self._now)
+        self._last.move_to_end(key)
+        if value < last.value:
             return value
-        return value - last_value
+        return value - last.value
 
 
 class UsageMapper:
@@ -72,20 +205,21 @@ class UsageMapper:
 
     def points(self, samples: Iterable[UsageSample]) -> list[Point]:
         by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
+        counts, converter = self.counts, self._converter
+        converter.expire(counts)
         for sample in samples:
             if not valid_estimator(sample.estimator):
-                self.counts[Reason.INVALID_ESTIMATOR] += 1
+                counts[Reason.INVALID_ESTIMATOR] += 1
                 continue
             value = sample.value
             if not math.isfinite(value):
-                self.counts[Reason.NONFINITE_USAGE] += 1
+                counts[Reason.NONFINITE_USAGE] += 1
                 continue
             if sample.cumulative:
-                value = self._converter.delta(
-                    (sample.service, sample.estimator), sample.start_ns, value
-                )
+                stream = (sample.service, sample.estimator, sample.stream)
+                value = converter.delta(stream, sample.start_ns, sample.time_ns, value, counts)
             if value < 0:
-                self.counts[Reason.NEGATIVE_USAGE] += 1
+                counts[Reason.NEGATIVE_USAGE] += 1
                 continue
             count = round(value)
             if count == 0:

@@ -33,6 +33,7 @@ class WatchdogMapper:
 
     def __init__(self) -> None:
         self.counts: Counter[Reason] = Counter()
+        self.arrived_ns = 0  # it keeps nothing between spans that would expire
         self.times = SeriesTimes()
 
     def add(self, record: SpanRecord) -> list[Point]:

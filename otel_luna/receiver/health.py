@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import os
-import stat
 import threading
 import time
 from collections import Counter
@@ -37,7 +36,12 @@ from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
-from otel_luna.delivery.spool import _STATS_FILE, process_directories
+from otel_luna.delivery.spool import (
+    _STATS_FILE,
+    STATS_MAX_BYTES,
+    process_directories,
+    read_small,
+)
 from otel_luna.outcomes import Reason
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
 from otel_luna.settings import Settings, SettingsError, env_name
@@ -208,29 +212,19 @@ def _trouble_text(destination: str, trouble: Mapping[str, object]) -> str:
     )
 
 
-#: Most bytes of a stats file read (they are a few KiB).
-STATS_LIMIT = 1024 * 1024
-
-
 def _read_stats(directory: Path) -> dict[str, object]:
-    """A process directory's stats file (the writer's, see ``otel-luna status``); empty if it
-    is missing, not a regular file, too large or not a JSON object."""
+    """A process directory's stats file (the writer's, as ``otel-luna status`` reads it:
+    never through a link, at most ``STATS_MAX_BYTES``); empty if it cannot be read."""
     try:
-        fd = os.open(directory / _STATS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return {}
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return {}
-        data = os.read(fd, STATS_LIMIT + 1)
-    except OSError:
+        stats = json.loads(read_small(_STATS_FILE, dir_fd, STATS_MAX_BYTES))
+    except (OSError, ValueError, RecursionError):
         return {}
     finally:
-        os.close(fd)
-    try:
-        stats = json.loads(data) if len(data) <= STATS_LIMIT else None
-    except ValueError:
-        return {}
+        os.close(dir_fd)
     return stats if isinstance(stats, dict) else {}
 
 

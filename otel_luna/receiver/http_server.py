@@ -38,9 +38,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 from aiohttp import web
+from aiohttp.http import HttpRequestParser
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.protocol import Answer, ByteBudget, HttpProtocol
@@ -58,6 +59,8 @@ DECODE_THREADS = 4
 #: reads the answer rather than a connection reset. Over TLS, where the bytes must be decrypted,
 #: aiohttp reads and throws them away for at most this long in all.
 LINGER = 1.0
+#: Bytes of a request body aiohttp buffers before it stops reading the socket (its default).
+READ_BUFSIZE = 1 << 18
 #: Bytes of a request head kept, to answer in its encoding what aiohttp could not parse.
 HEAD_KEPT = 16384
 #: Bytes a request head may take in all (aiohttp's own limits are per line: 8,190 bytes x 128
@@ -231,23 +234,53 @@ class _Drain:
 
 
 class _Parser:
-    """aiohttp's request parser, telling the connection of what it cannot parse (and parsing
-    nothing more on that connection) instead of letting aiohttp answer it."""
+    """aiohttp's request parser, one request at a time, telling the connection of what it
+    cannot parse (and parsing nothing more on that connection) instead of letting aiohttp
+    answer it.
 
-    def __init__(self, parser: Any, connection: _Connection) -> None:
-        self._parser = parser
+    aiohttp parses all the requests of a read at once, and bytes it cannot parse behind a
+    good request raise an error that takes the place of the request (the client got the 400
+    meant for the junk, the request was neither stored nor counted). Made with a queue of one
+    request (``max_msg_queue_size``), the parser stops after each request and keeps the rest;
+    it goes on when aiohttp takes the request (:meth:`message_consumed`), so an error is only
+    ever the error of bytes behind every request it returned."""
+
+    def __init__(self, connection: _Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self._parser = HttpRequestParser(
+            connection,
+            loop,
+            READ_BUFSIZE,
+            max_line_size=connection.max_line_size,
+            max_field_size=connection.max_field_size,
+            max_headers=connection.max_headers,
+            payload_exception=RequestPayloadError,
+            auto_decompress=False,  # HttpProtocol inflates, within the limits
+            max_msg_queue_size=1,
+        )
         self._connection = connection
         self.failed = False
+        #: Requests returned and not answered yet; the body of the last one.
+        self.unanswered = 0
+        self.payload: StreamReader | None = None
 
     def feed_data(self, data: bytes) -> Any:
         if self.failed:
             return (), False, b""
         try:
-            return self._parser.feed_data(data)
+            messages, upgraded, tail = self._parser.feed_data(data)
         except HttpProcessingError as error:
             self.failed = True
             self._connection.parse_failed(error)
             return (), False, b""
+        if messages:
+            self.unanswered += len(messages)
+            self.payload = messages[-1][1]
+        return messages, upgraded, tail
+
+    def message_consumed(self) -> None:
+        """aiohttp took a request: parse what arrived behind it."""
+        self._parser.message_consumed()
+        self._connection.data_received(b"")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._parser, name)
@@ -273,7 +306,8 @@ class _Connection(RequestHandler):
         self._head_done = False  # its blank line arrived
         self._head_timer: asyncio.TimerHandle | None = None
         self._after: Answer | None = None  # to send once the answer being written is out
-        self._parser = cast(Any, _Parser(self._parser, self))  # aiohttp's, wrapped
+        self.parser = _Parser(self, self.front.loop)
+        self._parser = cast(Any, self.parser)  # in place of aiohttp's
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -337,6 +371,7 @@ class _Connection(RequestHandler):
         self._head = b""
 
     def request_finished(self) -> None:
+        self.parser.unanswered -= 1
         self.in_request = False
         self.payload = None
         self.idle = True
@@ -364,11 +399,12 @@ class _Connection(RequestHandler):
                 self._drain()
 
     def parse_failed(self, error: HttpProcessingError) -> None:
-        """What aiohttp's parser refused: in the body of the request being handled, its
-        handler answers (the body read fails); else the answer goes out now, or after the
-        answer being written. Counted and logged once, as every answer."""
-        if self.payload is not None and not self.payload.is_eof():
-            self.payload.set_exception(error)
+        """What aiohttp's parser refused: in the body of the last request parsed, its handler
+        answers (the body read fails); else the answer goes out now, or after the answers of
+        the requests before it. Counted and logged once, as every answer."""
+        payload = self.parser.payload
+        if payload is not None and not payload.is_eof():
+            payload.set_exception(error)
             return
         status = 400
         if isinstance(error, LineTooLong) or "Too many headers" in error.message:
@@ -376,8 +412,8 @@ class _Connection(RequestHandler):
             status = 414 if line_end < 0 or line_end > self.max_line_size else 431
         headers = _content_type_of(self._head)
         answer = self.front.protocol.bad_request(headers, _why(error), status)
-        if self.in_request:
-            self._after = answer  # a pipelined request after the one being handled
+        if self.parser.unanswered:
+            self._after = answer  # behind a request not answered yet
         else:
             self._send_and_close(answer)
 

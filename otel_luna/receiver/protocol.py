@@ -8,7 +8,6 @@ import hmac
 import logging
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -29,7 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from otel_luna.ingest import METRICS, TRACES, Result, otlp
 from otel_luna.outcomes import Reason, describe, rejected
-from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
+from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver, inflate
 from otel_luna.receiver.budget import ByteBudget as ByteBudget  # re-exported: the hosts use it
 from otel_luna.receiver.decoded import ProtobufBound, json_bound
 from otel_luna.settings import Settings
@@ -158,7 +157,6 @@ DECODE_WAIT = 5.0
 #: Bytes inflated at a time, each held in the budget before the next.
 _INFLATE_STEP = 1 << 20
 _MESSAGE_CHARS = 1000
-_ENCODINGS = ("", "identity", "gzip", "x-gzip", "deflate")
 
 
 class _TooLarge(Exception):
@@ -321,13 +319,13 @@ class HttpProtocol:
                 f"use Content-Type {PROTOBUF} or {JSON}",
             )
         encoding = headers.get("content-encoding", "").strip().lower()
-        if encoding not in _ENCODINGS:
+        if encoding not in inflate.ENCODINGS:
             return self._refuse(
                 headers,
                 415,
                 code_pb2.INVALID_ARGUMENT,
                 Reason.REQUESTS_REFUSED_UNSUPPORTED,
-                f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, deflate or none",
+                f"unsupported Content-Encoding {encoding[:40]!r}; use gzip, zstd, deflate or none",
             )
         codings = [c.strip() for c in headers.get("transfer-encoding", "").lower().split(",")]
         if any(coding not in ("", "chunked") for coding in codings):
@@ -382,7 +380,7 @@ class HttpProtocol:
             return self._too_large(headers)
         except _Busy:
             return self.busy(headers)
-        except (zlib.error, ValueError) as error:
+        except inflate.Malformed as error:
             return self._malformed(headers, f"bad compressed body: {error}")
         limit = self.settings.serve_max_decoded_bytes
         decoded = signal_.decoded_bound(data, answer_type == JSON, limit)
@@ -441,40 +439,21 @@ class HttpProtocol:
         return rejected(counts), message.encode("utf-8", "backslashreplace").decode()
 
     def _decompress(self, raw: bytes | bytearray, encoding: str, held: list[int]) -> Any:
-        """``raw`` inflated (gzip, also several members, or deflate with or without the zlib
-        header), each step held in the budget; ``_TooLarge`` past the message limit."""
+        """``raw`` decoded (:mod:`otel_luna.receiver.inflate`), each step held in the budget;
+        ``_TooLarge`` past the message limit."""
         encoding = encoding.strip().lower()
         if encoding in ("", "identity"):
             return raw
         limit = self.settings.serve_max_message_bytes
-        if encoding in ("gzip", "x-gzip"):
-            wbits = 16 + zlib.MAX_WBITS
-        elif len(raw) >= 2 and raw[0] & 0x0F == 8 and (raw[0] << 8 | raw[1]) % 31 == 0:
-            wbits = zlib.MAX_WBITS  # deflate as RFC 9110 says: with the zlib header
-        else:
-            wbits = -zlib.MAX_WBITS  # deflate as some clients send it: raw
         out = bytearray()
-        inflater = zlib.decompressobj(wbits)
-        data: bytes | bytearray = raw
-        while True:
-            chunk = inflater.decompress(data, _INFLATE_STEP)
-            if chunk:
-                if len(out) + len(chunk) > limit:
-                    raise _TooLarge
-                if not self.budget.take(len(chunk)):
-                    raise _Busy
-                held[0] += len(chunk)
-                out += chunk
-            if inflater.eof:
-                rest = inflater.unused_data
-                if wbits > 0 and wbits & 16 and rest.strip(b"\0"):  # another gzip member
-                    inflater = zlib.decompressobj(wbits)
-                    data = rest
-                    continue
-                return out
-            data = inflater.unconsumed_tail
-            if not chunk and not data:
-                raise ValueError("truncated")
+        for chunk in inflate.decoded(raw, encoding, _INFLATE_STEP):
+            if len(out) + len(chunk) > limit:
+                raise _TooLarge
+            if not self.budget.take(len(chunk)):
+                raise _Busy
+            held[0] += len(chunk)
+            out += chunk
+        return out
 
     def _too_large(self, headers: dict[str, str]) -> Answer:
         limit = self.settings.serve_max_message_bytes

@@ -33,6 +33,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import select
 import signal
 import socket
@@ -44,6 +45,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from otel_luna.delivery.spool import (
+    SpoolRefused,
+    make_directories,
+    printable,
+    read_small,
+    replace_file,
+)
 from otel_luna.settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -65,6 +73,10 @@ STOP_MARGIN = 15.0
 GRPC_GRACE = 5.0
 _READY = b"ready\n"
 _STATUS_PREFIX = "serve-supervisor-"
+#: A supervisor's status file: its pid, digits only.
+_STATUS_NAME = re.compile(rf"{_STATUS_PREFIX}([1-9][0-9]{{0,9}})\.json")
+#: Most bytes of a supervisor's status file ``otel-luna status`` reads.
+STATUS_MAX_BYTES = 64 * 1024
 
 
 def worker_count(setting: int) -> int:
@@ -210,11 +222,24 @@ class Supervisor:
                         what = "failed to start"
                 self.stop()
                 raise RuntimeError(f"worker {worker.slot} (pid {worker.pid}) {what}")
-        for gone in describe_supervisors(self._status_path.parent):  # killed supervisors'
-            if not gone["running"]:
-                with contextlib.suppress(OSError):
-                    (self._status_path.parent / f"{_STATUS_PREFIX}{gone['pid']}.json").unlink()
+        self._remove_gone_supervisors()
         self._write_status()
+
+    def _remove_gone_supervisors(self) -> None:
+        """Delete the status files of killed supervisors: by the name of the file (a pid in
+        digits, checked), relative to the spool directory, never through a link."""
+        root = self._status_path.parent
+        try:
+            root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for name, pid in _status_files(root_fd):
+                if not _alive(pid):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=root_fd)
+        finally:
+            os.close(root_fd)
 
     # -- watching --------------------------------------------------------------------------
 
@@ -344,50 +369,89 @@ class Supervisor:
         }
 
     def _write_status(self) -> None:
-        """``serve-supervisor-<pid>.json`` in the spool directory, for ``otel-luna status``
-        (replaced atomically; a spool directory that cannot be written is let be)."""
+        """``serve-supervisor-<pid>.json`` in the spool directory (made 0700 if missing), for
+        ``otel-luna status`` (replaced atomically, mode 0600, never written through a link; a
+        spool directory that cannot be written is let be)."""
         path = self._status_path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.tmp")
-            temporary.write_text(json.dumps(self.status()))
-            temporary.replace(path)
+            make_directories(path.parent)
+            root_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as error:
             _logger.debug("cannot write %s: %s", path, error)
+            return
+        try:
+            replace_file(path.name, root_fd, json.dumps(self.status()).encode())
+        except OSError as error:
+            _logger.debug("cannot write %s: %s", path, error)
+        finally:
+            os.close(root_fd)
+
+
+def _status_files(root_fd: int) -> list[tuple[str, int]]:
+    """The supervisors' status files in the spool directory ``root_fd``: (name, pid), the pid
+    taken from the name, digits only."""
+    found = []
+    for name in sorted(os.listdir(root_fd)):
+        matched = _STATUS_NAME.fullmatch(name)
+        if matched:
+            found.append((name, int(matched.group(1))))
+    return found
 
 
 def describe_supervisors(spool_dir: str | Path) -> list[dict[str, Any]]:
-    """The supervisors' status files under ``spool_dir``, each with ``running``."""
+    """The supervisors' status files under ``spool_dir``, each with ``running``: regular files
+    only, never through a link, at most :data:`STATUS_MAX_BYTES` each; the ``pid`` is the one
+    in the file's name (a file that says another is left out)."""
     found: list[dict[str, Any]] = []
-    root = Path(spool_dir)
-    if not root.is_dir():
+    try:
+        root_fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
         return found
-    for path in sorted(root.glob(f"{_STATUS_PREFIX}*.json")):
-        try:
-            state = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(state, dict):
-            continue
-        state["running"] = _alive(state.get("pid"))
-        found.append(state)
+    try:
+        for name, pid in _status_files(root_fd):
+            try:
+                state = json.loads(read_small(name, root_fd, STATUS_MAX_BYTES))
+            except (OSError, ValueError, RecursionError):
+                continue
+            if not isinstance(state, dict) or state.get("pid") != pid:
+                continue
+            state["running"] = _alive(pid)
+            found.append(state)
+    finally:
+        os.close(root_fd)
     return found
 
 
 def supervisor_line(state: Mapping[str, Any]) -> str:
-    """One supervisor's status file as a line of ``otel-luna status``."""
+    """One supervisor's status file as a line of ``otel-luna status`` (whatever the file holds:
+    every value is shown printable, a value of the wrong type as unknown)."""
     running = "running" if state.get("running") else "gone"
-    pids = ", ".join(str(pid) for pid in state.get("worker_pids") or [])
+    pids = state.get("worker_pids")
+    shown = ", ".join(_shown(pid) for pid in pids) if isinstance(pids, list) else "unknown"
     line = (
-        f"serve supervisor {state.get('pid')}: {running}, {state.get('workers')} workers "
-        f"(pids {pids}), restarts: {state.get('restarts')}"
+        f"serve supervisor {_shown(state.get('pid'))}: {running}, "
+        f"{_shown(state.get('workers'))} workers (pids {shown}), "
+        f"restarts: {_shown(state.get('restarts'))}"
     )
     last = state.get("last_exit")
     if isinstance(last, dict):
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(last.get("at") or 0)))
         worker, pid, status = last.get("worker"), last.get("pid"), last.get("status")
-        line += f"; last: worker {worker} (pid {pid}) {status} at {when}"
+        line += (
+            f"; last: worker {_shown(worker)} (pid {_shown(pid)}) {_shown(status)} "
+            f"at {_when(last.get('at'))}"
+        )
     return line
+
+
+def _shown(value: object) -> str:
+    return printable(str(value))[:200]
+
+
+def _when(at: object) -> str:
+    try:  # a status file is data from disk: anything may stand there
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(at)))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "an unknown time"
 
 
 def _alive(pid: object) -> bool:
@@ -497,7 +561,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
 
     # The supervisor serves the health endpoint: a worker's would take the same port.
     settings = Settings.load(**{**json.loads(args.overrides), "serve_health_port": None})
-    server = Server(settings, reuse_port=True)
+    try:
+        server = Server(settings, reuse_port=True)
+    except SpoolRefused as error:  # one line, as a single serve says it
+        print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
+        return 2
     try:
         with contextlib.suppress(OSError):  # a supervisor gone away: PDEATHSIG stops us
             os.write(args.ready_fd, _READY)

@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import stat
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -29,8 +30,7 @@ from urllib.parse import urlencode
 
 import urllib3
 
-from otel_luna.encoding.lineprotocol import split_lines
-from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_lines
+from otel_luna.encoding.lineprotocol_reader import LineReader
 from otel_luna.point import FieldValue, Point
 from otel_luna.settings import Settings
 from otel_luna.sinks.file import file_path
@@ -41,8 +41,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_SIZE",
+    "DEFAULT_LIMITS",
     "MAX_DURATION_NS",
     "ChartError",
+    "Limits",
     "PointsRead",
     "ReportError",
     "Skipped",
@@ -61,6 +63,7 @@ __all__ = [
     "printable",
     "query_flux",
     "query_influxql",
+    "read_file_bytes",
     "read_line_protocol",
     "read_points",
     "resolve_source",
@@ -97,8 +100,10 @@ _ANSWER_CHARS = 200
 _HTML_HEAD = re.compile(r"<head.*?</head>|<!--.*?-->|<(script|style).*?</\1>", re.S | re.I)
 _MARKUP = re.compile(r"<[^>]*>")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-#: A :class:`LineProtocolSyntaxError`'s reason, before the quoted line it ends with.
-_REASON = re.compile(r"(.*? at character \d+): ", re.S)
+#: Bytes read from a file or a server at once.
+_PIECE_BYTES = 1024 * 1024
+#: Bytes of an error answer read to quote it.
+_ERROR_BODY_BYTES = 64 * 1024
 _RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)$")
 #: Columns of a Flux answer that are neither tags nor the point's own data.
 _FLUX_META = frozenset({"", "result", "table", "_start", "_stop"})
@@ -132,6 +137,21 @@ class Skipped:
             return ""
         noun = "line" if self.lines == 1 else "lines"
         return f"skipped {self.lines} unreadable {noun} (first: {self.first})"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a report reads at most: ``max_bytes`` of a file or of a server's answer, and
+    ``max_seconds`` for the whole of a server's answer (``OTEL_EXPORTER_LUNA_TIMEOUT`` bounds
+    each wait for bytes; this bounds a server that keeps sending slowly)."""
+
+    #: An InfluxQL answer costs about 8 times its size in memory while it is read (JSON,
+    #: then points): 128 MiB, about a million points, stays near 1 GB.
+    max_bytes: int = 128 * 1024 * 1024
+    max_seconds: float = 300.0
+
+
+DEFAULT_LIMITS = Limits()
 
 
 class PointsRead(NamedTuple):
@@ -263,36 +283,73 @@ def _field_value(value: Any) -> FieldValue | None:
     return None
 
 
+def _not_influxql(what: str) -> ReportError:
+    return ReportError(f"InfluxDB answered JSON that is not an InfluxQL result: {what}")
+
+
 def points_from_influxql(
     documents: Iterable[Mapping[str, Any]], measurements: Iterable[str]
 ) -> list[Point]:
     """Points of ``SELECT * … GROUP BY *`` answers (``epoch=ns``), possibly chunked (one
     document per chunk). Tags come from each series' tags (an empty one is no tag), fields from
-    its columns (a null is no field); other measurements are ignored."""
+    its columns (a null is no field); other measurements are left out. An answer of another
+    shape is a :class:`ReportError` saying what is wrong with it."""
     wanted = frozenset(measurements)
     points = []
     for document in documents:
         if "error" in document:
-            raise ReportError(f"InfluxDB: {document['error']}")
-        for result in document.get("results", []):
+            raise ReportError(f"InfluxDB: {server_answer(str(document['error']).encode())}")
+        results = document.get("results", [])
+        if not isinstance(results, list):
+            raise _not_influxql("'results' is not a list")
+        for result in results:
+            if not isinstance(result, dict):
+                raise _not_influxql("a result is not an object")
             if "error" in result:
-                raise ReportError(f"InfluxDB: {result['error']}")
-            for series in result.get("series", []):
+                raise ReportError(f"InfluxDB: {server_answer(str(result['error']).encode())}")
+            all_series = result.get("series", [])
+            if not isinstance(all_series, list):
+                raise _not_influxql("'series' is not a list")
+            for series in all_series:
+                if not isinstance(series, dict):
+                    raise _not_influxql("a series is not an object")
                 name = series.get("name")
-                if name not in wanted:
-                    continue
-                tags = tuple(sorted((k, v) for k, v in series.get("tags", {}).items() if v))
-                columns = series["columns"]
-                for values in series.get("values", []):
-                    row = dict(zip(columns, values, strict=True))
-                    stamp = row.pop("time")
-                    fields = {
-                        key: value
-                        for key, raw in row.items()
-                        if (value := _field_value(raw)) is not None
-                    }
-                    if fields:
-                        points.append(Point(name, tags, fields, int(stamp)))
+                if not isinstance(name, str):
+                    raise _not_influxql("a series has no name")
+                read = _series_points(name, series)  # checked even if not wanted
+                if name in wanted:
+                    points += read
+    return points
+
+
+def _series_points(name: str, series: Mapping[str, Any]) -> list[Point]:
+    raw_tags = series.get("tags", {})
+    columns = series.get("columns")
+    rows = series.get("values", [])
+    if not isinstance(raw_tags, dict) or not all(isinstance(v, str) for v in raw_tags.values()):
+        raise _not_influxql(f"the tags of {name!r} are not strings")
+    if (
+        not isinstance(columns, list)
+        or not all(isinstance(c, str) for c in columns)
+        or "time" not in columns
+    ):
+        raise _not_influxql(f"the columns of {name!r} are not names with 'time'")
+    if not isinstance(rows, list):
+        raise _not_influxql(f"the values of {name!r} are not a list")
+    tags = tuple(sorted((k, v) for k, v in raw_tags.items() if v))
+    points = []
+    for values in rows:
+        if not isinstance(values, list) or len(values) != len(columns):
+            raise _not_influxql(f"a row of {name!r} does not have its {len(columns)} columns")
+        row = dict(zip(columns, values, strict=True))
+        stamp = row.pop("time")
+        if type(stamp) is not int:
+            raise _not_influxql(f"a time of {name!r} is not an integer (epoch ns)")
+        fields = {
+            key: value for key, raw in row.items() if (value := _field_value(raw)) is not None
+        }
+        if fields:
+            points.append(Point(name, tags, fields, stamp))
     return points
 
 
@@ -328,12 +385,23 @@ def points_from_flux_csv(text: str) -> list[Point]:
     """Points of an annotated-CSV answer of ``/api/v2/query`` to :func:`flux_select` (one row
     per field: ``_measurement``, ``_field``, ``_value``, ``_time`` and the tags), merged back into
     one point per measurement, tag set and time. An error table (columns ``error``,
-    ``reference``) raises :class:`ReportError`."""
+    ``reference``) raises :class:`ReportError`, and so does CSV that is not such an answer (a
+    table without those columns, a cell that is not of its declared type)."""
+    try:
+        return _points_from_flux_csv(text)
+    except csv.Error as error:
+        raise ReportError(f"InfluxDB answered CSV that cannot be read: {error}") from None
+
+
+_FLUX_COLUMNS = ("_measurement", "_field", "_value", "_time")
+
+
+def _points_from_flux_csv(text: str) -> list[Point]:
     merged: dict[tuple[str, tuple[tuple[str, str], ...], int], dict[str, FieldValue]] = {}
     datatypes: list[str] = []
     defaults: list[str] = []
     header: list[str] | None = None
-    for row in csv.reader(io.StringIO(text)):
+    for number, row in enumerate(csv.reader(io.StringIO(text)), 1):
         if not row or all(cell == "" for cell in row):
             datatypes, defaults, header = [], [], None  # a new table follows
             continue
@@ -348,6 +416,12 @@ def points_from_flux_csv(text: str) -> list[Point]:
             continue
         if header is None:
             header = row
+            missing = [name for name in _FLUX_COLUMNS if name not in header]
+            if missing and "error" not in header:
+                raise ReportError(
+                    f"InfluxDB answered CSV that is not a Flux answer (row {number} has no "
+                    f"{', '.join(missing)} column): {server_answer(','.join(row).encode())}"
+                )
             continue
         if "error" in header and "_value" not in header:
             index = header.index("error")
@@ -358,7 +432,13 @@ def points_from_flux_csv(text: str) -> list[Point]:
             if value == "" and index < len(defaults):
                 value = defaults[index]
             kind = datatypes[index] if index < len(datatypes) else "string"
-            cells[name] = _flux_cell(kind, value)
+            try:
+                cells[name] = _flux_cell(kind, value)
+            except ValueError:
+                raise ReportError(
+                    f"InfluxDB answered CSV that is not a Flux answer (row {number}: "
+                    f"{server_answer(value.encode())!r} is not a {kind})"
+                ) from None
         measurement, field, stamp = (
             cells.get("_measurement"),
             cells.get("_field"),
@@ -426,67 +506,61 @@ def describe_source(source: Source) -> str:
     return f"InfluxDB {source.endpoint} database {source.database}"
 
 
-def _problem(error: LineProtocolSyntaxError, first_line: int) -> str:
-    """``line 364: bad timestamp at character 144`` (the line's text left out)."""
-    match = _REASON.match(str(error))
-    reason = match.group(1) if match else str(error)
-    return f"line {first_line + error.line - 1}: {reason}"
-
-
 def parse_line_protocol(data: bytes, origin: str = "line protocol") -> PointsRead:
     """The points of line-protocol ``data`` (a file sink's output), skipping the lines that
-    cannot be parsed (:class:`Skipped` counts them; lines are cut as
-    :func:`otel_luna.encoding.lineprotocol.split_lines` cuts them: a string field may hold a
-    newline). Pure. Text that is not UTF-8 is a :class:`ReportError` naming ``origin``, the
-    line and the byte offset — except a last line cut short inside a character, which is
-    skipped like any other half line. Lines but none readable is a :class:`ReportError` too.
-    """
-    cut: int | None = None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        if error.reason != "unexpected end of data" or b"\n" in data[error.start :]:
-            line = data.count(b"\n", 0, error.start) + 1
-            raise ReportError(
-                f"{origin}: line {line} (byte offset {error.start}) is not UTF-8 text"
-            ) from None
-        text, cut = "", error.start
-    if cut is not None:  # the last line ends inside a character: skip it, read the rest
-        tail = data.rfind(b"\n", 0, cut) + 1
-        read = parse_line_protocol(data[:tail], origin)
-        last_line = data.count(b"\n", 0, tail) + 1
-        first = read.skipped.first or f"line {last_line}: cut short inside a UTF-8 character"
-        if not read.points:
-            raise ReportError(f"{origin}: no line can be read (first: {first})")
-        return PointsRead(read.points, Skipped(read.skipped.lines + 1, first))
-    try:
-        return PointsRead(parse_lines(text), Skipped())
-    except LineProtocolSyntaxError:
-        pass  # read it line by line, leaving out the bad ones
+    cannot be read (:class:`Skipped` counts them): not line protocol, not UTF-8, too long
+    (:class:`~otel_luna.encoding.lineprotocol_reader.LineReader`). Pure. Lines but none
+    readable is a :class:`ReportError` naming ``origin``."""
+    reader = LineReader()
+    points = reader.feed(data) + reader.finish()
+    return _points_read(points, reader, origin)
+
+
+def _points_read(points: list[Point], reader: LineReader, origin: str) -> PointsRead:
+    if reader.skipped and not points:
+        raise ReportError(f"{origin}: no line can be read (first: {reader.first_problem})")
+    return PointsRead(points, Skipped(reader.skipped, reader.first_problem))
+
+
+def read_line_protocol(path: Path, limits: Limits = DEFAULT_LIMITS) -> PointsRead:
+    """The points of a line-protocol file (a file sink's output), read piece by piece through
+    a :class:`~otel_luna.encoding.lineprotocol_reader.LineReader`: unreadable lines are
+    skipped and counted. A file larger than ``limits.max_bytes``, or not a regular file, is
+    a :class:`ReportError`."""
+    reader = LineReader()
     points: list[Point] = []
-    bad = 0
-    first = ""
-    number = 1  # of the line a chunk starts on
-    for chunk in split_lines(data):
-        try:
-            points += parse_lines(chunk.decode("utf-8"))
-        except LineProtocolSyntaxError as error:
-            bad += 1
-            first = first or _problem(error, number)
-        number += chunk.count(b"\n")
-    if not points:
-        raise ReportError(f"{origin}: no line can be read (first: {first})")
-    return PointsRead(points, Skipped(bad, first))
+    for piece in _file_pieces(path, limits):
+        points += reader.feed(piece)
+    points += reader.finish()
+    return _points_read(points, reader, str(path))
 
 
-def read_line_protocol(path: Path) -> PointsRead:
-    """The points of a line-protocol file (a file sink's output): :func:`parse_line_protocol`
-    of its bytes."""
+def read_file_bytes(path: Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """All of a (small enough) regular file: :class:`ReportError` otherwise."""
+    return b"".join(_file_pieces(path, limits))
+
+
+def _file_pieces(path: Path, limits: Limits) -> Iterator[bytes]:
     try:
-        data = path.read_bytes()
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise ReportError(f"cannot read {path}: {error.strerror}") from None
-    return parse_line_protocol(data, str(path))
+    with os.fdopen(fd, "rb", buffering=0) as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ReportError(f"cannot read {path}: not a regular file")
+        read = 0
+        while True:
+            try:
+                piece = file.read(_PIECE_BYTES)
+            except OSError as error:
+                raise ReportError(f"cannot read {path}: {error.strerror}") from None
+            if not piece:
+                return
+            read += len(piece)
+            if read > limits.max_bytes:
+                raise ReportError(f"{path} is larger than {limits.max_bytes} bytes (--max-bytes)")
+            yield piece
 
 
 def server_answer(body: bytes) -> str:
@@ -501,7 +575,14 @@ def server_answer(body: bytes) -> str:
     return first if len(first) <= _ANSWER_CHARS else first[: _ANSWER_CHARS - 3] + "..."
 
 
-def _post(settings: Settings, path: str, body: bytes, headers: dict[str, str]) -> bytes:
+def _post(
+    settings: Settings, path: str, body: bytes, headers: dict[str, str], limits: Limits
+) -> bytes:
+    """The body of a 2xx answer to a POST, read within ``limits``; anything else (no answer, an
+    error status, an encoding not asked for, too many bytes, too long) a one-line
+    :class:`ReportError`."""
+    deadline = time.monotonic() + limits.max_seconds
+    where = f"InfluxDB at {settings.endpoint}"
     try:
         response = urllib3.request(
             "POST",
@@ -510,30 +591,80 @@ def _post(settings: Settings, path: str, body: bytes, headers: dict[str, str]) -
             headers=headers,
             timeout=settings.timeout,
             retries=False,
+            preload_content=False,
+            decode_content=False,
         )
     except urllib3.exceptions.HTTPError as error:
         raise ReportError(f"cannot reach InfluxDB at {settings.endpoint}: {error}") from None
-    if response.status >= 300:
-        detail = server_answer(response.data)
-        raise ReportError(
-            f"InfluxDB at {settings.endpoint} answered HTTP {response.status}: {detail}"
-        )
-    return bytes(response.data)
+    try:
+        if response.status >= 300:
+            detail = server_answer(_read_body(response, _ERROR_BODY_BYTES, deadline, where, True))
+            raise ReportError(f"{where} answered HTTP {response.status}: {detail}")
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ReportError(f"{where} answered in Content-Encoding {encoding!r}, not asked for")
+        return _read_body(response, limits.max_bytes, deadline, where, False)
+    finally:  # closed first: what a hostile server left unread must not meet the next request
+        response.close()
+        response.release_conn()
+
+
+def _read_body(
+    response: urllib3.BaseHTTPResponse, max_bytes: int, deadline: float, where: str, cut: bool
+) -> bytes:
+    """Up to ``max_bytes`` of the body, until ``deadline`` (``time.monotonic()``); beyond
+    either, a :class:`ReportError` (or, with ``cut``, what was read: enough to quote)."""
+    pieces: list[bytes] = []
+    read = 0
+    while True:
+        if time.monotonic() > deadline:
+            if cut:
+                break
+            raise ReportError(f"{where} kept answering for longer than --max-time; stopped")
+        try:
+            piece = response.read1(_PIECE_BYTES)
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            if cut:
+                break
+            raise ReportError(f"{where} stopped answering: {error}") from None
+        if not piece:
+            break
+        pieces.append(piece)
+        read += len(piece)
+        if read > max_bytes:
+            if cut:
+                break
+            raise ReportError(
+                f"{where} answered more than {max_bytes} bytes (--max-bytes); stopped (narrow "
+                "the report with --since or --service, or raise --max-bytes)"
+            )
+    return b"".join(pieces)
+
+
+def _lines(body: bytes) -> Iterator[bytes]:
+    """The lines of ``body``, one at a time (not a list of copies of all of them)."""
+    start = 0
+    while start < len(body):
+        end = body.find(b"\n", start)
+        end = len(body) if end < 0 else end
+        yield body[start:end]
+        start = end + 1
 
 
 def _chunks(body: bytes) -> Iterator[dict[str, Any]]:
-    for number, line in enumerate(body.splitlines(), 1):
+    for number, line in enumerate(_lines(body), 1):
         if not line.strip():
             continue
         try:
             document = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             snippet = server_answer(line)
             raise ReportError(
                 f"InfluxDB answered something not JSON (chunk {number}): {snippet}"
             ) from None
-        if isinstance(document, dict):
-            yield document
+        if not isinstance(document, dict):
+            raise _not_influxql(f"chunk {number} is not an object")
+        yield document
 
 
 def query_influxql(
@@ -541,9 +672,10 @@ def query_influxql(
     measurements: Sequence[str],
     start_ns: int | None = None,
     tags: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Point]:
     """The points of :func:`influxql_select` from an InfluxDB 1.x (``POST /query``, chunked,
-    epoch ns, basic auth from the settings)."""
+    epoch ns, basic auth from the settings), read within ``limits``."""
     params = {
         "q": influxql_select(settings, measurements, start_ns, tags),
         "db": settings.database,
@@ -553,7 +685,7 @@ def query_influxql(
     }
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     headers.update(basic_auth(settings.username, settings.password))
-    body = _post(settings, "/query", urlencode(params).encode(), headers)
+    body = _post(settings, "/query", urlencode(params).encode(), headers, limits)
     return points_from_influxql(_chunks(body), measurements)
 
 
@@ -562,9 +694,10 @@ def query_flux(
     measurements: Sequence[str],
     start_ns: int | None = None,
     tags: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[Point]:
     """The points of :func:`flux_select` from an InfluxDB 2.x (``POST /api/v2/query?org=``,
-    ``Authorization: Token``, annotated CSV)."""
+    ``Authorization: Token``, annotated CSV), read within ``limits``."""
     request = {
         "query": flux_select(settings, measurements, start_ns, tags),
         "type": "flux",
@@ -578,7 +711,7 @@ def query_flux(
     if settings.token:
         headers["Authorization"] = f"Token {settings.token}"
     path = "/api/v2/query?" + urlencode({"org": settings.org or ""})
-    body = _post(settings, path, json.dumps(request).encode(), headers)
+    body = _post(settings, path, json.dumps(request).encode(), headers, limits)
     return points_from_flux_csv(body.decode("utf-8", errors="replace"))
 
 
@@ -587,13 +720,15 @@ def read_points(
     measurements: Sequence[str],
     start_ns: int | None = None,
     tags: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> PointsRead:
     """The points of ``measurements`` in ``source`` from ``start_ns`` on, with ``tags``, and
-    the lines of a file that could not be read (none for an InfluxDB)."""
+    the lines of a file that could not be read (none for an InfluxDB); no more than
+    ``limits`` allow."""
     wanted = tags or {}
     if isinstance(source, Path):
         names = frozenset(measurements)
-        everything, skipped = read_line_protocol(source)
+        everything, skipped = read_line_protocol(source, limits)
         kept = [
             point
             for point in everything
@@ -601,8 +736,8 @@ def read_points(
         ]
         return PointsRead(kept, skipped)
     if source.resolved_api_version == "2":
-        return PointsRead(query_flux(source, measurements, start_ns, wanted), Skipped())
-    return PointsRead(query_influxql(source, measurements, start_ns, wanted), Skipped())
+        return PointsRead(query_flux(source, measurements, start_ns, wanted, limits), Skipped())
+    return PointsRead(query_influxql(source, measurements, start_ns, wanted, limits), Skipped())
 
 
 # -- PNG ----------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ from typing import Any, TextIO
 
 from otel_luna.point import FieldValue, Point
 from otel_luna.report.common import (
+    DEFAULT_LIMITS,
+    Limits,
     PointsRead,
     ReportError,
     Skipped,
@@ -876,8 +878,11 @@ def read(source: Source, start_ns: int | None = None, service: str | None = None
     return _read(source, start_ns, service).points
 
 
-def _read(source: Source, start_ns: int | None, service: str | None) -> PointsRead:
-    return read_points(source, MEASUREMENTS, start_ns, {"service": service} if service else None)
+def _read(
+    source: Source, start_ns: int | None, service: str | None, limits: Limits = DEFAULT_LIMITS
+) -> PointsRead:
+    tags = {"service": service} if service else None
+    return read_points(source, MEASUREMENTS, start_ns, tags, limits)
 
 
 def _build(
@@ -885,8 +890,9 @@ def _build(
     start_ns: int | None,
     end_ns: int | None,
     service: str | None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> tuple[LunaReport, str]:
-    points, skipped = _read(source, start_ns, service)
+    points, skipped = _read(source, start_ns, service, limits)
     report = summarize(points, start_ns=start_ns, end_ns=end_ns, service=service, skipped=skipped)
     described = describe_source(source)
     if service:
@@ -909,6 +915,7 @@ def run_report(
     as_json: bool = False,
     environ: Mapping[str, str] | None = None,
     now_ns: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> str:
     """Read, summarise, optionally chart; the text (or JSON) to print.
 
@@ -917,14 +924,14 @@ def run_report(
     (``database``, ``org``, ``bucket`` override theirs): a ``file://`` endpoint reads that file,
     ``http(s)://`` an InfluxDB (1.x: InfluxQL; 2.x, i.e. API version 2 or a token: Flux).
     ``since_ns`` is a duration: the last ``since_ns`` before ``now_ns`` (default: now), and rates
-    count over that whole window.
+    count over that whole window. No more than ``limits`` is read.
     """
     source = resolve_source(
         endpoint=endpoint, file=file, environ=environ, database=database, org=org, bucket=bucket
     )
     now = time.time_ns() if now_ns is None else now_ns
     start = None if since_ns is None else now - since_ns
-    report, described = _build(source, start, None if start is None else now, service)
+    report, described = _build(source, start, None if start is None else now, service, limits)
     document = {"source": described, **report_as_dict(report)}
     text = format_report(report, described)
     return printable(document, text, as_json, png, lambda path: render_png(report, path))

@@ -32,6 +32,8 @@ from typing import Any
 
 from otel_luna.point import Point
 from otel_luna.report.common import (
+    DEFAULT_LIMITS,
+    Limits,
     ReportError,
     Skipped,
     Source,
@@ -41,6 +43,7 @@ from otel_luna.report.common import (
     new_figure,
     parse_duration,
     printable,
+    read_file_bytes,
     read_line_protocol,
     read_points,
     resolve_source,
@@ -360,9 +363,11 @@ def events_from_pings(lines: Iterable[str], origin: str = "pings") -> list[Event
             continue
         try:
             ping = json.loads(line)
-        except ValueError as error:
+        except (ValueError, RecursionError) as error:
             raise ReportError(f"{origin}: line {number} is not JSON: {error}") from None
-        if not isinstance(ping, dict) or ping.get("event") not in EVENTS:
+        if not isinstance(ping, dict) or not isinstance(ping.get("event"), str):
+            continue
+        if ping["event"] not in EVENTS:
             continue
         stamp = ping.get("timestamp")
         if isinstance(stamp, str) and stamp.isdigit():
@@ -391,17 +396,17 @@ def read_file(path: Path, since_ns: int | None = None) -> list[Event]:
     return _file_events(path, since_ns)[0]
 
 
-def _file_events(path: Path, since_ns: int | None) -> tuple[list[Event], Skipped]:
+def _file_events(
+    path: Path, since_ns: int | None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Event], Skipped]:
     if path.name.endswith(_JSON_SUFFIXES):
         try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ReportError(f"cannot read {path}: {error.strerror}") from None
+            text = read_file_bytes(path, limits).decode("utf-8")
         except UnicodeDecodeError as error:
             raise ReportError(f"{path}: byte offset {error.start} is not UTF-8 text") from None
         events, skipped = events_from_pings(text.splitlines(), str(path)), Skipped()
     else:
-        points, skipped = read_line_protocol(path)
+        points, skipped = read_line_protocol(path, limits)
         events = events_from_points(points)
     if since_ns is not None:
         events = [event for event in events if event.time_ns >= since_ns]
@@ -414,10 +419,13 @@ def read_events(source: Source, since_ns: int | None = None) -> list[Event]:
     return _events(source, since_ns)[0]
 
 
-def _events(source: Source, since_ns: int | None) -> tuple[list[Event], Skipped]:
+def _events(
+    source: Source, since_ns: int | None, limits: Limits = DEFAULT_LIMITS
+) -> tuple[list[Event], Skipped]:
     if isinstance(source, Path):
-        return _file_events(source, since_ns)
-    return events_from_points(read_points(source, MEASUREMENTS, since_ns).points), Skipped()
+        return _file_events(source, since_ns, limits)
+    points = read_points(source, MEASUREMENTS, since_ns, limits=limits).points
+    return events_from_points(points), Skipped()
 
 
 def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Event]:
@@ -501,6 +509,7 @@ def run_report(
     as_json: bool = False,
     environ: Mapping[str, str] | None = None,
     now_ns: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> str:
     """Read, summarise, optionally chart; the text (or JSON) to print.
 
@@ -508,13 +517,13 @@ def run_report(
     ``file://`` endpoint reads that file, ``http(s)://`` an InfluxDB: 1.x with InfluxQL, 2.x with
     Flux, as the settings' API version says); ``database``, ``org`` and ``bucket`` override
     ``OTEL_EXPORTER_LUNA_DATABASE``, ``_ORG`` and ``_BUCKET``. ``since_ns`` is a duration: only
-    the last ``since_ns`` before ``now_ns`` (default: now) are read.
+    the last ``since_ns`` before ``now_ns`` (default: now) are read, within ``limits``.
     """
     source = resolve_source(
         endpoint=endpoint, file=file, environ=environ, database=database, org=org, bucket=bucket
     )
     start = window_start(since_ns, now_ns)
-    events, skipped = _events(source, start)
+    events, skipped = _events(source, start, limits)
     described = describe_source(source)
     if start is not None:
         described += f", since {iso_ms(start // 1_000_000)}"
