@@ -19,7 +19,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -43,6 +48,7 @@ from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import RequestMapper
 from otel_luna.mapping.timestamps import time_window
 from otel_luna.point import FieldValue
+from otel_luna.receiver import Receiver
 from otel_luna.schema import luna as schema
 from otel_luna.schema.luna import field_type, fitted
 from otel_luna.settings import Settings
@@ -252,6 +258,32 @@ def test_points_dated_too_far_ahead_or_too_old_are_rejected_and_counted() -> Non
         exporter.shutdown()
     assert len(sink.lines) == 1
     assert counts["time_too_far_ahead"] == 2 and counts["time_too_old"] == 1
+
+
+def test_a_usage_data_point_dated_weeks_ahead_is_rejected_and_counted() -> None:
+    """The window holds for luna.usages too (serve's metrics path): the point of now is
+    written, the one dated a week ahead rejected and answered in the partial success."""
+    sink = InMemorySink()
+    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    try:
+        request = ExportMetricsServiceRequest()
+        resource = request.resource_metrics.add()
+        resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="u"))
+        metric = resource.scope_metrics.add().metrics.add(name="luna.usages")
+        metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
+        now = time.time_ns()
+        for end in (now, now + WEEK_NS):
+            point = metric.sum.data_points.add(
+                start_time_unix_nano=end - 10**9, time_unix_nano=end, as_int=3
+            )
+            point.attributes.add(key="luna.estimator", value=AnyValue(string_value="face_detector"))
+        rejected, message, _ = receiver.accept_metrics(request)
+        assert receiver.ingest.force_flush(10)
+    finally:
+        receiver.shutdown()
+    assert rejected == 1 and "time_too_far_ahead=1" in message
+    (line,) = sink.lines
+    assert parse_line(line).fields == {"face_detector_usages": 3}
 
 
 # --------------------------------------------------------------------------- real InfluxDB 1.x

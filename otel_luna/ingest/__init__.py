@@ -86,8 +86,6 @@ class Ingest:
         self._closed = False
         self._max_ahead_ns = round(settings.max_time_ahead * 1e9)
         self._max_age_ns = round(settings.max_time_age * 1e9)
-        #: The clock the time window is read from (tests move it).
-        self.clock: Callable[[], int] = time.time_ns
         if not settings.enabled:
             self._encoder = profile.encoder(LINE_PROTOCOL, settings)
             return
@@ -119,7 +117,7 @@ class Ingest:
         counts: Counter[Reason] = Counter()
         lines: list[str] = []
         append = lines.append
-        earliest, latest = time_window(self.clock(), self._max_ahead_ns, self._max_age_ns)
+        earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
             mapper, encoder = self._spans, self._encoder
             mapper.counts = encoder.counts = counts
@@ -156,7 +154,7 @@ class Ingest:
             return _NOTHING
         counts: Counter[Reason] = Counter()
         lines: list[str] = []
-        earliest, latest = time_window(self.clock(), self._max_ahead_ns, self._max_age_ns)
+        earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
             mapper, encoder = self._usages, self._encoder
             mapper.counts = encoder.counts = counts
