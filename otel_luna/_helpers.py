@@ -77,10 +77,23 @@ def add_tags(**tags: str | int | float | bool) -> None:
 
 
 def add_fields(**fields: str | int | float | bool) -> None:
-    """Add fields to the request's points (sets ``luna.field.<name>``)."""
+    """Add fields to the request's points (sets ``luna.field.<name>``). A field's type follows
+    from its name (:func:`otel_luna.schema.luna.field_type`): a value of another type is
+    ignored with a warning, as the mapping would drop it."""
     span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attributes({attr.FIELD_PREFIX + name: value for name, value in fields.items()})
+    if not span.is_recording():
+        return
+    values = {}
+    for name, value in fields.items():
+        kind = schema.field_type(name)
+        if schema.fitted(value, kind) is None:
+            misuse(
+                f"add_fields: field {name!r} is {schema.FIELD_TYPE_NAMES[kind]} by its name "
+                f"(docs/attributes.md), got {type(value).__name__}"
+            )
+            continue
+        values[attr.FIELD_PREFIX + name] = value
+    span.set_attributes(values)
 
 
 class monitor_time:
@@ -92,8 +105,11 @@ class monitor_time:
     __slots__ = ("_key", "_span", "_start")
 
     def __init__(self, field: str) -> None:
-        if isinstance(field, str):
-            self._key: str | None = attr.TIME_PREFIX + field
+        if isinstance(field, str) and schema.field_type(field) is not float:
+            misuse(f"monitor_time: a timing's field name ends in _time or _seconds, got {field!r}")
+            self._key: str | None = None
+        elif isinstance(field, str):
+            self._key = attr.TIME_PREFIX + field
         else:
             misuse(f"monitor_time: the field name must be a string, got {type(field).__name__}")
             self._key = None

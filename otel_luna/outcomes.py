@@ -102,6 +102,8 @@ class Reason(str, enum.Enum):
     ATTRIBUTE_BACKSLASH_IN_TAG_VALUE = "attribute_backslash_in_tag_value", _O.VALUE_DROPPED
     ATTRIBUTE_TAG_VALUE_TOO_LONG = "attribute_tag_value_too_long", _O.VALUE_DROPPED
     ATTRIBUTE_INVALID_UTF8 = "attribute_invalid_utf8", _O.VALUE_DROPPED
+    # a luna.field.* / luna.time.* value that does not fit its field's one type
+    ATTRIBUTE_TYPE_MISMATCH = "attribute_type_mismatch", _O.VALUE_DROPPED
     UNKNOWN_WATCHDOG_EVENT = "unknown_watchdog_event", _O.REJECTED
     BAD_WATCHDOG_VALUE = "bad_watchdog_value", _O.VALUE_DROPPED
     INVALID_ESTIMATOR = "invalid_estimator", _O.REJECTED
@@ -115,6 +117,9 @@ class Reason(str, enum.Enum):
 
     # -- ingest: encoding (names from lineprotocol.key_problem and the encoder) ------------
     TIME_OUT_OF_RANGE = "time_out_of_range", _O.REJECTED
+    # a point dated beyond max_time_ahead after, or max_time_age before, the ingest's clock
+    TIME_TOO_FAR_AHEAD = "time_too_far_ahead", _O.REJECTED
+    TIME_TOO_OLD = "time_too_old", _O.REJECTED
     KEY_TOO_LONG = "key_too_long", _O.REJECTED
     INVALID_UTF8 = "invalid_utf8", _O.REJECTED
     INVALID_UTF8_KEY = "invalid_utf8_key", _O.REJECTED

@@ -49,6 +49,7 @@ SPOOL = "spool"
 SERVE = "serve"
 
 _TIB = 2**40
+_CENTURY = 100 * 365 * 86400  # seconds
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
@@ -489,6 +490,20 @@ class Settings:
         *number(int, 1, 1_000_000, "distinct routes per service"),
         group=DELIVERY,
         doc="most distinct route tag values per service; further ones are METHOD:{overflow}",
+    )
+    max_time_ahead: float = setting(
+        600.0,
+        *number(float, 0, _CENTURY, "0: no bound"),
+        group=DELIVERY,
+        doc="seconds a point's time may be ahead of this host's clock; a later point is "
+        "rejected (time_too_far_ahead)",
+    )
+    max_time_age: float = setting(
+        0.0,
+        *number(float, 0, _CENTURY, "0: no bound"),
+        group=DELIVERY,
+        doc="seconds a point's time may be behind this host's clock; an older point is "
+        "rejected (time_too_old); set it to the retention policy's duration",
     )
     # spool
     spool: str = setting(

@@ -198,17 +198,19 @@ def server_spans(
     status: int = 200,
     service: str = "serve-test",
     attributes: Mapping[str, Any] | None = None,
+    start_ns: int | None = None,
 ) -> tuple[list[ReadableSpan], list[str]]:
     """``count`` finished SERVER spans recorded through the SDK, and their request ids.
 
-    Each has a unique ``luna.request_id`` and its own start nanosecond (points never collide).
+    Each has a unique ``luna.request_id`` and its own start nanosecond (points never collide),
+    from ``start_ns`` on (default: a minute ago).
     """
     memory = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
     provider.add_span_processor(SimpleSpanProcessor(memory))
     tracer = provider.get_tracer("serve-test")
     ids = [uuid.uuid4().hex for _ in range(count)]
-    base = time.time_ns() - 60 * 10**9
+    base = time.time_ns() - 60 * 10**9 if start_ns is None else start_ns
     for index, request_id in enumerate(ids):
         start = base + index * 1000
         span = tracer.start_span(

@@ -43,6 +43,7 @@ from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
 from otel_luna.point import Point
 from otel_luna.receiver import Receiver
+from otel_luna.schema.luna import field_type
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
@@ -99,7 +100,7 @@ def check_written(prefix: str, name: str, value: Any, point: Point, delta: Count
         written = dict(point.tags).get(name) == text
     elif prefix == "luna.field.":
         got = point.fields.get(name, object())
-        written = got == value and type(got) is type(value)
+        written = got == value and type(got) is field_type(name)  # 3 → 3.0 for a float field
     elif prefix == "luna.time.":
         got = point.fields.get(name)
         number = type(value) in (int, float)

@@ -257,11 +257,13 @@ def test_fields_merged_into_one_point_are_capped() -> None:
     tags, fields and timings; the rest are counted, and a name it has keeps being updated."""
     mapper = RequestMapper(user_key_limit=256)
     for span_id in range(2, 8002):
-        mapper.add(child(span_id, 1, {f"luna.field.f{span_id}": "y" * 10, "luna.time.t": 0.5}))
-    server = {f"luna.field.own{n}": n for n in range(300)}
+        mapper.add(
+            child(span_id, 1, {f"luna.field.f{span_id}": "y" * 10, "luna.time.stage_time": 0.5})
+        )
+    server = {f"luna.field.own{n}_count": n for n in range(300)}
     (point,) = mapper.add(SpanRecord(server, True, TRACE_ID, 1, None, START, START + 1, False, "s"))
     assert len(point.fields) == 256 + 2  # + request_id and execution_time
-    assert point.fields["t"] == 0.5 * 8000
+    assert point.fields["stage_time"] == 0.5 * 8000
     assert mapper.counts["too_many_luna_attributes"] == 8000 - 255 + 300
 
 

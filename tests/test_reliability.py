@@ -468,9 +468,10 @@ def test_type_conflicts_are_dead_lettered_and_good_points_land(
         f"{time.time_ns()}",
         database,
     )
-    good = server_spans(12) + server_spans(4, **{"luna.field.count": 2.5})
-    good += server_spans(2, **{"luna.field.score": float("nan")})  # invalid value: field dropped
-    bad = server_spans(5, **{"luna.field.count": 3})  # integer where InfluxDB has a float
+    good = server_spans(12) + server_spans(4, **{"luna.field.count": 2.5})  # no integer: dropped
+    good += server_spans(2, **{"luna.field.score_seconds": float("nan")})  # invalid: dropped
+    # integer (count's one type) where InfluxDB has a float: a shard written before the type rule
+    bad = server_spans(5, **{"luna.field.count": 3})
     mixed = list(good)
     for position, span in zip(range(1, 4 * len(bad), 4), bad, strict=False):
         mixed.insert(position, span)

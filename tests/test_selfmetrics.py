@@ -31,7 +31,7 @@ SCRIPT = textwrap.dedent(
     for status in (200, 200, 500):
         with tracer.start_as_current_span("r", kind=trace.SpanKind.SERVER, attributes={
                 "http.method": "GET", "http.route": "/v", "http.status_code": status,
-                "luna.field.bad": float("nan")}):
+                "luna.field.bad_seconds": float("nan")}):
             pass
     exporter.force_flush()
     found = {}

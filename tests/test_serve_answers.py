@@ -124,7 +124,7 @@ def test_dropped_values_are_a_warning_in_partial_success(serve: Serve) -> None:
     )
     span.attributes.add(key="http.route", value=AnyValue(string_value="/x"))
     span.attributes.add(key="luna.field.route", value=AnyValue(string_value="shadow"))
-    span.attributes.add(key="luna.field.ratio", value=AnyValue(double_value=math.nan))
+    span.attributes.add(key="luna.field.ratio_seconds", value=AnyValue(double_value=math.nan))
     answer = requests.post(
         f"{serve.http_url}/v1/traces",
         data=request.SerializeToString(),

@@ -31,7 +31,7 @@ HOSTILE: list[tuple[dict[str, Any], str]] = [
     ({"luna.tag.client": "a\nb"}, "attribute_newline_in_tag_value"),
     ({"luna.tag.name": "caf\udce9"}, "attribute_invalid_utf8"),  # surrogateescape'd bytes
     ({"luna.field.route": "/elsewhere"}, "attribute_shadows_schema"),
-    ({"luna.field.score": float("nan")}, "nonfinite_field"),
+    ({"luna.field.score_seconds": float("nan")}, "nonfinite_field"),
     ({f"luna.tag.t{n}": "x" * MAX_TAG_VALUE_BYTES for n in range(5)}, "key_too_long"),
     ({"http.route": None, "url.path": "/scan/1"}, ""),  # the one route the limit allows
     ({"http.route": None, "url.path": "/scan/2"}, "route_overflow"),

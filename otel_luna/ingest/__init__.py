@@ -29,6 +29,7 @@ from otel_luna.delivery import open_delivery
 from otel_luna.delivery.writer import BatchWriter
 from otel_luna.encoding.lineprotocol import InvalidPointError
 from otel_luna.mapping.records import SpanRecord, UsageSample
+from otel_luna.mapping.timestamps import time_window
 from otel_luna.outcomes import Reason, describe, problems, rejected
 from otel_luna.profiles import LINE_PROTOCOL, profile_of
 from otel_luna.settings import Settings
@@ -37,6 +38,8 @@ from otel_luna.sinks import Sink, sink_factory, wire_format
 _logger = logging.getLogger(__name__)
 _MAPPED = Reason.MAPPED
 _MAPPING_ERROR = Reason.MAPPING_ERROR
+_TOO_FAR_AHEAD = Reason.TIME_TOO_FAR_AHEAD
+_TOO_OLD = Reason.TIME_TOO_OLD
 #: The ``signal`` each way in counts under (the self-metrics' attribute).
 TRACES = "traces"
 METRICS = "metrics"
@@ -81,6 +84,8 @@ class Ingest:
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False
+        self._max_ahead_ns = round(settings.max_time_ahead * 1e9)
+        self._max_age_ns = round(settings.max_time_age * 1e9)
         if not settings.enabled:
             self._encoder = profile.encoder(LINE_PROTOCOL, settings)
             return
@@ -112,6 +117,7 @@ class Ingest:
         counts: Counter[Reason] = Counter()
         lines: list[str] = []
         append = lines.append
+        earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
             mapper, encoder = self._spans, self._encoder
             mapper.counts = encoder.counts = counts
@@ -124,6 +130,9 @@ class Ingest:
                         continue
                     try:
                         for point in add(record):  # type: ignore[arg-type]  # a SpanRecord here
+                            if not earliest <= point[3] <= latest:
+                                counts[_TOO_OLD if point[3] < earliest else _TOO_FAR_AHEAD] += 1
+                                continue
                             try:
                                 append(encode(point))
                             except InvalidPointError as error:
@@ -146,6 +155,7 @@ class Ingest:
             return _NOTHING
         counts: Counter[Reason] = Counter()
         lines: list[str] = []
+        earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
             mapper, encoder = self._usages, self._encoder
             mapper.counts = encoder.counts = counts
@@ -158,6 +168,9 @@ class Ingest:
                 counts[_MAPPING_ERROR] += max(1, len(taken))
                 points = []
             for point in points:
+                if not earliest <= point.time_ns <= latest:
+                    counts[_TOO_OLD if point.time_ns < earliest else _TOO_FAR_AHEAD] += 1
+                    continue
                 try:
                     lines.append(encoder.encode_point(point))
                 except InvalidPointError as error:

@@ -13,10 +13,12 @@ Rules (``docs/mapping.md`` has the full table):
 Every point gets its own time (:mod:`otel_luna.mapping.timestamps`), so no request overwrites
 another in InfluxDB whatever the sender's clock resolution. User keys that InfluxDB reserves or that
 would shadow the series' own tags and fields are dropped and counted; the point is written without
-them. ``route`` is the framework's template in LUNA's ``{name}`` form (:func:`luna_template`:
-Flask, Django, FastAPI/Starlette and aiohttp alike), else the path. It is bounded: a request that
-matched no route is written as ``METHOD:{unmatched}``, and past ``route_limit`` distinct values
-per service, new ones as ``{overflow}``.
+them. Every field has one type whatever the sender (:func:`~otel_luna.schema.luna.field_type`):
+a ``luna.field.*`` or ``luna.time.*`` value that does not fit its field's type is dropped and
+counted, the point written with the rest. ``route`` is the framework's template in LUNA's
+``{name}`` form (:func:`luna_template`: Flask, Django, FastAPI/Starlette and aiohttp alike), else
+the path. It is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
+and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
 
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
 entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
@@ -82,6 +84,7 @@ _point = tuple.__new__
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
     9
 )
+_TYPE_MISMATCH = "type_mismatch"
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
     attr.REQUEST_ID: _REQUEST_ID,
@@ -93,6 +96,10 @@ _EXACT_KINDS = {
 }
 _SCALARS = frozenset({str, int, float, bool})
 _NONE_HELD = (0, 0, 0)
+
+
+#: A classified luna.* key: (attribute key, kind, name or reason, the field's type or None).
+_Step = tuple[str, int, str, "type[FieldValue] | None"]
 
 
 class _Extra:
@@ -374,7 +381,7 @@ class RequestMapper:
         self._key_limit = user_key_limit
         self._tagsets: dict[tuple[Any, ...], Any] = {}
         self._tagset_limit = tagset_cache_limit
-        self._plans: dict[tuple[str, ...], tuple[tuple[str, int, str], ...]] = {}
+        self._plans: dict[tuple[str, ...], tuple[_Step, ...]] = {}
 
     @property
     def pending(self) -> int:
@@ -423,8 +430,8 @@ class RequestMapper:
             else:  # what came from below keeps its place under the limit
                 had = (len(extra.tags), len(extra.fields), len(extra.times))
                 check = True
-            for key, kind, name in plan:
-                self._take(extra, kind, name, attributes[key])
+            for key, kind, name, field_type in plan:
+                self._take(extra, kind, name, attributes[key], field_type)
             if check and extra.keys() > self._key_limit:
                 self._trim(extra, had)
         if is_server:
@@ -451,16 +458,17 @@ class RequestMapper:
             "warnings": _joined(attributes.get(attr.LICENSE_WARNINGS)),
             "errors": _joined(attributes.get(attr.LICENSE_ERRORS)),
         }
-        if type(balance) is int:
+        balance = schema.fitted(balance, int)  # an integer, also when sent as 3.0 (JSON)
+        if balance is not None:
             fields = {"liveness_balance": balance, **fields}
         else:
             self.counts[Reason.INVALID_LIVENESS_BALANCE] += 1
         tags = (("license_status", status), ("service", service))
         return [Point(schema.LICENSING, tags, fields, self.times.claim(start_ns, owner))]
 
-    def _plan(self, keys: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
+    def _plan(self, keys: tuple[str, ...]) -> tuple[_Step, ...]:
         """The luna.* keys among ``keys``, classified; a licence check first."""
-        plan = []
+        plan: list[_Step] = []
         for key in keys:
             if not key.startswith(attr.LUNA_PREFIX):
                 continue
@@ -468,13 +476,16 @@ class RequestMapper:
                 if key.startswith(prefix):
                     name = key[len(prefix) :]
                     problem = "shadows_schema" if name in _RESERVED_NAMES else key_problem(name)
+                    field_type = None if kind == _TAG else schema.field_type(name)
+                    if problem is None and kind == _TIME and field_type is not float:
+                        problem = _TYPE_MISMATCH  # a timing is float seconds: not this field
                     if problem is None:
-                        plan.append((key, kind, name))
+                        plan.append((key, kind, name, field_type))
                     else:
-                        plan.append((key, _REFUSED, problem))
+                        plan.append((key, _REFUSED, problem, None))
                     break
             else:
-                plan.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key))
+                plan.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key, None))
         plan.sort(key=lambda item: item[1] != _LICENSE)
         result = tuple(plan)
         if len(self._plans) >= _PLAN_CACHE_LIMIT:
@@ -482,7 +493,9 @@ class RequestMapper:
         self._plans[keys] = result
         return result
 
-    def _take(self, extra: _Extra, kind: int, name: str, value: Any) -> None:
+    def _take(
+        self, extra: _Extra, kind: int, name: str, value: Any, field_type: type[FieldValue] | None
+    ) -> None:
         scalar = type(value) in _SCALARS
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
@@ -505,7 +518,12 @@ class RequestMapper:
                 return
         elif kind == _FIELD:
             if scalar:
-                if type(value) is str and not value.isascii() and not _encodable(value):
+                if type(value) is not field_type:
+                    value = schema.fitted(value, field_type)  # type: ignore[arg-type]  # set for _FIELD
+                    if value is None:  # the request is written without this field
+                        self.counts[Reason.ATTRIBUTE_TYPE_MISMATCH] += 1
+                        return
+                elif type(value) is str and not value.isascii() and not _encodable(value):
                     self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # written without this field
                     return
                 extra.fields[name] = value

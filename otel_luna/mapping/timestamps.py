@@ -17,6 +17,10 @@ the identical point, so at-least-once delivery stays idempotent):
    one is held too. The draw depends on the owner alone, not on who came first, so a resent
    point finds its old time again even after the memory is gone (a restart, or more than
    :data:`RECENT_LIMIT` newer points) — unless it is the one that first held the contested time.
+
+Senders choose their times, so :func:`time_window` bounds them around the ingest's clock: a
+point far in the future would open InfluxDB shard groups ahead of time, outside every
+dashboard's view and every retention policy's reach until that time has passed.
 """
 
 from __future__ import annotations
@@ -27,6 +31,18 @@ _MAX_RESOLUTION = 10**6
 #: Nanoseconds within which a point that collided is moved.
 MOVE_WINDOW = 10**6
 _MASK64 = 2**64 - 1
+
+
+#: Beyond any time a point can have: a bound that is off.
+_NO_BOUND = 2**64
+
+
+def time_window(now_ns: int, max_ahead_ns: int, max_age_ns: int) -> tuple[int, int]:
+    """The (earliest, latest) time a point may have when the clock reads ``now_ns``: at most
+    ``max_age_ns`` before it and ``max_ahead_ns`` after it; a bound of 0 is no bound."""
+    earliest = now_ns - max_age_ns if max_age_ns else -_NO_BOUND
+    latest = now_ns + max_ahead_ns if max_ahead_ns else _NO_BOUND
+    return earliest, latest
 
 
 def owner_of(trace_id: int, span_id: int) -> int:

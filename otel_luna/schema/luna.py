@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from otel_luna.point import FieldValue
+
 REQUESTS: Final = "requests"
 ERRORS: Final = "errors"
 
@@ -41,6 +43,74 @@ STAGE_TIME_FIELDS: Final = (
     "event_storage_policy_time",
     "notification_storage_policy_time",
 )
+
+#: The InfluxDB type of a field of ``requests`` and ``errors``, from its name alone: the first
+#: rule that matches decides (``float``, ``int`` = integer, ``bool`` = boolean, ``str`` = string).
+#: InfluxDB fixes a field's type in a shard at its first write and refuses every point that
+#: disagrees, so a type must never depend on which value or which sender came first. The seed's
+#: own fields follow the rule: ``request_id`` (string), ``execution_time`` and the stage
+#: timings (float); so do ``usages_statistic``'s ``<estimator>_usages`` (integer).
+#:
+#: A name that is the word or ends in ``_<word>``:
+FIELD_TYPE_LAST_WORDS: Final[tuple[tuple[str, type[FieldValue]], ...]] = (
+    ("time", float),
+    ("seconds", float),
+    ("count", int),
+    ("usages", int),
+)
+#: ... else a name that starts with ``<word>_``:
+FIELD_TYPE_FIRST_WORDS: Final[tuple[tuple[str, type[FieldValue]], ...]] = (
+    ("is", bool),
+    ("has", bool),
+)
+#: ... else:
+DEFAULT_FIELD_TYPE: Final[type[FieldValue]] = str
+#: The types as InfluxDB names them.
+FIELD_TYPE_NAMES: Final[dict[type[FieldValue], str]] = {
+    float: "float",
+    int: "integer",
+    str: "string",
+    bool: "boolean",
+}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def field_type(name: str) -> type[FieldValue]:
+    """The one InfluxDB type of field ``name`` of ``requests`` and ``errors``."""
+    last = name.rpartition("_")[2]
+    for word, kind in FIELD_TYPE_LAST_WORDS:
+        if last == word:
+            return kind
+    first = name.partition("_")
+    if first[1]:
+        for word, kind in FIELD_TYPE_FIRST_WORDS:
+            if first[0] == word:
+                return kind
+    return DEFAULT_FIELD_TYPE
+
+
+def fitted(value: object, kind: type[FieldValue]) -> FieldValue | None:
+    """``value`` as a ``kind``, or None when it is not one and cannot become one without loss.
+
+    The only conversions are between numbers, when exact: an int to a float it equals (3 → 3.0;
+    not 2**53 + 1), an integral float to an int in int64 (3.0 → 3; not 2.5, NaN or 1e30). A bool
+    is no number here, and nothing becomes or stops being a string.
+    """
+    given = type(value)
+    if given is kind:
+        return value  # type: ignore[return-value]  # the exact type asked for
+    if kind is float and given is int:
+        try:
+            converted = float(value)  # type: ignore[arg-type]  # an int
+        except OverflowError:
+            return None
+        return converted if int(converted) == value else None
+    if kind is int and given is float:
+        number: float = value  # type: ignore[assignment]  # a float
+        if number.is_integer() and _INT64_MIN <= number <= _INT64_MAX:
+            return int(number)
+    return None
+
 
 USAGES_STATISTIC: Final = "usages_statistic"
 #: The SDK estimators luna-handlers counts; field ``<name>_usages`` (integer) of
