@@ -9,6 +9,7 @@ a server that does not start fails the test loudly; nothing is skipped.
 from __future__ import annotations
 
 import contextlib
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -129,6 +130,24 @@ def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 FULL_DISK_BYTES = 256 * 1024
 
 
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    assert shutil.which("openssl"), "openssl is needed to make a test certificate"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A fresh tmpfs of FULL_DISK_BYTES (a spool directory that fills up), unmounted afterwards.
@@ -162,5 +181,3 @@ def app_factory(tmp_path: Path) -> Iterator[Callable[..., App]]:
     yield make
     for app in apps:
         app.close()
-
-

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -44,7 +45,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from otel_luna.settings import Settings
+from otel_luna.cli import EXIT_USAGE
+from otel_luna.receiver.startup import check_tls_files, listening
+from otel_luna.settings import Settings, SettingsError
 
 _logger = logging.getLogger(__name__)
 
@@ -65,6 +68,10 @@ STOP_MARGIN = 15.0
 GRPC_GRACE = 5.0
 _READY = b"ready\n"
 _STATUS_PREFIX = "serve-supervisor-"
+
+
+class _SaidWhy(RuntimeError):
+    """A worker could not start, and said why in one line (a setting it cannot use)."""
 
 
 def worker_count(setting: int) -> int:
@@ -194,27 +201,39 @@ class Supervisor:
     def start(self) -> None:
         """Start every worker and wait until each listens; ``RuntimeError`` (every worker
         stopped) if one cannot start."""
-        for slot in range(self.count):
-            self._spawn(slot)
+        # The first alone, then the others: a setting that keeps one from starting keeps all
+        # from starting, and is said once (the first's one line, exit status 2: _SaidWhy).
         deadline = time.monotonic() + START_TIMEOUT
-        for worker in self.workers:
-            assert worker is not None
-            ready = worker.check_ready(max(0.0, deadline - time.monotonic()))
-            if not ready:
-                if ready is None:
-                    what = f"did not start within {START_TIMEOUT:.0f} s"
-                else:
-                    try:
-                        what = describe_exit(worker.popen.wait(timeout=5))
-                    except subprocess.TimeoutExpired:
-                        what = "failed to start"
-                self.stop()
-                raise RuntimeError(f"worker {worker.slot} (pid {worker.pid}) {what}")
+        for first in (True, False):
+            for slot in range(1) if first else range(1, self.count):
+                self._spawn(slot)
+            for worker in self.workers[:1] if first else self.workers[1:]:
+                assert worker is not None
+                self._check_started(worker, deadline)
         for gone in describe_supervisors(self._status_path.parent):  # killed supervisors'
             if not gone["running"]:
                 with contextlib.suppress(OSError):
                     (self._status_path.parent / f"{_STATUS_PREFIX}{gone['pid']}.json").unlink()
         self._write_status()
+
+    def _check_started(self, worker: _Worker, deadline: float) -> None:
+        """Wait until ``worker`` listens; else stop every worker and raise ``RuntimeError``."""
+        ready = worker.check_ready(max(0.0, deadline - time.monotonic()))
+        if ready:
+            return
+        status = None
+        if ready is None:
+            what = f"did not start within {START_TIMEOUT:.0f} s"
+        else:
+            try:
+                status = worker.popen.wait(timeout=5)
+                what = describe_exit(status)
+            except subprocess.TimeoutExpired:
+                what = "failed to start"
+        self.stop()
+        if status == EXIT_USAGE:
+            raise _SaidWhy
+        raise RuntimeError(f"worker {worker.slot} (pid {worker.pid}) {what}")
 
     # -- watching --------------------------------------------------------------------------
 
@@ -409,10 +428,11 @@ def supervise(
     host = settings.serve_host
     reserved = []
     try:
-        reserved = [
-            reserve_port(host, settings.serve_grpc_port),
-            reserve_port(host, settings.serve_http_port),
-        ]
+        check_tls_files(settings)
+        for name in ("serve_grpc_port", "serve_http_port"):
+            port = getattr(settings, name)
+            reserve = functools.partial(reserve_port, host, port)
+            reserved.append(listening(name, host, port, True, reserve))
         grpc_port, http_port = (sock.getsockname()[1] for sock in reserved)
         given = {**overrides, "serve_grpc_port": grpc_port, "serve_http_port": http_port}
         supervisor = Supervisor(settings, given, workers)
@@ -420,6 +440,8 @@ def supervise(
             signal.signal(signum, lambda *_: supervisor.request_stop())
         try:
             supervisor.start()
+        except _SaidWhy:
+            return EXIT_USAGE  # the worker's one line says why
         except RuntimeError as error:
             print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
             return 1
@@ -482,7 +504,11 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from otel_luna.receiver.serve import Server
 
     settings = Settings.load(**json.loads(args.overrides))
-    server = Server(settings, reuse_port=True)
+    try:
+        server = Server(settings, reuse_port=True)
+    except SettingsError as error:  # one line, as a single serve says it
+        print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
     try:
         with contextlib.suppress(OSError):  # a supervisor gone away: PDEATHSIG stops us
             os.write(args.ready_fd, _READY)
