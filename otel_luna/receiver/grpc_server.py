@@ -3,22 +3,27 @@
 
 **Bounds.** grpcio looks a call's handler up on its polling thread as soon as the headers
 arrive, before any byte of the body is read and before a thread of the pool is taken:
-:class:`_Handlers` decides there. A call without the right bearer token, or beyond
-``SERVE_MAX_CONNECTIONS`` calls in flight, gets a handler that answers at once
-(``UNAUTHENTICATED``; ``RESOURCE_EXHAUSTED`` with ``RetryInfo``) on a small pool of its own and
-never reads the body. The Export handlers are request-*streaming* on the server side (the wire
-is the same as a unary call's): the message is read inside the handler, on the pool, only once
-the call was admitted, and a client that takes longer than ``SERVE_READ_TIMEOUT`` to send it is
-cancelled. A message read counts against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it
+:class:`_Handlers` decides there. A call without the right bearer token gets a handler that
+answers ``UNAUTHENTICATED`` at once on a small pool of its own and never reads the body: it is
+never admitted. At most ``SERVE_MAX_CONNECTIONS`` calls (and :data:`MAX_CALLS`) are admitted at
+once, and each has a thread of its own from admission, which waits for its message: a stalled
+sender holds one slot and one idle thread, never a thread another call waits for. The Export
+handlers are request-*streaming* on the server side (the wire is the same as a unary call's): the
+message is read inside the handler, and a client that has not sent it ``SERVE_READ_TIMEOUT``
+after admission is cancelled (counted ``requests_refused_timeout``). At the cap, a new call takes
+the slot of the call that has waited longest for its message, once that is :data:`SPARE` seconds
+(cancelled, counted the same): a flood of stalled calls delays a good sender by that much at
+most. With no such call, the new one is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``
+(counted ``requests_refused_busy``). Only :data:`DECODE_THREADS` calls decode at once. A message
+read counts against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it
 may take decoded (:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the
 call is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
 ``SERVE_MAX_DECODED_BYTES`` decoded ``RESOURCE_EXHAUSTED`` without (counted
 ``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes
-serve holds for gRPC requests are at most: the messages being received (one per pool thread,
-each up to ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or
-one request alone up to ``SERVE_MAX_DECODED_BYTES``), and
-grpc's flow-control window for each admitted call still waiting for a thread (64 KiB: BDP
-probing, which grows the windows to megabytes per stream, is off).
+serve holds for gRPC requests are at most: grpc's flow-control window for each admitted call
+(64 KiB: BDP probing, which grows the windows to megabytes per stream, is off), the messages
+received and waiting to be decoded (each up to ``SERVE_MAX_MESSAGE_BYTES``), and those being
+decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request alone up to ``SERVE_MAX_DECODED_BYTES``).
 """
 
 from __future__ import annotations
@@ -49,17 +54,19 @@ from otel_luna.receiver.protocol import (
 )
 from otel_luna.settings import Settings
 
-#: Threads that read, decode and accept admitted calls. The work is Python under one
-#: interpreter lock, so more threads add no throughput; these overlap reading a body from the
-#: network and the spool's disk write with another call's decoding. Each may hold one message
-#: being received (up to ``SERVE_MAX_MESSAGE_BYTES``).
-POOL_THREADS = 8
+#: Admitted calls that decode and accept at once. The work is Python under one interpreter
+#: lock, so more threads add no throughput; these overlap the spool's disk write with another
+#: call's decoding.
+DECODE_THREADS = 8
+#: Most calls admitted at once whatever ``SERVE_MAX_CONNECTIONS`` says: each has a thread.
+MAX_CALLS = 1024
 #: Threads that answer refused calls (no token, too many calls) without reading them.
 REFUSAL_THREADS = 2
 #: How often calls that are slow to send their message are looked for (seconds).
 READ_TIMEOUT_CHECK = 0.5
-#: Seconds a call that waited for a pool thread past its read timeout still gets to be read.
-READ_GRACE = 1.0
+#: Seconds an admitted call may wait for its message before, at the cap, a new call takes its
+#: slot (a good client sends the message with the headers).
+SPARE = 1.0
 
 
 def _serialize(message: Message) -> bytes:
@@ -93,46 +100,89 @@ class _Refusal:
         self._answer(context)
 
 
-class _ReadDeadlines:
-    """Cancels the calls whose message has not arrived within ``timeout`` seconds: a slow or
-    stalled client holds a pool thread at most that long. One thread checks them all."""
+class _Call:
+    """An admitted call: when, its context once its handler runs, whether it still holds its
+    slot (a newer call may take it) and whether its message arrived."""
 
-    def __init__(self, timeout: float) -> None:
+    __slots__ = ("admitted", "context", "counted", "read")
+
+    def __init__(self, admitted: float) -> None:
+        self.admitted = admitted
+        self.context: grpc.ServicerContext | None = None
+        self.counted = True
+        self.read = False
+
+
+class _Admission:
+    """The admitted calls (at most ``limit``) and their read deadlines: a call whose message has
+    not arrived ``timeout`` seconds after its admission is cancelled; at the cap, the one that
+    has waited longest for its message (:data:`SPARE` seconds at least) gives its slot to a new
+    call. One thread checks the deadlines."""
+
+    def __init__(self, limit: int, timeout: float, cut: Callable[[], None]) -> None:
+        self.limit = limit
         self.timeout = timeout
-        self._calls: dict[int, tuple[float, grpc.ServicerContext]] = {}
+        self._cut = cut  # counts a call cancelled unread
+        self._waiting: dict[int, _Call] = {}  # admitted, message not yet read, by id
+        self._count = 0
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otlp-grpc-read-timeout")
         self._thread.daemon = True
         self._thread.start()
 
-    def read(
-        self, requests: Iterator[bytes], context: grpc.ServicerContext, admitted: float
-    ) -> bytes | None:
-        """The call's one message; None if the client sent none (``RpcError`` if cancelled).
-
-        The timeout counts from the call's admission, not from when a pool thread took it: a
-        flood of stalled calls must not hold the slots for (calls / threads) x timeout. A call
-        that waited long for a thread still gets READ_GRACE to deliver a message it may have
-        sent meanwhile."""
-        key = id(context)
-        deadline = max(admitted + self.timeout, time.monotonic() + READ_GRACE)
+    def admit(self) -> _Call | None:
+        """A slot for a new call (taken from the slowest sender at the cap), or None."""
+        now = time.monotonic()
         with self._lock:
-            self._calls[key] = (deadline, context)
-        try:
-            return next(requests, None)
-        finally:
-            with self._lock:
-                self._calls.pop(key, None)
+            if self._count >= self.limit:
+                victim = min(self._waiting.values(), key=lambda c: c.admitted, default=None)
+                if victim is None or victim.admitted > now - SPARE:
+                    return None
+                self._drop(victim)  # its slot is the new call's
+                self._count -= 1
+            self._count += 1
+            call = _Call(now)
+            self._waiting[id(call)] = call
+            return call
+
+    def _drop(self, call: _Call) -> None:
+        """Under the lock: ``call`` is cancelled unread and holds no slot any more."""
+        self._waiting.pop(id(call), None)
+        call.counted = False
+        self._cut()
+        if call.context is not None:
+            call.context.cancel()
+        # else its handler has not begun: it finds itself dropped and ends at once
+
+    def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """The call's one message (``RpcError`` if it was cancelled, as a dropped call is)."""
+        with self._lock:
+            call.context = context
+            if not call.counted:
+                context.cancel()
+        data = next(requests, None)  # None: the client sent none
+        with self._lock:
+            self._waiting.pop(id(call), None)
+            call.read = True
+        if data is None:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        return data
+
+    def done(self, call: _Call) -> None:
+        with self._lock:
+            self._waiting.pop(id(call), None)
+            if call.counted:
+                call.counted = False
+                self._count -= 1
 
     def _run(self) -> None:
         while not self._stopped.wait(READ_TIMEOUT_CHECK):
-            now = time.monotonic()
+            cutoff = time.monotonic() - self.timeout
             with self._lock:
-                late = [key for key, (deadline, _) in self._calls.items() if deadline <= now]
-                contexts = [self._calls.pop(key)[1] for key in late]
-            for context in contexts:
-                context.cancel()
+                for call in [c for c in self._waiting.values() if c.admitted <= cutoff]:
+                    self._drop(call)
+                    self._count -= 1
 
     def stop(self) -> None:
         self._stopped.set()
@@ -143,13 +193,15 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def __init__(self, receiver: Receiver, settings: Settings) -> None:
         self._token = settings.serve_token
-        self._max_calls = settings.serve_max_connections
-        self._calls = 0
-        self._lock = threading.Lock()
         self._receiver = receiver
         self._budget = receiver.budget  # HTTP's too
         self._max_decoded = settings.serve_max_decoded_bytes
-        self.deadlines = _ReadDeadlines(settings.serve_read_timeout)
+        self.admission = _Admission(
+            call_slots(settings),
+            settings.serve_read_timeout,
+            lambda: receiver.requests.add(Reason.REQUESTS_REFUSED_TIMEOUT),
+        )
+        self._decoding = threading.BoundedSemaphore(DECODE_THREADS)
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
         )
@@ -175,51 +227,55 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
             if key == "authorization"
         ]  # repeated: as good as none
         if not token_ok(self._token, given[0] if len(given) == 1 else None):
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_UNAUTHENTICATED)
             return self._unauthenticated
-        with self._lock:
-            if self._calls >= self._max_calls:
-                return self._too_many
-            # Counted until its handler ends: grpcio runs every handler it was given (stream
-            # handlers even for a cancelled call), so the count cannot leak.
-            self._calls += 1
+        # Counted until its handler ends: grpcio runs every handler it was given (stream
+        # handlers even for a cancelled call), so the count cannot leak.
+        call = self.admission.admit()
+        if call is None:
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_BUSY)
+            return self._too_many
         return grpc.stream_unary_rpc_method_handler(
-            self._export(signal_, time.monotonic()), response_serializer=_serialize
+            self._export(signal_, call), response_serializer=_serialize
         )
 
-    def _done(self) -> None:
-        with self._lock:
-            self._calls -= 1
-
-    def _export(
-        self, signal_: Signal, admitted: float
-    ) -> Callable[[Iterator[bytes], Any], Message]:
+    def _export(self, signal_: Signal, call: _Call) -> Callable[[Iterator[bytes], Any], Message]:
         def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
             try:
-                data = self.deadlines.read(requests, context, admitted)
-                if data is None:
-                    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
-                # The message is held at what it may take decoded (its size at least).
-                size = signal_.decoded_bound(data, False, self._max_decoded)
-                if size > self._max_decoded:
-                    self._receiver.requests.add(Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE)
-                    message = decoded_too_large(size, self._max_decoded)
-                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-                if not self._budget.take(size, wait=DECODE_WAIT):
-                    _abort_retry_later(context, "too many request bytes in flight; retry later")
-                try:
-                    request = _decode(signal_, data, context)
-                    del data  # the decoded request is what is held from here on
-                    return _accept(signal_, request, context)
-                finally:
-                    self._budget.give(size)
+                data = self.admission.read(call, requests, context)
+                with self._decoding:
+                    return self._decode_and_accept(signal_, data, context)
             finally:
-                self._done()
+                self.admission.done(call)
 
         return export
 
+    def _decode_and_accept(
+        self, signal_: Signal, data: bytes, context: grpc.ServicerContext
+    ) -> Message:
+        # The message is held at what it may take decoded (its size at least).
+        size = signal_.decoded_bound(data, False, self._max_decoded)
+        if size > self._max_decoded:
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE)
+            message = decoded_too_large(size, self._max_decoded)
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if not self._budget.take(size, wait=DECODE_WAIT):
+            _abort_retry_later(context, "too many request bytes in flight; retry later")
+        try:
+            request = _decode(signal_, data, context)
+            del data  # the decoded request is what is held from here on
+            return _accept(signal_, request, context)
+        finally:
+            self._budget.give(size)
+
     def stop(self) -> None:
-        self.deadlines.stop()
+        self.admission.stop()
         self.refusal_pool.shutdown(wait=False)
+
+
+def call_slots(settings: Settings) -> int:
+    """Calls admitted at once: ``SERVE_MAX_CONNECTIONS``, at most :data:`MAX_CALLS`."""
+    return min(settings.serve_max_connections, MAX_CALLS)
 
 
 def _unauthenticated(context: grpc.ServicerContext) -> NoReturn:
@@ -277,7 +333,11 @@ def start_grpc(
         ("grpc.http2.bdp_probe", 0),
     ]
     handlers = _Handlers(receiver, settings)
-    pool = futures.ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="otlp-grpc")
+    # A thread for each admitted call (and for those whose slot a newer call took, while they
+    # end): none waits for another's message.
+    pool = futures.ThreadPoolExecutor(
+        max_workers=2 * call_slots(settings), thread_name_prefix="otlp-grpc"
+    )
     server = grpc.server(pool, handlers=(handlers,), options=options)
     address = f"{settings.serve_host}:{port}"
     try:
