@@ -6,24 +6,25 @@ arrive, before any byte of the body is read and before a thread of the pool is t
 :class:`_Handlers` decides there. A call without the right bearer token gets a handler that
 answers ``UNAUTHENTICATED`` at once on a small pool of its own and never reads the body: it is
 never admitted. At most ``SERVE_MAX_CONNECTIONS`` calls (and :data:`MAX_CALLS`) are admitted at
-once, and each has a thread of its own from admission, which waits for its message: a stalled
-sender holds one slot and one idle thread, never a thread another call waits for. The Export
-handlers are request-*streaming* on the server side (the wire is the same as a unary call's): the
-message is read inside the handler, and a client that has not sent it ``SERVE_READ_TIMEOUT``
-after admission is cancelled (counted ``requests_refused_timeout``). At the cap, a new call takes
-the slot of the call that has waited longest for its message, once that is :data:`SPARE` seconds
-(cancelled, counted the same): a flood of stalled calls delays a good sender by that much at
-most. With no such call, the new one is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``
-(counted ``requests_refused_busy``). Only :data:`DECODE_THREADS` calls decode at once. A message
-read counts against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it
-may take decoded (:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the
-call is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
+once, each with a thread of its own; beyond them a call is answered ``RESOURCE_EXHAUSTED`` with
+``RetryInfo`` (counted ``requests_refused_busy``) from that small pool, unless the unread call
+admitted first has waited :data:`SPARE` seconds: it gives its slot to the new call. The Export
+handlers are request-*streaming* on the server side (the wire is the same as a unary call's):
+the message is received only when the handler reads it, and only :data:`READERS` calls read,
+decode and accept at once, the calls admitted *last* first; a reader whose message has not come
+within :data:`SPARE` seconds while other calls wait for one is cancelled, and so is a call that
+has not sent its message ``SERVE_READ_TIMEOUT`` after its admission (both counted
+``requests_refused_timeout``; see :class:`_Admission`). So a flood of stalled calls costs a good
+call a second or two, not the flood's read timeouts one after the other. A message read counts
+against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it may take decoded
+(:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the call is
+answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
 ``SERVE_MAX_DECODED_BYTES`` decoded ``RESOURCE_EXHAUSTED`` without (counted
-``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes
-serve holds for gRPC requests are at most: grpc's flow-control window for each admitted call
-(64 KiB: BDP probing, which grows the windows to megabytes per stream, is off), the messages
-received and waiting to be decoded (each up to ``SERVE_MAX_MESSAGE_BYTES``), and those being
-decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request alone up to ``SERVE_MAX_DECODED_BYTES``).
+``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes serve holds for gRPC
+requests are at most: the messages being received (one per reader, each up to
+``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request
+alone up to ``SERVE_MAX_DECODED_BYTES``), and grpc's flow-control window for each admitted call
+not yet read (64 KiB: BDP probing, which grows the windows to megabytes per stream, is off).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counts, Reason
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
 from otel_luna.receiver.protocol import (
     DECODE_WAIT,
@@ -54,16 +55,17 @@ from otel_luna.receiver.protocol import (
 )
 from otel_luna.settings import Settings
 
-#: Admitted calls that decode and accept at once. The work is Python under one interpreter
-#: lock, so more threads add no throughput; these overlap the spool's disk write with another
-#: call's decoding.
-DECODE_THREADS = 8
+#: Admitted calls that receive, decode and accept their message at once. The work is Python
+#: under one interpreter lock, so more add no throughput; these overlap the network and the
+#: spool's disk write with another call's decoding. Each may hold one message (up to
+#: ``SERVE_MAX_MESSAGE_BYTES``) being received.
+READERS = 8
 #: Most calls admitted at once whatever ``SERVE_MAX_CONNECTIONS`` says: each has a thread.
 MAX_CALLS = 1024
 #: Threads that answer refused calls (no token, too many calls) without reading them.
 REFUSAL_THREADS = 2
 #: How often calls that are slow to send their message are looked for (seconds).
-READ_TIMEOUT_CHECK = 0.5
+READ_TIMEOUT_CHECK = 0.25
 #: Seconds an admitted call may wait for its message before, at the cap, a new call takes its
 #: slot (a good client sends the message with the headers).
 SPARE = 1.0
@@ -101,88 +103,143 @@ class _Refusal:
 
 
 class _Call:
-    """An admitted call: when, its context once its handler runs, whether it still holds its
-    slot (a newer call may take it) and whether its message arrived."""
+    """An admitted call: when, its context once its handler runs, where it is (:data:`_NEW`
+    … :data:`_DROPPED`), whether it holds its slot and a reader."""
 
-    __slots__ = ("admitted", "context", "counted", "read")
+    __slots__ = ("admitted", "context", "counted", "reader", "since", "state")
 
     def __init__(self, admitted: float) -> None:
         self.admitted = admitted
         self.context: grpc.ServicerContext | None = None
-        self.counted = True
-        self.read = False
+        self.state = _NEW
+        self.since = admitted  # of its state
+        self.counted = True  # holds one of the slots
+        self.reader = False  # holds one of the readers
+
+
+#: Admitted, its handler not begun; waiting for a reader; reading its message (for ever, if
+#: the client stalls); read, being decoded and accepted; refused unread (its slot taken).
+_NEW, _WAITING, _READING, _READ, _DROPPED = range(5)
 
 
 class _Admission:
-    """The admitted calls (at most ``limit``) and their read deadlines: a call whose message has
-    not arrived ``timeout`` seconds after its admission is cancelled; at the cap, the one that
-    has waited longest for its message (:data:`SPARE` seconds at least) gives its slot to a new
-    call. One thread checks the deadlines."""
+    """The admitted calls (at most ``limit``) and the ``readers`` of their messages.
 
-    def __init__(self, limit: int, timeout: float, cut: Callable[[], None]) -> None:
+    Each admitted call has a thread of its own; it reads its message (the message is received
+    only then) and decodes it once it has one of the ``readers``, so at most that many messages
+    are received or decoded at once. Free readers go to the call admitted last: a flood of
+    stalled calls admitted before a good one does not stand in front of it. While a call waits
+    for a reader, the call that has been reading the longest without its message arriving
+    (:data:`SPARE` seconds at least) is cancelled; so is, at the cap, the unread call admitted
+    first (:data:`SPARE` seconds ago at least), to give its slot to a new call. A call not read
+    ``timeout`` seconds after its admission is cancelled if it was reading (the client stalls),
+    else answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo`` (serve was too busy to read it).
+    One thread checks the deadlines."""
+
+    def __init__(self, limit: int, readers: int, timeout: float, counts: Counts) -> None:
         self.limit = limit
         self.timeout = timeout
-        self._cut = cut  # counts a call cancelled unread
-        self._waiting: dict[int, _Call] = {}  # admitted, message not yet read, by id
-        self._count = 0
-        self._lock = threading.Lock()
+        self._counts = counts
+        self._unread: dict[int, _Call] = {}  # admitted and not read yet, by id
+        self._waiting: list[_Call] = []  # for a reader, in the order they began to wait
+        self._free = readers
+        self._count = 0  # slots taken
+        self._changed = threading.Condition(threading.Lock())
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otlp-grpc-read-timeout")
         self._thread.daemon = True
         self._thread.start()
 
     def admit(self) -> _Call | None:
-        """A slot for a new call (taken from the slowest sender at the cap), or None."""
+        """A slot for a new call (taken from the oldest unread call at the cap), or None."""
         now = time.monotonic()
-        with self._lock:
+        with self._changed:
             if self._count >= self.limit:
-                victim = min(self._waiting.values(), key=lambda c: c.admitted, default=None)
+                victim = min(self._unread.values(), key=lambda c: c.admitted, default=None)
                 if victim is None or victim.admitted > now - SPARE:
                     return None
-                self._drop(victim)  # its slot is the new call's
-                self._count -= 1
+                self._drop(victim)
             self._count += 1
             call = _Call(now)
-            self._waiting[id(call)] = call
+            self._unread[id(call)] = call
             return call
 
-    def _drop(self, call: _Call) -> None:
-        """Under the lock: ``call`` is cancelled unread and holds no slot any more."""
-        self._waiting.pop(id(call), None)
-        call.counted = False
-        self._cut()
-        if call.context is not None:
-            call.context.cancel()
-        # else its handler has not begun: it finds itself dropped and ends at once
-
     def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        """The call's one message (``RpcError`` if it was cancelled, as a dropped call is)."""
-        with self._lock:
+        """The call's one message, once it has a reader (it keeps it until :meth:`done`)."""
+        with self._changed:
             call.context = context
-            if not call.counted:
-                context.cancel()
-        data = next(requests, None)  # None: the client sent none
-        with self._lock:
-            self._waiting.pop(id(call), None)
-            call.read = True
+            if call.state == _NEW:
+                self._set(call, _WAITING)
+                self._waiting.append(call)
+                self._hand_out()
+                while call.state == _WAITING:
+                    self._changed.wait()
+            dropped = call.state == _DROPPED
+        if dropped:
+            _abort_retry_later(context, "too many calls in flight; retry later")
+        data = next(requests, None)  # None: the client sent none. RpcError: cancelled
+        with self._changed:
+            self._unread.pop(id(call), None)
+            self._set(call, _READ)
         if data is None:
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
         return data
 
     def done(self, call: _Call) -> None:
-        with self._lock:
-            self._waiting.pop(id(call), None)
+        """The call's handler ends: its slot and its reader are free."""
+        with self._changed:
+            self._unread.pop(id(call), None)
             if call.counted:
                 call.counted = False
                 self._count -= 1
+            if call.reader:
+                call.reader = False
+                self._free += 1
+                self._hand_out()
+
+    def _set(self, call: _Call, state: int) -> None:
+        call.state = state
+        call.since = time.monotonic()
+
+    def _hand_out(self) -> None:
+        """Under the lock: free readers to the calls that began to wait last."""
+        while self._free and self._waiting:
+            call = self._waiting.pop()
+            self._free -= 1
+            call.reader = True
+            self._set(call, _READING)
+            self._changed.notify_all()
+
+    def _drop(self, call: _Call) -> None:
+        """Under the lock: ``call`` is refused unread; its slot is free."""
+        self._unread.pop(id(call), None)
+        if call.counted:
+            call.counted = False
+            self._count -= 1
+        reading = call.state == _READING
+        self._counts.add(
+            Reason.REQUESTS_REFUSED_TIMEOUT if reading else Reason.REQUESTS_REFUSED_BUSY
+        )
+        if call in self._waiting:
+            self._waiting.remove(call)
+        self._set(call, _DROPPED)
+        self._changed.notify_all()  # a waiting one answers RESOURCE_EXHAUSTED
+        if reading and call.context is not None:
+            call.context.cancel()  # its reader is free once its handler ends
 
     def _run(self) -> None:
         while not self._stopped.wait(READ_TIMEOUT_CHECK):
-            cutoff = time.monotonic() - self.timeout
-            with self._lock:
-                for call in [c for c in self._waiting.values() if c.admitted <= cutoff]:
+            now = time.monotonic()
+            with self._changed:
+                for call in [c for c in self._unread.values() if c.admitted <= now - self.timeout]:
                     self._drop(call)
-                    self._count -= 1
+                stalled = sorted(
+                    (c for c in self._unread.values() if c.state == _READING),
+                    key=lambda c: c.since,
+                )
+                for call in stalled[: len(self._waiting)]:
+                    if call.since <= now - SPARE:
+                        self._drop(call)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -197,11 +254,8 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         self._budget = receiver.budget  # HTTP's too
         self._max_decoded = settings.serve_max_decoded_bytes
         self.admission = _Admission(
-            call_slots(settings),
-            settings.serve_read_timeout,
-            lambda: receiver.requests.add(Reason.REQUESTS_REFUSED_TIMEOUT),
+            call_slots(settings), READERS, settings.serve_read_timeout, receiver.requests
         )
-        self._decoding = threading.BoundedSemaphore(DECODE_THREADS)
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
         )
@@ -243,8 +297,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
             try:
                 data = self.admission.read(call, requests, context)
-                with self._decoding:
-                    return self._decode_and_accept(signal_, data, context)
+                return self._decode_and_accept(signal_, data, context)
             finally:
                 self.admission.done(call)
 
