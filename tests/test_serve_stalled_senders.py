@@ -169,3 +169,55 @@ def test_trickling_http_bodies_do_not_starve_a_good_client() -> None:
         print(f"\ngood client answered; {cut} of {STALLED} trickling bodies cut to make room")
         assert 1 <= cut <= STALLED - CAP + 1
         assert server.receiver.requests.snapshot()[Reason.REQUESTS_TRACES] == 1
+
+
+def test_trickling_http_bodies_do_not_keep_the_byte_budget_from_a_good_client() -> None:
+    """Bodies that declare a large length hold it in SERVE_MAX_INFLIGHT_BYTES from their head
+    on; trickled, they kept every other client at 503 until their read timeout. Now a client
+    refused 503 has the slowest of them cut (408) to make room, and its retry is answered."""
+    budget = 1 << 20
+    server = Running(
+        serve_max_inflight_bytes=budget,
+        serve_max_message_bytes=budget,
+        serve_read_timeout=READ_TIMEOUT,
+    )
+    declared = budget // 4
+    stop = threading.Event()
+    with ExitStack() as stack:
+        stack.callback(server.stop)
+        stack.callback(stop.set)
+        slow = []
+        for _ in range(4):  # all of the budget
+            sock = stack.enter_context(closing(server.connect()))
+            sock.sendall(head(Content_Type=PB["Content-Type"], Content_Length=str(declared)))
+            slow.append(sock)
+
+        def trickle() -> None:
+            while not stop.wait(0.1):
+                for sock in slow:
+                    with suppress(OSError):
+                        sock.send(b"\0")
+
+        trickler = threading.Thread(target=trickle, daemon=True)
+        trickler.start()
+        stack.callback(trickler.join)
+        wait_until(
+            lambda: server.receiver.budget.used,
+            lambda used: used == budget,
+            READ_TIMEOUT,
+            "trickling bodies holding the budget",
+        )
+        body, _ = good_body(1)
+        while True:  # as an OTLP client: 503 is retried after Retry-After
+            with closing(server.connect()) as good:
+                good.sendall(head(Content_Type=PB["Content-Type"], Content_Length=str(len(body))))
+                good.sendall(body)
+                status, headers, _ = recv_answer(good, timeout=READ_TIMEOUT)
+            if status != 503:
+                break
+            time.sleep(float(headers["retry-after"]))
+        stop.set()
+        assert status == 200
+        cut = server.receiver.requests.snapshot()[Reason.REQUESTS_REFUSED_TIMEOUT]
+        print(f"\ngood client answered; {cut} of 4 trickling bodies cut to make room")
+        assert cut == 1  # the good body needs little room

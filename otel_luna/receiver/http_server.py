@@ -14,8 +14,9 @@ that need sockets:
 - what aiohttp's parser refuses (request line, headers, framing) is answered like the rest:
   ``400`` (``414``/``431`` for a request line or headers too long) with a ``google.rpc.Status``
   in the request's encoding when its ``Content-Type`` line arrived, HTTP/1.1, closed;
-- at most ``serve_max_inflight_bytes`` of request bodies read or decoded at once: beyond it
-  ``503`` + ``Retry-After`` without reading;
+- at most ``serve_max_inflight_bytes`` of request bodies read or decoded at once (a declared
+  length from the head on): beyond it ``503`` + ``Retry-After`` without reading, and bodies
+  arriving at less than :data:`MIN_BODY_RATE` that hold the room are cut (408) for the retry;
 - ``serve_read_timeout`` for a request's head and body together, from the head's first byte (its
   admission: a trickling head does not buy its body more time), for the TLS handshake (done on
   the loop, never in the accept path), and so for how long a slow client can hold up
@@ -280,6 +281,7 @@ class _Connection(RequestHandler):
         self.body_since: float | None = None  # when its body began to be read
         self.body_read = 0  # bytes of it read so far
         self.cut_for_room = False  # its body was cut for a new client: closed without a drain
+        self.hold: _Hold | None = None  # the budget its request holds
         self._head = b""  # its first HEAD_KEPT bytes
         self._head_bytes = 0  # bytes of the head being received, until its blank line
         self._head_end = b""  # its last bytes so far (the blank line may straddle two reads)
@@ -357,6 +359,7 @@ class _Connection(RequestHandler):
         self.in_request = False
         self.payload = None
         self.body_since = None
+        self.hold = None
         self.idle = True
         self.idle_since = self.front.loop.time()
         self._head = b""
@@ -732,8 +735,11 @@ class HttpServer:
         declared = request.content_length
         hold = _Hold(protocol.budget, 0)
         if not hold.take(declared or 0):
+            self._cut_slow_bodies(declared or 0)  # for the client's retry
             return _response(protocol.busy(headers), close=request.body_exists)
         connection = request.protocol if isinstance(request.protocol, _Connection) else None
+        if connection is not None:
+            connection.hold = hold
         # The head and the body within serve_read_timeout of the head's first byte.
         admitted = self.loop.time() if connection is None else connection.admitted
         left = admitted + self.settings.serve_read_timeout - self.loop.time()
@@ -764,6 +770,24 @@ class HttpServer:
             return _response(answer, close=self._stopping)
         finally:
             hold.release()
+
+    def _cut_slow_bodies(self, needed: int) -> None:
+        """Cut (408) bodies that have been arriving for :data:`SPARE` seconds at less than
+        :data:`MIN_BODY_RATE`, slowest first, until they give back ``needed`` bytes of the
+        budget: trickling senders do not keep the budget from good ones for long."""
+        now = self.loop.time()
+        slow = []
+        for connection in self.connections:
+            since = connection.slow_body_since(now)
+            if since is not None and now - since >= SPARE and connection.hold is not None:
+                slow.append((connection.body_read / (now - since), connection))
+        freed = 0
+        for _, connection in sorted(slow, key=lambda pair: pair[0]):
+            if freed >= needed:
+                break
+            assert connection.hold is not None
+            freed += connection.hold.held
+            connection.cut_body()
 
     async def _read_body(
         self,
