@@ -29,6 +29,7 @@ not yet read (64 KiB: BDP probing, which grows the windows to megabytes per stre
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -166,6 +167,8 @@ class _Admission:
 
     def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """The call's one message, once it has a reader (it keeps it until :meth:`done`)."""
+        # A call that ends while it waits (its client gave up, serve stops) stops waiting.
+        context.add_callback(functools.partial(self._ended, call))
         with self._changed:
             call.context = context
             if call.state == _NEW:
@@ -196,6 +199,15 @@ class _Admission:
                 call.reader = False
                 self._free += 1
                 self._hand_out()
+
+    def _ended(self, call: _Call) -> None:
+        """grpcio's callback at the end of the call: one that still waits for a reader is
+        taken out of the line (its handler then ends)."""
+        with self._changed:
+            if call.state == _WAITING:
+                self._waiting.remove(call)
+                self._set(call, _DROPPED)
+                self._changed.notify_all()
 
     def _set(self, call: _Call, state: int) -> None:
         call.state = state
