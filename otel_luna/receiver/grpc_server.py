@@ -68,7 +68,8 @@ REFUSAL_THREADS = 2
 #: How often calls that are slow to send their message are looked for (seconds).
 READ_TIMEOUT_CHECK = 0.25
 #: Seconds an admitted call may wait for its message before, at the cap, a new call takes its
-#: slot (a good client sends the message with the headers).
+#: slot, and a reader may wait for it while other calls wait for a reader (a good client sends
+#: the message with the headers).
 SPARE = 1.0
 
 
@@ -168,9 +169,11 @@ class _Admission:
     def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """The call's one message, once it has a reader (it keeps it until :meth:`done`)."""
         # A call that ends while it waits (its client gave up, serve stops) stops waiting.
-        context.add_callback(functools.partial(self._ended, call))
+        ended = not context.add_callback(functools.partial(self._ended, call))
         with self._changed:
             call.context = context
+            if call.state == _NEW and ended:
+                self._set(call, _DROPPED)
             if call.state == _NEW:
                 self._set(call, _WAITING)
                 self._waiting.append(call)
