@@ -166,8 +166,9 @@ class _Admission:
             self._unread[id(call)] = call
             return call
 
-    def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        """The call's one message, once it has a reader (it keeps it until :meth:`done`)."""
+    def wait_for_reader(self, call: _Call, context: grpc.ServicerContext) -> None:
+        """Return once the call has a reader (it keeps it until :meth:`done`); else answer it
+        ``RESOURCE_EXHAUSTED`` with ``RetryInfo``."""
         # A call that ends while it waits (its client gave up, serve stops) stops waiting.
         ended = not context.add_callback(functools.partial(self._ended, call))
         with self._changed:
@@ -183,6 +184,9 @@ class _Admission:
             dropped = call.state == _DROPPED
         if dropped:
             _abort_retry_later(context, "too many calls in flight; retry later")
+
+    def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """The call's one message (by a call that has a reader)."""
         data = next(requests, None)  # None: the client sent none. RpcError: cancelled
         with self._changed:
             self._unread.pop(id(call), None)
@@ -274,6 +278,13 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
         )
+        # The readers' work runs on threads of their own: a message and its decoding are
+        # allocated by READERS threads, not by whichever of hundreds of call threads got a
+        # reader (each thread may get a malloc arena of its own, which keeps what it freed:
+        # +40 % peak RSS under a flood of large calls).
+        self.reader_pool = futures.ThreadPoolExecutor(
+            max_workers=READERS, thread_name_prefix="otlp-grpc-read"
+        )
         by_path = signals(receiver)
         self._methods = {
             f"/{service}/Export": by_path[path]
@@ -311,10 +322,14 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
     def _export(self, signal_: Signal, call: _Call) -> Callable[[Iterator[bytes], Any], Message]:
         def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
             try:
-                data = self.admission.read(call, requests, context)
-                return self._decode_and_accept(signal_, data, context)
+                self.admission.wait_for_reader(call, context)
+                return self.reader_pool.submit(read, requests, context).result()
             finally:
                 self.admission.done(call)
+
+        def read(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
+            data = self.admission.read(call, requests, context)
+            return self._decode_and_accept(signal_, data, context)
 
         return export
 
@@ -338,6 +353,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def stop(self) -> None:
         self.admission.stop()
+        self.reader_pool.shutdown(wait=False)
         self.refusal_pool.shutdown(wait=False)
 
 
