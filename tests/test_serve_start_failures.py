@@ -121,3 +121,10 @@ def test_with_workers_a_spool_dir_that_is_a_file_is_one_line(tmp_path: Path) -> 
     spool.write_text("not a directory")
     line = serve_fails(tmp_path, "--workers", "3")
     assert line.startswith(f"otel-luna serve: OTEL_EXPORTER_LUNA_SPOOL_DIR: {spool}")
+
+
+def test_file_destination_that_cannot_be_created_is_one_line(tmp_path: Path) -> None:
+    line = serve_fails(
+        tmp_path, OTEL_EXPORTER_LUNA_ENDPOINT="file:///proc/otel-luna-points/points.lp"
+    )
+    assert line.startswith("otel-luna serve: OTEL_EXPORTER_LUNA_ENDPOINT: /proc/otel-luna-points")

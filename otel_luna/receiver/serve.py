@@ -18,7 +18,7 @@ from otel_luna.delivery.spool import SpoolUnavailable
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
 from otel_luna.receiver.http_server import HttpServer, start_http
-from otel_luna.receiver.startup import check_tls_files, listening, named
+from otel_luna.receiver.startup import check_tls_files, listening, path_error
 from otel_luna.settings import Settings
 
 
@@ -28,9 +28,12 @@ class Server:
     def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         check_tls_files(settings)
-        self.receiver = named(
-            "spool_dir", settings.spool_dir, lambda: Receiver(settings), SpoolUnavailable
-        )
+        try:
+            self.receiver = Receiver(settings)
+        except SpoolUnavailable as error:
+            raise path_error("spool_dir", settings.spool_dir, error) from None
+        except OSError as error:  # the destination's (a file sink's directory)
+            raise path_error("endpoint", settings.endpoint, error) from None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.grpc_port = self.http_port = 0

@@ -52,12 +52,18 @@ def named(
     errors: type[OSError] | tuple[type[OSError], ...] = OSError,
 ) -> _T:
     """``run()``; ``errors`` from it as a :class:`SettingsError` naming the setting ``name``
-    and the path."""
+    and the path (:func:`path_error`)."""
     try:
         return run()
     except errors as error:
-        where = error.filename or path  # the file or directory inside, if it was one
-        raise SettingsError(env_name(name), f"{where}: {error.strerror or error}") from None
+        raise path_error(name, path, error) from None
+
+
+def path_error(name: str, path: str | None, error: OSError) -> SettingsError:
+    """``error`` as a :class:`SettingsError` naming the setting ``name`` and the file or
+    directory the system named (else ``path``)."""
+    where = error.filename or path  # the file or directory inside, if it was one
+    return SettingsError(env_name(name), f"{where}: {error.strerror or error}")
 
 
 def listening(name: str, host: str, port: int, reuse_port: bool, start: Callable[[], _T]) -> _T:
