@@ -949,23 +949,6 @@ def test_a_trickling_body_cannot_hold_up_stop(tmp_path: Path) -> None:
     assert 408 in answers or any(isinstance(answer, str) for answer in answers)
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    assert shutil.which("openssl"), "openssl is needed to make a test certificate"
-    subprocess.run(
-        [
-            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
-            *("-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"),
-            *("-keyout", str(key), "-out", str(cert)),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
-
-
 def test_tls_handshakes_do_not_block_other_clients(certificate: tuple[Path, Path]) -> None:
     """Idle TCP connections to the TLS port (no ClientHello, or half of one) do not keep an
     HTTPS client from being answered."""

@@ -123,6 +123,7 @@ class SpoolRefused(SpoolUnavailable):
     def __init__(self, path: Path | str, why: str) -> None:
         super().__init__(errno.EPERM, f"spool directory {printable(str(path))} {why}")
         self.path = str(path)
+        self.why = why
 
     def __str__(self) -> str:
         return f"{self.strerror}; refusing it ({_SPOOL_DIR_SETTING})"

@@ -3,26 +3,33 @@
 
 **Bounds.** grpcio looks a call's handler up on its polling thread as soon as the headers
 arrive, before any byte of the body is read and before a thread of the pool is taken:
-:class:`_Handlers` decides there. A call without the right bearer token, or beyond
-``SERVE_MAX_CONNECTIONS`` calls in flight, gets a handler that answers at once
-(``UNAUTHENTICATED``; ``RESOURCE_EXHAUSTED`` with ``RetryInfo``) on a small pool of its own and
-never reads the body. The Export handlers are request-*streaming* on the server side (the wire
-is the same as a unary call's): the message is read inside the handler, on the pool, only once
-the call was admitted, and a client that takes longer than ``SERVE_READ_TIMEOUT`` to send it is
-cancelled. A message read counts against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it
-may take decoded (:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the
-call is answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
+:class:`_Handlers` decides there. A call without the right bearer token gets a handler that
+answers ``UNAUTHENTICATED`` at once on a small pool of its own and never reads the body: it is
+never admitted. At most ``SERVE_MAX_CONNECTIONS`` calls (and :data:`MAX_CALLS`) are admitted at
+once, each with a thread of its own; beyond them a call is answered ``RESOURCE_EXHAUSTED`` with
+``RetryInfo`` (counted ``requests_refused_busy``) from that small pool, unless the unread call
+admitted first has waited :data:`SPARE` seconds: it gives its slot to the new call. The Export
+handlers are request-*streaming* on the server side (the wire is the same as a unary call's):
+the message is received only when the handler reads it, and only :data:`READERS` calls read,
+decode and accept at once, the calls admitted *last* first; a reader whose message has not come
+within :data:`SPARE` seconds while other calls wait for one is cancelled, and so is a call that
+has not sent its message ``SERVE_READ_TIMEOUT`` after its admission (both counted
+``requests_refused_timeout``; see :class:`_Admission`). So a flood of stalled calls costs a good
+call a second or two, not the flood's read timeouts one after the other. A message read counts
+against ``SERVE_MAX_INFLIGHT_BYTES`` (shared with HTTP) at what it may take decoded
+(:mod:`otel_luna.receiver.decoded`) until it is decoded and spooled; past it the call is
+answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo``, and one that may take more than
 ``SERVE_MAX_DECODED_BYTES`` decoded ``RESOURCE_EXHAUSTED`` without (counted
-``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes
-serve holds for gRPC requests are at most: the messages being received (one per pool thread,
-each up to ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or
-one request alone up to ``SERVE_MAX_DECODED_BYTES``), and
-grpc's flow-control window for each admitted call still waiting for a thread (64 KiB: BDP
-probing, which grows the windows to megabytes per stream, is off).
+``requests_refused_decoded_too_large``, as HTTP's 413). So the bytes serve holds for gRPC
+requests are at most: the messages being received (one per reader, each up to
+``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request
+alone up to ``SERVE_MAX_DECODED_BYTES``), and grpc's flow-control window for each admitted call
+not yet read (64 KiB: BDP probing, which grows the windows to megabytes per stream, is off).
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +41,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counts, Reason
 from otel_luna.receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
 from otel_luna.receiver.protocol import (
     DECODE_WAIT,
@@ -49,17 +56,21 @@ from otel_luna.receiver.protocol import (
 )
 from otel_luna.settings import Settings
 
-#: Threads that read, decode and accept admitted calls. The work is Python under one
-#: interpreter lock, so more threads add no throughput; these overlap reading a body from the
-#: network and the spool's disk write with another call's decoding. Each may hold one message
-#: being received (up to ``SERVE_MAX_MESSAGE_BYTES``).
-POOL_THREADS = 8
+#: Admitted calls that receive, decode and accept their message at once. The work is Python
+#: under one interpreter lock, so more add no throughput; these overlap the network and the
+#: spool's disk write with another call's decoding. Each may hold one message (up to
+#: ``SERVE_MAX_MESSAGE_BYTES``) being received.
+READERS = 8
+#: Most calls admitted at once whatever ``SERVE_MAX_CONNECTIONS`` says: each has a thread.
+MAX_CALLS = 1024
 #: Threads that answer refused calls (no token, too many calls) without reading them.
 REFUSAL_THREADS = 2
 #: How often calls that are slow to send their message are looked for (seconds).
-READ_TIMEOUT_CHECK = 0.5
-#: Seconds a call that waited for a pool thread past its read timeout still gets to be read.
-READ_GRACE = 1.0
+READ_TIMEOUT_CHECK = 0.25
+#: Seconds an admitted call may wait for its message before, at the cap, a new call takes its
+#: slot, and a reader may wait for it while other calls wait for a reader (a good client sends
+#: the message with the headers).
+SPARE = 1.0
 
 
 def _serialize(message: Message) -> bytes:
@@ -93,46 +104,161 @@ class _Refusal:
         self._answer(context)
 
 
-class _ReadDeadlines:
-    """Cancels the calls whose message has not arrived within ``timeout`` seconds: a slow or
-    stalled client holds a pool thread at most that long. One thread checks them all."""
+class _Call:
+    """An admitted call: when, its context once its handler runs, where it is (:data:`_NEW`
+    … :data:`_DROPPED`), whether it holds its slot and a reader."""
 
-    def __init__(self, timeout: float) -> None:
+    __slots__ = ("admitted", "context", "counted", "reader", "since", "state")
+
+    def __init__(self, admitted: float) -> None:
+        self.admitted = admitted
+        self.context: grpc.ServicerContext | None = None
+        self.state = _NEW
+        self.since = admitted  # of its state
+        self.counted = True  # holds one of the slots
+        self.reader = False  # holds one of the readers
+
+
+#: Admitted, its handler not begun; waiting for a reader; reading its message (for ever, if
+#: the client stalls); read, being decoded and accepted; refused unread (its slot taken).
+_NEW, _WAITING, _READING, _READ, _DROPPED = range(5)
+
+
+class _Admission:
+    """The admitted calls (at most ``limit``) and the ``readers`` of their messages.
+
+    Each admitted call has a thread of its own; it reads its message (the message is received
+    only then) and decodes it once it has one of the ``readers``, so at most that many messages
+    are received or decoded at once. Free readers go to the call admitted last: a flood of
+    stalled calls admitted before a good one does not stand in front of it. While a call waits
+    for a reader, the call that has been reading the longest without its message arriving
+    (:data:`SPARE` seconds at least) is cancelled; so is, at the cap, the unread call admitted
+    first (:data:`SPARE` seconds ago at least), to give its slot to a new call. A call not read
+    ``timeout`` seconds after its admission is cancelled if it was reading (the client stalls),
+    else answered ``RESOURCE_EXHAUSTED`` with ``RetryInfo`` (serve was too busy to read it).
+    One thread checks the deadlines."""
+
+    def __init__(self, limit: int, readers: int, timeout: float, counts: Counts) -> None:
+        self.limit = limit
         self.timeout = timeout
-        self._calls: dict[int, tuple[float, grpc.ServicerContext]] = {}
-        self._lock = threading.Lock()
+        self._counts = counts
+        self._unread: dict[int, _Call] = {}  # admitted and not read yet, by id
+        self._waiting: list[_Call] = []  # for a reader, in the order they began to wait
+        self._free = readers
+        self._count = 0  # slots taken
+        self._changed = threading.Condition(threading.Lock())
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otlp-grpc-read-timeout")
         self._thread.daemon = True
         self._thread.start()
 
-    def read(
-        self, requests: Iterator[bytes], context: grpc.ServicerContext, admitted: float
-    ) -> bytes | None:
-        """The call's one message; None if the client sent none (``RpcError`` if cancelled).
+    def admit(self) -> _Call | None:
+        """A slot for a new call (taken from the oldest unread call at the cap), or None."""
+        now = time.monotonic()
+        with self._changed:
+            if self._count >= self.limit:
+                victim = min(self._unread.values(), key=lambda c: c.admitted, default=None)
+                if victim is None or victim.admitted > now - SPARE:
+                    return None
+                self._drop(victim)
+            self._count += 1
+            call = _Call(now)
+            self._unread[id(call)] = call
+            return call
 
-        The timeout counts from the call's admission, not from when a pool thread took it: a
-        flood of stalled calls must not hold the slots for (calls / threads) x timeout. A call
-        that waited long for a thread still gets READ_GRACE to deliver a message it may have
-        sent meanwhile."""
-        key = id(context)
-        deadline = max(admitted + self.timeout, time.monotonic() + READ_GRACE)
-        with self._lock:
-            self._calls[key] = (deadline, context)
-        try:
-            return next(requests, None)
-        finally:
-            with self._lock:
-                self._calls.pop(key, None)
+    def wait_for_reader(self, call: _Call, context: grpc.ServicerContext) -> None:
+        """Return once the call has a reader (it keeps it until :meth:`done`); else answer it
+        ``RESOURCE_EXHAUSTED`` with ``RetryInfo``."""
+        # A call that ends while it waits (its client gave up, serve stops) stops waiting.
+        ended = not context.add_callback(functools.partial(self._ended, call))
+        with self._changed:
+            call.context = context
+            if call.state == _NEW and ended:
+                self._set(call, _DROPPED)
+            if call.state == _NEW:
+                self._set(call, _WAITING)
+                self._waiting.append(call)
+                self._hand_out()
+                while call.state == _WAITING:
+                    self._changed.wait()
+            dropped = call.state == _DROPPED
+        if dropped:
+            _abort_retry_later(context, "too many calls in flight; retry later")
+
+    def read(self, call: _Call, requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """The call's one message (by a call that has a reader)."""
+        data = next(requests, None)  # None: the client sent none. RpcError: cancelled
+        with self._changed:
+            self._unread.pop(id(call), None)
+            self._set(call, _READ)
+        if data is None:
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
+        return data
+
+    def done(self, call: _Call) -> None:
+        """The call's handler ends: its slot and its reader are free."""
+        with self._changed:
+            self._unread.pop(id(call), None)
+            if call.counted:
+                call.counted = False
+                self._count -= 1
+            if call.reader:
+                call.reader = False
+                self._free += 1
+                self._hand_out()
+
+    def _ended(self, call: _Call) -> None:
+        """grpcio's callback at the end of the call: one that still waits for a reader is
+        taken out of the line (its handler then ends)."""
+        with self._changed:
+            if call.state == _WAITING:
+                self._waiting.remove(call)
+                self._set(call, _DROPPED)
+                self._changed.notify_all()
+
+    def _set(self, call: _Call, state: int) -> None:
+        call.state = state
+        call.since = time.monotonic()
+
+    def _hand_out(self) -> None:
+        """Under the lock: free readers to the calls that began to wait last."""
+        while self._free and self._waiting:
+            call = self._waiting.pop()
+            self._free -= 1
+            call.reader = True
+            self._set(call, _READING)
+            self._changed.notify_all()
+
+    def _drop(self, call: _Call) -> None:
+        """Under the lock: ``call`` is refused unread; its slot is free."""
+        self._unread.pop(id(call), None)
+        if call.counted:
+            call.counted = False
+            self._count -= 1
+        reading = call.state == _READING
+        self._counts.add(
+            Reason.REQUESTS_REFUSED_TIMEOUT if reading else Reason.REQUESTS_REFUSED_BUSY
+        )
+        if call in self._waiting:
+            self._waiting.remove(call)
+        self._set(call, _DROPPED)
+        self._changed.notify_all()  # a waiting one answers RESOURCE_EXHAUSTED
+        if reading and call.context is not None:
+            call.context.cancel()  # its reader is free once its handler ends
 
     def _run(self) -> None:
         while not self._stopped.wait(READ_TIMEOUT_CHECK):
             now = time.monotonic()
-            with self._lock:
-                late = [key for key, (deadline, _) in self._calls.items() if deadline <= now]
-                contexts = [self._calls.pop(key)[1] for key in late]
-            for context in contexts:
-                context.cancel()
+            with self._changed:
+                for call in [c for c in self._unread.values() if c.admitted <= now - self.timeout]:
+                    self._drop(call)
+                stalled = sorted(
+                    (c for c in self._unread.values() if c.state == _READING),
+                    key=lambda c: c.since,
+                )
+                for call in stalled[: len(self._waiting)]:
+                    if call.since <= now - SPARE:
+                        self._drop(call)
 
     def stop(self) -> None:
         self._stopped.set()
@@ -143,15 +269,21 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
 
     def __init__(self, receiver: Receiver, settings: Settings) -> None:
         self._token = settings.serve_token
-        self._max_calls = settings.serve_max_connections
-        self._calls = 0
-        self._lock = threading.Lock()
         self._receiver = receiver
         self._budget = receiver.budget  # HTTP's too
         self._max_decoded = settings.serve_max_decoded_bytes
-        self.deadlines = _ReadDeadlines(settings.serve_read_timeout)
+        self.admission = _Admission(
+            call_slots(settings), READERS, settings.serve_read_timeout, receiver.requests
+        )
         self.refusal_pool = futures.ThreadPoolExecutor(
             max_workers=REFUSAL_THREADS, thread_name_prefix="otlp-grpc-refusal"
+        )
+        # The readers' work runs on threads of their own: a message and its decoding are
+        # allocated by READERS threads, not by whichever of hundreds of call threads got a
+        # reader (each thread may get a malloc arena of its own, which keeps what it freed:
+        # +40 % peak RSS under a flood of large calls).
+        self.reader_pool = futures.ThreadPoolExecutor(
+            max_workers=READERS, thread_name_prefix="otlp-grpc-read"
         )
         by_path = signals(receiver)
         self._methods = {
@@ -175,51 +307,59 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
             if key == "authorization"
         ]  # repeated: as good as none
         if not token_ok(self._token, given[0] if len(given) == 1 else None):
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_UNAUTHENTICATED)
             return self._unauthenticated
-        with self._lock:
-            if self._calls >= self._max_calls:
-                return self._too_many
-            # Counted until its handler ends: grpcio runs every handler it was given (stream
-            # handlers even for a cancelled call), so the count cannot leak.
-            self._calls += 1
+        # Counted until its handler ends: grpcio runs every handler it was given (stream
+        # handlers even for a cancelled call), so the count cannot leak.
+        call = self.admission.admit()
+        if call is None:
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_BUSY)
+            return self._too_many
         return grpc.stream_unary_rpc_method_handler(
-            self._export(signal_, time.monotonic()), response_serializer=_serialize
+            self._export(signal_, call), response_serializer=_serialize
         )
 
-    def _done(self) -> None:
-        with self._lock:
-            self._calls -= 1
-
-    def _export(
-        self, signal_: Signal, admitted: float
-    ) -> Callable[[Iterator[bytes], Any], Message]:
+    def _export(self, signal_: Signal, call: _Call) -> Callable[[Iterator[bytes], Any], Message]:
         def export(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
             try:
-                data = self.deadlines.read(requests, context, admitted)
-                if data is None:
-                    _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "no request message")
-                # The message is held at what it may take decoded (its size at least).
-                size = signal_.decoded_bound(data, False, self._max_decoded)
-                if size > self._max_decoded:
-                    self._receiver.requests.add(Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE)
-                    message = decoded_too_large(size, self._max_decoded)
-                    _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-                if not self._budget.take(size, wait=DECODE_WAIT):
-                    _abort_retry_later(context, "too many request bytes in flight; retry later")
-                try:
-                    request = _decode(signal_, data, context)
-                    del data  # the decoded request is what is held from here on
-                    return _accept(signal_, request, context)
-                finally:
-                    self._budget.give(size)
+                self.admission.wait_for_reader(call, context)
+                return self.reader_pool.submit(read, requests, context).result()
             finally:
-                self._done()
+                self.admission.done(call)
+
+        def read(requests: Iterator[bytes], context: grpc.ServicerContext) -> Message:
+            data = self.admission.read(call, requests, context)
+            return self._decode_and_accept(signal_, data, context)
 
         return export
 
+    def _decode_and_accept(
+        self, signal_: Signal, data: bytes, context: grpc.ServicerContext
+    ) -> Message:
+        # The message is held at what it may take decoded (its size at least).
+        size = signal_.decoded_bound(data, False, self._max_decoded)
+        if size > self._max_decoded:
+            self._receiver.requests.add(Reason.REQUESTS_REFUSED_DECODED_TOO_LARGE)
+            message = decoded_too_large(size, self._max_decoded)
+            _abort(context, grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        if not self._budget.take(size, wait=DECODE_WAIT):
+            _abort_retry_later(context, "too many request bytes in flight; retry later")
+        try:
+            request = _decode(signal_, data, context)
+            del data  # the decoded request is what is held from here on
+            return _accept(signal_, request, context)
+        finally:
+            self._budget.give(size)
+
     def stop(self) -> None:
-        self.deadlines.stop()
+        self.admission.stop()
+        self.reader_pool.shutdown(wait=False)
         self.refusal_pool.shutdown(wait=False)
+
+
+def call_slots(settings: Settings) -> int:
+    """Calls admitted at once: ``SERVE_MAX_CONNECTIONS``, at most :data:`MAX_CALLS`."""
+    return min(settings.serve_max_connections, MAX_CALLS)
 
 
 def _unauthenticated(context: grpc.ServicerContext) -> NoReturn:
@@ -277,7 +417,11 @@ def start_grpc(
         ("grpc.http2.bdp_probe", 0),
     ]
     handlers = _Handlers(receiver, settings)
-    pool = futures.ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="otlp-grpc")
+    # A thread for each admitted call (and for those whose slot a newer call took, while they
+    # end): none waits for another's message.
+    pool = futures.ThreadPoolExecutor(
+        max_workers=2 * call_slots(settings), thread_name_prefix="otlp-grpc"
+    )
     server = grpc.server(pool, handlers=(handlers,), options=options)
     address = f"{settings.serve_host}:{port}"
     try:

@@ -5,7 +5,8 @@ that need sockets:
 
 - at most ``serve_max_connections`` connections: more wait in the listen backlog; when a new
   client waits, the connection idle longest between requests is closed, else the one whose
-  request head has been arriving longest (408), either after a second at least;
+  request head has been arriving longest (408), else the one whose body has been arriving
+  longest at less than :data:`MIN_BODY_RATE` (408, closed at once), each after a second at least;
 - everything :meth:`HttpProtocol.check` decides (path, method, token, content type, declared
   length, transfer coding) is answered before any body byte is read, and the connection closed;
   what the client still sends of the body is thrown away by the kernel (``MSG_TRUNC``: not
@@ -13,12 +14,14 @@ that need sockets:
 - what aiohttp's parser refuses (request line, headers, framing) is answered like the rest:
   ``400`` (``414``/``431`` for a request line or headers too long) with a ``google.rpc.Status``
   in the request's encoding when its ``Content-Type`` line arrived, HTTP/1.1, closed;
-- at most ``serve_max_inflight_bytes`` of request bodies read or decoded at once: beyond it
-  ``503`` + ``Retry-After`` without reading;
-- ``serve_read_timeout`` for a request's head (from its first byte) and again for its body (from
-  the end of the head), for the TLS handshake (done on the loop, never in the accept path), and
-  so for how long a slow client can hold up :meth:`HttpServer.stop`; a body still arriving when
-  the stop's grace ends is answered ``503`` + ``Retry-After``;
+- at most ``serve_max_inflight_bytes`` of request bodies read or decoded at once (a declared
+  length from the head on): beyond it ``503`` + ``Retry-After`` without reading, and bodies
+  arriving at less than :data:`MIN_BODY_RATE` that hold the room are cut (408) for the retry;
+- ``serve_read_timeout`` for a request's head and body together, from the head's first byte (its
+  admission: a trickling head does not buy its body more time), for the TLS handshake (done on
+  the loop, never in the accept path), and so for how long a slow client can hold up
+  :meth:`HttpServer.stop`; a body still arriving when the stop's grace ends is answered ``503``
+  + ``Retry-After``;
 - decoding and accepting run in a few threads, so the loop goes on serving other connections.
 """
 
@@ -74,6 +77,9 @@ DRAIN_BURST = 1 << 20
 #: Seconds a connection must have idled, or have been receiving a request head, before it may
 #: be closed (a head: answered 408) to make room for a new client at the connection cap.
 SPARE = 1.0
+#: Bytes per second below which a body that has been arriving for SPARE seconds is slow: at the
+#: connection cap, it is cut (408) to make room for a new client.
+MIN_BODY_RATE = 64 * 1024
 #: Seconds a TLS connection being closed waits for the client's close_notify.
 TLS_SHUTDOWN_TIMEOUT = 2.0
 #: Seconds the loop thread has to start.
@@ -90,6 +96,10 @@ class _Busy(Exception):
 
 class _Stopped(Exception):
     """The stop's grace ended while the body was arriving."""
+
+
+class _CutForRoom(Exception):
+    """The body arrived too slowly while a new client waited at the connection cap."""
 
 
 #: Where the kernel is told to throw received bytes away (``MSG_TRUNC`` writes nothing to it).
@@ -300,6 +310,11 @@ class _Connection(RequestHandler):
         self.idle = True  # between requests, no byte of the next one yet
         self.idle_since = self.front.loop.time()
         self.head_since: float | None = None  # when the head being received began
+        self.admitted = 0.0  # when the request being handled began (its head's first byte)
+        self.body_since: float | None = None  # when its body began to be read
+        self.body_read = 0  # bytes of it read so far
+        self.cut_for_room = False  # its body was cut for a new client: closed without a drain
+        self.hold: _Hold | None = None  # the budget its request holds
         self._head = b""  # its first HEAD_KEPT bytes
         self._head_bytes = 0  # bytes of the head being received, until its blank line
         self._head_end = b""  # its last bytes so far (the blank line may straddle two reads)
@@ -364,6 +379,10 @@ class _Connection(RequestHandler):
 
     def request_started(self, request: web.BaseRequest) -> None:
         self._cancel_head_timer()
+        now = self.front.loop.time()
+        self.admitted = now if self.head_since is None else self.head_since
+        self.body_since = now
+        self.body_read = 0
         self.in_request = True
         self.payload = request.content
         self.idle = False
@@ -374,6 +393,8 @@ class _Connection(RequestHandler):
         self.parser.unanswered -= 1
         self.in_request = False
         self.payload = None
+        self.body_since = None
+        self.hold = None
         self.idle = True
         self.idle_since = self.front.loop.time()
         self._head = b""
@@ -395,6 +416,8 @@ class _Connection(RequestHandler):
             after, self._after = self._after, None
             if after is not None:
                 self._send_and_close(after)
+            elif self.cut_for_room:
+                self.force_close()  # its slot is a new client's now
             elif payload is not None and not payload.is_eof() and not resp.keep_alive:
                 self._drain()
 
@@ -416,6 +439,22 @@ class _Connection(RequestHandler):
             self._after = answer  # behind a request not answered yet
         else:
             self._send_and_close(answer)
+
+    def slow_body_since(self, now: float) -> float | None:
+        """When the body being read began, unless it has come at :data:`MIN_BODY_RATE` at
+        least (over :data:`SPARE` seconds at least) or is read whole: None then."""
+        since = self.body_since
+        if since is None or self.payload is None or self.payload.is_eof() or self.cut_for_room:
+            return None
+        if self.body_read >= max(now - since, SPARE) * MIN_BODY_RATE:
+            return None
+        return since
+
+    def cut_body(self) -> None:
+        """Answer 408 to the body being read (its reader fails) and close without a drain."""
+        if self.payload is not None and not self.payload.is_eof():
+            self.cut_for_room = True
+            self.payload.set_exception(_CutForRoom())
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
@@ -639,6 +678,9 @@ class HttpServer:
                 elif victim.idle:
                     what = "an idle connection"
                     victim.force_close()
+                elif victim.in_request:
+                    what = "a slow request body"
+                    victim.cut_body()
                 else:
                     what = "a slow request head"
                     victim.cut()
@@ -655,16 +697,20 @@ class HttpServer:
     def _victim(self) -> tuple[_Connection | _Drain | None, float | None]:
         """The connection to close when a new client waits at the cap: the one throwing away a
         refused body for longest (it has its answer), else the one idle longest between
-        requests, else the one whose head has been arriving for longest — each only after SPARE
-        seconds (a client that just got its answer is likely to send again soon). Else (None,
-        seconds until there may be one, or None)."""
+        requests, else the one whose head has been arriving for longest, else the one whose
+        body has been arriving for longest below MIN_BODY_RATE — each only after SPARE seconds
+        (a client that just got its answer is likely to send again soon). Else (None, seconds
+        until there may be one, or None)."""
         now = self.loop.time()
         soonest: float | None = None
-        open_ = [c for c in self.connections if c.transport is not None and not c.in_request]
+        live = [c for c in self.connections if c.transport is not None]
+        open_ = [c for c in live if not c.in_request]
+        slow = [(c.slow_body_since(now), c) for c in live if c.in_request]
         groups: tuple[list[tuple[float, _Connection | _Drain]], ...] = (
             [(d.since, d) for d in self.drains],
             [(c.idle_since, c) for c in open_ if c.idle],
             [(c.head_since, c) for c in open_ if c.head_since is not None and not c.idle],
+            [(since, c) for since, c in slow if since is not None],
         )
         for since in groups:
             if not since:
@@ -725,16 +771,22 @@ class HttpServer:
         declared = request.content_length
         hold = _Hold(protocol.budget, 0)
         if not hold.take(declared or 0):
+            self._cut_slow_bodies(declared or 0)  # for the client's retry
             return _response(protocol.busy(headers), close=request.body_exists)
+        connection = request.protocol if isinstance(request.protocol, _Connection) else None
+        if connection is not None:
+            connection.hold = hold
+        # The head and the body within serve_read_timeout of the head's first byte.
+        admitted = self.loop.time() if connection is None else connection.admitted
+        left = admitted + self.settings.serve_read_timeout - self.loop.time()
         try:
             if headers.get("Expect", "").lower() == "100-continue":
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
                 body = await asyncio.wait_for(
-                    self._read_body(request.content, declared, hold),
-                    self.settings.serve_read_timeout,
+                    self._read_body(request.content, declared, hold, connection), max(0.0, left)
                 )
-            except asyncio.TimeoutError:
+            except (asyncio.TimeoutError, _CutForRoom):
                 return _response(protocol.timed_out(headers), close=True)
             except _TooLarge:
                 return _response(protocol.too_large(headers), close=True)
@@ -755,8 +807,30 @@ class HttpServer:
         finally:
             hold.release()
 
+    def _cut_slow_bodies(self, needed: int) -> None:
+        """Cut (408) bodies that have been arriving for :data:`SPARE` seconds at less than
+        :data:`MIN_BODY_RATE`, slowest first, until they give back ``needed`` bytes of the
+        budget: trickling senders do not keep the budget from good ones for long."""
+        now = self.loop.time()
+        slow = []
+        for connection in self.connections:
+            since = connection.slow_body_since(now)
+            if since is not None and now - since >= SPARE and connection.hold is not None:
+                slow.append((connection.body_read / (now - since), connection))
+        freed = 0
+        for _, connection in sorted(slow, key=lambda pair: pair[0]):
+            if freed >= needed:
+                break
+            assert connection.hold is not None
+            freed += connection.hold.held
+            connection.cut_body()
+
     async def _read_body(
-        self, content: StreamReader, declared: int | None, hold: _Hold
+        self,
+        content: StreamReader,
+        declared: int | None,
+        hold: _Hold,
+        connection: _Connection | None,
     ) -> bytearray:
         """The body as aiohttp decodes its framing (``Content-Length`` or chunked). A chunked
         body is held in the budget as it arrives and may not pass the message limit."""
@@ -772,6 +846,8 @@ class HttpServer:
                 if not hold.take(len(chunk)):
                     raise _Busy
             body += chunk
+            if connection is not None:
+                connection.body_read = len(body)
         if declared is not None and len(body) != declared:
             raise ConnectionError("body shorter than its Content-Length")
         return body

@@ -3,6 +3,10 @@
 Errors follow the OTLP specification: a malformed body is ``INVALID_ARGUMENT`` / 400, a full
 spool ``RESOURCE_EXHAUSTED`` with ``RetryInfo`` / 503 with ``Retry-After``, a missing or wrong
 bearer token ``UNAUTHENTICATED`` / 401, an oversized message ``RESOURCE_EXHAUSTED`` / 413.
+
+Whatever stops it from starting (a spool directory it cannot use, a TLS file it cannot read, a
+port it cannot listen on) is a :class:`~otel_luna.settings.SettingsError` naming the setting and
+the path or address: one line and exit status 2 from the command.
 """
 
 from __future__ import annotations
@@ -10,11 +14,13 @@ from __future__ import annotations
 import signal
 import threading
 
+from otel_luna.delivery.spool import SpoolRefused, SpoolUnavailable, printable
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
 from otel_luna.receiver.health import HealthServer, ReceiverHealth, start_health
 from otel_luna.receiver.http_server import HttpServer, start_http
-from otel_luna.settings import Settings
+from otel_luna.receiver.startup import check_tls_files, listening, path_error
+from otel_luna.settings import Settings, SettingsError, env_name
 
 
 class Server:
@@ -23,18 +29,40 @@ class Server:
 
     def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
         self.settings = settings
-        self.receiver = Receiver(settings)
+        check_tls_files(settings)
+        try:
+            self.receiver = Receiver(settings)
+        except SpoolRefused as error:  # one line: the path, why, the setting
+            where = f"{printable(error.path)} {error.why}; refusing it"
+            raise SettingsError(env_name("spool_dir"), where) from None
+        except SpoolUnavailable as error:
+            raise path_error("spool_dir", settings.spool_dir, error) from None
+        except OSError as error:  # the destination's (a file sink's directory)
+            raise path_error("endpoint", settings.endpoint, error) from None
         self.grpc: GrpcServer | None = None
         self.http: HttpServer | None = None
         self.health: HealthServer | None = None
         self.grpc_port = self.http_port = 0
         self._signalled: threading.Event | None = None
+        host = settings.serve_host
         try:
-            self.grpc, self.grpc_port = start_grpc(
-                self.receiver, settings, settings.serve_grpc_port, reuse_port=reuse_port
+            self.grpc, self.grpc_port = listening(
+                "serve_grpc_port",
+                host,
+                settings.serve_grpc_port,
+                reuse_port,
+                lambda: start_grpc(
+                    self.receiver, settings, settings.serve_grpc_port, reuse_port=reuse_port
+                ),
             )
-            self.http, self.http_port = start_http(
-                self.receiver, settings, settings.serve_http_port, reuse_port=reuse_port
+            self.http, self.http_port = listening(
+                "serve_http_port",
+                host,
+                settings.serve_http_port,
+                reuse_port,
+                lambda: start_http(
+                    self.receiver, settings, settings.serve_http_port, reuse_port=reuse_port
+                ),
             )
             self.health = start_health(ReceiverHealth(self.receiver), settings)
         except BaseException:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from otel_luna.cli import EXIT_USAGE
 from otel_luna.delivery.spool import (
     SpoolRefused,
     make_directories,
@@ -52,7 +54,8 @@ from otel_luna.delivery.spool import (
     read_small,
     replace_file,
 )
-from otel_luna.settings import Settings
+from otel_luna.receiver.startup import check_tls_files, listening
+from otel_luna.settings import Settings, SettingsError
 
 _logger = logging.getLogger(__name__)
 
@@ -77,6 +80,10 @@ _STATUS_PREFIX = "serve-supervisor-"
 _STATUS_NAME = re.compile(rf"{_STATUS_PREFIX}([1-9][0-9]{{0,9}})\.json")
 #: Most bytes of a supervisor's status file ``otel-luna status`` reads.
 STATUS_MAX_BYTES = 64 * 1024
+
+
+class _SaidWhy(RuntimeError):
+    """A worker could not start, and said why in one line (a setting it cannot use)."""
 
 
 def worker_count(setting: int) -> int:
@@ -206,24 +213,37 @@ class Supervisor:
     def start(self) -> None:
         """Start every worker and wait until each listens; ``RuntimeError`` (every worker
         stopped) if one cannot start."""
-        for slot in range(self.count):
-            self._spawn(slot)
+        # The first alone, then the others: a setting that keeps one from starting keeps all
+        # from starting, and is said once (the first's one line, exit status 2: _SaidWhy).
         deadline = time.monotonic() + START_TIMEOUT
-        for worker in self.workers:
-            assert worker is not None
-            ready = worker.check_ready(max(0.0, deadline - time.monotonic()))
-            if not ready:
-                if ready is None:
-                    what = f"did not start within {START_TIMEOUT:.0f} s"
-                else:
-                    try:
-                        what = describe_exit(worker.popen.wait(timeout=5))
-                    except subprocess.TimeoutExpired:
-                        what = "failed to start"
-                self.stop()
-                raise RuntimeError(f"worker {worker.slot} (pid {worker.pid}) {what}")
+        for group in (range(min(1, self.count)), range(1, self.count)):
+            for slot in group:
+                self._spawn(slot)
+            for slot in group:
+                worker = self.workers[slot]
+                assert worker is not None
+                self._check_started(worker, deadline)
         self._remove_gone_supervisors()
         self._write_status()
+
+    def _check_started(self, worker: _Worker, deadline: float) -> None:
+        """Wait until ``worker`` listens; else stop every worker and raise ``RuntimeError``."""
+        ready = worker.check_ready(max(0.0, deadline - time.monotonic()))
+        if ready:
+            return
+        status = None
+        if ready is None:
+            what = f"did not start within {START_TIMEOUT:.0f} s"
+        else:
+            try:
+                status = worker.popen.wait(timeout=5)
+                what = describe_exit(status)
+            except subprocess.TimeoutExpired:
+                what = "failed to start"
+        self.stop()
+        if status == EXIT_USAGE:
+            raise _SaidWhy
+        raise RuntimeError(f"worker {worker.slot} (pid {worker.pid}) {what}")
 
     def _remove_gone_supervisors(self) -> None:
         """Delete the status files of killed supervisors: by the name of the file (a pid in
@@ -480,10 +500,11 @@ def supervise(
     reserved = []
     health = None
     try:
-        reserved = [
-            reserve_port(host, settings.serve_grpc_port),
-            reserve_port(host, settings.serve_http_port),
-        ]
+        check_tls_files(settings)
+        for name in ("serve_grpc_port", "serve_http_port"):
+            port = getattr(settings, name)
+            reserve = functools.partial(reserve_port, host, port)
+            reserved.append(listening(name, host, port, True, reserve))
         grpc_port, http_port = (sock.getsockname()[1] for sock in reserved)
         given = {**overrides, "serve_grpc_port": grpc_port, "serve_http_port": http_port}
         supervisor = Supervisor(settings, given, workers)
@@ -494,6 +515,8 @@ def supervise(
             signal.signal(signum, lambda *_: supervisor.request_stop())
         try:
             supervisor.start()
+        except _SaidWhy:
+            return EXIT_USAGE  # the worker's one line says why
         except RuntimeError as error:
             print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
             return 1
@@ -563,9 +586,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.load(**{**json.loads(args.overrides), "serve_health_port": None})
     try:
         server = Server(settings, reuse_port=True)
-    except SpoolRefused as error:  # one line, as a single serve says it
+    except (SpoolRefused, SettingsError) as error:  # one line, as a single serve says it
         print(f"otel-luna serve: {error}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_USAGE
     try:
         with contextlib.suppress(OSError):  # a supervisor gone away: PDEATHSIG stops us
             os.write(args.ready_fd, _READY)

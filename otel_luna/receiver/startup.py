@@ -1,0 +1,109 @@
+"""What stops ``otel-luna serve`` from starting, as a :class:`~otel_luna.settings.SettingsError`
+naming the setting and the path or address (one line, exit status 2 from the command): a TLS file
+it cannot read, a spool directory it cannot use, a port it cannot listen on. No grpc here: the
+supervisor of ``--workers`` uses it before any worker starts."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TypeVar
+
+from otel_luna.settings import Settings, SettingsError, env_name
+
+_T = TypeVar("_T")
+
+
+def check_tls_files(settings: Settings) -> None:
+    """The TLS certificate chain and key can be read and belong together; else a
+    :class:`SettingsError` naming the setting and the file."""
+    cert, key = settings.serve_tls_cert, settings.serve_tls_key
+    if not (cert and key):
+        return
+    for name, path in (("serve_tls_cert", cert), ("serve_tls_key", key)):
+        named(name, path, functools.partial(_read_one_byte, path))
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (ssl.SSLError, OSError) as error:
+        why = f"{getattr(error, 'reason', None) or error.strerror or error}"
+        try:
+            ssl.create_default_context().load_verify_locations(cafile=cert)
+        except (ssl.SSLError, OSError):
+            raise SettingsError(
+                env_name("serve_tls_cert"), f"{cert} holds no PEM certificate ({why})"
+            ) from None
+        raise SettingsError(
+            env_name("serve_tls_key"), f"{key} holds no PEM private key for {cert} ({why})"
+        ) from None
+
+
+def _read_one_byte(path: str) -> None:
+    with open(path, "rb") as file:
+        file.read(1)
+
+
+def named(
+    name: str,
+    path: str | None,
+    run: Callable[[], _T],
+    errors: type[OSError] | tuple[type[OSError], ...] = OSError,
+) -> _T:
+    """``run()``; ``errors`` from it as a :class:`SettingsError` naming the setting ``name``
+    and the path (:func:`path_error`)."""
+    try:
+        return run()
+    except errors as error:
+        raise path_error(name, path, error) from None
+
+
+def path_error(name: str, path: str | None, error: OSError) -> SettingsError:
+    """``error`` as a :class:`SettingsError` naming the setting ``name`` and the file or
+    directory the system named (else ``path``)."""
+    where = error.filename or path  # the file or directory inside, if it was one
+    return SettingsError(env_name(name), f"{where}: {error.strerror or error}")
+
+
+def listening(name: str, host: str, port: int, reuse_port: bool, start: Callable[[], _T]) -> _T:
+    """``start()`` of a front end listening on ``host``:``port``; when it cannot listen, a
+    :class:`SettingsError` naming the setting at fault: ``serve_host`` for an address that does
+    not resolve or is not this machine's, else the port's ``name``. A plain socket bound the
+    same way is tried first: it says why (grpcio says only that it could not bind, after a log
+    line of its own)."""
+    problem = bind_problem(name, host, port, reuse_port)
+    try:
+        if problem is None:
+            return start()
+    except (OSError, RuntimeError) as error:
+        if isinstance(error, RuntimeError) and "bind" not in str(error):
+            raise
+        problem = bind_problem(name, host, port, reuse_port) or (name, str(error))
+    assert problem is not None
+    setting, why = problem
+    raise SettingsError(env_name(setting), f"cannot listen on {host}:{port}: {why}")
+
+
+def bind_problem(name: str, host: str, port: int, reuse_port: bool) -> tuple[str, str] | None:
+    """Why a socket cannot listen on ``host``:``port``: the setting at fault (the port's
+    ``name`` when the port is taken or not allowed, else ``serve_host``) and the system's
+    words; None when it can."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (OSError, UnicodeError) as error:
+        return "serve_host", str(getattr(error, "strerror", None) or error)
+    family, kind, proto, _, address = infos[0]
+    try:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+            sock.listen(1)
+    except OSError as error:
+        at_fault = name if error.errno in (errno.EADDRINUSE, errno.EACCES) else "serve_host"
+        return at_fault, error.strerror or str(error)
+    return None
