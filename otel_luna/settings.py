@@ -573,7 +573,7 @@ class Settings:
         16 * 1024 * 1024,
         *number(int, 1, 2**31 - 1, "bytes"),
         group=SERVE,
-        doc="largest request accepted (after gzip decompression)",
+        doc="largest request accepted (after decompression: gzip, deflate or zstd)",
     )
     serve_workers: int = setting(
         1,

@@ -351,10 +351,10 @@ class _FailingOs:
         self.writes_left -= 1
         return os.write(fd, data)
 
-    def replace(self, source: Any, target: Any) -> None:
+    def replace(self, source: Any, target: Any, **dir_fds: Any) -> None:
         if self.full and self.ack_fails_too:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        os.replace(source, target)
+        os.replace(source, target, **dir_fds)
 
 
 @pytest.fixture
