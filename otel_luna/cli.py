@@ -12,6 +12,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from otel_luna.redact import printable
 from otel_luna.settings import Settings, SettingsError, env_name
 
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
@@ -324,6 +325,11 @@ def _report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+#: The settings ``--to`` may change: those that pick the destination
+#: (:func:`~otel_luna.delivery.destination_slug`); any other would be ignored.
+_DESTINATION_SETTINGS = ("sink", "endpoint", "database", "bucket", "retention_policy", "org")
+
+
 def _to_settings(pairs: list[str]) -> Settings:
     """The current settings with each ``SETTING=VALUE`` of ``pairs`` changed."""
     changes: dict[str, str] = {}
@@ -336,6 +342,13 @@ def _to_settings(pairs: list[str]) -> Settings:
     unknown = sorted(set(changes) - known)
     if unknown:
         raise SettingsError("--to", f"no setting named {', '.join(map(repr, unknown))}")
+    other = sorted(set(changes) - set(_DESTINATION_SETTINGS))
+    if other:
+        raise SettingsError(
+            "--to",
+            f"{', '.join(map(repr, other))} does not pick the destination; give one of "
+            + ", ".join(_DESTINATION_SETTINGS),
+        )
     return Settings.load(None, **changes)
 
 
@@ -347,7 +360,9 @@ def _spool(args: argparse.Namespace) -> int:
     prefix = f"otel-luna spool {args.action}"
     root = Path(args.spool_dir or Settings.load().spool_dir)
     if not root.is_dir():
-        print(f"{prefix}: the spool root {root} is not a directory", file=sys.stderr)
+        print(
+            f"{prefix}: the spool root {printable(str(root))} is not a directory", file=sys.stderr
+        )
         return EXIT_FAILED
     try:
         if args.action == "list":
@@ -359,17 +374,21 @@ def _spool(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps({"spool_dir": str(root), "destinations": spools}, indent=2))
                 return EXIT_OK
-            print(f"spool {root}: {len(spools)} destinations")
+            print(f"spool {printable(str(root))}: {len(spools)} destinations")
             for entry in spools:
                 mark = " (the configured destination)" if entry["configured"] else ""
                 print(
-                    f"  {entry['destination']}{mark}: {entry['pending_lines']} points / "
-                    f"{entry['pending_bytes']} bytes waiting"
+                    f"  {printable(str(entry['destination']))}{mark}: {entry['pending_lines']} "
+                    f"points / {entry['pending_bytes']} bytes waiting"
                 )
                 for process in entry["processes"]:  # type: ignore[attr-defined]
+                    name = printable(str(process["process"]))
+                    if process["refused"] is not None:
+                        print(f"    {name}: refused: {printable(str(process['refused']))}")
+                        continue
                     state = "running" if process["running"] else "gone"
                     print(
-                        f"    {process['process']}: {state}, {process['pending_lines']} points "
+                        f"    {name}: {state}, {process['pending_lines']} points "
                         f"/ {process['pending_bytes']} bytes"
                     )
             return EXIT_OK
@@ -395,7 +414,8 @@ def _spool(args: argparse.Namespace) -> int:
                 name = moved.target
                 if not (root / name).is_dir():
                     print(f"replayed {name}: nothing waited")
-                    return _busy(prefix, moved.busy)
+                    _busy(prefix, moved.busy)
+                    return EXIT_OK
             replayed = spoolctl.replay(root, name, settings, args.timeout)
             counts = replayed.counts
             print(
@@ -408,8 +428,8 @@ def _spool(args: argparse.Namespace) -> int:
             left = counts.get("left_in_spool", 0)
             if replayed.blocked:
                 print(f"{prefix}: the destination refused: {replayed.blocked}", file=sys.stderr)
-            status = _busy(prefix, replayed.busy)
-            return EXIT_FAILED if left or replayed.blocked else status
+            _busy(prefix, replayed.busy)  # theirs to deliver: not a failure of the replay
+            return EXIT_FAILED if left or replayed.blocked else EXIT_OK
         if args.action == "discard":
             if not args.yes:
                 waiting = [
@@ -428,7 +448,14 @@ def _spool(args: argparse.Namespace) -> int:
                 f"discarded {len(discarded.directories)} process directories of "
                 f"{args.destination}: {discarded.lines} points / {discarded.bytes} bytes deleted"
             )
-            return _busy(prefix, discarded.busy)
+            for name, why in discarded.left:
+                print(
+                    f"{prefix}: left {args.destination}/{printable(name)}: {printable(why)}; "
+                    "remove it by hand",
+                    file=sys.stderr,
+                )
+            busy = _busy(prefix, discarded.busy)
+            return EXIT_FAILED if discarded.left else busy
     except spoolctl.SpoolCommandError as error:
         print(f"{prefix}: {error}", file=sys.stderr)
         return EXIT_FAILED
@@ -441,7 +468,7 @@ def _busy(prefix: str, busy: list[str]) -> int:
         return EXIT_OK
     print(
         f"{prefix}: left {len(busy)} process directories of running processes alone: "
-        + ", ".join(busy),
+        + ", ".join(map(printable, busy)),
         file=sys.stderr,
     )
     return EXIT_FAILED
@@ -450,7 +477,7 @@ def _busy(prefix: str, busy: list[str]) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from otel_luna.delivery.spool import printable, root_problem
+    from otel_luna.delivery.spool import root_problem
     from otel_luna.receiver.workers import describe_supervisors, supervisor_line
     from otel_luna.settings import Settings
 
@@ -475,7 +502,11 @@ def _status(args: argparse.Namespace) -> int:
         print(supervisor_line(supervisor))
     shown_root = printable(root)
     processes = sum(1 for entry in entries if entry["problem"] is None)
-    print(f"spool {shown_root}: {processes} process directories")
+    refused = len(entries) - processes
+    print(
+        f"spool {shown_root}: {processes} process directories"
+        + (f", {refused} other entries refused" if refused else "")
+    )
     unsafe = root_problem(root)
     if unsafe:
         print(f"  ({printable(unsafe)}: otel-luna will not write there)")
@@ -495,7 +526,7 @@ def _entry_lines(entry: dict[str, Any]) -> list[str]:
     """One process directory as ``otel-luna status`` shows it: only what is true now (a gone
     process is neither blocked nor holding points in memory any more), every text from disk
     made printable."""
-    from otel_luna.delivery.spool import printable
+    from otel_luna.delivery.spool import left_behind
 
     name = printable(f"{entry['destination']}/{entry['process'] or ''}")
     if entry["problem"] is not None:
@@ -505,13 +536,18 @@ def _entry_lines(entry: dict[str, Any]) -> list[str]:
     if damaged:
         waiting += f", {damaged} damaged records"
     refused = entry.get("refused") or {}
+    kept = left_behind(refused)
     running = bool(entry["running"])
     if running:
         state = f"running, {waiting}"
     elif entry["pending_lines"]:
         state = f"gone, {waiting}: replayed by the next process of this destination"
-    elif refused:
-        state = "gone, nothing to replay (kept: it holds files the spool does not use)"
+    elif kept:
+        state = (
+            f"gone, nothing to replay; left: holds files the spool refuses ({', '.join(kept)}): "
+            "remove them by hand"
+        )
+        state = printable(state)
     else:
         state = "gone, nothing waiting (removed by the next process of this destination)"
     if damaged and not running and not entry["pending_lines"]:

@@ -20,6 +20,16 @@ from collections.abc import Iterable
 
 MASK = "***"
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (terminal escapes, bidirectional overrides) shown
+    as ``\\xNN`` or ``\\uNNNN``: for what is read from disk or a database and then printed
+    or logged (``otel-luna status``, ``spool``, ``report``)."""
+    return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
 _PATTERNS = (
     # scheme://user:password@host — up to the last "@" before the path
     (re.compile(r"(?P<keep>\b[A-Za-z][A-Za-z0-9+.-]*://)[^/\s?#]*@"), rf"\g<keep>{MASK}@"),

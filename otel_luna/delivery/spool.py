@@ -70,6 +70,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from otel_luna.outcomes import Counts, Reason
+from otel_luna.redact import printable
 
 _logger = logging.getLogger(__name__)
 
@@ -133,15 +134,6 @@ def _unavailable(error: OSError, what: str, directory: Path | str) -> SpoolUnava
     if isinstance(error, SpoolRefused):
         return error
     return SpoolUnavailable(error.errno, f"{what}: {error.strerror or error}", str(directory))
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(text: str) -> str:
-    """``text`` with every control character (terminal escapes, bidirectional overrides) shown
-    as ``\\xNN`` or ``\\uNNNN``: for what is read from disk and then printed or logged."""
-    return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
 _refused: set[tuple[str, str]] = set()
@@ -1357,6 +1349,13 @@ def is_process_directory(directory: Path) -> bool:
         return False
 
 
+def left_behind(refused: Mapping[str, str]) -> dict[str, str]:
+    """What of a process directory's ``refused`` names (as :func:`describe` lists them)
+    removing the directory leaves in it — all but the spool's own files, which are removed
+    whatever they are: the operator must remove those by hand."""
+    return {name: why for name, why in refused.items() if name not in _OWN_FILES}
+
+
 def root_problem(root: Path | str) -> str | None:
     """Why otel-luna would refuse the spool root ``root`` (writable by group or others, or not
     this user's), else None: for ``otel-luna status``."""
@@ -1594,7 +1593,7 @@ def claim_gone(directory: Path) -> GoneDirectory | None:
         owner = os.fstat(dir_fd).st_uid
         if owner != os.geteuid():
             raise PermissionError(errno.EPERM, f"owned by uid {owner}", str(directory))
-        lock = _try_lock(dir_fd, create=False)
+        lock = _try_lock(dir_fd)  # made if missing, as a process adopting it makes it
         if lock is None:
             os.close(dir_fd)
             os.close(parent_fd)

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_luna.delivery import destination_slug, open_delivery
-from otel_luna.delivery.spool import GoneDirectory, claim_gone, describe, process_directories
+from otel_luna.delivery.spool import GoneDirectory, claim_gone, describe, left_behind
 from otel_luna.outcomes import Reason
+from otel_luna.redact import printable
 from otel_luna.settings import Settings
 
 __all__ = [
@@ -46,10 +47,13 @@ class SpoolCommandError(RuntimeError):
 @dataclass
 class Steered:
     """What an operation did to a destination's process directories: those it handled (name,
-    points, bytes) and those left alone because their process is alive."""
+    points, bytes), those left alone because their process is alive, and (``discard``) what
+    it left in the destination's directory and why: names the spool refuses, which the operator
+    must remove by hand."""
 
     directories: list[tuple[str, int, int]] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    left: list[tuple[str, str]] = field(default_factory=list)
 
     @property
     def lines(self) -> int:
@@ -95,9 +99,13 @@ def destination_directory(root: Path, name: str) -> Path:
 def list_spools(root: Path, configured: str | None = None) -> list[dict[str, object]]:
     """Each destination directory of ``root`` holding process directories: its name, whether
     it is ``configured`` (the directory of the current settings), its process directories
-    (running or gone, points and bytes waiting) and their totals."""
+    (running or gone, points and bytes waiting; ``refused`` and why for what is no usable
+    process directory: a link, a file, another user's) and their totals. What is no
+    destination directory (a file, a link beside them) is not listed."""
     by_destination: dict[str, list[dict[str, object]]] = {}
     for entry in describe(root):
+        if entry["process"] is None:
+            continue  # no destination's directory: a link, a file, unreadable
         by_destination.setdefault(str(entry["destination"]), []).append(
             {
                 "process": entry["process"],
@@ -105,6 +113,7 @@ def list_spools(root: Path, configured: str | None = None) -> list[dict[str, obj
                 "pending_lines": entry["pending_lines"],
                 "pending_bytes": entry["pending_bytes"],
                 "corrupt_records": entry["corrupt_records"],
+                "refused": entry["problem"],
             }
         )
     return [
@@ -123,16 +132,27 @@ def _int(value: object) -> int:
     return value if isinstance(value, int) else 0
 
 
+def _entries(directory: Path) -> list[dict[str, object]]:
+    """:func:`describe`'s entries of the destination directory ``directory``."""
+    return [e for e in describe(directory.parent) if e["destination"] == directory.name]
+
+
 def _gone(directory: Path) -> Iterator[tuple[Path, GoneDirectory | None]]:
-    """The process directories of a destination directory, each claimed if its process is
-    gone (None while it is alive); each claim is released after its turn."""
-    for process in process_directories(directory.parent):
-        if process.parent != directory or process.is_symlink():
-            continue  # a link is no process's directory: never followed
+    """The process directories of a destination directory (as :func:`describe` finds them:
+    never a link, nor one it refuses), each claimed if its process is gone (None while it is
+    alive); each claim is released after its turn."""
+    for entry in _entries(directory):
+        if entry["problem"] is not None:
+            continue  # a link, a file, another user's: never followed
+        process = directory / str(entry["process"])
         try:
             claimed = claim_gone(process)
+        except FileNotFoundError:
+            continue  # adopted and removed by a process meanwhile
         except OSError as error:
-            raise SpoolCommandError(f"cannot read {process}: {error.strerror or error}") from None
+            raise SpoolCommandError(
+                f"cannot read {printable(str(process))}: {error.strerror or error}"
+            ) from None
         if claimed is None:
             yield process, None
             continue
@@ -179,6 +199,15 @@ def discard(root: Path, name: str) -> Steered:
         except OSError as error:
             raise SpoolCommandError(f"cannot remove {process}: {error.strerror or error}") from None
         discarded.directories.append((process.name, lines, size))
+    busy = set(discarded.busy)
+    for entry in _entries(source):
+        name = str(entry["process"])
+        if entry["problem"] is not None:
+            discarded.left.append((name, str(entry["problem"])))
+        elif name not in busy and not entry["running"]:
+            kept = left_behind(entry["refused"])  # type: ignore[arg-type]
+            why = "; ".join(f"{file}: {reason}" for file, reason in kept.items())
+            discarded.left.append((name, f"holds files the spool refuses ({why or 'none'})"))
     return discarded
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import signal
 import threading
 
-from otel_luna.delivery.spool import SpoolRefused, SpoolUnavailable, printable
+from otel_luna.delivery.spool import SpoolRefused, SpoolUnavailable
 from otel_luna.receiver import Receiver
 from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
 from otel_luna.receiver.health import HealthServer, ReceiverHealth, start_health
 from otel_luna.receiver.http_server import HttpServer, start_http
 from otel_luna.receiver.startup import check_tls_files, listening, path_error
+from otel_luna.redact import printable
 from otel_luna.settings import Settings, SettingsError, env_name
 
 
