@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import time
@@ -316,10 +317,10 @@ def _report(args: argparse.Namespace) -> int:
             )
     except ChartError as error:  # the report was made: print it, then say why there is no chart
         print(error.text, flush=True)
-        print(f"otel-luna report: {error}", file=sys.stderr)
+        print(f"otel-luna report: {printable(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     except ReportError as error:
-        print(f"otel-luna report: {error}", file=sys.stderr)
+        print(f"otel-luna report: {printable(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     print(text, flush=True)
     return EXIT_OK
@@ -496,7 +497,7 @@ def _status(args: argparse.Namespace) -> int:
         document = {"spool_dir": root, "processes": entries}
         if supervisors:
             document["serve_supervisors"] = supervisors
-        print(json.dumps(document, indent=2))
+        print(json.dumps(_finite(document), indent=2, allow_nan=False))
         return EXIT_OK
     for supervisor in supervisors:
         print(supervisor_line(supervisor))
@@ -520,6 +521,18 @@ def _status(args: argparse.Namespace) -> int:
         for detail in details:
             print(f"    {detail}")
     return EXIT_OK
+
+
+def _finite(value: object) -> object:
+    """``value`` (read from stats files) with every infinite or NaN number as None: JSON has
+    no such numbers (``Infinity`` is not JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(each) for key, each in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(each) for each in value]
+    return value
 
 
 def _entry_lines(entry: dict[str, Any]) -> list[str]:

@@ -23,11 +23,19 @@ MASK = "***"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
-def printable(text: str) -> str:
+def printable(text: str, *, lines: bool = False) -> str:
     """``text`` with every control character (terminal escapes, bidirectional overrides) shown
     as ``\\xNN`` or ``\\uNNNN``: for what is read from disk or a database and then printed
-    or logged (``otel-luna status``, ``spool``, ``report``)."""
-    return _CONTROL.sub(lambda found: ascii(found.group())[1:-1], text)
+    or logged (``otel-luna status``, ``spool``, ``report``). With ``lines``, newlines are kept
+    (a text of several lines)."""
+    return _CONTROL.sub(
+        lambda found: found.group() if lines and found.group() == "\n" else _escaped(found.group()),
+        text,
+    )
+
+
+def _escaped(char: str) -> str:
+    return ascii(char)[1:-1]
 
 
 _PATTERNS = (

@@ -167,7 +167,11 @@ def test_bad_names_and_settings_are_one_line(
     (root / "dest").mkdir()
     (root / "dest" / "1-deadbeef").symlink_to(outside)
     code, out, err = run(["spool", "discard", "dest", "--yes"], capsys)
-    assert code == cli.EXIT_OK and out.startswith("discarded 0 process directories"), err
+    assert code == cli.EXIT_FAILED and out.startswith("discarded 0 process directories"), err
+    assert err == (
+        "otel-luna spool discard: left dest/1-deadbeef: a symbolic link, not a process "
+        "directory: never followed; remove it by hand\n"
+    )
     assert (outside / "victim").read_bytes() == b"keep me"
     code, _, err = run(["spool", "move", "x", "--to", "no_such_setting=1"], capsys)
     assert code == cli.EXIT_USAGE and "--to: no setting named 'no_such_setting'" in err

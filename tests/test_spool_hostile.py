@@ -346,7 +346,10 @@ def test_status_of_gone_processes(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert f"dest/{waiting.name}: gone, 1 points / " in out
     assert "replayed by the next process of this destination" in out
-    assert f"dest/{empty.name}: gone, nothing to replay (kept" in out
+    assert (
+        f"dest/{empty.name}: gone, nothing to replay; left: holds files the spool refuses (stray)"
+        in out
+    )
     assert "stray: not a file of the spool" in out
     assert "BLOCKED" not in out and "refused writes when the process stopped: r" in out
     [entry] = [e for e in describe(tmp_path / "spool") if e["process"] == empty.name]

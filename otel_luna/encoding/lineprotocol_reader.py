@@ -5,10 +5,13 @@ report read a file sink's output back with it).
 Handles backslash escapes of ``,`` and space (and ``=`` in keys and tag values), quoted string
 fields with ``\\"`` and ``\\\\`` (a string may hold a newline), integers (``1i``, ``1u``),
 floats and booleans. Tags are returned sorted; a line without a timestamp gets ``time_ns`` 0.
+What InfluxDB would refuse is a syntax error too: ``NaN``, an infinite float (``inf``,
+``1e400``), an integer outside 64 bits, a time outside :data:`MIN_TIME_NS` to :data:`MAX_TIME_NS`.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from otel_luna.point import FieldValue, Point
@@ -20,6 +23,13 @@ MAX_LINE_BYTES = 4 * 1024 * 1024
 #: Bytes per piece :func:`read_bytes` feeds its reader.
 _PIECE = 1024 * 1024
 _INTEGER = re.compile(r"-?[0-9]+\Z")
+#: A float as InfluxDB reads one: digits, a point, an exponent — no ``nan``, ``inf``, ``_``.
+_FLOAT = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+#: The times InfluxDB accepts (``models.MinNanoTime``, ``MaxNanoTime``): about 1677 to 2262.
+MIN_TIME_NS = -(2**63) + 2
+MAX_TIME_NS = 2**63 - 2
+_INT64 = range(-(2**63), 2**63)
+_UINT64 = range(2**64)
 #: What decoding with ``surrogateescape`` makes of bytes that are not UTF-8.
 _SURROGATE = re.compile("[\udc80-\udcff]")
 _UNTERMINATED = "unterminated string field"
@@ -91,15 +101,20 @@ def _scalar_value(token: str, text: str, position: int) -> FieldValue:
     if not token:
         raise LineProtocolSyntaxError("missing field value", text, position)
     if token[-1] in "iu" and _INTEGER.match(token, 0, len(token) - 1):
-        return int(token[:-1])
+        number = int(token[:-1])
+        if number not in (_INT64 if token[-1] == "i" else _UINT64):
+            raise LineProtocolSyntaxError(f"integer out of range {token!r}", text, position)
+        return number
     if token in _TRUE:
         return True
     if token in _FALSE:
         return False
-    try:
-        return float(token)
-    except ValueError:
-        raise LineProtocolSyntaxError(f"bad field value {token!r}", text, position) from None
+    if _FLOAT.match(token):
+        value = float(token)
+        if math.isfinite(value):
+            return value
+        raise LineProtocolSyntaxError(f"float out of range {token!r}", text, position)
+    raise LineProtocolSyntaxError(f"bad field value {token!r}", text, position)
 
 
 def _parse_point(text: str, start: int) -> tuple[Point, int]:
@@ -144,6 +159,8 @@ def _parse_point(text: str, start: int) -> tuple[Point, int]:
         if not _INTEGER.match(stamp):
             raise LineProtocolSyntaxError("bad timestamp", text, stamp_start)
         time_ns = int(stamp)
+        if not MIN_TIME_NS <= time_ns <= MAX_TIME_NS:
+            raise LineProtocolSyntaxError("timestamp out of range", text, stamp_start)
         i = end
     if i < n and text[i] != "\n":
         raise LineProtocolSyntaxError("unexpected character", text, i)

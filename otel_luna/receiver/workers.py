@@ -50,11 +50,11 @@ from otel_luna.cli import EXIT_USAGE
 from otel_luna.delivery.spool import (
     SpoolRefused,
     make_directories,
-    printable,
     read_small,
     replace_file,
 )
 from otel_luna.receiver.startup import check_tls_files, listening
+from otel_luna.redact import printable
 from otel_luna.settings import Settings, SettingsError
 
 _logger = logging.getLogger(__name__)

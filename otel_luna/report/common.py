@@ -32,6 +32,7 @@ import urllib3
 
 from otel_luna.encoding.lineprotocol_reader import LineReader
 from otel_luna.point import FieldValue, Point
+from otel_luna.redact import printable as escape
 from otel_luna.settings import Settings
 from otel_luna.sinks.file import file_path
 from otel_luna.sinks.http import basic_auth
@@ -759,6 +760,13 @@ def save_png(figure: Figure, path: Path) -> None:
     """Write ``figure`` to ``path`` atomically (a temporary file beside it, then a rename),
     creating the missing parent directories. :class:`ReportError` (``cannot write the chart
     PATH: <reason>``) when it cannot be written."""
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        # Labels hold values read from the database or a file: no control character, and a
+        # "$" is a dollar sign, not mathtext.
+        text.set_text(escape(text.get_text(), lines=True))
+        text.set_parse_math(False)
     try:
         _write_png(figure, path)
     except OSError as error:
@@ -796,7 +804,9 @@ def printable(
     """What a report command prints: ``text``, or ``document`` as JSON, after ``draw`` wrote
     the chart to ``png`` (if asked), saying where. :class:`ChartError`, carrying what to print
     all the same, when the chart cannot be written."""
-    printed = json.dumps(document, indent=2) if as_json else text
+    # Every value read from the database or a file is shown escaped (terminal escapes …);
+    # JSON escapes them itself.
+    printed = json.dumps(document, indent=2) if as_json else escape(text, lines=True)
     if png is None:
         return printed
     try:

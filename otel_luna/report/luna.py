@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otel_luna.point import FieldValue, Point
+from otel_luna.redact import printable as escape
 from otel_luna.report.common import (
     DEFAULT_LIMITS,
     Limits,
@@ -750,7 +751,8 @@ def render_png(report: LunaReport, path: Path, title: str = "LUNA monitoring") -
     fields = sorted({stage.field for _, r in staged for stage in r.stages})
     palette = matplotlib.colormaps["tab20"]
     stage_palette = matplotlib.colormaps["tab20b"]  # 5 hues x 4 shades: hues first
-    names = [f"{r.route}\n{s}" if several else r.route for s, r in staged]
+    # Tick labels are drawn from these later: escaped here (save_png escapes the other texts).
+    names = [escape(f"{r.route}\n{s}" if several else r.route, lines=True) for s, r in staged]
     lefts = [0.0] * len(staged)
     for number, field in enumerate(fields):
         means = []
