@@ -363,3 +363,51 @@ def test_what_the_encoder_writes_the_reader_reads_back_cut_anywhere(
     assert skipped == 0
     assert read == read_bytes(body)[0]
     assert [p.fields["f"] for p in read] == values
+
+
+def test_values_influxdb_refuses_are_skipped_and_counted_in_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 18 #12: a time beyond 64 bits (a period to the year 3170843), ``nan`` and
+    ``1e400`` (p50 nan, max inf) were read; InfluxDB refuses them, and so does the report."""
+    without_luna_environment(monkeypatch)
+    file = tmp_path / "odd.lp"
+    file.write_bytes(
+        GOOD
+        + b"requests,route=GET:/x,service=s execution_time=1 99999999999999999999999999\n"
+        + b"requests,route=GET:/x,service=s execution_time=nan 3\n"
+        + b"requests,route=GET:/x,service=s execution_time=1e400 4\n"
+        + b"requests,route=GET:/x,service=s execution_time=inf 5\n"
+        + b"requests,route=GET:/x,service=s execution_time=1,n=9223372036854775808i 6\n"
+        + GOOD
+    )
+    assert cli.main(["report", "luna", "--file", str(file), "--json"]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    document = json.loads(out, parse_constant=lambda name: pytest.fail(name))
+    assert document["skipped"] == {
+        "lines": 5,
+        "first": "line 2: timestamp out of range at character 49",
+    }
+    assert len(common.read_line_protocol(file).points) == 2
+
+
+def test_the_text_report_escapes_what_it_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review 18 #3: a service and a route holding terminal escapes were printed raw."""
+    without_luna_environment(monkeypatch)
+    points = [
+        Point(
+            "requests",
+            (("route", "/esc\x1b[2J\x1b[31m"), ("service", "esc\x1b]0;pwned\x07svc\u202e")),
+            {"execution_time": 0.5},
+            1_795_953_600_000_000_000 + i,
+        )
+        for i in range(3)
+    ]
+    file = tmp_path / "escapes.lp"
+    file.write_bytes(encode(points))
+    assert cli.main(["report", "luna", "--file", str(file)]) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "esc\\x1b]0;pwned\\x07svc\\u202e" in out and "/esc\\x1b[2J\\x1b[31m" in out

@@ -354,3 +354,83 @@ def test_status_of_gone_processes(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "BLOCKED" not in out and "refused writes when the process stopped: r" in out
     [entry] = [e for e in describe(tmp_path / "spool") if e["process"] == empty.name]
     assert entry["refused"] == {"stray": "not a file of the spool"}
+
+
+def test_spool_list_escapes_names_and_shows_what_is_no_process_directory_as_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 18 #10: names printed raw, a linked supervisor file listed as a destination with
+    a process ``None``, a linked process directory shown as "gone, 0 points"; status said
+    "3 process directories" and listed more."""
+    root = tmp_path / "spool"
+    evil = root / f"evil{ESCAPE}"
+    dead_directory(evil)
+    dest = root / "dest"
+    dead_directory(dest, b"m x=1i\n")
+    (dest / "1-deadbeef").symlink_to(victim_directory(tmp_path))
+    (root / "serve-supervisor-9999998.json").symlink_to(tmp_path / "victim" / "a.txt")
+    assert main(["spool", "list", "--spool-dir", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "evil\\x1b]0;owned\\x07" in out
+    assert "serve-supervisor" not in out and "None" not in out
+    assert "    1-deadbeef: refused: a symbolic link, not a process directory" in out
+    assert out.startswith(f"spool {root}: 2 destinations\n")
+    assert main(["status", str(root)]) == 0
+    out = capsys.readouterr().out
+    listed = [line for line in out.splitlines() if line.startswith("  ") and ": " in line]
+    assert out.startswith(f"spool {root}: 2 process directories, 2 other entries refused\n")
+    assert len([line for line in listed if not line.startswith("    ")]) == 4
+
+
+def test_discard_says_what_it_left_and_status_does_not_promise_a_removal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 18 #9: discard said "discarded 0 process directories", exit 0, while gone
+    directories holding refused files stayed; status said the next process removes them."""
+    root = tmp_path / "spool"
+    dest = root / "dest"
+    fifo = dead_directory(dest)
+    os.mkfifo(fifo / "00000000000000000009.seg")
+    plain = dead_directory(dest, b"m x=2i\n")
+    (fifo / "lock").unlink()  # a directory without its lock is still one to discard
+    assert main(["status", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert "left: holds files the spool refuses (00000000000000000009.seg)" in out
+    assert main(["spool", "discard", "dest", "--yes", "--spool-dir", str(root)]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith("discarded 2 process directories of dest: 1 points / ")
+    assert captured.err == (
+        f"otel-luna spool discard: left dest/{fifo.name}: holds files the spool refuses "
+        "(00000000000000000009.seg: a segment that is a FIFO); remove it by hand\n"
+    )
+    assert sorted(os.listdir(fifo)) == ["00000000000000000009.seg"] and not plain.exists()
+
+
+def test_status_json_is_json_whatever_a_stats_file_holds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Review 18 #12: a stats.json holding 1e999 made status --json print Infinity."""
+    root = tmp_path / "spool"
+    directory = dead_directory(root / "dest", b"m x=1i\n")
+    (directory / "stats.json").write_text(
+        '{"written": 1e999, "blocked": {"since": NaN, "reason": "r"}, "x": [-Infinity]}'
+    )
+    assert main(["status", str(root), "--json"]) == 0
+    document = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(name))
+    [entry] = document["processes"]
+    assert entry["counts"] == {"written": None, "x": [None]}
+    assert entry["blocked"]["since"] is None
+
+
+def test_to_refuses_a_setting_that_does_not_pick_the_destination(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--to spool_dir=/tmp`` was accepted and ignored."""
+    root = tmp_path / "spool"
+    dead_directory(root / "dest", b"m x=1i\n")
+    for action in ("move", "replay"):
+        code = main(["spool", action, "dest", "--spool-dir", str(root), "--to", "spool_dir=/tmp"])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert "--to" in err and "'spool_dir' does not pick the destination" in err
+    assert len(os.listdir(root / "dest")) == 1
