@@ -10,10 +10,12 @@ import asyncio
 import gzip
 import json
 import os
+import re
 import threading
 import tracemalloc
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -405,9 +407,35 @@ def test_the_text_report_escapes_what_it_read(
         )
         for i in range(3)
     ]
+    points.append(
+        Point(
+            "licensing",
+            (("license_status", "warning"), ("service", "s")),
+            {"liveness_balance": 5, "warnings": "low\nfake line\x1b[2J", "errors": ""},
+            1_795_953_600_000_000_000,
+        )
+    )
     file = tmp_path / "escapes.lp"
     file.write_bytes(encode(points))
     assert cli.main(["report", "luna", "--file", str(file)]) == cli.EXIT_OK
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "esc\\x1b]0;pwned\\x07svc\\u202e" in out and "/esc\\x1b[2J\\x1b[31m" in out
+    assert "    last warnings: low\\nfake line\\x1b[2J\n" in out
+    # The chart's labels (legend, titles, tick labels drawn later) hold no control character
+    # either, and a "$" in a route is not mathtext.
+    drawn: list[str] = []
+    write_png = common._write_png
+
+    def spy(figure: Any, path: Path) -> None:
+        write_png(figure, path)  # draws it: tick labels exist from here
+        from matplotlib.text import Text
+
+        drawn.extend(text.get_text() for text in figure.findobj(Text))
+
+    monkeypatch.setattr(common, "_write_png", spy)
+    png = tmp_path / "escapes.png"
+    assert cli.main(["report", "luna", "--file", str(file), "--png", str(png)]) == cli.EXIT_OK
+    capsys.readouterr()
+    assert any("/esc\\x1b[2J\\x1b[31m" in text for text in drawn), drawn
+    assert not [text for text in drawn if re.search("[\x00-\x09\x0b-\x1f\u202e]", text)]

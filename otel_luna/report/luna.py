@@ -638,7 +638,7 @@ def _service_lines(service: ServiceReport, report: LunaReport) -> list[str]:
         )
         lines.append(
             f"  licensing: {_plural(licensing.checks, 'check')} ({statuses}); last: "
-            f"{last.status or '-'} at "
+            f"{escape(last.status or '-')} at "
             f"{iso_ms(last.time_ns // 1_000_000)}{balance}"
         )
         if licensing.balance_last is not None:
@@ -647,10 +647,12 @@ def _service_lines(service: ServiceReport, report: LunaReport) -> list[str]:
                 f"{licensing.balance_min}, last {licensing.balance_last}  "
                 f"{sparkline(_balance_line(licensing, report))}"
             )
+        # String fields: may hold a newline, escaped here to stay on one line (the whole text
+        # is escaped when printed: common.printable).
         if last.warnings:
-            lines.append(f"    last warnings: {last.warnings}")
+            lines.append(f"    last warnings: {escape(last.warnings)}")
         if last.errors:
-            lines.append(f"    last errors: {last.errors}")
+            lines.append(f"    last errors: {escape(last.errors)}")
     return lines
 
 
