@@ -207,7 +207,11 @@ def discard(root: Path, name: str) -> Steered:
         elif name not in busy and not entry["running"]:
             kept = left_behind(entry["refused"])  # type: ignore[arg-type]
             why = "; ".join(f"{file}: {reason}" for file, reason in kept.items())
-            discarded.left.append((name, f"holds files the spool refuses ({why or 'none'})"))
+            discarded.left.append(
+                (name, f"holds files the spool refuses ({why})")
+                if why
+                else (name, "still there (its process ended while discarding: run it again)")
+            )
     return discarded
 
 
