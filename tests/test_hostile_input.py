@@ -647,3 +647,68 @@ def test_no_attribute_value_makes_the_mapping_raise(
         )
         if "execution_time" in point.fields:
             assert point.fields["execution_time"] >= 0
+
+
+def _kvlist(**items: str) -> AnyValue:
+    value = AnyValue()
+    for key, text in items.items():
+        value.kvlist_value.values.add(key=key, value=AnyValue(string_value=text))
+    return value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "license_check"),
+    [
+        *[
+            (key, any_value(value), True)
+            for key in ("luna.license.warnings", "luna.license.errors")
+            for value in (3, 2.5, True)
+        ],
+        ("http.request.method", _kvlist(a="GET"), False),
+        ("http.request.method_original", _kvlist(a="PURGE"), False),
+        ("http.response.status_code", _kvlist(a="200"), False),
+        ("http.route", _kvlist(a="/r"), False),
+        ("luna.request_id", any_value([1]), False),
+        ("luna.request_id", AnyValue(bytes_value=b"id"), False),
+        ("luna.error_code", _kvlist(a="1"), False),
+    ],
+    ids=lambda item: item if isinstance(item, str) else None,
+)
+def test_serve_maps_every_attribute_type_without_a_mapping_error(
+    receiver_and_sink: Any,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    value: Any,
+    license_check: bool,
+) -> None:
+    """The review's triggers of ``mapping_error`` and a traceback per span (int/float/bool
+    licence messages, a kvlist method, original method or status, ...) through serve's
+    receiver: the span is written, the value counted and named in the partial success; nothing
+    is logged."""
+    receiver, sink = receiver_and_sink
+    request = ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="hostile"))
+    span = resource.scope_spans.add().spans.add(
+        trace_id=b"\x01" * 16,
+        span_id=(next(_ids) + 1).to_bytes(8, "big"),  # not 0: an invalid span id
+        kind=Span.SPAN_KIND_INTERNAL if license_check else Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=T0,
+        end_time_unix_nano=T0 + 1000,
+    )
+    base = {"luna.license.status": "ok"} if license_check else {**BASE, "url.path": "/p"}
+    if key == "http.request.method_original":
+        base["http.request.method"] = "_OTHER"
+    for base_key, base_value in base.items():
+        span.attributes.add(key=base_key, value=any_value(base_value))
+    span.attributes.add(key=key, value=value)
+    before, seen = Counter(receiver.counts()), len(sink.lines)
+    with caplog.at_level("WARNING"):
+        rejected, message, _ = receiver.accept_traces(request)
+    assert receiver.ingest.force_flush(10)
+    delta = problems(Counter(receiver.counts()) - before)
+    assert rejected == 0, message
+    assert len(sink.lines) == seen + 1
+    assert "mapping_error" not in delta and delta, delta
+    assert all(reason in message for reason in delta), (message, delta)
+    assert not caplog.records
