@@ -679,9 +679,6 @@ class RequestMapper:
         raw_status = get(_STATUS_NEW)
         if raw_status is None:
             raw_status = get(_STATUS_OLD)
-        if route.__class__ is str and len(route) > LONGEST_ROUTE:  # before any templating work
-            self.counts[Reason.KEY_TOO_LONG] += 1
-            return []
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
@@ -721,6 +718,9 @@ class RequestMapper:
             cacheable = False
             cached = None
         if cached is None:
+            if route.__class__ is str and len(route) > LONGEST_ROUTE:  # before any templating
+                self.counts[Reason.KEY_TOO_LONG] += 1  # (never cached: the cache needs no look)
+                return []
             cached = self._tagset(attributes, service, raw_status, status_error, extra)
             # Only a tag set made of the key alone: a path (no http.route) or a method of the
             # client's choosing goes through the per-service route budget every time.
