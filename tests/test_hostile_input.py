@@ -572,6 +572,19 @@ def test_licence_messages_of_another_type_are_left_out_counted(messages: Any) ->
     assert mapper.counts["unsupported_attribute_type"] == 1
 
 
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [("\n", "newline_in_tag_value"), ("", "empty_tag_value"), ("x\\", "backslash_in_tag_value")],
+)
+def test_an_error_code_no_tag_can_hold_is_an_unknown_error(code: str, reason: str) -> None:
+    """A ``luna.error_code`` that cannot be a tag value still marks the request failed: its
+    ``errors`` point is written with error code 0 and the value counted (the errors point was
+    refused while the requests point was written)."""
+    lines, counts = map_one({"luna.error_code": code})
+    assert [dict(parse_line(line).tags).get("error_code") for line in lines] == [None, "0"]
+    assert problems(counts) == Counter({"attribute_" + reason: 1})
+
+
 def test_a_span_ending_before_it_starts_takes_no_time() -> None:
     """A SERVER span whose end is before its start (the sender's clock stepped back) is
     written with ``execution_time`` 0, counted: the request happened, its status and route

@@ -607,6 +607,10 @@ class RequestMapper:
             return
         elif kind == _ERROR_CODE:
             if scalar:
+                problem = tag_value_problem(str(value))
+                if problem is not None:  # still a failed request: of an unknown code
+                    self.counts[Reason.of("attribute_" + problem)] += 1
+                    value = schema.UNKNOWN_ERROR_CODE
                 extra.error_code = value
                 return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
