@@ -335,7 +335,7 @@ def test_a_route_longer_than_any_key_is_refused_before_templating(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A 400 KB ``http.route`` (longer than any series key may be) is refused at once: the
-    request counted ``key_too_long``, nothing templated."""
+    request's points (a 500: requests and errors) counted ``key_too_long``, nothing templated."""
 
     def no_templating(route: str) -> str:
         raise AssertionError("templated")
@@ -349,7 +349,7 @@ def test_a_route_longer_than_any_key_is_refused_before_templating(
     }
     record = SpanRecord(attributes, True, 1, 7, None, 10**18, 10**18 + 1, False, "s")
     assert mapper.add(record) == []
-    assert mapper.counts == {"server_spans": 1, "key_too_long": 1}
+    assert mapper.counts == {"server_spans": 1, "key_too_long": 2}  # requests and errors
     attributes["http.route"] = "/<a(" * (requests.LONGEST_ROUTE // 4)  # the longest: templated
     with pytest.raises(AssertionError, match="templated"):
         mapper.add(record)

@@ -723,7 +723,11 @@ class RequestMapper:
             cached = None
         if cached is None:
             if route.__class__ is str and len(route) > LONGEST_ROUTE:  # before any templating
-                self.counts[Reason.KEY_TOO_LONG] += 1  # (never cached: the cache needs no look)
+                # (never cached: a hit needs no look). Its points are refused: a failed
+                # request's two, as the encoder would count them.
+                status = _status(raw_status, [])
+                failed = status_error or error_code is not None or (status or 0) >= 400
+                self.counts[Reason.KEY_TOO_LONG] += 2 if failed else 1
                 return []
             cached = self._tagset(attributes, service, raw_status, status_error, extra)
             # Only a tag set made of the key alone: a path (no http.route) or a method of the
