@@ -18,7 +18,10 @@ a ``luna.field.*`` or ``luna.time.*`` value that does not fit its field's type i
 counted, the point written with the rest. ``route`` is the framework's template in LUNA's
 ``{name}`` form (:func:`luna_template`: Flask, Django, FastAPI/Starlette and aiohttp alike), else
 the path. It is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
-and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
+and past ``route_limit`` distinct values per service, new ones as ``{overflow}``; METHOD is an
+RFC 9110 token of at most 32 characters, else ``_OTHER``. No attribute value of any type makes
+the mapping raise: a value it cannot use is left out and counted; a route too long to be written
+is refused before it is templated, and templating is linear in the route's length.
 
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
 entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
