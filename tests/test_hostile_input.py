@@ -585,6 +585,19 @@ def test_an_error_code_no_tag_can_hold_is_an_unknown_error(code: str, reason: st
     assert problems(counts) == Counter({"attribute_" + reason: 1})
 
 
+@pytest.mark.parametrize(
+    "key", ["luna.tag.t", "luna.request_id", "luna.error_code", "luna.time.t_time"]
+)
+@pytest.mark.parametrize("value", [10**400, -(10**5000), 2**63], ids=["1e400", "-1e5000", "2**63"])
+def test_an_integer_beyond_int64_is_left_out_counted(key: str, value: int) -> None:
+    """An in-process span may carry any Python int (OTLP's are int64): one beyond int64 as a
+    tag, request id, error code or timing is left out, counted — ``str()`` of 5001 digits and
+    ``float()`` of 10**400 raised."""
+    lines, counts = map_one({key: value})
+    assert len(lines) == 1
+    assert problems(counts) == Counter({"int_out_of_range": 1})
+
+
 def test_a_span_ending_before_it_starts_takes_no_time() -> None:
     """A SERVER span whose end is before its start (the sender's clock stepped back) is
     written with ``execution_time`` 0, counted: the request happened, its status and route

@@ -100,6 +100,8 @@ _point = tuple.__new__
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
     9
 )
+#: Kinds whose value is made text (or a float), not a field the encoder checks.
+_AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
 _TYPE_MISMATCH = "type_mismatch"
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
@@ -113,6 +115,7 @@ _EXACT_KINDS = {
 _SCALARS = frozenset({str, int, float, bool})
 _NONE_HELD = (0, 0, 0)
 _NO_PROBLEMS: tuple[Reason, ...] = ()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 #: A classified luna.* key: (attribute key, kind, name or reason, the field's type or None).
@@ -567,6 +570,11 @@ class RequestMapper:
         self, extra: _Extra, kind: int, name: str, value: Any, field_type: type[FieldValue] | None
     ) -> None:
         scalar = type(value) in _SCALARS
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX and kind in _AS_TEXT:
+            # Only Python's SDK can send one (OTLP's are int64): str() of 4301 digits raises,
+            # float() of 1e309 too. (A field's is the encoder's: int_out_of_range.)
+            self.counts[Reason.INT_OUT_OF_RANGE] += 1
+            return
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
                 extra.times[name] = extra.times.get(name, 0.0) + float(value)
