@@ -80,6 +80,12 @@ class Reason(str, enum.Enum):
     INCOMPLETE_LICENSE_CHECK = "incomplete_license_check", _O.VALUE_DROPPED
     UNKNOWN_LUNA_ATTRIBUTE = "unknown_luna_attribute", _O.VALUE_DROPPED
     UNSUPPORTED_ATTRIBUTE_TYPE = "unsupported_attribute_type", _O.VALUE_DROPPED
+    # an HTTP method that is no RFC 9110 token of at most 32 characters: written as _OTHER
+    INVALID_HTTP_METHOD = "invalid_http_method", _O.VALUE_DROPPED
+    # an HTTP status that is no integer 0-999 (or string of up to 3 digits): no status_code tag
+    INVALID_HTTP_STATUS = "invalid_http_status", _O.VALUE_DROPPED
+    # a SERVER span that ends before it starts: written with execution_time 0
+    NEGATIVE_EXECUTION_TIME = "negative_execution_time", _O.VALUE_DROPPED
     ORPHAN_LUNA_ATTRIBUTES = "orphan_luna_attributes", _O.VALUE_DROPPED
     EXPIRED_LUNA_ATTRIBUTES = "expired_luna_attributes", _O.VALUE_DROPPED
     # child data dropped before its SERVER span came, to keep waiting data within their bounds

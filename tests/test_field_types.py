@@ -50,7 +50,7 @@ from otel_luna.mapping.timestamps import time_window
 from otel_luna.point import FieldValue
 from otel_luna.receiver import Receiver
 from otel_luna.schema import luna as schema
-from otel_luna.schema.luna import field_type, fitted
+from otel_luna.schema.luna import field_type, fitted, name_words
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
@@ -94,6 +94,44 @@ def test_a_fields_type_follows_from_its_name_alone(name: str, kind: type) -> Non
     """The rule: last word time/seconds float, count/usages integer; first word is/has boolean;
     else string."""
     assert field_type(name) is kind
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("downloadTime", float),
+        ("DOWNLOAD_TIME", float),
+        ("downloadImagesTime", float),
+        ("decodeSeconds", float),
+        ("faceCount", int),
+        ("FACE_COUNT", int),
+        ("faceDetectorUsages", int),
+        ("isCached", bool),
+        ("IS_CACHED", bool),
+        ("hasBody", bool),
+        ("HTTPTime", float),  # an acronym, then a word
+        ("face2Count", int),
+        ("FACE2COUNT", str),  # one word in UPPER_SNAKE
+        ("Time", float),
+        ("timeout", str),
+        ("Timeout", str),
+        ("downloadtime", str),  # one word: no boundary to read
+        ("island", str),
+        ("requestId", str),
+    ],
+)
+def test_camel_case_and_upper_snake_names_follow_the_same_rule(name: str, kind: type) -> None:
+    """JavaScript's ``downloadTime`` and a constant's ``DOWNLOAD_TIME`` have the type of
+    ``download_time``: the rule reads a name's words, whatever their case convention."""
+    assert field_type(name) is kind
+
+
+@given(st.from_regex(r"[a-z0-9_]{0,30}", fullmatch=True))
+def test_a_snake_case_name_is_read_as_it_is(name: str) -> None:
+    """The rule is a pure function of the name, and lower snake_case names (the seed's, all
+    names before camelCase was read) keep their type: they are their own words."""
+    assert name_words(name) == name
+    assert name_words(name.upper()) == name
 
 
 @pytest.mark.parametrize(

@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from servers import InfluxDB1, ServerHTTPError
 
+from otel_luna._attributes import ROUTE_FALLBACK_KEYS, SERVER_SPAN_KEYS
 from otel_luna.encoding.lineprotocol import (
     MAX_KEY_BYTES,
     MAX_TIME_NS,
@@ -469,3 +470,271 @@ def test_a_string_field_with_newlines_survives_the_isolation_of_a_bad_line(
         ("ok2", None),
     ]
     assert exporter.counts["dead_lettered"] == 1
+
+
+# --------------------------------------------------------------------------- what the mapping reads
+
+_TRACE_HEX = f"{1:032x}"
+
+
+@pytest.mark.parametrize(
+    ("method", "original", "route"),
+    [
+        ("_OTHER", "PROPFIND", "PROPFIND:/h"),
+        ("_OTHER", "", "_OTHER:/h"),  # once ":/h"
+        ("_OTHER", "PRO PFIND", "_OTHER:/h"),
+        ("_OTHER", "esc\x1b[2J", "_OTHER:/h"),
+        ("_OTHER", "A" * 33, "_OTHER:/h"),
+        ("_OTHER", ("GET",), "_OTHER:/h"),
+        ("_OTHER", {"a": 1}, "_OTHER:/h"),
+        ("G\x1bET", None, "_OTHER:/h"),
+        ("", None, "_OTHER:/h"),
+        (5, None, "_OTHER:/h"),
+        (b"GET", None, "_OTHER:/h"),
+    ],
+)
+def test_an_http_method_is_a_token_else_other(method: Any, original: Any, route: str) -> None:
+    """``http.request.method`` and ``method_original`` go into ``route`` only as RFC 9110 tokens
+    of at most 32 characters; anything else (empty, a space, an escape sequence, 33
+    characters, not a string) is ``_OTHER``, counted."""
+    attributes = {"http.request.method": method}
+    if original is not None:
+        attributes["http.request.method_original"] = original
+    mapper = RequestMapper()
+    lines, counts = map_one(attributes, mapper)
+    assert len(lines) == 1
+    assert dict(parse_line(lines[0]).tags)["route"] == route
+    invalid = 0 if route == "PROPFIND:/h" else 1
+    assert problems(counts) == Counter({"invalid_http_method": invalid})
+    map_one(attributes, mapper)  # counted at every span, cached tag set or not
+    assert mapper.counts["invalid_http_method"] == 2 * invalid
+
+
+@pytest.mark.parametrize("status", [{"a": 1}, (200,), b"200", "²", "2000", "9" * 5000, 1000, 200.0])
+def test_a_status_that_is_no_http_status_is_left_out_counted(status: Any) -> None:
+    """A status code of another type or no 1-3 digits is left out (no ``status_code`` tag),
+    counted: never a mapping error (a kvlist once failed the tag-set cache's key, ``"²"`` and
+    5000 digits ``int()``), never a tag of Python text."""
+    mapper = RequestMapper()
+    lines, counts = map_one({"http.response.status_code": status}, mapper)
+    assert len(lines) == 1
+    assert "status_code" not in dict(parse_line(lines[0]).tags)
+    assert problems(counts) == Counter({"invalid_http_status": 1})
+    map_one({"http.response.status_code": status}, mapper)
+    assert mapper.counts["invalid_http_status"] == 2
+
+
+@pytest.mark.parametrize("value", [(1,), ("a", "b"), {"a": "b"}, b"id", ()])
+def test_a_request_id_that_is_no_scalar_is_left_out_counted(value: Any) -> None:
+    """``luna.request_id`` as an array, kvlist or bytes is left out, counted; the trace id
+    stands in for it (it was written as the Python text ``"(1,)"``)."""
+    lines, counts = map_one({"luna.request_id": value})
+    assert parse_line(lines[0]).fields["request_id"] == _TRACE_HEX
+    assert problems(counts) == Counter({"unsupported_attribute_type": 1})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("http.route", ("/a",)),
+        ("http.route", {"a": "/b"}),
+        ("http.route", b"/c"),
+        ("http.route", 5),
+        ("luna.error_code", {"a": 1}),
+        ("luna.error_code", (1, 2)),
+    ],
+)
+def test_a_route_or_error_code_that_is_no_string_is_left_out_counted(key: str, value: Any) -> None:
+    """A route (or error code) of another type is left out, counted — never Python text in a
+    tag; without a route the path stands in."""
+    lines, counts = map_one({key: value, "url.path": "/p"})
+    tags = dict(parse_line(lines[0]).tags)
+    assert tags["route"] == ("GET:/h" if key == "luna.error_code" else "GET:/p")
+    assert "error_code" not in tags
+    assert problems(counts) == Counter({"unsupported_attribute_type": 1})
+
+
+@pytest.mark.parametrize("messages", [3, 2.5, True, b"x", {"a": "b"}, ("a", 1), (("a",),)])
+def test_licence_messages_of_another_type_are_left_out_counted(messages: Any) -> None:
+    """``luna.license.warnings``/``errors`` are a string or an array of strings; anything else
+    (an int once raised ``TypeError`` for every span) is left out, counted, the check written."""
+    mapper = RequestMapper()
+    attributes = {
+        "luna.license.status": "warning",
+        "luna.license.liveness_balance": 3,
+        "luna.license.warnings": messages,
+        "luna.license.errors": ("e1", "e2"),
+    }
+    points = mapper.add(SpanRecord(attributes, False, 1, 7, None, T0, T0, False, "s"))
+    assert [point.fields for point in points] == [
+        {"liveness_balance": 3, "warnings": "", "errors": "e1; e2"}
+    ]
+    assert mapper.counts["unsupported_attribute_type"] == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [("\n", "newline_in_tag_value"), ("", "empty_tag_value"), ("x\\", "backslash_in_tag_value")],
+)
+def test_an_error_code_no_tag_can_hold_is_an_unknown_error(code: str, reason: str) -> None:
+    """A ``luna.error_code`` that cannot be a tag value still marks the request failed: its
+    ``errors`` point is written with error code 0 and the value counted (the errors point was
+    refused while the requests point was written)."""
+    lines, counts = map_one({"luna.error_code": code})
+    assert [dict(parse_line(line).tags).get("error_code") for line in lines] == [None, "0"]
+    assert problems(counts) == Counter({"attribute_" + reason: 1})
+
+
+@pytest.mark.parametrize(
+    "key", ["luna.tag.t", "luna.request_id", "luna.error_code", "luna.time.t_time"]
+)
+@pytest.mark.parametrize("value", [10**400, -(10**5000), 2**63], ids=["1e400", "-1e5000", "2**63"])
+def test_an_integer_beyond_int64_is_left_out_counted(key: str, value: int) -> None:
+    """An in-process span may carry any Python int (OTLP's are int64): one beyond int64 as a
+    tag, request id, error code or timing is left out, counted — ``str()`` of 5001 digits and
+    ``float()`` of 10**400 raised."""
+    lines, counts = map_one({key: value})
+    assert len(lines) == 1
+    assert problems(counts) == Counter({"int_out_of_range": 1})
+
+
+def test_a_span_ending_before_it_starts_takes_no_time() -> None:
+    """A SERVER span whose end is before its start (the sender's clock stepped back) is
+    written with ``execution_time`` 0, counted: the request happened, its status and route
+    count; only its duration is unknown."""
+    mapper = RequestMapper()
+    points = mapper.add(SpanRecord(BASE, True, 1, 7, None, T0, T0 - 5_000_000_000, False, "s"))
+    assert points[0].fields["execution_time"] == 0.0
+    assert mapper.counts["negative_execution_time"] == 1
+
+
+#: Every type an OTLP attribute value can have (as ``ingest/otlp.py`` reads it): string, int64,
+#: double, bool, bytes, array (tuple), kvlist (dict), empty (None).
+OTLP_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        TEXT,
+        st.sampled_from(["GET", "_OTHER", "200", "ok", "warning", "/a/<b>", "{x:y}"]),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.booleans(),
+        st.binary(max_size=4),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3).map(tuple), st.dictionaries(TEXT, inner, max_size=2)
+    ),
+    max_leaves=6,
+)
+#: Every key the request and licence mappings read.
+READ_KEYS = sorted(
+    {
+        *SERVER_SPAN_KEYS,
+        *ROUTE_FALLBACK_KEYS,
+        "luna.request_id",
+        "luna.error_code",
+        "luna.license.status",
+        "luna.license.liveness_balance",
+        "luna.license.warnings",
+        "luna.license.errors",
+        "luna.tag.t",
+        "luna.field.f",
+        "luna.field.f_count",
+        "luna.time.t_time",
+    }
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    attributes=st.dictionaries(st.sampled_from(READ_KEYS), OTLP_VALUES, max_size=8),
+    is_server=st.booleans(),
+    status_error=st.booleans(),
+    duration=st.integers(min_value=-(10**12), max_value=10**12),
+)
+def test_no_attribute_value_makes_the_mapping_raise(
+    attributes: dict[str, Any], is_server: bool, status_error: bool, duration: int
+) -> None:
+    """Any value of any OTLP type on any key the mapping reads is mapped, or left out and
+    counted — never an exception (which serve counted ``mapping_error`` and logged with a
+    traceback, span after span); a request id is never the text of an array, kvlist or bytes."""
+    mapper = RequestMapper()
+    encoder = LineProtocolEncoder()
+    for parent in (2, None):  # a child's data merged into its SERVER parent, and on its own
+        record = SpanRecord(attributes, is_server, 1, 7, parent, T0, T0 + duration, False, "s")
+        encoder.encode(mapper.add(record))
+    server = SpanRecord(attributes, True, 1, 2, None, T0, T0 + duration, status_error, "s")
+    points = mapper.add(server)
+    encoder.encode(points)
+    for point in points:
+        request_id = point.fields.get("request_id", _TRACE_HEX)
+        assert type(request_id) is str
+        assert type(attributes.get("luna.request_id")) in (str, int, float, bool) or (
+            request_id == _TRACE_HEX
+        )
+        if "execution_time" in point.fields:
+            assert point.fields["execution_time"] >= 0
+
+
+def _kvlist(**items: str) -> AnyValue:
+    value = AnyValue()
+    for key, text in items.items():
+        value.kvlist_value.values.add(key=key, value=AnyValue(string_value=text))
+    return value
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "license_check"),
+    [
+        *[
+            (key, any_value(value), True)
+            for key in ("luna.license.warnings", "luna.license.errors")
+            for value in (3, 2.5, True)
+        ],
+        ("http.request.method", _kvlist(a="GET"), False),
+        ("http.request.method_original", _kvlist(a="PURGE"), False),
+        ("http.response.status_code", _kvlist(a="200"), False),
+        ("http.route", _kvlist(a="/r"), False),
+        ("luna.request_id", any_value([1]), False),
+        ("luna.request_id", AnyValue(bytes_value=b"id"), False),
+        ("luna.error_code", _kvlist(a="1"), False),
+    ],
+    ids=lambda item: item if isinstance(item, str) else None,
+)
+def test_serve_maps_every_attribute_type_without_a_mapping_error(
+    receiver_and_sink: Any,
+    caplog: pytest.LogCaptureFixture,
+    key: str,
+    value: Any,
+    license_check: bool,
+) -> None:
+    """The review's triggers of ``mapping_error`` and a traceback per span (int/float/bool
+    licence messages, a kvlist method, original method or status, ...) through serve's
+    receiver: the span is written, the value counted and named in the partial success; nothing
+    is logged."""
+    receiver, sink = receiver_and_sink
+    request = ExportTraceServiceRequest()
+    resource = request.resource_spans.add()
+    resource.resource.attributes.add(key="service.name", value=AnyValue(string_value="hostile"))
+    span = resource.scope_spans.add().spans.add(
+        trace_id=b"\x01" * 16,
+        span_id=(next(_ids) + 1).to_bytes(8, "big"),  # not 0: an invalid span id
+        kind=Span.SPAN_KIND_INTERNAL if license_check else Span.SPAN_KIND_SERVER,
+        start_time_unix_nano=T0,
+        end_time_unix_nano=T0 + 1000,
+    )
+    base = {"luna.license.status": "ok"} if license_check else {**BASE, "url.path": "/p"}
+    if key == "http.request.method_original":
+        base["http.request.method"] = "_OTHER"
+    for base_key, base_value in base.items():
+        span.attributes.add(key=base_key, value=any_value(base_value))
+    span.attributes.add(key=key, value=value)
+    before, seen = Counter(receiver.counts()), len(sink.lines)
+    with caplog.at_level("WARNING"):
+        rejected, message, _ = receiver.accept_traces(request)
+    assert receiver.ingest.force_flush(10)
+    delta = problems(Counter(receiver.counts()) - before)
+    assert rejected == 0, message
+    assert len(sink.lines) == seen + 1
+    assert "mapping_error" not in delta and delta, delta
+    assert all(reason in message for reason in delta), (message, delta)
+    assert not caplog.records

@@ -33,6 +33,8 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from otel_luna import selfmetrics
 from otel_luna.cli import status_entries
 from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna.ingest import Ingest
+from otel_luna.mapping.records import SpanRecord
 from otel_luna.outcomes import Reason
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import Failure, SinkError
@@ -264,3 +266,37 @@ def test_a_mismatch_names_no_secret_and_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(SettingsError):
         LunaSpanExporter(settings)
     assert not (tmp_path / "new").exists()  # checked before the sink opened anything
+
+
+def test_a_repeating_mapping_error_is_logged_once_then_once_a_minute(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A span the mapping cannot map (a bug a sender can trigger span after span) is counted
+    every time; the log gets its traceback once, then at most one line a minute with how many
+    there were since — not 15 lines per span (review item 4: 2000 spans, 2 MB of log)."""
+    ingest = Ingest(Settings.load({}, spool="memory"), InMemorySink())
+    now = [1000.0]
+    ingest._span_errors.clock = lambda: now[0]
+
+    def broken(record: Any) -> list[Any]:
+        raise TypeError("'int' object is not iterable")
+
+    monkeypatch.setattr(ingest._spans, "add", broken)
+    record = SpanRecord({}, True, 1, 7, None, T0, T0 + 1, False, "s")
+    try:
+        with caplog.at_level("ERROR", logger="otel_luna.ingest"):
+            assert ingest.spans([record] * 500).rejected == 500
+            now[0] += 59
+            ingest.spans([record] * 100)
+            assert len(caplog.records) == 1
+            assert caplog.records[0].exc_info is not None
+            now[0] += 2
+            ingest.spans([record])
+            ingest.spans([record] * 10)
+    finally:
+        ingest.shutdown()
+    assert len(caplog.records) == 2
+    assert caplog.records[1].exc_info is None
+    assert "could not map a span: 600 times in the last 61 s" in caplog.records[1].getMessage()
+    assert "TypeError" in caplog.records[1].getMessage()
+    assert ingest.ingest_counts()[Reason.MAPPING_ERROR] == 611

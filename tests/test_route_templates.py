@@ -11,16 +11,25 @@ take it.
 from __future__ import annotations
 
 import asyncio
+import resource
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from otel_luna import LunaSpanExporter
 from otel_luna.encoding.lineprotocol_reader import parse_line
+from otel_luna.mapping import requests
+from otel_luna.mapping.records import SpanRecord
+from otel_luna.mapping.requests import luna_template
 from otel_luna.testing import InMemorySink
 
 #: What every app's requests must be written as (route, status).
@@ -280,3 +289,76 @@ def test_django(luna: Any) -> None:
         del sys.modules[urls.__name__]
     assert statuses == [200, 200, 200]
     assert written() == EXPECTED
+
+
+# -- hostile templates ---------------------------------------------------------------------
+
+#: Routes of the longest length templated (requests.LONGEST_ROUTE, MAX_KEY_BYTES), each
+#: repeating a piece that once made templating quadratic or could: an unclosed converter
+#: argument list, Django groups, Starlette braces, a long name.
+_HOSTILE_ROUTES = """
+import sys
+from otel_luna.encoding.lineprotocol import MAX_KEY_BYTES as LONGEST_ROUTE
+from otel_luna.mapping.requests import luna_template
+
+UNITS = ["/<a(", "<a(", "<a:a(", "(?P<a>", "^(?P<a>(", "{a:", "{a:{", "<" + "a" * 99]
+UNITS += ["<a(b)", "\\\\("]
+ROUTES = [(unit * (LONGEST_ROUTE // len(unit)))[:LONGEST_ROUTE] for unit in UNITS]
+for _ in range(int(sys.argv[1])):
+    for route in ROUTES:
+        assert len(luna_template(route)) <= len(route) + 1
+"""
+
+
+def test_templating_is_linear_in_the_routes_length() -> None:
+    """Templating hostile routes of the longest length templated (64 KiB) costs about what any
+    route that long costs: 20 rounds of 10 such routes stay far within 5 s of CPU (a child with
+    RLIMIT_CPU; no clock in the test). The regex that scanned to the route's end from each
+    ``<(`` (review item 1: 0.27 s per route, 10 s a round for a 400 KB one) is killed there."""
+
+    def limit_cpu() -> None:
+        resource.setrlimit(resource.RLIMIT_CPU, (5, 6))
+
+    child = subprocess.run(
+        [sys.executable, "-c", _HOSTILE_ROUTES, "20"],
+        preexec_fn=limit_cpu,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert child.returncode != -signal.SIGXCPU, "templating ran out of its CPU time"
+    assert child.returncode == 0, child.stderr
+
+
+def test_a_route_longer_than_any_key_is_refused_before_templating(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A 400 KB ``http.route`` (longer than any series key may be) is refused at once: the
+    request's points (a 500: requests and errors) counted ``key_too_long``, nothing templated."""
+
+    def no_templating(route: str) -> str:
+        raise AssertionError("templated")
+
+    monkeypatch.setattr(requests, "luna_template", no_templating)
+    mapper = requests.RequestMapper()
+    attributes = {
+        "http.request.method": "GET",
+        "http.route": "/<a(" * 100_000,
+        "http.response.status_code": 500,
+    }
+    record = SpanRecord(attributes, True, 1, 7, None, 10**18, 10**18 + 1, False, "s")
+    assert mapper.add(record) == []
+    assert mapper.counts == {"server_spans": 1, "key_too_long": 2}  # requests and errors
+    attributes["http.route"] = "/<a(" * (requests.LONGEST_ROUTE // 4)  # the longest: templated
+    with pytest.raises(AssertionError, match="templated"):
+        mapper.add(record)
+
+
+@given(st.text(st.sampled_from("<>(){}:?P^$\\[]a/_-"), max_size=200))
+def test_any_route_templates_without_growing(route: str) -> None:
+    """Whatever it holds, a route becomes a template that starts with ``/`` and is at most the
+    slash longer."""
+    template = luna_template(route)
+    assert template.startswith("/")
+    assert len(template) <= len(route) + 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -43,6 +44,42 @@ _TOO_OLD = Reason.TIME_TOO_OLD
 #: The ``signal`` each way in counts under (the self-metrics' attribute).
 TRACES = "traces"
 METRICS = "metrics"
+#: After its first time (logged with the traceback), a mapping error is logged at most once in
+#: this many seconds, in one line saying how many there were since.
+ERROR_LOG_INTERVAL = 60.0
+
+
+class _ErrorLog:
+    """The log of one repeating error (a mapping bug a sender can trigger span after span):
+    the first with its traceback, then at most one line every :data:`ERROR_LOG_INTERVAL`
+    seconds with the count since the last line. Each is counted (``mapping_error``) anyway.
+    Call :meth:`error` inside the ``except``; the caller holds the ingest's lock."""
+
+    def __init__(self, message: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.message = message
+        self.clock = clock
+        self._last: float | None = None
+        self._since = 0
+
+    def error(self) -> None:
+        now = self.clock()
+        if self._last is None:
+            self._last = now
+            _logger.exception("otel-luna: %s", self.message)
+            return
+        self._since += 1
+        if now - self._last < ERROR_LOG_INTERVAL:
+            return
+        error = sys.exc_info()[1]
+        _logger.error(
+            "otel-luna: %s: %d times in the last %.0f s, the last %s (traceback logged once)",
+            self.message,
+            self._since,
+            now - self._last,
+            repr(error)[:200],
+        )
+        self._last = now
+        self._since = 0
 
 
 class Result(NamedTuple):
@@ -86,6 +123,9 @@ class Ingest:
         self._closed = False
         self._max_ahead_ns = round(settings.max_time_ahead * 1e9)
         self._max_age_ns = round(settings.max_time_age * 1e9)
+        self._span_errors = _ErrorLog("could not map a span")
+        self._read_errors = _ErrorLog("could not read spans")
+        self._usage_errors = _ErrorLog("could not map usage samples")
         if not settings.enabled:
             self._encoder = profile.encoder(LINE_PROTOCOL, settings)
             return
@@ -137,11 +177,11 @@ class Ingest:
                                 append(encode(point))
                             except InvalidPointError as error:
                                 counts[error.reason] += 1
-                    except Exception:  # a bug must cost one span, never the batch
-                        _logger.exception("otel-luna: could not map a span")
+                    except Exception:  # noqa: BLE001 - logged (_ErrorLog); costs one span, not the batch
+                        self._span_errors.error()
                         counts[_MAPPING_ERROR] += 1
-            except Exception:  # the adapter failed: the rest of the batch cannot be read
-                _logger.exception("otel-luna: could not read spans")
+            except Exception:  # noqa: BLE001 - logged; the adapter failed: the rest is unread
+                self._read_errors.error()
                 counts[_MAPPING_ERROR] += 1
             counts[_MAPPED] += len(lines)
             self._counts[TRACES].update(counts)
@@ -163,8 +203,8 @@ class Ingest:
             try:
                 taken.extend(samples)
                 points = mapper.points(taken)
-            except Exception:  # a bug must be an answer, never a dropped connection
-                _logger.exception("otel-luna: could not map usage samples")
+            except Exception:  # noqa: BLE001 - logged; an answer, never a dropped connection
+                self._usage_errors.error()
                 counts[_MAPPING_ERROR] += max(1, len(taken))
                 points = []
             for point in points:

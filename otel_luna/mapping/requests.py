@@ -18,7 +18,10 @@ a ``luna.field.*`` or ``luna.time.*`` value that does not fit its field's type i
 counted, the point written with the rest. ``route`` is the framework's template in LUNA's
 ``{name}`` form (:func:`luna_template`: Flask, Django, FastAPI/Starlette and aiohttp alike), else
 the path. It is bounded: a request that matched no route is written as ``METHOD:{unmatched}``,
-and past ``route_limit`` distinct values per service, new ones as ``{overflow}``.
+and past ``route_limit`` distinct values per service, new ones as ``{overflow}``; METHOD is an
+RFC 9110 token of at most 32 characters, else ``_OTHER``. No attribute value of any type makes
+the mapping raise: a value it cannot use is left out and counted; a route too long to be written
+is refused before it is templated, and templating is linear in the route's length.
 
 The mapper keeps the not-yet-merged ``luna.*`` data of ended child spans, bounded in bytes, in
 entries and in age — measured from when the data arrived (``arrived_ns``, a monotonic time the
@@ -37,7 +40,12 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
-from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES, key_problem, tag_value_problem
+from otel_luna.encoding.lineprotocol import (
+    MAX_KEY_BYTES,
+    MAX_TAG_VALUE_BYTES,
+    key_problem,
+    tag_value_problem,
+)
 from otel_luna.mapping.records import SpanRecord
 from otel_luna.mapping.timestamps import SeriesTimes
 from otel_luna.outcomes import Reason
@@ -58,6 +66,14 @@ ROUTE_LIMIT = 1000
 _STANDARD_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "QUERY"}
 )
+#: An HTTP method as RFC 9110 has it (a token: tchar only), at most this long; anything else in
+#: ``http.request.method``, ``http.method`` or ``http.request.method_original`` is ``_OTHER``.
+METHOD_MAX_LENGTH = 32
+_METHOD_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1," + str(METHOD_MAX_LENGTH) + "}")
+#: An ``http.route`` longer than this cannot be written (every character is at least a byte of
+#: the series key, which InfluxDB bounds): the request is refused (``key_too_long``) before any
+#: templating work.
+LONGEST_ROUTE = MAX_KEY_BYTES
 
 #: Child data waiting for its SERVER ancestor is dropped this long after it arrived.
 PENDING_TTL_NS = 300 * 10**9
@@ -84,6 +100,8 @@ _point = tuple.__new__
 _TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
     9
 )
+#: Kinds whose value is made text (or a float), not a field the encoder checks.
+_AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
 _TYPE_MISMATCH = "type_mismatch"
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
@@ -96,6 +114,8 @@ _EXACT_KINDS = {
 }
 _SCALARS = frozenset({str, int, float, bool})
 _NONE_HELD = (0, 0, 0)
+_NO_PROBLEMS: tuple[Reason, ...] = ()
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 #: A classified luna.* key: (attribute key, kind, name or reason, the field's type or None).
@@ -174,34 +194,76 @@ def _first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
     return None
 
 
-def _route(attributes: Mapping[str, Any], status: int | None) -> tuple[str, bool]:
+def _method(attributes: Mapping[str, Any], problems: list[Reason]) -> str | None:
+    """The request's method: ``http.request.method`` (or ``http.method``), for ``_OTHER`` its
+    ``http.request.method_original``; None without either. A value that is no RFC 9110 token
+    of at most :data:`METHOD_MAX_LENGTH` characters (empty, spaces, control characters, not a
+    string) is ``_OTHER``, counted (``invalid_http_method``)."""
+    method = _first(attributes, attr.HTTP_METHOD)
+    if method is None:
+        return None
+    if method == "_OTHER":
+        method = attributes.get(attr.HTTP_METHOD_ORIGINAL)
+        if method is None:
+            return "_OTHER"
+    if type(method) is not str or _METHOD_TOKEN.fullmatch(method) is None:
+        problems.append(Reason.INVALID_HTTP_METHOD)
+        return "_OTHER"
+    return method
+
+
+def _status(status: Any, problems: list[Reason]) -> int | None:
+    """The HTTP status as an int: an int 0-999 or a string of 1-3 ASCII digits; else None,
+    counted (``invalid_http_status``) if there was a value."""
+    if type(status) is int and 0 <= status <= 999:
+        return status
+    if type(status) is str and 0 < len(status) <= 3 and status.isascii() and status.isdigit():
+        return int(status)
+    if status is not None:
+        problems.append(Reason.INVALID_HTTP_STATUS)
+    return None
+
+
+def _text(attributes: Mapping[str, Any], keys: tuple[str, ...], problems: list[Reason]) -> Any:
+    """The first of ``keys`` set, if a string; a value of another type is left out, counted."""
+    for key in keys:
+        value = attributes.get(key)
+        if value is None:
+            continue
+        if type(value) is str:
+            return value
+        problems.append(Reason.UNSUPPORTED_ATTRIBUTE_TYPE)
+    return None
+
+
+def _route(
+    attributes: Mapping[str, Any], method: str | None, status: int | None, problems: list[Reason]
+) -> tuple[str, bool]:
     """(``METHOD:/templated/route``, whether its values are bounded by the application).
 
     Without a template: ``METHOD:{unmatched}`` for a request the router did not match (404,
     405, a redirect such as a trailing-slash one), else the path without its query string. A
     template with a standard method is bounded by the application's routes; anything else (a
-    path, a method of the client's choosing) is up to the client.
+    path, a method of the client's choosing) is up to the client. A route, path or URL that is
+    not a string is left out, counted (``unsupported_attribute_type``).
     """
-    method = _first(attributes, attr.HTTP_METHOD)
-    if method == "_OTHER":
-        method = attributes.get(attr.HTTP_METHOD_ORIGINAL, method)
     standard = method in _STANDARD_METHODS
-    route = attributes.get(attr.HTTP_ROUTE)
+    route = _text(attributes, (attr.HTTP_ROUTE,), problems)
     if not route and status is not None and (status in (404, 405) or 300 <= status < 400):
         return f"{method if standard else '_OTHER'}:{UNMATCHED_ROUTE}", True
     bounded = bool(route) and standard
     if route:
-        route = luna_template(str(route))
+        route = luna_template(route)
     else:
-        route = _first(attributes, attr.HTTP_PATH)
+        route = _text(attributes, attr.HTTP_PATH, problems)
         if route is None:
-            url = _first(attributes, attr.HTTP_URL)
+            url = _text(attributes, attr.HTTP_URL, problems)
             if url is not None:
-                route = _path_of(str(url))
+                route = _path_of(url)
         if route is not None:
-            route = str(route).partition("?")[0].partition("#")[0]
+            route = route.partition("?")[0].partition("#")[0]
     if method is None:
-        return (str(route) if route else ""), bounded
+        return (route or ""), bounded
     return f"{method}:{route or ''}", bounded
 
 
@@ -217,8 +279,11 @@ def _path_of(url: str) -> str:
 
 
 # Werkzeug's (Flask's) ``<name>``, ``<converter:name>``, ``<converter(arguments):name>``, and
-# Django's path converters ``<int:name>`` (its own ``<converter:name>`` syntax).
-_ANGLE_PARAMETER = re.compile(r"<(?:[A-Za-z_]\w*(?:\([^)]*\))?:)?([A-Za-z_]\w*)>", re.ASCII)
+# Django's path converters ``<int:name>`` (its own ``<converter:name>`` syntax). Linear in the
+# route's length: no part can run past the next ``<`` or ``>`` (the arguments hold neither), so
+# the attempts from two ``<`` never scan the same characters (``[^)]*`` alone would scan to the
+# end of the route from every ``<(``: quadratic, seconds for ``"/<a(" * 100000``).
+_ANGLE_PARAMETER = re.compile(r"<(?:[A-Za-z_]\w*(?:\([^()<>]*\))?:)?([A-Za-z_]\w*)>", re.ASCII)
 _NAME = re.compile(r"[A-Za-z_]\w*", re.ASCII)
 
 
@@ -229,6 +294,7 @@ def luna_template(route: str) -> str:
     without the leading slash) and ``^items/(?P<item_id>[0-9]+)/$`` (a regex route),
     Starlette/FastAPI ``/files/{path:path}`` and aiohttp ``/items/{id:\\d+}`` all become
     ``/items/{item_id}``-style; a template in that form already is returned as it is.
+    Linear in the route's length whatever it holds (``tests/test_route_templates.py``).
     """
     if route.startswith("^") or "(?P<" in route:
         route = _django_regex(route)
@@ -335,12 +401,16 @@ def _encodable(text: str) -> bool:
     return True
 
 
-def _joined(messages: Any) -> str:
+def _joined(messages: Any) -> str | None:
+    """Licence messages (a string, or an array of strings) as one string; None for any other
+    value (a number, bytes, a kvlist, an array holding anything but strings)."""
     if messages is None:
         return ""
-    if isinstance(messages, str):
+    if type(messages) is str:
         return messages
-    return schema.LICENSE_MESSAGE_SEPARATOR.join(str(message) for message in messages)
+    if type(messages) in (tuple, list) and all(type(message) is str for message in messages):
+        return schema.LICENSE_MESSAGE_SEPARATOR.join(messages)
+    return None
 
 
 class RequestMapper:
@@ -454,10 +524,13 @@ class RequestMapper:
         if status not in schema.LICENSE_STATUSES:
             self.counts[Reason.INVALID_LICENSE_STATUS] += 1
             return []
-        fields: dict[str, FieldValue] = {
-            "warnings": _joined(attributes.get(attr.LICENSE_WARNINGS)),
-            "errors": _joined(attributes.get(attr.LICENSE_ERRORS)),
-        }
+        fields: dict[str, FieldValue] = {}
+        for name, key in (("warnings", attr.LICENSE_WARNINGS), ("errors", attr.LICENSE_ERRORS)):
+            messages = _joined(attributes.get(key))
+            if messages is None:  # written without these messages
+                self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
+                messages = ""
+            fields[name] = messages
         balance = schema.fitted(balance, int)  # an integer, also when sent as 3.0 (JSON)
         if balance is not None:
             fields = {"liveness_balance": balance, **fields}
@@ -497,6 +570,11 @@ class RequestMapper:
         self, extra: _Extra, kind: int, name: str, value: Any, field_type: type[FieldValue] | None
     ) -> None:
         scalar = type(value) in _SCALARS
+        if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX and kind in _AS_TEXT:
+            # Only Python's SDK can send one (OTLP's are int64): str() of 4301 digits raises,
+            # float() of 1e309 too. (A field's is the encoder's: int_out_of_range.)
+            self.counts[Reason.INT_OUT_OF_RANGE] += 1
+            return
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
                 extra.times[name] = extra.times.get(name, 0.0) + float(value)
@@ -529,6 +607,9 @@ class RequestMapper:
                 extra.fields[name] = value
                 return
         elif kind == _REQUEST_ID:
+            if not scalar:  # an array, kvlist or bytes: the trace id stands in for it
+                self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
+                return
             text = str(value)
             if not text.isascii() and not _encodable(text):
                 self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # the trace id stands in for it
@@ -536,8 +617,13 @@ class RequestMapper:
             extra.request_id = text
             return
         elif kind == _ERROR_CODE:
-            extra.error_code = value
-            return
+            if scalar:
+                problem = tag_value_problem(str(value))
+                if problem is not None:  # still a failed request: of an unknown code
+                    self.counts[Reason.of("attribute_" + problem)] += 1
+                    value = schema.UNKNOWN_ERROR_CODE
+                extra.error_code = value
+                return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
             self.counts[Reason.INCOMPLETE_LICENSE_CHECK] += 1
             return
@@ -608,7 +694,6 @@ class RequestMapper:
         raw_status = get(_STATUS_NEW)
         if raw_status is None:
             raw_status = get(_STATUS_OLD)
-        method = method_new or method_old
         extra_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
@@ -627,7 +712,9 @@ class RequestMapper:
         # attribute they are made of (the method's original spelling too). Values that compare
         # equal across types (True == 1 == 1.0) map differently: the status's type is part of
         # the key, and only a string route is cached (only a string method ever is: a standard
-        # one, see _tagset; the other attributes are read only then).
+        # one, see _tagset; the other attributes are read only then). A key holding a value
+        # that cannot be one (a kvlist) is made anew each time. What making it counted is kept
+        # with it and counted again at each use.
         key = (
             service,
             method_new,
@@ -640,22 +727,39 @@ class RequestMapper:
             extra_tags,
         )
         cacheable = route.__class__ is str
-        cached = self._tagsets.get(key) if cacheable else None
+        try:
+            cached = self._tagsets.get(key) if cacheable else None
+        except TypeError:  # unhashable
+            cacheable = False
+            cached = None
         if cached is None:
-            cached = self._tagset(attributes, service, method, raw_status, status_error, extra)
+            if route.__class__ is str and len(route) > LONGEST_ROUTE:  # before any templating
+                # (never cached: a hit needs no look). Its points are refused: a failed
+                # request's two, as the encoder would count them.
+                status = _status(raw_status, [])
+                failed = status_error or error_code is not None or (status or 0) >= 400
+                self.counts[Reason.KEY_TOO_LONG] += 2 if failed else 1
+                return []
+            cached = self._tagset(attributes, service, raw_status, status_error, extra)
             # Only a tag set made of the key alone: a path (no http.route) or a method of the
             # client's choosing goes through the per-service route budget every time.
             if cacheable and cached[3] and self._tagset_limit:
                 if len(self._tagsets) >= self._tagset_limit:
                     self._tagsets.clear()
                 self._tagsets[key] = cached
-        tags, error_tags_base, status, _ = cached
+        tags, error_tags_base, status, _, problems = cached
+        if problems:
+            self.counts.update(problems)
         if request_id is None:
             request_id = f"{trace_id:032x}"
+        duration_ns = end_ns - start_ns
+        if duration_ns < 0:  # the sender's clock stepped back: the request happened all the same
+            self.counts[Reason.NEGATIVE_EXECUTION_TIME] += 1
+            duration_ns = 0
         fields: dict[str, FieldValue] = {
             **request_fields,
             "request_id": request_id,
-            "execution_time": (end_ns - start_ns) / 1e9,
+            "execution_time": duration_ns / 1e9,
         }
         if extra is not None and extra.times:
             if request_fields and not request_fields.keys().isdisjoint(extra.times):
@@ -713,18 +817,25 @@ class RequestMapper:
         self,
         attributes: Mapping[str, Any],
         service: str,
-        method: Any,
-        status: Any,
+        raw_status: Any,
         status_error: bool,
         extra: _Extra | None,
-    ) -> tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], int | None, bool]:
+    ) -> tuple[
+        tuple[tuple[str, str], ...],
+        tuple[tuple[str, str], ...],
+        int | None,
+        bool,
+        tuple[Reason, ...],
+    ]:
         """(requests tags, errors tags without error_code, status as int, whether the tags
-        depend on nothing but the attributes that key the cache) — the slow path."""
-        if type(status) is not int and status is not None:
-            status = int(status) if str(status).isdigit() else None
+        depend on nothing but the attributes that key the cache, what was counted making
+        them) — the slow path."""
+        found: list[Reason] = []
+        method = _method(attributes, found)
+        status = _status(raw_status, found)
         if status is None and status_error and method is not None:
             status = 500  # an unhandled exception: the framework answered 500 unrecorded
-        route, bounded = _route(attributes, status)
+        route, bounded = _route(attributes, method, status, found)
         route = self._bounded_route(service, route, bounded)
         # A SERVER span without HTTP attributes (gRPC, a message consumer) has no route or
         # status: line protocol cannot carry an empty tag, so it is left out here (it is no
@@ -738,4 +849,4 @@ class RequestMapper:
             base = {**extra.tags, **base}
         tags = tuple(sorted(base.items()))
         errors_base = tuple(item for item in tags if item[0] != "error_code")
-        return tags, errors_base, status, bounded
+        return tags, errors_base, status, bounded, (tuple(found) if found else _NO_PROBLEMS)

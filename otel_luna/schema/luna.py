@@ -6,6 +6,8 @@ not negotiable: operators' dashboards query them.
 
 from __future__ import annotations
 
+import re
+import string
 from typing import Final
 
 from otel_luna.point import FieldValue
@@ -51,7 +53,9 @@ STAGE_TIME_FIELDS: Final = (
 #: own fields follow the rule: ``request_id`` (string), ``execution_time`` and the stage
 #: timings (float); so do ``usages_statistic``'s ``<estimator>_usages`` (integer).
 #:
-#: A name that is the word or ends in ``_<word>``:
+#: The words of a name are read in snake_case, camelCase and UPPER_SNAKE alike (``faceCount``,
+#: ``FACE_COUNT`` and ``face_count`` are one rule's; :func:`name_words`), the name itself is
+#: written as it is. A name that is the word or ends in ``_<word>``:
 FIELD_TYPE_LAST_WORDS: Final[tuple[tuple[str, type[FieldValue]], ...]] = (
     ("time", float),
     ("seconds", float),
@@ -73,10 +77,25 @@ FIELD_TYPE_NAMES: Final[dict[type[FieldValue], str]] = {
     bool: "boolean",
 }
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+# A word boundary inside a camelCase name: a lower-case letter before an upper-case one
+# (``faceCount``), or an upper-case letter or a digit before a capitalised word (``HTTPTime``,
+# ``face2Count``; not ``FACE2COUNT``). Fixed-width lookarounds: linear in the name's length.
+_CAMEL_BOUNDARY = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z0-9])(?=[A-Z][a-z])")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
+def name_words(name: str) -> str:
+    """``name``'s words in lower snake_case: ``downloadTime`` and ``DOWNLOAD_TIME`` →
+    ``download_time``, ``HTTPTime`` → ``http_time``; a snake_case name as it is. Only ASCII
+    letters change."""
+    if name.islower():  # the seed's names, and most: nothing to do
+        return name
+    return _CAMEL_BOUNDARY.sub("_", name).translate(_ASCII_LOWER)
 
 
 def field_type(name: str) -> type[FieldValue]:
     """The one InfluxDB type of field ``name`` of ``requests`` and ``errors``."""
+    name = name_words(name)
     last = name.rpartition("_")[2]
     for word, kind in FIELD_TYPE_LAST_WORDS:
         if last == word:
