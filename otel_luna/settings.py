@@ -242,6 +242,17 @@ def _text(value: Any) -> str:
     return text
 
 
+def _address(value: Any) -> str:
+    """A host name or an IP address to listen on; an IPv6 address with or without brackets
+    (``::1``, ``[::1]``), kept without them."""
+    text = _text(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text or any(char in text for char in "[]/ ") or not text.isprintable():
+        raise ValueError("expected a host name or an IP address (IPv6 with or without [ ])")
+    return text
+
+
 def _header_text(value: Any) -> str:
     """Text sent in an HTTP header as it is (a token): no control characters, which no header
     may carry. Said without the value, which is a secret."""
@@ -537,7 +548,11 @@ class Settings:
     )
     # otel-luna serve
     serve_host: str = setting(
-        "127.0.0.1", _text, "an address", group=SERVE, doc="address to listen on"
+        "127.0.0.1",
+        _address,
+        "a host name or an IP address; IPv6 as ::1 or [::1], :: for all",
+        group=SERVE,
+        doc="address to listen on",
     )
     serve_grpc_port: int = setting(
         4317,
@@ -563,8 +578,8 @@ class Settings:
     )
     serve_health_host: str = setting(
         "127.0.0.1",
-        _text,
-        "an address",
+        _address,
+        "a host name or an IP address; IPv6 as ::1 or [::1]",
         group=SERVE,
         doc="address the health and metrics endpoint listens on (not serve_host: the counters "
         "are for the operator, not for every sender)",

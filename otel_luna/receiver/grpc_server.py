@@ -54,6 +54,7 @@ from otel_luna.receiver.protocol import (
     signals,
     token_ok,
 )
+from otel_luna.receiver.startup import host_port
 from otel_luna.settings import Settings
 
 #: Admitted calls that receive, decode and accept their message at once. The work is Python
@@ -423,7 +424,7 @@ def start_grpc(
         max_workers=2 * call_slots(settings), thread_name_prefix="otlp-grpc"
     )
     server = grpc.server(pool, handlers=(handlers,), options=options)
-    address = f"{settings.serve_host}:{port}"
+    address = host_port(settings.serve_host, port)
     try:
         if settings.serve_tls_cert and settings.serve_tls_key:
             with (

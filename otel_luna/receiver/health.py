@@ -43,8 +43,9 @@ from otel_luna.delivery.spool import (
     read_small,
 )
 from otel_luna.outcomes import Reason
+from otel_luna.receiver.startup import host_port, listening
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
-from otel_luna.settings import Settings, SettingsError, env_name
+from otel_luna.settings import Settings
 
 if TYPE_CHECKING:
     from otel_luna.receiver import Receiver
@@ -246,13 +247,14 @@ class HealthServer:
 
         self.source = source
         self._started = time.monotonic()
-        try:
-            self._sock = _listen(host, port, reuse_port=False)
-        except OSError as error:
-            raise SettingsError(
-                env_name("serve_health_port"),
-                f"cannot listen on {host}:{port}: {error.strerror or error}",
-            ) from None
+        self._sock = listening(
+            "serve_health_port",
+            host,
+            port,
+            False,
+            lambda: _listen(host, port, reuse_port=False),
+            host_setting="serve_health_host",
+        )
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self.loop = asyncio.new_event_loop()
@@ -330,4 +332,4 @@ def start_health(source: HealthSource, settings: Settings) -> HealthServer | Non
 
 def start_line(server: HealthServer) -> str:
     """What serve prints when the endpoint listens (tests read the port from it)."""
-    return f"otel-luna serve: health and metrics on {server.host}:{server.port}"
+    return f"otel-luna serve: health and metrics on {host_port(server.host, server.port)}"

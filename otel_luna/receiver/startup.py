@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import errno
 import functools
+import os
 import socket
 import ssl
+import stat
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -41,8 +43,20 @@ def check_tls_files(settings: Settings) -> None:
 
 
 def _read_one_byte(path: str) -> None:
-    with open(path, "rb") as file:
-        file.read(1)
+    """Open ``path`` without blocking (a FIFO would wait for a writer) and read a byte of it:
+    an :class:`OSError` unless it is a regular file that can be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as an address to dial or bind: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def named(
@@ -66,35 +80,44 @@ def path_error(name: str, path: str | None, error: OSError) -> SettingsError:
     return SettingsError(env_name(name), f"{where}: {error.strerror or error}")
 
 
-def listening(name: str, host: str, port: int, reuse_port: bool, start: Callable[[], _T]) -> _T:
+def listening(
+    name: str,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    start: Callable[[], _T],
+    host_setting: str = "serve_host",
+) -> _T:
     """``start()`` of a front end listening on ``host``:``port``; when it cannot listen, a
-    :class:`SettingsError` naming the setting at fault: ``serve_host`` for an address that does
-    not resolve or is not this machine's, else the port's ``name``. A plain socket bound the
-    same way is tried first: it says why (grpcio says only that it could not bind, after a log
-    line of its own)."""
-    problem = bind_problem(name, host, port, reuse_port)
+    :class:`SettingsError` naming the setting at fault: ``host_setting`` for an address that
+    does not resolve or is not this machine's, else the port's ``name``. A plain socket bound
+    the same way is tried first: it says why (grpcio says only that it could not bind, after a
+    log line of its own)."""
+    problem = bind_problem(name, host, port, reuse_port, host_setting)
     try:
         if problem is None:
             return start()
     except (OSError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "bind" not in str(error):
             raise
-        problem = bind_problem(name, host, port, reuse_port) or (name, str(error))
+        problem = bind_problem(name, host, port, reuse_port, host_setting) or (name, str(error))
     assert problem is not None
     setting, why = problem
-    raise SettingsError(env_name(setting), f"cannot listen on {host}:{port}: {why}")
+    raise SettingsError(env_name(setting), f"cannot listen on {host_port(host, port)}: {why}")
 
 
-def bind_problem(name: str, host: str, port: int, reuse_port: bool) -> tuple[str, str] | None:
+def bind_problem(
+    name: str, host: str, port: int, reuse_port: bool, host_setting: str = "serve_host"
+) -> tuple[str, str] | None:
     """Why a socket cannot listen on ``host``:``port``: the setting at fault (the port's
-    ``name`` when the port is taken or not allowed, else ``serve_host``) and the system's
+    ``name`` when the port is taken or not allowed, else ``host_setting``) and the system's
     words; None when it can."""
     try:
         infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except (OSError, UnicodeError) as error:
-        return "serve_host", str(getattr(error, "strerror", None) or error)
+        return host_setting, str(getattr(error, "strerror", None) or error)
     family, kind, proto, _, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as sock:
@@ -104,6 +127,6 @@ def bind_problem(name: str, host: str, port: int, reuse_port: bool) -> tuple[str
             sock.bind(address)
             sock.listen(1)
     except OSError as error:
-        at_fault = name if error.errno in (errno.EADDRINUSE, errno.EACCES) else "serve_host"
+        at_fault = name if error.errno in (errno.EADDRINUSE, errno.EACCES) else host_setting
         return at_fault, error.strerror or str(error)
     return None

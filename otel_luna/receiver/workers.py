@@ -54,7 +54,7 @@ from otel_luna.delivery.spool import (
     read_small,
     replace_file,
 )
-from otel_luna.receiver.startup import check_tls_files, listening
+from otel_luna.receiver.startup import check_tls_files, host_port, listening
 from otel_luna.settings import Settings, SettingsError
 
 _logger = logging.getLogger(__name__)
@@ -524,8 +524,12 @@ def supervise(
             pids = ", ".join(str(w.pid) for w in supervisor.workers if w is not None)
             if health is not None:
                 print(start_line(health), file=out, flush=True)
-            print(f"otel-luna serve: OTLP/gRPC on {host}:{grpc_port}", file=out, flush=True)
-            print(f"otel-luna serve: OTLP/HTTP on {host}:{http_port}", file=out, flush=True)
+            for protocol, port in (("gRPC", grpc_port), ("HTTP", http_port)):
+                print(
+                    f"otel-luna serve: OTLP/{protocol} on {host_port(host, port)}",
+                    file=out,
+                    flush=True,
+                )
             print(
                 f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})",
                 file=out,
