@@ -101,8 +101,11 @@ class Serve:
         )
         self._lines: list[str] = []
         self._ports: dict[str, int] = {}
+        #: The address each protocol listens on, as serve printed it (``[::1]`` for IPv6).
+        self.hosts: dict[str, str] = {}
         #: The port of /healthz, /readyz and /metrics, if serve was asked for them.
         self.health_port: int | None = None
+        self.health_host = "127.0.0.1"
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -118,10 +121,11 @@ class Serve:
             self._lines.append(line)
             health = _HEALTH_LINE.match(line.rstrip("\n"))
             if health:
-                self.health_port = int(health[2])
+                self.health_host, self.health_port = health[1], int(health[2])
             match = _PORT_LINE.match(line.rstrip("\n"))
             if match:
                 self._ports[match[1]] = int(match[3])
+                self.hosts[match[1]] = match[2]
                 if len(self._ports) == 2:
                     self._ready.set()
         self._ready.set()  # exited: stop waiting
@@ -137,16 +141,16 @@ class Serve:
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.hosts['gRPC']}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.hosts['HTTP']}:{self.http_port}"
 
     @property
     def health_url(self) -> str:
         assert self.health_port is not None, f"serve printed no health port:\n{self.output}"
-        return f"http://127.0.0.1:{self.health_port}"
+        return f"http://{self.health_host}:{self.health_port}"
 
     def stop(self) -> int:
         """SIGTERM (graceful drain) and wait; the exit status. Killed if it does not stop."""
