@@ -632,8 +632,11 @@ def status_entries(root: str) -> list[dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from otel_luna.receiver.startup import raise_open_file_limit
     from otel_luna.receiver.workers import supervise, worker_count
     from otel_luna.settings import Settings
+
+    raise_open_file_limit()  # the workers inherit it
 
     flags = {
         "serve_host": args.host,

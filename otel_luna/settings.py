@@ -621,8 +621,16 @@ class Settings:
         10.0,
         *number(float, 0.1, 600),
         group=SERVE,
-        doc="seconds a client may take to send a request's headers and body; also bounds how "
-        "long a slow client can hold up shutdown",
+        doc="seconds a client may take to send a request's headers and body (gRPC: the "
+        "connection preface and its call's message); also bounds how long a slow client can "
+        "hold up shutdown",
+    )
+    serve_idle_timeout: float = setting(
+        60.0,
+        *number(float, 0.1, 86400),
+        group=SERVE,
+        doc="seconds a connection may stay open without a request (HTTP keep-alive, a gRPC "
+        "connection without calls); then serve closes it (gRPC: GOAWAY, the client reconnects)",
     )
     serve_tls_cert: str | None = setting(
         None,

@@ -47,6 +47,13 @@ LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 _T = TypeVar("_T")
+#: ``python -c`` that sets RLIMIT_NOFILE to argv[1:3] and becomes the command after them (the
+#: same process: not a preexec_fn, see :class:`Serve`).
+_WITH_LIMIT = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")
 #: Printed before the OTLP lines when ``--health-port`` is given.
 _HEALTH_LINE = re.compile(r"^otel-luna serve: health and metrics on (\S+):(\d+)$")
@@ -85,9 +92,13 @@ class Serve:
     block raised, asserts exit status 0.
     """
 
-    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *args: str, open_files: tuple[int, int] | None = None
+    ) -> None:
         self.argv = [str(VENV_BIN / "otel-luna"), "serve", "--grpc-port", "0", "--http-port", "0"]
         self.argv += args
+        if open_files is not None:  # the soft and hard RLIMIT_NOFILE it starts with
+            self.argv = [sys.executable, "-c", _WITH_LIMIT, *map(str, open_files), *self.argv]
         self.popen = subprocess.Popen(
             self.argv,
             env={**os.environ, **env},

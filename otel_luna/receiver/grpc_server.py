@@ -54,7 +54,7 @@ from otel_luna.receiver.protocol import (
     signals,
     token_ok,
 )
-from otel_luna.receiver.startup import host_port
+from otel_luna.receiver.startup import grpc_connection_limit, host_port
 from otel_luna.settings import Settings
 
 #: Admitted calls that receive, decode and accept their message at once. The work is Python
@@ -416,6 +416,17 @@ def start_grpc(
         # BDP probing grows every stream's flow-control window to megabytes: a flood of large
         # calls would then be buffered by grpc before any handler decides on them.
         ("grpc.http2.bdp_probe", 0),
+        # What a connection may hold without sending anything: the connection preface and
+        # SETTINGS within serve_read_timeout (else closed), no call for serve_idle_timeout
+        # (else GOAWAY: clients reconnect), and at most so many connections at once (beyond,
+        # grpc closes a new one as soon as it is accepted), so that idle or half-open
+        # connections cannot take all file descriptors from the OTLP/HTTP port.
+        ("grpc.server_handshake_timeout_ms", int(settings.serve_read_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.serve_idle_timeout * 1000)),
+        (
+            "grpc.max_allowed_incoming_connections",
+            grpc_connection_limit(settings.serve_max_connections),
+        ),
     ]
     handlers = _Handlers(receiver, settings)
     # A thread for each admitted call (and for those whose slot a newer call took, while they

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import os
+import resource
 import socket
 import ssl
 import stat
@@ -17,6 +19,43 @@ from typing import TypeVar
 from otel_luna.settings import Settings, SettingsError, env_name
 
 _T = TypeVar("_T")
+_logger = logging.getLogger(__name__)
+#: File descriptors serve keeps for other things than its clients' connections: the spool's
+#: files, the connections to the destination, grpc's own, pipes, the interpreter's.
+FD_RESERVE = 128
+#: Connections of the health endpoint at once (:mod:`otel_luna.receiver.health`).
+HEALTH_CONNECTIONS = 32
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit of open files to the hard limit (as Go programs, the Collector
+    among them, do at start since Go 1.19): every connection takes a file descriptor, and
+    systemd's default soft limit is 1024. A line on the log only when it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as error:
+        _logger.warning(
+            "otel-luna serve: cannot raise the open-file limit (RLIMIT_NOFILE) from %d to %d: "
+            "%s; connections are capped to fit in %d",
+            soft,
+            hard,
+            error,
+            soft,
+        )
+
+
+def grpc_connection_limit(http_connections: int) -> int:
+    """Most gRPC connections at once: what the open-file limit leaves after the OTLP/HTTP
+    connections (``serve_max_connections``), the health endpoint's and :data:`FD_RESERVE`
+    (at least 16). gRPC clients send all their calls over one connection each."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 2**31 - 1
+    left = soft - http_connections - HEALTH_CONNECTIONS - FD_RESERVE
+    return int(min(2**31 - 1, max(16, left)))
 
 
 def check_tls_files(settings: Settings) -> None:
