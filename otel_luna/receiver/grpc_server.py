@@ -25,6 +25,12 @@ requests are at most: the messages being received (one per reader, each up to
 ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request
 alone up to ``SERVE_MAX_DECODED_BYTES``), and grpc's flow-control window for each admitted call
 not yet read (64 KiB: BDP probing, which grows the windows to megabytes per stream, is off).
+
+**Connections.** A connection must send the HTTP/2 preface within ``SERVE_READ_TIMEOUT``; one
+without a call for ``SERVE_IDLE_TIMEOUT`` gets ``GOAWAY``; at most
+:func:`~otel_luna.receiver.startup.grpc_connection_limit` are open at once (grpc core closes a
+new one beyond it as soon as it is accepted), so that idle connections cannot take the file
+descriptors OTLP/HTTP and the spool need.
 """
 
 from __future__ import annotations

@@ -17,8 +17,10 @@ serves the endpoint (:class:`SupervisorHealth`): ready when every worker runs an
 trouble; the counters summed over the stats files its running workers write (a worker that is
 restarted starts its counters again, which Prometheus reads as a counter reset).
 
-An aiohttp application in a thread of its own with its own event loop; the sources are read in
-the loop's default executor (they take locks or read files).
+A small HTTP/1.1 server of its own (:class:`HealthServer`: one GET per connection, a bounded
+head, a read timeout, a cap on connections; the port may be open to probes from anywhere) on an
+event loop in a thread of its own; the sources are read in the loop's default executor (they
+take locks or read files).
 """
 
 from __future__ import annotations

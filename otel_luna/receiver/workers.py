@@ -145,8 +145,9 @@ class _Worker:
             return True
         if self._ready_fd is None:
             return False
-        readable, _, _ = select.select([self._ready_fd], [], [], timeout)
-        if not readable:
+        poller = select.poll()  # not select(): serve may hold descriptors past FD_SETSIZE
+        poller.register(self._ready_fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return None
         data = os.read(self._ready_fd, len(_READY))
         self.close_pipe()
