@@ -275,8 +275,8 @@ class HealthServer:
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self.loop = asyncio.new_event_loop()
-        #: Connections being served, oldest first.
-        self._connections: dict[asyncio.Task[None], None] = {}
+        #: Connections being served, oldest first: True once their head has arrived.
+        self._connections: dict[asyncio.Task[None], bool] = {}
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="otel-luna-health", daemon=True)
         self._thread.start()
@@ -296,20 +296,30 @@ class HealthServer:
         self.loop.close()
 
     async def _accept_forever(self) -> None:
+        failing = False
         while True:
             try:
                 conn, _ = await self.loop.sock_accept(self._sock)
             except OSError as error:  # out of file descriptors, ...: try again shortly
-                _logger.warning("otel-luna serve: health endpoint cannot accept: %s", error)
+                if not failing:  # once until it accepts again
+                    _logger.warning("otel-luna serve: health endpoint cannot accept: %s", error)
+                failing = True
                 await asyncio.sleep(0.1)
                 continue
+            failing = False
             if len(self._connections) >= HEALTH_CONNECTIONS:
-                oldest = next(iter(self._connections))
-                del self._connections[oldest]
-                oldest.cancel()  # its socket is closed as it ends
+                self._close_one()
             task = self.loop.create_task(self._serve_one(conn))
-            self._connections[task] = None
+            self._connections[task] = False
             task.add_done_callback(lambda done: self._connections.pop(done, None))
+
+    def _close_one(self) -> None:
+        """Make room: close the connection that has waited for its head longest (else the
+        oldest being answered)."""
+        waiting = (task for task, answering in self._connections.items() if not answering)
+        oldest = next(waiting, None) or next(iter(self._connections))
+        del self._connections[oldest]
+        oldest.cancel()  # its socket is closed as it ends
 
     async def _serve_one(self, conn: socket.socket) -> None:
         try:
@@ -317,11 +327,14 @@ class HealthServer:
                 head = await asyncio.wait_for(self._read_head(conn), self.read_timeout)
             except asyncio.TimeoutError:
                 answer = _answer(408, "the request head did not arrive in time")
-            except ConnectionError:
+            except OSError:  # reset, or closed before the end of the head
                 return
             else:
+                task = asyncio.current_task()
+                if task in self._connections:
+                    self._connections[task] = True  # answering: closed for room only last
                 answer = await self._route(head) if head else _answer(431, "head too large")
-            with contextlib.suppress(OSError, asyncio.TimeoutError):
+            with contextlib.suppress(OSError, asyncio.TimeoutError):  # the client went away
                 await asyncio.wait_for(self.loop.sock_sendall(conn, answer), self.read_timeout)
         finally:
             conn.close()
