@@ -681,8 +681,11 @@ def status_entries(root: str) -> list[dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from otel_luna.receiver.startup import raise_open_file_limit
     from otel_luna.receiver.workers import supervise, worker_count
     from otel_luna.settings import Settings
+
+    raise_open_file_limit()  # the workers inherit it
 
     flags = {
         "serve_host": args.host,
@@ -700,14 +703,15 @@ def _serve(args: argparse.Namespace) -> int:
         return supervise(settings, given, workers)
     from otel_luna.receiver.health import start_line
     from otel_luna.receiver.serve import Server
+    from otel_luna.receiver.startup import host_port
 
     server = Server(settings)
     server.handle_signals()
     host = settings.serve_host
     if server.health is not None:
         print(start_line(server.health), flush=True)
-    print(f"otel-luna serve: OTLP/gRPC on {host}:{server.grpc_port}", flush=True)
-    print(f"otel-luna serve: OTLP/HTTP on {host}:{server.http_port}", flush=True)
+    print(f"otel-luna serve: OTLP/gRPC on {host_port(host, server.grpc_port)}", flush=True)
+    print(f"otel-luna serve: OTLP/HTTP on {host_port(host, server.http_port)}", flush=True)
     print(f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})", flush=True)
     server.wait_for_signal()
     print("otel-luna serve: stopped", flush=True)

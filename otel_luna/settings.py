@@ -242,6 +242,17 @@ def _text(value: Any) -> str:
     return text
 
 
+def _address(value: Any) -> str:
+    """A host name or an IP address to listen on; an IPv6 address with or without brackets
+    (``::1``, ``[::1]``), kept without them."""
+    text = _text(value).strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if not text or any(char in text for char in "[]/ ") or not text.isprintable():
+        raise ValueError("expected a host name or an IP address (IPv6 with or without [ ])")
+    return text
+
+
 def _header_text(value: Any) -> str:
     """Text sent in an HTTP header as it is (a token): no control characters, which no header
     may carry. Said without the value, which is a secret."""
@@ -537,7 +548,11 @@ class Settings:
     )
     # otel-luna serve
     serve_host: str = setting(
-        "127.0.0.1", _text, "an address", group=SERVE, doc="address to listen on"
+        "127.0.0.1",
+        _address,
+        "a host name or an IP address; IPv6 as ::1 or [::1], :: for all",
+        group=SERVE,
+        doc="address to listen on",
     )
     serve_grpc_port: int = setting(
         4317,
@@ -563,8 +578,8 @@ class Settings:
     )
     serve_health_host: str = setting(
         "127.0.0.1",
-        _text,
-        "an address",
+        _address,
+        "a host name or an IP address; IPv6 as ::1 or [::1]",
         group=SERVE,
         doc="address the health and metrics endpoint listens on (not serve_host: the counters "
         "are for the operator, not for every sender)",
@@ -606,8 +621,16 @@ class Settings:
         10.0,
         *number(float, 0.1, 600),
         group=SERVE,
-        doc="seconds a client may take to send a request's headers and body; also bounds how "
-        "long a slow client can hold up shutdown",
+        doc="seconds a client may take to send a request's headers and body (gRPC: the "
+        "connection preface and its call's message); also bounds how long a slow client can "
+        "hold up shutdown",
+    )
+    serve_idle_timeout: float = setting(
+        60.0,
+        *number(float, 0.1, 86400),
+        group=SERVE,
+        doc="seconds a connection may stay open without a request (HTTP keep-alive, a gRPC "
+        "connection without calls); then serve closes it (gRPC: GOAWAY, the client reconnects)",
     )
     serve_tls_cert: str | None = setting(
         None,

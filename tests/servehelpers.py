@@ -47,6 +47,13 @@ LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
 _T = TypeVar("_T")
+#: ``python -c`` that sets RLIMIT_NOFILE to argv[1:3] and becomes the command after them (the
+#: same process: not a preexec_fn, see :class:`Serve`).
+_WITH_LIMIT = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.argv[3], sys.argv[3:])"
+)
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")
 #: Printed before the OTLP lines when ``--health-port`` is given.
 _HEALTH_LINE = re.compile(r"^otel-luna serve: health and metrics on (\S+):(\d+)$")
@@ -85,9 +92,13 @@ class Serve:
     block raised, asserts exit status 0.
     """
 
-    def __init__(self, env: Mapping[str, str], *args: str) -> None:
+    def __init__(
+        self, env: Mapping[str, str], *args: str, open_files: tuple[int, int] | None = None
+    ) -> None:
         self.argv = [str(VENV_BIN / "otel-luna"), "serve", "--grpc-port", "0", "--http-port", "0"]
         self.argv += args
+        if open_files is not None:  # the soft and hard RLIMIT_NOFILE it starts with
+            self.argv = [sys.executable, "-c", _WITH_LIMIT, *map(str, open_files), *self.argv]
         self.popen = subprocess.Popen(
             self.argv,
             env={**os.environ, **env},
@@ -101,8 +112,11 @@ class Serve:
         )
         self._lines: list[str] = []
         self._ports: dict[str, int] = {}
+        #: The address each protocol listens on, as serve printed it (``[::1]`` for IPv6).
+        self.hosts: dict[str, str] = {}
         #: The port of /healthz, /readyz and /metrics, if serve was asked for them.
         self.health_port: int | None = None
+        self.health_host = "127.0.0.1"
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -118,10 +132,11 @@ class Serve:
             self._lines.append(line)
             health = _HEALTH_LINE.match(line.rstrip("\n"))
             if health:
-                self.health_port = int(health[2])
+                self.health_host, self.health_port = health[1], int(health[2])
             match = _PORT_LINE.match(line.rstrip("\n"))
             if match:
                 self._ports[match[1]] = int(match[3])
+                self.hosts[match[1]] = match[2]
                 if len(self._ports) == 2:
                     self._ready.set()
         self._ready.set()  # exited: stop waiting
@@ -137,16 +152,16 @@ class Serve:
 
     @property
     def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
+        return f"{self.hosts['gRPC']}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.hosts['HTTP']}:{self.http_port}"
 
     @property
     def health_url(self) -> str:
         assert self.health_port is not None, f"serve printed no health port:\n{self.output}"
-        return f"http://127.0.0.1:{self.health_port}"
+        return f"http://{self.health_host}:{self.health_port}"
 
     def stop(self) -> int:
         """SIGTERM (graceful drain) and wait; the exit status. Killed if it does not stop."""

@@ -128,3 +128,48 @@ def test_file_destination_that_cannot_be_created_is_one_line(tmp_path: Path) -> 
         tmp_path, OTEL_EXPORTER_LUNA_ENDPOINT="file:///proc/otel-luna-points/points.lp"
     )
     assert line.startswith("otel-luna serve: OTEL_EXPORTER_LUNA_ENDPOINT: /proc/otel-luna-points")
+
+
+@pytest.mark.parametrize("which", ["cert", "key"])
+def test_tls_file_that_is_a_fifo_is_one_line_not_a_hang(
+    tmp_path: Path, certificate: tuple[Path, Path], which: str
+) -> None:
+    """A FIFO (no writer: a blocking open would wait for ever) as a TLS file is one line."""
+    cert, key = certificate
+    fifo = tmp_path / f"{which}.fifo"
+    os.mkfifo(fifo)
+    given = {"cert": fifo, "key": key} if which == "cert" else {"cert": cert, "key": fifo}
+    line = serve_fails(tmp_path, "--tls-cert", str(given["cert"]), "--tls-key", str(given["key"]))
+    setting = f"OTEL_EXPORTER_LUNA_SERVE_TLS_{which.upper()}"
+    assert line == f"otel-luna serve: {setting}: {fifo}: not a regular file"
+
+
+@pytest.mark.parametrize("given", ["256.1.1.1", "[256.1.1.1]"])
+def test_a_bad_health_host_names_the_health_host(tmp_path: Path, given: str) -> None:
+    """An address that is no address, as the health host, is reported under that setting."""
+    line = serve_fails_with_health_host(tmp_path, given)
+    assert line.startswith(
+        "otel-luna serve: OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST: cannot listen on 256.1.1.1:0: "
+    )
+
+
+def test_a_health_host_not_of_this_machine_names_the_health_host(tmp_path: Path) -> None:
+    line = serve_fails_with_health_host(tmp_path, "192.0.2.1")
+    assert line == (
+        "otel-luna serve: OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST: cannot listen on 192.0.2.1:0: "
+        "Cannot assign requested address"
+    )
+
+
+def serve_fails_with_health_host(tmp_path: Path, host: str) -> str:
+    return serve_fails(tmp_path, "--health-port", "0", OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST=host)
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]"])
+def test_an_ipv6_address_not_of_this_machine_is_one_line(tmp_path: Path, host: str) -> None:
+    """No second line from grpc's own log: the address is tried with a plain socket first."""
+    line = serve_fails(tmp_path, "--host", host.replace("::1", "2001:db8::1"))
+    assert line == (
+        "otel-luna serve: OTEL_EXPORTER_LUNA_SERVE_HOST: cannot listen on [2001:db8::1]:0: "
+        "Cannot assign requested address"
+    )

@@ -550,3 +550,21 @@ def test_ping_centre_max_in_flight_is_the_sinks_own(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as caught:
         Settings.load({**env, "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT": "0"})
     assert caught.value.setting == "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT"
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [("::1", "::1"), ("[::1]", "::1"), ("[::]", "::"), (" 0.0.0.0 ", "0.0.0.0"), ("host", "host")],
+)
+def test_listen_addresses_are_kept_without_brackets(given: str, kept: str) -> None:
+    """SERVE_HOST and SERVE_HEALTH_HOST take IPv6 with or without brackets, kept without."""
+    env = {"OTEL_EXPORTER_LUNA_SERVE_HOST": given, "OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given}
+    settings = Settings.load(env)
+    assert (settings.serve_host, settings.serve_health_host) == (kept, kept)
+
+
+@pytest.mark.parametrize("given", ["[]", "[::1", "::1]", "a b", "host/24", "\x1b[2J"])
+def test_a_listen_address_that_is_none_names_the_setting(given: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.load({"OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given})
+    assert caught.value.setting == "OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST"

@@ -25,6 +25,12 @@ requests are at most: the messages being received (one per reader, each up to
 ``SERVE_MAX_MESSAGE_BYTES``), those being decoded (``SERVE_MAX_INFLIGHT_BYTES``, or one request
 alone up to ``SERVE_MAX_DECODED_BYTES``), and grpc's flow-control window for each admitted call
 not yet read (64 KiB: BDP probing, which grows the windows to megabytes per stream, is off).
+
+**Connections.** A connection must send the HTTP/2 preface within ``SERVE_READ_TIMEOUT``; one
+without a call for ``SERVE_IDLE_TIMEOUT`` gets ``GOAWAY``; at most
+:func:`~otel_luna.receiver.startup.grpc_connection_limit` are open at once (grpc core closes a
+new one beyond it as soon as it is accepted), so that idle connections cannot take the file
+descriptors OTLP/HTTP and the spool need.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from otel_luna.receiver.protocol import (
     signals,
     token_ok,
 )
+from otel_luna.receiver.startup import grpc_connection_limit, host_port
 from otel_luna.settings import Settings
 
 #: Admitted calls that receive, decode and accept their message at once. The work is Python
@@ -415,6 +422,17 @@ def start_grpc(
         # BDP probing grows every stream's flow-control window to megabytes: a flood of large
         # calls would then be buffered by grpc before any handler decides on them.
         ("grpc.http2.bdp_probe", 0),
+        # What a connection may hold without sending anything: the connection preface and
+        # SETTINGS within serve_read_timeout (else closed), no call for serve_idle_timeout
+        # (else GOAWAY: clients reconnect), and at most so many connections at once (beyond,
+        # grpc closes a new one as soon as it is accepted), so that idle or half-open
+        # connections cannot take all file descriptors from the OTLP/HTTP port.
+        ("grpc.server_handshake_timeout_ms", int(settings.serve_read_timeout * 1000)),
+        ("grpc.max_connection_idle_ms", int(settings.serve_idle_timeout * 1000)),
+        (
+            "grpc.max_allowed_incoming_connections",
+            grpc_connection_limit(settings.serve_max_connections),
+        ),
     ]
     handlers = _Handlers(receiver, settings)
     # A thread for each admitted call (and for those whose slot a newer call took, while they
@@ -423,7 +441,7 @@ def start_grpc(
         max_workers=2 * call_slots(settings), thread_name_prefix="otlp-grpc"
     )
     server = grpc.server(pool, handlers=(handlers,), options=options)
-    address = f"{settings.serve_host}:{port}"
+    address = host_port(settings.serve_host, port)
     try:
         if settings.serve_tls_cert and settings.serve_tls_key:
             with (

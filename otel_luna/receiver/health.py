@@ -17,24 +17,27 @@ serves the endpoint (:class:`SupervisorHealth`): ready when every worker runs an
 trouble; the counters summed over the stats files its running workers write (a worker that is
 restarted starts its counters again, which Prometheus reads as a counter reset).
 
-An aiohttp application in a thread of its own with its own event loop; the sources are read in
-the loop's default executor (they take locks or read files).
+A small HTTP/1.1 server of its own (:class:`HealthServer`: one GET per connection, a bounded
+head, a read timeout, a cap on connections; the port may be open to probes from anywhere) on an
+event loop in a thread of its own; the sources are read in the loop's default executor (they
+take locks or read files).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-
-from aiohttp import web
 
 from otel_luna.delivery.spool import (
     _STATS_FILE,
@@ -43,8 +46,9 @@ from otel_luna.delivery.spool import (
     read_small,
 )
 from otel_luna.outcomes import Reason
+from otel_luna.receiver.startup import HEALTH_CONNECTIONS, host_port, listening
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
-from otel_luna.settings import Settings, SettingsError, env_name
+from otel_luna.settings import Settings
 
 if TYPE_CHECKING:
     from otel_luna.receiver import Receiver
@@ -52,6 +56,10 @@ if TYPE_CHECKING:
 _logger = logging.getLogger(__name__)
 #: Seconds the endpoint's loop thread has to start, and to stop.
 START_TIMEOUT = STOP_TIMEOUT = 10.0
+#: Seconds a request head may take to arrive (serve passes ``serve_read_timeout``).
+READ_TIMEOUT = 10.0
+#: Bytes a request head may take (a probe's or a scraper's takes a few hundred).
+MAX_HEAD_BYTES = 8192
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -239,75 +247,145 @@ def _pid_of(process: str) -> int | None:
 
 class HealthServer:
     """The endpoint on ``host:port`` (0: any free port, see :attr:`port`), serving until
-    :meth:`stop`."""
+    :meth:`stop`.
 
-    def __init__(self, source: HealthSource, host: str, port: int) -> None:
+    A small HTTP/1.1 server of its own on an event loop in a thread, hardened for a port that
+    may be open to more than the operator (a Kubernetes probe comes to the pod's address): one
+    ``GET`` per connection, answered with ``Connection: close``; the request head must arrive
+    within ``read_timeout`` seconds and in :data:`MAX_HEAD_BYTES` (else ``408`` / ``431``,
+    nothing logged); a body is never read; at most :data:`HEALTH_CONNECTIONS` connections at
+    once: a new one closes the one that has been waiting for its head longest."""
+
+    def __init__(
+        self, source: HealthSource, host: str, port: int, read_timeout: float = READ_TIMEOUT
+    ) -> None:
         from otel_luna.receiver.http_server import _listen
 
         self.source = source
+        self.read_timeout = read_timeout
         self._started = time.monotonic()
-        try:
-            self._sock = _listen(host, port, reuse_port=False)
-        except OSError as error:
-            raise SettingsError(
-                env_name("serve_health_port"),
-                f"cannot listen on {host}:{port}: {error.strerror or error}",
-            ) from None
+        self._sock = listening(
+            "serve_health_port",
+            host,
+            port,
+            False,
+            lambda: _listen(host, port, reuse_port=False),
+            host_setting="serve_health_host",
+        )
         self.host = host
         self.port = int(self._sock.getsockname()[1])
         self.loop = asyncio.new_event_loop()
-        self._runner: web.AppRunner | None = None
+        #: Connections being served, oldest first: True once their head has arrived.
+        self._connections: dict[asyncio.Task[None], bool] = {}
         self._ready = threading.Event()
-        self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="otel-luna-health", daemon=True)
         self._thread.start()
-        if not self._ready.wait(START_TIMEOUT) or self._error is not None:
+        if not self._ready.wait(START_TIMEOUT):
             self.stop()
-            raise OSError(f"the health endpoint did not start: {self._error!r}")
+            raise OSError("the health endpoint did not start")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
-        try:
-            self.loop.run_until_complete(self._start())
-        except BaseException as error:  # noqa: BLE001 - reported by __init__
-            self._error = error
-        self._ready.set()
-        if self._error is None:
-            self.loop.run_forever()
-        if self._runner is not None:
-            self.loop.run_until_complete(self._runner.cleanup())
+        accepting = self.loop.create_task(self._accept_forever())
+        self.loop.call_soon(self._ready.set)
+        self.loop.run_forever()
+        tasks = [accepting, *self._connections]
+        for task in tasks:
+            task.cancel()
+        self.loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
         self.loop.close()
 
-    async def _start(self) -> None:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/readyz", self._readyz)
-        app.router.add_get("/metrics", self._metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.SockSite(self._runner, self._sock).start()
+    async def _accept_forever(self) -> None:
+        failing = False
+        while True:
+            try:
+                conn, _ = await self.loop.sock_accept(self._sock)
+            except OSError as error:  # out of file descriptors, ...: try again shortly
+                if not failing:  # once until it accepts again
+                    _logger.warning("otel-luna serve: health endpoint cannot accept: %s", error)
+                failing = True
+                await asyncio.sleep(0.1)
+                continue
+            failing = False
+            if len(self._connections) >= HEALTH_CONNECTIONS:
+                self._close_one()
+            task = self.loop.create_task(self._serve_one(conn))
+            self._connections[task] = False
+            task.add_done_callback(lambda done: self._connections.pop(done, None))
 
-    async def _healthz(self, request: web.Request) -> web.Response:
-        uptime = round(time.monotonic() - self._started, 3)
-        return web.json_response({"status": "alive", "uptime": uptime})
+    def _close_one(self) -> None:
+        """Make room: close the connection that has waited for its head longest (else the
+        oldest being answered)."""
+        waiting = (task for task, answering in self._connections.items() if not answering)
+        oldest = next(waiting, None) or next(iter(self._connections))
+        del self._connections[oldest]
+        oldest.cancel()  # its socket is closed as it ends
 
-    async def _readyz(self, request: web.Request) -> web.Response:
+    async def _serve_one(self, conn: socket.socket) -> None:
         try:
-            problems = await asyncio.get_running_loop().run_in_executor(None, self.source.problems)
+            try:
+                head = await asyncio.wait_for(self._read_head(conn), self.read_timeout)
+            except asyncio.TimeoutError:
+                answer = _answer(408, "the request head did not arrive in time")
+            except OSError:  # reset, or closed before the end of the head
+                return
+            else:
+                task = asyncio.current_task()
+                if task in self._connections:
+                    self._connections[task] = True  # answering: closed for room only last
+                answer = await self._route(head) if head else _answer(431, "head too large")
+            with contextlib.suppress(OSError, asyncio.TimeoutError):  # the client went away
+                await asyncio.wait_for(self.loop.sock_sendall(conn, answer), self.read_timeout)
+        finally:
+            conn.close()
+
+    async def _read_head(self, conn: socket.socket) -> bytes:
+        """The request head up to its blank line; empty if it passes MAX_HEAD_BYTES."""
+        head = b""
+        while b"\r\n\r\n" not in head:
+            if len(head) > MAX_HEAD_BYTES:
+                return b""
+            data = await self.loop.sock_recv(conn, MAX_HEAD_BYTES + 1)
+            if not data:
+                raise ConnectionResetError("closed before the end of the head")
+            head += data
+        head = head.split(b"\r\n\r\n", 1)[0]
+        return head if len(head) <= MAX_HEAD_BYTES else b""
+
+    async def _route(self, head: bytes) -> bytes:
+        method, _, rest = head.split(b"\r\n", 1)[0].partition(b" ")
+        path = rest.partition(b" ")[0].partition(b"?")[0]
+        handler = self._routes().get(path)
+        if handler is None:
+            return _answer(404, "not found")
+        if method != b"GET":
+            return _answer(405, "only GET", {"Allow": "GET"})
+        return await handler()
+
+    def _routes(self) -> dict[bytes, Callable[[], Awaitable[bytes]]]:
+        return {b"/healthz": self._healthz, b"/readyz": self._readyz, b"/metrics": self._metrics}
+
+    async def _healthz(self) -> bytes:
+        uptime = round(time.monotonic() - self._started, 3)
+        return _json_answer(200, {"status": "alive", "uptime": uptime})
+
+    async def _readyz(self) -> bytes:
+        try:
+            problems = await self.loop.run_in_executor(None, self.source.problems)
         except Exception as error:  # a bug: an answer and a log line, never a dropped answer
             _logger.exception("otel-luna serve: cannot tell whether it is ready")
             problems = [f"cannot tell: {type(error).__name__}"]
         if problems:
-            return web.json_response({"ready": False, "reasons": problems}, status=503)
-        return web.json_response({"ready": True})
+            return _json_answer(503, {"ready": False, "reasons": problems})
+        return _json_answer(200, {"ready": True})
 
-    async def _metrics(self, request: web.Request) -> web.Response:
+    async def _metrics(self) -> bytes:
         try:
-            text = await asyncio.get_running_loop().run_in_executor(None, self._scrape)
+            text = await self.loop.run_in_executor(None, self._scrape)
         except Exception as error:  # a bug: an answer and a log line, never a dropped answer
             _logger.exception("otel-luna serve: cannot read the metrics")
-            return web.Response(status=500, text=f"cannot read the metrics: {type(error).__name__}")
-        return web.Response(body=text.encode(), headers={"Content-Type": CONTENT_TYPE})
+            return _answer(500, f"cannot read the metrics: {type(error).__name__}")
+        return _answer(200, text, {"Content-Type": CONTENT_TYPE})
 
     def _scrape(self) -> str:
         return prometheus_text(
@@ -315,19 +393,39 @@ class HealthServer:
         )
 
     def stop(self) -> None:
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # closed meanwhile
+                self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(STOP_TIMEOUT)
         self._sock.close()
+
+
+def _answer(status: int, text: str, headers: Mapping[str, str] | None = None) -> bytes:
+    """An HTTP/1.1 answer that closes the connection (plain text unless ``headers`` say)."""
+    body = text.encode()
+    fields = {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}"]
+    lines += [f"{name}: {value}" for name, value in fields.items()]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "Server: otel-luna"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+def _json_answer(status: int, value: object) -> bytes:
+    return _answer(status, json.dumps(value), {"Content-Type": "application/json"})
 
 
 def start_health(source: HealthSource, settings: Settings) -> HealthServer | None:
     """The endpoint ``settings`` ask for (``serve_health_port``), serving; None when off."""
     if settings.serve_health_port is None:
         return None
-    return HealthServer(source, settings.serve_health_host, settings.serve_health_port)
+    return HealthServer(
+        source,
+        settings.serve_health_host,
+        settings.serve_health_port,
+        settings.serve_read_timeout,
+    )
 
 
 def start_line(server: HealthServer) -> str:
     """What serve prints when the endpoint listens (tests read the port from it)."""
-    return f"otel-luna serve: health and metrics on {server.host}:{server.port}"
+    return f"otel-luna serve: health and metrics on {host_port(server.host, server.port)}"

@@ -53,8 +53,6 @@ from otel_luna.settings import Settings
 #: Connections the kernel holds while all ``serve_max_connections`` are taken (capped by
 #: ``net.core.somaxconn``).
 BACKLOG = 1024
-#: Seconds a keep-alive connection may wait for its next request.
-IDLE_TIMEOUT = 60.0
 #: Threads that decode and accept request bodies, off the event loop.
 DECODE_THREADS = 4
 #: Seconds a refused body's sender may pause before its connection is closed: while it sends,
@@ -614,7 +612,7 @@ class HttpServer:
         self._server = _Server(
             self._handle,
             self,
-            keepalive_timeout=IDLE_TIMEOUT,
+            keepalive_timeout=self.settings.serve_idle_timeout,
             lingering_time=LINGER,
             auto_decompress=False,  # HttpProtocol inflates, within the limits
             access_log=None,

@@ -7,14 +7,55 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
+import os
+import resource
 import socket
 import ssl
+import stat
 from collections.abc import Callable
 from typing import TypeVar
 
 from otel_luna.settings import Settings, SettingsError, env_name
 
 _T = TypeVar("_T")
+_logger = logging.getLogger(__name__)
+#: File descriptors serve keeps for other things than its clients' connections: the spool's
+#: files, the connections to the destination, grpc's own, pipes, the interpreter's.
+FD_RESERVE = 128
+#: Connections of the health endpoint at once (:mod:`otel_luna.receiver.health`).
+HEALTH_CONNECTIONS = 32
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit of open files to the hard limit (as Go programs, the Collector
+    among them, do at start since Go 1.19): every connection takes a file descriptor, and
+    systemd's default soft limit is 1024. A line on the log only when it cannot."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == hard:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError) as error:
+        _logger.warning(
+            "otel-luna serve: cannot raise the open-file limit (RLIMIT_NOFILE) from %d to %d: "
+            "%s; connections are capped to fit in %d",
+            soft,
+            hard,
+            error,
+            soft,
+        )
+
+
+def grpc_connection_limit(http_connections: int) -> int:
+    """Most gRPC connections at once: what the open-file limit leaves after the OTLP/HTTP
+    connections (``serve_max_connections``), the health endpoint's and :data:`FD_RESERVE`
+    (at least 16). gRPC clients send all their calls over one connection each."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        soft = 2**31 - 1
+    left = soft - http_connections - HEALTH_CONNECTIONS - FD_RESERVE
+    return int(min(2**31 - 1, max(16, left)))
 
 
 def check_tls_files(settings: Settings) -> None:
@@ -41,8 +82,20 @@ def check_tls_files(settings: Settings) -> None:
 
 
 def _read_one_byte(path: str) -> None:
-    with open(path, "rb") as file:
-        file.read(1)
+    """Open ``path`` without blocking (a FIFO would wait for a writer) and read a byte of it:
+    an :class:`OSError` unless it is a regular file that can be read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", path)
+        os.read(fd, 1)
+    finally:
+        os.close(fd)
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as an address to dial or bind: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def named(
@@ -66,35 +119,44 @@ def path_error(name: str, path: str | None, error: OSError) -> SettingsError:
     return SettingsError(env_name(name), f"{where}: {error.strerror or error}")
 
 
-def listening(name: str, host: str, port: int, reuse_port: bool, start: Callable[[], _T]) -> _T:
+def listening(
+    name: str,
+    host: str,
+    port: int,
+    reuse_port: bool,
+    start: Callable[[], _T],
+    host_setting: str = "serve_host",
+) -> _T:
     """``start()`` of a front end listening on ``host``:``port``; when it cannot listen, a
-    :class:`SettingsError` naming the setting at fault: ``serve_host`` for an address that does
-    not resolve or is not this machine's, else the port's ``name``. A plain socket bound the
-    same way is tried first: it says why (grpcio says only that it could not bind, after a log
-    line of its own)."""
-    problem = bind_problem(name, host, port, reuse_port)
+    :class:`SettingsError` naming the setting at fault: ``host_setting`` for an address that
+    does not resolve or is not this machine's, else the port's ``name``. A plain socket bound
+    the same way is tried first: it says why (grpcio says only that it could not bind, after a
+    log line of its own)."""
+    problem = bind_problem(name, host, port, reuse_port, host_setting)
     try:
         if problem is None:
             return start()
     except (OSError, RuntimeError) as error:
         if isinstance(error, RuntimeError) and "bind" not in str(error):
             raise
-        problem = bind_problem(name, host, port, reuse_port) or (name, str(error))
+        problem = bind_problem(name, host, port, reuse_port, host_setting) or (name, str(error))
     assert problem is not None
     setting, why = problem
-    raise SettingsError(env_name(setting), f"cannot listen on {host}:{port}: {why}")
+    raise SettingsError(env_name(setting), f"cannot listen on {host_port(host, port)}: {why}")
 
 
-def bind_problem(name: str, host: str, port: int, reuse_port: bool) -> tuple[str, str] | None:
+def bind_problem(
+    name: str, host: str, port: int, reuse_port: bool, host_setting: str = "serve_host"
+) -> tuple[str, str] | None:
     """Why a socket cannot listen on ``host``:``port``: the setting at fault (the port's
-    ``name`` when the port is taken or not allowed, else ``serve_host``) and the system's
+    ``name`` when the port is taken or not allowed, else ``host_setting``) and the system's
     words; None when it can."""
     try:
         infos = socket.getaddrinfo(
             host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )
     except (OSError, UnicodeError) as error:
-        return "serve_host", str(getattr(error, "strerror", None) or error)
+        return host_setting, str(getattr(error, "strerror", None) or error)
     family, kind, proto, _, address = infos[0]
     try:
         with socket.socket(family, kind, proto) as sock:
@@ -104,6 +166,6 @@ def bind_problem(name: str, host: str, port: int, reuse_port: bool) -> tuple[str
             sock.bind(address)
             sock.listen(1)
     except OSError as error:
-        at_fault = name if error.errno in (errno.EADDRINUSE, errno.EACCES) else "serve_host"
+        at_fault = name if error.errno in (errno.EADDRINUSE, errno.EACCES) else host_setting
         return at_fault, error.strerror or str(error)
     return None

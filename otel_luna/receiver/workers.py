@@ -53,7 +53,7 @@ from otel_luna.delivery.spool import (
     read_small,
     replace_file,
 )
-from otel_luna.receiver.startup import check_tls_files, listening
+from otel_luna.receiver.startup import check_tls_files, host_port, listening
 from otel_luna.redact import printable
 from otel_luna.settings import Settings, SettingsError
 
@@ -145,8 +145,9 @@ class _Worker:
             return True
         if self._ready_fd is None:
             return False
-        readable, _, _ = select.select([self._ready_fd], [], [], timeout)
-        if not readable:
+        poller = select.poll()  # not select(): serve may hold descriptors past FD_SETSIZE
+        poller.register(self._ready_fd, select.POLLIN)
+        if not poller.poll(timeout * 1000):
             return None
         data = os.read(self._ready_fd, len(_READY))
         self.close_pipe()
@@ -524,8 +525,12 @@ def supervise(
             pids = ", ".join(str(w.pid) for w in supervisor.workers if w is not None)
             if health is not None:
                 print(start_line(health), file=out, flush=True)
-            print(f"otel-luna serve: OTLP/gRPC on {host}:{grpc_port}", file=out, flush=True)
-            print(f"otel-luna serve: OTLP/HTTP on {host}:{http_port}", file=out, flush=True)
+            for protocol, port in (("gRPC", grpc_port), ("HTTP", http_port)):
+                print(
+                    f"otel-luna serve: OTLP/{protocol} on {host_port(host, port)}",
+                    file=out,
+                    flush=True,
+                )
             print(
                 f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})",
                 file=out,
