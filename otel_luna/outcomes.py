@@ -115,11 +115,14 @@ class Reason(str, enum.Enum):
     INVALID_ESTIMATOR = "invalid_estimator", _O.REJECTED
     NONFINITE_USAGE = "nonfinite_usage", _O.REJECTED
     NEGATIVE_USAGE = "negative_usage", _O.REJECTED
+    FRACTIONAL_USAGE = "fractional_usage", _O.REJECTED  # not a whole number: never rounded
     # a cumulative luna.usages point older than its stream's last: its uses are in the later one
     OUT_OF_ORDER_USAGE = "out_of_order_usage", _O.REJECTED
     USAGE_BASELINE = "usage_baseline", _O.EVENT  # a stream's first cumulative point, not counted
     USAGE_STREAM_EVICTED = "usage_stream_evicted", _O.EVENT  # past mapping/usages.STREAM_LIMIT
     USAGE_STREAM_EXPIRED = "usage_stream_expired", _O.EVENT  # not seen for STALE_NS
+    # a stream of unknown start time that went down and up again: two senders alike
+    USAGE_STREAM_OVERLAP = "usage_stream_overlap", _O.EVENT
 
     # -- ingest: encoding (names from lineprotocol.key_problem and the encoder) ------------
     TIME_OUT_OF_RANGE = "time_out_of_range", _O.REJECTED

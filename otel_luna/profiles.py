@@ -101,7 +101,12 @@ LUNA = Profile(
     frozenset({LINE_PROTOCOL}),
     lambda settings: RequestMapper(route_limit=settings.route_limit),
     # serve --workers N: a client's connection can move to a worker that never saw its streams
-    lambda settings: UsageMapper(CumulativeToDelta(first_in_full=settings.serve_workers == 1)),
+    lambda settings: UsageMapper(
+        CumulativeToDelta(
+            first_in_full=settings.serve_workers == 1,
+            max_ahead_ns=round(settings.max_time_ahead * 1e9),
+        )
+    ),
 )
 WATCHDOG = Profile(
     "watchdog",

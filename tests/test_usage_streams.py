@@ -28,6 +28,7 @@ from otel_luna.mapping.records import UsageSample
 from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
+from otel_luna.receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
@@ -101,16 +102,28 @@ class Sender:
     number: int
     start_ns: int
     before_us: bool  # started before the converter: its first point is a baseline
+    unknown_start: bool = False  # sends start time 0
+    skew_ns: int = 0  # how far its clock runs ahead of ours
     value: int = 0
     exported: list[UsageSample] = field(default_factory=list)
     #: Per run of the counter, per segment between resets: [first exported, last exported].
     segments: list[list[int]] = field(default_factory=list)
     new_run: bool = True
     new_segment: bool = True
+    #: The values it exported first after a reset or a restart of either end.
+    first_seen: int = 0
+    new_sight: bool = True
 
     def sample(self, time_ns: int) -> UsageSample:
+        start_ns = 0 if self.unknown_start else self.start_ns + self.skew_ns
         return UsageSample(
-            SERVICE, ESTIMATOR, self.start_ns, time_ns, self.value, True, stream=self.number
+            SERVICE,
+            ESTIMATOR,
+            start_ns,
+            time_ns + self.skew_ns,
+            self.value,
+            True,
+            stream=self.number,
         )
 
     def true_uses(self) -> int:
@@ -120,13 +133,19 @@ class Sender:
 SENDERS = 3
 EVENTS = st.lists(
     st.tuples(
-        st.sampled_from(["use", "use", "export", "export", "restart", "reset", "retry", "late"]),
+        st.sampled_from(
+            ["use", "use", "export", "export", "restart", "reset", "retry", "late", "serve"]
+        ),
         st.integers(0, SENDERS - 1),  # which sender
         st.integers(1, 40),  # how many uses
     ),
     min_size=10,
     max_size=100,
 )
+#: How far a sender's clock runs ahead of ours (negative: behind), in ns; a step is 1 µs.
+SKEWS = st.sampled_from([0, 0, 5_000, -5_000, 10**12, -(10**12)])
+#: ``max_time_ahead``: points dated later are refused (``time_too_far_ahead``), not written.
+MAX_AHEAD = 10**9
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -143,53 +162,116 @@ EVENTS = st.lists(
     ],
     distinct=[True] * SENDERS,
     before_us=[False] * SENDERS,
+    unknown_start=[False] * SENDERS,
+    skews=[0] * SENDERS,
     limit=1,
+)
+@example(  # the review's case: two senders alike with start time 0, A 30…32 and B 1000…1002
+    events=[("use", 0, 30), ("use", 1, 1000)]
+    + [("export", 0, 0), ("export", 1, 0), ("use", 0, 1), ("use", 1, 1)] * 3,
+    distinct=[False] * SENDERS,
+    before_us=[True] * SENDERS,
+    unknown_start=[True] * SENDERS,
+    skews=[0] * SENDERS,
+    limit=1000,
+)
+@example(  # a sender's clock runs ahead across a restart of serve: not counted in full twice
+    events=[("use", 0, 7), ("export", 0, 0), ("serve", 0, 0), ("use", 0, 1), ("export", 0, 0)],
+    distinct=[True] * SENDERS,
+    before_us=[False] * SENDERS,
+    unknown_start=[False] * SENDERS,
+    skews=[10**12] * SENDERS,
+    limit=1000,
 )
 @given(
     events=EVENTS,
     distinct=st.lists(st.booleans(), min_size=SENDERS, max_size=SENDERS),
     before_us=st.lists(st.booleans(), min_size=SENDERS, max_size=SENDERS),
+    unknown_start=st.lists(st.booleans(), min_size=SENDERS, max_size=SENDERS),
+    skews=st.lists(SKEWS, min_size=SENDERS, max_size=SENDERS),
     limit=st.sampled_from([1, 2, 3, 1000]),
 )
 def test_interleaved_senders_resets_and_restarts_add_up(
-    events: list[tuple[str, int, int]], distinct: list[bool], before_us: list[bool], limit: int
+    events: list[tuple[str, int, int]],
+    distinct: list[bool],
+    before_us: list[bool],
+    unknown_start: list[bool],
+    skews: list[int],
+    limit: int,
 ) -> None:
-    """Three senders of one service and estimator (some alike but for the start time), in any
-    interleaving of uses, exports, restarts (new start time), resets (lower value), retries of
-    the last export and late retries of an older one: the written sum equals the uses the
-    senders reported. With room for fewer streams than there are, forgotten streams may
-    undercount — never overcount."""
+    """Three senders of one service and estimator (some alike but for the start time, some
+    with start time 0, some with a clock ahead of or behind serve's), in any interleaving of
+    uses, exports, restarts (new start time), resets (lower value), retries of the last export,
+    late retries of an older one and restarts of serve: the written sum never exceeds the uses
+    the senders reported — but where senders alike in everything send start time 0 (the
+    single-writer rule broken), whose first points may count as growth: never more than those
+    first points said. With start times, clocks that agree, one serve and room for every
+    stream it equals them."""
     now = [T0]
-    mapper = UsageMapper(CumulativeToDelta(created_ns=T0, limit=limit, clock=lambda: now[0]))
+
+    def converter(created_ns: int) -> CumulativeToDelta:
+        return CumulativeToDelta(
+            created_ns,
+            limit=limit,
+            clock=lambda: now[0],
+            max_ahead_ns=MAX_AHEAD,
+        )
+
+    def written_in_time(sample: UsageSample) -> int:
+        """What ``sample`` writes, but for points dated past ``max_time_ahead`` (refused)."""
+        points = mapper.points([sample])
+        return sum(
+            int(p.fields.get(ESTIMATOR + "_usages", 0))
+            for p in points
+            if p.time_ns <= now[0] + MAX_AHEAD
+        )
+
+    mapper = UsageMapper(converter(T0 - 10**6))  # serve has run for a while
     senders = [
         # alike senders share an identity (number 0) and differ only by start time
         Sender(
             number if distinct[number] else 0,
-            T0 + (-(10**6) if before else 1) * (number + 1),
-            before,
+            T0 + (-(10**7) if before else 1) * (number + 1),
+            before or unknown,
+            unknown,
+            skew,
         )
-        for number, before in enumerate(before_us)
+        for number, (before, unknown, skew) in enumerate(
+            zip(before_us, unknown_start, skews, strict=True)
+        )
     ]
     total = 0
+    restarted = False
     for kind, which, uses in events:
         now[0] += 1000
         sender = senders[which]
         if kind == "use":
             sender.value += uses
             continue
-        if kind == "restart":
-            sender.start_ns, sender.value, sender.before_us = now[0] - 1, 0, False
-            sender.new_run = sender.new_segment = True
+        if kind == "serve":  # serve restarts: all it knew is gone
+            restarted = True
+            mapper = UsageMapper(converter(now[0]))
+            for each in senders:
+                each.new_sight = True
+            continue
+        if kind == "restart":  # a new start time; without start times, a reset
+            sender.start_ns, sender.value = now[0] - 1, 0
+            sender.before_us = sender.unknown_start
+            sender.new_run = not sender.unknown_start
+            sender.new_segment = True
             continue
         if kind in ("retry", "late"):
             if sender.exported:
                 again = sender.exported[-1] if kind == "retry" else sender.exported[0]
-                total += written(mapper, [again])
+                total += written_in_time(again)
             continue
         if kind == "reset":  # the counter starts over: its next export is lower, at once
             sender.value = 0
             sender.new_segment = True
         sample = sender.sample(now[0])
+        if sender.new_segment or sender.new_sight:
+            sender.first_seen += sender.value
+            sender.new_sight = False
         if sender.new_run:
             sender.exported = []
         sender.exported.append(sample)
@@ -201,12 +283,144 @@ def test_interleaved_senders_resets_and_restarts_add_up(
         else:
             sender.segments[-1][1] = sender.value
         sender.new_run = sender.new_segment = False
-        total += written(mapper, [sample])
+        total += written_in_time(sample)
     truth = sum(sender.true_uses() for sender in senders)
-    forgotten = mapper.counts["usage_stream_evicted"]
+    unknown = [sender.number for sender in senders if sender.unknown_start]
+    alike_unknown = [sender for sender in senders if unknown.count(sender.number) > 1]
+    if alike_unknown:  # nothing tells their first points from growth
+        assert total <= truth + sum(sender.first_seen for sender in alike_unknown)
+        return
     assert total <= truth
-    if not forgotten:
+    in_time = all(0 <= skew <= MAX_AHEAD for skew in skews)
+    exact = in_time and not (restarted or any(unknown_start))
+    if exact and not mapper.counts["usage_stream_evicted"]:
         assert total == truth
+
+
+def test_two_senders_alike_with_start_time_0_count_growth_per_sender() -> None:
+    """The review's case: two senders alike in resource, scope and attributes, both with start
+    time 0, interleaved (A: 30, 31, 32; B: 1000, 1001, 1002). Their growth is counted per
+    sender, never from one's value to the other's (2,973 were written): B's first point reads
+    as growth (nothing tells it from one), A's next, lower, as a baseline; the others add their
+    uses (3). The overlap is counted and reported once. B first, the 4 uses are written."""
+    mapper = UsageMapper(CumulativeToDelta(created_ns=T0))
+    total = 0
+    for interval in range(1, 4):
+        time_ns = T0 + interval * 60 * 10**9
+        a = UsageSample(SERVICE, ESTIMATOR, 0, time_ns, 29 + interval, True, stream=1)
+        b = UsageSample(SERVICE, ESTIMATOR, 0, time_ns + 10**9, 999 + interval, True, stream=1)
+        total += written(mapper, [a]) + written(mapper, [b])
+    assert total == 970 + 3
+    assert mapper.counts[Reason.USAGE_STREAM_OVERLAP] == 3
+    assert mapper.new_overlaps == [(SERVICE, ESTIMATOR)]
+    # B first: nothing is counted across
+    mapper = UsageMapper(CumulativeToDelta(created_ns=T0))
+    total = 0
+    for interval in range(1, 4):
+        time_ns = T0 + interval * 60 * 10**9
+        b = UsageSample(SERVICE, ESTIMATOR, 0, time_ns, 999 + interval, True, stream=1)
+        a = UsageSample(SERVICE, ESTIMATOR, 0, time_ns + 10**9, 29 + interval, True, stream=1)
+        total += written(mapper, [b]) + written(mapper, [a])
+    assert total == 4
+
+
+def test_a_sender_clock_ahead_does_not_count_a_stream_in_full_twice() -> None:
+    """A sender whose clock runs 200 s ahead of serve's: its stream started (on its clock)
+    after serve restarted, yet serve's previous run counted it in full. Its next point, to the
+    new run, is a baseline: the stream's age on its own clock says it began before the new run
+    did."""
+    second = 10**9
+    ahead = 200 * second
+    old_run = UsageMapper(CumulativeToDelta(T0 - 3600 * second, clock=lambda: T0 + 60 * second))
+    # started at T0 (T0 + 200 s on its clock), exported at T0 + 60 s
+    first = UsageSample(SERVICE, ESTIMATOR, T0 + ahead, T0 + 60 * second + ahead, 10, True)
+    assert written(old_run, [first]) == 10
+    restarted = T0 + 90 * second  # before the stream's start on the sender's clock
+    new_run = UsageMapper(CumulativeToDelta(restarted, clock=lambda: T0 + 120 * second))
+    after = first._replace(time_ns=T0 + 120 * second + ahead, value=12)
+    assert written(new_run, [after]) == 0
+    assert new_run.counts == {Reason.USAGE_BASELINE: 1}
+    assert written(new_run, [after._replace(time_ns=after.time_ns + 1, value=15)]) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (2.5, Reason.FRACTIONAL_USAGE),
+        (0.25, Reason.FRACTIONAL_USAGE),
+        (float("nan"), Reason.NONFINITE_USAGE),
+        (float("inf"), Reason.NONFINITE_USAGE),
+        (-3, Reason.NEGATIVE_USAGE),
+        (-3.0, Reason.NEGATIVE_USAGE),
+    ],
+)
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_a_usage_that_is_not_a_whole_number_is_dropped_and_counted(
+    value: float, reason: Reason, cumulative: bool
+) -> None:
+    """A delta or cumulative value of 2.5 uses (NaN, infinite, negative) is dropped and counted
+    by its reason — never rounded; 3.0 is three uses."""
+    mapper = UsageMapper(CumulativeToDelta(created_ns=T0, clock=lambda: T0 + 10**12))
+    sample = UsageSample(SERVICE, ESTIMATOR, T0 + 1, T0 + 10, value, cumulative)
+    assert written(mapper, [sample]) == 0
+    assert mapper.counts == {reason: 1}
+    whole = sample._replace(value=3.0, time_ns=T0 + 20)
+    assert written(mapper, [whole]) == 3
+
+
+def usages_request(service: str, points: list[tuple[int, int, float]]) -> Any:
+    """An OTLP request of cumulative ``luna.usages`` points (start, time, value) of one stream;
+    a float value is sent as ``as_double``."""
+    request = otlp.ExportMetricsServiceRequest()
+    resource_metrics = request.resource_metrics.add()
+    resource_metrics.resource.attributes.add(key="service.name").value.string_value = service
+    metric = resource_metrics.scope_metrics.add().metrics.add(name="luna.usages")
+    metric.sum.aggregation_temporality = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+    metric.sum.is_monotonic = True
+    for start_ns, time_ns, value in points:
+        point = metric.sum.data_points.add(start_time_unix_nano=start_ns, time_unix_nano=time_ns)
+        if isinstance(value, float):
+            point.as_double = value
+        else:
+            point.as_int = value
+        point.attributes.add(key="luna.estimator").value.string_value = ESTIMATOR
+    return request
+
+
+def test_serve_warns_once_of_senders_alike_and_drops_fractional_usages(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Through serve's receiver: the review's two senders alike with start time 0 write 973,
+    not 2,973, and one warning line names the service and the metric; a value of 2.5 uses is
+    rejected and named in the partial success (``fractional_usage``), not written as 2."""
+    sink = InMemorySink()
+    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    try:
+        now = time.time_ns()
+        with caplog.at_level(logging.WARNING, logger="otel_luna"):
+            for interval in range(1, 4):
+                at = now + interval * 10**9
+                for time_ns, value in ((at, 29 + interval), (at + 1000, 999 + interval)):
+                    request = usages_request("alike", [(0, time_ns, value)])
+                    assert receiver.accept_metrics(request)[0] == 0
+        rejected, message, _ = receiver.accept_metrics(
+            usages_request("halves", [(now, now + 10**9, 2.5)])
+        )
+        assert rejected == 1 and "fractional_usage=1" in message
+        assert receiver.ingest.force_flush(10)
+    finally:
+        receiver.shutdown()
+    total = sum(
+        int(line.rsplit(" ", 2)[1].split("=")[1].rstrip("i"))
+        for line in sink.lines
+        if line.startswith("usages_statistic,service=alike ")
+    )
+    assert total == 970 + 3
+    assert not any("service=halves" in line for line in sink.lines)
+    warnings = [r.getMessage() for r in caplog.records if "usage_stream_overlap" in r.getMessage()]
+    assert len(warnings) == 1 and "\n" not in warnings[0], caplog.text
+    assert "'alike'" in warnings[0] and "luna.usages" in warnings[0]
+    assert "service.instance.id" in warnings[0]
 
 
 # -- bounded state --------------------------------------------------------------------------------
@@ -258,9 +472,9 @@ def test_with_several_serve_workers_a_first_point_is_a_baseline() -> None:
         assert profile.usage_mapper is not None
         mapper = profile.usage_mapper(settings)
         start = time.time_ns()
-        sample = UsageSample(SERVICE, ESTIMATOR, start, start + 10**9, 10, True, stream=1)
+        sample = UsageSample(SERVICE, ESTIMATOR, start, start + 1, 10, True, stream=1)
         assert written(mapper, [sample]) == first
-        assert written(mapper, [sample._replace(time_ns=start + 2 * 10**9, value=25)]) == 15
+        assert written(mapper, [sample._replace(time_ns=start + 2, value=25)]) == 15
 
 
 def test_record_usages_keeps_a_bounded_map_of_estimators(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,8 +31,9 @@ T0 = 1_700_000_000_000_000_000
 def test_cumulative_to_delta_with_restart_and_reset() -> None:
     """Deltas per stream: steady growth, a reset (lower value), a restart (new start time),
     a late point (ignored, counted)."""
-    converter = CumulativeToDelta(created_ns=T0, clock=lambda: T0)
+    converter = CumulativeToDelta(created_ns=T0, clock=lambda: T0 + 100)
     counts: Counter[Reason] = Counter()
+    converter.expire(counts)  # reads the clock
     stream = ("svc", "face_detector", 0)
     assert converter.delta(stream, T0 + 1, T0 + 10, 5, counts) == 5  # started after us: in full
     assert converter.delta(stream, T0 + 1, T0 + 20, 12, counts) == 7

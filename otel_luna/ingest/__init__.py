@@ -207,6 +207,17 @@ class Ingest:
                 self._usage_errors.error()
                 counts[_MAPPING_ERROR] += max(1, len(taken))
                 points = []
+            for service, estimator in mapper.new_overlaps:
+                _logger.warning(
+                    "otel-luna: luna.usages of service %s, estimator %s: a stream without start "
+                    "time went down and up again, two senders alike (usage_stream_overlap); "
+                    "growth is counted per sender, but a sender's first value may read as "
+                    "growth - set start times (every OpenTelemetry SDK does) or a distinct "
+                    "service.instance.id per sender",
+                    ascii(service),
+                    ascii(estimator),
+                )
+            mapper.new_overlaps.clear()
             for point in points:
                 if not earliest <= point.time_ns <= latest:
                     counts[_TOO_OLD if point.time_ns < earliest else _TOO_FAR_AHEAD] += 1

@@ -77,6 +77,15 @@ STREAM_LIMIT = 10_000
 STALE_NS = 3600 * 10**9
 
 
+#: How far ahead of ours a sender's clock may run for forgetting a stream to stay sound (the
+#: marks it raises are never put past now plus this): ``max_time_ahead``, whose later points
+#: are not written anyway.
+MAX_AHEAD_NS = 600 * 10**9
+#: The values a stream of unknown start time had before it went down, kept per stream (each
+#: may be another sender's last value: :meth:`CumulativeToDelta.delta`).
+KEPT_VALUES = 8
+
+
 class _Last(NamedTuple):
     """What a stream's next point is compared with."""
 
@@ -84,6 +93,8 @@ class _Last(NamedTuple):
     time_ns: int
     value: float
     seen_ns: int  # the converter's clock when it came
+    #: Unknown start time only: the values it had before it went down, the latest first.
+    kept: tuple[float, ...] = ()
 
 
 class CumulativeToDelta:
@@ -97,27 +108,43 @@ class CumulativeToDelta:
     The first point of a stream counts in full only if the stream started after this converter
     did — its ``start_time_unix_nano`` says from when the value counts, and we were watching
     since before then — else it is the baseline (uses before it may have been counted by a
-    previous run: the Collector's ``initial_value: auto``). A point with an unknown start
-    (0, or not before its time: the data model's "unknown start time") is a baseline too, and
-    so is every first point when ``first_in_full`` is false: where another process may have
-    counted the stream's earlier points (``serve --workers N``, whose clients' connections can
-    move from one worker to another).
+    previous run: the Collector's ``initial_value: auto``). Its start must be after ours on both
+    clocks: by its start time, and by its age on its own clock (``time - start``) counted back
+    from when the point came — so a sender whose clock runs ahead of ours does not count in full
+    again a stream a previous run counted, unless its point also came later after being made
+    than the stream's age at our start. A point with an
+    unknown start (0, or not before its time: the data model's "unknown start time") is a
+    baseline too, and so is every first point when ``first_in_full`` is false: where another
+    process may have counted the stream's earlier points (``serve --workers N``, whose clients'
+    connections can move from one worker to another). A baseline must be newer than this
+    converter's start: a point retried across a restart may be older than one a previous run
+    had.
 
-    Within a stream, a later point with a lower value is a reset without a new start time (a
-    Prometheus-style counter): it counts from zero again. A point not later than the last one
-    (an out-of-order or late retried request) adds nothing: equal, it is the same point again;
-    older or lower, it is counted as ``out_of_order_usage``.
+    Within a stream with a start time, a later point with a lower value is a reset without a
+    new start time (a Prometheus-style counter): it counts from zero again. A point not later
+    than the last one (an out-of-order or late retried request) adds nothing: equal, it is the
+    same point again; older or lower, it is counted as ``out_of_order_usage``.
+
+    A stream of unknown start time cannot tell a reset from a second sender alike in everything
+    (the data model's single-writer rule broken): both go down. There a lower value is a new
+    baseline, not a count from zero, and the value it went down from is kept (up to
+    ``KEPT_VALUES``). A later point counts its growth from the highest of the last and the kept
+    values not above it; from a kept one (the stream went down and up again: the overlap of two
+    senders) it is counted as ``usage_stream_overlap`` and :attr:`overlaps` names the stream.
+    Growth is thus counted along each sender's values, never from one sender's value to
+    another's — but for a sender's first value, which nothing tells from growth.
 
     At most ``limit`` streams are kept; past it the least recently seen is evicted, and one not
     seen for ``stale_ns`` expires. A forgotten stream that comes back must not count again what
-    was counted, so forgetting one raises two marks (never past now, whatever a sender's clock
-    says): a stream first seen must have started after the forgotten one's start to count in
-    full, else it is a baseline; and a baseline must be newer than the forgotten one's last
-    point, else the point is ignored (``out_of_order_usage``). A forgotten stream thus comes back
-    as a baseline taken from a point newer than any it had. The cost falls on streams first seen
-    after an eviction that started before it: their first interval is not counted. Forgetting
-    may undercount, never double count. ``clock`` gives the current time in ns (tests inject
-    it).
+    was counted, so forgetting one raises two marks (never past now plus ``max_ahead_ns``,
+    whatever a sender's clock says): a stream first seen must have started after the forgotten
+    one's start to count in full, else it is a baseline; and a baseline must be newer than the
+    forgotten one's last point, else the point is ignored (``out_of_order_usage``). A forgotten
+    stream thus comes back as a baseline taken from a point newer than any it had. The cost
+    falls on streams first seen after an eviction that started before it: their first interval
+    is not counted. Forgetting may undercount, never double count (but for a sender clock
+    running more than ``max_ahead_ns`` ahead, whose points are not written anyway). ``clock``
+    gives the current time in ns (tests inject it).
     """
 
     def __init__(
@@ -128,14 +155,19 @@ class CumulativeToDelta:
         stale_ns: int = STALE_NS,
         clock: Callable[[], int] = time.time_ns,
         first_in_full: bool = True,
+        max_ahead_ns: int = MAX_AHEAD_NS,
     ) -> None:
         self._clock = clock
+        self._max_ahead_ns = max_ahead_ns or MAX_AHEAD_NS
+        #: The streams (as :meth:`delta` was given them) seen to overlap since last taken.
+        self.overlaps: list[Any] = []
         self._first_in_full = first_in_full
         self._created_ns = clock() if created_ns is None else created_ns
         #: A stream first seen counts in full only if it started at or after this.
         self._counts_from_ns = self._created_ns
-        #: A baseline must be newer than this: the last point of the streams forgotten.
-        self._forgotten_ns = 0
+        #: A baseline must be newer than this: the last point of the streams forgotten — and
+        #: of those a previous run saw (a point retried across a restart is no baseline).
+        self._forgotten_ns = self._created_ns
         self._limit = max(1, limit)
         self._stale_ns = stale_ns
         #: Least recently seen first.
@@ -160,7 +192,7 @@ class CumulativeToDelta:
             counts[Reason.USAGE_STREAM_EXPIRED] += 1
 
     def _forgot(self, stream: _Last) -> None:
-        now = self._now
+        now = self._now + self._max_ahead_ns
         if stream.start_ns and stream.start_ns < stream.time_ns:
             self._counts_from_ns = max(self._counts_from_ns, min(stream.start_ns + 1, now))
         self._forgotten_ns = max(self._forgotten_ns, min(stream.time_ns, now))
@@ -171,8 +203,15 @@ class CumulativeToDelta:
         """The uses of ``stream`` (its identity without the start time) since its last point."""
         key = (stream, start_ns)
         last = self._last.get(key)
+        known_start = 0 < start_ns < time_ns
         if last is None:
-            new = self._first_in_full and 0 < self._counts_from_ns <= start_ns < time_ns
+            new = (
+                self._first_in_full
+                and known_start
+                and 0 < self._counts_from_ns <= start_ns
+                # and by its age on its own clock, had it come at once
+                and self._now - (time_ns - start_ns) >= self._counts_from_ns
+            )
             if not new and time_ns <= self._forgotten_ns:  # maybe older than one forgotten
                 counts[Reason.OUT_OF_ORDER_USAGE] += 1
                 return 0
@@ -188,11 +227,31 @@ class CumulativeToDelta:
         if time_ns < last.time_ns or (time_ns == last.time_ns and value < last.value):
             counts[Reason.OUT_OF_ORDER_USAGE] += 1
             return 0
-        self._last[key] = _Last(start_ns, time_ns, value, self._now)
         self._last.move_to_end(key)
-        if value < last.value:
-            return value
-        return value - last.value
+        if known_start:
+            self._last[key] = _Last(start_ns, time_ns, value, self._now)
+            return value if value < last.value else value - last.value
+        values = (last.value, *last.kept)
+        base = max((kept for kept in values if kept <= value), default=None)
+        if base is None:  # below them all: a reset, or another sender's first point
+            kept = values[:KEPT_VALUES]
+            counts[Reason.USAGE_BASELINE] += 1
+            base = value
+        elif base == last.value:
+            kept = last.kept
+        else:  # down and up again: growth from another sender's last value
+            others = list(last.kept)
+            others.remove(base)
+            kept = (last.value, *others)
+            counts[Reason.USAGE_STREAM_OVERLAP] += 1
+            self.overlaps.append(stream)
+        self._last[key] = _Last(start_ns, time_ns, value, self._now, kept)
+        return value - base
+
+
+#: How many (service, estimator) pairs :class:`UsageMapper` remembers having reported as
+#: overlapping; past it, no more are reported (the counter still counts).
+OVERLAPS_REPORTED = 1000
 
 
 class UsageMapper:
@@ -202,6 +261,10 @@ class UsageMapper:
         self.counts: Counter[Reason] = Counter()
         self.times = SeriesTimes()
         self._converter = converter if converter is not None else CumulativeToDelta()
+        #: (service, estimator) seen to overlap for the first time (``usage_stream_overlap``),
+        #: for the caller to warn about once; the caller empties it.
+        self.new_overlaps: list[tuple[str, str]] = []
+        self._reported: set[tuple[str, str]] = set()
 
     def points(self, samples: Iterable[UsageSample]) -> list[Point]:
         by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
@@ -215,18 +278,27 @@ class UsageMapper:
             if not math.isfinite(value):
                 counts[Reason.NONFINITE_USAGE] += 1
                 continue
-            if sample.cumulative:
-                stream = (sample.service, sample.estimator, sample.stream)
-                value = converter.delta(stream, sample.start_ns, sample.time_ns, value, counts)
             if value < 0:
                 counts[Reason.NEGATIVE_USAGE] += 1
                 continue
-            count = round(value)
+            if value != int(value):  # 2.5 uses: never rounded
+                counts[Reason.FRACTIONAL_USAGE] += 1
+                continue
+            if sample.cumulative:
+                stream = (sample.service, sample.estimator, sample.stream)
+                value = converter.delta(stream, sample.start_ns, sample.time_ns, value, counts)
+            count = int(value)
             if count == 0:
                 continue
             fields = by_point.setdefault((sample.service, sample.time_ns, sample.origin), {})
             key = sample.estimator + schema.USAGES_SUFFIX
             fields[key] = int(fields.get(key, 0)) + count
+        for service, estimator, _ in converter.overlaps:
+            pair = (service, estimator)
+            if pair not in self._reported and len(self._reported) < OVERLAPS_REPORTED:
+                self._reported.add(pair)
+                self.new_overlaps.append(pair)
+        converter.overlaps.clear()
         points = []
         for (service, time_ns, origin), fields in by_point.items():
             tags = (("service", service),)
