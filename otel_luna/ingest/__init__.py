@@ -31,6 +31,7 @@ from otel_luna.delivery.writer import BatchWriter
 from otel_luna.encoding.lineprotocol import InvalidPointError
 from otel_luna.mapping.records import SpanRecord, UsageSample
 from otel_luna.mapping.timestamps import time_window
+from otel_luna.mapping.usages import OVERLAP_WINDOW_NS
 from otel_luna.outcomes import Reason, describe, problems, rejected
 from otel_luna.profiles import LINE_PROTOCOL, profile_of
 from otel_luna.settings import Settings
@@ -41,6 +42,8 @@ _MAPPED = Reason.MAPPED
 _MAPPING_ERROR = Reason.MAPPING_ERROR
 _TOO_FAR_AHEAD = Reason.TIME_TOO_FAR_AHEAD
 _TOO_OLD = Reason.TIME_TOO_OLD
+#: Characters of a service or estimator name a warning shows (the sender chooses its length).
+_NAME_SHOWN = 100
 #: The ``signal`` each way in counts under (the self-metrics' attribute).
 TRACES = "traces"
 METRICS = "metrics"
@@ -210,12 +213,13 @@ class Ingest:
             for service, estimator in mapper.new_overlaps:
                 _logger.warning(
                     "otel-luna: luna.usages of service %s, estimator %s: a stream without start "
-                    "time went down and up again, two senders alike (usage_stream_overlap); "
-                    "growth is counted per sender, but a sender's first value may read as "
-                    "growth - set start times (every OpenTelemetry SDK does) or a distinct "
-                    "service.instance.id per sender",
-                    ascii(service),
-                    ascii(estimator),
+                    "time went down twice within %d minutes - restarts, or senders alike whose "
+                    "values add up (usage_stream_overlap: usages may be inflated); set start "
+                    "times (every OpenTelemetry SDK does) or a distinct service.instance.id per "
+                    "sender",
+                    ascii(service[:_NAME_SHOWN]),  # a name's first characters: one short line
+                    ascii(estimator[:_NAME_SHOWN]),
+                    OVERLAP_WINDOW_NS // (60 * 10**9),
                 )
             mapper.new_overlaps.clear()
             for point in points:

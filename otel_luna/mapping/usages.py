@@ -81,9 +81,9 @@ STALE_NS = 3600 * 10**9
 #: marks it raises are never put past now plus this): ``max_time_ahead``, whose later points
 #: are not written anyway.
 MAX_AHEAD_NS = 600 * 10**9
-#: The values a stream of unknown start time had before it went down, kept per stream (each
-#: may be another sender's last value: :meth:`CumulativeToDelta.delta`).
-KEPT_VALUES = 8
+#: A stream of unknown start time whose value goes down twice within this long (its points'
+#: times) is reported as maybe two senders alike (``usage_stream_overlap``): restarts are rarer.
+OVERLAP_WINDOW_NS = 600 * 10**9
 
 
 class _Last(NamedTuple):
@@ -93,8 +93,8 @@ class _Last(NamedTuple):
     time_ns: int
     value: float
     seen_ns: int  # the converter's clock when it came
-    #: Unknown start time only: the values it had before it went down, the latest first.
-    kept: tuple[float, ...] = ()
+    #: When (point time) its value last went down; 0 if never.
+    reset_ns: int = 0
 
 
 class CumulativeToDelta:
@@ -126,13 +126,12 @@ class CumulativeToDelta:
     same point again; older or lower, it is counted as ``out_of_order_usage``.
 
     A stream of unknown start time cannot tell a reset from a second sender alike in everything
-    (the data model's single-writer rule broken): both go down. There a lower value is a new
-    baseline, not a count from zero, and the value it went down from is kept (up to
-    ``KEPT_VALUES``). A later point counts its growth from the highest of the last and the kept
-    values not above it; from a kept one (the stream went down and up again: the overlap of two
-    senders) it is counted as ``usage_stream_overlap`` and :attr:`overlaps` names the stream.
-    Growth is thus counted along each sender's values, never from one sender's value to
-    another's — but for a sender's first value, which nothing tells from growth.
+    (the data model's single-writer rule broken): both go down, and the second sender's values
+    then look like growth. A lower value is counted as a reset, which is exact for the one
+    sender the data model allows (a restart loses nothing); senders alike add up (inflate), and
+    no rule on values alone can avoid it without losing a restarting sender's uses. So a stream
+    whose value goes down twice within ``OVERLAP_WINDOW_NS`` of its point times is counted as
+    ``usage_stream_overlap`` and named in :attr:`overlaps`, for the caller to warn about.
 
     At most ``limit`` streams are kept; past it the least recently seen is evicted, and one not
     seen for ``stale_ns`` expires. A forgotten stream that comes back must not count again what
@@ -228,25 +227,15 @@ class CumulativeToDelta:
             counts[Reason.OUT_OF_ORDER_USAGE] += 1
             return 0
         self._last.move_to_end(key)
-        if known_start:
-            self._last[key] = _Last(start_ns, time_ns, value, self._now)
-            return value if value < last.value else value - last.value
-        values = (last.value, *last.kept)
-        base = max((kept for kept in values if kept <= value), default=None)
-        if base is None:  # below them all: a reset, or another sender's first point
-            kept = values[:KEPT_VALUES]
-            counts[Reason.USAGE_BASELINE] += 1
-            base = value
-        elif base == last.value:
-            kept = last.kept
-        else:  # down and up again: growth from another sender's last value
-            others = list(last.kept)
-            others.remove(base)
-            kept = (last.value, *others)
+        if value >= last.value:
+            self._last[key] = _Last(start_ns, time_ns, value, self._now, last.reset_ns)
+            return value - last.value
+        # A reset: counts from zero again (or, of unknown start, maybe a second sender alike).
+        if not known_start and last.reset_ns and time_ns - last.reset_ns < OVERLAP_WINDOW_NS:
             counts[Reason.USAGE_STREAM_OVERLAP] += 1
             self.overlaps.append(stream)
-        self._last[key] = _Last(start_ns, time_ns, value, self._now, kept)
-        return value - base
+        self._last[key] = _Last(start_ns, time_ns, value, self._now, time_ns)
+        return value
 
 
 #: How many (service, estimator) pairs :class:`UsageMapper` remembers having reported as
