@@ -10,6 +10,7 @@ import contextlib
 import re
 import resource
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -171,3 +172,28 @@ def test_a_10_mb_health_request_head_leaves_nothing_in_the_log(tmp_path: Path) -
         good_requests_answered(serve, grpc_too=True)
     logged = [n for n in serve.output.splitlines() if not n.startswith("otel-luna serve: ")]
     assert logged == []
+
+
+def test_a_grpc_connection_that_keeps_calling_is_recycled_after_its_maximum_age(
+    tmp_path: Path,
+) -> None:
+    """A connection that calls every 0.3 s is never idle (``SERVE_IDLE_TIMEOUT`` 1 s here), yet
+    serve closes it (GOAWAY) after five idle timeouts all the same and the client reconnects:
+    connections that keep calling cannot hold the gRPC cap for ever (second review: 100
+    channels calling with a wrong token every 4 s kept every new client out)."""
+    body = trace_request(server_spans(1)[0]).SerializeToString()
+    with Serve(env(tmp_path)) as serve:
+        states: list[grpc.ChannelConnectivity] = []
+        channel = grpc.insecure_channel(serve.grpc_target)
+        try:
+            channel.subscribe(states.append, try_to_connect=True)
+            export = channel.unary_unary(
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+            )
+            deadline = time.monotonic() + SETTLE
+            while states.count(grpc.ChannelConnectivity.READY) < 2:
+                assert time.monotonic() < deadline, f"never recycled: {states}"
+                export(body, timeout=HTTP_TIMEOUT)
+                time.sleep(0.3)
+        finally:
+            channel.close()

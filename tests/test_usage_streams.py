@@ -168,8 +168,7 @@ MAX_AHEAD = 10**9
 )
 @example(  # one sender without start time restarting again and again (second review)
     events=[("use", 0, 400), ("export", 0, 0), ("use", 0, 600), ("export", 0, 0)]
-    + [("restart", 0, 0), ("use", 0, 10), ("export", 0, 0), ("use", 0, 1000), ("export", 0, 0)]
-    * 4,
+    + [("restart", 0, 0), ("use", 0, 10), ("export", 0, 0), ("use", 0, 1000), ("export", 0, 0)] * 4,
     distinct=[True] * SENDERS,
     before_us=[True] * SENDERS,
     unknown_start=[True] * SENDERS,

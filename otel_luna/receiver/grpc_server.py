@@ -411,6 +411,11 @@ class GrpcServer:
         return stopped
 
 
+#: A gRPC connection is closed (GOAWAY; clients reconnect) after this many
+#: ``serve_idle_timeout``s, busy or not (5 minutes by default).
+CONNECTION_AGE_IDLE_TIMEOUTS = 5
+
+
 def start_grpc(
     receiver: Receiver, settings: Settings, port: int, *, reuse_port: bool = False
 ) -> tuple[GrpcServer, int]:
@@ -429,6 +434,14 @@ def start_grpc(
         # connections cannot take all file descriptors from the OTLP/HTTP port.
         ("grpc.server_handshake_timeout_ms", int(settings.serve_read_timeout * 1000)),
         ("grpc.max_connection_idle_ms", int(settings.serve_idle_timeout * 1000)),
+        # ... and a connection that keeps calling (even with a wrong token) is closed with
+        # GOAWAY after CONNECTION_AGE_IDLE_TIMEOUTS idle timeouts all the same, its calls given
+        # serve_read_timeout to end: no client holds a slot of the cap for ever.
+        (
+            "grpc.max_connection_age_ms",
+            int(settings.serve_idle_timeout * CONNECTION_AGE_IDLE_TIMEOUTS * 1000),
+        ),
+        ("grpc.max_connection_age_grace_ms", int(settings.serve_read_timeout * 1000)),
         (
             "grpc.max_allowed_incoming_connections",
             grpc_connection_limit(settings.serve_max_connections),

@@ -47,15 +47,21 @@ def raise_open_file_limit() -> None:
         )
 
 
+#: Most gRPC connections whatever the open-file limit: grpc keeps ~17 KB per connection, so a
+#: hard limit of 524,288 (systemd's) would otherwise allow gigabytes of idle connections.
+GRPC_CONNECTIONS_MAX = 10_000
+
+
 def grpc_connection_limit(http_connections: int) -> int:
     """Most gRPC connections at once: what the open-file limit leaves after the OTLP/HTTP
     connections (``serve_max_connections``), the health endpoint's and :data:`FD_RESERVE`
-    (at least 16). gRPC clients send all their calls over one connection each."""
+    (at least 16, at most :data:`GRPC_CONNECTIONS_MAX`). gRPC clients send all their calls over
+    one connection each."""
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if soft == resource.RLIM_INFINITY:
         soft = 2**31 - 1
     left = soft - http_connections - HEALTH_CONNECTIONS - FD_RESERVE
-    return int(min(2**31 - 1, max(16, left)))
+    return int(min(GRPC_CONNECTIONS_MAX, max(16, left)))
 
 
 def check_tls_files(settings: Settings) -> None:
