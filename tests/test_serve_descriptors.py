@@ -197,3 +197,27 @@ def test_a_grpc_connection_that_keeps_calling_is_recycled_after_its_maximum_age(
                 time.sleep(0.3)
         finally:
             channel.close()
+
+
+def test_health_heads_with_bare_line_feeds_head_requests_and_empty_heads(tmp_path: Path) -> None:
+    """Second review: a head ending in bare LFs (RFC 9112 lets a server accept them) is
+    answered, not timed out; ``HEAD`` gets GET's head without a body; an empty head is a 400,
+    not "head too large"."""
+
+    def ask(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), HTTP_TIMEOUT) as sock:
+            sock.sendall(request)
+            answer = b""
+            while data := sock.recv(65536):
+                answer += data
+            return answer
+
+    with Serve(env(tmp_path), "--health-port", "0") as serve:
+        assert serve.health_port is not None
+        port = serve.health_port
+        assert ask(b"GET /healthz HTTP/1.1\n\n").startswith(b"HTTP/1.1 200 ")
+        head = ask(b"HEAD /readyz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), head
+        assert b"Content-Length: " in head and b'"ready"' not in head
+        assert ask(b"\r\n\r\n").startswith(b"HTTP/1.1 400 ")
+        assert ask(b"POST /readyz HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 405 ")

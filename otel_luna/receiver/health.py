@@ -31,6 +31,7 @@ import http
 import json
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -60,6 +61,8 @@ START_TIMEOUT = STOP_TIMEOUT = 10.0
 READ_TIMEOUT = 10.0
 #: Bytes a request head may take (a probe's or a scraper's takes a few hundred).
 MAX_HEAD_BYTES = 8192
+#: The blank line that ends a request head.
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -333,34 +336,40 @@ class HealthServer:
                 task = asyncio.current_task()
                 if task in self._connections:
                     self._connections[task] = True  # answering: closed for room only last
-                answer = await self._route(head) if head else _answer(431, "head too large")
+                answer = await self._route(head) if head is not None else _TOO_LARGE
             with contextlib.suppress(OSError, asyncio.TimeoutError):  # the client went away
                 await asyncio.wait_for(self.loop.sock_sendall(conn, answer), self.read_timeout)
         finally:
             conn.close()
 
-    async def _read_head(self, conn: socket.socket) -> bytes:
-        """The request head up to its blank line; empty if it passes MAX_HEAD_BYTES."""
+    async def _read_head(self, conn: socket.socket) -> bytes | None:
+        """The request head up to its blank line (CRLF or bare LF line ends, as RFC 9112
+        lets a server accept); None if it passes MAX_HEAD_BYTES."""
         head = b""
-        while b"\r\n\r\n" not in head:
+        while (end := _HEAD_END.search(head)) is None:
             if len(head) > MAX_HEAD_BYTES:
-                return b""
+                return None
             data = await self.loop.sock_recv(conn, MAX_HEAD_BYTES + 1)
             if not data:
                 raise ConnectionResetError("closed before the end of the head")
             head += data
-        head = head.split(b"\r\n\r\n", 1)[0]
-        return head if len(head) <= MAX_HEAD_BYTES else b""
+        head = head[: end.start()]
+        return head if len(head) <= MAX_HEAD_BYTES else None
 
     async def _route(self, head: bytes) -> bytes:
-        method, _, rest = head.split(b"\r\n", 1)[0].partition(b" ")
+        method, _, rest = head.lstrip(b"\r\n").split(b"\n", 1)[0].partition(b" ")
         path = rest.partition(b" ")[0].partition(b"?")[0]
+        if not method or not path:
+            return _answer(400, "not an HTTP request line")
         handler = self._routes().get(path)
         if handler is None:
             return _answer(404, "not found")
-        if method != b"GET":
-            return _answer(405, "only GET", {"Allow": "GET"})
-        return await handler()
+        if method not in (b"GET", b"HEAD"):
+            return _answer(405, "only GET and HEAD", {"Allow": "GET, HEAD"})
+        answer = await handler()
+        if method == b"HEAD":  # the same head, no body
+            return answer.partition(b"\r\n\r\n")[0] + b"\r\n\r\n"
+        return answer
 
     def _routes(self) -> dict[bytes, Callable[[], Awaitable[bytes]]]:
         return {b"/healthz": self._healthz, b"/readyz": self._readyz, b"/metrics": self._metrics}
@@ -408,6 +417,9 @@ def _answer(status: int, text: str, headers: Mapping[str, str] | None = None) ->
     lines += [f"{name}: {value}" for name, value in fields.items()]
     lines += [f"Content-Length: {len(body)}", "Connection: close", "Server: otel-luna"]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_TOO_LARGE = _answer(431, "head too large")
 
 
 def _json_answer(status: int, value: object) -> bytes:
