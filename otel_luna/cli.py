@@ -445,9 +445,12 @@ def _spool(args: argparse.Namespace) -> int:
                 )
                 return EXIT_USAGE
             discarded = spoolctl.discard(root, args.destination)
+            left = {name for name, _ in discarded.left}
+            removed = sum(1 for name, _, _ in discarded.directories if name not in left)
             print(
-                f"discarded {len(discarded.directories)} process directories of "
-                f"{args.destination}: {discarded.lines} points / {discarded.bytes} bytes deleted"
+                f"discarded {removed} process directories of {args.destination}"
+                + (f" ({len(left)} left, below)" if left else "")
+                + f": {discarded.lines} points / {discarded.bytes} bytes deleted"
             )
             for name, why in discarded.left:
                 print(

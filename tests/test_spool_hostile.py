@@ -398,7 +398,8 @@ def test_discard_says_what_it_left_and_status_does_not_promise_a_removal(
     assert "left: holds files the spool refuses (00000000000000000009.seg)" in out
     assert main(["spool", "discard", "dest", "--yes", "--spool-dir", str(root)]) == 1
     captured = capsys.readouterr()
-    assert captured.out.startswith("discarded 2 process directories of dest: 1 points / ")
+    removed = "discarded 1 process directories of dest (1 left, below): 1 points / "
+    assert captured.out.startswith(removed)
     assert captured.err == (
         f"otel-luna spool discard: left dest/{fifo.name}: holds files the spool refuses "
         "(00000000000000000009.seg: a segment that is a FIFO); remove it by hand\n"
