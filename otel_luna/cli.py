@@ -388,9 +388,14 @@ def _spool(args: argparse.Namespace) -> int:
                         print(f"    {name}: refused: {printable(str(process['refused']))}")
                         continue
                     state = "running" if process["running"] else "gone"
+                    held = ", ".join(
+                        f"{printable(file)}: {printable(why)}"
+                        for file, why in process["holds_refused"].items()
+                    )
                     print(
                         f"    {name}: {state}, {process['pending_lines']} points "
                         f"/ {process['pending_bytes']} bytes"
+                        + (f"; holds files the spool refuses ({held})" if held else "")
                     )
             return EXIT_OK
         if args.action == "move":
@@ -445,11 +450,11 @@ def _spool(args: argparse.Namespace) -> int:
                 )
                 return EXIT_USAGE
             discarded = spoolctl.discard(root, args.destination)
-            left = {name for name, _ in discarded.left}
-            removed = sum(1 for name, _, _ in discarded.directories if name not in left)
+            kept = {name for name, _ in discarded.left}
+            removed = sum(1 for name, _, _ in discarded.directories if name not in kept)
             print(
                 f"discarded {removed} process directories of {args.destination}"
-                + (f" ({len(left)} left, below)" if left else "")
+                + (f" ({len(kept)} left, below)" if kept else "")
                 + f": {discarded.lines} points / {discarded.bytes} bytes deleted"
             )
             for name, why in discarded.left:

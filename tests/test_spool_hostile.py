@@ -396,6 +396,12 @@ def test_discard_says_what_it_left_and_status_does_not_promise_a_removal(
     assert main(["status", str(root)]) == 0
     out = capsys.readouterr().out
     assert "left: holds files the spool refuses (00000000000000000009.seg)" in out
+    assert main(["spool", "list", "--spool-dir", str(root)]) == 0
+    listed = capsys.readouterr().out
+    assert (
+        f"    {fifo.name}: gone, 0 points / 0 bytes; holds files the spool refuses "
+        "(00000000000000000009.seg: a segment that is a FIFO)"
+    ) in listed, listed
     assert main(["spool", "discard", "dest", "--yes", "--spool-dir", str(root)]) == 1
     captured = capsys.readouterr()
     removed = "discarded 1 process directories of dest (1 left, below): 1 points / "

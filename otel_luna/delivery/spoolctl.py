@@ -114,6 +114,8 @@ def list_spools(root: Path, configured: str | None = None) -> list[dict[str, obj
                 "pending_bytes": entry["pending_bytes"],
                 "corrupt_records": entry["corrupt_records"],
                 "refused": entry["problem"],
+                # files it holds the spool refuses: removing it leaves them (by hand)
+                "holds_refused": left_behind(entry["refused"]),  # type: ignore[arg-type]
             }
         )
     return [
