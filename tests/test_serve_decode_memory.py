@@ -415,7 +415,10 @@ def test_large_http_requests_at_once_take_turns(running: Running) -> None:
     for sender in senders:
         sender.join(TIMEOUT * 2)
     assert answers == [200, 200, 200]
-    assert first.count(200) >= 2, f"they waited for each other: {first}"
+    # The bug was all three waiting for each other's bytes, then all 503. One is admitted at
+    # once; the others may be refused at once while its bytes fill the budget (503 +
+    # Retry-After: two of three under the full suite's load) and are answered on retry.
+    assert 200 in first, f"they waited for each other: {first}"
     assert running.receiver.budget.used == 0
 
 
