@@ -230,7 +230,6 @@ class SinkWorkload:
             open_spool(spool, os.path.join(root, f"spool-{in_flight}"), 1 << 30),
             flush_interval=3600.0,  # only force_flush() writes: the timing covers one hand-off
             batch_size=settings.batch_size,
-            write_timeout=settings.timeout,
         )
 
     def __call__(self) -> int:

@@ -50,7 +50,6 @@ def open_delivery(
         ),
         flush_interval=settings.flush_interval,
         batch_size=settings.batch_size,
-        write_timeout=settings.timeout,
         secrets=settings.secrets,
         extra_counts=extra_counts,
         destination=destination_name(settings),

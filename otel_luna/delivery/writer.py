@@ -116,7 +116,6 @@ class BatchWriter:
         *,
         flush_interval: float,
         batch_size: int,
-        write_timeout: float = 10.0,
         dead_letters: DeadLetters | None = None,
         secrets: Iterable[str] = (),
         extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
@@ -137,7 +136,6 @@ class BatchWriter:
         self._extra_counts = extra_counts
         self._flush_interval = flush_interval
         self._batch_size = batch_size
-        self._write_timeout = write_timeout
         self._secrets = tuple(secrets)
         self._summary_interval = summary_interval
         self.destination = destination or repr(sink)

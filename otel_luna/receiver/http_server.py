@@ -571,11 +571,7 @@ class HttpServer:
         self.port: int = self._sock.getsockname()[1]
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_error)
-        self._executor = (
-            ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="otlp-http-decode")
-            if DECODE_THREADS
-            else None
-        )
+        self._executor = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="otlp-http-decode")
         self._open = 0  # slots taken: accepted sockets not yet closed
         self._in_flight = 0  # requests being handled
         self._stopping = False
@@ -795,12 +791,9 @@ class HttpServer:
             except Exception as error:  # noqa: BLE001 - broken framing, or the client went away
                 why = f"unreadable body: {_why(error)}"
                 return _response(protocol.bad_request(headers, why[:300]), close=True)
-            if self._executor is None:
-                answer = protocol.handle(request.path, headers, body)
-            else:
-                answer = await self.loop.run_in_executor(
-                    self._executor, protocol.handle, request.path, headers, body
-                )
+            answer = await self.loop.run_in_executor(
+                self._executor, protocol.handle, request.path, headers, body
+            )
             return _response(answer, close=self._stopping)
         finally:
             hold.release()
@@ -866,8 +859,7 @@ class HttpServer:
             with contextlib.suppress(Exception):
                 future.result(grace + 10)
         self._thread.join(grace + 10)
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        self._executor.shutdown(wait=True, cancel_futures=True)
         self._sock.close()
 
     async def _shutdown(self, grace: float) -> None:
