@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from apprunner import instrumented_app
 from influxdb_client import InfluxDBClient
+from influxdb_client.rest import ApiException
 from servers import InfluxDB1, InfluxDB2
 from test_watchdog_service import SERVICE as WATCHDOG_SERVICE
 from test_watchdog_service import submit, wait_for
@@ -586,7 +587,17 @@ class FluxData:
             script = script.replace(macro, value)
         script = interpolate(script, selection, 0, 0)
         with InfluxDBClient(url=self.influx.url, token=self.influx.token, org=self.influx.org) as c:
-            tables = c.query_api().query(script)
+            try:
+                tables = c.query_api().query(script)
+            except ApiException as error:
+                # Flux 0.196 (InfluxDB 2.7.12) now and then panics on a query it answers the
+                # next time ("panic: arrow/array: index out of range", seen on the watchdog
+                # timing panels in 2 of ~8 full runs under load, never alone; flux#5402 is
+                # alike): Grafana shows that refresh as an error and the next one right. One
+                # retry, for that panic only: a query that fails twice fails the test.
+                if error.status != 500 or "panic: arrow/array" not in str(error.body):
+                    raise
+                tables = c.query_api().query(script)
         return [record for table in tables for record in table.records]
 
     def selection(self, file: str, board: Mapping[str, Any]) -> dict[str, list[str]]:
