@@ -59,6 +59,23 @@ def held_once(batch: BatchWriter) -> None:
     assert batch.force_flush(0.2) is False
 
 
+def first_trouble(
+    batch: BatchWriter,
+    caplog: pytest.LogCaptureFixture,
+    trouble: str,
+    lines: list[str] = LINES,
+    level: int = logging.WARNING,
+) -> str:
+    """The one warning naming ``trouble`` after ``lines`` were submitted and their first write
+    failed; the writer is shut down then."""
+    with caplog.at_level(level, logger="otel_luna.delivery.writer"):
+        batch.submit(lines)
+        held_once(batch)
+        (line,) = wait_for_warnings(caplog, trouble, 1)
+    batch.shutdown(0.1)
+    return line
+
+
 @pytest.fixture
 def closed_port(influxdb1: InfluxDB1) -> Iterator[ClosedPort]:
     port = ClosedPort(influxdb1.host, influxdb1.port)
@@ -110,11 +127,7 @@ def test_missing_database_is_logged_as_http_404(
         batch_size=1000,
         destination=destination_name(settings),
     )
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
-        batch.submit(LINES)
-        held_once(batch)
-        (line,) = wait_for_warnings(caplog, "HTTP 404", 1)
-    batch.shutdown(0.1)
+    line = first_trouble(batch, caplog, "HTTP 404")
     assert f"cannot deliver to {influxdb1.url} (database {database}): HTTP 404;" in line
     assert "(blocked)" in line and "database not found" in line
 
@@ -131,11 +144,7 @@ def test_refused_password_is_logged_as_http_401_without_the_password(
         password=password,
     )
     batch = open_delivery(settings, InfluxV1Sink(settings))
-    with caplog.at_level(logging.DEBUG, logger="otel_luna.delivery.writer"):
-        batch.submit(LINES)
-        held_once(batch)
-        (line,) = wait_for_warnings(caplog, "HTTP 401", 1)
-    batch.shutdown(0.1)
+    line = first_trouble(batch, caplog, "HTTP 401", level=logging.DEBUG)
     assert f"cannot deliver to {influxdb1_auth.url} (database {settings.database})" in line
     assert "(blocked)" in line
     assert all(password not in record.getMessage() for record in caplog.records)
@@ -149,11 +158,7 @@ def test_server_errors_are_logged_as_http_5xx(
     with FaultProxy(influxdb1.url, default=status(503)) as proxy:
         settings = Settings.load({}, endpoint=proxy.url, database=influxdb1_database)
         batch = open_delivery(settings, InfluxV1Sink(settings))
-        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
-            batch.submit(LINES)
-            held_once(batch)
-            (line,) = wait_for_warnings(caplog, "HTTP 5xx", 1)
-        batch.shutdown(0.1)
+        line = first_trouble(batch, caplog, "HTTP 5xx")
     assert f"cannot deliver to {proxy.url} (database {influxdb1_database}): HTTP 5xx;" in line
     assert "retrying: " in line and "HTTP 503" in line
 
@@ -164,11 +169,7 @@ def test_tls_to_a_plain_http_server_is_logged_as_a_tls_error(
     endpoint = influxdb1.url.replace("http://", "https://")
     settings = Settings.load({}, endpoint=endpoint, database=influxdb1_database)
     batch = open_delivery(settings, InfluxV1Sink(settings))
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
-        batch.submit(LINES)
-        held_once(batch)
-        (line,) = wait_for_warnings(caplog, "TLS error", 1)
-    batch.shutdown(0.1)
+    line = first_trouble(batch, caplog, "TLS error")
     assert f"cannot deliver to {endpoint} (database {influxdb1_database}): TLS error;" in line
 
 
@@ -236,11 +237,7 @@ def test_ping_centre_refused_connection_is_logged_by_class(
     try:
         settings = Settings.load({}, endpoint=port.url, schema="watchdog", sink="pingcentre")
         batch = open_delivery(settings, PingCentreSink(settings))
-        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
-            batch.submit(['{"topic": "t", "value": 1}'])
-            held_once(batch)
-            (line,) = wait_for_warnings(caplog, "connection refused", 1)
-        batch.shutdown(0.1)
+        line = first_trouble(batch, caplog, "connection refused", ['{"topic": "t", "value": 1}'])
     finally:
         port.close()
     assert line.startswith(f"otel-luna: cannot deliver to {port.url}: connection refused;")
