@@ -182,6 +182,19 @@ def _open_regular(name: str, dir_fd: int, flags: int = _READ_FLAGS, mode: int = 
     return fd
 
 
+def read_stats(dir_fd: int) -> dict[str, object]:
+    """The counters a process directory (``dir_fd``) last wrote to ``stats.json``, read never
+    through a link and at most :data:`STATS_MAX_BYTES`; empty if there are none, or if they
+    are being replaced or damaged. ``OSError`` if the file is there and cannot be read."""
+    try:
+        stats = json.loads(read_small(_STATS_FILE, dir_fd, STATS_MAX_BYTES))
+    except FileNotFoundError:
+        return {}
+    except (ValueError, RecursionError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
+
+
 def read_small(name: str, dir_fd: int, limit: int) -> bytes:
     """The whole of the regular file ``name`` in ``dir_fd``, if it holds at most ``limit`` bytes
     (``OSError`` otherwise)."""
@@ -1492,15 +1505,11 @@ def _describe_process(destination: Path, name: str, dest_fd: int) -> dict[str, o
         counts = Counts()
         log = _SegmentLog(destination / name, os.dup(dir_fd), counts, quiet=True)
         log.release()
-        stats: object = {}
+        stats: dict[str, object] = {}
         try:
-            stats = json.loads(read_small(_STATS_FILE, dir_fd, STATS_MAX_BYTES))
-        except FileNotFoundError:
-            pass
+            stats = read_stats(dir_fd)
         except OSError as error:
             log.refused[_STATS_FILE] = _why(error)
-        except (ValueError, RecursionError):
-            pass  # being replaced, or damaged: no counters to show
         return {
             "destination": destination.name,
             "process": name,
@@ -1508,7 +1517,7 @@ def _describe_process(destination: Path, name: str, dest_fd: int) -> dict[str, o
             "pending_lines": log.pending_lines,
             "pending_bytes": log.pending_bytes,
             "corrupt_records": counts["corrupt_records"],
-            "counts": stats if isinstance(stats, dict) else {},
+            "counts": stats,
             "refused": dict(log.refused),
             "problem": None,
         }

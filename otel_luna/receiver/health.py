@@ -40,12 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from otel_luna.delivery.spool import (
-    _STATS_FILE,
-    STATS_MAX_BYTES,
-    process_directories,
-    read_small,
-)
+from otel_luna.delivery.spool import process_directories, read_stats
 from otel_luna.outcomes import Reason
 from otel_luna.receiver.startup import HEALTH_CONNECTIONS, host_port, listening
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
@@ -231,12 +226,11 @@ def _read_stats(directory: Path) -> dict[str, object]:
     except OSError:
         return {}
     try:
-        stats = json.loads(read_small(_STATS_FILE, dir_fd, STATS_MAX_BYTES))
-    except (OSError, ValueError, RecursionError):
+        return read_stats(dir_fd)
+    except OSError:
         return {}
     finally:
         os.close(dir_fd)
-    return stats if isinstance(stats, dict) else {}
 
 
 def _writable(directory: Path | str) -> bool:
