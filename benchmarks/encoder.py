@@ -12,7 +12,7 @@ Each round times, over the same ``--n`` points:
 * ``influxdb-client Point``: ``Point(measurement).tag(..).field(..).time(ns, WritePrecision.NS)
   .to_line_protocol()`` (building and serialising, as an application using it does);
 * ``ours: encode_point``: ``LineProtocolEncoder().encode_point(point)`` on prebuilt
-  ``otel_luna.point.Point`` s, one encoder for the run (its tag-set cache warm, as in the exporter);
+  ``otel_luna.Point`` s, one encoder for the run (its tag-set cache warm, as in the exporter);
 * ``ours: Point() + encode_point``: building our ``Point`` (sorting the tags) inside the timing too;
 * ``ours: cold caches``: a fresh encoder for every point (created untimed), so every
   measurement, tag set and field key is escaped and checked as if seen for the first time.
@@ -48,8 +48,8 @@ from _common import (
 from influxdb_client import Point as InfluxPoint
 from influxdb_client import WritePrecision
 
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.point import Point
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.schema._point import Point
 
 TARGET = 6.0
 Raw = tuple[str, dict[str, str], dict[str, Any], int]

@@ -67,7 +67,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_luna.exporter import LunaSpanExporter
+from otel_luna._exporter import LunaSpanExporter
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
@@ -292,9 +292,9 @@ def breakdown_workloads(
 ) -> tuple[dict[str, Callable[[], int]], Callable[[], None]]:
     """The exporter's steps, each alone on precomputed input (mirrors Ingest.spans)."""
     from otel_luna.delivery import open_delivery
-    from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-    from otel_luna.ingest.sdk import ServiceNames, span_records
-    from otel_luna.mapping.requests import RequestMapper
+    from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+    from otel_luna.ingest._sdk import ServiceNames, span_records
+    from otel_luna.mapping._requests import RequestMapper
 
     services = ServiceNames()
 

@@ -23,7 +23,7 @@ InfluxDB's own time is in the wall figure, not in the CPU one. The gzipped size 
 each side is printed too (the client compresses at level 9). Afterwards every bucket is counted
 with Flux: each must hold every line written to it.
 
-**Imports.** ``import otel_luna.sinks.influx_v2``, ``import influxdb_client``, and
+**Imports.** ``import otel_luna.sinks._influx_v2``, ``import influxdb_client``, and
 ``influxdb_client`` imported after the former (what the dependency would add to a process that
 loads otel-luna), with and without numpy importable (the client imports numpy when it is
 installed; this venv has it for matplotlib, a core install would not). Each in a fresh
@@ -34,7 +34,7 @@ and ``licensing`` (a quarter of the request times come from a millisecond clock,
 the millisecond as otel-luna's mapping does; licence checks without warnings carry an empty
 ``warnings`` string field) are written to a bucket, then read back each round with:
 
-* ``ours``: ``otel_luna.report.common.query_flux(settings, measurements)``;
+* ``ours``: ``otel_luna.report._common.query_flux(settings, measurements)``;
 * ``client query()``: ``query_api().query(flux_select(...))``, its FluxRecords merged into the
   same ``Point`` s (tags: the columns not starting with ``_`` other than ``result`` and
   ``table``; fields merged per measurement, tags and time);
@@ -84,13 +84,13 @@ from influxdb_client import InfluxDBClient
 from influxdb_client.client.flux_table import TableList
 from influxdb_client.client.write_api import SYNCHRONOUS, WriteOptions
 
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.mapping.timestamps import spread
-from otel_luna.point import FieldValue, Point
-from otel_luna.report.common import flux_select, points_from_flux_csv, query_flux
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.mapping._timestamps import spread
+from otel_luna.report._common import flux_select, points_from_flux_csv, query_flux
+from otel_luna.schema._point import FieldValue, Point
 from otel_luna.schema.luna import ESTIMATORS, LICENSE_STATUSES
 from otel_luna.settings import Settings
-from otel_luna.sinks.influx_v2 import InfluxV2Sink
+from otel_luna.sinks._influx_v2 import InfluxV2Sink
 
 REPO = Path(__file__).resolve().parent.parent
 MEASUREMENTS = ("requests", "errors", "usages_statistic", "licensing")
@@ -349,16 +349,16 @@ print(json.dumps(out))
 
 _IMPORT_CASES = {
     # label: (numpy?, the groups imported one after the other, the group measured)
-    "otel_luna.sinks.influx_v2": ("numpy", ["otel_luna.sinks.influx_v2"], 0),
+    "otel_luna.sinks._influx_v2": ("numpy", ["otel_luna.sinks._influx_v2"], 0),
     "influxdb_client": ("numpy", ["influxdb_client"], 0),
     "influxdb_client after ours": (
         "numpy",
-        ["otel_luna.sinks.influx_v2", "influxdb_client"],
+        ["otel_luna.sinks._influx_v2", "influxdb_client"],
         1,
     ),
     "influxdb_client after ours, no numpy": (
         "no-numpy",
-        ["otel_luna.sinks.influx_v2", "influxdb_client"],
+        ["otel_luna.sinks._influx_v2", "influxdb_client"],
         1,
     ),
 }

@@ -33,7 +33,7 @@ What it does, all on 127.0.0.1 in a temporary directory:
 Sampled once a second by the parent: the child's RSS (``VmRSS`` in ``/proc/<pid>/status``;
 ``VmHWM``, the kernel's high-water mark, catches peaks between samples), the bytes under the spool
 directory, and the child's own report (spans emitted, lines pending in the spool, the exporter's
-counters). ``otel_luna.delivery.spool.describe()`` (what ``otel-luna status --json`` prints) is read
+counters). ``describe()`` (the spool) (what ``otel-luna status --json`` prints) is read
 at the end of the outage, when drained and at the end, as a cross-check of the pending lines. The
 child wraps the sink and the spool's ``read``/``ack`` in timers (pass-through, per batch) so that a
 slow drain can be explained: time in HTTP writes to InfluxDB, in reading the spool, in
@@ -256,7 +256,7 @@ def child_main(config_path: str) -> int:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.trace import SpanKind, StatusCode
 
-    from otel_luna.exporter import LunaSpanExporter
+    from otel_luna._exporter import LunaSpanExporter
     from otel_luna.settings import Settings
     from otel_luna.sinks import load_sink
 
@@ -539,8 +539,8 @@ def tree_bytes(root: Path) -> tuple[int, int]:
 
 
 def describe_pending(root: Path) -> dict[str, Any]:
-    """Pending lines and bytes by ``otel_luna.delivery.spool.describe`` (``otel-luna status``)."""
-    from otel_luna.delivery.spool import describe
+    """Pending lines and bytes by ``otel_luna.delivery._spool.describe`` (``otel-luna status``)."""
+    from otel_luna.delivery._spool import describe
 
     begin = time.monotonic()
     entries = describe(root)

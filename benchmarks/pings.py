@@ -169,8 +169,8 @@ class ReceiverProcess:
 
 def make_pings(n: int, seed: int) -> list[str]:
     """``n`` worker_works pings as the exporter encodes them."""
-    from otel_luna.encoding.jsonping import PingEncoder
-    from otel_luna.point import Point
+    from otel_luna.encoding._jsonping import PingEncoder
+    from otel_luna.schema._point import Point
 
     rng = random.Random(seed)
     encoder = PingEncoder()
@@ -216,10 +216,10 @@ class SinkWorkload:
     """A BatchWriter around a PingCentreSink with ``max_in_flight``; kept for the whole run."""
 
     def __init__(self, url: str, pings: list[str], in_flight: int, spool: str, root: str) -> None:
-        from otel_luna.delivery.spool import open_spool
-        from otel_luna.delivery.writer import BatchWriter
+        from otel_luna.delivery._spool import open_spool
+        from otel_luna.delivery._writer import BatchWriter
         from otel_luna.settings import Settings
-        from otel_luna.sinks.pingcentre import PingCentreSink
+        from otel_luna.sinks._pingcentre import PingCentreSink
 
         settings = Settings.load(
             {}, endpoint=url, schema="watchdog", sink="pingcentre", max_in_flight=in_flight

@@ -30,7 +30,7 @@ Each of ``--rounds`` rounds runs, in an order that rotates from round to round:
   first call until InfluxDB holds every ``requests`` point, polled with ``count()``), and the CPU
   seconds ``serve``, ``influxd`` and the clients used over that time (``/proc``);
 * ``decode floor``: in this process, ``ExportTraceServiceRequest.FromString`` +
-  ``otel_luna.ingest.otlp.span_records`` over copies of the same requests: the least work any
+  ``otel_luna.serve._otlp.span_records`` over copies of the same requests: the least work any
   receiver in Python must do per span; an upper bound for ``serve``;
 * ``accept path``: in this process, ``FromString`` + ``Receiver.accept_traces`` (map, encode,
   hand-off to a spool of the same kind, sink that drops) over the same copies: ``serve`` minus
@@ -366,7 +366,7 @@ class Serve:
                 **env,
             }
         )
-        argv = [sys.executable, "-m", "otel_luna.cli", "serve", "--grpc-port", "0"]
+        argv = [sys.executable, "-m", "otel_luna", "serve", "--grpc-port", "0"]
         argv += ["--http-port", "0", "--workers", str(workers)]
         self.log = state / "serve.log"
         with open(self.log, "wb") as log:
@@ -634,7 +634,7 @@ class Bench:
             ExportTraceServiceRequest,
         )
 
-        from otel_luna.ingest.otlp import span_records
+        from otel_luna.serve._otlp import span_records
 
         parse = ExportTraceServiceRequest.FromString
         begin = time.perf_counter_ns()
@@ -649,7 +649,7 @@ class Bench:
             ExportTraceServiceRequest,
         )
 
-        from otel_luna.receiver import Receiver
+        from otel_luna.serve._receiver import Receiver
         from otel_luna.settings import Settings
 
         state = self.root / "accept-path"

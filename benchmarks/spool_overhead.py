@@ -60,7 +60,7 @@ from exporter_overhead import NullSink, NullSpanExporter, provider, record, requ
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_luna.exporter import LunaSpanExporter
+from otel_luna._exporter import LunaSpanExporter
 from otel_luna.settings import Settings
 
 TARGET = 0.20  # the disk spool may add at most 20 % to export()'s per-span cost
@@ -115,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(options: Any, state_dir: str) -> int:
     from otel_luna.delivery import open_delivery
-    from otel_luna.delivery.spool import open_spool
-    from otel_luna.delivery.writer import BatchWriter
-    from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-    from otel_luna.ingest.sdk import ServiceNames, span_records
-    from otel_luna.mapping.requests import RequestMapper
+    from otel_luna.delivery._spool import open_spool
+    from otel_luna.delivery._writer import BatchWriter
+    from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+    from otel_luna.ingest._sdk import ServiceNames, span_records
+    from otel_luna.mapping._requests import RequestMapper
 
     n, batch = options.n, options.batch
     reqs = requests(n, seed=options.seed, error_share=options.error_share, semconv=options.semconv)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from otel_luna._exporter import LunaMetricExporter, LunaSpanExporter
 from otel_luna._helpers import (
     add_fields,
     add_tags,
@@ -11,10 +12,9 @@ from otel_luna._helpers import (
     set_error,
     set_request_id,
 )
-from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
-from otel_luna.lifecycle import flush
-from otel_luna.point import Point
-from otel_luna.settings import Settings, SettingsError
+from otel_luna._lifecycle import flush
+from otel_luna.schema._point import Point
+from otel_luna.settings._settings import Settings, SettingsError
 
 __all__ = [
     "LunaMetricExporter",

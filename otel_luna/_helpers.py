@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from otel_luna import _attributes as attr
-from otel_luna.mapping.usages import valid_estimator
+from otel_luna.mapping._usages import valid_estimator
 from otel_luna.schema import luna as schema
 
 _logger = logging.getLogger("otel_luna")

@@ -7,7 +7,7 @@ are a start-up error naming the settings, never a stream of rejected points.
 
 To add a profile: a mapper with the :class:`SpanMapper` interface (``counts``, ``add(record)``),
 its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
-values the ``schema`` setting accepts (``_schema`` in :mod:`otel_luna.settings`).
+values the ``schema`` setting accepts (``_schema`` in :mod:`otel_luna.settings._settings`).
 """
 
 from __future__ import annotations
@@ -17,19 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from otel_luna.encoding.jsonping import PingEncoder
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
-from otel_luna.mapping.watchdog import WatchdogMapper
+from otel_luna.encoding._jsonping import PingEncoder
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
+from otel_luna.mapping._watchdog import WatchdogMapper
 from otel_luna.outcomes import Reason
-from otel_luna.point import Point
 from otel_luna.redact import redact
-from otel_luna.settings import SettingsError, env_name
+from otel_luna.schema._point import Point
+from otel_luna.settings._settings import SettingsError, env_name
 
 if TYPE_CHECKING:
-    from otel_luna.mapping.records import SpanRecord
-    from otel_luna.settings import Settings
+    from otel_luna.mapping._records import SpanRecord
+    from otel_luna.settings._settings import Settings
 
 LINE_PROTOCOL = "line-protocol"
 JSON = "json"

@@ -9,7 +9,7 @@ per destination and has no ``signal``. ``otel_luna.events`` counts what is not a
 (up-down counter) is what waits in the spool. They go wherever the application's metrics go;
 the ``luna`` metric exporter never writes them into a LUNA series (it only maps
 ``luna.usages``). ``otel-luna serve`` also serves them in Prometheus text format
-(:mod:`otel_luna.receiver.health`), grouped the same way by :func:`totals`.
+(:mod:`otel_luna.serve._health`), grouped the same way by :func:`totals`.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import threading
 
-from otel_luna.encoding.lineprotocol import split_lines
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.settings import Settings
+from otel_luna._exporter import LunaSpanExporter
+from otel_luna.encoding._lineprotocol import split_lines
+from otel_luna.settings._settings import Settings
 
 
 class InMemorySink:

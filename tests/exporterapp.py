@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from otel_luna import LunaSpanExporter
-from otel_luna.cli import status_entries
+from otel_luna._cli import status_entries
 from otel_luna.settings import Settings
 
 #: How long a test waits for the points of an app to be delivered.

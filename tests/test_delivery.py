@@ -18,14 +18,14 @@ import pytest
 from servers import InfluxDB1
 from test_spool import DiskFaults
 
-from otel_luna.cli import main, status_entries
-from otel_luna.delivery import spool as spool_module
-from otel_luna.delivery.spool import DiskSpool, FallbackSpool, MemorySpool, Spool
-from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna._cli import main, status_entries
+from otel_luna.delivery import _spool as spool_module
+from otel_luna.delivery._spool import DiskSpool, FallbackSpool, MemorySpool, Spool
+from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.outcomes import Reason
 from otel_luna.settings import Settings, SettingsError, env_name
 from otel_luna.sinks import Failure, SinkError
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.testing import InMemorySink
 
 
@@ -284,7 +284,7 @@ def test_blocked_destination_holds_the_whole_batch(
     letters = DeadLetters(str(tmp_path / "dead.jsonl"))
     batch = writer(sink, dead_letters=letters)
     lines = [f"m x={index}i" for index in range(40)]
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
         batch.submit(lines)
         assert batch.force_flush(0.2) is False  # first attempt: blocked
         state = wait_until(lambda: batch.blocked)
@@ -496,7 +496,7 @@ def test_a_link_or_fifo_appearing_later_is_never_written_through(
         path.symlink_to(target)
     else:
         os.mkfifo(path)
-    with caplog.at_level(logging.ERROR, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.ERROR, logger="otel_luna.delivery._writer"):
         letters.write(b"m bad=1i", "HTTP 400: bad", 400)
         letters.write(b"m bad=2i", "HTTP 400: bad", 400)
     assert target.read_text() == "precious\n"
@@ -547,7 +547,7 @@ def test_many_dead_letters_log_one_warning_and_the_summary_counts_them(
     )
     bad = [f'conflict,k=bad{index} x="text" 1700000000000000000' for index in range(200)]
     good = [f"conflict,k=good{index} x={index}i 1700000000000000000" for index in range(20)]
-    with caplog.at_level(logging.DEBUG, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.DEBUG, logger="otel_luna.delivery._writer"):
         batch.submit([*bad[:100], *good, *bad[100:]])
         assert batch.force_flush(120)
         batch.shutdown(10)
@@ -565,7 +565,7 @@ def test_a_rejection_after_the_interval_is_logged_again(caplog: pytest.LogCaptur
     """The warning is rate-limited, not silenced: once SUMMARY_INTERVAL has passed since the
     last one, the next rejection is logged again."""
     batch = writer(PickySink(), summary_interval=0.0)
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
         for index in range(3):
             batch.submit([f"m bad={index}i"])
             assert batch.force_flush(10)
@@ -599,7 +599,7 @@ def test_shutdown_counts_memory_held_lines_as_lost_and_disk_lines_as_left(
     faults = DiskFaults()
     monkeypatch.setattr(spool_module, "os", faults)
     batch, _ = fallback_writer(tmp_path, faults)
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
         assert batch.shutdown(0.2) is False
     assert batch.counts["left_in_spool"] == 2 and batch.counts["dropped_at_shutdown"] == 3
     messages = [r.getMessage() for r in caplog.records]

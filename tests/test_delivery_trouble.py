@@ -19,14 +19,14 @@ from exporterapp import wait_until
 from faultproxy import PASS, FaultProxy, status
 from servers import InfluxDB1, unique_name
 
-from otel_luna.cli import status_entries
+from otel_luna._cli import status_entries
 from otel_luna.delivery import destination_name, open_delivery
-from otel_luna.delivery.spool import MemorySpool
-from otel_luna.delivery.writer import BatchWriter
+from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._writer import BatchWriter
 from otel_luna.settings import Settings
 from otel_luna.sinks import connection_trouble
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
-from otel_luna.sinks.pingcentre import PingCentreSink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
+from otel_luna.sinks._pingcentre import PingCentreSink
 
 LINES = [f"trouble,k=v x={index}i {1_700_000_000_000_000_000 + index}" for index in range(7)]
 FLUSH_TIMEOUT = 30.0
@@ -68,7 +68,7 @@ def first_trouble(
 ) -> str:
     """The one warning naming ``trouble`` after ``lines`` were submitted and their first write
     failed; the writer is shut down then."""
-    with caplog.at_level(level, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(level, logger="otel_luna.delivery._writer"):
         batch.submit(lines)
         held_once(batch)
         (line,) = wait_for_warnings(caplog, trouble, 1)
@@ -94,7 +94,7 @@ def test_refused_connection_is_logged_with_the_destination_and_its_recovery(
     delivery works again, after how long, and how many points waited."""
     settings = Settings.load({}, endpoint=closed_port.url, database=influxdb1_database)
     batch = open_delivery(settings, InfluxV1Sink(settings))
-    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
         batch.submit(LINES)
         held_once(batch)
         (refused,) = wait_for_warnings(caplog, "connection refused", 1)
@@ -203,7 +203,7 @@ def test_each_class_is_logged_once_a_minute_while_it_lasts(
             destination=destination_name(settings),
             clock=clock,
         )
-        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
             batch.submit(LINES)
             held_once(batch)
             wait_for_warnings(caplog, "HTTP 5xx", 1)

@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 from servers import InfluxDB1, unique_name
 
-from otel_luna import cli, demo
-from otel_luna.point import Point
+from otel_luna import _cli as cli
+from otel_luna.demo import _demo as demo
 from otel_luna.schema import luna as schema
+from otel_luna.schema._point import Point
 
 OTEL_LUNA = Path(sys.executable).parent / "otel-luna"
 
@@ -355,7 +356,7 @@ def test_status_of_one_level_of_a_spool_says_which_root_to_give(
 ) -> None:
     """Given a destination's directory (or a process's) instead of the spool root, status says
     so instead of a bare "0 process directories"."""
-    from otel_luna.delivery.spool import DiskSpool
+    from otel_luna.delivery._spool import DiskSpool
 
     root = tmp_path / "spool"
     spool = DiskSpool(root / "file_x", max_bytes=10**6)

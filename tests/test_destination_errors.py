@@ -19,12 +19,12 @@ from exporterapp import DELIVERY_TIMEOUT, App, wait_until
 from pingcentre_stub import PingCentre
 from servers import InfluxDB1, unique_name
 
-from otel_luna.cli import main
-from otel_luna.delivery.spool import MemorySpool
-from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna._cli import main
+from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
-from otel_luna.sinks.pingcentre import PingCentreSink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
+from otel_luna.sinks._pingcentre import PingCentreSink
 
 #: The database appears this long after the exporter started (the issue's scenario).
 DATABASE_LATE = 8.0

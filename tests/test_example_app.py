@@ -13,9 +13,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from otel_luna import demo
-from otel_luna.point import Point
+from otel_luna.demo import _demo as demo
 from otel_luna.schema import luna as schema
+from otel_luna.schema._point import Point
 
 EXAMPLE_APP = demo.EXAMPLE_APP
 KNOWN_HANDLERS = ["h-known-1", "h-known-2"]

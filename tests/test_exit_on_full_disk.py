@@ -22,8 +22,8 @@ from servers import InfluxDB1
 from test_reliability import request_id_of, server_spans
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.cli import main
-from otel_luna.delivery.spool import FallbackSpool
+from otel_luna._cli import main
+from otel_luna.delivery._spool import FallbackSpool
 
 #: About three times what the tmpfs holds.
 POINTS = 3000
@@ -87,7 +87,7 @@ def test_exit_in_memory_fallback_counts_what_is_lost_and_keeps_what_is_on_disk(
         text = status(full_disk, capsys)
         assert f"{in_memory} points held in memory only, lost if the process ends" in text
 
-        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery.writer"):
+        with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
             exporter.shutdown()
         assert writer.counts["left_in_spool"] == on_disk
         assert writer.counts["dropped_at_shutdown"] == in_memory

@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.util._importlib_metadata import entry_points
 
-from otel_luna.exporter import LunaSpanExporter
+from otel_luna._exporter import LunaSpanExporter
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.testing import InMemorySink, in_memory_exporter
 

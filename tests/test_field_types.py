@@ -41,16 +41,16 @@ from servehelpers import (
 from servers import InfluxDB1
 
 import otel_luna
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.encoding.lineprotocol_reader import parse_line
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.mapping.records import SpanRecord
-from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.timestamps import time_window
-from otel_luna.point import FieldValue
-from otel_luna.receiver import Receiver
+from otel_luna._exporter import LunaSpanExporter
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.encoding._reader import parse_line
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._timestamps import time_window
 from otel_luna.schema import luna as schema
+from otel_luna.schema._point import FieldValue
 from otel_luna.schema.luna import field_type, fitted, name_words
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from otel_luna.delivery.spool import MemorySpool
-from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks import load_sink
-from otel_luna.sinks.file import FileSink
+from otel_luna.sinks._file import FileSink
 
 CHILD_TIMEOUT = 30.0
 

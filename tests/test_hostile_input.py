@@ -31,20 +31,20 @@ from opentelemetry.trace import SpanKind
 from servers import InfluxDB1, ServerHTTPError
 
 from otel_luna._attributes import ROUTE_FALLBACK_KEYS, SERVER_SPAN_KEYS
-from otel_luna.encoding.lineprotocol import (
+from otel_luna._exporter import LunaSpanExporter
+from otel_luna.encoding._lineprotocol import (
     MAX_KEY_BYTES,
     MAX_TIME_NS,
     MIN_TIME_NS,
     InvalidPointError,
     LineProtocolEncoder,
 )
-from otel_luna.encoding.lineprotocol_reader import parse_line
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.mapping.records import SpanRecord
-from otel_luna.mapping.requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
-from otel_luna.point import Point
-from otel_luna.receiver import Receiver
+from otel_luna.encoding._reader import parse_line
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
+from otel_luna.schema._point import Point
 from otel_luna.schema.luna import field_type
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

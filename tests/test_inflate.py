@@ -1,4 +1,4 @@
-"""``otel_luna/receiver/inflate.py``: a body's Content-Encoding undone in bounded pieces, in work
+"""``otel_luna/serve/_inflate.py``: a body's Content-Encoding undone in bounded pieces, in work
 linear in the body, whatever its members, frames, padding and the size of the pieces."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_luna.receiver import inflate
-from otel_luna.receiver.inflate import zstd
+from otel_luna.serve._inflate import zstd
+from otel_luna.serve._receiver import inflate
 
 
 def _compress(encoding: str, data: bytes) -> bytes:

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import InfluxDB1
 
-from otel_luna.encoding.lineprotocol import InvalidPointError, LineProtocolEncoder
-from otel_luna.point import Point
+from otel_luna.encoding._lineprotocol import InvalidPointError, LineProtocolEncoder
+from otel_luna.schema._point import Point
 
 # Keys and values full of what line protocol must escape, plus arbitrary Unicode.
 TRICKY = st.sampled_from([" ", ",", "=", '"', "\\", "\n", "\r", "\t", "#", "'", "é", "日", "🙂"])

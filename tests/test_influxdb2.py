@@ -19,11 +19,11 @@ from exporterapp import DELIVERY_TIMEOUT, App, wait_until
 from influxdb_client import InfluxDBClient
 from servers import InfluxDB2, unique_name
 
-from otel_luna.cli import main
-from otel_luna.delivery.spool import MemorySpool
-from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna._cli import main
+from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
-from otel_luna.sinks.influx_v2 import InfluxV2Sink
+from otel_luna.sinks._influx_v2 import InfluxV2Sink
 
 POINTS = 300
 

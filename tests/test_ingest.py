@@ -31,10 +31,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from otel_luna import selfmetrics
-from otel_luna.cli import status_entries
-from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna._cli import status_entries
+from otel_luna._exporter import LunaMetricExporter, LunaSpanExporter
 from otel_luna.ingest import Ingest
-from otel_luna.mapping.records import SpanRecord
+from otel_luna.mapping._records import SpanRecord
 from otel_luna.outcomes import Reason
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import Failure, SinkError

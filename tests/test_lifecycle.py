@@ -1,4 +1,4 @@
-"""The SIGTERM handler (otel_luna.lifecycle): its steps as plain functions, then real signals.
+"""The SIGTERM handler (otel_luna._lifecycle): its steps as plain functions, then real signals.
 
 The unit tests drive a :class:`Watcher` of their own with recording steps and never install a
 handler in the test process except in the tests that check installation (which restore the
@@ -25,9 +25,9 @@ import pytest
 from closedport import ClosedPort
 from servers import InfluxDB1
 
-from otel_luna import lifecycle
-from otel_luna.delivery.spool import describe
-from otel_luna.lifecycle import CHAIN, DELIVER_AND_RAISE, IGNORE, Watcher, action_for
+from otel_luna import _lifecycle as lifecycle
+from otel_luna._lifecycle import CHAIN, DELIVER_AND_RAISE, IGNORE, Watcher, action_for
+from otel_luna.delivery._spool import describe
 from otel_luna.settings import Settings
 
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from otel_luna.encoding.lineprotocol import (
+from otel_luna.encoding._lineprotocol import (
     MAX_STRING_FIELD_BYTES,
     MAX_TIME_NS,
     MIN_TIME_NS,
@@ -18,8 +18,8 @@ from otel_luna.encoding.lineprotocol import (
     encode,
     split_lines,
 )
-from otel_luna.encoding.lineprotocol_reader import LineProtocolSyntaxError, parse_line, parse_lines
-from otel_luna.point import Point
+from otel_luna.encoding._reader import LineProtocolSyntaxError, parse_line, parse_lines
+from otel_luna.schema._point import Point
 
 T = 1_700_000_000_123_456_789
 

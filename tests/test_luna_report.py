@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 from servers import InfluxDB1, InfluxDB2
 
-from otel_luna import cli
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.point import Point
-from otel_luna.report import ReportError, common, luna
+from otel_luna import _cli as cli
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.report import ReportError
+from otel_luna.report import _common as common
+from otel_luna.report import _luna as luna
+from otel_luna.schema._point import Point
 from otel_luna.settings import Settings
 
 SECOND = 1_000_000_000

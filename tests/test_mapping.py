@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.mapping.records import SpanRecord
-from otel_luna.mapping.requests import RequestMapper
+from otel_luna._exporter import LunaSpanExporter
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._requests import RequestMapper
 from otel_luna.testing import InMemorySink, in_memory_exporter
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "spans.json").read_text())

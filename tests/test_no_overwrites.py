@@ -28,11 +28,11 @@ from servehelpers import (
 from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.mapping.records import SpanRecord, UsageSample
-from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.timestamps import MOVE_WINDOW, SeriesTimes, spread
-from otel_luna.mapping.usages import UsageMapper
-from otel_luna.mapping.watchdog import WatchdogMapper
+from otel_luna.mapping._records import SpanRecord, UsageSample
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._timestamps import MOVE_WINDOW, SeriesTimes, spread
+from otel_luna.mapping._usages import UsageMapper
+from otel_luna.mapping._watchdog import WatchdogMapper
 
 BURST = 1000
 #: A nanosecond time that identical starts share (explicit start times, a µs float clock).

@@ -30,12 +30,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from test_mapping import GOLDEN, new_semconv, old_semconv
 
 from otel_luna import _attributes as attr
-from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
-from otel_luna.ingest import otlp, sdk
-from otel_luna.mapping.records import SpanRecord
-from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.watchdog import WatchdogMapper
-from otel_luna.receiver import Backpressure, Receiver
+from otel_luna._exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna.ingest import _sdk as sdk
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._watchdog import WatchdogMapper
+from otel_luna.serve import _otlp as otlp
+from otel_luna.serve._receiver import Backpressure, Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

@@ -15,10 +15,10 @@ SCRIPT = textwrap.dedent(
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-    from otel_luna.delivery.writer import BatchWriter
+    from otel_luna.delivery._writer import BatchWriter
     from otel_luna.settings import Settings
     from otel_luna.sinks import load_sink
-    from otel_luna.delivery.spool import MemorySpool
+    from otel_luna.delivery._spool import MemorySpool
 
     url, database = sys.argv[1], sys.argv[2]
     memory = InMemorySpanExporter()

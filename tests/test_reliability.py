@@ -44,10 +44,10 @@ from servers import (
 )
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.delivery import spool as spool_module
-from otel_luna.delivery.spool import MemorySpool
-from otel_luna.delivery.writer import BACKOFF_MAX, BatchWriter, DeadLetters
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.delivery import _spool as spool_module
+from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._writer import BACKOFF_MAX, BatchWriter, DeadLetters
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
 
 #: How long InfluxDB is down in the outage test.
 OUTAGE_SECONDS = 30.0
@@ -333,7 +333,7 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 class _FailingOs:
-    """``os`` for :mod:`otel_luna.delivery.spool` whose ``write`` (and optionally ``replace``) fail
+    """``os`` for :mod:`otel_luna.delivery._spool` whose ``write`` (and optionally ``replace``) fail
     with ENOSPC, as on a full disk; everything else is the real ``os``."""
 
     def __init__(self, writes_before_full: int, *, ack_fails_too: bool = False) -> None:

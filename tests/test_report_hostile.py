@@ -22,16 +22,17 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_luna import cli
-from otel_luna.encoding.lineprotocol import encode
-from otel_luna.encoding.lineprotocol_reader import (
+from otel_luna import _cli as cli
+from otel_luna.encoding._lineprotocol import encode
+from otel_luna.encoding._reader import (
     LineProtocolSyntaxError,
     LineReader,
     parse_line,
     read_bytes,
 )
-from otel_luna.point import Point
-from otel_luna.report import ReportError, common
+from otel_luna.report import ReportError
+from otel_luna.report import _common as common
+from otel_luna.schema._point import Point
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 GOOD = b'requests,route=GET:/a,service=s execution_time=0.5,request_id="r" 1000\n'

@@ -26,10 +26,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from otel_luna import LunaSpanExporter
-from otel_luna.encoding.lineprotocol_reader import parse_line
-from otel_luna.mapping import requests
-from otel_luna.mapping.records import SpanRecord
-from otel_luna.mapping.requests import luna_template
+from otel_luna.encoding._reader import parse_line
+from otel_luna.mapping import _requests as requests
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._requests import luna_template
 from otel_luna.testing import InMemorySink
 
 #: What every app's requests must be written as (route, status).
@@ -298,8 +298,8 @@ def test_django(luna: Any) -> None:
 #: argument list, Django groups, Starlette braces, a long name.
 _HOSTILE_ROUTES = """
 import sys
-from otel_luna.encoding.lineprotocol import MAX_KEY_BYTES as LONGEST_ROUTE
-from otel_luna.mapping.requests import luna_template
+from otel_luna.encoding._lineprotocol import MAX_KEY_BYTES as LONGEST_ROUTE
+from otel_luna.mapping._requests import luna_template
 
 UNITS = ["/<a(", "<a(", "<a:a(", "(?P<a>", "^(?P<a>(", "{a:", "{a:{", "<" + "a" * 99]
 UNITS += ["<a(b)", "\\\\("]

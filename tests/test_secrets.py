@@ -19,14 +19,14 @@ from typing import Any, ClassVar
 
 import pytest
 
-from otel_luna.cli import main
-from otel_luna.delivery.spool import DiskSpool
-from otel_luna.delivery.writer import BatchWriter, DeadLetters
+from otel_luna._cli import main
+from otel_luna.delivery._spool import DiskSpool
+from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.redact import redact
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import SinkError
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
-from otel_luna.sinks.influx_v2 import InfluxV2Sink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
+from otel_luna.sinks._influx_v2 import InfluxV2Sink
 from otel_luna.testing import InMemorySink
 
 PASSWORD = "s3cr3t-PASS-42"

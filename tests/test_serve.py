@@ -57,7 +57,7 @@ from servehelpers import (
 from servers import InfluxDB1, ServerProcess, http_request, start_influxdb1
 from test_influxdb1_apps import FLASK_APP, TRAFFIC, drive, luna_env
 
-from otel_luna.receiver.inflate import zstd
+from otel_luna.serve._inflate import zstd
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -44,7 +44,7 @@ from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 from servehelpers import LOGS_EXPORT, RPC_TIMEOUT, TRACE_EXPORT, Serve, wait_until
 
-from otel_luna.receiver.inflate import zstd
+from otel_luna.serve._inflate import zstd
 
 CASES = Path(__file__).parent / "otlp_cases"
 PROTOBUF = "application/x-protobuf"

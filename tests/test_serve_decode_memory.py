@@ -34,12 +34,12 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otlpwire import empties, field
 
 from otel_luna.outcomes import Reason
-from otel_luna.receiver import Receiver
-from otel_luna.receiver.budget import ByteBudget
-from otel_luna.receiver.decoded import ProtobufBound, json_bound
-from otel_luna.receiver.grpc_server import GrpcServer, start_grpc
-from otel_luna.receiver.http_server import HttpServer, start_http
-from otel_luna.receiver.protocol import JSON, METRICS_PATH, PROTOBUF, TRACES_PATH, HttpProtocol
+from otel_luna.serve._budget import ByteBudget
+from otel_luna.serve._decoded import ProtobufBound, json_bound
+from otel_luna.serve._grpc_server import GrpcServer, start_grpc
+from otel_luna.serve._http_server import HttpServer, start_http
+from otel_luna.serve._protocol import JSON, METRICS_PATH, PROTOBUF, TRACES_PATH, HttpProtocol
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

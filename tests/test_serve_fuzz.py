@@ -31,8 +31,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-from otel_luna.receiver import Receiver
-from otel_luna.receiver.protocol import JSON, PROTOBUF, Answer, HttpProtocol
+from otel_luna.serve._protocol import JSON, PROTOBUF, Answer, HttpProtocol
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from servehelpers import Serve, serve_env, server_spans, stored_ids, trace_request, wait_until
 from servers import InfluxDB1, unique_name
 
-from otel_luna.cli import status_entries
+from otel_luna._cli import status_entries
 from otel_luna.outcomes import Outcome, Reason
-from otel_luna.receiver.health import HealthServer
+from otel_luna.serve._health import HealthServer
 from otel_luna.settings import SettingsError, env_name
 
 HTTP_TIMEOUT = 10.0

@@ -1,6 +1,6 @@
 """OTLP/HTTP of ``otel-luna serve`` as a production front end.
 
-First :class:`~otel_luna.receiver.protocol.HttpProtocol` alone, a pure function: every answer,
+First :class:`~otel_luna.serve._protocol.HttpProtocol` alone, a pure function: every answer,
 from what is decided before the body (404, 405, 401, 415, 413) to what the body gives (200 with
 its partial success, 400, 413, 503). Then the aiohttp server over real sockets on 127.0.0.1: an
 unauthenticated 16 MiB body refused without being read, slow clients that do not hold up a good
@@ -44,12 +44,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from servehelpers import Serve
 
-from otel_luna.receiver import Receiver, inflate
-from otel_luna.receiver import http_server as http_server_module
-from otel_luna.receiver.http_server import HttpServer, start_http
-from otel_luna.receiver.inflate import zstd
-from otel_luna.receiver.protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
-from otel_luna.receiver.serve import Server
+from otel_luna.serve._http_server import HttpServer, start_http
+from otel_luna.serve._inflate import zstd
+from otel_luna.serve._main import Server
+from otel_luna.serve._protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
+from otel_luna.serve._receiver import Receiver, inflate
+from otel_luna.serve._receiver import http_server as http_server_module
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
@@ -623,7 +623,7 @@ def test_a_bug_is_a_500_and_one_log_line_without_traceback(
 
     protocol._signals[TRACES_PATH].accept = broken
     request, _ = trace_request(1)
-    with caplog.at_level(logging.WARNING, logger="otel_luna.receiver.http"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.serve.http"):
         for _ in range(3):
             answer = protocol.handle(TRACES_PATH, {**AUTH, **PB}, request.SerializeToString())
             assert answer.status == 500
@@ -638,7 +638,7 @@ def test_a_bug_is_a_500_and_one_log_line_without_traceback(
 def test_refusals_are_counted_each_and_logged_once_per_interval(
     protocol: HttpProtocol, receiver: Receiver, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="otel_luna.receiver.http"):
+    with caplog.at_level(logging.WARNING, logger="otel_luna.serve.http"):
         for _ in range(50):
             assert protocol.check("POST", TRACES_PATH, PB) is not None
     assert receiver.counts()["requests_refused_unauthenticated"] == 50

@@ -19,8 +19,8 @@ from servehelpers import TRACE_EXPORT, wait_until
 from test_serve_http import PB, Running, good_body, head, recv_answer
 
 from otel_luna.outcomes import Reason
-from otel_luna.receiver import Receiver
-from otel_luna.receiver.grpc_server import start_grpc
+from otel_luna.serve._grpc_server import start_grpc
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

@@ -191,7 +191,7 @@ def test_absurd_values_fail_naming_the_setting_and_its_range(variable: str, valu
 def test_unwritable_dead_letter_path_fails_at_exporter_start(tmp_path: Path) -> None:
     """An enabled exporter whose dead-letter path cannot be written fails at start-up naming
     OTEL_EXPORTER_LUNA_DEAD_LETTER, before its spool is opened; a disabled one does not."""
-    from otel_luna.exporter import LunaSpanExporter
+    from otel_luna._exporter import LunaSpanExporter
 
     (tmp_path / "file").write_text("")
     options = {
@@ -538,7 +538,7 @@ def test_describe_lists_a_sinks_settings_under_it(fake_sink: Any) -> None:
 def test_ping_centre_max_in_flight_is_the_sinks_own(tmp_path: Path) -> None:
     """max_in_flight is declared by the Ping Centre sink, still read from its variable and
     checked at load; the sink uses it."""
-    from otel_luna.sinks.pingcentre import MAX_IN_FLIGHT, PingCentreSink
+    from otel_luna.sinks._pingcentre import MAX_IN_FLIGHT, PingCentreSink
 
     assert "max_in_flight" not in {field.name for field in dataclasses.fields(Settings)}
     env = {"OTEL_EXPORTER_LUNA_SINK": "pingcentre", "OTEL_EXPORTER_LUNA_MAX_IN_FLIGHT": "3"}

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_luna import exporter as exporter_module
-from otel_luna.exporter import EXIT_BAD_SETTING, LunaMetricExporter, LunaSpanExporter
+from otel_luna import _exporter as exporter_module
+from otel_luna._exporter import EXIT_BAD_SETTING, LunaMetricExporter, LunaSpanExporter
 from otel_luna.settings import strict_requested
 
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
@@ -98,7 +98,7 @@ def test_in_process_the_exporters_log_once_and_strict_calls_exit(
     with status 2."""
     monkeypatch.setattr(exporter_module, "_refused", set())
     monkeypatch.setenv("OTEL_EXPORTER_LUNA_TIMEOUT", "0")
-    with caplog.at_level(logging.ERROR, logger="otel_luna.exporter"):
+    with caplog.at_level(logging.ERROR, logger="otel_luna._exporter"):
         spans, metrics = LunaSpanExporter(), LunaMetricExporter()
     assert spans.settings_error is not None and metrics.settings_error is not None
     assert [r.getMessage() for r in caplog.records] == [

@@ -23,10 +23,10 @@ import pytest
 
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import Failure, SinkError, load_sink, server_reason
-from otel_luna.sinks.console import ConsoleSink
-from otel_luna.sinks.file import FileSink
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
-from otel_luna.sinks.influx_v2 import InfluxV2Sink
+from otel_luna.sinks._console import ConsoleSink
+from otel_luna.sinks._file import FileSink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
+from otel_luna.sinks._influx_v2 import InfluxV2Sink
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from otel_luna.delivery import spool as spool_module
-from otel_luna.delivery.spool import (
+from otel_luna.delivery import _spool as spool_module
+from otel_luna.delivery._spool import (
     DiskSpool,
     FallbackSpool,
     MemorySpool,
@@ -40,7 +40,7 @@ def drain(spool: Spool, max_lines: int = 1000) -> list[bytes]:
 
 
 class DiskFaults:
-    """``os`` for :mod:`otel_luna.delivery.spool` with a disk that fills up: ``room`` bytes more are
+    """``os`` for the spool module with a disk that fills up: ``room`` bytes more are
     taken (a write that does not fit is cut short, the next one fails with ENOSPC; None: no
     limit), each write takes at most ``max_write`` bytes, and ``ftruncate`` fails when
     ``truncate_fails``. Everything else is the real ``os``."""
@@ -165,7 +165,7 @@ def test_unacked_records_replay_after_restart(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os
-        from otel_luna.delivery.spool import DiskSpool
+        from otel_luna.delivery._spool import DiskSpool
         spool = DiskSpool({str(root)!r}, max_bytes=10**8)
         for i in range(5):
             spool.append(b"m x=%di\\n" % i, 1)
@@ -257,7 +257,7 @@ def test_status_shows_waiting_points_and_counters(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """otel-luna status lists each process directory: running or gone, what waits, counters."""
-    from otel_luna.cli import main
+    from otel_luna._cli import main
 
     root = tmp_path / "spool"
     spool = DiskSpool(root / "dest", max_bytes=10**8)
@@ -594,7 +594,7 @@ def test_a_damaged_ack_replays_the_directory_instead_of_raising(tmp_path: Path) 
 def test_status_survives_a_stats_file_written_by_hand(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from otel_luna.cli import main
+    from otel_luna._cli import main
 
     root = tmp_path / "spool"
     spool = DiskSpool(root / "dest", max_bytes=10**8)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 from servers import InfluxDB1
 
-from otel_luna import cli
+from otel_luna import _cli as cli
 from otel_luna.delivery import destination_slug, open_delivery
-from otel_luna.delivery.spool import DiskSpool, process_directories
-from otel_luna.encoding.lineprotocol import encode
-from otel_luna.point import Point
+from otel_luna.delivery._spool import DiskSpool, process_directories
+from otel_luna.encoding._lineprotocol import encode
+from otel_luna.schema._point import Point
 from otel_luna.settings import Settings, env_name
 from otel_luna.sinks import load_sink
 

@@ -21,11 +21,11 @@ from servers import InfluxDB1, free_port
 from test_reliability import request_id_of, server_spans
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.delivery import spool as spool_module
-from otel_luna.delivery.spool import FallbackSpool, SpoolUnavailable, describe, open_spool
-from otel_luna.delivery.writer import BatchWriter
+from otel_luna.delivery import _spool as spool_module
+from otel_luna.delivery._spool import FallbackSpool, SpoolUnavailable, describe, open_spool
+from otel_luna.delivery._writer import BatchWriter
 from otel_luna.sinks import Sink
-from otel_luna.sinks.influx_v1 import InfluxV1Sink
+from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.testing import InMemorySink
 
 #: Size of the spool's filesystem: a few hundred KiB.

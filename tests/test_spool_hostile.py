@@ -17,15 +17,15 @@ from pathlib import Path
 import pytest
 from test_spool import die, drain
 
-from otel_luna.cli import main
-from otel_luna.delivery.spool import (
+from otel_luna._cli import main
+from otel_luna.delivery._spool import (
     DiskSpool,
     MemorySpool,
     SpoolRefused,
     describe,
     open_spool,
 )
-from otel_luna.receiver.workers import Supervisor, describe_supervisors
+from otel_luna.serve._workers import Supervisor, describe_supervisors
 from otel_luna.settings import Settings
 
 ESCAPE = "\x1b]0;owned\x07\x1b[2J"
@@ -135,7 +135,7 @@ def test_a_fifo_in_a_spool_directory_hangs_neither_start_nor_status(tmp_path: Pa
     os.mkfifo(directory / "stats.json")
     os.mkfifo(directory / "ack")
     status = run_python(
-        "import sys; from otel_luna.cli import main; sys.exit(main(['status', sys.argv[1]]))",
+        "import sys; from otel_luna._cli import main; sys.exit(main(['status', sys.argv[1]]))",
         str(spool_dir),
     )
     assert status.returncode == 0, status.stderr
@@ -144,7 +144,7 @@ def test_a_fifo_in_a_spool_directory_hangs_neither_start_nor_status(tmp_path: Pa
     start = run_python(
         """
         import sys
-        from otel_luna.delivery.spool import DiskSpool
+        from otel_luna.delivery._spool import DiskSpool
         spool = DiskSpool(sys.argv[1], max_bytes=10**8)
         batch = spool.read(10)
         print(batch.body.decode(), end="")
@@ -168,8 +168,8 @@ def test_a_sparse_segment_costs_no_memory(tmp_path: Path) -> None:
     measured = run_python(
         """
         import re, sys
-        from otel_luna.cli import main
-        from otel_luna.delivery.spool import DiskSpool
+        from otel_luna._cli import main
+        from otel_luna.delivery._spool import DiskSpool
         assert main(["status", sys.argv[1]]) == 0
         spool = DiskSpool(sys.argv[1] + "/dest", max_bytes=10**10)
         # VmHWM: this program's peak (ru_maxrss would count the forking test process's RSS).

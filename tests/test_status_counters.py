@@ -23,8 +23,8 @@ from opentelemetry.trace import SpanKind
 from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.cli import main
-from otel_luna.encoding.lineprotocol import MAX_TAG_VALUE_BYTES
+from otel_luna._cli import main
+from otel_luna.encoding._lineprotocol import MAX_TAG_VALUE_BYTES
 
 #: (attributes beyond a good request's, the reason status must show).
 HOSTILE: list[tuple[dict[str, Any], str]] = [
@@ -127,8 +127,8 @@ def test_status_shows_what_serve_refused(
     requests serve took and refused by why (they were only in the receiver's own counters)."""
     import requests
 
-    from otel_luna.receiver import Receiver
-    from otel_luna.receiver.http_server import start_http
+    from otel_luna.serve._http_server import start_http
+    from otel_luna.serve._receiver import Receiver
 
     spool_dir = tmp_path / "spool"
     settings = Settings.load(

@@ -21,14 +21,15 @@ from servehelpers import METRICS_EXPORT, Serve, grpc_call, serve_env
 from servers import InfluxDB1
 from test_settings_errors import run_instrumented
 
-from otel_luna import _helpers, exporter
-from otel_luna.exporter import LunaMetricExporter, LunaSpanExporter
-from otel_luna.ingest import otlp
-from otel_luna.mapping.records import UsageSample
-from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
+from otel_luna import _exporter as exporter
+from otel_luna import _helpers
+from otel_luna._exporter import LunaMetricExporter, LunaSpanExporter
+from otel_luna.mapping._records import UsageSample
+from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
-from otel_luna.receiver import Receiver
+from otel_luna.serve import _otlp as otlp
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

@@ -17,10 +17,10 @@ from servers import InfluxDB1
 
 import otel_luna
 from otel_luna import _helpers
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.mapping.records import SpanRecord, UsageSample
-from otel_luna.mapping.requests import RequestMapper
-from otel_luna.mapping.usages import CumulativeToDelta, UsageMapper
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.mapping._records import SpanRecord, UsageSample
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 
 SCRIPT = Path(__file__).parent / "apps" / "usage_script.py"

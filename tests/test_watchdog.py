@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from pingcentre_stub import PingCentre
 
 from otel_luna import watchdog
-from otel_luna.exporter import LunaSpanExporter
+from otel_luna._exporter import LunaSpanExporter
 from otel_luna.settings import Settings
 
 #: The documented examples' keys and JSON types (shared/seeds/002_*.txt).
@@ -133,9 +133,9 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
     ping_centre: PingCentre, tmp_path: Path
 ) -> None:
     """A ping Ping Centre refuses (400) goes to the dead-letter file; the rest are delivered."""
-    from otel_luna.delivery.spool import MemorySpool
-    from otel_luna.delivery.writer import BatchWriter, DeadLetters
-    from otel_luna.sinks.pingcentre import PingCentreSink
+    from otel_luna.delivery._spool import MemorySpool
+    from otel_luna.delivery._writer import BatchWriter, DeadLetters
+    from otel_luna.sinks._pingcentre import PingCentreSink
 
     settings = Settings.load({}, endpoint=ping_centre.url, schema="watchdog")
     letters = tmp_path / "dead.jsonl"
@@ -163,9 +163,9 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
 
 def test_only_failed_pings_are_retried(ping_centre: PingCentre) -> None:
     """While Ping Centre is down pings wait; afterwards each is delivered exactly once."""
-    from otel_luna.delivery.spool import MemorySpool
-    from otel_luna.delivery.writer import BatchWriter
-    from otel_luna.sinks.pingcentre import PingCentreSink
+    from otel_luna.delivery._spool import MemorySpool
+    from otel_luna.delivery._writer import BatchWriter
+    from otel_luna.sinks._pingcentre import PingCentreSink
 
     settings = Settings.load({}, endpoint=ping_centre.url, schema="watchdog")
     writer = BatchWriter(

@@ -25,14 +25,14 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from servers import InfluxDB1
 from test_watchdog_service import SERVICE, submit, wait_for
 
-from otel_luna import cli
-from otel_luna.encoding.jsonping import PingEncoder
-from otel_luna.encoding.lineprotocol import LineProtocolEncoder
-from otel_luna.exporter import LunaSpanExporter
-from otel_luna.ingest import otlp
-from otel_luna.point import Point
-from otel_luna.receiver import Receiver
-from otel_luna.report import watchdog as report
+from otel_luna import _cli as cli
+from otel_luna._exporter import LunaSpanExporter
+from otel_luna.encoding._jsonping import PingEncoder
+from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+from otel_luna.report import _watchdog as report
+from otel_luna.schema._point import Point
+from otel_luna.serve import _otlp as otlp
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 
 ITEMS = 60
@@ -85,7 +85,7 @@ def readable_spans(request: ExportTraceServiceRequest) -> list[ReadableSpan]:
 class OtlpTee:
     """An OTLP/HTTP traces endpoint on 127.0.0.1 that hands every request to (1) a luna exporter
     with a JSON-ping file sink, as ReadableSpans, and (2) the receiver ``otel-luna serve`` runs
-    (:class:`~otel_luna.receiver.Receiver`) writing another file."""
+    (:class:`~otel_luna.serve._receiver.Receiver`) writing another file."""
 
     def __init__(self, exporter: LunaSpanExporter, receiver: Receiver) -> None:
         tee = self

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from wheelvenv import fresh_venv
 
-from otel_luna import demo
+from otel_luna.demo import _demo as demo
 
 
 def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> None:
@@ -41,7 +41,11 @@ def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> Non
     assert (
         str(app)
         in subprocess.run(
-            [str(venv.bin / "python"), "-c", "from otel_luna import demo; print(demo.EXAMPLE_APP)"],
+            [
+                str(venv.bin / "python"),
+                "-c",
+                "from otel_luna.demo import _demo as demo; print(demo.EXAMPLE_APP)",
+            ],
             cwd=work,
             env=venv.env,
             capture_output=True,

@@ -10,7 +10,7 @@ import re
 import string
 from typing import Final
 
-from otel_luna.point import FieldValue
+from otel_luna.schema._point import FieldValue
 
 REQUESTS: Final = "requests"
 ERRORS: Final = "errors"

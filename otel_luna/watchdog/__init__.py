@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry import trace
 
 from otel_luna._helpers import integer, misuse
-from otel_luna.mapping.watchdog import EVENT, PREFIX
+from otel_luna.mapping._watchdog import EVENT, PREFIX
 from otel_luna.schema.watchdog import NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
 
 __all__ = ["new_item", "poller_heartbeat", "worker_works"]

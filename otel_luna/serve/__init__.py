@@ -1,0 +1,1 @@
+"""``otel-luna serve``: an OTLP gRPC and HTTP receiver (the ``serve`` extra)."""

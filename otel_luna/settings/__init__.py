@@ -1,0 +1,45 @@
+"""Every setting of otel-luna, declared once: environment variable, TOML key, parser, default."""
+
+from __future__ import annotations
+
+from otel_luna.settings._settings import (
+    DELIVERY,
+    DESTINATION,
+    ENV_PREFIX,
+    OTEL_EXPORTER_LUNA_CONFIG,
+    SERVE,
+    SETTINGS,
+    SPOOL,
+    Row,
+    Setting,
+    Settings,
+    SettingsError,
+    SinkOptions,
+    describe,
+    env_name,
+    markdown_table,
+    number,
+    setting,
+    strict_requested,
+)
+
+__all__ = [
+    "DELIVERY",
+    "DESTINATION",
+    "ENV_PREFIX",
+    "OTEL_EXPORTER_LUNA_CONFIG",
+    "SERVE",
+    "SETTINGS",
+    "SPOOL",
+    "Row",
+    "Setting",
+    "Settings",
+    "SettingsError",
+    "SinkOptions",
+    "describe",
+    "env_name",
+    "markdown_table",
+    "number",
+    "setting",
+    "strict_requested",
+]
