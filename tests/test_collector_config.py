@@ -31,8 +31,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from otelcol import QUEUE_DIRECTORY, Collector, localize, validate
 from servers import HOST, free_port
 
+from otel_luna.serve import _main as serve
 from otel_luna.serve._protocol import METRICS_PATH, METRICS_SERVICE, TRACE_SERVICE, TRACES_PATH
-from otel_luna.serve._receiver import serve
 from otel_luna.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from otel_luna.serve import _inflate as inflate
 from otel_luna.serve._inflate import zstd
-from otel_luna.serve._receiver import inflate
 
 
 def _compress(encoding: str, data: bytes) -> bytes:

@@ -44,12 +44,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from servehelpers import Serve
 
+from otel_luna.serve import _http_server as http_server_module
+from otel_luna.serve import _inflate as inflate
 from otel_luna.serve._http_server import HttpServer, start_http
 from otel_luna.serve._inflate import zstd
 from otel_luna.serve._main import Server
 from otel_luna.serve._protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
-from otel_luna.serve._receiver import Receiver, inflate
-from otel_luna.serve._receiver import http_server as http_server_module
+from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 

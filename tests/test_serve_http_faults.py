@@ -34,8 +34,8 @@ from test_serve_http import (
     recv_answer,
 )
 
+from otel_luna.serve import _http_server as http_server_module
 from otel_luna.serve._protocol import JSON, PROTOBUF
-from otel_luna.serve._receiver import http_server as http_server_module
 
 MIB = 1 << 20
 

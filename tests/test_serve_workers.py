@@ -41,7 +41,7 @@ from servehelpers import (
 )
 from servers import InfluxDB1
 
-from otel_luna.serve._receiver import workers
+from otel_luna.serve import _workers as workers
 from otel_luna.settings import Settings
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
