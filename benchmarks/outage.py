@@ -539,8 +539,9 @@ def tree_bytes(root: Path) -> tuple[int, int]:
 
 
 def describe_pending(root: Path) -> dict[str, Any]:
-    """Pending lines and bytes by ``otel_luna.delivery._spool.describe`` (``otel-luna status``)."""
-    from otel_luna.delivery._spool import describe
+    """Pending lines and bytes by ``otel_luna.delivery._spool_status.describe``
+    (``otel-luna status``)."""
+    from otel_luna.delivery._spool_status import describe
 
     begin = time.monotonic()
     entries = describe(root)

@@ -216,7 +216,7 @@ class SinkWorkload:
     """A BatchWriter around a PingCentreSink with ``max_in_flight``; kept for the whole run."""
 
     def __init__(self, url: str, pings: list[str], in_flight: int, spool: str, root: str) -> None:
-        from otel_luna.delivery._spool import open_spool
+        from otel_luna.delivery._fallback_spool import open_spool
         from otel_luna.delivery._writer import BatchWriter
         from otel_luna.settings import Settings
         from otel_luna.sinks._pingcentre import PingCentreSink

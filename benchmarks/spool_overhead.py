@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(options: Any, state_dir: str) -> int:
     from otel_luna.delivery import open_delivery
-    from otel_luna.delivery._spool import open_spool
+    from otel_luna.delivery._fallback_spool import open_spool
     from otel_luna.delivery._writer import BatchWriter
     from otel_luna.encoding._lineprotocol import LineProtocolEncoder
     from otel_luna.ingest._sdk import ServiceNames, span_records

@@ -489,7 +489,7 @@ def _busy(prefix: str, busy: list[str]) -> int:
 def _status(args: argparse.Namespace) -> int:
     import json
 
-    from otel_luna.delivery._spool import root_problem
+    from otel_luna.delivery._spool_status import root_problem
     from otel_luna.serve._workers import describe_supervisors, supervisor_line
     from otel_luna.settings._settings import Settings
 
@@ -550,7 +550,7 @@ def _entry_lines(entry: dict[str, Any]) -> list[str]:
     """One process directory as ``otel-luna status`` shows it: only what is true now (a gone
     process is neither blocked nor holding points in memory any more), every text from disk
     made printable."""
-    from otel_luna.delivery._spool import left_behind
+    from otel_luna.delivery._spool_status import left_behind
 
     name = printable(f"{entry['destination']}/{entry['process'] or ''}")
     if entry["problem"] is not None:
@@ -630,7 +630,7 @@ def _entry_lines(entry: dict[str, Any]) -> list[str]:
 def _not_a_spool_root(root: str) -> str | None:
     """Why ``root``, holding no process directory, may be the wrong directory, if it looks like
     one level of a spool root: a destination's directory or a process's."""
-    from otel_luna.delivery._spool import is_process_directory, process_directories
+    from otel_luna.delivery._spool_status import is_process_directory, process_directories
 
     here = Path(root)
     if is_process_directory(here):
@@ -671,7 +671,7 @@ def status_entries(root: str) -> list[dict[str, object]]:
     """The spool's process directories (``describe``), with the blocked
     state, the memory fallback and the dead-letter file each process last reported lifted out
     of its counters, and every text redacted."""
-    from otel_luna.delivery._spool import describe
+    from otel_luna.delivery._spool_status import describe
     from otel_luna.redact import redact
 
     entries = []

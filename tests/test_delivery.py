@@ -16,11 +16,13 @@ from typing import Any
 
 import pytest
 from servers import InfluxDB1
-from test_spool import DiskFaults
+from spoolhelpers import DiskFaults, use_disk
 
 from otel_luna._cli import main, status_entries
-from otel_luna.delivery import _spool as spool_module
-from otel_luna.delivery._spool import DiskSpool, FallbackSpool, MemorySpool, Spool
+from otel_luna.delivery._disk_spool import DiskSpool
+from otel_luna.delivery._fallback_spool import FallbackSpool
+from otel_luna.delivery._memory_spool import MemorySpool
+from otel_luna.delivery._spool import Spool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.outcomes import Reason
 from otel_luna.settings import Settings, SettingsError, env_name
@@ -597,7 +599,7 @@ def test_shutdown_counts_memory_held_lines_as_lost_and_disk_lines_as_left(
     left_in_spool and the three held in memory as dropped_at_shutdown, logs each as what it
     is, and the next start delivers exactly the two."""
     faults = DiskFaults()
-    monkeypatch.setattr(spool_module, "os", faults)
+    use_disk(monkeypatch, faults)
     batch, _ = fallback_writer(tmp_path, faults)
     with caplog.at_level(logging.WARNING, logger="otel_luna.delivery._writer"):
         assert batch.shutdown(0.2) is False
@@ -623,7 +625,7 @@ def test_status_says_points_are_held_in_memory_while_the_disk_refuses(
     """While the fallback spool keeps points in memory, the stats say so: since when, why and
     how many lines are in memory only; `otel-luna status` prints it."""
     faults = DiskFaults()
-    monkeypatch.setattr(spool_module, "os", faults)
+    use_disk(monkeypatch, faults)
     started = time.time()
     batch, _ = fallback_writer(tmp_path, faults)
     try:

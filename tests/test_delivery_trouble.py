@@ -21,7 +21,7 @@ from servers import InfluxDB1, unique_name
 
 from otel_luna._cli import status_entries
 from otel_luna.delivery import destination_name, open_delivery
-from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.settings import Settings
 from otel_luna.sinks import connection_trouble

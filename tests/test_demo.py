@@ -356,7 +356,7 @@ def test_status_of_one_level_of_a_spool_says_which_root_to_give(
 ) -> None:
     """Given a destination's directory (or a process's) instead of the spool root, status says
     so instead of a bare "0 process directories"."""
-    from otel_luna.delivery._spool import DiskSpool
+    from otel_luna.delivery._disk_spool import DiskSpool
 
     root = tmp_path / "spool"
     spool = DiskSpool(root / "file_x", max_bytes=10**6)

@@ -28,7 +28,7 @@ import requests
 from closedport import ClosedPort
 from servers import InfluxDB1
 
-from otel_luna.delivery._spool import describe
+from otel_luna.delivery._spool_status import describe
 
 APPS = Path(__file__).parent / "apps"
 VENV_BIN = Path(sys.executable).parent

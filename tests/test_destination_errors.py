@@ -20,7 +20,7 @@ from pingcentre_stub import PingCentre
 from servers import InfluxDB1, unique_name
 
 from otel_luna._cli import main
-from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks._influx_v1 import InfluxV1Sink

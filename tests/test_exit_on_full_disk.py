@@ -23,7 +23,7 @@ from test_reliability import request_id_of, server_spans
 
 from otel_luna import LunaSpanExporter, Settings
 from otel_luna._cli import main
-from otel_luna.delivery._spool import FallbackSpool
+from otel_luna.delivery._fallback_spool import FallbackSpool
 
 #: About three times what the tmpfs holds.
 POINTS = 3000

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks import load_sink

@@ -20,7 +20,7 @@ from influxdb_client import InfluxDBClient
 from servers import InfluxDB2, unique_name
 
 from otel_luna._cli import main
-from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks._influx_v2 import InfluxV2Sink

@@ -27,7 +27,7 @@ from servers import InfluxDB1
 
 from otel_luna import _lifecycle as lifecycle
 from otel_luna._lifecycle import CHAIN, DELIVER_AND_RAISE, IGNORE, Watcher, action_for
-from otel_luna.delivery._spool import describe
+from otel_luna.delivery._spool_status import describe
 from otel_luna.settings import Settings
 
 

@@ -18,7 +18,7 @@ SCRIPT = textwrap.dedent(
     from otel_luna.delivery._writer import BatchWriter
     from otel_luna.settings import Settings
     from otel_luna.sinks import load_sink
-    from otel_luna.delivery._spool import MemorySpool
+    from otel_luna.delivery._memory_spool import MemorySpool
 
     url, database = sys.argv[1], sys.argv[2]
     memory = InMemorySpanExporter()

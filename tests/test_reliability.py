@@ -42,10 +42,10 @@ from servers import (
     http_request,
     start_influxdb1,
 )
+from spoolhelpers import segment_bodies, use_disk
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.delivery import _spool as spool_module
-from otel_luna.delivery._spool import MemorySpool
+from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._writer import BACKOFF_MAX, BatchWriter, DeadLetters
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 
@@ -262,13 +262,8 @@ _REQUEST_ID = re.compile(rb'request_id="([^"]*)"')
 
 def spooled_ids(spool_dir: Path) -> list[str]:
     """Request ids in the disk spool's segment files (acknowledged records included)."""
-    ids = []
-    for segment in sorted(spool_dir.rglob("*.seg")):
-        data, position = segment.read_bytes(), 0
-        while (record := spool_module._parse(data, position)) is not None:
-            body, _, position = record
-            ids += [match.decode() for match in _REQUEST_ID.findall(body)]
-    return ids
+    bodies = segment_bodies(spool_dir)
+    return [match.decode() for body in bodies for match in _REQUEST_ID.findall(body)]
 
 
 def restart_influxdb1(server: InfluxDB1) -> None:
@@ -333,7 +328,7 @@ def dead_letters(path: Path) -> list[dict[str, Any]]:
 
 
 class _FailingOs:
-    """``os`` for :mod:`otel_luna.delivery._spool` whose ``write`` (and optionally ``replace``) fail
+    """``os`` for the spool modules whose ``write`` (and optionally ``replace``) fail
     with ENOSPC, as on a full disk; everything else is the real ``os``."""
 
     def __init__(self, writes_before_full: int, *, ack_fails_too: bool = False) -> None:
@@ -561,7 +556,7 @@ def test_spool_that_fills_up_midway_keeps_points_flowing_in_memory(
 ) -> None:
     """Appends failing with ENOSPC mid-way: no error reaches the caller, every point delivered."""
     failing = _FailingOs(writes_before_full=4)
-    monkeypatch.setattr(spool_module, "os", failing)
+    use_disk(monkeypatch, failing)
     exporter = direct_exporter(influxdb1.url, influxdb1_database, tmp_path, flush_interval=3600)
     spans = server_spans(10)
     try:
@@ -581,7 +576,7 @@ def test_full_disk_that_also_fails_the_ack_file_keeps_points_flowing(
     influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On a full disk (appends and the ack file fail) points still flow through memory."""
-    monkeypatch.setattr(spool_module, "os", _FailingOs(writes_before_full=2, ack_fails_too=True))
+    use_disk(monkeypatch, _FailingOs(writes_before_full=2, ack_fails_too=True))
     exporter = direct_exporter(influxdb1.url, influxdb1_database, tmp_path, flush_interval=3600)
     spans = server_spans(6)
     try:

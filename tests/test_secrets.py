@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import pytest
 
 from otel_luna._cli import main
-from otel_luna.delivery._spool import DiskSpool
+from otel_luna.delivery._disk_spool import DiskSpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.redact import redact
 from otel_luna.settings import Settings, SettingsError

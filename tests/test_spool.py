@@ -14,70 +14,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from spoolhelpers import DiskFaults, die, drain, use_disk
 
-from otel_luna.delivery import _spool as spool_module
-from otel_luna.delivery._spool import (
-    DiskSpool,
-    FallbackSpool,
-    MemorySpool,
-    Spool,
-    SpoolUnavailable,
-    describe,
-    open_spool,
-)
+from otel_luna.delivery import _segments
+from otel_luna.delivery._disk_spool import DiskSpool
+from otel_luna.delivery._fallback_spool import DISK_RETRY_INTERVAL, FallbackSpool, open_spool
+from otel_luna.delivery._memory_spool import MemorySpool
+from otel_luna.delivery._process_directory import STATS_RESERVE_BYTES
+from otel_luna.delivery._spool import SpoolUnavailable
+from otel_luna.delivery._spool_status import describe
 
-RECORD_HEADER = spool_module._HEADER.size
-
-
-def drain(spool: Spool, max_lines: int = 1000) -> list[bytes]:
-    """Read and ack until the spool is empty; every batch must carry lines."""
-    bodies = []
-    while (batch := spool.read(max_lines)) is not None:
-        assert batch.body and batch.lines > 0
-        bodies.append(batch.body)
-        spool.ack(batch.token)
-    return bodies
-
-
-class DiskFaults:
-    """``os`` for the spool module with a disk that fills up: ``room`` bytes more are
-    taken (a write that does not fit is cut short, the next one fails with ENOSPC; None: no
-    limit), each write takes at most ``max_write`` bytes, and ``ftruncate`` fails when
-    ``truncate_fails``. Everything else is the real ``os``."""
-
-    def __init__(self) -> None:
-        self.room: int | None = None
-        self.max_write: int | None = None
-        self.truncate_fails = False
-        self.writes = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: bytes) -> int:
-        self.writes += 1
-        data = bytes(data)
-        if self.room is not None:
-            if self.room == 0:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            data = data[: self.room]
-        if self.max_write is not None:
-            data = data[: self.max_write]
-        written = os.write(fd, data)
-        if self.room is not None:
-            self.room -= written
-        return written
-
-    def ftruncate(self, fd: int, length: int) -> None:
-        if self.truncate_fails:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        os.ftruncate(fd, length)
+RECORD_HEADER = _segments.HEADER.size
 
 
 @pytest.fixture
 def disk(monkeypatch: pytest.MonkeyPatch) -> DiskFaults:
     faults = DiskFaults()
-    monkeypatch.setattr(spool_module, "os", faults)
+    use_disk(monkeypatch, faults)
     return faults
 
 
@@ -95,12 +48,6 @@ def record_size(body: bytes) -> int:
 
 def segment_bytes(directory: Path) -> bytes:
     return b"".join(path.read_bytes() for path in sorted(directory.glob("*.seg")))
-
-
-def die(spool: DiskSpool) -> None:
-    """As if the process were killed: the directory stays, its lock is released."""
-    spool._own.close()
-    os.close(spool._own_fd)
 
 
 @pytest.fixture(params=["disk", "memory"])
@@ -132,7 +79,7 @@ def test_a_batch_reads_pieces_of_its_segment_and_records_cut_between_them(
     record after them still ends its segment."""
     import random
 
-    monkeypatch.setattr(spool_module, "READ_AHEAD", 300)
+    monkeypatch.setattr(_segments, "READ_AHEAD", 300)
     rng = random.Random(seed)
     spool = DiskSpool(tmp_path / "spool", max_bytes=10**8, segment_bytes=20_000)
     sent: list[bytes] = []
@@ -165,7 +112,7 @@ def test_unacked_records_replay_after_restart(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import os
-        from otel_luna.delivery._spool import DiskSpool
+        from otel_luna.delivery._disk_spool import DiskSpool
         spool = DiskSpool({str(root)!r}, max_bytes=10**8)
         for i in range(5):
             spool.append(b"m x=%di\\n" % i, 1)
@@ -191,8 +138,7 @@ def test_torn_tail_is_skipped_and_counted(tmp_path: Path) -> None:
     segment = next(first.directory.glob("*.seg"))
     data = segment.read_bytes()
     segment.write_bytes(data[:-3])  # tear the last record
-    first._own.close()
-    os.close(first._own_fd)  # the process "dies" without cleaning up
+    die(first)  # the process "dies" without cleaning up
     second = DiskSpool(root, max_bytes=10**8)
     assert second.counts["corrupt_records"] == 1
     assert drain(second) == [b"m x=1i\n"]
@@ -208,8 +154,7 @@ def test_corrupt_checksum_is_detected(tmp_path: Path) -> None:
     data = bytearray(segment.read_bytes())
     data[-2] ^= 0xFF
     segment.write_bytes(bytes(data))
-    first._own.close()
-    os.close(first._own_fd)
+    die(first)
     second = DiskSpool(root, max_bytes=10**8)
     assert second.counts["corrupt_records"] == 1
     assert drain(second) == []
@@ -269,8 +214,7 @@ def test_status_shows_waiting_points_and_counters(
     assert f"dest/{spool.directory.name}: running, 2 points / " in out
     assert "retried=2, written=7" in out
     assert "points by outcome: written=7, retried=2" in out  # the Outcome of each counter
-    spool._own.close()
-    os.close(spool._own_fd)  # the process is gone
+    die(spool)  # the process is gone
     assert main(["status", str(root), "--json"]) == 0
     assert '"running": false' in capsys.readouterr().out
 
@@ -411,7 +355,7 @@ def test_fallback_keeps_points_in_memory_and_returns_to_the_disk_once_drained(
     spool.append(b"m x=2i\n", 1)
     assert not spool.durable and spool.counts["spool_fallback_memory"] == 1
     disk.room = None  # the disk has room again, but memory still holds a record
-    clock.now += spool_module.DISK_RETRY_INTERVAL
+    clock.now += DISK_RETRY_INTERVAL
     spool.append(b"m x=3i\n", 1)
     assert spool.memory.pending_lines == 2
     assert drain(spool) == [b"m x=1i\n", b"m x=2i\nm x=3i\n"]  # disk first, then memory
@@ -425,7 +369,7 @@ def test_fallback_keeps_points_in_memory_and_returns_to_the_disk_once_drained(
     spool.append(b"m x=5i\n", 1)  # drained, but not DISK_RETRY_INTERVAL since the last try
     assert disk.writes == writes and spool.memory.pending_lines == 1
     assert drain(spool) == [b"m x=5i\n"]
-    clock.now += spool_module.DISK_RETRY_INTERVAL
+    clock.now += DISK_RETRY_INTERVAL
     spool.append(b"m x=6i\n", 1)
     assert spool.durable and spool.memory.pending_lines == 0
     assert spool.disk.pending_lines == 1 and b"m x=6i\n" in segment_bytes(spool.directory)
@@ -548,7 +492,7 @@ def test_volatile_lines_are_those_held_in_memory_only(tmp_path: Path, disk: Disk
     assert "No space left on device" in str(fallback["reason"])
     disk.room = None
     drain(spool)
-    clock.now += spool_module.DISK_RETRY_INTERVAL
+    clock.now += DISK_RETRY_INTERVAL
     spool.append(b"m x=4i\n", 1)
     assert spool.fallback is None and spool.pending_volatile_lines == 0
 
@@ -570,7 +514,7 @@ def test_stats_are_rewritten_in_place_when_no_new_file_can_be_written(
     assert entry["counts"] == {"written": 7, "memory_fallback": {"pending_lines": 3}}
     assert not (spool.directory / "stats.json.tmp").exists()
     with pytest.raises(OSError):
-        spool.write_stats({"x" * spool_module.STATS_RESERVE_BYTES: 1})
+        spool.write_stats({"x" * STATS_RESERVE_BYTES: 1})
     assert describe(tmp_path / "spool")[0]["counts"]["written"] == 7
     spool.close()
 
@@ -582,8 +526,7 @@ def test_a_damaged_ack_replays_the_directory_instead_of_raising(tmp_path: Path) 
     first = DiskSpool(root, max_bytes=10**8)
     first.append(b"m x=1i\n", 1)
     directory = first.directory
-    first._own.close()
-    os.close(first._own_fd)  # the process is gone
+    die(first)  # the process is gone
     for damage in ("1 -100", "-1 0", "x y", "1 2 3"):
         (directory / "ack").write_text(damage)
         spool = DiskSpool(root, max_bytes=10**8)

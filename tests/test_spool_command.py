@@ -14,7 +14,8 @@ from servers import InfluxDB1
 
 from otel_luna import _cli as cli
 from otel_luna.delivery import destination_slug, open_delivery
-from otel_luna.delivery._spool import DiskSpool, process_directories
+from otel_luna.delivery._disk_spool import DiskSpool
+from otel_luna.delivery._spool_status import process_directories
 from otel_luna.encoding._lineprotocol import encode
 from otel_luna.schema._point import Point
 from otel_luna.settings import Settings, env_name

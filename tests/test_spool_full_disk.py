@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 from conftest import FULL_DISK_BYTES
 from servers import InfluxDB1, free_port
-from test_reliability import request_id_of, server_spans
+from test_reliability import request_id_of, server_spans, spooled_ids
 
 from otel_luna import LunaSpanExporter, Settings
-from otel_luna.delivery import _spool as spool_module
-from otel_luna.delivery._spool import FallbackSpool, SpoolUnavailable, describe, open_spool
+from otel_luna.delivery._fallback_spool import FallbackSpool, open_spool
+from otel_luna.delivery._spool import SpoolUnavailable
+from otel_luna.delivery._spool_status import describe
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.sinks import Sink
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
@@ -76,16 +77,6 @@ def closed_port_sink(database: str) -> InfluxV1Sink:
     return InfluxV1Sink(Settings.load({}, endpoint=url, database=database, timeout=2.0))
 
 
-def ids_in_segments(root: Path) -> list[str]:
-    ids = []
-    for segment in sorted(root.rglob("*.seg")):
-        data, position = segment.read_bytes(), 0
-        while (record := spool_module._parse(data, position)) is not None:
-            body, _, position = record
-            ids += [match.decode() for match in _REQUEST_ID.findall(body)]
-    return ids
-
-
 def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
     influxdb1: InfluxDB1,
     influxdb1_database: str,
@@ -126,7 +117,7 @@ def test_every_point_acknowledged_on_a_full_disk_is_delivered_exactly_once(
         # The backlog is delivered: the next point goes to the disk again (its space is back).
         assert exporter.export(spans[POINTS:]).name == "SUCCESS"
         assert spool.disk.pending_lines == 1 and spool.memory.pending_lines == 0
-        assert request_id_of(spans[POINTS]) in ids_in_segments(full_disk)
+        assert request_id_of(spans[POINTS]) in spooled_ids(full_disk)
         assert exporter.force_flush(DELIVERY_TIMEOUT * 1000)
     finally:
         exporter.shutdown()

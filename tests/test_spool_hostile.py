@@ -15,16 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
-from test_spool import die, drain
+from spoolhelpers import dead_directory, drain
 
 from otel_luna._cli import main
-from otel_luna.delivery._spool import (
-    DiskSpool,
-    MemorySpool,
-    SpoolRefused,
-    describe,
-    open_spool,
-)
+from otel_luna.delivery._disk_spool import DiskSpool
+from otel_luna.delivery._fallback_spool import open_spool
+from otel_luna.delivery._memory_spool import MemorySpool
+from otel_luna.delivery._spool import SpoolRefused
+from otel_luna.delivery._spool_status import describe
 from otel_luna.serve._workers import Supervisor, describe_supervisors
 from otel_luna.settings import Settings
 
@@ -37,17 +35,6 @@ def victim_directory(tmp_path: Path) -> Path:
     for name in ("a.txt", "lock", "stats.json", "00000000000000000001.seg"):
         (victim / name).write_text("precious")
     return victim
-
-
-def dead_directory(root: Path, *bodies: bytes) -> Path:
-    """A process directory left in ``root`` by a process that is gone, holding ``bodies``
-    (made beside it, so that no spool adopts the ones made before)."""
-    spool = DiskSpool(root.parent / f"making-{os.urandom(4).hex()}", max_bytes=10**8)
-    for body in bodies:
-        spool.append(body, body.count(b"\n"))
-    die(spool)
-    root.mkdir(mode=0o700, exist_ok=True)
-    return spool.directory.rename(root / spool.directory.name)
 
 
 def refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -144,7 +131,7 @@ def test_a_fifo_in_a_spool_directory_hangs_neither_start_nor_status(tmp_path: Pa
     start = run_python(
         """
         import sys
-        from otel_luna.delivery._spool import DiskSpool
+        from otel_luna.delivery._disk_spool import DiskSpool
         spool = DiskSpool(sys.argv[1], max_bytes=10**8)
         batch = spool.read(10)
         print(batch.body.decode(), end="")
@@ -169,7 +156,7 @@ def test_a_sparse_segment_costs_no_memory(tmp_path: Path) -> None:
         """
         import re, sys
         from otel_luna._cli import main
-        from otel_luna.delivery._spool import DiskSpool
+        from otel_luna.delivery._disk_spool import DiskSpool
         assert main(["status", sys.argv[1]]) == 0
         spool = DiskSpool(sys.argv[1] + "/dest", max_bytes=10**10)
         # VmHWM: this program's peak (ru_maxrss would count the forking test process's RSS).

@@ -133,7 +133,7 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
     ping_centre: PingCentre, tmp_path: Path
 ) -> None:
     """A ping Ping Centre refuses (400) goes to the dead-letter file; the rest are delivered."""
-    from otel_luna.delivery._spool import MemorySpool
+    from otel_luna.delivery._memory_spool import MemorySpool
     from otel_luna.delivery._writer import BatchWriter, DeadLetters
     from otel_luna.sinks._pingcentre import PingCentreSink
 
@@ -163,7 +163,7 @@ def test_ping_centre_400_is_dead_lettered_others_delivered(
 
 def test_only_failed_pings_are_retried(ping_centre: PingCentre) -> None:
     """While Ping Centre is down pings wait; afterwards each is delivered exactly once."""
-    from otel_luna.delivery._spool import MemorySpool
+    from otel_luna.delivery._memory_spool import MemorySpool
     from otel_luna.delivery._writer import BatchWriter
     from otel_luna.sinks._pingcentre import PingCentreSink
 

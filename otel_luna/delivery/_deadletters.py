@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from otel_luna.delivery._spool import make_directories, write_all
+from otel_luna._files import make_directories, write_all
 from otel_luna.delivery._throttle import SUMMARY_INTERVAL, Throttle
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.redact import redact

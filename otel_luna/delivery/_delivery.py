@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from otel_luna.delivery._deadletters import DeadLetters
-from otel_luna.delivery._spool import open_spool
+from otel_luna.delivery._fallback_spool import open_spool
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.outcomes import Reason
 from otel_luna.redact import redact

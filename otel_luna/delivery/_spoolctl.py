@@ -7,7 +7,7 @@ by :func:`~otel_luna.delivery.destination_slug` of the settings that picked the 
 database wait there for ever: a corrected configuration has another directory, and never adopts
 them. These operations work on the process directories under a destination directory, and only
 on those whose process is gone: each is locked first, as a living process locks one it adopts
-(:func:`~otel_luna.delivery._spool.claim_gone`); a directory whose process — or a process that
+(:func:`~otel_luna.delivery._disk_spool.claim_gone`); a directory whose process — or a process that
 adopted it — is alive is left untouched and reported. So they are safe while processes run.
 """
 
@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_luna.delivery._delivery import destination_slug, open_delivery
-from otel_luna.delivery._spool import GoneDirectory, claim_gone, describe, left_behind
+from otel_luna.delivery._disk_spool import GoneDirectory, claim_gone
+from otel_luna.delivery._spool_status import describe, left_behind
 from otel_luna.outcomes import Reason
 from otel_luna.redact import printable
 from otel_luna.settings._settings import Settings

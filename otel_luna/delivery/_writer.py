@@ -296,7 +296,7 @@ class BatchWriter:
             )
         if volatile:
             self.counts.add(Reason.DROPPED_AT_SHUTDOWN, volatile)
-            fallback = getattr(self.spool, "fallback", None)
+            fallback = self.spool.fallback
             _logger.warning(
                 "otel-luna: %d lines not delivered at shutdown were held in memory only (%s) and "
                 "are lost (dropped_at_shutdown)",
@@ -394,7 +394,7 @@ class BatchWriter:
         stats["pending"] = {"lines": self.spool.pending_lines, "bytes": self.spool.pending_bytes}
         if self.dead_letters is not None:
             stats["dead_letter"] = self.dead_letters.stats()
-        fallback = getattr(self.spool, "fallback", None)
+        fallback = self.spool.fallback
         if fallback is not None:
             stats["memory_fallback"] = fallback
         with contextlib.suppress(OSError):  # the spool's own writes report disk trouble
@@ -591,5 +591,5 @@ class BatchWriter:
 
 
 def _where(spool: Spool) -> str:
-    directory = getattr(spool, "directory", None)
+    directory = spool.directory
     return f" {directory}" if directory is not None else ""

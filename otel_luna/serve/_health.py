@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from otel_luna.delivery._spool import process_directories, read_stats
+from otel_luna.delivery._spool_status import process_directories, read_stats
 from otel_luna.outcomes import Reason
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
 from otel_luna.serve._startup import HEALTH_CONNECTIONS, host_port, listening
@@ -87,7 +87,7 @@ class ReceiverHealth:
             trouble = delivery.trouble
             if trouble is not None:
                 found.append(_trouble_text(delivery.destination, trouble))
-            directory = getattr(delivery.spool, "directory", None)
+            directory = delivery.spool.directory
             if directory is not None and not _writable(directory):
                 found.append(f"the spool directory {directory} is not writable")
         if self.receiver.spool_refused is not None:

@@ -5,7 +5,7 @@ One serve process uses about one core (its Python threads share one interpreter 
 (``python -m otel_luna.serve._workers``, never a fork of a process holding grpc threads), each
 a whole :class:`~otel_luna.serve._main.Server` listening on the same gRPC and HTTP ports with
 ``SO_REUSEPORT``, so that the kernel spreads new connections over them. Each worker has its own
-spool directory under the same spool root (the :class:`~otel_luna.delivery._spool.DiskSpool`
+spool directory under the same spool root (the :class:`~otel_luna.delivery._disk_spool.DiskSpool`
 design: ``<spool_dir>/<destination>/<pid>-<random>/``, locked while its process lives), so the
 directory of a worker that died is adopted and delivered by a living one (within
 ``ADOPT_INTERVAL``) or by its replacement at its start.
@@ -47,12 +47,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from otel_luna._cli import EXIT_USAGE
-from otel_luna.delivery._spool import (
-    SpoolRefused,
-    make_directories,
-    read_small,
-    replace_file,
-)
+from otel_luna._files import make_directories, read_small, replace_file
+from otel_luna.delivery._spool import SpoolRefused
 from otel_luna.redact import printable
 from otel_luna.serve._startup import check_tls_files, host_port, listening
 from otel_luna.settings._settings import Settings, SettingsError

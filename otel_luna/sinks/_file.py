@@ -7,7 +7,7 @@ import os
 import threading
 from urllib.parse import unquote, urlsplit
 
-from otel_luna.delivery._spool import write_all
+from otel_luna._files import write_all
 from otel_luna.settings._settings import Settings
 from otel_luna.sinks._base import Failure, SinkError
 
