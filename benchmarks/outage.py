@@ -195,7 +195,8 @@ class ProbeSink:
 class SpoolProbe:
     """Times ``read`` and ``ack`` of the writer's spool (instance attributes shadow the methods;
     nothing in otel_luna changes). Also notes how many bytes each read takes from its segment
-    file: ``_SegmentLog.read`` reads from the read position to the end of the segment."""
+    file: ``SegmentLog.read`` (``otel_luna.delivery._segments``) reads from the read position
+    to the end of the segment."""
 
     def __init__(self, spool: Any) -> None:
         self.spool = spool
