@@ -618,3 +618,49 @@ def test_a_listen_address_that_is_none_names_the_setting(given: str) -> None:
     with pytest.raises(SettingsError) as caught:
         ServeSettings.load({"OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given})
     assert caught.value.setting == "OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST"
+
+
+# --------------------------------------------------------------------------- serve's settings
+
+
+def test_one_toml_file_configures_the_exporter_and_serve(tmp_path: Path) -> None:
+    """The core's Settings lets serve's keys be; ServeSettings reads them, and refuses a
+    mistyped one naming the key."""
+    config = tmp_path / "luna.toml"
+    config.write_text('[monitoring]\nflushing_period = 5\nserve_host = "::1"\nserve_workers = 2\n')
+    env = {"OTEL_EXPORTER_LUNA_CONFIG": str(config)}
+    assert Settings.load(env).flush_interval == 5
+    serve = ServeSettings.load(env)
+    assert (serve.flush_interval, serve.serve_host, serve.serve_workers) == (5, "::1", 2)
+    config.write_text("[monitoring]\nserve_wrokers = 2\n")
+    Settings.load(env)
+    with pytest.raises(SettingsError, match=r"\[monitoring\] serve_wrokers: unknown key"):
+        ServeSettings.load(env)
+    with pytest.raises(SettingsError, match="serve_workers: unknown setting"):
+        Settings.load({}, serve_workers=2)
+
+
+def test_serve_tls_needs_both_files_naming_the_certificate() -> None:
+    """A TLS certificate without its key (or the reverse) fails when the settings are read,
+    naming OTEL_EXPORTER_LUNA_SERVE_TLS_CERT, as a core check would."""
+    for given in ({"serve_tls_cert": "c.pem"}, {"serve_tls_key": "k.pem"}):
+        with pytest.raises(SettingsError) as caught:
+            ServeSettings.load({}, **given)
+        assert caught.value.setting == "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
+    both = ServeSettings.load({}, serve_tls_cert="c.pem", serve_tls_key="k.pem")
+    assert (both.serve_tls_cert, both.serve_tls_key) == ("c.pem", "k.pem")
+    with pytest.raises(SettingsError, match="USERNAME: set both"):
+        ServeSettings.load({}, username="luna")  # the core's checks run too
+
+
+def test_serve_settings_are_the_core_settings_and_serves_own() -> None:
+    """ServeSettings.load reads the core's settings as Settings.load does, from the same
+    variables; with several workers, a stream's first point is not its first ever."""
+    env = {"OTEL_EXPORTER_LUNA_SPOOL": "memory", "OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT": "0"}
+    serve = ServeSettings.load(env)
+    assert isinstance(serve, Settings) and serve.spool == Settings.load(env).spool == "memory"
+    assert serve.serve_http_port == 0 and serve.sees_whole_streams
+    assert not ServeSettings.load({}, serve_workers=2).sees_whole_streams
+    assert Settings.load({}).sees_whole_streams
+    assert serve.replace(serve_workers=3).serve_workers == 3
+    assert ServeSettings.env_name("spool_dir") == env_name("spool_dir")
