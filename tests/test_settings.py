@@ -16,15 +16,8 @@ from typing import Any
 import pytest
 
 from otel_luna.serve import SERVE, ServeSettings
-from otel_luna.settings import (
-    DELIVERY,
-    DESTINATION,
-    SPOOL,
-    Settings,
-    SettingsError,
-    describe,
-    env_name,
-)
+from otel_luna.settings import Settings, SettingsError, describe, env_name
+from otel_luna.settings._settings import DELIVERY, DESTINATION, SPOOL
 from otel_luna.sinks import SINK_GROUP, load_sink
 
 DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
