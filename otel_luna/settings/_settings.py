@@ -7,7 +7,7 @@ Everything else — loading, error messages, the list of secrets, :func:`describ
 ``docs/configuration.md`` (``docs/generate_configuration.py``) — is derived from those
 declarations. A sink declares settings of its own the same way, as
 :class:`~otel_luna.settings.Setting` objects in its ``settings`` attribute (found through its
-entry point, see :func:`~otel_luna.settings.sink_settings`); their values are in
+entry point, see :func:`~otel_luna.settings._plugins.sink_settings`); their values are in
 :attr:`Settings.sink_options`, read with :meth:`Settings.option`. An add-on declares its own
 settings in a subclass of :class:`Settings` (``otel-luna serve``:
 ``otel_luna.serve.ServeSettings``), loaded from the same sources by the same :meth:`load`.
@@ -404,8 +404,8 @@ class Settings:
 
     @property
     def sink_name(self) -> str:
-        """Entry point in group :data:`~otel_luna.settings.SINK_GROUP` that delivers the
-        points."""
+        """The entry point of the sinks' group (:data:`~otel_luna.settings._plugins.SINK_GROUP`)
+        that delivers the points."""
         if self.sink:
             return self.sink
         if self.endpoint == "console":
