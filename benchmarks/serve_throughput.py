@@ -649,12 +649,12 @@ class Bench:
             ExportTraceServiceRequest,
         )
 
+        from otel_luna.serve import ServeSettings
         from otel_luna.serve._receiver import Receiver
-        from otel_luna.settings import Settings
 
         state = self.root / "accept-path"
         receiver = Receiver(
-            Settings.load(
+            ServeSettings.load(
                 {},
                 spool=self.options.spool,
                 spool_dir=str(state / "spool"),

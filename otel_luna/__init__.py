@@ -14,7 +14,8 @@ from otel_luna._helpers import (
 )
 from otel_luna._lifecycle import flush
 from otel_luna.schema._point import Point
-from otel_luna.settings._settings import Settings, SettingsError
+from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._settings import Settings
 
 __all__ = [
     "LunaMetricExporter",

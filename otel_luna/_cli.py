@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from otel_luna.redact import printable
-from otel_luna.settings._settings import Settings, SettingsError, env_name
+from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._settings import Settings, env_name
 
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
 #: no spool directory), 2 bad usage or setting, 130 interrupted.
@@ -692,9 +693,9 @@ def status_entries(root: str) -> list[dict[str, object]]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from otel_luna.serve._settings import ServeSettings
     from otel_luna.serve._startup import raise_open_file_limit
     from otel_luna.serve._workers import supervise, worker_count
-    from otel_luna.settings._settings import Settings
 
     raise_open_file_limit()  # the workers inherit it
 
@@ -708,7 +709,7 @@ def _serve(args: argparse.Namespace) -> int:
         "serve_tls_key": args.tls_key,
     }
     given = {name: value for name, value in flags.items() if value is not None}
-    settings = Settings.load(**given, serve_workers=args.workers)
+    settings = ServeSettings.load(**given, serve_workers=args.workers)
     workers = worker_count(settings.serve_workers)
     if workers > 1:  # before grpc is imported: the supervisor starts processes
         return supervise(settings, given, workers)

@@ -33,7 +33,8 @@ from otel_luna.ingest._ingest import METRICS, TRACES, Ingest
 from otel_luna.ingest._sdk import ServiceNames, span_records, usage_samples
 from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
-from otel_luna.settings._settings import Settings, SettingsError, env_name, strict_requested
+from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._settings import Settings, env_name, strict_requested
 from otel_luna.sinks._base import Sink
 
 _logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ are a start-up error naming the settings, never a stream of rejected points.
 
 To add a profile: a mapper with the :class:`SpanMapper` interface (``counts``, ``add(record)``),
 its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
-values the ``schema`` setting accepts (``_schema`` in :mod:`otel_luna.settings._settings`).
+values the ``schema`` setting accepts (``parse_schema`` in :mod:`otel_luna.settings._parsers`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from otel_luna.mapping._watchdog import WatchdogMapper
 from otel_luna.outcomes import Reason
 from otel_luna.redact import redact
 from otel_luna.schema._point import Point
-from otel_luna.settings._settings import SettingsError, env_name
+from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._settings import env_name
 
 if TYPE_CHECKING:
     from otel_luna.mapping._records import SpanRecord
@@ -103,7 +104,7 @@ LUNA = Profile(
     # serve --workers N: a client's connection can move to a worker that never saw its streams
     lambda settings: UsageMapper(
         CumulativeToDelta(
-            first_in_full=settings.serve_workers == 1,
+            first_in_full=settings.sees_whole_streams,
             max_ahead_ns=round(settings.max_time_ahead * 1e9),
         )
     ),

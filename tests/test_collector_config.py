@@ -31,9 +31,9 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from otelcol import QUEUE_DIRECTORY, Collector, localize, validate
 from servers import HOST, free_port
 
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _main as serve
 from otel_luna.serve._protocol import METRICS_PATH, METRICS_SERVICE, TRACE_SERVICE, TRACES_PATH
-from otel_luna.settings import Settings
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "collector-config"
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -179,7 +179,7 @@ def test_bridge_exporters_use_the_grpc_port_serve_really_serves(
 ) -> None:
     """otlp and loadbalancing targets use serve's default gRPC port or a documented replica's."""
     path, document = config
-    default = Settings().serve_grpc_port
+    default = ServeSettings().serve_grpc_port
     allowed = {default} | _documented_replica_ports(path)
     exporters = _bridge_exporters(document)
     assert exporters, f"{path.name}: no exporter sends to otel-luna serve"
@@ -227,7 +227,7 @@ def test_http_exporters_use_the_port_and_paths_the_receiver_serves(
 ) -> None:
     """otlphttp exporters post to serve's default HTTP port at TRACES_PATH / METRICS_PATH."""
     path, document = config
-    default = Settings().serve_http_port
+    default = ServeSettings().serve_http_port
     paths = {"traces_endpoint": TRACES_PATH, "metrics_endpoint": METRICS_PATH}
     for name, exporter in _bridge_exporters(document).items():
         if _kind(name) != "otlp_http":
@@ -254,7 +254,7 @@ def test_collector_receivers_do_not_take_the_bridge_ports_on_the_same_host(
 ) -> None:
     """A Collector that sends to a bridge on 127.0.0.1 listens on other ports than serve's."""
     path, document = config
-    bridge_ports = {Settings().serve_grpc_port, Settings().serve_http_port}
+    bridge_ports = {ServeSettings().serve_grpc_port, ServeSettings().serve_http_port}
     bridge_ports |= _documented_replica_ports(path)
     bridge_ports |= {int(p) for p in re.findall(r"--http-port\s+(\d+)", path.read_text())}
     for name, receiver in document["receivers"].items():
@@ -278,7 +278,7 @@ def test_every_exporter_queues_and_retries(config: tuple[Path, dict[str, Any]]) 
 
 def _server(tmp_path: Path, **settings: Any) -> serve.Server:
     return serve.Server(
-        Settings.load(
+        ServeSettings.load(
             {},
             endpoint=f"file://{tmp_path}/out.lp",
             serve_grpc_port=0,

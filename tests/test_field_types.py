@@ -50,6 +50,7 @@ from otel_luna.mapping._timestamps import time_window
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import FieldValue
 from otel_luna.schema.luna import field_type, fitted, name_words
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
@@ -302,7 +303,7 @@ def test_a_usage_data_point_dated_weeks_ahead_is_rejected_and_counted() -> None:
     """The window holds for luna.usages too (serve's metrics path): the point of now is
     written, the one dated a week ahead rejected and answered in the partial success."""
     sink = InMemorySink()
-    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    receiver = Receiver(ServeSettings.load({}, spool="memory", flush_interval=30), sink=sink)
     try:
         request = ExportMetricsServiceRequest()
         resource = request.resource_metrics.add()

@@ -44,6 +44,7 @@ from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
 from otel_luna.schema._point import Point
 from otel_luna.schema.luna import field_type
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
@@ -187,7 +188,7 @@ def any_value(value: Any) -> AnyValue | None:
 @pytest.fixture(scope="module")
 def receiver_and_sink() -> Any:
     sink = InMemorySink()
-    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    receiver = Receiver(ServeSettings.load({}, spool="memory", flush_interval=30), sink=sink)
     yield receiver, sink
     receiver.shutdown()
 

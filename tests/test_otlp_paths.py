@@ -35,9 +35,9 @@ from otel_luna.ingest import _sdk as sdk
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._requests import RequestMapper
 from otel_luna.mapping._watchdog import WatchdogMapper
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._receiver import Backpressure, Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 
@@ -73,8 +73,8 @@ def finished_spans() -> list[Any]:
     return list(memory.get_finished_spans())
 
 
-def memory_settings() -> Settings:
-    return Settings.load({}, spool="memory", flush_interval=3600)
+def memory_settings() -> ServeSettings:
+    return ServeSettings.load({}, spool="memory", flush_interval=3600)
 
 
 def realistic_spans() -> list[Any]:
@@ -380,7 +380,7 @@ def test_full_spool_refuses_with_backpressure() -> None:
     """Near a full spool the receiver refuses requests instead of dropping data."""
     sink = InMemorySink()
     receiver = Receiver(
-        Settings.load({}, spool="memory", spool_max_bytes=100, flush_interval=3600), sink=sink
+        ServeSettings.load({}, spool="memory", spool_max_bytes=100, flush_interval=3600), sink=sink
     )
     request = encode_spans(finished_spans())
     receiver.accept_traces(request)  # fills it beyond the high-water mark

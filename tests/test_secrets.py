@@ -23,6 +23,7 @@ from otel_luna._cli import main
 from otel_luna.delivery._disk_spool import DiskSpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.redact import redact
+from otel_luna.serve import ServeSettings
 from otel_luna.settings import Settings, SettingsError
 from otel_luna.sinks import SinkError
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
@@ -290,7 +291,7 @@ def test_token_echoed_in_any_encoding_is_redacted(echo_form: str, form: str) -> 
 def test_settings_secrets_hold_the_basic_authentication_forms() -> None:
     """Settings.secrets: password, tokens, each of them in base64, and user:password in base64
     padded, unpadded and URL-safe (what redact cannot derive from the password itself)."""
-    settings = Settings.load(
+    settings = ServeSettings.load(
         {}, username="luna", password="p>?", token="t0k", serve_token="s3rve", api_version="1"
     )
     pair = b"luna:p>?"
@@ -385,9 +386,10 @@ def test_a_token_no_header_can_carry_is_refused_at_start_without_it(
     report ended in a traceback showing it; serve logged it half-masked on every write): it is
     refused when the settings are read, naming the setting, never showing the value."""
     variable = f"OTEL_EXPORTER_LUNA_{name.upper()}"
+    settings = ServeSettings if name.startswith("serve_") else Settings
     for loaded, named in (
-        (lambda: Settings.load({variable: value}), variable),
-        (lambda: Settings.load({}, **{name: value}), name),
+        (lambda: settings.load({variable: value}), variable),
+        (lambda: settings.load({}, **{name: value}), name),
     ):
         with pytest.raises(SettingsError) as raised:
             loaded()
@@ -395,4 +397,4 @@ def test_a_token_no_header_can_carry_is_refused_at_start_without_it(
         assert message.startswith(f"{named}: bad value: contains {says}"), message
         assert all(part not in message for part in ("tok-admin", "SECRETHEAD", "SECRETTAIL"))
     good = "tok-0123456789_-.=~+/ Aa"
-    assert getattr(Settings.load({variable: good, "OTEL_EXPORTER_LUNA_ORG": "o"}), name) == good
+    assert getattr(settings.load({variable: good, "OTEL_EXPORTER_LUNA_ORG": "o"}), name) == good

@@ -34,13 +34,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from otlpwire import empties, field
 
 from otel_luna.outcomes import Reason
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._budget import ByteBudget
 from otel_luna.serve._decoded import ProtobufBound, json_bound
 from otel_luna.serve._grpc_server import GrpcServer, start_grpc
 from otel_luna.serve._http_server import HttpServer, start_http
 from otel_luna.serve._protocol import JSON, METRICS_PATH, PROTOBUF, TRACES_PATH, HttpProtocol
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 TOKEN = "decode-token"
@@ -126,7 +126,7 @@ class Running:
     """Both front ends in this process over one receiver writing to a sink, with a token."""
 
     def __init__(self) -> None:
-        self.settings = Settings.load(
+        self.settings = ServeSettings.load(
             {}, spool="memory", flush_interval=3600, serve_token=TOKEN, serve_read_timeout=30
         )
         self.receiver = Receiver(self.settings, sink=InMemorySink())
@@ -316,7 +316,7 @@ def test_the_bound_of_a_normal_request_is_a_small_multiple_of_its_size(
     10,000-span request stays under the default limit."""
     body = spans_request(10_000).SerializeToString()
     assert len(body) * 2 <= bound(body) <= len(body) * 40
-    assert bound(body) <= Settings.load({}).serve_max_decoded_bytes
+    assert bound(body) <= ServeSettings.load({}).serve_max_decoded_bytes
 
 
 def test_the_metrics_bound_covers_packed_varints() -> None:
@@ -425,7 +425,7 @@ def test_large_http_requests_at_once_take_turns(running: Running) -> None:
 def test_a_request_that_does_not_fit_yet_is_decoded_once_the_budget_frees() -> None:
     """HTTP: a request read while the budget is full (another request decoding) is answered 200
     once that one gives its bytes back, not 503."""
-    settings = Settings.load({}, spool="memory", flush_interval=3600)
+    settings = ServeSettings.load({}, spool="memory", flush_interval=3600)
     receiver = Receiver(settings, sink=InMemorySink())
     try:
         protocol = HttpProtocol(receiver, settings)

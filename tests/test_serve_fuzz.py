@@ -31,9 +31,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._protocol import JSON, PROTOBUF, Answer, HttpProtocol
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 LIMIT = 256 * 1024  # serve_max_message_bytes here
@@ -52,7 +52,7 @@ class Fuzzed:
 
     def __init__(self) -> None:
         self.sink = InMemorySink()
-        self.settings = Settings.load(
+        self.settings = ServeSettings.load(
             {}, spool="memory", flush_interval=3600, serve_max_message_bytes=LIMIT
         )
         self.receiver = Receiver(self.settings, sink=self.sink)

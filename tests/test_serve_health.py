@@ -23,7 +23,8 @@ from servers import InfluxDB1, unique_name
 from otel_luna._cli import status_entries
 from otel_luna.outcomes import Outcome, Reason
 from otel_luna.serve._health import HealthServer
-from otel_luna.settings import SettingsError, env_name
+from otel_luna.serve._settings import env_name
+from otel_luna.settings import SettingsError
 
 HTTP_TIMEOUT = 10.0
 #: Seconds for a state to show: the writer's backoff is at most 5 s, the stats follow each round.

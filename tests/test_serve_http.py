@@ -44,6 +44,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from servehelpers import Serve
 
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _http_server as http_server_module
 from otel_luna.serve import _inflate as inflate
 from otel_luna.serve._http_server import HttpServer, start_http
@@ -51,7 +52,6 @@ from otel_luna.serve._inflate import zstd
 from otel_luna.serve._main import Server
 from otel_luna.serve._protocol import JSON, PROTOBUF, TRACES_PATH, Answer, HttpProtocol
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 TOKEN = "s3cr3t"
@@ -123,7 +123,7 @@ def sink() -> InMemorySink:
 
 @pytest.fixture
 def receiver(sink: InMemorySink) -> Iterator[Receiver]:
-    settings = Settings.load(
+    settings = ServeSettings.load(
         {},
         spool="memory",
         flush_interval=3600,
@@ -498,7 +498,7 @@ def test_span_kinds_by_name_or_number_are_read_unknown_numbers_kept(
 
 
 def test_the_spool_full_is_503_with_retry_after(sink: InMemorySink) -> None:
-    settings = Settings.load(
+    settings = ServeSettings.load(
         {}, spool="memory", flush_interval=3600, batch_size=10**6, spool_max_bytes=1
     )
     receiver = Receiver(settings, sink=sink)
@@ -702,7 +702,7 @@ class Running:
 
     def __init__(self, **settings: Any) -> None:
         self.sink = InMemorySink()
-        self.settings = Settings.load(
+        self.settings = ServeSettings.load(
             {}, spool="memory", flush_interval=3600, serve_http_port=0, **settings
         )
         self.receiver = Receiver(self.settings, sink=self.sink)
@@ -908,7 +908,7 @@ def test_at_the_connection_cap_slow_heads_make_room_for_a_new_client() -> None:
 def test_a_trickling_body_cannot_hold_up_stop(tmp_path: Path) -> None:
     """Server.stop() (what SIGTERM runs) with a client sending its body a byte at a time:
     returned once ``serve_read_timeout`` (1 s) cut the body, long before the 30 s grace."""
-    settings = Settings.load(
+    settings = ServeSettings.load(
         {},
         endpoint=f"file://{tmp_path}/out.lp",
         spool="memory",
@@ -992,7 +992,7 @@ def test_tls_handshakes_do_not_block_other_clients(certificate: tuple[Path, Path
 
 def test_reuse_port_lets_processes_share_the_port() -> None:
     """``reuse_port=True`` sets SO_REUSEPORT (``--workers`` starts N processes on one port)."""
-    settings = Settings.load({}, spool="memory", flush_interval=3600)
+    settings = ServeSettings.load({}, spool="memory", flush_interval=3600)
     receiver = Receiver(settings, sink=InMemorySink())
     servers: list[HttpServer] = []
     try:

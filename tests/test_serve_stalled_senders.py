@@ -19,9 +19,9 @@ from servehelpers import TRACE_EXPORT, wait_until
 from test_serve_http import PB, Running, good_body, head, recv_answer
 
 from otel_luna.outcomes import Reason
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._grpc_server import start_grpc
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 TOKEN = "s3cr3t"
@@ -36,7 +36,7 @@ class GrpcRunning:
     """An in-process OTLP/gRPC server over a receiver writing to a sink."""
 
     def __init__(self, **settings: Any) -> None:
-        self.settings = Settings.load(
+        self.settings = ServeSettings.load(
             {}, spool="memory", flush_interval=3600, serve_grpc_port=0, **settings
         )
         self.receiver = Receiver(self.settings, sink=InMemorySink())

@@ -41,8 +41,8 @@ from servehelpers import (
 )
 from servers import InfluxDB1
 
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _workers as workers
-from otel_luna.settings import Settings
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 #: Deadline for one request to be acknowledged, retries included.
@@ -307,7 +307,7 @@ _FAKE_WORKER = (
 def _supervisor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **env: str) -> Any:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    settings = Settings.load({}, spool_dir=str(tmp_path / "spool"))
+    settings = ServeSettings.load({}, spool_dir=str(tmp_path / "spool"))
     return workers.Supervisor(settings, {}, 2, argv=[sys.executable, "-c", _FAKE_WORKER])
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
 import re
 import sys
 from collections.abc import Iterator
@@ -13,20 +15,18 @@ from typing import Any
 
 import pytest
 
-from otel_luna.settings import (
-    DELIVERY,
-    DESTINATION,
-    SERVE,
-    SPOOL,
-    Settings,
-    SettingsError,
-    describe,
-    env_name,
-    markdown_table,
-)
+from otel_luna.serve import SERVE, ServeSettings
+from otel_luna.settings import Settings, SettingsError, describe, env_name
+from otel_luna.settings._settings import DELIVERY, DESTINATION, SPOOL
 from otel_luna.sinks import SINK_GROUP, load_sink
 
 DOC = Path(__file__).parent.parent / "docs" / "configuration.md"
+_GENERATOR = importlib.util.spec_from_file_location(
+    "generate_configuration", DOC.parent / "generate_configuration.py"
+)
+assert _GENERATOR is not None and _GENERATOR.loader is not None
+generate_configuration = importlib.util.module_from_spec(_GENERATOR)
+_GENERATOR.loader.exec_module(generate_configuration)
 
 
 def test_defaults() -> None:
@@ -110,16 +110,46 @@ def test_secrets_never_shown() -> None:
 
 
 def test_describe_covers_every_setting() -> None:
-    """Every field of Settings (but the sinks' options) and every setting a built-in sink
-    declares has an environment variable, what it accepts, a doc line and a group."""
-    rows = describe()
-    fields = {field.name for field in dataclasses.fields(Settings)} - {"sink_options"}
+    """Every field of Settings and ServeSettings (but the sinks' options) and every setting a
+    built-in sink declares has an environment variable, what it accepts, a doc line and a
+    group; describe() alone lists the core's and the sinks'."""
+    rows = describe(Settings, ServeSettings)
+    fields = {field.name for field in dataclasses.fields(ServeSettings)} - {"sink_options"}
     assert {row.name for row in rows if not row.group.endswith(" sink")} == fields
     assert ("max_in_flight", "pingcentre sink") in {(row.name, row.group) for row in rows}
     for row in rows:
         assert row.env.startswith("OTEL_EXPORTER_LUNA_") and row.accepts and row.doc, row
     core = [row.group for row in rows[: len(fields)]]
     assert core == sorted(core, key=[DESTINATION, DELIVERY, SPOOL, SERVE].index)
+    assert [row for row in describe() if row.group != SERVE] == [
+        row for row in rows if row.group != SERVE
+    ]
+
+
+def test_the_core_settings_name_no_serve_setting() -> None:
+    """serve's settings are the serve add-on's: the core's Settings has none of them, and
+    ServeSettings has every core setting besides its own."""
+    core = {field.name for field in dataclasses.fields(Settings)}
+    serve = {field.name for field in dataclasses.fields(ServeSettings)}
+    assert not any(name.startswith("serve_") for name in core)
+    assert core < serve and all(name.startswith("serve_") for name in serve - core)
+    assert {row.group for row in describe()}.isdisjoint({SERVE})
+
+
+def test_settings_import_no_sink() -> None:
+    """One way only: sinks import settings; settings find sinks' declarations through their
+    entry points, never importing otel_luna.sinks."""
+    package = Path(__file__).parent.parent / "otel_luna" / "settings"
+    for module in package.glob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):  # function-level imports too
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            assert not any(name.startswith("otel_luna.sinks") for name in names), module
+    assert SINK_GROUP == "otel_luna.sinks"  # settings reads the sinks' entry points itself
 
 
 def built_in_groups() -> list[str]:
@@ -130,23 +160,31 @@ def built_in_groups() -> list[str]:
         for entry in entry_points(group=SINK_GROUP)
         if entry.value.startswith("otel_luna.")
     }
-    sinks = sorted({row.group for row in describe() if row.group in ours})
+    rows = generate_configuration.rows()
+    sinks = sorted({row.group for row in rows if row.group in ours})
     return [DESTINATION, DELIVERY, SPOOL, SERVE, *sinks]
 
 
 @pytest.mark.parametrize("group", built_in_groups())
 def test_configuration_doc_shows_each_group_as_declared(group: str) -> None:
     """docs/configuration.md has a table per group made from the declarations
-    (markdown_table): every setting with its real default, range and doc line."""
-    table = markdown_table(group)
-    assert table.count("\n| `OTEL_EXPORTER_LUNA_") == sum(r.group == group for r in describe())
+    (docs/generate_configuration.py): every setting with its real default, range and doc
+    line."""
+    table = generate_configuration.markdown_table(group)
+    rows = generate_configuration.rows()
+    assert table.count("\n| `OTEL_EXPORTER_LUNA_") == sum(r.group == group for r in rows)
     found = re.search(
         rf'<!-- markdown_table\("{group}"\) -->\n(.*?)<!-- end of markdown_table -->',
         DOC.read_text(),
         re.S,
     )
     assert found, f"no table of {group} in {DOC}"
-    assert found.group(1) == table, f"put this table in {DOC}:\n{table}"
+    assert found.group(1) == table, f"run python docs/generate_configuration.py:\n{table}"
+
+
+def test_configuration_doc_is_as_generated() -> None:
+    """docs/generate_configuration.py --check: the document is what the script writes."""
+    assert generate_configuration.main(["--check"]) == 0
 
 
 def test_configuration_doc_has_a_section_per_group() -> None:
@@ -181,10 +219,11 @@ def test_env_name_is_derived_from_the_name() -> None:
 )
 def test_absurd_values_fail_naming_the_setting_and_its_range(variable: str, value: str) -> None:
     """Values outside a setting's documented range fail at start-up, naming it and the range."""
+    loaded = ServeSettings if variable.startswith("OTEL_EXPORTER_LUNA_SERVE_") else Settings
     with pytest.raises(SettingsError) as caught:
-        Settings.load({variable: value})
+        loaded.load({variable: value})
     assert caught.value.setting == variable
-    (accepts,) = [row.accepts for row in describe() if row.env == variable]
+    (accepts,) = [row.accepts for row in describe(loaded) if row.env == variable]
     assert str(caught.value).endswith(f"accepts {accepts}") and " from " in accepts
 
 
@@ -332,8 +371,9 @@ def test_settings_errors_never_show_a_configured_secret(
     """A secret given in the environment, the TOML file or as a keyword argument is masked in
     the error about another setting that holds the same text (a value pasted in the wrong
     variable), which still names that setting and what it accepts."""
-    env_names = {row.name: row.env for row in describe()}
-    toml_keys = {row.name: row.toml for row in describe()}
+    loaded = ServeSettings if secret_setting.startswith("serve_") else Settings
+    env_names = {row.name: row.env for row in describe(loaded)}
+    toml_keys = {row.name: row.toml for row in describe(loaded)}
     secrets = {secret_setting: SECRET, "username": "luna"}
     env: dict[str, str] = {}
     overrides: dict[str, str] = {}
@@ -349,7 +389,7 @@ def test_settings_errors_never_show_a_configured_secret(
         overrides = {**secrets, **bad}
     (name,) = bad
     with pytest.raises(SettingsError) as caught:
-        Settings.load(env, **overrides)
+        loaded.load(env, **overrides)
     assert caught.value.setting in (env_names[name], name)
     assert SECRET not in str(caught.value)
     assert "accepts" in str(caught.value)
@@ -531,7 +571,10 @@ def test_describe_lists_a_sinks_settings_under_it(fake_sink: Any) -> None:
         "fake sink",
     )
     assert rows["fake_key"].default is None and rows["fake_key"].toml == "key"
-    assert "| `OTEL_EXPORTER_LUNA_FAKE_DEPTH` | `fake_depth` | `3` |" in markdown_table("fake sink")
+    assert (
+        "| `OTEL_EXPORTER_LUNA_FAKE_DEPTH` | `fake_depth` | `3` |"
+        in generate_configuration.markdown_table("fake sink")
+    )
     assert Settings.load({"OTEL_EXPORTER_LUNA_SINK": "broken"}).sink_name == "broken"
 
 
@@ -559,12 +602,58 @@ def test_ping_centre_max_in_flight_is_the_sinks_own(tmp_path: Path) -> None:
 def test_listen_addresses_are_kept_without_brackets(given: str, kept: str) -> None:
     """SERVE_HOST and SERVE_HEALTH_HOST take IPv6 with or without brackets, kept without."""
     env = {"OTEL_EXPORTER_LUNA_SERVE_HOST": given, "OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given}
-    settings = Settings.load(env)
+    settings = ServeSettings.load(env)
     assert (settings.serve_host, settings.serve_health_host) == (kept, kept)
 
 
 @pytest.mark.parametrize("given", ["[]", "[::1", "::1]", "a b", "host/24", "\x1b[2J"])
 def test_a_listen_address_that_is_none_names_the_setting(given: str) -> None:
     with pytest.raises(SettingsError) as caught:
-        Settings.load({"OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given})
+        ServeSettings.load({"OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST": given})
     assert caught.value.setting == "OTEL_EXPORTER_LUNA_SERVE_HEALTH_HOST"
+
+
+# --------------------------------------------------------------------------- serve's settings
+
+
+def test_one_toml_file_configures_the_exporter_and_serve(tmp_path: Path) -> None:
+    """The core's Settings lets serve's keys be; ServeSettings reads them, and refuses a
+    mistyped one naming the key."""
+    config = tmp_path / "luna.toml"
+    config.write_text('[monitoring]\nflushing_period = 5\nserve_host = "::1"\nserve_workers = 2\n')
+    env = {"OTEL_EXPORTER_LUNA_CONFIG": str(config)}
+    assert Settings.load(env).flush_interval == 5
+    serve = ServeSettings.load(env)
+    assert (serve.flush_interval, serve.serve_host, serve.serve_workers) == (5, "::1", 2)
+    config.write_text("[monitoring]\nserve_wrokers = 2\n")
+    Settings.load(env)
+    with pytest.raises(SettingsError, match=r"\[monitoring\] serve_wrokers: unknown key"):
+        ServeSettings.load(env)
+    with pytest.raises(SettingsError, match="serve_workers: unknown setting"):
+        Settings.load({}, serve_workers=2)
+
+
+def test_serve_tls_needs_both_files_naming_the_certificate() -> None:
+    """A TLS certificate without its key (or the reverse) fails when the settings are read,
+    naming OTEL_EXPORTER_LUNA_SERVE_TLS_CERT, as a core check would."""
+    for given in ({"serve_tls_cert": "c.pem"}, {"serve_tls_key": "k.pem"}):
+        with pytest.raises(SettingsError) as caught:
+            ServeSettings.load({}, **given)
+        assert caught.value.setting == "OTEL_EXPORTER_LUNA_SERVE_TLS_CERT"
+    both = ServeSettings.load({}, serve_tls_cert="c.pem", serve_tls_key="k.pem")
+    assert (both.serve_tls_cert, both.serve_tls_key) == ("c.pem", "k.pem")
+    with pytest.raises(SettingsError, match="USERNAME: set both"):
+        ServeSettings.load({}, username="luna")  # the core's checks run too
+
+
+def test_serve_settings_are_the_core_settings_and_serves_own() -> None:
+    """ServeSettings.load reads the core's settings as Settings.load does, from the same
+    variables; with several workers, a stream's first point is not its first ever."""
+    env = {"OTEL_EXPORTER_LUNA_SPOOL": "memory", "OTEL_EXPORTER_LUNA_SERVE_HTTP_PORT": "0"}
+    serve = ServeSettings.load(env)
+    assert isinstance(serve, Settings) and serve.spool == Settings.load(env).spool == "memory"
+    assert serve.serve_http_port == 0 and serve.sees_whole_streams
+    assert not ServeSettings.load({}, serve_workers=2).sees_whole_streams
+    assert Settings.load({}).sees_whole_streams
+    assert serve.replace(serve_workers=3).serve_workers == 3
+    assert ServeSettings.env_name("spool_dir") == env_name("spool_dir")

@@ -15,7 +15,7 @@ import pytest
 
 from otel_luna import _exporter as exporter_module
 from otel_luna._exporter import EXIT_BAD_SETTING, LunaMetricExporter, LunaSpanExporter
-from otel_luna.settings import strict_requested
+from otel_luna.settings._settings import strict_requested
 
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,8 +23,8 @@ from otel_luna.delivery._fallback_spool import open_spool
 from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._spool import SpoolRefused
 from otel_luna.delivery._spool_status import describe
+from otel_luna.serve import ServeSettings
 from otel_luna.serve._workers import Supervisor, describe_supervisors
-from otel_luna.settings import Settings
 
 ESCAPE = "\x1b]0;owned\x07\x1b[2J"
 
@@ -184,7 +184,7 @@ def test_a_supervisor_status_file_cannot_name_a_file_outside_the_spool(tmp_path:
     hostile.write_text(json.dumps({"pid": "x/../../victim"}))
     gone = spool_dir / "serve-supervisor-999999999.json"
     gone.write_text(json.dumps({"pid": 999999999}))
-    supervisor = Supervisor(Settings.load({}, spool_dir=str(spool_dir)), {}, 0)
+    supervisor = Supervisor(ServeSettings.load({}, spool_dir=str(spool_dir)), {}, 0)
     supervisor.start()
     assert victim.read_text() == "precious"
     assert not gone.exists()
@@ -204,7 +204,7 @@ def test_modes_are_0700_and_0600_whatever_the_umask(tmp_path: Path) -> None:
         spool.append(b"m x=1i\n", 1)
         spool.ack(spool.read(10).token)  # type: ignore[union-attr]
         spool.write_stats({"written": 1})
-        supervisor = Supervisor(Settings.load({}, spool_dir=str(tmp_path / "other")), {}, 0)
+        supervisor = Supervisor(ServeSettings.load({}, spool_dir=str(tmp_path / "other")), {}, 0)
         supervisor.start()
         status_file = next((tmp_path / "other").glob("serve-supervisor-*.json"))
         directory = spool.directory

@@ -25,6 +25,7 @@ from servers import InfluxDB1
 from otel_luna import LunaSpanExporter, Settings
 from otel_luna._cli import main
 from otel_luna.encoding._lineprotocol import MAX_TAG_VALUE_BYTES
+from otel_luna.serve import ServeSettings
 
 #: (attributes beyond a good request's, the reason status must show).
 HOSTILE: list[tuple[dict[str, Any], str]] = [
@@ -131,7 +132,7 @@ def test_status_shows_what_serve_refused(
     from otel_luna.serve._receiver import Receiver
 
     spool_dir = tmp_path / "spool"
-    settings = Settings.load(
+    settings = ServeSettings.load(
         {},
         endpoint=(tmp_path / "out.lp").as_uri(),
         flush_interval=0.05,

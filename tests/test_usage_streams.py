@@ -28,9 +28,9 @@ from otel_luna.mapping._records import UsageSample
 from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
 T0 = 1_700_000_000_000_000_000
@@ -402,7 +402,7 @@ def test_serve_warns_once_of_senders_alike_and_drops_fractional_usages(
     2.5 uses is rejected and named in the partial success (``fractional_usage``), not written as
     2."""
     sink = InMemorySink()
-    receiver = Receiver(Settings.load({}, spool="memory", flush_interval=30), sink=sink)
+    receiver = Receiver(ServeSettings.load({}, spool="memory", flush_interval=30), sink=sink)
     try:
         now = time.time_ns()
         with caplog.at_level(logging.WARNING, logger="otel_luna"):
@@ -469,7 +469,7 @@ def test_with_several_serve_workers_a_first_point_is_a_baseline() -> None:
     stream, so there a stream's first cumulative point is a baseline (one worker: a stream that
     started after serve did counts in full)."""
     for workers, first in ((1, 10), (2, 0)):
-        settings = Settings.load({}, serve_workers=workers)
+        settings = ServeSettings.load({}, serve_workers=workers)
         profile = profile_of(settings)
         assert profile.usage_mapper is not None
         mapper = profile.usage_mapper(settings)

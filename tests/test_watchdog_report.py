@@ -31,6 +31,7 @@ from otel_luna.encoding._jsonping import PingEncoder
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.report import _watchdog as report
 from otel_luna.schema._point import Point
+from otel_luna.serve import ServeSettings
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
@@ -127,8 +128,8 @@ def run(influxdb1: InfluxDB1, tmp_path_factory: pytest.TempPathFactory) -> Itera
     database = influxdb1.fresh_database("watchdog")
     pings_file, serve_file = root / "pings.jsonl", root / "serve.jsonl"
 
-    def file_settings(path: Path, name: str) -> Settings:
-        return Settings.load(
+    def file_settings(path: Path, name: str) -> ServeSettings:
+        return ServeSettings.load(
             {},
             schema="watchdog",
             endpoint=path.as_uri(),

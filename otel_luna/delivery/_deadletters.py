@@ -20,7 +20,8 @@ from otel_luna._files import make_directories, write_all
 from otel_luna.delivery._throttle import SUMMARY_INTERVAL, Throttle
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.redact import redact
-from otel_luna.settings._settings import SettingsError, env_name
+from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._settings import env_name
 
 _logger = logging.getLogger(__name__)
 

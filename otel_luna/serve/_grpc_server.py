@@ -60,8 +60,8 @@ from otel_luna.serve._protocol import (
     token_ok,
 )
 from otel_luna.serve._receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
+from otel_luna.serve._settings import ServeSettings
 from otel_luna.serve._startup import grpc_connection_limit, host_port
-from otel_luna.settings._settings import Settings
 
 #: Admitted calls that receive, decode and accept their message at once. The work is Python
 #: under one interpreter lock, so more add no throughput; these overlap the network and the
@@ -274,7 +274,7 @@ class _Admission:
 class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
     """The Export handlers, chosen per call on grpcio's polling thread (see the module doc)."""
 
-    def __init__(self, receiver: Receiver, settings: Settings) -> None:
+    def __init__(self, receiver: Receiver, settings: ServeSettings) -> None:
         self._token = settings.serve_token
         self._receiver = receiver
         self._budget = receiver.budget  # HTTP's too
@@ -364,7 +364,7 @@ class _Handlers(grpc.GenericRpcHandler):  # type: ignore[misc]
         self.refusal_pool.shutdown(wait=False)
 
 
-def call_slots(settings: Settings) -> int:
+def call_slots(settings: ServeSettings) -> int:
     """Calls admitted at once: ``SERVE_MAX_CONNECTIONS``, at most :data:`MAX_CALLS`."""
     return min(settings.serve_max_connections, MAX_CALLS)
 
@@ -417,7 +417,7 @@ CONNECTION_AGE_IDLE_TIMEOUTS = 5
 
 
 def start_grpc(
-    receiver: Receiver, settings: Settings, port: int, *, reuse_port: bool = False
+    receiver: Receiver, settings: ServeSettings, port: int, *, reuse_port: bool = False
 ) -> tuple[GrpcServer, int]:
     """A started gRPC server; returns it and the bound port (``port`` 0 picks one).
     ``reuse_port``: listen with ``SO_REUSEPORT`` (worker processes sharing the port)."""

@@ -43,8 +43,8 @@ from typing import TYPE_CHECKING, Protocol
 from otel_luna.delivery._spool_status import process_directories, read_stats
 from otel_luna.outcomes import Reason
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
+from otel_luna.serve._settings import ServeSettings
 from otel_luna.serve._startup import HEALTH_CONNECTIONS, host_port, listening
-from otel_luna.settings._settings import Settings
 
 if TYPE_CHECKING:
     from otel_luna.serve._receiver import Receiver
@@ -108,7 +108,9 @@ class SupervisorHealth:
     status``'s reading of them), and whether every worker runs. ``workers()`` gives each
     slot's pid, None for a slot whose worker is not running or not ready yet."""
 
-    def __init__(self, settings: Settings, workers: Callable[[], Sequence[int | None]]) -> None:
+    def __init__(
+        self, settings: ServeSettings, workers: Callable[[], Sequence[int | None]]
+    ) -> None:
         from otel_luna.delivery._delivery import destination_name, destination_slug
         from otel_luna.serve._receiver import HIGH_WATER
 
@@ -420,7 +422,7 @@ def _json_answer(status: int, value: object) -> bytes:
     return _answer(status, json.dumps(value), {"Content-Type": "application/json"})
 
 
-def start_health(source: HealthSource, settings: Settings) -> HealthServer | None:
+def start_health(source: HealthSource, settings: ServeSettings) -> HealthServer | None:
     """The endpoint ``settings`` ask for (``serve_health_port``), serving; None when off."""
     if settings.serve_health_port is None:
         return None

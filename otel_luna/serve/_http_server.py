@@ -48,7 +48,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 from otel_luna.serve._protocol import Answer, ByteBudget, HttpProtocol
 from otel_luna.serve._receiver import Receiver
-from otel_luna.settings._settings import Settings
+from otel_luna.serve._settings import ServeSettings
 
 #: Connections the kernel holds while all ``serve_max_connections`` are taken (capped by
 #: ``net.core.somaxconn``).
@@ -558,7 +558,7 @@ class HttpServer:
     threads. :meth:`stop` drains it."""
 
     def __init__(
-        self, receiver: Receiver, settings: Settings, port: int, *, reuse_port: bool = False
+        self, receiver: Receiver, settings: ServeSettings, port: int, *, reuse_port: bool = False
     ) -> None:
         self.settings = settings
         self.protocol = HttpProtocol(receiver, settings)
@@ -959,7 +959,7 @@ def _response(answer: Answer, *, close: bool) -> web.Response:
     return response
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext | None:
+def _ssl_context(settings: ServeSettings) -> ssl.SSLContext | None:
     if not (settings.serve_tls_cert and settings.serve_tls_key):
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -989,7 +989,7 @@ def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
 
 
 def start_http(
-    receiver: Receiver, settings: Settings, port: int, *, reuse_port: bool = False
+    receiver: Receiver, settings: ServeSettings, port: int, *, reuse_port: bool = False
 ) -> tuple[HttpServer, int]:
     """A serving OTLP/HTTP server (its loop in a thread); returns it and the bound port."""
     server = HttpServer(receiver, settings, port, reuse_port=reuse_port)

@@ -20,15 +20,16 @@ from otel_luna.serve._grpc_server import GrpcServer, start_grpc
 from otel_luna.serve._health import HealthServer, ReceiverHealth, start_health
 from otel_luna.serve._http_server import HttpServer, start_http
 from otel_luna.serve._receiver import Receiver
+from otel_luna.serve._settings import ServeSettings, env_name
 from otel_luna.serve._startup import check_tls_files, listening, path_error
-from otel_luna.settings._settings import Settings, SettingsError, env_name
+from otel_luna.settings import SettingsError
 
 
 class Server:
     """Both front ends, the receiver and the health endpoint if asked for
     (:mod:`otel_luna.serve._health`); :meth:`stop` drains in-flight requests, then flushes."""
 
-    def __init__(self, settings: Settings, *, reuse_port: bool = False) -> None:
+    def __init__(self, settings: ServeSettings, *, reuse_port: bool = False) -> None:
         self.settings = settings
         check_tls_files(settings)
         try:

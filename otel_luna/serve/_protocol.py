@@ -33,7 +33,7 @@ from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._budget import ByteBudget as ByteBudget  # re-exported: the hosts use it
 from otel_luna.serve._decoded import ProtobufBound, json_bound
 from otel_luna.serve._receiver import RETRY_AFTER_SECONDS, Backpressure, Receiver
-from otel_luna.settings._settings import Settings
+from otel_luna.serve._settings import ServeSettings
 
 _logger = logging.getLogger("otel_luna.serve.http")
 
@@ -177,7 +177,7 @@ class HttpProtocol:
     :data:`LOG_INTERVAL` seconds). Thread-safe; nothing raises."""
 
     def __init__(
-        self, receiver: Receiver, settings: Settings, budget: ByteBudget | None = None
+        self, receiver: Receiver, settings: ServeSettings, budget: ByteBudget | None = None
     ) -> None:
         self.receiver = receiver
         self.settings = settings

@@ -16,7 +16,8 @@ import stat
 from collections.abc import Callable
 from typing import TypeVar
 
-from otel_luna.settings._settings import Settings, SettingsError, env_name
+from otel_luna.serve._settings import ServeSettings, env_name
+from otel_luna.settings import SettingsError
 
 _T = TypeVar("_T")
 _logger = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ def grpc_connection_limit(http_connections: int) -> int:
     return int(min(GRPC_CONNECTIONS_MAX, max(16, left)))
 
 
-def check_tls_files(settings: Settings) -> None:
+def check_tls_files(settings: ServeSettings) -> None:
     """The TLS certificate chain and key can be read and belong together; else a
     :class:`SettingsError` naming the setting and the file."""
     cert, key = settings.serve_tls_cert, settings.serve_tls_key

@@ -50,8 +50,9 @@ from otel_luna._cli import EXIT_USAGE
 from otel_luna._files import make_directories, read_small, replace_file
 from otel_luna.delivery._spool import SpoolRefused
 from otel_luna.redact import printable
+from otel_luna.serve._settings import ServeSettings
 from otel_luna.serve._startup import check_tls_files, host_port, listening
-from otel_luna.settings._settings import Settings, SettingsError
+from otel_luna.settings import SettingsError
 
 _logger = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ class Supervisor:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: ServeSettings,
         overrides: Mapping[str, Any],
         workers: int,
         *,
@@ -484,7 +485,7 @@ def _alive(pid: object) -> bool:
 
 
 def supervise(
-    settings: Settings, overrides: Mapping[str, Any], workers: int, out: TextIO | None = None
+    settings: ServeSettings, overrides: Mapping[str, Any], workers: int, out: TextIO | None = None
 ) -> int:
     """Run ``otel-luna serve`` as ``workers`` processes until SIGTERM or SIGINT; the exit code.
 
@@ -584,7 +585,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     from otel_luna.serve._main import Server
 
     # The supervisor serves the health endpoint: a worker's would take the same port.
-    settings = Settings.load(**{**json.loads(args.overrides), "serve_health_port": None})
+    settings = ServeSettings.load(**{**json.loads(args.overrides), "serve_health_port": None})
     try:
         server = Server(settings, reuse_port=True)
     except (SpoolRefused, SettingsError) as error:  # one line, as a single serve says it

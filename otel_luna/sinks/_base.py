@@ -5,12 +5,11 @@ destination did not take the body) and ``close() -> None``. Sinks are found by n
 entry-point group ``otel_luna.sinks``; each entry point is a callable taking the
 :class:`~otel_luna.settings.Settings`. Third-party packages add destinations the same way. The
 entry point may declare settings of its own in a ``settings`` attribute, a tuple of
-:class:`~otel_luna.settings.Setting` (see :func:`sink_settings`).
+:class:`~otel_luna.settings.Setting` (settings reads them: :func:`sink_settings`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 import json
 from collections.abc import Callable, Iterable
@@ -18,12 +17,11 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
 from otel_luna.redact import redact
+from otel_luna.settings._plugins import SINK_GROUP as SINK_GROUP  # the entry points' group
+from otel_luna.settings._plugins import sink_settings as sink_settings  # what they declare
 
 if TYPE_CHECKING:
-    from otel_luna.settings._settings import Setting, Settings
-
-#: Entry-point group of sink factories.
-SINK_GROUP = "otel_luna.sinks"
+    from otel_luna.settings._settings import Settings
 
 
 class Sink(Protocol):
@@ -222,7 +220,8 @@ def parse_retry_after(value: str | None) -> float | None:
 def sink_factory(settings: Settings) -> Callable[[Settings], Sink]:
     """The entry point named by ``settings.sink_name``: a callable (usually the sink's class)
     that builds the sink from ``settings``."""
-    from otel_luna.settings._settings import SettingsError, env_name
+    from otel_luna.settings._declare import SettingsError
+    from otel_luna.settings._settings import env_name
 
     name = settings.sink_name
     found = entry_points(group=SINK_GROUP, name=name)
@@ -247,30 +246,3 @@ def wire_format(sink: object, settings: Settings) -> str:
 def load_sink(settings: Settings) -> Sink:
     """The sink named by ``settings.sink_name``, built from ``settings``."""
     return sink_factory(settings)(settings)
-
-
-def sink_settings(name: str | None = None) -> list[Setting]:
-    """The settings the sink ``name`` declares (every installed sink's when ``name`` is None),
-    each in group ``"<name> sink"``: the :class:`~otel_luna.settings.Setting` objects in the
-    ``settings`` attribute of its entry point's object. A sink that cannot be imported
-    declares none here; :func:`load_sink` says why when it is the one chosen."""
-    from otel_luna.settings._settings import Setting
-
-    if name is None:
-        found = entry_points(group=SINK_GROUP)
-    else:
-        found = entry_points(group=SINK_GROUP, name=name)
-    declared: list[Setting] = []
-    for entry in sorted(found, key=lambda entry: entry.name):
-        try:
-            factory = entry.load()
-        except Exception:  # noqa: BLE001 - whatever a broken plugin raises; see load_sink
-            continue
-        settings = getattr(factory, "settings", ())
-        if isinstance(settings, (tuple, list)):  # else an attribute of the sink's own
-            declared += [
-                dataclasses.replace(each, group=f"{entry.name} sink")
-                for each in settings
-                if isinstance(each, Setting)
-            ]
-    return declared

@@ -17,7 +17,9 @@ import threading
 import urllib3
 
 from otel_luna.redact import redact
-from otel_luna.settings._settings import Setting, Settings, number
+from otel_luna.settings._declare import Setting
+from otel_luna.settings._parsers import number
+from otel_luna.settings._settings import Settings
 from otel_luna.sinks._base import (
     MESSAGE_LIMIT,
     REPLY_LIMIT,
