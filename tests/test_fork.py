@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     import otel_luna
     from otel_luna import LunaSpanExporter, Settings
-    from otel_luna.delivery import writer as delivery
+    from otel_luna.delivery import _writer as delivery
 
     delivery.ADOPT_INTERVAL = 0.2
     target, spool = sys.argv[1], sys.argv[2]
