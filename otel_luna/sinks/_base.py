@@ -72,9 +72,9 @@ class Sink(abc.ABC):
 
     def split_body(self, body: bytes) -> list[bytes]:
         """``body`` cut into its lines, each with its newline: how the writer splits a batch
-        the destination refused, to isolate the lines it refuses for good. Line protocol: by
-        :func:`~otel_luna.encoding.split_lines` (a string field may hold a newline); JSON
-        has no raw newline."""
+        the destination refused, to isolate the lines it refuses for good. Line protocol by
+        :func:`~otel_luna.encoding._lineprotocol.split_lines` (a string field may hold a
+        newline); JSON has no raw newline."""
         if self.format == JSON:
             return [line + b"\n" for line in body.split(b"\n") if line]
         return split_lines(body)
