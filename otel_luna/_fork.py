@@ -6,10 +6,12 @@ else runs in it (``os.register_at_fork(after_in_child=...)``, registered once, h
 
 1. the module-level locks, each module's :func:`at_fork` function, in the order the modules
    registered them (import order);
-2. every live object that :func:`track` was given, in the order they were made: each delivery
-   (:class:`~otel_luna.delivery._writer.BatchWriter`: its counters, spool, dead-letter file and
-   sink, then a worker thread of its own) and each ingest (its lock and counters). Each one's
-   ``after_fork_in_child()`` renews what it owns and nothing else.
+2. every live object that :func:`track` was given, the newest first: each ingest (its lock and
+   counters), then each delivery (:class:`~otel_luna.delivery._writer.BatchWriter`: its
+   counters, spool, dead-letter file and sink, then a worker thread of its own). Each one's
+   ``after_fork_in_child()`` renews what it owns and nothing else. Newest first because an
+   owner is made after what it owns: an ingest renews its lock before its delivery starts the
+   worker that reads the ingest's counters under that lock.
 
 Objects are held by weak references: one that is gone is not renewed. A renewal that raises is
 logged and the others still run.
@@ -54,7 +56,7 @@ def after_fork_in_child() -> None:
     """What the hook runs: the modules' renewals, then the objects' (see the module)."""
     for renew in list(_modules):
         _run(renew)
-    for renewable in list(_objects.values()):  # a dict: in the order they were tracked
+    for renewable in reversed(list(_objects.values())):  # a dict: newest last, so first here
         _run(renewable.after_fork_in_child)
 
 

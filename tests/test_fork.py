@@ -146,11 +146,12 @@ def test_child_exports_although_a_parent_thread_held_the_lock_at_fork(tmp_path: 
     assert target.read_text().startswith("requests,route=GET:/v,")
 
 
-def test_one_fork_hook_renews_modules_then_objects_in_order(
+def test_one_fork_hook_renews_modules_then_objects_newest_first(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """otel_luna._fork runs the modules' renewals, then each live tracked object's, in the
-    order they were tracked; one that is gone is skipped, one that raises stops no other."""
+    reverse order they were tracked (an owner, made after what it owns, first); one that is
+    gone is skipped, one that raises stops no other."""
     from otel_luna import _fork
 
     monkeypatch.setattr(_fork, "_modules", [])
@@ -173,7 +174,7 @@ def test_one_fork_hook_renews_modules_then_objects_in_order(
     del gone
     gc.collect()
     _fork.after_fork_in_child()
-    assert calls == ["module", "first", "bad", "last"]
+    assert calls == ["module", "last", "bad", "first"]
 
 
 def test_deliveries_and_ingests_register_no_fork_hook_of_their_own(
