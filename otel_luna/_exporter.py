@@ -35,7 +35,7 @@ from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
 from otel_luna.settings._declare import SettingsError
 from otel_luna.settings._settings import Settings, env_name, strict_requested
-from otel_luna.sinks._base import Sink
+from otel_luna.sinks._base import SinkLike
 
 _logger = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class _Attached:
     """What both exporters share: the settings, the destination's ingest (shared with the
     other exporter of the process), the service-name cache and the shutdown flag."""
 
-    def _attach(self, settings: Settings | None, sink: Sink | None) -> None:
+    def _attach(self, settings: Settings | None, sink: SinkLike | None) -> None:
         #: Why an exporter built from the environment does nothing (``None``: it works).
         self.settings_error: SettingsError | None = None
         try:
@@ -143,7 +143,7 @@ class _Attached:
             self.settings_error = error
             self._open(Settings(enabled=False), None)
 
-    def _open(self, settings: Settings, sink: Sink | None) -> None:
+    def _open(self, settings: Settings, sink: SinkLike | None) -> None:
         self._ingest = Ingest.shared(settings, sink)
         self.settings = settings
         self._services = ServiceNames()
@@ -170,7 +170,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
     and metric exporters of a process with equal settings share one ingest and delivery.
     """
 
-    def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, sink: SinkLike | None = None) -> None:
         self._attach(settings, sink)
         if settings is None:
             _warn_without_metrics(self.settings)
@@ -202,7 +202,7 @@ class LunaMetricExporter(_Attached, MetricExporter):
     cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
     """
 
-    def __init__(self, settings: Settings | None = None, *, sink: Sink | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *, sink: SinkLike | None = None) -> None:
         super().__init__(
             preferred_temporality={
                 SdkCounter: AggregationTemporality.DELTA,

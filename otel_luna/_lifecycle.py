@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -45,6 +44,7 @@ from typing import Any, Protocol
 
 from opentelemetry import metrics, trace
 
+from otel_luna import _fork
 from otel_luna.settings._settings import Settings
 
 _logger = logging.getLogger(__name__)
@@ -267,9 +267,7 @@ class Watcher:
 
 
 WATCHER = Watcher()
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=WATCHER.after_fork_in_child)
+_fork.at_fork(WATCHER.after_fork_in_child)
 
 
 def flush(timeout: float = 10.0) -> bool:

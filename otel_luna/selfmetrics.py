@@ -14,7 +14,6 @@ the ``luna`` metric exporter never writes them into a LUNA series (it only maps
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import Counter
@@ -24,6 +23,7 @@ from typing import Protocol
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from otel_luna import _fork
 from otel_luna.outcomes import Outcome, Reason
 
 POINTS_HELP = "Points otel-luna handled, by outcome and reason"
@@ -126,12 +126,12 @@ class _Registry:
 
 
 _registry = _Registry()
-if hasattr(os, "register_at_fork"):  # a lock held by another thread at fork stays held
 
-    def _reinit_lock() -> None:
-        _registry._lock = threading.Lock()
 
-    os.register_at_fork(after_in_child=_reinit_lock)
+@_fork.at_fork
+def _renew_lock() -> None:
+    """A lock held by another thread at the fork stays held in the child: a new one."""
+    _registry._lock = threading.Lock()
 
 
 def register(source: Source) -> None:

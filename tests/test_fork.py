@@ -3,11 +3,16 @@ written twice, also when a child exits without flushing."""
 
 from __future__ import annotations
 
+import gc
+import os
 import subprocess
 import sys
 import textwrap
+import weakref
 from collections import Counter
 from pathlib import Path
+
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -17,7 +22,7 @@ SCRIPT = textwrap.dedent(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     import otel_luna
     from otel_luna import LunaSpanExporter, Settings
-    from otel_luna.delivery import writer as delivery
+    from otel_luna.delivery import _writer as delivery
 
     delivery.ADOPT_INTERVAL = 0.2
     target, spool = sys.argv[1], sys.argv[2]
@@ -139,3 +144,55 @@ def test_child_exports_although_a_parent_thread_held_the_lock_at_fork(tmp_path: 
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert target.read_text().startswith("requests,route=GET:/v,")
+
+
+def test_one_fork_hook_renews_modules_then_objects_newest_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """otel_luna._fork runs the modules' renewals, then each live tracked object's, in the
+    reverse order they were tracked (an owner, made after what it owns, first); one that is
+    gone is skipped, one that raises stops no other."""
+    from otel_luna import _fork
+
+    monkeypatch.setattr(_fork, "_modules", [])
+    monkeypatch.setattr(_fork, "_objects", weakref.WeakValueDictionary())
+    calls: list[str] = []
+
+    class Thing:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def after_fork_in_child(self) -> None:
+            calls.append(self.name)
+            if self.name == "bad":
+                raise RuntimeError("cannot")
+
+    first, bad, gone, last = Thing("first"), Thing("bad"), Thing("gone"), Thing("last")
+    for each in (first, bad, gone, last):
+        _fork.track(each)
+    _fork.at_fork(lambda: calls.append("module"))
+    del gone
+    gc.collect()
+    _fork.after_fork_in_child()
+    assert calls == ["module", "last", "bad", "first"]
+
+
+def test_deliveries_and_ingests_register_no_fork_hook_of_their_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Making an ingest (and its delivery) tracks both in the one hook; none registers its own."""
+    from otel_luna import _fork
+    from otel_luna.ingest import Ingest
+    from otel_luna.settings import Settings
+    from otel_luna.testing import InMemorySink
+
+    registered: list[object] = []
+    monkeypatch.setattr(os, "register_at_fork", lambda **hooks: registered.append(hooks))
+    ingest = Ingest(Settings.load({}, spool="memory", flush_interval=0.05), InMemorySink())
+    try:
+        assert registered == []
+        tracked = list(_fork._objects.values())
+        assert ingest in tracked and ingest.delivery in tracked
+        assert tracked.index(ingest.delivery) < tracked.index(ingest)
+    finally:
+        ingest.shutdown()

@@ -269,3 +269,102 @@ def test_endpoint_with_a_path_prefix_is_kept_in_the_write_url(stub: str) -> None
     assert (v1.path, parse_qs(v1.query)) == ("/influx/write", {"db": ["luna"], "precision": ["ns"]})
     assert v2.path == "/influx/api/v2/write"
     assert parse_qs(v2.query) == {"org": ["o"], "bucket": ["b"], "precision": ["ns"]}
+
+
+def test_built_in_sinks_are_sinks() -> None:
+    """Every sink of the package subclasses Sink: its optional parts are methods, not probes."""
+    from otel_luna.sinks import Sink
+    from otel_luna.sinks._pingcentre import PingCentreSink
+
+    for each in (ConsoleSink, FileSink, InfluxV1Sink, InfluxV2Sink, PingCentreSink):
+        assert issubclass(each, Sink), each
+    assert PingCentreSink.format == "json"
+    assert InfluxV1Sink.format_for(Settings.load({})) == "line-protocol"
+    assert FileSink.format_for(Settings.load({}, endpoint="file:///tmp/x.jsonl")) == "json"
+
+
+def test_a_sink_splits_a_body_by_its_format(tmp_path: Path) -> None:
+    """The writer asks the sink how a refused batch splits: line protocol keeps a newline
+    escaped in a string field inside its line; JSON lines split at every newline."""
+    lp = FileSink(Settings.load({}, endpoint=f"file://{tmp_path}/out.lp"))
+    body = b'm,t=a f="x\\\ny" 1\nm,t=b f=2i 2\n'
+    assert lp.split_body(body) == [b'm,t=a f="x\\\ny" 1\n', b"m,t=b f=2i 2\n"]
+    pings = FileSink(Settings.load({}, endpoint=f"file://{tmp_path}/out.jsonl"))
+    assert pings.split_body(b'{"a":1}\n{"b":2}\n') == [b'{"a":1}\n', b'{"b":2}\n']
+    lp.close()
+    pings.close()
+
+
+class _PlainSink:
+    """A third-party sink that does not subclass Sink."""
+
+    format = "json"
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.bodies: list[bytes] = []
+        self.renewed = self.closed = 0
+
+    def write(self, body: bytes) -> None:
+        self.bodies.append(body)
+
+    def after_fork_in_child(self) -> None:
+        self.renewed += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def test_a_plain_sink_is_adapted_once() -> None:
+    """A sink with only write/close (and optionally format, after_fork_in_child) works: it is
+    adapted once, its parts read then, and its own attributes stay reachable."""
+    from otel_luna.sinks import Sink
+    from otel_luna.sinks._base import as_sink, wire_format
+
+    plain = _PlainSink()
+    sink = as_sink(plain)
+    assert isinstance(sink, Sink) and as_sink(sink) is sink
+    assert sink.format == "json" and wire_format(plain, Settings.load({})) == "json"
+    sink.write(b'{"a":1}\n')
+    sink.after_fork_in_child()
+    sink.close()
+    assert (plain.bodies, plain.renewed, plain.closed) == ([b'{"a":1}\n'], 1, 1)
+    assert sink.bodies is plain.bodies  # what the plugin keeps, through the adapter
+    assert repr(sink) == repr(plain)
+
+    class Minimal:  # no format, no after_fork_in_child
+        def write(self, body: bytes) -> None: ...
+
+        def close(self) -> None: ...
+
+    minimal = as_sink(Minimal())
+    assert minimal.format == "line-protocol"
+    minimal.after_fork_in_child()  # nothing to renew: the default
+
+    class ChosenBySettings(Minimal):
+        @staticmethod
+        def format_for(settings: Settings) -> str:
+            return "json" if settings.endpoint.endswith(".jsonl") else "line-protocol"
+
+    settings = Settings.load({}, endpoint="file:///tmp/pings.jsonl")
+    assert as_sink(ChosenBySettings(), settings).format == "json"
+    assert wire_format(ChosenBySettings, settings) == "json"
+
+
+def test_a_plain_sink_plugin_is_loaded_adapted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An entry point that builds a plain sink: sink_factory wraps it, the sink it builds is a
+    Sink, and its format is known before it is built."""
+    from otel_luna.sinks import Sink, _base, sink_factory
+
+    class Entry:
+        name = "plain"
+
+        @staticmethod
+        def load() -> type[_PlainSink]:
+            return _PlainSink
+
+    monkeypatch.setattr(_base, "entry_points", lambda **kw: [Entry()])
+    settings = Settings.load({})
+    factory = sink_factory(settings)
+    assert _base.wire_format(factory, settings) == "json"
+    sink = factory(settings)
+    assert isinstance(sink, Sink) and isinstance(sink.adapted, _PlainSink)  # type: ignore[attr-defined]

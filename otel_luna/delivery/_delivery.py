@@ -18,12 +18,12 @@ from otel_luna.delivery._writer import BatchWriter
 from otel_luna.outcomes import Reason
 from otel_luna.redact import redact
 from otel_luna.settings._settings import Settings
-from otel_luna.sinks._base import Sink
+from otel_luna.sinks._base import SinkLike, as_sink
 
 
 def open_delivery(
     settings: Settings,
-    sink: Sink,
+    sink: SinkLike,
     *,
     memory_fallback: bool = True,
     extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
@@ -36,7 +36,7 @@ def open_delivery(
     elsewhere (the ingest's) for the stats ``otel-luna status`` shows.
     """
     return BatchWriter(
-        sink,
+        as_sink(sink, settings),  # a sink not made from Sink says its format here, once
         # Dead letters first: an unwritable path fails before the spool is opened.
         dead_letters=DeadLetters(
             settings.dead_letter, settings.dead_letter_max_bytes, settings.secrets

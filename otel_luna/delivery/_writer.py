@@ -41,22 +41,27 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from otel_luna import _fork
 from otel_luna.delivery._deadletters import DeadLetters
 from otel_luna.delivery._spool import Spool
 from otel_luna.delivery._throttle import SUMMARY_INTERVAL, Throttle
-from otel_luna.encoding._lineprotocol import split_lines
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.redact import redact
-from otel_luna.sinks._base import Failure, Sink, SinkError, suppress_instrumentation
+from otel_luna.sinks._base import (
+    Failure,
+    Sink,
+    SinkError,
+    SinkLike,
+    as_sink,
+    suppress_instrumentation,
+)
 
 _logger = logging.getLogger(__name__)
 
@@ -111,7 +116,7 @@ class BatchWriter:
 
     def __init__(
         self,
-        sink: Sink,
+        sink: SinkLike,
         spool: Spool,
         *,
         flush_interval: float,
@@ -129,7 +134,8 @@ class BatchWriter:
         the summaries and repeated warnings. ``destination``: where the sink writes, as the
         trouble warnings name it (no secrets). ``clock``: monotonic seconds, for the trouble
         warnings and their intervals (tests pass one they move)."""
-        self.sink = sink
+        #: A sink not made from :class:`Sink` is adapted once, here.
+        self.sink: Sink = as_sink(sink)
         self.spool = spool
         self.counts = Counts()
         self.dead_letters = dead_letters
@@ -141,9 +147,7 @@ class BatchWriter:
         self.destination = destination or repr(sink)
         self._clock = clock
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            ref = weakref.WeakMethod(self._after_fork_in_child)
-            os.register_at_fork(after_in_child=lambda: (method := ref()) and method())
+        _fork.track(self)
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
@@ -168,21 +172,20 @@ class BatchWriter:
         worker.start()
         return worker
 
-    def _after_fork_in_child(self) -> None:
-        # The parent keeps what it spooled; the child starts empty with its own thread, locks
-        # and connections (the parent's may be mid-use in a thread the child does not have).
+    def after_fork_in_child(self) -> None:
+        """The parent keeps what it spooled; the child starts empty with its own thread, locks
+        and connections (the parent's may be mid-use in a thread the child does not have):
+        counters, spool, dead-letter file, sink, then the writer's own state and worker."""
         if self._closed:  # shut down, not yet collected: nothing to renew (its fds are closed)
             return
         self.counts.after_fork_in_child()
         self.spool.after_fork_in_child()
         if self.dead_letters is not None:
             self.dead_letters.after_fork_in_child()
-        reinit = getattr(self.sink, "after_fork_in_child", None)
-        if callable(reinit):
-            try:
-                reinit()
-            except Exception as error:  # noqa: BLE001 - logged (redacted); the child goes on
-                _logger.error("otel-luna: cannot renew the sink after fork: %s", self._clean(error))
+        try:
+            self.sink.after_fork_in_child()
+        except Exception as error:  # noqa: BLE001 - logged (redacted); the child goes on
+            _logger.error("otel-luna: cannot renew the sink after fork: %s", self._clean(error))
         self._init_state()
 
     def _clean(self, error: BaseException | str) -> str:
@@ -481,10 +484,7 @@ class BatchWriter:
             outcome.written += lines
 
     def _split(self, body: bytes, outcome: _Outcome) -> None:
-        if getattr(self.sink, "format", "line-protocol") == "json":
-            lines = [line + b"\n" for line in body.split(b"\n") if line]  # JSON has no raw \n
-        else:
-            lines = split_lines(body)  # a string field may hold \n or \r
+        lines = self.sink.split_body(body)
         middle = len(lines) // 2
         for half in (lines[:middle], lines[middle:]):
             self.counts.add(Reason.SPLIT_WRITES, 1)

@@ -13,20 +13,17 @@ one set of fork handlers — and :meth:`Ingest.release` shuts it down when the l
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import sys
 import threading
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from otel_luna import _fork, selfmetrics
 from otel_luna import _lifecycle as lifecycle
-from otel_luna import selfmetrics
 from otel_luna.delivery._delivery import open_delivery
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.encoding._lineprotocol import InvalidPointError
@@ -36,7 +33,7 @@ from otel_luna.mapping._usages import OVERLAP_WINDOW_NS
 from otel_luna.outcomes import Reason, describe, problems, rejected
 from otel_luna.profiles import LINE_PROTOCOL, profile_of
 from otel_luna.settings._settings import Settings
-from otel_luna.sinks._base import Sink, sink_factory, wire_format
+from otel_luna.sinks._base import SinkLike, sink_factory, wire_format
 
 _logger = logging.getLogger(__name__)
 _MAPPED = Reason.MAPPED
@@ -108,7 +105,7 @@ class Ingest:
     def __init__(
         self,
         settings: Settings,
-        sink: Sink | None = None,
+        sink: SinkLike | None = None,
         *,
         memory_fallback: bool = True,
         more_counts: Callable[[], Mapping[Reason, int]] | None = None,
@@ -145,9 +142,7 @@ class Ingest:
         except BaseException:
             sink.close()
             raise
-        if hasattr(os, "register_at_fork"):
-            reinit = functools.partial(_reinit_in_child, weakref.ref(self))
-            os.register_at_fork(after_in_child=reinit)
+        _fork.track(self)
         selfmetrics.register(self)
 
     # -- the two ways in ---------------------------------------------------------------------
@@ -297,15 +292,15 @@ class Ingest:
             self._exit_deadline = now + timeout
         return max(0.0, self._exit_deadline - now)
 
-    def _reinit_in_child(self) -> None:
-        # A lock the parent's exporting thread held stays held in the child: replace it. The
-        # child's counters are its own.
+    def after_fork_in_child(self) -> None:
+        """A lock the parent's exporting thread held stays held in the child: replace it. The
+        child's counters are its own. (Its delivery renews itself: :mod:`otel_luna._fork`.)"""
         self._lock = threading.Lock()
         self._counts = {TRACES: Counter(), METRICS: Counter()}
 
     @classmethod
     def shared(
-        cls, settings: Settings, sink: Sink | None = None, *, memory_fallback: bool = True
+        cls, settings: Settings, sink: SinkLike | None = None, *, memory_fallback: bool = True
     ) -> Ingest:
         """The ingest of this destination in this process, made on first use; every call
         needs a :meth:`release`. Equal settings (and the same ``sink`` object, if one is
@@ -361,14 +356,7 @@ class _Registry:
 
 
 _registry = _Registry()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_registry.after_fork_in_child)
-
-
-def _reinit_in_child(ref: weakref.ref[Ingest]) -> None:
-    ingest = ref()
-    if ingest is not None:
-        ingest._reinit_in_child()
+_fork.at_fork(_registry.after_fork_in_child)
 
 
 def _result(counts: Counter[Reason]) -> Result:

@@ -22,7 +22,7 @@ from otel_luna.outcomes import Counts, Reason
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._budget import ByteBudget
 from otel_luna.serve._settings import ServeSettings
-from otel_luna.sinks._base import Sink
+from otel_luna.sinks._base import SinkLike
 
 #: Share of SPOOL_MAX_BYTES above which requests are refused.
 HIGH_WATER = 0.9
@@ -37,7 +37,7 @@ class Backpressure(Exception):
 class Receiver:
     """OTLP requests into one :class:`~otel_luna.ingest.Ingest`. Thread-safe."""
 
-    def __init__(self, settings: ServeSettings, sink: Sink | None = None) -> None:
+    def __init__(self, settings: ServeSettings, sink: SinkLike | None = None) -> None:
         self.settings = settings
         # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
         self.requests = Counts()  # shown by otel-luna status too

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from otel_luna.sinks._base import (
+    JSON,
+    LINE_PROTOCOL,
     MESSAGE_LIMIT,
     REPLY_LIMIT,
     SINK_GROUP,
     Failure,
     Sink,
     SinkError,
+    SinkLike,
     classify,
     classify_connection_error,
     connection_trouble,
@@ -22,12 +25,15 @@ from otel_luna.sinks._base import (
 )
 
 __all__ = [
+    "JSON",
+    "LINE_PROTOCOL",
     "MESSAGE_LIMIT",
     "REPLY_LIMIT",
     "SINK_GROUP",
     "Failure",
     "Sink",
     "SinkError",
+    "SinkLike",
     "classify",
     "classify_connection_error",
     "connection_trouble",

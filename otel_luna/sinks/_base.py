@@ -1,40 +1,135 @@
 """Sinks move encoded bytes to a destination. They never map or encode.
 
-A sink is any object with ``write(body: bytes) -> None`` (raising :class:`SinkError` when the
-destination did not take the body) and ``close() -> None``. Sinks are found by name in the
-entry-point group ``otel_luna.sinks``; each entry point is a callable taking the
-:class:`~otel_luna.settings.Settings`. Third-party packages add destinations the same way. The
-entry point may declare settings of its own in a ``settings`` attribute, a tuple of
-:class:`~otel_luna.settings.Setting` (settings reads them: :func:`sink_settings`).
+A sink is a :class:`Sink`: ``write(body: bytes) -> None`` (raising :class:`SinkError` when the
+destination did not take the body), and defaults for the rest (``close``, ``format``,
+``split_body``, ``after_fork_in_child``, ``settings``) that a sink overrides when it needs to.
+Sinks are found by name in the entry-point group ``otel_luna.sinks``; each entry point is a
+callable taking the :class:`~otel_luna.settings.Settings` (usually the sink's class).
+Third-party packages add destinations the same way. The entry point may declare settings of its
+own in a ``settings`` attribute, a tuple of :class:`~otel_luna.settings.Setting` (see
+:func:`sink_settings`).
+
+A third-party sink need not subclass :class:`Sink`: any object with ``write`` and ``close``
+(:class:`SinkLike`) is adapted once, when it is loaded or handed to a delivery
+(:func:`as_sink`), its optional parts read then — never looked up on every write.
 """
 
 from __future__ import annotations
 
+import abc
 import enum
 import json
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from otel_luna.encoding._lineprotocol import split_lines
 from otel_luna.redact import redact
 from otel_luna.settings._plugins import SINK_GROUP as SINK_GROUP  # the entry points' group
 from otel_luna.settings._plugins import sink_settings as sink_settings  # what they declare
 
 if TYPE_CHECKING:
+    from otel_luna.settings._declare import Setting
     from otel_luna.settings._settings import Settings
 
 
-class Sink(Protocol):
-    """Where encoded lines go. An optional ``format`` attribute says what lines it takes:
-    ``"line-protocol"`` (the default) or ``"json"`` (one JSON object per line). An optional
-    ``after_fork_in_child() -> None`` is called in a forked child before its first write: it
-    replaces connection pools, never closing the parent's sockets."""
+#: The wire formats a sink may take: InfluxDB line protocol, or one JSON object (a ping) a line.
+LINE_PROTOCOL = "line-protocol"
+JSON = "json"
 
+
+class SinkLike(Protocol):
+    """What any sink has: a third-party sink that does not subclass :class:`Sink` is adapted
+    (:func:`as_sink`); its optional ``format`` (or ``format_for(settings)``) and
+    ``after_fork_in_child()`` are read once, then."""
+
+    def write(self, body: bytes) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(abc.ABC):
+    """Where encoded lines go: the base class of sinks, with a default for everything but
+    :meth:`write`."""
+
+    #: What lines it takes: :data:`LINE_PROTOCOL` or :data:`JSON` (one JSON object per line).
+    format: str = LINE_PROTOCOL
+    #: Settings the sink declares (:class:`~otel_luna.settings.Setting`), read from the same
+    #: sources as the built-in ones (:func:`sink_settings`).
+    settings: tuple[Setting, ...] = ()
+
+    @classmethod
+    def format_for(cls, settings: Settings) -> str:
+        """What lines a sink built from ``settings`` takes (asked before it is built, so a
+        profile that does not fit fails before files or sockets are opened): :attr:`format`,
+        unless the settings decide (the file sink: by the file's extension)."""
+        return cls.format
+
+    @abc.abstractmethod
     def write(self, body: bytes) -> None:
         """Deliver ``body`` (newline-terminated lines) or raise :class:`SinkError`."""
 
+    def split_body(self, body: bytes) -> list[bytes]:
+        """``body`` cut into its lines, each with its newline: how the writer splits a batch
+        the destination refused, to isolate the lines it refuses for good. Line protocol by
+        :func:`~otel_luna.encoding._lineprotocol.split_lines` (a string field may hold a
+        newline); JSON has no raw newline."""
+        if self.format == JSON:
+            return [line + b"\n" for line in body.split(b"\n") if line]
+        return split_lines(body)
+
+    def after_fork_in_child(self) -> None:  # noqa: B027 - a default, not abstract
+        """Called in a forked child before its first write: replace connection pools and
+        locks, never closing the parent's sockets. Nothing by default."""
+
+    def close(self) -> None:  # noqa: B027 - a default, not abstract
+        """Release connections and files. Nothing by default."""
+
+
+class _Adapted(Sink):
+    """A sink that does not subclass :class:`Sink`, its optional parts read once."""
+
+    def __init__(self, sink: SinkLike, format: str) -> None:
+        self.adapted = sink
+        self.format = format
+        renew = getattr(sink, "after_fork_in_child", None)
+        self._renew: Callable[[], object] | None = renew if callable(renew) else None
+
+    def write(self, body: bytes) -> None:
+        self.adapted.write(body)
+
+    def after_fork_in_child(self) -> None:
+        if self._renew is not None:
+            self._renew()
+
     def close(self) -> None:
-        """Release connections and files."""
+        self.adapted.close()
+
+    def __repr__(self) -> str:
+        return repr(self.adapted)
+
+    def __getattr__(self, name: str) -> Any:
+        """The adapted sink's own attributes, for whoever built it (never the writer's path)."""
+        if name == "adapted":  # not yet set (a copy being made)
+            raise AttributeError(name)
+        return getattr(self.adapted, name)
+
+
+def as_sink(sink: SinkLike, settings: Settings | None = None) -> Sink:
+    """``sink`` as a :class:`Sink`: itself if it is one, else adapted once; its format is its
+    ``format_for(settings)`` (when ``settings`` are given), else its ``format``, else line
+    protocol."""
+    if isinstance(sink, Sink):
+        return sink
+    return _Adapted(sink, _declared_format(sink, settings))
+
+
+def _declared_format(sink: object, settings: Settings | None) -> str:
+    """The format a sink or factory not made from :class:`Sink` declares (read once)."""
+    format_for = getattr(sink, "format_for", None)
+    if settings is not None and callable(format_for):
+        return str(format_for(settings))
+    return str(getattr(sink, "format", LINE_PROTOCOL))
 
 
 class Failure(enum.Enum):
@@ -217,9 +312,23 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
 
 
+class _AdaptedFactory:
+    """The entry point of a sink not made from :class:`Sink`: builds it adapted."""
+
+    def __init__(self, build: Callable[[Settings], SinkLike]) -> None:
+        self.build = build
+
+    def __call__(self, settings: Settings) -> Sink:
+        return as_sink(self.build(settings), settings)
+
+    def format_for(self, settings: Settings) -> str:
+        return _declared_format(self.build, settings)
+
+
 def sink_factory(settings: Settings) -> Callable[[Settings], Sink]:
     """The entry point named by ``settings.sink_name``: a callable (usually the sink's class)
-    that builds the sink from ``settings``."""
+    that builds the sink from ``settings``; one that does not build a :class:`Sink` is wrapped
+    so that it does (:func:`as_sink`)."""
     from otel_luna.settings._declare import SettingsError
     from otel_luna.settings._settings import env_name
 
@@ -230,17 +339,20 @@ def sink_factory(settings: Settings) -> Callable[[Settings], Sink]:
         raise SettingsError(
             env_name("sink"), f"no sink named {name!r}; installed: {', '.join(known)}"
         ).redacted(settings.secrets)  # a secret pasted into the wrong setting
-    factory: Callable[[Settings], Sink] = next(iter(found)).load()
-    return factory
+    factory = next(iter(found)).load()
+    if isinstance(factory, type) and issubclass(factory, Sink):
+        return factory
+    return _AdaptedFactory(factory)
 
 
-def wire_format(sink: object, settings: Settings) -> str:
-    """What lines ``sink`` — a sink, or its factory before it is built — takes: its
-    ``format_for(settings)``, else its ``format``, else line protocol."""
-    format_for = getattr(sink, "format_for", None)
-    if callable(format_for):
-        return str(format_for(settings))
-    return str(getattr(sink, "format", "line-protocol"))
+def wire_format(sink: SinkLike | Callable[[Settings], Sink], settings: Settings) -> str:
+    """What lines ``sink`` — a sink, or its factory (:func:`sink_factory`) before it is
+    built — takes."""
+    if isinstance(sink, Sink):
+        return sink.format
+    if isinstance(sink, _AdaptedFactory) or (isinstance(sink, type) and issubclass(sink, Sink)):
+        return sink.format_for(settings)
+    return _declared_format(sink, settings)
 
 
 def load_sink(settings: Settings) -> Sink:

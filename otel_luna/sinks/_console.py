@@ -5,9 +5,10 @@ from __future__ import annotations
 import sys
 
 from otel_luna.settings._settings import Settings
+from otel_luna.sinks._base import Sink
 
 
-class ConsoleSink:
+class ConsoleSink(Sink):
     """Writes each body to ``sys.stdout``."""
 
     def __init__(self, settings: Settings | None = None) -> None:
@@ -16,6 +17,3 @@ class ConsoleSink:
     def write(self, body: bytes) -> None:
         sys.stdout.write(body.decode())
         sys.stdout.flush()
-
-    def close(self) -> None:
-        pass

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 
 from otel_luna._files import write_all
 from otel_luna.settings._settings import Settings
-from otel_luna.sinks._base import Failure, SinkError
+from otel_luna.sinks._base import JSON, LINE_PROTOCOL, Failure, Sink, SinkError
 
 
 def file_path(endpoint: str) -> str:
@@ -18,17 +18,13 @@ def file_path(endpoint: str) -> str:
     return unquote(parts.netloc + parts.path)
 
 
-class FileSink:
+class FileSink(Sink):
     """Appends each body to the file and flushes it to the operating system."""
 
-    @staticmethod
-    def format_for(settings: Settings) -> str:
+    @classmethod
+    def format_for(cls, settings: Settings) -> str:
         """``.json`` / ``.jsonl`` files get JSON lines (pings), others line protocol."""
-        return (
-            "json"
-            if file_path(settings.endpoint).endswith((".json", ".jsonl"))
-            else "line-protocol"
-        )
+        return JSON if file_path(settings.endpoint).endswith((".json", ".jsonl")) else LINE_PROTOCOL
 
     def __init__(self, settings: Settings) -> None:
         self.path = file_path(settings.endpoint)

@@ -11,6 +11,7 @@ import urllib3
 
 from otel_luna.sinks._base import (
     REPLY_LIMIT,
+    Sink,
     SinkError,
     classify,
     classify_connection_error,
@@ -89,7 +90,7 @@ class HttpPoster:
         self._pool.clear()
 
 
-class PostingSink:
+class PostingSink(Sink):
     """A sink that POSTs every body to one URL (the InfluxDB write APIs) through an
     :class:`HttpPoster`; ``where`` names the destination in error messages."""
 

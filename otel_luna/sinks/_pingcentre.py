@@ -21,9 +21,11 @@ from otel_luna.settings._declare import Setting
 from otel_luna.settings._parsers import number
 from otel_luna.settings._settings import Settings
 from otel_luna.sinks._base import (
+    JSON,
     MESSAGE_LIMIT,
     REPLY_LIMIT,
     Failure,
+    Sink,
     SinkError,
     classify,
     classify_connection_error,
@@ -45,10 +47,10 @@ MAX_IN_FLIGHT = Setting(
 _Outcome = tuple[Failure, int | None, str, float | None, str | None] | None
 
 
-class PingCentreSink:
+class PingCentreSink(Sink):
     """POSTs each line of a body as its own ``application/json`` request."""
 
-    format = "json"
+    format = JSON
     settings = (MAX_IN_FLIGHT,)
 
     def __init__(self, settings: Settings) -> None:
