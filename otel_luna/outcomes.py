@@ -124,7 +124,7 @@ class Reason(str, enum.Enum):
     # a stream of unknown start time that went down and up again: two senders alike
     USAGE_STREAM_OVERLAP = "usage_stream_overlap", _O.EVENT
 
-    # -- ingest: encoding (names from lineprotocol.key_problem and the encoder) ------------
+    # -- ingest: encoding (names from schema._keys and the encoder) ------------------------
     TIME_OUT_OF_RANGE = "time_out_of_range", _O.REJECTED
     # a point dated beyond max_time_ahead after, or max_time_age before, the ingest's clock
     TIME_TOO_FAR_AHEAD = "time_too_far_ahead", _O.REJECTED

@@ -497,10 +497,10 @@ def test_route_templates_are_written_in_luna_form(template: str, luna: str) -> N
 def test_exporter_expires_waiting_child_data_by_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """In the exporter (and serve: both go through the ingest), waiting child data expire by
     the monotonic time their batch arrived, not by the end time in 2100 the span says."""
-    import otel_luna.ingest
+    from otel_luna.ingest import _ingest
 
     now = [10**12]
-    monkeypatch.setattr(otel_luna.ingest.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(_ingest.time, "monotonic_ns", lambda: now[0])
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))

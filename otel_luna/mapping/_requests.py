@@ -40,21 +40,23 @@ from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
-from otel_luna.encoding._lineprotocol import (
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._timestamps import SeriesTimes
+from otel_luna.outcomes import Reason
+from otel_luna.schema import luna as schema
+from otel_luna.schema._keys import (
     MAX_KEY_BYTES,
     MAX_TAG_VALUE_BYTES,
     key_problem,
     tag_value_problem,
 )
-from otel_luna.mapping._records import SpanRecord
-from otel_luna.mapping._timestamps import SeriesTimes
-from otel_luna.outcomes import Reason
-from otel_luna.schema import luna as schema
 from otel_luna.schema._point import FieldValue, Point
 
 #: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
 #: attribute of one of these names would shadow them (dashboards filter on them).
-_RESERVED_NAMES = frozenset((*schema.ERROR_TAGS, *schema.REQUEST_FIELDS))
+_RESERVED_NAMES = frozenset(
+    (*schema.REQUEST_TAGS, *schema.ERROR_TAGS, *schema.REQUEST_FIELDS, *schema.ERROR_FIELDS)
+)
 #: ``route`` of a request that matched no route of the application (e.g. a scanner's 404s).
 UNMATCHED_ROUTE = "{unmatched}"
 #: ``route`` of requests past the per-service limit of distinct routes.
