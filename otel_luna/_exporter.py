@@ -179,7 +179,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
             self._ingest.count(TRACES, Reason.DROPPED_AFTER_SHUTDOWN, _size(spans))
             return SpanExportResult.FAILURE
         try:
-            result = self._ingest.spans(span_records(spans, self._services))
+            result = self._ingest.write_spans(span_records(spans, self._services))
         except Exception:  # never into the application; the ingest isolates each span
             self._ingest.count(TRACES, Reason.EXPORT_ERROR, len(spans))
             _logger.exception("otel-luna: could not export %d spans", len(spans))
@@ -219,7 +219,7 @@ class LunaMetricExporter(_Attached, MetricExporter):
             self._ingest.count(METRICS, Reason.DROPPED_AFTER_SHUTDOWN)
             return MetricExportResult.FAILURE
         try:
-            self._ingest.usages(usage_samples(metrics_data, self._services))
+            self._ingest.write_usages(usage_samples(metrics_data, self._services))
         except Exception:  # never into the application
             self._ingest.count(METRICS, Reason.EXPORT_ERROR)
             _logger.exception("otel-luna: could not export metrics")

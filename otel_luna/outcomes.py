@@ -247,6 +247,24 @@ class Counts:
         self._values = Counter()
 
 
+class Counting:
+    """What a mapper or an encoder shares: it counts what it drops or rejects in ``counts``
+    as it works, and hands what it counted over with :meth:`take_counts` (the ingest takes them
+    after each batch). Not thread-safe: its owner's lock covers both."""
+
+    counts: Counter[Reason]
+
+    def __init__(self) -> None:
+        #: What it counted since :meth:`take_counts` last took them.
+        self.counts = Counter()
+
+    def take_counts(self) -> Counter[Reason]:
+        """What it counted since the last call (or since it was made); it counts anew."""
+        counts = self.counts
+        self.counts = Counter()
+        return counts
+
+
 def rejected(counts: Mapping[Reason, int]) -> int:
     """How many spans, samples or points ``counts`` says were rejected."""
     return sum(value for reason, value in counts.items() if reason.outcome is Outcome.REJECTED)

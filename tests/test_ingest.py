@@ -281,22 +281,22 @@ def test_a_repeating_mapping_error_is_logged_once_then_once_a_minute(
     def broken(record: Any) -> list[Any]:
         raise TypeError("'int' object is not iterable")
 
-    monkeypatch.setattr(ingest._spans, "add", broken)
+    monkeypatch.setattr(ingest._span_mapper, "add", broken)
     record = SpanRecord({}, True, 1, 7, None, T0, T0 + 1, False, "s")
     try:
         with caplog.at_level("ERROR", logger="otel_luna.ingest"):
-            assert ingest.spans([record] * 500).rejected == 500
+            assert ingest.write_spans([record] * 500).rejected == 500
             now[0] += 59
-            ingest.spans([record] * 100)
+            ingest.write_spans([record] * 100)
             assert len(caplog.records) == 1
             assert caplog.records[0].exc_info is not None
             now[0] += 2
-            ingest.spans([record])
-            ingest.spans([record] * 10)
+            ingest.write_spans([record])
+            ingest.write_spans([record] * 10)
     finally:
         ingest.shutdown()
     assert len(caplog.records) == 2
     assert caplog.records[1].exc_info is None
     assert "could not map a span: 600 times in the last 61 s" in caplog.records[1].getMessage()
     assert "TypeError" in caplog.records[1].getMessage()
-    assert ingest.ingest_counts()[Reason.MAPPING_ERROR] == 611
+    assert ingest.mapping_counts()[Reason.MAPPING_ERROR] == 611

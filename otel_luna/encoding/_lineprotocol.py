@@ -21,15 +21,15 @@ space; string field values escape ``"`` and ``\\``. What line protocol cannot ca
 The rules for names and tag values are :mod:`otel_luna.schema._keys`'s (the mapping refuses user
 keys by the same ones).
 
-Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
+Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason, until
+:meth:`~LineProtocolEncoder.take_counts` takes them.
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable
 
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema._keys import MAX_KEY_BYTES, RESERVED_KEY, start_problem, text_problem
 from otel_luna.schema._point import FieldValue, Point
 
@@ -70,15 +70,16 @@ def _check_start(kind: str, text: str) -> None:
         raise InvalidPointError(*problem)
 
 
-class LineProtocolEncoder:
-    """Encodes points to line protocol, counting what it drops or rejects.
+class LineProtocolEncoder(Counting):
+    """Encodes points to line protocol, counting what it drops or rejects (``counts``, handed
+    over by :meth:`take_counts`).
 
     Tag sets repeat (a handful of routes and status codes), so their encoded form is cached.
     Not thread-safe: give each thread its own encoder or hold a lock.
     """
 
     def __init__(self) -> None:
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self._measurements: dict[str, str] = {}
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}

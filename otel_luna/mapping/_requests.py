@@ -35,14 +35,13 @@ from __future__ import annotations
 
 import re
 import sys
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._timestamps import SeriesTimes
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._keys import (
     MAX_KEY_BYTES,
@@ -415,10 +414,11 @@ def _joined(messages: Any) -> str | None:
     return None
 
 
-class RequestMapper:
-    """Maps finished spans to points, one span at a time, in the order they end.
+class RequestMapper(Counting):
+    """Maps finished spans to points, one span at a time, in the order they end; what it
+    drops or refuses is counted (``counts``, handed over by :meth:`take_counts`).
 
-    Not thread-safe: the ingest holds its lock around :meth:`add`.
+    Not thread-safe: the ingest holds its lock around :meth:`add` and :meth:`take_counts`.
     """
 
     def __init__(
@@ -433,11 +433,10 @@ class RequestMapper:
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
     ):
         """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
-        #: Where problems are counted (the ingest points it at each call's own counter).
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self.times = SeriesTimes()
         #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
-        #: batch, as it sets ``counts``; waiting child data expires by it.
+        #: batch; waiting child data expires by it.
         self.arrived_ns = 0
         self._route_limit = route_limit
         self._route_budget_limit = route_budget_limit

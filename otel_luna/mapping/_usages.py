@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 
 from otel_luna.mapping._records import UsageSample
 from otel_luna.mapping._timestamps import SeriesTimes
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import FieldValue, Point
 
@@ -243,17 +243,25 @@ class CumulativeToDelta:
 OVERLAPS_REPORTED = 1000
 
 
-class UsageMapper:
-    """Turns ``luna.usages`` samples into ``usages_statistic`` points."""
+class UsageMapper(Counting):
+    """Turns ``luna.usages`` samples into ``usages_statistic`` points; what it drops is
+    counted (``counts``, handed over by :meth:`take_counts`)."""
 
     def __init__(self, converter: CumulativeToDelta | None = None) -> None:
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self.times = SeriesTimes()
         self._converter = converter if converter is not None else CumulativeToDelta()
         #: (service, estimator) seen to overlap for the first time (``usage_stream_overlap``),
-        #: for the caller to warn about once; the caller empties it.
-        self.new_overlaps: list[tuple[str, str]] = []
+        #: for the caller to warn about once (:meth:`take_new_overlaps`).
+        self._new_overlaps: list[tuple[str, str]] = []
         self._reported: set[tuple[str, str]] = set()
+
+    def take_new_overlaps(self) -> list[tuple[str, str]]:
+        """(service, estimator) seen to overlap for the first time since the last call
+        (``usage_stream_overlap``), for the caller to warn about once; at most
+        :data:`OVERLAPS_REPORTED` in all."""
+        new, self._new_overlaps = self._new_overlaps, []
+        return new
 
     def points(self, samples: Iterable[UsageSample]) -> list[Point]:
         by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
@@ -286,7 +294,7 @@ class UsageMapper:
             pair = (service, estimator)
             if pair not in self._reported and len(self._reported) < OVERLAPS_REPORTED:
                 self._reported.add(pair)
-                self.new_overlaps.append(pair)
+                self._new_overlaps.append(pair)
         converter.overlaps.clear()
         points = []
         for (service, time_ns, origin), fields in by_point.items():

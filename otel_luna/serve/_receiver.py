@@ -42,7 +42,7 @@ class Receiver:
         # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
         self.requests = Counts()  # shown by otel-luna status too
         self.ingest = Ingest(
-            settings, sink, memory_fallback=False, more_counts=self.requests.snapshot
+            settings, sink, memory_fallback=False, host_counts=self.requests.snapshot
         )
         #: Request bytes being read, inflated and decoded (decoded ones at their bound), by both
         #: front ends: one ``serve_max_inflight_bytes`` per process.
@@ -59,13 +59,13 @@ class Receiver:
         """Map, encode and spool; what was rejected, for the partial success. A span that
         cannot be mapped is rejected alone (counted, never raised)."""
         self._check_room(request)
-        result = self._spooled(lambda: self.ingest.spans(otlp.span_records(request)))
+        result = self._spooled(lambda: self.ingest.write_spans(otlp.span_records(request)))
         self.requests.add(Reason.REQUESTS_TRACES)
         return result
 
     def accept_metrics(self, request: ExportMetricsServiceRequest) -> Result:
         self._check_room(request)
-        result = self._spooled(lambda: self.ingest.usages(otlp.usage_samples(request)))
+        result = self._spooled(lambda: self.ingest.write_usages(otlp.usage_samples(request)))
         self.requests.add(Reason.REQUESTS_METRICS)
         return result
 
