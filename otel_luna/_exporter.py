@@ -126,7 +126,7 @@ def _size(items: Any) -> int:
         return 1
 
 
-class _Attached:
+class _LunaExporterBase:
     """What both exporters share: the settings, the destination's ingest (shared with the
     other exporter of the process), the service-name cache and the shutdown flag."""
 
@@ -159,7 +159,7 @@ class _Attached:
             self._ingest.release()
 
 
-class LunaSpanExporter(_Attached, SpanExporter):
+class LunaSpanExporter(_LunaExporterBase, SpanExporter):
     """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
     ``licensing`` points.
 
@@ -195,7 +195,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
         self._release()
 
 
-class LunaMetricExporter(_Attached, MetricExporter):
+class LunaMetricExporter(_LunaExporterBase, MetricExporter):
     """Writes the ``luna.usages`` counter as ``usages_statistic`` points, one per service and
     export interval. Other metrics are skipped. Asks the SDK for delta temporality on counters;
     cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.

@@ -8,6 +8,7 @@ The receiver decodes requests here and hands the records to the same
 from __future__ import annotations
 
 import base64
+import enum
 import json
 from collections.abc import Iterator
 from typing import Any, NamedTuple
@@ -92,17 +93,27 @@ def _service(resource_attributes: Any) -> str:
     return _UNKNOWN_SERVICE
 
 
-# What the mapping reads of an attribute, by key (see _classify): the attribute is kept when its
-# class is above the least of the span's kind.
-_DROP, _ROUTE_FALLBACK, _SERVER_ONLY, _ANY_SPAN = range(4)
+class _Wanted(enum.IntEnum):
+    """What the mapping reads of an attribute, by key (see :func:`_classify`): the attribute
+    is kept when its class is above the least of the span's kind."""
+
+    DROP = 0  # never read
+    ROUTE_FALLBACK = 1  # the path or URL: read of a SERVER span without http.route
+    SERVER_ONLY = 2  # read of a SERVER span only
+    ANY_SPAN = 3  # read of every span (luna.*, watchdog.*)
+
+
+# The members as module names: the loop over every attribute compares them as ints, and an
+# enum class's attribute costs a lookup through its metaclass (about 150 ns on Python 3.11).
+_DROP, _ROUTE_FALLBACK, _SERVER_ONLY, _ANY_SPAN = _Wanted
 _LEAST_OF_SERVER, _LEAST_OF_OTHER = _DROP, _SERVER_ONLY
 # Bounded in keys and in key length: a client may send any keys it likes (a few MiB each).
 _CLASS_CACHE_LIMIT = 4096
 _CLASS_CACHE_KEY_LENGTH = 128
-_classes: dict[str, int] = {}
+_classes: dict[str, _Wanted] = {}
 
 
-def _classify(key: str) -> int:
+def _classify(key: str) -> _Wanted:
     """The class of an attribute key, remembered (keys repeat from span to span)."""
     if key.startswith(MAPPED_PREFIXES):
         found = _ANY_SPAN
