@@ -8,13 +8,12 @@ full identity — by :class:`CumulativeToDelta`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from otel_luna.mapping._records import UsageSample
@@ -29,43 +28,6 @@ _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 def valid_estimator(name: Any) -> bool:
     """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
     return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
-
-
-def origin_of(resource_attributes: Mapping[str, Any]) -> int:
-    """The ``origin`` of samples from a resource: a checksum of its attributes, the same for
-    the SDK's resource and its OTLP encoding."""
-    described = repr(sorted((str(key), repr(value)) for key, value in resource_attributes.items()))
-    return zlib.crc32(described.encode(errors="surrogatepass"))
-
-
-def _described(attributes: Mapping[str, Any]) -> bytes:
-    """Attributes as bytes that do not depend on their order (the same for the SDK's mapping
-    and its OTLP encoding)."""
-    pairs = sorted((str(key), repr(value)) for key, value in attributes.items())
-    return repr(pairs).encode(errors="surrogatepass")
-
-
-def resource_identity(resource_attributes: Mapping[str, Any]) -> bytes:
-    """The resource's part of a stream's identity (:func:`stream_of`): a 16-byte digest of its
-    attributes, computed once per resource."""
-    return hashlib.blake2b(_described(resource_attributes), digest_size=16).digest()
-
-
-def stream_of(
-    resource: bytes,
-    scope_name: str,
-    scope_version: str,
-    point_attributes: Mapping[str, Any],
-) -> int:
-    """The identity of a data point's stream, without its start time (``UsageSample.start_ns``
-    is the rest): the resource (:func:`resource_identity`), the instrumentation scope and the
-    point's attributes — what the Collector's ``cumulativetodelta`` tells streams apart by. A
-    128-bit digest: a fixed size per stream whatever the attributes hold, and no two senders
-    share one by chance."""
-    digest = hashlib.blake2b(resource, digest_size=16)
-    digest.update(repr((scope_name, scope_version)).encode(errors="surrogatepass"))
-    digest.update(_described(point_attributes))
-    return int.from_bytes(digest.digest(), "big")
 
 
 #: How many cumulative streams :class:`CumulativeToDelta` follows at most; a new one past it

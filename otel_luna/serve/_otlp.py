@@ -2,7 +2,7 @@
 
 The receiver decodes requests here and hands the records to the same
 :class:`~otel_luna.ingest.Ingest` the in-process exporters use (whose adapter is
-``ingest/sdk.py``): one set of rules for both ways in.
+``ingest/_sdk.py``): one set of rules for both ways in.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
-from otel_luna._attributes import (
+from otel_luna.mapping import (
     ESTIMATOR,
     HTTP_ROUTE,
     MAPPED_PREFIXES,
@@ -31,9 +31,12 @@ from otel_luna._attributes import (
     SERVER_SPAN_KEYS,
     SERVICE_NAME,
     USAGES_INSTRUMENT,
+    SpanRecord,
+    UsageSample,
+    origin_of,
+    resource_identity,
+    stream_of,
 )
-from otel_luna.mapping._records import SpanRecord, UsageSample
-from otel_luna.mapping._usages import origin_of, resource_identity, stream_of
 from otel_luna.outcomes import Reason
 
 _SERVER = Span.SPAN_KIND_SERVER
@@ -41,7 +44,7 @@ _ERROR = Status.STATUS_CODE_ERROR
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
 _UNKNOWN_SERVICE = "unknown_service"
 
-# A record without the NamedTuple's argument parsing (see ingest/sdk.py).
+# A record without the NamedTuple's argument parsing (see ingest/_sdk.py).
 _record = tuple.__new__
 
 

@@ -17,12 +17,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_luna.delivery._spool import SpoolUnavailable
-from otel_luna.ingest._ingest import Ingest, Result
+from otel_luna.ingest import Ingest, Result
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._budget import ByteBudget
-from otel_luna.settings._settings import Settings
-from otel_luna.sinks._base import Sink
+from otel_luna.settings import Settings
+from otel_luna.sinks import Sink
 
 #: Share of SPOOL_MAX_BYTES above which requests are refused.
 HIGH_WATER = 0.9
