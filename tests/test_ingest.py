@@ -8,6 +8,7 @@ its one bound; eight threads exporting both signals while the self-metrics callb
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -300,3 +301,30 @@ def test_a_repeating_mapping_error_is_logged_once_then_once_a_minute(
     assert "could not map a span: 600 times in the last 61 s" in caplog.records[1].getMessage()
     assert "TypeError" in caplog.records[1].getMessage()
     assert ingest.mapping_counts()[Reason.MAPPING_ERROR] == 611
+
+
+def test_each_batch_takes_what_the_mapper_and_the_encoder_counted() -> None:
+    """After each batch the ingest takes what the mapper and the encoder counted (they hand it
+    over; nobody points them at a counter): the batch's result has it once, the next batch
+    does not see it again, and the ingest's counters hold both batches'."""
+    ingest = Ingest(Settings.load({}, spool="memory"), InMemorySink())
+    now = time.time_ns()
+    attributes = {
+        "http.request.method": "GET",
+        "http.route": "/r",
+        "http.response.status_code": 200,
+        "luna.tag.client": "a\nb",  # the mapper drops it
+        "luna.field.score_seconds": float("nan"),  # the encoder drops it
+    }
+    record = SpanRecord(attributes, True, 1, 7, None, now - 10**6, now, False, "s")
+    newline = Reason.of("attribute_newline_in_tag_value")
+    try:
+        first = ingest.write_spans([record])
+        assert first.rejected == 0
+        assert first.problems == {newline: 1, Reason.NONFINITE_FIELD: 1}
+        assert ingest.write_spans([record._replace(span_id=8)]).problems == first.problems
+    finally:
+        ingest.shutdown()
+    counts = ingest.mapping_counts()
+    assert counts[newline] == counts[Reason.NONFINITE_FIELD] == 2
+    assert counts[Reason.SERVER_SPANS] == counts[Reason.MAPPED] == 2
