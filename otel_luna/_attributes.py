@@ -35,12 +35,12 @@ SERVICE_NAME = "service.name"
 WATCHDOG_PREFIX = "watchdog."
 
 # -- what the mapping reads of a span ------------------------------------------------------------
-# The OTLP receiver converts only these attributes (ingest/otlp.py); the in-process exporters
+# The OTLP receiver converts only these attributes (serve/_otlp.py); the in-process exporters
 # hand over the SDK's dict as it is. A mapper that reads another attribute must add it here
 # (tests/test_otlp_paths.py checks the mappers against these).
 #: Every attribute under these prefixes, of any span.
 MAPPED_PREFIXES = (LUNA_PREFIX, WATCHDOG_PREFIX)
-#: These of a SERVER span: its method, route and status (``mapping/requests.py``).
+#: These of a SERVER span: its method, route and status (``mapping/_requests.py``).
 SERVER_SPAN_KEYS = frozenset((*HTTP_METHOD, HTTP_METHOD_ORIGINAL, HTTP_ROUTE, *HTTP_STATUS_CODE))
 #: And these of a SERVER span whose ``http.route`` is missing or empty: the route is made from
 #: its path then.

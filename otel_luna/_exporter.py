@@ -127,7 +127,7 @@ def _size(items: Any) -> int:
         return 1
 
 
-class _Attached:
+class _LunaExporterBase:
     """What both exporters share: the settings, the destination's ingest (shared with the
     other exporter of the process), the service-name cache and the shutdown flag."""
 
@@ -160,7 +160,7 @@ class _Attached:
             self._ingest.release()
 
 
-class LunaSpanExporter(_Attached, SpanExporter):
+class LunaSpanExporter(_LunaExporterBase, SpanExporter):
     """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
     ``licensing`` points.
 
@@ -180,7 +180,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
             self._ingest.count(TRACES, Reason.DROPPED_AFTER_SHUTDOWN, _size(spans))
             return SpanExportResult.FAILURE
         try:
-            result = self._ingest.spans(span_records(spans, self._services))
+            result = self._ingest.write_spans(span_records(spans, self._services))
         except Exception:  # never into the application; the ingest isolates each span
             self._ingest.count(TRACES, Reason.EXPORT_ERROR, len(spans))
             _logger.exception("otel-luna: could not export %d spans", len(spans))
@@ -196,7 +196,7 @@ class LunaSpanExporter(_Attached, SpanExporter):
         self._release()
 
 
-class LunaMetricExporter(_Attached, MetricExporter):
+class LunaMetricExporter(_LunaExporterBase, MetricExporter):
     """Writes the ``luna.usages`` counter as ``usages_statistic`` points, one per service and
     export interval. Other metrics are skipped. Asks the SDK for delta temporality on counters;
     cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
@@ -220,7 +220,7 @@ class LunaMetricExporter(_Attached, MetricExporter):
             self._ingest.count(METRICS, Reason.DROPPED_AFTER_SHUTDOWN)
             return MetricExportResult.FAILURE
         try:
-            self._ingest.usages(usage_samples(metrics_data, self._services))
+            self._ingest.write_usages(usage_samples(metrics_data, self._services))
         except Exception:  # never into the application
             self._ingest.count(METRICS, Reason.EXPORT_ERROR)
             _logger.exception("otel-luna: could not export metrics")

@@ -124,7 +124,7 @@ class Reason(str, enum.Enum):
     # a stream of unknown start time that went down and up again: two senders alike
     USAGE_STREAM_OVERLAP = "usage_stream_overlap", _O.EVENT
 
-    # -- ingest: encoding (names from lineprotocol.key_problem and the encoder) ------------
+    # -- ingest: encoding (names from schema._keys and the encoder) ------------------------
     TIME_OUT_OF_RANGE = "time_out_of_range", _O.REJECTED
     # a point dated beyond max_time_ahead after, or max_time_age before, the ingest's clock
     TIME_TOO_FAR_AHEAD = "time_too_far_ahead", _O.REJECTED
@@ -245,6 +245,24 @@ class Counts:
         counts: the child's counters are its own."""
         self._lock = threading.Lock()
         self._values = Counter()
+
+
+class Counting:
+    """What a mapper or an encoder shares: it counts what it drops or rejects in ``counts``
+    as it works, and hands what it counted over with :meth:`take_counts` (the ingest takes them
+    after each batch). Not thread-safe: its owner's lock covers both."""
+
+    counts: Counter[Reason]
+
+    def __init__(self) -> None:
+        #: What it counted since :meth:`take_counts` last took them.
+        self.counts = Counter()
+
+    def take_counts(self) -> Counter[Reason]:
+        """What it counted since the last call (or since it was made); it counts anew."""
+        counts = self.counts
+        self.counts = Counter()
+        return counts
 
 
 def rejected(counts: Mapping[Reason, int]) -> int:

@@ -5,7 +5,8 @@ points can be written in; the sink says which format it takes (its ``format`` at
 pair is checked once, when the ingest is built: a profile and a sink that cannot work together
 are a start-up error naming the settings, never a stream of rejected points.
 
-To add a profile: a mapper with the :class:`SpanMapper` interface (``counts``, ``add(record)``),
+To add a profile: a mapper with the :class:`SpanMapper` interface (``add(record)``,
+``take_counts()``; :class:`~otel_luna.outcomes.Counting` gives the second),
 its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
 values the ``schema`` setting accepts (``parse_schema`` in :mod:`otel_luna.settings._parsers`).
 """
@@ -37,23 +38,25 @@ JSON = "json"
 
 
 class SpanMapper(Protocol):
-    """Spans → points, one span at a time. ``counts`` is where it counts problems;
-    ``arrived_ns`` is when the spans being added arrived (monotonic ns), for state it keeps
-    between spans to expire by (the ingest sets both for each batch)."""
+    """Spans → points, one span at a time. :meth:`take_counts` returns what it counted (the
+    problems) since the last call: the ingest takes them after each batch. ``arrived_ns`` is
+    when the spans being added arrived (monotonic ns), for state it keeps between spans to
+    expire by (the ingest sets it for each batch)."""
 
-    counts: Counter[Reason]
     arrived_ns: int
 
     def add(self, record: SpanRecord) -> list[Point]: ...
 
+    def take_counts(self) -> Counter[Reason]: ...
+
 
 class Encoder(Protocol):
     """Points → lines of one wire format; raises ``InvalidPointError`` for a point it cannot
-    carry and counts dropped values in ``counts``."""
-
-    counts: Counter[Reason]
+    carry; :meth:`take_counts` returns the values it dropped since the last call."""
 
     def encode_point(self, point: Point) -> str: ...
+
+    def take_counts(self) -> Counter[Reason]: ...
 
 
 #: The encoder of each wire format.

@@ -50,7 +50,7 @@ def totals(counts: Iterable[tuple[str | None, Reason, int]]) -> tuple[PointTotal
 class Source(Protocol):
     """What reports: an ingest."""
 
-    def signal_counts(self) -> Mapping[str, Counter[Reason]]: ...
+    def mapping_counts_by_signal(self) -> Mapping[str, Counter[Reason]]: ...
 
     def delivery_counts(self) -> Counter[Reason]: ...
 
@@ -95,7 +95,7 @@ class _Registry:
 
     def _counts(self) -> Iterable[tuple[str | None, Reason, int]]:
         for source in self._snapshot():
-            for signal, counts in source.signal_counts().items():
+            for signal, counts in source.mapping_counts_by_signal().items():
                 for reason, value in counts.items():
                     yield signal, reason, value
             for reason, value in source.delivery_counts().items():

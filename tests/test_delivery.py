@@ -649,8 +649,8 @@ def test_status_says_points_are_held_in_memory_while_the_disk_refuses(
 
 
 @pytest.mark.parametrize("failure", [None, ValueError])
-def test_extra_counts_go_to_the_stats_only(tmp_path: Path, failure: type[Exception] | None) -> None:
-    """What extra_counts returns (copied under its owner's lock) is added to the stats status
+def test_host_counts_go_to_the_stats_only(tmp_path: Path, failure: type[Exception] | None) -> None:
+    """What host_counts returns (copied under its owner's lock) is added to the stats status
     shows, not to all_counts(); one that fails only leaves the extras out of the stats."""
 
     def extra() -> dict[Reason, int]:
@@ -664,7 +664,7 @@ def test_extra_counts_go_to_the_stats_only(tmp_path: Path, failure: type[Excepti
         DiskSpool(root / "dest", 10**8),
         flush_interval=3600,
         batch_size=10,
-        extra_counts=extra,
+        host_counts=extra,
     )
     batch.submit(["m x=1i"])
     assert batch.force_flush(10)

@@ -33,7 +33,6 @@ from servers import InfluxDB1, ServerHTTPError
 from otel_luna._attributes import ROUTE_FALLBACK_KEYS, SERVER_SPAN_KEYS
 from otel_luna._exporter import LunaSpanExporter
 from otel_luna.encoding._lineprotocol import (
-    MAX_KEY_BYTES,
     MAX_TIME_NS,
     MIN_TIME_NS,
     InvalidPointError,
@@ -42,6 +41,7 @@ from otel_luna.encoding._lineprotocol import (
 from otel_luna.encoding._reader import parse_line
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._requests import OVERFLOW_ROUTE, UNMATCHED_ROUTE, RequestMapper
+from otel_luna.schema._keys import MAX_KEY_BYTES
 from otel_luna.schema._point import Point
 from otel_luna.schema.luna import field_type
 from otel_luna.serve import ServeSettings

@@ -8,6 +8,7 @@ its one bound; eight threads exporting both signals while the self-metrics callb
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -281,22 +282,49 @@ def test_a_repeating_mapping_error_is_logged_once_then_once_a_minute(
     def broken(record: Any) -> list[Any]:
         raise TypeError("'int' object is not iterable")
 
-    monkeypatch.setattr(ingest._spans, "add", broken)
+    monkeypatch.setattr(ingest._span_mapper, "add", broken)
     record = SpanRecord({}, True, 1, 7, None, T0, T0 + 1, False, "s")
     try:
         with caplog.at_level("ERROR", logger="otel_luna.ingest"):
-            assert ingest.spans([record] * 500).rejected == 500
+            assert ingest.write_spans([record] * 500).rejected == 500
             now[0] += 59
-            ingest.spans([record] * 100)
+            ingest.write_spans([record] * 100)
             assert len(caplog.records) == 1
             assert caplog.records[0].exc_info is not None
             now[0] += 2
-            ingest.spans([record])
-            ingest.spans([record] * 10)
+            ingest.write_spans([record])
+            ingest.write_spans([record] * 10)
     finally:
         ingest.shutdown()
     assert len(caplog.records) == 2
     assert caplog.records[1].exc_info is None
     assert "could not map a span: 600 times in the last 61 s" in caplog.records[1].getMessage()
     assert "TypeError" in caplog.records[1].getMessage()
-    assert ingest.ingest_counts()[Reason.MAPPING_ERROR] == 611
+    assert ingest.mapping_counts()[Reason.MAPPING_ERROR] == 611
+
+
+def test_each_batch_takes_what_the_mapper_and_the_encoder_counted() -> None:
+    """After each batch the ingest takes what the mapper and the encoder counted (they hand it
+    over; nobody points them at a counter): the batch's result has it once, the next batch
+    does not see it again, and the ingest's counters hold both batches'."""
+    ingest = Ingest(Settings.load({}, spool="memory"), InMemorySink())
+    now = time.time_ns()
+    attributes = {
+        "http.request.method": "GET",
+        "http.route": "/r",
+        "http.response.status_code": 200,
+        "luna.tag.client": "a\nb",  # the mapper drops it
+        "luna.field.score_seconds": float("nan"),  # the encoder drops it
+    }
+    record = SpanRecord(attributes, True, 1, 7, None, now - 10**6, now, False, "s")
+    newline = Reason.of("attribute_newline_in_tag_value")
+    try:
+        first = ingest.write_spans([record])
+        assert first.rejected == 0
+        assert first.problems == {newline: 1, Reason.NONFINITE_FIELD: 1}
+        assert ingest.write_spans([record._replace(span_id=8)]).problems == first.problems
+    finally:
+        ingest.shutdown()
+    counts = ingest.mapping_counts()
+    assert counts[newline] == counts[Reason.NONFINITE_FIELD] == 2
+    assert counts[Reason.SERVER_SPANS] == counts[Reason.MAPPED] == 2

@@ -19,6 +19,7 @@ from otel_luna.encoding._lineprotocol import (
     split_lines,
 )
 from otel_luna.encoding._reader import LineProtocolSyntaxError, parse_line, parse_lines
+from otel_luna.schema._keys import key_problem
 from otel_luna.schema._point import Point
 
 T = 1_700_000_000_123_456_789
@@ -217,3 +218,17 @@ def test_encoder_output_parses_back(
         return
     assert typed(parse_line(text)) == typed(point)
     assert [typed(p) for p in parse_lines(text + "\n" + text)] == [typed(point)] * 2
+
+
+@pytest.mark.parametrize("name", ["", "a\nb", "a\r", "a\\", "a\\,b", "\tx", "\x00x", "time", "ok"])
+def test_the_encoder_refuses_a_field_key_by_the_schemas_key_rules(name: str) -> None:
+    """One set of key rules (``schema._keys``): the encoder refuses a field key for the reason
+    ``key_problem`` gives the mapping for a user key (``field_key`` in the name of ``key``)."""
+    point = Point("m", (), {name: 1, "other": 2}, 0)
+    try:
+        LineProtocolEncoder().encode_point(point)
+    except InvalidPointError as error:
+        refused: str | None = error.reason.replace("field_key", "key")
+    else:
+        refused = None
+    assert refused == key_problem(name)

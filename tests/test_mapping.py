@@ -20,6 +20,7 @@ from otel_luna._exporter import LunaSpanExporter
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._requests import RequestMapper
+from otel_luna.outcomes import Reason
 from otel_luna.testing import InMemorySink, in_memory_exporter
 
 GOLDEN = json.loads((Path(__file__).parent / "golden" / "spans.json").read_text())
@@ -497,10 +498,10 @@ def test_route_templates_are_written_in_luna_form(template: str, luna: str) -> N
 def test_exporter_expires_waiting_child_data_by_its_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     """In the exporter (and serve: both go through the ingest), waiting child data expire by
     the monotonic time their batch arrived, not by the end time in 2100 the span says."""
-    import otel_luna.ingest
+    from otel_luna.ingest import _ingest
 
     now = [10**12]
-    monkeypatch.setattr(otel_luna.ingest.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(_ingest.time, "monotonic_ns", lambda: now[0])
     memory = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(memory))
@@ -515,3 +516,18 @@ def test_exporter_expires_waiting_child_data_by_its_clock(monkeypatch: pytest.Mo
     exporter.export(children[1:])
     assert exporter.counts["expired_luna_attributes"] == 1
     exporter.shutdown()
+
+
+def test_a_mapper_hands_over_what_it_counted_and_counts_anew() -> None:
+    """``take_counts`` returns what the mapper counted since the last call (no counter is
+    handed to it), and the next call starts from none."""
+    mapper = RequestMapper()
+    attributes = {"http.request.method": "GET", "http.route": "/r", "luna.tag.t": "a\nb"}
+    record = SpanRecord(attributes, True, TRACE_ID, 1, None, START, START + 1, False, "s")
+    mapper.add(record)
+    mapper.add(record._replace(span_id=2))
+    newline = Reason.of("attribute_newline_in_tag_value")
+    assert mapper.take_counts() == {Reason.SERVER_SPANS: 2, newline: 2}
+    assert mapper.take_counts() == {}
+    mapper.add(record._replace(span_id=3))
+    assert mapper.take_counts() == {Reason.SERVER_SPANS: 1, newline: 1}

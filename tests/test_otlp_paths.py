@@ -228,7 +228,7 @@ def test_attributes_the_mapping_does_not_read_never_reach_it() -> None:
     """The receiver hands the mapper none of the instrumentation's own attributes; the path and
     URL only of a SERVER span without a route."""
     receiver = Receiver(memory_settings(), sink=InMemorySink())
-    mapper = receiver.ingest._spans
+    mapper = receiver.ingest._span_mapper
     seen: list[SpanRecord] = []
     add = mapper.add
 

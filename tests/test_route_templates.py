@@ -298,7 +298,7 @@ def test_django(luna: Any) -> None:
 #: argument list, Django groups, Starlette braces, a long name.
 _HOSTILE_ROUTES = """
 import sys
-from otel_luna.encoding._lineprotocol import MAX_KEY_BYTES as LONGEST_ROUTE
+from otel_luna.schema._keys import MAX_KEY_BYTES as LONGEST_ROUTE
 from otel_luna.mapping._requests import luna_template
 
 UNITS = ["/<a(", "<a(", "<a:a(", "(?P<a>", "^(?P<a>(", "{a:", "{a:{", "<" + "a" * 99]

@@ -24,7 +24,7 @@ from servers import InfluxDB1
 
 from otel_luna import LunaSpanExporter, Settings
 from otel_luna._cli import main
-from otel_luna.encoding._lineprotocol import MAX_TAG_VALUE_BYTES
+from otel_luna.schema._keys import MAX_TAG_VALUE_BYTES
 from otel_luna.serve import ServeSettings
 
 #: (attributes beyond a good request's, the reason status must show).

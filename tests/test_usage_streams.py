@@ -309,7 +309,8 @@ def test_a_sender_without_start_time_restarting_again_and_again_loses_nothing() 
         time_ns = T0 + number * 60 * 10**9
         total += written(mapper, [UsageSample(SERVICE, ESTIMATOR, 0, time_ns, value, True, 1)])
     assert total == 1000 + 4 * 1010
-    assert mapper.new_overlaps == [(SERVICE, ESTIMATOR)]
+    assert mapper.take_new_overlaps() == [(SERVICE, ESTIMATOR)]
+    assert mapper.take_new_overlaps() == []
 
 
 def test_two_senders_alike_with_start_time_0_are_reported() -> None:
@@ -328,7 +329,8 @@ def test_two_senders_alike_with_start_time_0_are_reported() -> None:
         total += written(mapper, [a]) + written(mapper, [b])
     assert total == 970 + 31 + 970 + 32 + 970  # the documented limit: A's first is a baseline
     assert mapper.counts[Reason.USAGE_STREAM_OVERLAP] == 1
-    assert mapper.new_overlaps == [(SERVICE, ESTIMATOR)]
+    assert mapper.take_new_overlaps() == [(SERVICE, ESTIMATOR)]
+    assert mapper.take_new_overlaps() == []
 
 
 def test_a_sender_clock_ahead_does_not_count_a_stream_in_full_twice() -> None:

@@ -26,14 +26,14 @@ def open_delivery(
     sink: SinkLike,
     *,
     memory_fallback: bool = True,
-    extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
+    host_counts: Callable[[], Mapping[Reason, int]] | None = None,
 ) -> BatchWriter:
     """The delivery of ``settings``' destination through ``sink``.
 
     ``memory_fallback``: a spool whose disk refuses writes keeps points in memory (inside an
     application) instead of raising :class:`~otel_luna.delivery._spool.SpoolUnavailable`
-    (``otel-luna serve``, which answers with backpressure). ``extra_counts``: counters kept
-    elsewhere (the ingest's) for the stats ``otel-luna status`` shows.
+    (``otel-luna serve``, which answers with backpressure). ``host_counts``: counters its
+    host keeps (the ingest's) for the stats ``otel-luna status`` shows.
     """
     return BatchWriter(
         as_sink(sink, settings),  # a sink not made from Sink says its format here, once
@@ -51,7 +51,7 @@ def open_delivery(
         flush_interval=settings.flush_interval,
         batch_size=settings.batch_size,
         secrets=settings.secrets,
-        extra_counts=extra_counts,
+        host_counts=host_counts,
         destination=destination_name(settings),
     )
 

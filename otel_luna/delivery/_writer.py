@@ -29,7 +29,7 @@ while it lasts, and one line when a write succeeds again (``delivering again aft
 waited``). The trouble (since when, which class, why) goes to the stats too.
 
 Counters go to the disk spool's ``stats.json`` (``otel-luna status``) after every round:
-the writer's, the spool's and the dead-letter file's, plus whatever ``extra_counts`` returns
+the writer's, the spool's and the dead-letter file's, plus whatever ``host_counts`` returns
 (the ingest's mapping and encoder counters), and the blocked and memory-fallback states.
 
 The worker runs with OpenTelemetry instrumentation suppressed, so an instrumented HTTP library
@@ -123,12 +123,12 @@ class BatchWriter:
         batch_size: int,
         dead_letters: DeadLetters | None = None,
         secrets: Iterable[str] = (),
-        extra_counts: Callable[[], Mapping[Reason, int]] | None = None,
+        host_counts: Callable[[], Mapping[Reason, int]] | None = None,
         summary_interval: float = SUMMARY_INTERVAL,
         destination: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """``extra_counts``, if given, returns counters kept elsewhere (the ingest's mapping
+        """``host_counts``, if given, returns counters kept elsewhere (the ingest's mapping
         and encoder counts, copied under its lock) to add to the stats ``otel-luna status``
         shows; they are not part of :meth:`all_counts`. ``summary_interval``: seconds between
         the summaries and repeated warnings. ``destination``: where the sink writes, as the
@@ -139,7 +139,7 @@ class BatchWriter:
         self.spool = spool
         self.counts = Counts()
         self.dead_letters = dead_letters
-        self._extra_counts = extra_counts
+        self._host_counts = host_counts
         self._flush_interval = flush_interval
         self._batch_size = batch_size
         self._secrets = tuple(secrets)
@@ -404,11 +404,11 @@ class BatchWriter:
             self.spool.write_stats(stats)
 
     def _extra(self) -> Mapping[Reason, int]:
-        """What ``extra_counts`` returns; empty if it fails."""
-        if self._extra_counts is None:
+        """What ``host_counts`` returns; empty if it fails."""
+        if self._host_counts is None:
             return {}
         try:
-            return self._extra_counts()
+            return self._host_counts()
         except Exception as error:  # noqa: BLE001 - stats are a report; delivery goes on
             if not self._extra_failed:
                 self._extra_failed = True

@@ -1,30 +1,26 @@
 """Ping Centre JSON encoder: watchdog points in, one JSON object per line out. Pure.
 
 Same interface as :class:`~otel_luna.encoding._lineprotocol.LineProtocolEncoder` (``encode_point``,
-``counts``), so the pipeline and the spool do not care which one they carry.
+``take_counts``), so the pipeline and the spool do not care which one they carry.
 """
 
 from __future__ import annotations
 
 import json
-from collections import Counter
 from typing import Any
 
 from otel_luna.encoding._lineprotocol import InvalidPointError
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema._point import Point
 from otel_luna.schema.watchdog import EVENTS, TOPIC
 
 
-class PingEncoder:
+class PingEncoder(Counting):
     """``{"topic", "timestamp" (epoch ms, integer), "event", <the event's fields>}``.
 
     Fields the event documents but the point lacks are ``null``; types follow the event table
     (tags come back as booleans where the table says so).
     """
-
-    def __init__(self) -> None:
-        self.counts: Counter[Reason] = Counter()
 
     def encode_point(self, point: Point) -> str:
         spec = EVENTS.get(point.measurement)

@@ -18,16 +18,19 @@ space; string field values escape ``"`` and ``\\``. What line protocol cannot ca
   NUL (skipped by the parser), an empty key,
   or a point left with no field is rejected (:class:`InvalidPointError`).
 
-Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason.
+The rules for names and tag values are :mod:`otel_luna.schema._keys`'s (the mapping refuses user
+keys by the same ones).
+
+Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason, until
+:meth:`~LineProtocolEncoder.take_counts` takes them.
 """
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Iterable
 
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
+from otel_luna.schema._keys import MAX_KEY_BYTES, RESERVED_KEY, start_problem, text_problem
 from otel_luna.schema._point import FieldValue, Point
 
 #: String field values longer than this many UTF-8 bytes are truncated (InfluxDB's own limit).
@@ -35,20 +38,15 @@ MAX_STRING_FIELD_BYTES = 64 * 1024
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 #: The times InfluxDB 1.x accepts (``time outside range -9223372036854775806 - …``).
 MIN_TIME_NS, MAX_TIME_NS = -(2**63) + 2, 2**63 - 2
-#: InfluxDB's ``max key length``: escaped series key, ``#!~#`` and one field key, in bytes.
-MAX_KEY_BYTES = 65535
 _KEY_SEPARATOR_BYTES = 4
 # Below this many characters in prefix + field set, no key can be too long: skip the check.
 _SHORT_KEY = MAX_KEY_BYTES // 4 - _KEY_SEPARATOR_BYTES
-_RESERVED_KEY = "time"
 _TAG_CACHE_LIMIT = 4096
 # Strings this short cannot exceed the byte limit: only quotes and backslashes need a look.
 _SHORT_STRING = MAX_STRING_FIELD_BYTES // 4
 
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
-# InfluxDB 1.x reads "\\" followed by these as an escape, whatever we send: not representable.
-_AMBIGUOUS_BACKSLASH = re.compile(r'\\(?:[,= \\"]|$)')
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
@@ -61,66 +59,27 @@ class InvalidPointError(ValueError):
 
 
 def _check_name(kind: str, text: str) -> None:
-    if not text:
-        raise InvalidPointError(Reason.of(f"empty_{kind}"), f"{kind} is empty")
-    if "\n" in text or "\r" in text:
-        raise InvalidPointError(
-            Reason.of(f"newline_in_{kind}"), f"{kind} {text!r} contains a newline"
-        )
-    if "\\" in text and _AMBIGUOUS_BACKSLASH.search(text):
-        raise InvalidPointError(
-            Reason.of(f"backslash_in_{kind}"),
-            f'{kind} {text!r} has a backslash before , = space " or backslash, or at its end',
-        )
+    problem = text_problem(kind, text)
+    if problem is not None:
+        raise InvalidPointError(*problem)
 
 
 def _check_start(kind: str, text: str) -> None:
-    if text[0] in "\t\x00":
-        raise InvalidPointError(
-            Reason.of(f"whitespace_start_{kind}"),
-            f"{kind} {text!r} starts with a tab or NUL the parser skips",
-        )
+    problem = start_problem(kind, text)
+    if problem is not None:
+        raise InvalidPointError(*problem)
 
 
-def key_problem(key: str) -> str | None:
-    """Why ``key`` cannot be a tag or field key (a short reason), or None if it can."""
-    try:
-        _check_name("key", key)
-        _check_start("key", key)
-        key.encode()
-    except InvalidPointError as error:
-        return error.reason
-    except UnicodeEncodeError:
-        return "invalid_utf8_key"
-    return "reserved_key" if key == _RESERVED_KEY else None
-
-
-#: Longest user tag value accepted, in UTF-8 bytes: a quarter of InfluxDB's key length, so a
-#: few of them cannot make a series key InfluxDB refuses.
-MAX_TAG_VALUE_BYTES = MAX_KEY_BYTES // 4
-
-
-def tag_value_problem(value: str) -> str | None:
-    """Why ``value`` cannot be a tag value (a short reason), or None if it can."""
-    try:
-        _check_name("tag_value", value)
-        size = len(value.encode())
-    except InvalidPointError as error:
-        return error.reason
-    except UnicodeEncodeError:
-        return "invalid_utf8"
-    return "tag_value_too_long" if size > MAX_TAG_VALUE_BYTES else None
-
-
-class LineProtocolEncoder:
-    """Encodes points to line protocol, counting what it drops or rejects.
+class LineProtocolEncoder(Counting):
+    """Encodes points to line protocol, counting what it drops or rejects (``counts``, handed
+    over by :meth:`take_counts`).
 
     Tag sets repeat (a handful of routes and status codes), so their encoded form is cached.
     Not thread-safe: give each thread its own encoder or hold a lock.
     """
 
     def __init__(self) -> None:
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self._measurements: dict[str, str] = {}
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}
@@ -205,7 +164,7 @@ class LineProtocolEncoder:
                 cacheable = False
                 continue
             _check_name("tag_key", key)
-            if key == _RESERVED_KEY:
+            if key == RESERVED_KEY:
                 raise InvalidPointError(
                     Reason.RESERVED_KEY, "tag key 'time' is reserved by InfluxDB"
                 )
@@ -222,7 +181,7 @@ class LineProtocolEncoder:
         """``key=`` escaped, cached."""
         _check_name("field_key", key)
         _check_start("field_key", key)  # the first key follows a space
-        if key == _RESERVED_KEY:
+        if key == RESERVED_KEY:
             raise InvalidPointError(Reason.RESERVED_KEY, "field key 'time' is reserved by InfluxDB")
         encoded = key.translate(_KEY_ESCAPES) + "="
         if len(self._field_keys) < _TAG_CACHE_LIMIT:

@@ -108,17 +108,19 @@ class Ingest:
         sink: SinkLike | None = None,
         *,
         memory_fallback: bool = True,
-        more_counts: Callable[[], Mapping[Reason, int]] | None = None,
+        host_counts: Callable[[], Mapping[Reason, int]] | None = None,
     ) -> None:
-        """``more_counts``: counters its host keeps (serve's requests), for the stats
+        """``host_counts``: counters its host keeps (serve's requests), for the stats
         ``otel-luna status`` shows."""
         self.settings = settings
-        self._more_counts = more_counts
+        self._host_counts = host_counts
         self._lock = threading.Lock()
         self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
         profile = profile_of(settings)
-        self._spans = profile.span_mapper(settings)
-        self._usages = None if profile.usage_mapper is None else profile.usage_mapper(settings)
+        self._span_mapper = profile.span_mapper(settings)
+        self._usage_mapper = (
+            None if profile.usage_mapper is None else profile.usage_mapper(settings)
+        )
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False
@@ -137,7 +139,10 @@ class Ingest:
         try:
             self._encoder = profile.encoder(wire_format(sink, settings), settings)
             self.delivery = open_delivery(
-                settings, sink, memory_fallback=memory_fallback, extra_counts=self._stats_counts
+                settings,
+                sink,
+                memory_fallback=memory_fallback,
+                host_counts=self._counts_for_delivery,
             )
         except BaseException:
             sink.close()
@@ -147,7 +152,7 @@ class Ingest:
 
     # -- the two ways in ---------------------------------------------------------------------
 
-    def spans(self, records: Iterable[SpanRecord | Reason]) -> Result:
+    def write_spans(self, records: Iterable[SpanRecord | Reason]) -> Result:
         """Map, encode and spool ended spans. ``records`` may hold a :class:`Reason` for a span
         its adapter could not read (counted). A span that cannot be mapped costs only itself.
         Raises only what the delivery raises (``SpoolUnavailable`` without memory fallback)."""
@@ -158,8 +163,7 @@ class Ingest:
         append = lines.append
         earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
-            mapper, encoder = self._spans, self._encoder
-            mapper.counts = encoder.counts = counts
+            mapper, encoder = self._span_mapper, self._encoder
             mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
             add, encode = mapper.add, encoder.encode_point
             try:
@@ -182,22 +186,23 @@ class Ingest:
             except Exception:  # noqa: BLE001 - logged; the adapter failed: the rest is unread
                 self._read_errors.error()
                 counts[_MAPPING_ERROR] += 1
+            counts.update(mapper.take_counts())
+            counts.update(encoder.take_counts())
             counts[_MAPPED] += len(lines)
             self._counts[TRACES].update(counts)
         self.delivery.submit(lines)
         return _result(counts)
 
-    def usages(self, samples: Iterable[UsageSample]) -> Result:
+    def write_usages(self, samples: Iterable[UsageSample]) -> Result:
         """Map, encode and spool ``luna.usages`` data points (nothing for a profile without
         usages). Raises only what the delivery raises."""
-        if self.delivery is None or self._usages is None:
+        if self.delivery is None or self._usage_mapper is None:
             return _NOTHING
         counts: Counter[Reason] = Counter()
         lines: list[str] = []
         earliest, latest = time_window(time.time_ns(), self._max_ahead_ns, self._max_age_ns)
         with self._lock:
-            mapper, encoder = self._usages, self._encoder
-            mapper.counts = encoder.counts = counts
+            mapper, encoder = self._usage_mapper, self._encoder
             taken: list[UsageSample] = []
             try:
                 taken.extend(samples)
@@ -206,7 +211,8 @@ class Ingest:
                 self._usage_errors.error()
                 counts[_MAPPING_ERROR] += max(1, len(taken))
                 points = []
-            for service, estimator in mapper.new_overlaps:
+            counts.update(mapper.take_counts())
+            for service, estimator in mapper.take_new_overlaps():
                 _logger.warning(
                     "otel-luna: luna.usages of service %s, estimator %s: a stream without start "
                     "time went down twice within %d minutes - restarts, or senders alike whose "
@@ -217,7 +223,6 @@ class Ingest:
                     ascii(estimator[:_NAME_SHOWN]),
                     OVERLAP_WINDOW_NS // (60 * 10**9),
                 )
-            mapper.new_overlaps.clear()
             for point in points:
                 if not earliest <= point.time_ns <= latest:
                     counts[_TOO_OLD if point.time_ns < earliest else _TOO_FAR_AHEAD] += 1
@@ -226,31 +231,34 @@ class Ingest:
                     lines.append(encoder.encode_point(point))
                 except InvalidPointError as error:
                     counts[error.reason] += 1
+            counts.update(encoder.take_counts())
             counts[_MAPPED] += len(lines)
             self._counts[METRICS].update(counts)
         self.delivery.submit(lines)
         return _result(counts)
 
     def count(self, signal: str, reason: Reason, value: int = 1) -> None:
-        """Count what an adapter saw outside :meth:`spans`/:meth:`usages` (a failed export)."""
+        """Count what an adapter saw outside :meth:`write_spans`/:meth:`write_usages` (a
+        failed export)."""
         with self._lock:
             self._counts[signal][reason] += value
 
     # -- what it holds and did ---------------------------------------------------------------
 
-    def _stats_counts(self) -> Counter[Reason]:
-        """What the writer adds to its own counters in the stats: the ingest's and the host's."""
-        counts = self.ingest_counts()
-        if self._more_counts is not None:
-            counts.update(self._more_counts())
+    def _counts_for_delivery(self) -> Counter[Reason]:
+        """What the ingest, as the delivery's host, adds to the delivery's counters in the
+        stats: its own and its host's."""
+        counts = self.mapping_counts()
+        if self._host_counts is not None:
+            counts.update(self._host_counts())
         return counts
 
-    def ingest_counts(self) -> Counter[Reason]:
+    def mapping_counts(self) -> Counter[Reason]:
         """Mapping and encoding counters of both signals, summed."""
         with self._lock:
             return self._counts[TRACES] + self._counts[METRICS]
 
-    def signal_counts(self) -> dict[str, Counter[Reason]]:
+    def mapping_counts_by_signal(self) -> dict[str, Counter[Reason]]:
         """Mapping and encoding counters by signal (for the self-metrics)."""
         with self._lock:
             return {signal: Counter(counts) for signal, counts in self._counts.items()}
@@ -261,7 +269,7 @@ class Ingest:
 
     def counts(self) -> Counter[Reason]:
         """Every counter, by reason."""
-        return self.ingest_counts() + self.delivery_counts()
+        return self.mapping_counts() + self.delivery_counts()
 
     def queued(self) -> int:
         """Lines waiting in the spool (none once shut down: what a disk spool keeps then is

@@ -12,8 +12,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
-from otel_luna.mapping._records import SpanRecord, UsageSample
-from otel_luna.mapping._usages import origin_of, resource_identity, stream_of
+from otel_luna.mapping._records import (
+    SpanRecord,
+    UsageSample,
+    origin_of,
+    resource_identity,
+    stream_of,
+)
 from otel_luna.outcomes import Reason
 
 _SERVER = SpanKind.SERVER

@@ -33,28 +33,30 @@ services forgotten first). Whatever a bound costs is counted.
 
 from __future__ import annotations
 
+import enum
 import re
 import sys
-from collections import Counter
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from otel_luna import _attributes as attr
-from otel_luna.encoding._lineprotocol import (
+from otel_luna.mapping._records import SpanRecord
+from otel_luna.mapping._timestamps import SeriesTimes
+from otel_luna.outcomes import Counting, Reason
+from otel_luna.schema import luna as schema
+from otel_luna.schema._keys import (
     MAX_KEY_BYTES,
     MAX_TAG_VALUE_BYTES,
     key_problem,
     tag_value_problem,
 )
-from otel_luna.mapping._records import SpanRecord
-from otel_luna.mapping._timestamps import SeriesTimes
-from otel_luna.outcomes import Reason
-from otel_luna.schema import luna as schema
 from otel_luna.schema._point import FieldValue, Point
 
 #: Names of the series' own tags and fields: a ``luna.tag.*``, ``luna.field.*`` or ``luna.time.*``
 #: attribute of one of these names would shadow them (dashboards filter on them).
-_RESERVED_NAMES = frozenset((*schema.ERROR_TAGS, *schema.REQUEST_FIELDS))
+_RESERVED_NAMES = frozenset(
+    (*schema.REQUEST_TAGS, *schema.ERROR_TAGS, *schema.REQUEST_FIELDS, *schema.ERROR_FIELDS)
+)
 #: ``route`` of a request that matched no route of the application (e.g. a scanner's 404s).
 UNMATCHED_ROUTE = "{unmatched}"
 #: ``route`` of requests past the per-service limit of distinct routes.
@@ -92,14 +94,29 @@ _TAGSET_CACHE_LIMIT = 4096
 # The two spellings, unpacked once for the hot path (the tables stay in _attributes).
 _METHOD_NEW, _METHOD_OLD = attr.HTTP_METHOD
 _STATUS_NEW, _STATUS_OLD = attr.HTTP_STATUS_CODE
-_PLAN_CACHE_LIMIT = 1024
+_CLASSIFIED_CACHE_LIMIT = 1024
 _SERVER_SPANS = Reason.SERVER_SPANS
 # A point without the NamedTuple's argument parsing: a third of the cost, on the hot path.
 _point = tuple.__new__
 
-_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = range(
-    9
-)
+
+class _Kind(enum.IntEnum):
+    """What a ``luna.*`` attribute key is, so what its value becomes."""
+
+    TIME = 0  # luna.time.<name>: a stage timing, float seconds (they add up)
+    TAG = 1  # luna.tag.<name>: a user tag
+    FIELD = 2  # luna.field.<name>: a user field, of its name's type
+    REQUEST_ID = 3  # luna.request_id
+    ERROR_CODE = 4  # luna.error_code
+    LICENSE = 5  # luna.license.status: the span is a licence check
+    LICENSE_PART = 6  # the rest of a licence check, read with its status
+    UNKNOWN = 7  # a luna.* key otel-luna does not know
+    REFUSED = 8  # a user name that cannot be written (the reason in the name's place)
+
+
+# The members as module names: the hot path compares them as ints, and an enum class's
+# attribute costs a lookup through its metaclass (about 150 ns on Python 3.11).
+_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = _Kind
 #: Kinds whose value is made text (or a float), not a field the encoder checks.
 _AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
 _TYPE_MISMATCH = "type_mismatch"
@@ -119,10 +136,10 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
 #: A classified luna.* key: (attribute key, kind, name or reason, the field's type or None).
-_Step = tuple[str, int, str, "type[FieldValue] | None"]
+_LunaKey = tuple[str, _Kind, str, "type[FieldValue] | None"]
 
 
-class _Extra:
+class _RequestData:
     """``luna.*`` data of one request, gathered from its spans."""
 
     __slots__ = ("arrived_ns", "error_code", "fields", "request_id", "size", "tags", "times")
@@ -148,7 +165,7 @@ class _Extra:
             size += _ENTRY_BYTES * len(values) + sum(map(sys.getsizeof, values.values()))
         return size
 
-    def absorb(self, below: _Extra, limit: int) -> int:
+    def absorb(self, below: _RequestData, limit: int) -> int:
         """Take the data of a descendant; this span's own values win, timings add up. Past
         ``limit`` user keys in all, the descendant's new ones are left out: how many."""
         if self.request_id is None:
@@ -413,10 +430,11 @@ def _joined(messages: Any) -> str | None:
     return None
 
 
-class RequestMapper:
-    """Maps finished spans to points, one span at a time, in the order they end.
+class RequestMapper(Counting):
+    """Maps finished spans to points, one span at a time, in the order they end; what it
+    drops or refuses is counted (``counts``, handed over by :meth:`take_counts`).
 
-    Not thread-safe: the ingest holds its lock around :meth:`add`.
+    Not thread-safe: the ingest holds its lock around :meth:`add` and :meth:`take_counts`.
     """
 
     def __init__(
@@ -431,11 +449,10 @@ class RequestMapper:
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
     ):
         """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
-        #: Where problems are counted (the ingest points it at each call's own counter).
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self.times = SeriesTimes()
         #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
-        #: batch, as it sets ``counts``; waiting child data expires by it.
+        #: batch; waiting child data expires by it.
         self.arrived_ns = 0
         self._route_limit = route_limit
         self._route_budget_limit = route_budget_limit
@@ -443,7 +460,7 @@ class RequestMapper:
         self._routes: dict[str, set[str]] = {}
         self._routes_held = 0
         #: Insertion order is arrival order: the oldest waiting data come first.
-        self._pending: dict[int, _Extra] = {}
+        self._pending: dict[int, _RequestData] = {}
         self._pending_bytes = 0
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
@@ -451,7 +468,7 @@ class RequestMapper:
         self._key_limit = user_key_limit
         self._tagsets: dict[tuple[Any, ...], Any] = {}
         self._tagset_limit = tagset_cache_limit
-        self._plans: dict[tuple[str, ...], tuple[_Step, ...]] = {}
+        self._classified: dict[tuple[str, ...], tuple[_LunaKey, ...]] = {}
 
     @property
     def pending(self) -> int:
@@ -481,39 +498,39 @@ class RequestMapper:
             status_error,
             service,
         ) = record
-        extra = self._pending.pop(span_id, None) if self._pending else None
-        if extra is not None:
-            self._pending_bytes -= extra.size
+        data = self._pending.pop(span_id, None) if self._pending else None
+        if data is not None:
+            self._pending_bytes -= data.size
         # Spans of one kind carry the same attribute keys in the same order: classify the
         # luna.* keys once per key tuple instead of testing every key of every span.
         keys = tuple(attributes)
-        plan = self._plans.get(keys)
-        if plan is None:
-            plan = self._plan(keys)
-        if plan:
-            if plan[0][1] == _LICENSE:
+        luna_keys = self._classified.get(keys)
+        if luna_keys is None:
+            luna_keys = self._classify(keys)
+        if luna_keys:
+            if luna_keys[0][1] == _LICENSE:
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
-            if extra is None:
-                extra = _Extra()
+            if data is None:
+                data = _RequestData()
                 had = _NONE_HELD
-                check = len(plan) > self._key_limit  # at most one name per key
+                check = len(luna_keys) > self._key_limit  # at most one name per key
             else:  # what came from below keeps its place under the limit
-                had = (len(extra.tags), len(extra.fields), len(extra.times))
+                had = (len(data.tags), len(data.fields), len(data.times))
                 check = True
-            for key, kind, name, field_type in plan:
-                self._take(extra, kind, name, attributes[key], field_type)
-            if check and extra.keys() > self._key_limit:
-                self._trim(extra, had)
+            for key, kind, name, field_type in luna_keys:
+                self._gather(data, kind, name, attributes[key], field_type)
+            if check and data.keys() > self._key_limit:
+                self._trim(data, had)
         if is_server:
             self.counts[_SERVER_SPANS] += 1
             return self._points(
-                attributes, trace_id, span_id, start_ns, end_ns, status_error, service, extra
+                attributes, trace_id, span_id, start_ns, end_ns, status_error, service, data
             )
-        if extra is not None:
+        if data is not None:
             if parent_span_id is None:
                 self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
             else:
-                self._park(parent_span_id, extra)
+                self._hold_for_parent(parent_span_id, data)
         return []
 
     def _license(
@@ -539,9 +556,9 @@ class RequestMapper:
         tags = (("license_status", status), ("service", service))
         return [Point(schema.LICENSING, tags, fields, self.times.claim(start_ns, owner))]
 
-    def _plan(self, keys: tuple[str, ...]) -> tuple[_Step, ...]:
+    def _classify(self, keys: tuple[str, ...]) -> tuple[_LunaKey, ...]:
         """The luna.* keys among ``keys``, classified; a licence check first."""
-        plan: list[_Step] = []
+        luna_keys: list[_LunaKey] = []
         for key in keys:
             if not key.startswith(attr.LUNA_PREFIX):
                 continue
@@ -553,22 +570,28 @@ class RequestMapper:
                     if problem is None and kind == _TIME and field_type is not float:
                         problem = _TYPE_MISMATCH  # a timing is float seconds: not this field
                     if problem is None:
-                        plan.append((key, kind, name, field_type))
+                        luna_keys.append((key, kind, name, field_type))
                     else:
-                        plan.append((key, _REFUSED, problem, None))
+                        luna_keys.append((key, _REFUSED, problem, None))
                     break
             else:
-                plan.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key, None))
-        plan.sort(key=lambda item: item[1] != _LICENSE)
-        result = tuple(plan)
-        if len(self._plans) >= _PLAN_CACHE_LIMIT:
-            self._plans.clear()
-        self._plans[keys] = result
+                luna_keys.append((key, _EXACT_KINDS.get(key, _UNKNOWN), key, None))
+        luna_keys.sort(key=lambda item: item[1] != _LICENSE)
+        result = tuple(luna_keys)
+        if len(self._classified) >= _CLASSIFIED_CACHE_LIMIT:
+            self._classified.clear()
+        self._classified[keys] = result
         return result
 
-    def _take(
-        self, extra: _Extra, kind: int, name: str, value: Any, field_type: type[FieldValue] | None
+    def _gather(
+        self,
+        data: _RequestData,
+        kind: _Kind,
+        name: str,
+        value: Any,
+        field_type: type[FieldValue] | None,
     ) -> None:
+        """One ``luna.*`` attribute's value into the request's ``data``, or counted: why not."""
         scalar = type(value) in _SCALARS
         if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX and kind in _AS_TEXT:
             # Only Python's SDK can send one (OTLP's are int64): str() of 4301 digits raises,
@@ -577,7 +600,7 @@ class RequestMapper:
             return
         if kind == _TIME:
             if scalar and type(value) is not str and type(value) is not bool:
-                extra.times[name] = extra.times.get(name, 0.0) + float(value)
+                data.times[name] = data.times.get(name, 0.0) + float(value)
                 return
         elif kind == _TAG:
             if scalar:
@@ -592,7 +615,7 @@ class RequestMapper:
                     if problem is not None:  # the request is written without this tag
                         self.counts[Reason.of("attribute_" + problem)] += 1
                         return
-                extra.tags[name] = text
+                data.tags[name] = text
                 return
         elif kind == _FIELD:
             if scalar:
@@ -604,7 +627,7 @@ class RequestMapper:
                 elif type(value) is str and not value.isascii() and not _encodable(value):
                     self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # written without this field
                     return
-                extra.fields[name] = value
+                data.fields[name] = value
                 return
         elif kind == _REQUEST_ID:
             if not scalar:  # an array, kvlist or bytes: the trace id stands in for it
@@ -614,7 +637,7 @@ class RequestMapper:
             if not text.isascii() and not _encodable(text):
                 self.counts[Reason.ATTRIBUTE_INVALID_UTF8] += 1  # the trace id stands in for it
                 return
-            extra.request_id = text
+            data.request_id = text
             return
         elif kind == _ERROR_CODE:
             if scalar:
@@ -622,7 +645,7 @@ class RequestMapper:
                 if problem is not None:  # still a failed request: of an unknown code
                     self.counts[Reason.of("attribute_" + problem)] += 1
                     value = schema.UNKNOWN_ERROR_CODE
-                extra.error_code = value
+                data.error_code = value
                 return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
             self.counts[Reason.INCOMPLETE_LICENSE_CHECK] += 1
@@ -635,29 +658,31 @@ class RequestMapper:
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
-    def _trim(self, extra: _Extra, had: tuple[int, int, int]) -> None:
+    def _trim(self, data: _RequestData, had: tuple[int, int, int]) -> None:
         """Down to ``user_key_limit`` user names: those from below (``had`` of the tags,
         fields and timings, the first of each) stay; of the span's own new names, the first
         that fit (tags, then fields, then timings). What is left out is counted."""
         room = self._key_limit - sum(had)
         for name, before in zip(("tags", "fields", "times"), had, strict=True):
-            held: dict[str, Any] = getattr(extra, name)
+            held: dict[str, Any] = getattr(data, name)
             new = len(held) - before
             if new > room:
                 self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += new - room
-                setattr(extra, name, dict(list(held.items())[: before + max(room, 0)]))
+                setattr(data, name, dict(list(held.items())[: before + max(room, 0)]))
             room -= min(new, max(room, 0))
 
-    def _park(self, parent_span_id: int, extra: _Extra) -> None:
+    def _hold_for_parent(self, parent_span_id: int, data: _RequestData) -> None:
+        """Keep a child span's ``data`` until its parent ends (merged with what waits for it
+        already); then drop the expired and, past the bounds, the oldest (counted)."""
         pending = self._pending
         waiting = pending.get(parent_span_id)
         if waiting is None:
-            extra.arrived_ns = self.arrived_ns
-            extra.size = extra.weigh()
-            pending[parent_span_id] = extra
-            self._pending_bytes += extra.size
+            data.arrived_ns = self.arrived_ns
+            data.size = data.weigh()
+            pending[parent_span_id] = data
+            self._pending_bytes += data.size
         else:
-            left_out = waiting.absorb(extra, self._key_limit)
+            left_out = waiting.absorb(data, self._key_limit)
             if left_out:
                 self.counts[Reason.TOO_MANY_LUNA_ATTRIBUTES] += left_out
             size = waiting.weigh()
@@ -687,27 +712,27 @@ class RequestMapper:
         end_ns: int,
         status_error: bool,
         service: str,
-        extra: _Extra | None,
+        data: _RequestData | None,
     ) -> list[Point]:
         get = attributes.get
         method_new, method_old, route = get(_METHOD_NEW), get(_METHOD_OLD), get(attr.HTTP_ROUTE)
         raw_status = get(_STATUS_NEW)
         if raw_status is None:
             raw_status = get(_STATUS_OLD)
-        extra_tags = None
+        data_tags = None
         request_id = error_code = None
         request_fields: dict[str, FieldValue] = {}
-        if extra is not None:
-            request_id = extra.request_id
-            error_code = extra.error_code
-            if extra.tags:
-                if extra.fields or extra.times:
-                    for name in extra.tags:
-                        if name in extra.fields or name in extra.times:
-                            self._drop_tag_field_conflicts(extra)
+        if data is not None:
+            request_id = data.request_id
+            error_code = data.error_code
+            if data.tags:
+                if data.fields or data.times:
+                    for name in data.tags:
+                        if name in data.fields or name in data.times:
+                            self._drop_tag_field_conflicts(data)
                             break
-                extra_tags = tuple(extra.tags.items())
-            request_fields = extra.fields
+                data_tags = tuple(data.tags.items())
+            request_fields = data.fields
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, keyed on every
         # attribute they are made of (the method's original spelling too). Values that compare
         # equal across types (True == 1 == 1.0) map differently: the status's type is part of
@@ -724,7 +749,7 @@ class RequestMapper:
             raw_status,
             raw_status.__class__,
             status_error,
-            extra_tags,
+            data_tags,
         )
         cacheable = route.__class__ is str
         try:
@@ -740,7 +765,7 @@ class RequestMapper:
                 failed = status_error or error_code is not None or (status or 0) >= 400
                 self.counts[Reason.KEY_TOO_LONG] += 2 if failed else 1
                 return []
-            cached = self._tagset(attributes, service, raw_status, status_error, extra)
+            cached = self._tagset(attributes, service, raw_status, status_error, data)
             # Only a tag set made of the key alone: a path (no http.route) or a method of the
             # client's choosing goes through the per-service route budget every time.
             if cacheable and cached[3] and self._tagset_limit:
@@ -761,12 +786,12 @@ class RequestMapper:
             "request_id": request_id,
             "execution_time": duration_ns / 1e9,
         }
-        if extra is not None and extra.times:
-            if request_fields and not request_fields.keys().isdisjoint(extra.times):
+        if data is not None and data.times:
+            if request_fields and not request_fields.keys().isdisjoint(data.times):
                 self.counts[Reason.ATTRIBUTE_FIELD_AND_TIME] += len(
-                    request_fields.keys() & extra.times.keys()
+                    request_fields.keys() & data.times.keys()
                 )
-            fields.update(extra.times)
+            fields.update(data.times)
         time_ns = self.times.claim(start_ns, (trace_id << 64) | span_id)  # timestamps.owner_of
         requests = _point(Point, (schema.REQUESTS, tags, fields, time_ns))
         if not (status_error or error_code is not None or (status is not None and status >= 400)):
@@ -776,12 +801,12 @@ class RequestMapper:
         error_fields = {**request_fields, "request_id": request_id}
         return [requests, _point(Point, (schema.ERRORS, error_tags, error_fields, time_ns))]
 
-    def _drop_tag_field_conflicts(self, extra: _Extra) -> None:
+    def _drop_tag_field_conflicts(self, data: _RequestData) -> None:
         """A name used both as a user tag and a user field (or timing): keep the tag."""
-        for name in extra.tags.keys() & (extra.fields.keys() | extra.times.keys()):
+        for name in data.tags.keys() & (data.fields.keys() | data.times.keys()):
             self.counts[Reason.ATTRIBUTE_TAG_AND_FIELD] += 1
-            extra.fields.pop(name, None)
-            extra.times.pop(name, None)
+            data.fields.pop(name, None)
+            data.times.pop(name, None)
 
     def _bounded_route(self, service: str, route: str, bounded: bool) -> str:
         """``route``, or :data:`OVERFLOW_ROUTE` once the service has ``route_limit`` others
@@ -819,7 +844,7 @@ class RequestMapper:
         service: str,
         raw_status: Any,
         status_error: bool,
-        extra: _Extra | None,
+        data: _RequestData | None,
     ) -> tuple[
         tuple[tuple[str, str], ...],
         tuple[tuple[str, str], ...],
@@ -845,8 +870,8 @@ class RequestMapper:
             base["route"] = route
         if status is not None:
             base["status_code"] = str(status)
-        if extra is not None and extra.tags:
-            base = {**extra.tags, **base}
+        if data is not None and data.tags:
+            base = {**data.tags, **base}
         tags = tuple(sorted(base.items()))
         errors_base = tuple(item for item in tags if item[0] != "error_code")
         return tags, errors_base, status, bounded, (tuple(found) if found else _NO_PROBLEMS)

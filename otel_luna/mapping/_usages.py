@@ -8,18 +8,17 @@ full identity — by :class:`CumulativeToDelta`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 import time
 import zlib
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, NamedTuple
 
 from otel_luna.mapping._records import UsageSample
 from otel_luna.mapping._timestamps import SeriesTimes
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import FieldValue, Point
 
@@ -29,43 +28,6 @@ _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 def valid_estimator(name: Any) -> bool:
     """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
     return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
-
-
-def origin_of(resource_attributes: Mapping[str, Any]) -> int:
-    """The ``origin`` of samples from a resource: a checksum of its attributes, the same for
-    the SDK's resource and its OTLP encoding."""
-    described = repr(sorted((str(key), repr(value)) for key, value in resource_attributes.items()))
-    return zlib.crc32(described.encode(errors="surrogatepass"))
-
-
-def _described(attributes: Mapping[str, Any]) -> bytes:
-    """Attributes as bytes that do not depend on their order (the same for the SDK's mapping
-    and its OTLP encoding)."""
-    pairs = sorted((str(key), repr(value)) for key, value in attributes.items())
-    return repr(pairs).encode(errors="surrogatepass")
-
-
-def resource_identity(resource_attributes: Mapping[str, Any]) -> bytes:
-    """The resource's part of a stream's identity (:func:`stream_of`): a 16-byte digest of its
-    attributes, computed once per resource."""
-    return hashlib.blake2b(_described(resource_attributes), digest_size=16).digest()
-
-
-def stream_of(
-    resource: bytes,
-    scope_name: str,
-    scope_version: str,
-    point_attributes: Mapping[str, Any],
-) -> int:
-    """The identity of a data point's stream, without its start time (``UsageSample.start_ns``
-    is the rest): the resource (:func:`resource_identity`), the instrumentation scope and the
-    point's attributes — what the Collector's ``cumulativetodelta`` tells streams apart by. A
-    128-bit digest: a fixed size per stream whatever the attributes hold, and no two senders
-    share one by chance."""
-    digest = hashlib.blake2b(resource, digest_size=16)
-    digest.update(repr((scope_name, scope_version)).encode(errors="surrogatepass"))
-    digest.update(_described(point_attributes))
-    return int.from_bytes(digest.digest(), "big")
 
 
 #: How many cumulative streams :class:`CumulativeToDelta` follows at most; a new one past it
@@ -243,17 +205,25 @@ class CumulativeToDelta:
 OVERLAPS_REPORTED = 1000
 
 
-class UsageMapper:
-    """Turns ``luna.usages`` samples into ``usages_statistic`` points."""
+class UsageMapper(Counting):
+    """Turns ``luna.usages`` samples into ``usages_statistic`` points; what it drops is
+    counted (``counts``, handed over by :meth:`take_counts`)."""
 
     def __init__(self, converter: CumulativeToDelta | None = None) -> None:
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self.times = SeriesTimes()
         self._converter = converter if converter is not None else CumulativeToDelta()
         #: (service, estimator) seen to overlap for the first time (``usage_stream_overlap``),
-        #: for the caller to warn about once; the caller empties it.
-        self.new_overlaps: list[tuple[str, str]] = []
+        #: for the caller to warn about once (:meth:`take_new_overlaps`).
+        self._new_overlaps: list[tuple[str, str]] = []
         self._reported: set[tuple[str, str]] = set()
+
+    def take_new_overlaps(self) -> list[tuple[str, str]]:
+        """(service, estimator) seen to overlap for the first time since the last call
+        (``usage_stream_overlap``), for the caller to warn about once; at most
+        :data:`OVERLAPS_REPORTED` in all."""
+        new, self._new_overlaps = self._new_overlaps, []
+        return new
 
     def points(self, samples: Iterable[UsageSample]) -> list[Point]:
         by_point: dict[tuple[str, int, int], dict[str, FieldValue]] = {}
@@ -286,7 +256,7 @@ class UsageMapper:
             pair = (service, estimator)
             if pair not in self._reported and len(self._reported) < OVERLAPS_REPORTED:
                 self._reported.add(pair)
-                self.new_overlaps.append(pair)
+                self._new_overlaps.append(pair)
         converter.overlaps.clear()
         points = []
         for (service, time_ns, origin), fields in by_point.items():

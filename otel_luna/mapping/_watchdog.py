@@ -6,13 +6,12 @@ fields as ``watchdog.<field>`` attributes; the span's end is the ping's time.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from otel_luna._attributes import WATCHDOG_PREFIX
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._timestamps import SeriesTimes, owner_of
-from otel_luna.outcomes import Reason
+from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema._point import FieldValue, Point
 from otel_luna.schema.watchdog import EVENTS, TAGS
 
@@ -28,11 +27,12 @@ def _check(value: Any, kind: type) -> bool:
     return isinstance(value, str)
 
 
-class WatchdogMapper:
-    """Same interface as :class:`~otel_luna.mapping.RequestMapper`: ``add(...)`` → points."""
+class WatchdogMapper(Counting):
+    """Same interface as :class:`~otel_luna.mapping._requests.RequestMapper`: ``add(...)`` →
+    points, :meth:`take_counts` → what it counted."""
 
     def __init__(self) -> None:
-        self.counts: Counter[Reason] = Counter()
+        super().__init__()
         self.arrived_ns = 0  # it keeps nothing between spans that would expire
         self.times = SeriesTimes()
 

@@ -17,12 +17,12 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from otel_luna.delivery._spool import SpoolUnavailable
-from otel_luna.ingest._ingest import Ingest, Result
+from otel_luna.ingest import Ingest, Result
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.serve import _otlp as otlp
 from otel_luna.serve._budget import ByteBudget
 from otel_luna.serve._settings import ServeSettings
-from otel_luna.sinks._base import SinkLike
+from otel_luna.sinks import SinkLike
 
 #: Share of SPOOL_MAX_BYTES above which requests are refused.
 HIGH_WATER = 0.9
@@ -42,7 +42,7 @@ class Receiver:
         # No silent switch to memory: what serve answers OK for is on disk, or it refuses.
         self.requests = Counts()  # shown by otel-luna status too
         self.ingest = Ingest(
-            settings, sink, memory_fallback=False, more_counts=self.requests.snapshot
+            settings, sink, memory_fallback=False, host_counts=self.requests.snapshot
         )
         #: Request bytes being read, inflated and decoded (decoded ones at their bound), by both
         #: front ends: one ``serve_max_inflight_bytes`` per process.
@@ -59,13 +59,13 @@ class Receiver:
         """Map, encode and spool; what was rejected, for the partial success. A span that
         cannot be mapped is rejected alone (counted, never raised)."""
         self._check_room(request)
-        result = self._spooled(lambda: self.ingest.spans(otlp.span_records(request)))
+        result = self._spooled(lambda: self.ingest.write_spans(otlp.span_records(request)))
         self.requests.add(Reason.REQUESTS_TRACES)
         return result
 
     def accept_metrics(self, request: ExportMetricsServiceRequest) -> Result:
         self._check_room(request)
-        result = self._spooled(lambda: self.ingest.usages(otlp.usage_samples(request)))
+        result = self._spooled(lambda: self.ingest.write_usages(otlp.usage_samples(request)))
         self.requests.add(Reason.REQUESTS_METRICS)
         return result
 
