@@ -56,7 +56,7 @@ OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
 OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
 
 #: The example service the demo runs; it ships in the package (:mod:`otel_luna.examples`).
-EXAMPLE_APP = Path(__file__).resolve().parent / "examples" / "luna_handlers_app.py"
+EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
 #: Line-protocol file written in the working directory when no endpoint is configured.
 DEFAULT_FILE_NAME = "luna-demo.lp"
 #: The report's chart, written in the working directory (``otel-luna report luna --png``).
