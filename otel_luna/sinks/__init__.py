@@ -20,6 +20,8 @@ from otel_luna.sinks._base import (
     suppress_instrumentation,
     wire_format,
 )
+from otel_luna.sinks._file import file_path
+from otel_luna.sinks._http import basic_auth
 
 __all__ = [
     "MESSAGE_LIMIT",
@@ -28,9 +30,11 @@ __all__ = [
     "Failure",
     "Sink",
     "SinkError",
+    "basic_auth",
     "classify",
     "classify_connection_error",
     "connection_trouble",
+    "file_path",
     "load_sink",
     "parse_retry_after",
     "server_reason",
