@@ -31,7 +31,8 @@ from otel_luna.encoding._reader import (
     read_bytes,
 )
 from otel_luna.report import ReportError
-from otel_luna.report import _common as common
+from otel_luna.report import _png as png_module
+from otel_luna.report import _source as sources
 from otel_luna.schema._point import Point
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -227,7 +228,7 @@ def test_a_file_of_nuls_is_one_line_in_bounded_memory(
     tracemalloc.start()
     try:
         with pytest.raises(ReportError, match="no line can be read") as raised:
-            common.read_line_protocol(nuls)
+            sources.read_line_protocol(nuls)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -284,7 +285,7 @@ def test_a_malformed_line_in_a_file_is_skipped_and_counted_not_a_traceback(
         "lines": 4,
         "first": "line 2: bad field value '--1i' at character 25",
     }
-    read = common.read_line_protocol(file)
+    read = sources.read_line_protocol(file)
     assert len(read.points) == 2
     assert read.skipped.describe().startswith("skipped 4 unreadable lines (first: line 2: ")
 
@@ -391,7 +392,7 @@ def test_values_influxdb_refuses_are_skipped_and_counted_in_a_file(
         "lines": 5,
         "first": "line 2: timestamp out of range at character 49",
     }
-    assert len(common.read_line_protocol(file).points) == 2
+    assert len(sources.read_line_protocol(file).points) == 2
 
 
 def test_the_text_report_escapes_what_it_read(
@@ -426,7 +427,7 @@ def test_the_text_report_escapes_what_it_read(
     # The chart's labels (legend, titles, tick labels drawn later) hold no control character
     # either, and a "$" in a route is not mathtext.
     drawn: list[str] = []
-    write_png = common._write_png
+    write_png = png_module._write_png
 
     def spy(figure: Any, path: Path) -> None:
         write_png(figure, path)  # draws it: tick labels exist from here
@@ -434,7 +435,7 @@ def test_the_text_report_escapes_what_it_read(
 
         drawn.extend(text.get_text() for text in figure.findobj(Text))
 
-    monkeypatch.setattr(common, "_write_png", spy)
+    monkeypatch.setattr(png_module, "_write_png", spy)
     png = tmp_path / "escapes.png"
     assert cli.main(["report", "luna", "--file", str(file), "--png", str(png)]) == cli.EXIT_OK
     capsys.readouterr()

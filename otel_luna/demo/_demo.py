@@ -44,7 +44,7 @@ from urllib.parse import urlencode
 import urllib3
 
 from otel_luna.encoding._reader import LineProtocolSyntaxError, parse_line, parse_lines
-from otel_luna.report._common import influxql_identifier
+from otel_luna.report import influxql_identifier
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import Point
 from otel_luna.settings._settings import Settings, env_name
@@ -701,10 +701,10 @@ def query_influxdb1(
     """The :class:`Summary` of ``service``'s points between the two times, read back with
     InfluxQL by the reader ``otel-luna report`` uses."""
     from otel_luna.report import ReportError
-    from otel_luna.report import _common as common
+    from otel_luna.report import query_influxql
 
     try:
-        points = common.query_influxql(settings, SERIES, since_ns, {"service": service})
+        points = query_influxql(settings, SERIES, since_ns, {"service": service})
     except ReportError as error:
         raise DemoError(str(error)) from None
     return summarize(point for point in points if point.time_ns <= until_ns)
