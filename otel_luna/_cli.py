@@ -32,7 +32,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_luna.demo import _demo as demo
+    from otel_luna import demo
 
     parser = argparse.ArgumentParser(
         prog="otel-luna",
@@ -725,7 +725,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from otel_luna.demo import _demo as demo
+    from otel_luna import demo
 
     result = demo.run_demo(
         args.requests,
@@ -745,7 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from otel_luna.delivery._spool import SpoolRefused
-    from otel_luna.demo._demo import DemoError
+    from otel_luna.demo import DemoError
 
     try:
         if args.command == "demo":
