@@ -23,7 +23,7 @@ from servers import InfluxDB1, InfluxDB2
 
 from otel_luna import _cli as cli
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
-from otel_luna.report import ReportError, run_report
+from otel_luna.report import MadeReport, ReportError, Window, run_report
 from otel_luna.report import _durations as durations
 from otel_luna.report import _luna as luna
 from otel_luna.report import _query as query
@@ -894,3 +894,67 @@ def test_an_html_error_page_is_cut_to_one_line(capsys: pytest.CaptureFixture[str
     assert "Unsupported method ('POST')" in err
     assert query.server_answer(b"\n  first line\nsecond\n") == "first line"
     assert query.server_answer(b"x" * 500) == "x" * 197 + "..."
+
+
+# -- the shared pieces: the source, the query client, one run_report ---------------------------
+
+
+def test_the_influxdb_source_is_built_from_settings_in_one_place_and_hides_secrets() -> None:
+    """``InfluxSource.from_settings`` takes what a report needs (API version resolved); its
+    repr shows no credential; a file endpoint is a path, ``console`` no source."""
+    settings = Settings.load(
+        {}, endpoint="http://h:8086", token="s3cret-token", org="o", bucket="b", timeout=3
+    )
+    influx = sources.as_source(settings)
+    assert isinstance(influx, query.InfluxSource)
+    assert (influx.api_version, influx.org, influx.bucket, influx.timeout) == ("2", "o", "b", 3.0)
+    assert "s3cret" not in repr(influx)
+    assert sources.describe_source(influx) == "InfluxDB http://h:8086 org o bucket b"
+    v1 = Settings.load({}, endpoint="http://h:8086", username="u", password="pw", database="d")
+    assert "pw" not in repr(query.InfluxSource.from_settings(v1))
+    assert sources.as_source("file:///tmp/x.lp") == Path("/tmp/x.lp")
+    assert sources.as_source("x.lp") == Path("x.lp")
+    with pytest.raises(ReportError, match="cannot read a report from 'console'"):
+        sources.as_source(Settings.load({}, endpoint="console"))
+
+
+def test_run_report_hands_the_window_and_limits_to_the_report_and_prints_its_pieces(
+    tmp_path: Path,
+) -> None:
+    """The one ``run_report``: the source resolved, the window the last ``since_ns`` before
+    ``now_ns``, the report's text (escaped) or JSON, and its chart drawn when asked."""
+    file = tmp_path / "x.lp"
+    seen: list[Any] = []
+    drawn: list[Path] = []
+
+    def make(source: sources.Source, window: Window, limits: query.Limits) -> MadeReport:
+        seen.append((source, window, limits))
+        return MadeReport({"n": 1}, "text \x1b", drawn.append)
+
+    limits = query.Limits(max_bytes=10, max_seconds=1.0)
+    text = run_report(make, file=file, since_ns=5, now_ns=100, limits=limits, environ={})
+    assert seen == [(file, (95, 100), limits)]
+    assert text == "text \\x1b"
+    png = tmp_path / "c.png"
+    assert json.loads(run_report(make, file=file, as_json=True, png=png, environ={})) == {
+        "n": 1,
+        "png": str(png),
+    }
+    assert seen[-1][1] == (None, None) and drawn == [png]
+
+
+def test_the_query_client_pings_runs_statements_and_names_a_refused_one(
+    influxdb1: InfluxDB1, influxdb1_database: str
+) -> None:
+    """``ping`` (204), ``run_influxql`` (one result per statement), and a statement the server
+    refuses is a ``ReportError`` naming it: what the demo prepares its database with."""
+    source = query.InfluxSource(influxdb1.url, database=influxdb1_database)
+    assert query.ping(source) == 204
+    show, _ = query.run_influxql(source, "SHOW DATABASES", "SHOW MEASUREMENTS")
+    names = [row[0] for series in show.get("series", []) for row in series["values"]]
+    assert influxdb1_database in names
+    refused = 'SELECT * FROM "m" GROUP BY time(1s)'  # parsed, refused when run
+    with pytest.raises(ReportError, match=r"aggregate.*: SELECT \* FROM \"m\" GROUP BY"):
+        query.run_influxql(source, "SHOW DATABASES", refused)
+    with pytest.raises(ReportError, match=r"answered HTTP 400: .*error parsing query"):
+        query.run_influxql(source, "SELECT nonsense FROM")
