@@ -17,6 +17,7 @@ from otel_luna.encoding import LineProtocolSyntaxError, parse_line, parse_lines
 from otel_luna.report import (
     InfluxSource,
     ReportError,
+    influx_source,
     influxql_identifier,
     ping,
     query_influxql,
@@ -120,7 +121,7 @@ def points_in_output(lines: Iterable[str]) -> list[Point]:
 
 def prepare_influxdb1(source: InfluxSource | Settings) -> str | None:
     """Check that the InfluxDB answers; create the database if it is missing (a note if so)."""
-    influx = InfluxSource.from_settings(source) if isinstance(source, Settings) else source
+    influx = influx_source(source)
     try:
         status = ping(influx)
         if status != 204:
