@@ -86,7 +86,8 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteOptions
 
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._timestamps import spread
-from otel_luna.report._query import flux_select, points_from_flux_csv, query_flux
+from otel_luna.report._answers import points_from_flux_csv
+from otel_luna.report._query import flux_select, query_flux
 from otel_luna.schema._point import FieldValue, Point
 from otel_luna.schema.luna import ESTIMATORS, LICENSE_STATUSES
 from otel_luna.settings import Settings

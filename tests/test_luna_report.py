@@ -24,6 +24,7 @@ from servers import InfluxDB1, InfluxDB2
 from otel_luna import _cli as cli
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.report import MadeReport, ReportError, Window, run_report
+from otel_luna.report import _answers as answers
 from otel_luna.report import _durations as durations
 from otel_luna.report import _luna as luna
 from otel_luna.report import _query as query
@@ -527,14 +528,14 @@ def test_flux_csv_error_table_is_a_report_error() -> None:
         ",bucket not found,\r\n"
     )
     with pytest.raises(ReportError, match="bucket not found"):
-        query.points_from_flux_csv(text)
+        answers.points_from_flux_csv(text)
 
 
 def test_rfc3339_to_nanoseconds() -> None:
     """Times of any fraction length and offset become exact nanoseconds."""
-    assert query.rfc3339_ns("2026-11-29T12:00:00Z") == T0
-    assert query.rfc3339_ns("2026-11-29T12:00:00.000000007Z") == T0 + 7
-    assert query.rfc3339_ns("2026-11-29T13:00:00.5+01:00") == T0 + SECOND // 2
+    assert answers.rfc3339_ns("2026-11-29T12:00:00Z") == T0
+    assert answers.rfc3339_ns("2026-11-29T12:00:00.000000007Z") == T0 + 7
+    assert answers.rfc3339_ns("2026-11-29T13:00:00.5+01:00") == T0 + SECOND // 2
     assert rfc3339(T0 + 1_500_000) == "2026-11-29T12:00:00.0015Z"
 
 
@@ -892,8 +893,8 @@ def test_an_html_error_page_is_cut_to_one_line(capsys: pytest.CaptureFixture[str
     assert err.count("\n") == 1 and len(err) < 300 and "<" not in err
     assert err.startswith(f"otel-luna report: InfluxDB at {url} answered HTTP 501: Error response")
     assert "Unsupported method ('POST')" in err
-    assert query.server_answer(b"\n  first line\nsecond\n") == "first line"
-    assert query.server_answer(b"x" * 500) == "x" * 197 + "..."
+    assert answers.server_answer(b"\n  first line\nsecond\n") == "first line"
+    assert answers.server_answer(b"x" * 500) == "x" * 197 + "..."
 
 
 # -- the shared pieces: the source, the query client, one run_report ---------------------------

@@ -9,7 +9,8 @@
 * what both share: :mod:`~otel_luna.report._run` (one :func:`run_report` for every report),
   :mod:`~otel_luna.report._source` (a line-protocol file or an InfluxDB, and the points read),
   :mod:`~otel_luna.report._query` (the InfluxDB query client, also the demo's: InfluxQL for 1.x,
-  Flux for 2.x), :mod:`~otel_luna.report._stats` (nearest-rank percentiles),
+  Flux for 2.x; its answers parsed in :mod:`~otel_luna.report._answers`),
+  :mod:`~otel_luna.report._stats` (nearest-rank percentiles),
   :mod:`~otel_luna.report._durations`, :mod:`~otel_luna.report._png` and
   :mod:`~otel_luna.report._errors`.
 
