@@ -34,7 +34,7 @@ and ``licensing`` (a quarter of the request times come from a millisecond clock,
 the millisecond as otel-luna's mapping does; licence checks without warnings carry an empty
 ``warnings`` string field) are written to a bucket, then read back each round with:
 
-* ``ours``: ``otel_luna.report._common.query_flux(settings, measurements)``;
+* ``ours``: ``otel_luna.report.query_flux(settings, measurements)``;
 * ``client query()``: ``query_api().query(flux_select(...))``, its FluxRecords merged into the
   same ``Point`` s (tags: the columns not starting with ``_`` other than ``result`` and
   ``table``; fields merged per measurement, tags and time);
@@ -86,7 +86,8 @@ from influxdb_client.client.write_api import SYNCHRONOUS, WriteOptions
 
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._timestamps import spread
-from otel_luna.report._common import flux_select, points_from_flux_csv, query_flux
+from otel_luna.report._answers import points_from_flux_csv
+from otel_luna.report._query import flux_select, query_flux
 from otel_luna.schema._point import FieldValue, Point
 from otel_luna.schema.luna import ESTIMATORS, LICENSE_STATUSES
 from otel_luna.settings import Settings

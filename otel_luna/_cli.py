@@ -33,7 +33,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_luna.demo import _demo as demo
+    from otel_luna import demo
 
     parser = argparse.ArgumentParser(
         prog="otel-luna",
@@ -200,8 +200,7 @@ def _add_spool_parser(commands: Any) -> None:
 
 
 def _add_report_parser(commands: Any) -> None:
-    from otel_luna.report import parse_duration
-    from otel_luna.report._common import DEFAULT_LIMITS
+    from otel_luna.report import DEFAULT_LIMITS, parse_duration
 
     def duration(text: str) -> int:
         try:
@@ -282,42 +281,38 @@ def _add_report_parser(commands: Any) -> None:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from otel_luna.report import ReportError
-    from otel_luna.report import _luna as luna
-    from otel_luna.report import _watchdog as watchdog
-    from otel_luna.report._common import DEFAULT_LIMITS, ChartError, Limits
+    from otel_luna.report import (
+        DEFAULT_LIMITS,
+        ChartError,
+        Limits,
+        ReportError,
+        luna_report,
+        run_report,
+        watchdog_report,
+    )
 
     seconds = DEFAULT_LIMITS.max_seconds if args.max_time is None else args.max_time / 1e9
     limits = Limits(max_bytes=args.max_bytes, max_seconds=seconds)
+    if args.profile == "luna":
+        make = luna_report(args.service)
+    elif args.service is not None:
+        print("otel-luna report: --service is for the luna report", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        make = watchdog_report
     try:
-        if args.profile == "luna":
-            text = luna.run_report(
-                endpoint=args.endpoint,
-                file=args.file,
-                database=args.database,
-                org=args.org,
-                bucket=args.bucket,
-                since_ns=args.since,
-                service=args.service,
-                png=args.png,
-                as_json=args.json,
-                limits=limits,
-            )
-        else:
-            if args.service is not None:
-                print("otel-luna report: --service is for the luna report", file=sys.stderr)
-                return EXIT_USAGE
-            text = watchdog.run_report(
-                endpoint=args.endpoint,
-                file=args.file,
-                database=args.database,
-                org=args.org,
-                bucket=args.bucket,
-                since_ns=args.since,
-                png=args.png,
-                as_json=args.json,
-                limits=limits,
-            )
+        text = run_report(
+            make,
+            endpoint=args.endpoint,
+            file=args.file,
+            database=args.database,
+            org=args.org,
+            bucket=args.bucket,
+            since_ns=args.since,
+            png=args.png,
+            as_json=args.json,
+            limits=limits,
+        )
     except ChartError as error:  # the report was made: print it, then say why there is no chart
         print(error.text, flush=True)
         print(f"otel-luna report: {printable(str(error))}", file=sys.stderr)
@@ -731,7 +726,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from otel_luna.demo import _demo as demo
+    from otel_luna import demo
 
     result = demo.run_demo(
         args.requests,
@@ -751,7 +746,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from otel_luna.delivery._spool import SpoolRefused
-    from otel_luna.demo._demo import DemoError
+    from otel_luna.demo import DemoError
 
     try:
         if args.command == "demo":

@@ -34,7 +34,7 @@ from test_watchdog_service import SERVICE as WATCHDOG_SERVICE
 from test_watchdog_service import submit, wait_for
 
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
-from otel_luna.report._common import query_influxql
+from otel_luna.report import query_influxql
 from otel_luna.schema._point import Point
 from otel_luna.settings import Settings
 

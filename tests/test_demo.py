@@ -18,9 +18,13 @@ import pytest
 from servers import InfluxDB1, unique_name
 
 from otel_luna import _cli as cli
-from otel_luna.demo import _demo as demo
+from otel_luna import demo
+from otel_luna.demo import _app as demo_app
+from otel_luna.demo import _load as demo_load
+from otel_luna.demo import _verify as verify
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import Point
+from otel_luna.settings import Settings
 
 OTEL_LUNA = Path(sys.executable).parent / "otel-luna"
 
@@ -39,10 +43,10 @@ def test_read_line_protocol_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "x.lp"
     path.write_text("m x=1i 1\nm x=what 2\n")
     with pytest.raises(demo.DemoError, match=r"x\.lp: line 2: bad field value 'what'"):
-        demo.read_line_protocol(path)
+        verify.read_line_protocol(path)
     with pytest.raises(demo.DemoError, match=r"x\.lp: line 2: "):
-        demo.read_line_protocol(path, offset=len("m x=1i 1\n"))
-    assert demo.read_line_protocol(path, offset=path.stat().st_size) == []
+        verify.read_line_protocol(path, offset=len("m x=1i 1\n"))
+    assert verify.read_line_protocol(path, offset=path.stat().st_size) == []
 
 
 # -- the summary --------------------------------------------------------------------------------
@@ -64,11 +68,11 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
     points += [_point("errors", "POST:/x", code="22002")]
     points += [Point("requests", (("service", "other"),), {"execution_time": 1.0}, 1)]
     points += [Point("licensing", (("service", "luna-handlers"),), {"warnings": ""}, 1)]
-    summary = demo.summarize(points)
+    summary = verify.summarize(points)
     assert summary.points == {"requests": 5, "errors": 3, "usages_statistic": 0, "licensing": 1}
     assert summary.routes == {"GET:/version": 1, "POST:/detector": 4}
     assert summary.error_codes == {"12031": 2, "22002": 1}
-    assert demo.format_summary(summary) == (
+    assert verify.format_summary(summary) == (
         "requests           5 points\n"
         "errors             3 points\n"
         "usages_statistic   0 points\n"
@@ -79,23 +83,23 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
 def test_check_reports_lost_points() -> None:
     """A missing requests or errors point, a wrong error code, no usages_statistic point or no
     licensing point is reported as a problem."""
-    calls = demo.plan_requests(40, ["h"], ["x"], random.Random(1))
+    calls = demo_load.plan_requests(40, ["h"], ["x"], random.Random(1))
     statuses: list[int | None] = [call.expect_status for call in calls]
-    routes, codes = demo.expected_summary_counts(calls, statuses)
-    good = demo.Summary(
+    routes, codes = verify.expected_summary_counts(calls, statuses)
+    good = verify.Summary(
         {"requests": 40, "errors": sum(codes.values()), "usages_statistic": 1, "licensing": 1},
         dict(routes),
         dict(codes),
     )
-    assert demo.check(good, calls, statuses) == []
-    lost = demo.Summary({**good.points, "requests": 39}, good.routes, good.error_codes)
-    assert demo.check(lost, calls, statuses)[0] == "39 requests points for 40 requests"
-    wrong = demo.Summary(good.points, good.routes, {"0": sum(codes.values())})
-    assert len(demo.check(wrong, calls, statuses)) == 1
-    quiet = demo.Summary(
+    assert verify.check(good, calls, statuses) == []
+    lost = verify.Summary({**good.points, "requests": 39}, good.routes, good.error_codes)
+    assert verify.check(lost, calls, statuses)[0] == "39 requests points for 40 requests"
+    wrong = verify.Summary(good.points, good.routes, {"0": sum(codes.values())})
+    assert len(verify.check(wrong, calls, statuses)) == 1
+    quiet = verify.Summary(
         {**good.points, "usages_statistic": 0, "licensing": 0}, good.routes, good.error_codes
     )
-    assert demo.check(quiet, calls, statuses) == [
+    assert verify.check(quiet, calls, statuses) == [
         "no usages_statistic point for the estimations the app counted",
         "0 licensing points for the app's one licence check",
     ]
@@ -104,34 +108,34 @@ def test_check_reports_lost_points() -> None:
 def test_endpoint_comes_from_option_then_environment_then_default(tmp_path: Path) -> None:
     """--endpoint beats OTEL_EXPORTER_LUNA_ENDPOINT, which beats file://$PWD/luna-demo.lp."""
     key = "OTEL_EXPORTER_LUNA_ENDPOINT"
-    env = demo.app_environment({}, tmp_path)
+    env = demo_app.app_environment({}, tmp_path)
     assert env[key] == (tmp_path / "luna-demo.lp").as_uri()
     assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "luna"
     assert env["OTEL_LOGS_EXPORTER"] == "none" and env["OTEL_SERVICE_NAME"] == "luna-handlers"
-    assert demo.app_environment({key: "console"}, tmp_path)[key] == "console"
-    assert demo.app_environment({key: "console"}, tmp_path, "http://h:1")[key] == "http://h:1"
+    assert demo_app.app_environment({key: "console"}, tmp_path)[key] == "console"
+    assert demo_app.app_environment({key: "console"}, tmp_path, "http://h:1")[key] == "http://h:1"
 
 
 def test_the_demo_app_gets_its_own_spool_unless_one_is_set(tmp_path: Path) -> None:
     """The app's spool and dead letters go to the demo's state directory, or where env says."""
     spool, dead = "OTEL_EXPORTER_LUNA_SPOOL_DIR", "OTEL_EXPORTER_LUNA_DEAD_LETTER"
-    env = demo.app_environment({}, tmp_path, None, tmp_path / "state")
+    env = demo_app.app_environment({}, tmp_path, None, tmp_path / "state")
     assert env[spool] == str(tmp_path / "state" / "spool")
     assert env[dead] == str(tmp_path / "state" / "dead-letter.jsonl")
-    env = demo.app_environment({spool: "/var/spool/x"}, tmp_path, None, tmp_path / "state")
+    env = demo_app.app_environment({spool: "/var/spool/x"}, tmp_path, None, tmp_path / "state")
     assert env[spool] == "/var/spool/x"
-    assert spool not in demo.app_environment({}, tmp_path)
+    assert spool not in demo_app.app_environment({}, tmp_path)
 
 
 def test_summary_source_follows_the_sink() -> None:
     """Files, console and InfluxDB 1.x are read back; the 2.x API gets a note instead."""
-    load = demo.Settings.load
-    assert demo.summary_source(load({}, endpoint="file:///tmp/x.lp")) == "file"
-    assert demo.summary_source(load({}, endpoint="console")) == "console"
-    assert demo.summary_source(load({}, endpoint="http://h:8086")) == "influxdb1"
+    load, source = Settings.load, verify.SummarySource
+    assert verify.summary_source(load({}, endpoint="file:///tmp/x.lp")) is source.FILE
+    assert verify.summary_source(load({}, endpoint="console")) is source.CONSOLE
+    assert verify.summary_source(load({}, endpoint="http://h:8086")) is source.INFLUXDB1
     v2 = load({}, endpoint="http://h:8086", token="t", org="o")
-    assert demo.summary_source(v2) == "none"
-    assert "reads the 1.x API" in demo.summary_note(v2)
+    assert verify.summary_source(v2) is source.NONE
+    assert "reads the 1.x API" in verify.summary_note(v2)
 
 
 def test_cli_rejects_a_bad_endpoint(capsys: pytest.CaptureFixture[str]) -> None:
@@ -178,7 +182,7 @@ def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: 
     assert result.endpoint == lp.as_uri()
     assert result.drive.statuses == [call.expect_status for call in result.calls]
 
-    points = demo.read_line_protocol(lp)
+    points = verify.read_line_protocol(lp)
     requests = [p for p in points if p.measurement == schema.REQUESTS]
     errors = [p for p in points if p.measurement == schema.ERRORS]
     others = Counter(p.measurement for p in points if p not in requests and p not in errors)
@@ -190,10 +194,10 @@ def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: 
     assert Counter(dict(p.tags)["error_code"] for p in errors) == expected_codes
     assert set(expected_codes) == {"12031", "22002"}
 
-    summary = demo.summarize(points)
+    summary = verify.summarize(points)
     assert result.summary == summary
     text = out.getvalue()
-    assert demo.format_summary(summary) in text
+    assert verify.format_summary(summary) in text
     assert re.search(r"^requests +60 points$", text, re.M)
     assert re.search(rf"^errors +{len(errors)} points$", text, re.M)
     assert printed_table(text) == dict(Counter(call.route for call in result.calls))
@@ -234,9 +238,9 @@ def test_cli_demo_in_a_subprocess(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    summary = demo.summarize(demo.read_line_protocol(tmp_path / "luna-demo.lp"))
+    summary = verify.summarize(verify.read_line_protocol(tmp_path / "luna-demo.lp"))
     assert summary.points["requests"] == 60
-    assert demo.format_summary(summary) in done.stdout
+    assert verify.format_summary(summary) in done.stdout
     assert printed_table(done.stdout) == summary.routes
     assert "60/60 requests" in done.stderr
 
@@ -278,8 +282,8 @@ def test_run_demo_reads_back_from_influxdb1(influxdb1: InfluxDB1, tmp_path: Path
     points += [Point(name, (("service", row["service"]),), {}, 0) for name, row in other_rows]
     assert len(rows) == 60
     assert {name for name, _ in other_rows} == {"usages_statistic", "licensing"}
-    assert result.summary == demo.summarize(points)
-    assert demo.format_summary(result.summary) in out.getvalue()
+    assert result.summary == verify.summarize(points)
+    assert verify.format_summary(result.summary) in out.getvalue()
     assert not (tmp_path / "luna-demo.lp").exists()
 
 
@@ -381,9 +385,9 @@ def test_the_demo_never_empties_a_file_through_a_link(tmp_path: Path, kind: str)
     work = tmp_path / "work"
     work.mkdir()
     if kind == "symlink":
-        (work / demo.DEFAULT_FILE_NAME).symlink_to(precious)
+        (work / demo_app.DEFAULT_FILE_NAME).symlink_to(precious)
     else:
-        (work / demo.DEFAULT_FILE_NAME).mkdir()
+        (work / demo_app.DEFAULT_FILE_NAME).mkdir()
     with pytest.raises(demo.DemoError, match=r"luna-demo\.lp is a symbolic link or no regular"):
         demo.run_demo(5, cwd=work, environ=clean_env(), out=io.StringIO(), seed=1)
     assert precious.read_text() == "keep me\n"

@@ -13,11 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from otel_luna.demo import _demo as demo
+from otel_luna.demo import _app as demo_app
+from otel_luna.demo import _load as demo_load
+from otel_luna.demo import _verify as verify
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import Point
 
-EXAMPLE_APP = demo.EXAMPLE_APP
+EXAMPLE_APP = demo_app.EXAMPLE_APP
 KNOWN_HANDLERS = ["h-known-1", "h-known-2"]
 UNKNOWN_HANDLERS = ["h-missing"]
 EVENTS = "POST:/handlers/{handler_id}/events"
@@ -52,7 +54,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def luna_env(endpoint: str, state_dir: Path) -> dict[str, str]:
     """The luna exporter to ``endpoint``, its spool and dead letters in ``state_dir``."""
-    return demo.app_environment(clean_env(), state_dir, endpoint, state_dir)
+    return demo_app.app_environment(clean_env(), state_dir, endpoint, state_dir)
 
 
 def request(
@@ -89,7 +91,7 @@ def test_server_spans_have_templated_routes_and_children(tmp_path: Path) -> None
         OTEL_LOGS_EXPORTER="none",
         OTEL_SERVICE_NAME="luna-handlers",
     )
-    app = demo.AppProcess(env, tmp_path, EXAMPLE_APP, ["--handlers", ",".join(KNOWN_HANDLERS)])
+    app = demo_app.AppProcess(env, tmp_path, EXAMPLE_APP, ["--handlers", ",".join(KNOWN_HANDLERS)])
     with app:
         base = app.url
         status, headers, _ = request(
@@ -140,21 +142,21 @@ def test_server_spans_have_templated_routes_and_children(tmp_path: Path) -> None
 def test_luna_points_per_request(tmp_path: Path) -> None:
     """One requests point per request; errors with the app's codes; tags, stages by route."""
     lp = tmp_path / "app.lp"
-    calls = demo.plan_requests(80, KNOWN_HANDLERS, UNKNOWN_HANDLERS, random.Random(5))
-    assert {call.kind for call in calls} == {kind for kind, _ in demo.REQUEST_MIX}
-    app = demo.AppProcess(
+    calls = demo_load.plan_requests(80, KNOWN_HANDLERS, UNKNOWN_HANDLERS, random.Random(5))
+    assert {call.kind for call in calls} == {kind for kind, _ in demo_load.REQUEST_MIX}
+    app = demo_app.AppProcess(
         luna_env(lp.as_uri(), tmp_path),
         tmp_path,
         EXAMPLE_APP,
         ["--handlers", ",".join(KNOWN_HANDLERS)],
     )
     with app:
-        driven = demo.drive(app.url or "", calls, concurrency=6)
+        driven = demo_load.drive(app.url or "", calls, concurrency=6)
         assert app.stop() == 0
     assert driven.problems == []
     assert driven.statuses == [call.expect_status for call in calls]
 
-    points = demo.read_line_protocol(lp)
+    points = verify.read_line_protocol(lp)
     requests = [p for p in points if p.measurement == schema.REQUESTS]
     errors = [p for p in points if p.measurement == schema.ERRORS]
     (license_point,) = [p for p in points if p.measurement == schema.LICENSING]
@@ -213,12 +215,12 @@ def test_luna_points_per_request(tmp_path: Path) -> None:
 def test_sigint_stops_cleanly_and_flushes(tmp_path: Path) -> None:
     """SIGINT (Ctrl-C) shuts the app down with exit code 0 after the exporter flushed."""
     lp = tmp_path / "app.lp"
-    app = demo.AppProcess(luna_env(lp.as_uri(), tmp_path), tmp_path, EXAMPLE_APP)
+    app = demo_app.AppProcess(luna_env(lp.as_uri(), tmp_path), tmp_path, EXAMPLE_APP)
     with app:
         assert app.url is not None and int(app.url.rsplit(":", 1)[1]) > 0
         assert request(f"{app.url}/version")[0] == 200
         assert app.pid is not None
         os.kill(app.pid, signal.SIGINT)
         assert app.wait(timeout=30) == 0
-    (point,) = [p for p in demo.read_line_protocol(lp) if p.measurement == schema.REQUESTS]
+    (point,) = [p for p in verify.read_line_protocol(lp) if p.measurement == schema.REQUESTS]
     assert dict(point.tags)["route"] == "GET:/version"

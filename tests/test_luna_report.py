@@ -23,9 +23,12 @@ from servers import InfluxDB1, InfluxDB2
 
 from otel_luna import _cli as cli
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
-from otel_luna.report import ReportError
-from otel_luna.report import _common as common
+from otel_luna.report import MadeReport, ReportError, Window, run_report
+from otel_luna.report import _answers as answers
+from otel_luna.report import _durations as durations
 from otel_luna.report import _luna as luna
+from otel_luna.report import _query as query
+from otel_luna.report import _source as sources
 from otel_luna.schema._point import Point
 from otel_luna.settings import Settings
 
@@ -453,15 +456,16 @@ def test_since_and_service_select_the_same_points_in_influxdb_and_a_file(data: D
     now = T0 + 100 * SECOND
     kwargs: dict[str, Any] = {
         "since_ns": 30 * SECOND,
-        "service": HANDLERS,
         "as_json": True,
         "now_ns": now,
         "environ": {},
     }
     from_influx = json.loads(
-        luna.run_report(endpoint=data.influx.url, database=data.database, **kwargs)
+        run_report(
+            luna.luna_report(HANDLERS), endpoint=data.influx.url, database=data.database, **kwargs
+        )
     )
-    from_file = json.loads(luna.run_report(file=data.file, **kwargs))
+    from_file = json.loads(run_report(luna.luna_report(HANDLERS), file=data.file, **kwargs))
     assert from_influx.pop("source").startswith(f"InfluxDB {data.influx.url} database ")
     assert from_file.pop("source").startswith(f"file {data.file}, service {HANDLERS}, since ")
     assert from_influx == from_file
@@ -524,14 +528,14 @@ def test_flux_csv_error_table_is_a_report_error() -> None:
         ",bucket not found,\r\n"
     )
     with pytest.raises(ReportError, match="bucket not found"):
-        common.points_from_flux_csv(text)
+        answers.points_from_flux_csv(text)
 
 
 def test_rfc3339_to_nanoseconds() -> None:
     """Times of any fraction length and offset become exact nanoseconds."""
-    assert common.rfc3339_ns("2026-11-29T12:00:00Z") == T0
-    assert common.rfc3339_ns("2026-11-29T12:00:00.000000007Z") == T0 + 7
-    assert common.rfc3339_ns("2026-11-29T13:00:00.5+01:00") == T0 + SECOND // 2
+    assert answers.rfc3339_ns("2026-11-29T12:00:00Z") == T0
+    assert answers.rfc3339_ns("2026-11-29T12:00:00.000000007Z") == T0 + 7
+    assert answers.rfc3339_ns("2026-11-29T13:00:00.5+01:00") == T0 + SECOND // 2
     assert rfc3339(T0 + 1_500_000) == "2026-11-29T12:00:00.0015Z"
 
 
@@ -599,7 +603,9 @@ def test_an_empty_period_an_unreachable_database_and_a_misplaced_option(
 ) -> None:
     """A window without points says so; an unreachable InfluxDB is one line and exit 1;
     --service with the watchdog report is a usage error (exit 2)."""
-    text = luna.run_report(file=data.file, since_ns=SECOND, now_ns=T0 - SECOND, environ={})
+    text = run_report(
+        luna.luna_report(), file=data.file, since_ns=SECOND, now_ns=T0 - SECOND, environ={}
+    )
     assert "no LUNA points in this period" in text
     from servers import free_port
 
@@ -763,16 +769,16 @@ def test_bad_lines_are_skipped_and_counted_string_fields_keep_their_newlines() -
         "requests,route=r,service=s execution_time=0.5 2\n"
     )
     text = good + "requests,route=r,service=s execution_time=x 3\n# a comment\nbroken\n" + good
-    read = common.parse_line_protocol(text.encode(), "t.lp")
+    read = sources.parse_line_protocol(text.encode(), "t.lp")
     assert [p.time_ns for p in read.points] == [1, 2, 1, 2]
     assert read.points[0].fields["warnings"] == "two\nlines"
-    assert read.skipped == common.Skipped(2, "line 4: bad field value 'x' at character 42")
+    assert read.skipped == sources.Skipped(2, "line 4: bad field value 'x' at character 42")
     assert read.skipped.describe() == (
         "skipped 2 unreadable lines (first: line 4: bad field value 'x' at character 42)"
     )
     with pytest.raises(ReportError, match=r"^t\.lp: no line can be read \(first: line 1: "):
-        common.parse_line_protocol(b"broken\nalso broken\n", "t.lp")
-    assert common.parse_line_protocol(b"", "t.lp") == ([], common.Skipped())
+        sources.parse_line_protocol(b"broken\nalso broken\n", "t.lp")
+    assert sources.parse_line_protocol(b"", "t.lp") == ([], sources.Skipped())
 
 
 def test_a_line_that_is_not_utf8_is_skipped_and_counted_naming_its_line_and_offset(
@@ -791,9 +797,9 @@ def test_a_line_that_is_not_utf8_is_skipped_and_counted_naming_its_line_and_offs
         in capsys.readouterr().out.splitlines()
     )
     cut = b'requests,service=a execution_time=1,s="\xc3\xa9" 1\nrequests,service=a s="\xc3'
-    read = common.parse_line_protocol(cut, "cut.lp")
+    read = sources.parse_line_protocol(cut, "cut.lp")
     assert [p.fields["s"] for p in read.points] == ["é"]
-    assert read.skipped == common.Skipped(1, "line 2: cut short inside a UTF-8 character")
+    assert read.skipped == sources.Skipped(1, "line 2: cut short inside a UTF-8 character")
 
 
 def test_rates_need_a_period_of_a_tenth_of_a_second_and_columns_stay_apart() -> None:
@@ -819,7 +825,7 @@ def test_since_beyond_a_hundred_years_is_a_usage_error(
     lp_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """``--since 99999999999d`` is refused before anything is read (exit 2, naming --since)."""
-    assert common.parse_duration("36525d") == common.MAX_DURATION_NS
+    assert durations.parse_duration("36525d") == durations.MAX_DURATION_NS
     for since in ("99999999999d", "36526d", "5300w"):
         with pytest.raises(SystemExit) as stopped:
             cli.main(["report", "luna", "--file", str(lp_file), "--since", since])
@@ -887,5 +893,69 @@ def test_an_html_error_page_is_cut_to_one_line(capsys: pytest.CaptureFixture[str
     assert err.count("\n") == 1 and len(err) < 300 and "<" not in err
     assert err.startswith(f"otel-luna report: InfluxDB at {url} answered HTTP 501: Error response")
     assert "Unsupported method ('POST')" in err
-    assert common.server_answer(b"\n  first line\nsecond\n") == "first line"
-    assert common.server_answer(b"x" * 500) == "x" * 197 + "..."
+    assert answers.server_answer(b"\n  first line\nsecond\n") == "first line"
+    assert answers.server_answer(b"x" * 500) == "x" * 197 + "..."
+
+
+# -- the shared pieces: the source, the query client, one run_report ---------------------------
+
+
+def test_the_influxdb_source_is_built_from_settings_in_one_place_and_hides_secrets() -> None:
+    """``InfluxSource.from_settings`` takes what a report needs (API version resolved); its
+    repr shows no credential; a file endpoint is a path, ``console`` no source."""
+    settings = Settings.load(
+        {}, endpoint="http://h:8086", token="s3cret-token", org="o", bucket="b", timeout=3
+    )
+    influx = sources.as_source(settings)
+    assert isinstance(influx, query.InfluxSource)
+    assert (influx.api_version, influx.org, influx.bucket, influx.timeout) == ("2", "o", "b", 3.0)
+    assert "s3cret" not in repr(influx)
+    assert sources.describe_source(influx) == "InfluxDB http://h:8086 org o bucket b"
+    v1 = Settings.load({}, endpoint="http://h:8086", username="u", password="pw", database="d")
+    assert "pw" not in repr(query.InfluxSource.from_settings(v1))
+    assert sources.as_source("file:///tmp/x.lp") == Path("/tmp/x.lp")
+    assert sources.as_source("x.lp") == Path("x.lp")
+    with pytest.raises(ReportError, match="cannot read a report from 'console'"):
+        sources.as_source(Settings.load({}, endpoint="console"))
+
+
+def test_run_report_hands_the_window_and_limits_to_the_report_and_prints_its_pieces(
+    tmp_path: Path,
+) -> None:
+    """The one ``run_report``: the source resolved, the window the last ``since_ns`` before
+    ``now_ns``, the report's text (escaped) or JSON, and its chart drawn when asked."""
+    file = tmp_path / "x.lp"
+    seen: list[Any] = []
+    drawn: list[Path] = []
+
+    def make(source: sources.Source, window: Window, limits: query.Limits) -> MadeReport:
+        seen.append((source, window, limits))
+        return MadeReport({"n": 1}, "text \x1b", drawn.append)
+
+    limits = query.Limits(max_bytes=10, max_seconds=1.0)
+    text = run_report(make, file=file, since_ns=5, now_ns=100, limits=limits, environ={})
+    assert seen == [(file, (95, 100), limits)]
+    assert text == "text \\x1b"
+    png = tmp_path / "c.png"
+    assert json.loads(run_report(make, file=file, as_json=True, png=png, environ={})) == {
+        "n": 1,
+        "png": str(png),
+    }
+    assert seen[-1][1] == (None, None) and drawn == [png]
+
+
+def test_the_query_client_pings_runs_statements_and_names_a_refused_one(
+    influxdb1: InfluxDB1, influxdb1_database: str
+) -> None:
+    """``ping`` (204), ``run_influxql`` (one result per statement), and a statement the server
+    refuses is a ``ReportError`` naming it: what the demo prepares its database with."""
+    source = query.InfluxSource(influxdb1.url, database=influxdb1_database)
+    assert query.ping(source) == 204
+    show, _ = query.run_influxql(source, "SHOW DATABASES", "SHOW MEASUREMENTS")
+    names = [row[0] for series in show.get("series", []) for row in series["values"]]
+    assert influxdb1_database in names
+    refused = 'SELECT * FROM "m" GROUP BY time(1s)'  # parsed, refused when run
+    with pytest.raises(ReportError, match=r"aggregate.*: SELECT \* FROM \"m\" GROUP BY"):
+        query.run_influxql(source, "SHOW DATABASES", refused)
+    with pytest.raises(ReportError, match=r"answered HTTP 400: .*error parsing query"):
+        query.run_influxql(source, "SELECT nonsense FROM")

@@ -31,7 +31,8 @@ from otel_luna.encoding._reader import (
     read_bytes,
 )
 from otel_luna.report import ReportError
-from otel_luna.report import _common as common
+from otel_luna.report import _png as png_module
+from otel_luna.report import _source as sources
 from otel_luna.schema._point import Point
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -66,6 +67,12 @@ class HostileServer:
         self.url = f"http://127.0.0.1:{port}"
         self._ready.set()
         self._loop.run_forever()
+
+    def report_argv(self, shape: Handler, profile: str = "luna", *more: str) -> list[str]:
+        """Answer with ``shape`` from now on; the ``otel-luna report PROFILE`` arguments that
+        read from this server within :data:`LIMITS` (``more`` added)."""
+        self.shape = shape
+        return ["report", profile, "--endpoint", self.url, *more, *LIMITS]
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result()
@@ -142,9 +149,13 @@ def hostile() -> Iterator[HostileServer]:
     server.stop()
 
 
-def without_luna_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [key for key in os.environ if key.startswith("OTEL_EXPORTER_LUNA_")]:
-        monkeypatch.delenv(name)
+@pytest.fixture(autouse=True, scope="module")
+def without_luna_environment() -> Iterator[None]:
+    """Every test here reads only the source it names: no ``OTEL_EXPORTER_LUNA_*`` variable."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [key for key in os.environ if key.startswith("OTEL_EXPORTER_LUNA_")]:
+            patch.delenv(name)
+        yield
 
 
 def one_line_and_exit_1(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
@@ -166,12 +177,9 @@ def test_every_hostile_influxdb1_answer_is_one_line_and_exit_1(
     shape: str,
     hostile: HostileServer,
     capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    without_luna_environment(monkeypatch)
-    hostile.shape = INFLUXQL_SHAPES[shape]
     for profile in ("luna", "watchdog"):
-        argv = ["report", profile, "--endpoint", hostile.url, "--database", "db", *LIMITS]
+        argv = hostile.report_argv(INFLUXQL_SHAPES[shape], profile, "--database", "db")
         line = one_line_and_exit_1(argv, capsys)
         assert hostile.url in line or "InfluxDB" in line
 
@@ -183,32 +191,28 @@ def test_every_hostile_influxdb2_answer_is_one_line_and_exit_1(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    without_luna_environment(monkeypatch)
     monkeypatch.setenv("OTEL_EXPORTER_LUNA_API_VERSION", "2")
-    hostile.shape = FLUX_SHAPES[shape]
-    argv = ["report", "luna", "--endpoint", hostile.url, "--org", "o", "--bucket", "b", *LIMITS]
+    argv = hostile.report_argv(FLUX_SHAPES[shape], "luna", "--org", "o", "--bucket", "b")
     one_line_and_exit_1(argv, capsys)
 
 
 def test_an_answer_past_max_bytes_and_max_time_says_which(
-    hostile: HostileServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    hostile: HostileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    without_luna_environment(monkeypatch)
-    argv = ["report", "luna", "--endpoint", hostile.url, *LIMITS]
-    hostile.shape = INFLUXQL_SHAPES["chunked forever"]
-    assert "answered more than 1048576 bytes (--max-bytes)" in one_line_and_exit_1(argv, capsys)
-    hostile.shape = INFLUXQL_SHAPES["trickling forever"]
-    assert "longer than --max-time" in one_line_and_exit_1(argv, capsys)
-    hostile.shape = INFLUXQL_SHAPES["500 with an endless body"]
-    assert "answered HTTP 500: Internal error" in one_line_and_exit_1(argv, capsys)
+    for shape, said in (
+        ("chunked forever", "answered more than 1048576 bytes (--max-bytes)"),
+        ("trickling forever", "longer than --max-time"),
+        ("500 with an endless body", "answered HTTP 500: Internal error"),
+    ):
+        argv = hostile.report_argv(INFLUXQL_SHAPES[shape])
+        assert said in one_line_and_exit_1(argv, capsys)
 
 
 def test_a_good_answer_within_the_limits_is_read(
-    hostile: HostileServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    hostile: HostileServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    without_luna_environment(monkeypatch)
-    hostile.shape = _fixed((ROW % ('["time","execution_time"]', "[[1000,0.5]]")).encode())
-    assert cli.main(["report", "luna", "--endpoint", hostile.url, *LIMITS]) == cli.EXIT_OK
+    good = _fixed((ROW % ('["time","execution_time"]', "[[1000,0.5]]")).encode())
+    assert cli.main(hostile.report_argv(good)) == cli.EXIT_OK
     assert "points: 1 requests" in capsys.readouterr().out
 
 
@@ -216,18 +220,17 @@ def test_a_good_answer_within_the_limits_is_read(
 
 
 def test_a_file_of_nuls_is_one_line_in_bounded_memory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """64 MiB of NULs (the finding: 1 GiB cost 5.6 GB): one line, exit 1, and the reading
     holds about one line's limit (4 MiB) and a piece (1 MiB), not the file."""
-    without_luna_environment(monkeypatch)
     nuls = tmp_path / "nul.lp"
     with nuls.open("wb") as file:
         file.truncate(64 * 1024 * 1024)
     tracemalloc.start()
     try:
         with pytest.raises(ReportError, match="no line can be read") as raised:
-            common.read_line_protocol(nuls)
+            sources.read_line_protocol(nuls)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -240,9 +243,8 @@ def test_a_file_of_nuls_is_one_line_in_bounded_memory(
 
 
 def test_a_file_larger_than_max_bytes_is_one_line(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    without_luna_environment(monkeypatch)
     big = tmp_path / "big.lp"
     big.write_bytes(GOOD * 1000)
     for profile in ("luna", "watchdog"):
@@ -252,9 +254,8 @@ def test_a_file_larger_than_max_bytes_is_one_line(
 
 
 def test_a_fifo_is_refused_not_waited_on(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    without_luna_environment(monkeypatch)
     fifo = tmp_path / "fifo.lp"
     os.mkfifo(fifo)
     line = one_line_and_exit_1(["report", "luna", "--file", str(fifo)], capsys)
@@ -262,11 +263,10 @@ def test_a_fifo_is_refused_not_waited_on(
 
 
 def test_a_malformed_line_in_a_file_is_skipped_and_counted_not_a_traceback(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The finding: ``value=--1i`` raised a bare ValueError and the report ended in a
     traceback; every other malformed line (not UTF-8 included) is skipped and counted too."""
-    without_luna_environment(monkeypatch)
     with pytest.raises(LineProtocolSyntaxError, match="bad field value '--1i'"):
         parse_line("requests,service=s value=--1i 1")
     file = tmp_path / "bad.lp"
@@ -284,7 +284,7 @@ def test_a_malformed_line_in_a_file_is_skipped_and_counted_not_a_traceback(
         "lines": 4,
         "first": "line 2: bad field value '--1i' at character 25",
     }
-    read = common.read_line_protocol(file)
+    read = sources.read_line_protocol(file)
     assert len(read.points) == 2
     assert read.skipped.describe().startswith("skipped 4 unreadable lines (first: line 2: ")
 
@@ -369,11 +369,10 @@ def test_what_the_encoder_writes_the_reader_reads_back_cut_anywhere(
 
 
 def test_values_influxdb_refuses_are_skipped_and_counted_in_a_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Review 18 #12: a time beyond 64 bits (a period to the year 3170843), ``nan`` and
     ``1e400`` (p50 nan, max inf) were read; InfluxDB refuses them, and so does the report."""
-    without_luna_environment(monkeypatch)
     file = tmp_path / "odd.lp"
     file.write_bytes(
         GOOD
@@ -391,14 +390,13 @@ def test_values_influxdb_refuses_are_skipped_and_counted_in_a_file(
         "lines": 5,
         "first": "line 2: timestamp out of range at character 49",
     }
-    assert len(common.read_line_protocol(file).points) == 2
+    assert len(sources.read_line_protocol(file).points) == 2
 
 
 def test_the_text_report_escapes_what_it_read(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Review 18 #3: a service and a route holding terminal escapes were printed raw."""
-    without_luna_environment(monkeypatch)
     points = [
         Point(
             "requests",
@@ -426,7 +424,7 @@ def test_the_text_report_escapes_what_it_read(
     # The chart's labels (legend, titles, tick labels drawn later) hold no control character
     # either, and a "$" in a route is not mathtext.
     drawn: list[str] = []
-    write_png = common._write_png
+    write_png = png_module._write_png
 
     def spy(figure: Any, path: Path) -> None:
         write_png(figure, path)  # draws it: tick labels exist from here
@@ -434,7 +432,7 @@ def test_the_text_report_escapes_what_it_read(
 
         drawn.extend(text.get_text() for text in figure.findobj(Text))
 
-    monkeypatch.setattr(common, "_write_png", spy)
+    monkeypatch.setattr(png_module, "_write_png", spy)
     png = tmp_path / "escapes.png"
     assert cli.main(["report", "luna", "--file", str(file), "--png", str(png)]) == cli.EXIT_OK
     capsys.readouterr()

@@ -30,6 +30,7 @@ from otel_luna._exporter import LunaSpanExporter
 from otel_luna.encoding._jsonping import PingEncoder
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.report import _watchdog as report
+from otel_luna.report import run_report
 from otel_luna.schema._point import Point
 from otel_luna.serve import ServeSettings
 from otel_luna.serve import _otlp as otlp
@@ -493,7 +494,9 @@ def test_since_leaves_out_older_events(tmp_path: Path) -> None:
     pings = tmp_path / "w.jsonl"
     pings.write_text("".join(PingEncoder().encode_point(p) + "\n" for p in seed_points()))
     now = 1_534_784_298_646_000_000 + 4_500_000  # 0.5 ms after the last event
-    text = report.run_report(file=pings, since_ns=2_000_000, now_ns=now, as_json=True, environ={})
+    text = run_report(
+        report.watchdog_report, file=pings, since_ns=2_000_000, now_ns=now, as_json=True, environ={}
+    )
     document = json.loads(text)
     assert document["pings"] == {"new_item": 0, "poller_heartbeat": 1, "worker_works": 1}
 
@@ -525,7 +528,7 @@ def test_a_line_protocol_file_cut_short_is_read_but_its_last_line(
     )
     expected = report.summarize(report.events_from_points(points[:-1]))
     assert lines[3:] == report.format_report(expected).splitlines()[1:]
-    document = json.loads(report.run_report(file=cut, as_json=True, environ={}))
+    document = json.loads(run_report(report.watchdog_report, file=cut, as_json=True, environ={}))
     assert document["skipped"] == {
         "lines": 1,
         "first": lines[2][len("skipped 1 unreadable line (first: ") : -1],

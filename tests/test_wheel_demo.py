@@ -9,7 +9,9 @@ from pathlib import Path
 
 from wheelvenv import fresh_venv
 
-from otel_luna.demo import _demo as demo
+from otel_luna import demo
+from otel_luna.demo import _app as demo_app
+from otel_luna.demo import _verify as verify
 
 
 def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> None:
@@ -44,7 +46,7 @@ def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> Non
             [
                 str(venv.bin / "python"),
                 "-c",
-                "from otel_luna.demo import _demo as demo; print(demo.EXAMPLE_APP)",
+                "from otel_luna.demo import EXAMPLE_APP; print(EXAMPLE_APP)",
             ],
             cwd=work,
             env=venv.env,
@@ -53,11 +55,11 @@ def test_installed_wheel_runs_the_demo_from_any_directory(tmp_path: Path) -> Non
             check=True,
         ).stdout
     )  # the installed copy, not this checkout's
-    lp = work / demo.DEFAULT_FILE_NAME
-    summary = demo.summarize(demo.read_line_protocol(lp))
+    lp = work / demo_app.DEFAULT_FILE_NAME
+    summary = verify.summarize(verify.read_line_protocol(lp))
     assert summary.points["requests"] == 60
     assert summary.points["usages_statistic"] >= 1 and summary.points["licensing"] == 1
-    assert demo.format_summary(summary) in done.stdout
+    assert verify.format_summary(summary) in done.stdout
     assert f"series in {lp}:" in done.stdout
     assert ": ok" in done.stdout
     bar = re.search(r"60/60 requests +([\d.]+) s", done.stderr)

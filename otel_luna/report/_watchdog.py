@@ -11,13 +11,15 @@ Layout, I/O only at the edges:
 * readers turn a source into :class:`Event` rows: :func:`read_events` (InfluxDB 1.x over InfluxQL,
   2.x over Flux, or a file), :func:`query_influxdb1`, :func:`read_file` (a file sink's output:
   JSON pings for ``.json``/``.jsonl``, else line protocol); the points come from
-  :mod:`otel_luna.report._common`, and the parsing under them is pure
+  :mod:`otel_luna.report._source`, and the parsing under them is pure
   (:func:`events_from_pings`, :func:`events_from_points`);
 * :func:`summarize` is pure: rows in, a :class:`WatchdogReport` of numbers out;
-* :func:`format_report` / :func:`report_as_dict` present it; :func:`render_png` charts the
-  timings over time (matplotlib, Agg backend, the ``report`` extra).
+* :func:`format_report` / :func:`report_as_dict` present it;
+  :func:`otel_luna.report._watchdog_chart.render_png` charts the timings over time
+  (matplotlib, Agg backend, the ``report`` extra);
+* :func:`watchdog_report` makes it for :func:`otel_luna.report.run_report`.
 
-Percentiles are **nearest rank** (:func:`otel_luna.report._common.nearest_rank`, shared with the
+Percentiles are **nearest rank** (:func:`otel_luna.report.nearest_rank`, shared with the
 luna report).
 """
 
@@ -30,28 +32,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otel_luna.report._common import (
-    DEFAULT_LIMITS,
-    Limits,
-    ReportError,
+from otel_luna.report._durations import iso_ms, parse_duration
+from otel_luna.report._errors import ReportError
+from otel_luna.report._query import DEFAULT_LIMITS, InfluxSource, Limits, influx_source
+from otel_luna.report._run import MadeReport, Window, describe
+from otel_luna.report._source import (
     Skipped,
     Source,
-    describe_source,
-    iso_ms,
-    nearest_rank,
-    new_figure,
-    parse_duration,
-    printable,
+    as_source,
     read_file_bytes,
     read_line_protocol,
     read_points,
-    resolve_source,
-    save_png,
-    window_start,
 )
-from otel_luna.schema._point import Point
+from otel_luna.report._stats import nearest_rank
+from otel_luna.schema import Point
 from otel_luna.schema.watchdog import EVENTS, NEW_ITEM, POLLER_HEARTBEAT, WORKER_WORKS
-from otel_luna.settings._settings import Settings
+from otel_luna.settings import Settings
 
 __all__ = [
     "Breakdown",
@@ -63,15 +59,15 @@ __all__ = [
     "events_from_pings",
     "events_from_points",
     "format_report",
+    "int_value",
     "nearest_rank",
     "parse_duration",
     "query_influxdb1",
     "read_events",
     "read_file",
-    "render_png",
     "report_as_dict",
-    "run_report",
     "summarize",
+    "watchdog_report",
 ]
 
 #: A field of a ping, in its JSON type (``None``: the ping carried ``null`` or lacked it).
@@ -176,7 +172,8 @@ def _gauge(samples: Sequence[tuple[int, int]]) -> Gauge:
     )
 
 
-def _int(value: Value) -> int | None:
+def int_value(value: Value) -> int | None:
+    """``value`` if it is an integer (not a bool), else ``None``."""
     return value if type(value) is int else None
 
 
@@ -192,7 +189,7 @@ def _breakdown(new_items: int, works: Sequence[Event]) -> Breakdown:
             negatives += 1
         if fields.get("is_error") is True:
             errors += 1
-        reached = [_int(fields.get(name)) for name in TIMINGS]
+        reached = [int_value(fields.get(name)) for name in TIMINGS]
         for name, value in zip(TIMINGS, reached, strict=True):
             if value is not None:
                 stages[name].append(value)
@@ -242,7 +239,7 @@ def summarize(events: Iterable[Event], skipped: Skipped | None = None) -> Watchd
             all_works.append(event)
         else:
             for field in QUEUE_FIELDS:
-                value = _int(event.fields.get(field))
+                value = int_value(event.fields.get(field))
                 if value is not None:
                     heartbeats[field].append((event.time_ns, value))
     consumers = {
@@ -387,7 +384,7 @@ def events_from_points(points: Iterable[Point]) -> list[Event]:
     ]
 
 
-# -- edges: files, InfluxDB, PNG ----------------------------------------------------------------
+# -- edges: files, InfluxDB --------------------------------------------------------------------
 
 
 def read_file(path: Path, since_ns: int | None = None) -> list[Event]:
@@ -413,10 +410,11 @@ def _file_events(
     return events, skipped
 
 
-def read_events(source: Source, since_ns: int | None = None) -> list[Event]:
-    """The events in ``source`` (a file, an InfluxDB 1.x or 2.x) from ``since_ns`` on; the
-    unreadable lines of a line-protocol file are left out (:func:`run_report` counts them)."""
-    return _events(source, since_ns)[0]
+def read_events(source: Source | Settings | str, since_ns: int | None = None) -> list[Event]:
+    """The events in ``source`` (a file, an InfluxDB 1.x or 2.x; see
+    :func:`~otel_luna.report.as_source`) from ``since_ns`` on; the unreadable lines of a
+    line-protocol file are left out (:func:`watchdog_report` counts them)."""
+    return _events(as_source(source), since_ns)[0]
 
 
 def _events(
@@ -428,106 +426,27 @@ def _events(
     return events_from_points(points), Skipped()
 
 
-def query_influxdb1(settings: Settings, since_ns: int | None = None) -> list[Event]:
-    """The events in ``settings``' InfluxDB 1.x database (``POST /query``, chunked, epoch ns)."""
-    return read_events(settings.replace(api_version="1"), since_ns)
-
-
-def render_png(events: Sequence[Event], path: Path, title: str = "watchdog timings") -> None:
-    """A PNG of the ``worker_works`` timings over time (one point per ping and stage, and their
-    sum), with the queue sizes below. Written atomically (temporary file, then rename)."""
-    figure = new_figure(10, 6.5)
-    import datetime as dt
-
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
-
-    def when(event: Event) -> dt.datetime:
-        return dt.datetime.fromtimestamp(event.time_ns / 1e9, tz=dt.timezone.utc)
-
-    works = sorted((e for e in events if e.event == WORKER_WORKS), key=lambda e: e.time_ns)
-    beats = sorted((e for e in events if e.event == POLLER_HEARTBEAT), key=lambda e: e.time_ns)
-    timings, queue = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.4))
-    for name in (*TIMINGS, TOTAL):
-        xs: list[dt.datetime] = []
-        ys: list[int] = []
-        for work in works:
-            reached = [_int(work.fields.get(stage)) for stage in TIMINGS]
-            if name == TOTAL:
-                value = None if None in reached else sum(v for v in reached if v is not None)
-            else:
-                value = _int(work.fields.get(name))
-            if value is not None:
-                xs.append(when(work))
-                ys.append(value)
-        total = name == TOTAL
-        timings.scatter(
-            xs,
-            ys,
-            label=TIMING_LABELS[name],
-            alpha=0.75,
-            marker="D" if total else "o",
-            s=14 if total else 9,
-        )
-    errors = [w for w in works if w.fields.get("is_error") is True]
-    for error in errors:
-        timings.axvline(when(error), color="tab:red", alpha=0.15, linewidth=1)
-    timings.set_ylabel("ms")
-    timings.set_title(
-        f"{title}: {len(works)} worker_works pings"
-        + (f", {len(errors)} with is_error (red lines)" if errors else "")
-    )
-    if works:
-        timings.legend(loc="upper left", fontsize="small")
-    else:
-        timings.text(0.5, 0.5, "no worker_works pings", ha="center", transform=timings.transAxes)
-    for name in QUEUE_FIELDS:
-        points = [(when(b), v) for b in beats if (v := _int(b.fields.get(name))) is not None]
-        queue.step([p[0] for p in points], [p[1] for p in points], where="post", label=name)
-    queue.set_ylabel("items")
-    if beats:
-        queue.legend(loc="upper left", fontsize="small")
-    # matplotlib.dates has no type annotations
-    locator = AutoDateLocator()  # type: ignore[no-untyped-call]
-    queue.xaxis.set_major_locator(locator)
-    queue.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
-    queue.set_xlabel("time (UTC)")
-    save_png(figure, path)
+def query_influxdb1(source: InfluxSource | Settings, since_ns: int | None = None) -> list[Event]:
+    """The events in the InfluxDB 1.x database of ``source`` (``POST /query``, chunked, epoch
+    ns)."""
+    return read_events(dataclasses.replace(influx_source(source), api_version="1"), since_ns)
 
 
 # -- the command --------------------------------------------------------------------------------
 
 
-def run_report(
-    *,
-    endpoint: str | None = None,
-    file: Path | None = None,
-    database: str | None = None,
-    org: str | None = None,
-    bucket: str | None = None,
-    since_ns: int | None = None,
-    png: Path | None = None,
-    as_json: bool = False,
-    environ: Mapping[str, str] | None = None,
-    now_ns: int | None = None,
-    limits: Limits = DEFAULT_LIMITS,
-) -> str:
-    """Read, summarise, optionally chart; the text (or JSON) to print.
-
-    The source is ``file``, else ``endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT`` (a
-    ``file://`` endpoint reads that file, ``http(s)://`` an InfluxDB: 1.x with InfluxQL, 2.x with
-    Flux, as the settings' API version says); ``database``, ``org`` and ``bucket`` override
-    ``OTEL_EXPORTER_LUNA_DATABASE``, ``_ORG`` and ``_BUCKET``. ``since_ns`` is a duration: only
-    the last ``since_ns`` before ``now_ns`` (default: now) are read, within ``limits``.
-    """
-    source = resolve_source(
-        endpoint=endpoint, file=file, environ=environ, database=database, org=org, bucket=bucket
-    )
-    start = window_start(since_ns, now_ns)
-    events, skipped = _events(source, start, limits)
-    described = describe_source(source)
-    if start is not None:
-        described += f", since {iso_ms(start // 1_000_000)}"
+def watchdog_report(source: Source, window: Window, limits: Limits) -> MadeReport:
+    """The watchdog report of ``source`` from the window's start on, read within ``limits``
+    (what :func:`~otel_luna.report.run_report` makes for ``otel-luna report watchdog``)."""
+    events, skipped = _events(source, window.start_ns, limits)
+    described = describe(source, window.start_ns)
     report = summarize(events, skipped)
     document = {"source": described, **report_as_dict(report)}
     text = format_report(report, described)
-    return printable(document, text, as_json, png, lambda path: render_png(events, path))
+
+    def draw(path: Path) -> None:
+        from otel_luna.report._watchdog_chart import render_png
+
+        render_png(events, path)
+
+    return MadeReport(document, text, draw)

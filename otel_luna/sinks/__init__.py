@@ -23,6 +23,8 @@ from otel_luna.sinks._base import (
     suppress_instrumentation,
     wire_format,
 )
+from otel_luna.sinks._file import file_path
+from otel_luna.sinks._http import basic_auth
 
 __all__ = [
     "JSON",
@@ -34,9 +36,11 @@ __all__ = [
     "Sink",
     "SinkError",
     "SinkLike",
+    "basic_auth",
     "classify",
     "classify_connection_error",
     "connection_trouble",
+    "file_path",
     "load_sink",
     "parse_retry_after",
     "server_reason",
