@@ -106,7 +106,8 @@ def test_readme_quick_start_writes_the_luna_series(influxdb1: InfluxDB1, tmp_pat
     database = influxdb1.fresh_database("quickstart")
     lines = quickstart_lines()
     script = (
-        "\n".join(["set -eu", *lines[:-1], "exec " + lines[-1]])
+        # aiohttp is the test app's own framework: otel-luna (its core) does not bring it
+        "\n".join(["set -eu", "pip install --quiet aiohttp", *lines[:-1], "exec " + lines[-1]])
         .replace(README_ENDPOINT, influxdb1.url)
         .replace(README_DATABASE, database)
     )
