@@ -27,6 +27,18 @@ from otel_luna.redact import redact
 from otel_luna.schema._point import Point
 from otel_luna.settings._settings import SettingsError, env_name
 
+__all__ = [
+    "JSON",
+    "LINE_PROTOCOL",
+    "LUNA",
+    "PROFILES",
+    "WATCHDOG",
+    "Encoder",
+    "Profile",
+    "SpanMapper",
+    "profile_of",
+]
+
 if TYPE_CHECKING:
     from otel_luna.mapping._records import SpanRecord
     from otel_luna.settings._settings import Settings

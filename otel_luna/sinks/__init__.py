@@ -1,10 +1,15 @@
-"""Sinks move bytes to a destination; the plugin interface for new destinations."""
+"""Sinks move bytes to a destination; the plugin interface for new destinations.
+
+A sink author needs :class:`Sink`, :class:`SinkError` with a :class:`Failure`, ``classify``
+(and its helpers for HTTP replies and connection errors) and the entry-point group
+:data:`SINK_GROUP`; ``load_sink`` builds the sink the settings choose. ``file_path`` and
+``basic_auth`` read a file endpoint and credentials the way the built-in sinks do (the report
+reads from the same destinations).
+"""
 
 from __future__ import annotations
 
 from otel_luna.sinks._base import (
-    MESSAGE_LIMIT,
-    REPLY_LIMIT,
     SINK_GROUP,
     Failure,
     Sink,
@@ -15,27 +20,23 @@ from otel_luna.sinks._base import (
     load_sink,
     parse_retry_after,
     server_reason,
-    sink_factory,
-    sink_settings,
     suppress_instrumentation,
-    wire_format,
 )
+from otel_luna.sinks._file import file_path
+from otel_luna.sinks._http import basic_auth
 
 __all__ = [
-    "MESSAGE_LIMIT",
-    "REPLY_LIMIT",
     "SINK_GROUP",
     "Failure",
     "Sink",
     "SinkError",
+    "basic_auth",
     "classify",
     "classify_connection_error",
     "connection_trouble",
+    "file_path",
     "load_sink",
     "parse_retry_after",
     "server_reason",
-    "sink_factory",
-    "sink_settings",
     "suppress_instrumentation",
-    "wire_format",
 ]
