@@ -104,6 +104,36 @@ def test_the_core_commands_and_a_text_report_need_no_extra(tmp_path: Path) -> No
         assert "extra" not in done.stderr
 
 
+def test_importing_the_core_loads_no_module_of_an_extra() -> None:
+    """Every core package imported (and the exporters built) loads none of the extras'
+    modules: grpc, aiohttp, protobuf, matplotlib, ... stay out of an app's process."""
+    program = textwrap.dedent(
+        """
+        import sys
+        import otel_luna, otel_luna.delivery, otel_luna.encoding, otel_luna.ingest
+        import otel_luna.mapping, otel_luna.profiles, otel_luna.schema, otel_luna.selfmetrics
+        import otel_luna.settings, otel_luna.sinks, otel_luna.testing, otel_luna.watchdog
+        from otel_luna._cli import build_parser
+
+        build_parser()
+        exporter, sink = otel_luna.testing.in_memory_exporter()
+        exporter.shutdown()
+        print("\\n".join(sorted(sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
+    )
+    # backports.zstd: urllib3 imports it when it is there (for zstd responses)
+    extras = [
+        module
+        for module in sorted({module for each in cli.EXTRAS.values() for module in each})
+        if module != "backports.zstd"
+    ]
+    loaded = [name for name in done.stdout.split() if cli._needs(name, extras)]
+    assert loaded == []
+
+
 def test_an_extra_installed_in_part_is_named_too(monkeypatch: pytest.MonkeyPatch) -> None:
     """A ModuleNotFoundError of one of the extra's modules while the command runs (a submodule
     gone) is the same one line, exit 2."""

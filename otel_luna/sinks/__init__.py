@@ -2,9 +2,9 @@
 
 A sink author needs :class:`Sink`, :class:`SinkError` with a :class:`Failure`, ``classify``
 (and its helpers for HTTP replies and connection errors) and the entry-point group
-:data:`SINK_GROUP`; ``load_sink`` builds the sink the settings choose. ``file_path`` and
-``basic_auth`` read a file endpoint and credentials the way the built-in sinks do (the report
-reads from the same destinations).
+:data:`SINK_GROUP`; ``load_sink`` builds the sink the settings choose. ``file_path`` reads a
+file endpoint the way the file sink does (the report reads from the same destinations). Nothing
+here imports urllib3: the HTTP sinks do, when they are loaded.
 """
 
 from __future__ import annotations
@@ -23,14 +23,12 @@ from otel_luna.sinks._base import (
     suppress_instrumentation,
 )
 from otel_luna.sinks._file import file_path
-from otel_luna.sinks._http import basic_auth
 
 __all__ = [
     "SINK_GROUP",
     "Failure",
     "Sink",
     "SinkError",
-    "basic_auth",
     "classify",
     "classify_connection_error",
     "connection_trouble",
