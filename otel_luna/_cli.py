@@ -1,8 +1,15 @@
-"""The ``otel-luna`` command. Thin: it parses arguments and calls the modules that work."""
+"""The ``otel-luna`` command. Thin: it parses arguments and calls the modules that work.
+
+``status`` and ``spool`` are the core's; ``serve``, ``report`` and ``demo`` are add-ons
+(``otel_luna.serve``, ``.report``, ``.demo``), imported only inside the function that runs them,
+so that a core install (``pip install otel-luna``) runs this module. An add-on whose extra is
+not installed is one line naming the extra (:data:`EXTRAS`) and exit 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import math
 import os
@@ -20,6 +27,59 @@ from otel_luna.settings._settings import Settings, env_name
 #: Exit codes: 0 success, 1 the demo ran but found a problem or could not run (or status found
 #: no spool directory), 2 bad usage or setting, 130 interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: The add-on commands' extras: the modules each needs that the core does not bring. One of
+#: them missing (absent, or a ModuleNotFoundError naming it while the command runs) means the
+#: extra is not installed; any other ImportError is a bug and propagates. ``report`` needs its
+#: extra (matplotlib) only to draw ``--png``.
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "serve": (
+        "grpc",
+        "aiohttp",
+        "google.protobuf",
+        "google.rpc",
+        "opentelemetry.proto",
+        *(("backports.zstd",) if sys.version_info < (3, 14) else ()),
+    ),
+    "report": ("matplotlib",),
+    "demo": ("aiohttp", "opentelemetry.distro", "opentelemetry.instrumentation.aiohttp_server"),
+}
+
+
+class MissingExtraError(Exception):
+    """An add-on command ran without its extra: ``str()`` is the one line that says so."""
+
+    def __init__(self, command: str, extra: str) -> None:
+        super().__init__(
+            f"otel-luna {command} needs the {extra} extra: pip install 'otel-luna[{extra}]'"
+        )
+        self.command = command
+        self.extra = extra
+
+
+def _needs(module: str, dependencies: Sequence[str]) -> bool:
+    """Whether ``module`` (a ModuleNotFoundError's name) is one of ``dependencies`` or in one."""
+    return any(module == each or module.startswith(each + ".") for each in dependencies)
+
+
+def _missing(dependencies: Sequence[str]) -> str | None:
+    """The first of ``dependencies`` that cannot be imported (found without importing it)."""
+    for module in dependencies:
+        try:
+            if importlib.util.find_spec(module) is None:
+                return module
+        except ModuleNotFoundError:  # its parent package is missing (google of google.rpc)
+            return module
+    return None
+
+
+def require_extra(command: str, extra: str | None = None) -> None:
+    """Raise :class:`MissingExtraError` if the modules of ``extra`` (default: the command's
+    own) are not all installed. Nothing is imported: serve's supervisor must not load grpc
+    before it starts its workers."""
+    extra = extra or command
+    if _missing(EXTRAS[extra]) is not None:
+        raise MissingExtraError(command, extra)
 
 
 def _positive_int(text: str) -> int:
@@ -749,16 +809,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from otel_luna.demo import DemoError
 
     try:
-        if args.command == "demo":
-            return _demo(args)
+        if args.command in EXTRAS:
+            return _run_addon(args)
         if args.command == "status":
             return _status(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "report":
-            return _report(args)
         if args.command == "spool":
             return _spool(args)
+    except MissingExtraError as error:
+        print(error, file=sys.stderr)
+        return EXIT_USAGE
     except SettingsError as error:
         source = ""
         if getattr(args, "endpoint", None) and error.setting == env_name("endpoint"):
@@ -783,5 +842,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks it
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _run_addon(args: argparse.Namespace) -> int:
+    """Run the add-on command ``args.command`` if its extra is installed."""
+    command = args.command
+    if command == "report":
+        if args.png is not None:
+            require_extra("report --png", "report")
+    else:
+        require_extra(command)
+    run = {"serve": _serve, "report": _report, "demo": _demo}[command]
+    try:
+        return run(args)
+    except ModuleNotFoundError as error:  # installed in part: say which extra, not a traceback
+        if error.name is None or not _needs(error.name, EXTRAS[command]):
+            raise
+        raise MissingExtraError(command, command) from error

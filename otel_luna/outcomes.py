@@ -15,6 +15,8 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+__all__ = ["Counts", "Outcome", "Reason", "describe", "problems", "rejected"]
+
 
 class Outcome(enum.Enum):
     """What became of the points a counter counts."""

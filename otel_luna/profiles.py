@@ -29,6 +29,18 @@ from otel_luna.schema._point import Point
 from otel_luna.settings._declare import SettingsError
 from otel_luna.settings._settings import env_name
 
+__all__ = [
+    "JSON",
+    "LINE_PROTOCOL",
+    "LUNA",
+    "PROFILES",
+    "WATCHDOG",
+    "Encoder",
+    "Profile",
+    "SpanMapper",
+    "profile_of",
+]
+
 if TYPE_CHECKING:
     from otel_luna.mapping._records import SpanRecord
     from otel_luna.settings._settings import Settings

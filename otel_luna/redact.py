@@ -18,6 +18,8 @@ import re
 from base64 import b64encode, urlsafe_b64encode
 from collections.abc import Iterable
 
+__all__ = ["MASK", "basic_credentials", "credential_forms", "printable", "redact"]
+
 MASK = "***"
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")

@@ -26,6 +26,17 @@ from opentelemetry.metrics import CallbackOptions, Observation
 from otel_luna import _fork
 from otel_luna.outcomes import Outcome, Reason
 
+__all__ = [
+    "EVENTS_HELP",
+    "POINTS_HELP",
+    "SPOOL_HELP",
+    "EventTotals",
+    "PointTotals",
+    "Source",
+    "register",
+    "totals",
+]
+
 POINTS_HELP = "Points otel-luna handled, by outcome and reason"
 EVENTS_HELP = "Other things otel-luna counted (spans seen, split writes, ...)"
 SPOOL_HELP = "Points waiting in the spool"

@@ -8,6 +8,8 @@ from otel_luna._exporter import LunaSpanExporter
 from otel_luna.encoding._lineprotocol import split_lines
 from otel_luna.settings._settings import Settings
 
+__all__ = ["InMemorySink", "in_memory_exporter"]
+
 
 class InMemorySink:
     """Keeps every written line; ``lines`` is a snapshot."""

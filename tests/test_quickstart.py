@@ -16,7 +16,7 @@ import urllib.request
 from pathlib import Path
 
 from servers import InfluxDB1
-from wheelvenv import ROOT, fresh_venv
+from wheelvenv import ROOT, Venv, fresh_venv
 
 README = ROOT / "README.md"
 #: The values of the README that the test replaces with its own server's.
@@ -80,37 +80,17 @@ def quickstart_lines() -> list[str]:
     return [line for line in found.group(1).splitlines() if line.strip()]
 
 
-def test_quick_start_block_has_the_documented_shape() -> None:
-    """The block installs with pip, selects luna for traces and metrics and no logs, and starts
-    the app under opentelemetry-instrument."""
-    lines = quickstart_lines()
-    assert lines[0].startswith("pip install otel-luna ")
-    assert "opentelemetry-distro" in lines[0].split()
-    exports = " ".join(line for line in lines if line.startswith("export "))
-    for setting in (
-        "OTEL_TRACES_EXPORTER=luna",
-        "OTEL_METRICS_EXPORTER=luna",
-        "OTEL_LOGS_EXPORTER=none",
-        f"OTEL_EXPORTER_LUNA_ENDPOINT={README_ENDPOINT}",
-        f"OTEL_EXPORTER_LUNA_DATABASE={README_DATABASE}",
-    ):
-        assert setting in exports.split()
-    assert lines[-1] == "opentelemetry-instrument python app.py"
-
-
-def test_readme_quick_start_writes_the_luna_series(influxdb1: InfluxDB1, tmp_path: Path) -> None:
-    """The README's lines, run in a fresh venv (opentelemetry-distro installed, no OTLP
-    exporter), instrument an app with no code change: requests, errors, usages_statistic and
-    licensing points land in InfluxDB, and nothing fails at start-up."""
-    venv = fresh_venv(tmp_path)
-    database = influxdb1.fresh_database("quickstart")
+def run_quick_start(venv: Venv, work: Path, endpoint: str, database: str) -> str:
+    """Run the README's quick-start lines in ``venv`` on :data:`APP` in ``work`` (its endpoint
+    and database replaced), send it three good requests and a failing one, stop it with SIGTERM
+    (it must exit 0); its standard error."""
     lines = quickstart_lines()
     script = (
-        "\n".join(["set -eu", *lines[:-1], "exec " + lines[-1]])
-        .replace(README_ENDPOINT, influxdb1.url)
+        # aiohttp is the test app's own framework: otel-luna (its core) does not bring it
+        "\n".join(["set -eu", "pip install --quiet aiohttp", *lines[:-1], "exec " + lines[-1]])
+        .replace(README_ENDPOINT, endpoint)
         .replace(README_DATABASE, database)
     )
-    work = tmp_path / "work"
     work.mkdir()
     (work / "app.py").write_text(APP)
 
@@ -163,7 +143,34 @@ def test_readme_quick_start_writes_the_luna_series(influxdb1: InfluxDB1, tmp_pat
         for reader in readers:
             reader.join(timeout=10)
 
-    stderr = "".join(errors)
+    return "".join(errors)
+
+
+def test_quick_start_block_has_the_documented_shape() -> None:
+    """The block installs with pip, selects luna for traces and metrics and no logs, and starts
+    the app under opentelemetry-instrument."""
+    lines = quickstart_lines()
+    assert lines[0].startswith("pip install otel-luna ")
+    assert "opentelemetry-distro" in lines[0].split()
+    exports = " ".join(line for line in lines if line.startswith("export "))
+    for setting in (
+        "OTEL_TRACES_EXPORTER=luna",
+        "OTEL_METRICS_EXPORTER=luna",
+        "OTEL_LOGS_EXPORTER=none",
+        f"OTEL_EXPORTER_LUNA_ENDPOINT={README_ENDPOINT}",
+        f"OTEL_EXPORTER_LUNA_DATABASE={README_DATABASE}",
+    ):
+        assert setting in exports.split()
+    assert lines[-1] == "opentelemetry-instrument python app.py"
+
+
+def test_readme_quick_start_writes_the_luna_series(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    """The README's lines, run in a fresh venv (opentelemetry-distro installed, no OTLP
+    exporter), instrument an app with no code change: requests, errors, usages_statistic and
+    licensing points land in InfluxDB, and nothing fails at start-up."""
+    venv = fresh_venv(tmp_path)
+    database = influxdb1.fresh_database("quickstart")
+    stderr = run_quick_start(venv, tmp_path / "work", influxdb1.url, database)
     assert "Traceback" not in stderr and "not found in entry point" not in stderr, stderr
     installed = subprocess.run(
         ["pip", "list", "--format=freeze"], env=venv.env, capture_output=True, text=True, check=True

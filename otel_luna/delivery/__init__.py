@@ -7,9 +7,15 @@ from otel_luna.delivery._delivery import (
     destination_slug,
     open_delivery,
 )
+from otel_luna.delivery._spool import SpoolRefused, SpoolUnavailable
+from otel_luna.delivery._spool_status import process_directories, read_stats
 
 __all__ = [
+    "SpoolRefused",
+    "SpoolUnavailable",
     "destination_name",
     "destination_slug",
     "open_delivery",
+    "process_directories",
+    "read_stats",
 ]

@@ -2,18 +2,6 @@
 
 from __future__ import annotations
 
-from otel_luna.ingest._ingest import (
-    ERROR_LOG_INTERVAL,
-    METRICS,
-    TRACES,
-    Ingest,
-    Result,
-)
+from otel_luna.ingest._ingest import METRICS, TRACES, Ingest, Result
 
-__all__ = [
-    "ERROR_LOG_INTERVAL",
-    "METRICS",
-    "TRACES",
-    "Ingest",
-    "Result",
-]
+__all__ = ["METRICS", "TRACES", "Ingest", "Result"]

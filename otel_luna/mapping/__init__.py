@@ -26,6 +26,9 @@ from otel_luna.mapping._records import (
     resource_identity,
     stream_of,
 )
+from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._usages import UsageMapper
+from otel_luna.mapping._watchdog import WatchdogMapper
 
 __all__ = [
     "ESTIMATOR",
@@ -35,8 +38,11 @@ __all__ = [
     "SERVER_SPAN_KEYS",
     "SERVICE_NAME",
     "USAGES_INSTRUMENT",
+    "RequestMapper",
     "SpanRecord",
+    "UsageMapper",
     "UsageSample",
+    "WatchdogMapper",
     "origin_of",
     "resource_identity",
     "stream_of",

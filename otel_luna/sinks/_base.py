@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import enum
 import json
+from base64 import b64encode
 from collections.abc import Callable, Iterable
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
@@ -353,6 +354,14 @@ def wire_format(sink: SinkLike | Callable[[Settings], Sink], settings: Settings)
     if isinstance(sink, _AdaptedFactory) or (isinstance(sink, type) and issubclass(sink, Sink)):
         return sink.format_for(settings)
     return _declared_format(sink, settings)
+
+
+def basic_auth(username: str | None, password: str | None) -> dict[str, str]:
+    """The ``Authorization`` header of HTTP basic authentication (``username:password`` in UTF-8,
+    base64), or no header unless both are set."""
+    if not (username and password):
+        return {}
+    return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
 
 
 def load_sink(settings: Settings) -> Sink:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip as gzip_module
-from base64 import b64encode
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -22,14 +21,6 @@ from otel_luna.sinks._base import (
 
 if TYPE_CHECKING:
     from otel_luna.settings._settings import Settings
-
-
-def basic_auth(username: str | None, password: str | None) -> dict[str, str]:
-    """The ``Authorization`` header of HTTP basic authentication (``username:password`` in UTF-8,
-    base64), or no header unless both are set."""
-    if not (username and password):
-        return {}
-    return {"Authorization": "Basic " + b64encode(f"{username}:{password}".encode()).decode()}
 
 
 class HttpPoster:

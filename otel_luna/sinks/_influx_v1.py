@@ -8,7 +8,8 @@ from __future__ import annotations
 from urllib.parse import urlencode
 
 from otel_luna.settings._settings import Settings
-from otel_luna.sinks._http import PostingSink, basic_auth
+from otel_luna.sinks._base import basic_auth
+from otel_luna.sinks._http import PostingSink
 
 
 class InfluxV1Sink(PostingSink):
