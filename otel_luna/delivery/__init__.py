@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from otel_luna._files import make_directories, read_small, replace_file
 from otel_luna.delivery._delivery import (
     destination_name,
     destination_slug,
@@ -15,7 +16,10 @@ __all__ = [
     "SpoolUnavailable",
     "destination_name",
     "destination_slug",
+    "make_directories",
     "open_delivery",
     "process_directories",
+    "read_small",
     "read_stats",
+    "replace_file",
 ]

@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from otel_luna.delivery._spool_status import process_directories, read_stats
+from otel_luna.delivery import process_directories, read_stats
 from otel_luna.outcomes import Reason
 from otel_luna.selfmetrics import EVENTS_HELP, POINTS_HELP, SPOOL_HELP, totals
 from otel_luna.serve._settings import ServeSettings
@@ -111,7 +111,7 @@ class SupervisorHealth:
     def __init__(
         self, settings: ServeSettings, workers: Callable[[], Sequence[int | None]]
     ) -> None:
-        from otel_luna.delivery._delivery import destination_name, destination_slug
+        from otel_luna.delivery import destination_name, destination_slug
         from otel_luna.serve._receiver import HIGH_WATER
 
         self.settings = settings

@@ -14,7 +14,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from otel_luna.delivery._spool import SpoolRefused, SpoolUnavailable
+from otel_luna.delivery import SpoolRefused, SpoolUnavailable
 from otel_luna.redact import printable
 from otel_luna.serve._grpc_server import GrpcServer, start_grpc
 from otel_luna.serve._health import HealthServer, ReceiverHealth, start_health

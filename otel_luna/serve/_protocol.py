@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from otel_luna.ingest._ingest import METRICS, TRACES, Result
+from otel_luna.ingest import METRICS, TRACES, Result
 from otel_luna.outcomes import Reason, describe, rejected
 from otel_luna.serve import _inflate as inflate
 from otel_luna.serve import _otlp as otlp

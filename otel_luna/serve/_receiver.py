@@ -16,7 +16,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
 )
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from otel_luna.delivery._spool import SpoolUnavailable
+from otel_luna.delivery import SpoolUnavailable
 from otel_luna.ingest import Ingest, Result
 from otel_luna.outcomes import Counts, Reason
 from otel_luna.serve import _otlp as otlp

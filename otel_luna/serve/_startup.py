@@ -20,6 +20,9 @@ from otel_luna.serve._settings import ServeSettings, env_name
 from otel_luna.settings import SettingsError
 
 _T = TypeVar("_T")
+
+#: The exit status of a start-up error: a usage error, as ``otel-luna`` gives for one.
+EXIT_USAGE = 2
 _logger = logging.getLogger(__name__)
 #: File descriptors serve keeps for other things than its clients' connections: the spool's
 #: files, the connections to the destination, grpc's own, pipes, the interpreter's.

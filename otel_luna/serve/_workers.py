@@ -46,12 +46,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from otel_luna._cli import EXIT_USAGE
-from otel_luna._files import make_directories, read_small, replace_file
-from otel_luna.delivery._spool import SpoolRefused
+from otel_luna.delivery import SpoolRefused, make_directories, read_small, replace_file
 from otel_luna.redact import printable
 from otel_luna.serve._settings import ServeSettings
-from otel_luna.serve._startup import check_tls_files, host_port, listening
+from otel_luna.serve._startup import EXIT_USAGE, check_tls_files, host_port, listening
 from otel_luna.settings import SettingsError
 
 _logger = logging.getLogger(__name__)
