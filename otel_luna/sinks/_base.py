@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from otel_luna.settings._settings import Setting, Settings
 
 #: Entry-point group of sink factories.
-SINK_GROUP = "otel_luna.sinks._base"
+SINK_GROUP = "otel_luna.sinks"
 
 
 class Sink(Protocol):
