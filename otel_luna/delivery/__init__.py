@@ -7,8 +7,11 @@ from otel_luna.delivery._delivery import (
     destination_slug,
     open_delivery,
 )
+from otel_luna.delivery._throttle import Due, RateLog
 
 __all__ = [
+    "Due",
+    "RateLog",
     "destination_name",
     "destination_slug",
     "open_delivery",
