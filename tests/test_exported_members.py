@@ -35,6 +35,8 @@ EXPORTED: dict[str, list[str]] = {
         "set_request_id",
     ],
     "otel_luna.delivery": [
+        "Due",
+        "RateLog",
         "SpoolRefused",
         "SpoolUnavailable",
         "destination_name",

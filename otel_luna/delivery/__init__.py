@@ -10,8 +10,11 @@ from otel_luna.delivery._delivery import (
 )
 from otel_luna.delivery._spool import SpoolRefused, SpoolUnavailable
 from otel_luna.delivery._spool_status import process_directories, read_stats
+from otel_luna.delivery._throttle import Due, RateLog
 
 __all__ = [
+    "Due",
+    "RateLog",
     "SpoolRefused",
     "SpoolUnavailable",
     "destination_name",

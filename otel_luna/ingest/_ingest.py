@@ -25,6 +25,7 @@ from typing import NamedTuple
 from otel_luna import _fork, selfmetrics
 from otel_luna import _lifecycle as lifecycle
 from otel_luna.delivery._delivery import open_delivery
+from otel_luna.delivery._throttle import RateLog
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.encoding._lineprotocol import InvalidPointError
 from otel_luna.mapping._records import SpanRecord, UsageSample
@@ -50,37 +51,30 @@ METRICS = "metrics"
 ERROR_LOG_INTERVAL = 60.0
 
 
-class _ErrorLog:
+class _ErrorLog(RateLog):
     """The log of one repeating error (a mapping bug a sender can trigger span after span):
     the first with its traceback, then at most one line every :data:`ERROR_LOG_INTERVAL`
     seconds with the count since the last line. Each is counted (``mapping_error``) anyway.
     Call :meth:`error` inside the ``except``; the caller holds the ingest's lock."""
 
     def __init__(self, message: str, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(ERROR_LOG_INTERVAL, clock)
         self.message = message
-        self.clock = clock
-        self._last: float | None = None
-        self._since = 0
 
     def error(self) -> None:
-        now = self.clock()
-        if self._last is None:
-            self._last = now
+        due = self.due()
+        if due is None:
+            return
+        if due.seconds is None:
             _logger.exception("otel-luna: %s", self.message)
             return
-        self._since += 1
-        if now - self._last < ERROR_LOG_INTERVAL:
-            return
-        error = sys.exc_info()[1]
         _logger.error(
             "otel-luna: %s: %d times in the last %.0f s, the last %s (traceback logged once)",
             self.message,
-            self._since,
-            now - self._last,
-            repr(error)[:200],
+            due.skipped + 1,
+            due.seconds,
+            repr(sys.exc_info()[1])[:200],
         )
-        self._last = now
-        self._since = 0
 
 
 class Result(NamedTuple):

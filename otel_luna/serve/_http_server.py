@@ -23,6 +23,34 @@ that need sockets:
   :meth:`HttpServer.stop`; a body still arriving when the stop's grace ends is answered ``503``
   + ``Retry-After``;
 - decoding and accepting run in a few threads, so the loop goes on serving other connections.
+
+Why aiohttp's connection is extended rather than used through its public options only, or
+replaced by a protocol of our own. Measured with aiohttp 3.14.5's public ``web.Server`` +
+``ServerRunner``/``TCPSite`` (``keepalive_timeout=1``, the per-line limits ``max_line_size``,
+``max_field_size``, ``max_headers``): a head trickling in a byte at a time is never timed out
+(the keep-alive timer runs only between requests; here: 408 after ``serve_read_timeout``); 128
+unfinished heads of 127 x 8 KB lines took the server from 37 to 293 MiB (here: 431 past
+:data:`MAX_HEAD_BYTES`); a good request with junk behind it in one read got only a 400, the
+good one lost (here: 200, then 400); what the parser refuses is answered in plain text over
+HTTP/1.0 with a traceback in the log (here: a ``google.rpc.Status`` in the request's encoding,
+one line). A protocol of our own on ``h11`` (pure Python) or ``httptools`` (llhttp) could keep
+those limits, but it would be a new parser with its own refusals for the ~40 tests that pin an
+answer per malformed request, and the code around it (slots, budget, drains, stop) stays as it
+is. So aiohttp stays, pinned to one minor version (``pyproject.toml``), and every hook into it
+that its documentation does not promise is listed here and asserted by
+``tests/test_aiohttp_contract.py``, so that an upgrade fails there first:
+
+- ``aiohttp.http.HttpRequestParser(..., max_msg_queue_size=1)`` stops after each request until
+  ``message_consumed()``; a parse error raises ``HttpProcessingError`` (``LineTooLong`` from
+  ``aiohttp.http_exceptions`` for a line over its limit, "Too many headers" in its message);
+- ``web.RequestHandler`` keeps its parser in ``_parser`` (replaced by :class:`_Parser`), feeds
+  it from ``data_received`` (overridden to count and time the head), calls
+  ``message_consumed()`` as it takes a request, writes each answer in
+  ``finish_response(request, response, start_time)``, and answers its own errors through
+  ``handle_error`` and logs through ``log_exception`` (both overridden);
+- its keyword arguments ``keepalive_timeout``, ``lingering_time``, ``auto_decompress`` and
+  ``access_log``, given here to the connection itself (one per slot) instead of through
+  ``web.Server``.
 """
 
 from __future__ import annotations
@@ -40,11 +68,9 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
-from aiohttp import web
-from aiohttp.http import HttpRequestParser
-from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
-from aiohttp.streams import StreamReader
-from aiohttp.web_protocol import RequestHandler, RequestPayloadError
+from aiohttp import StreamReader, web
+from aiohttp.http import HttpProcessingError, HttpRequestParser
+from aiohttp.http_exceptions import LineTooLong
 
 from otel_luna.serve._protocol import Answer, ByteBudget, HttpProtocol
 from otel_luna.serve._receiver import Receiver
@@ -261,7 +287,7 @@ class _Parser:
             max_line_size=connection.max_line_size,
             max_field_size=connection.max_field_size,
             max_headers=connection.max_headers,
-            payload_exception=RequestPayloadError,
+            payload_exception=web.RequestPayloadError,
             auto_decompress=False,  # HttpProtocol inflates, within the limits
             max_msg_queue_size=1,
         )
@@ -294,7 +320,7 @@ class _Parser:
         return getattr(self._parser, name)
 
 
-class _Connection(RequestHandler):
+class _Connection(web.RequestHandler):
     """aiohttp's connection, plus what the server tracks: whether a request is being handled
     (from its head to its answer written), whether it idles between requests or receives a
     request head (with its deadline and first bytes)."""

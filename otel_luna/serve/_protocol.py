@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
@@ -26,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from otel_luna.delivery import RateLog
 from otel_luna.ingest import METRICS, TRACES, Result
 from otel_luna.outcomes import Reason, describe, rejected
 from otel_luna.serve import _inflate as inflate
@@ -184,8 +183,7 @@ class HttpProtocol:
         # One budget per process, both front ends' (the receiver's), unless given one.
         self.budget = budget if budget is not None else receiver.budget
         self._signals = signals(receiver)
-        self._log_lock = threading.Lock()
-        self._logged: dict[str, tuple[float, int]] = {}
+        self._log = RateLog(LOG_INTERVAL)
 
     # -- the two steps ----------------------------------------------------------------------
 
@@ -505,14 +503,10 @@ class HttpProtocol:
     def log(self, key: str, text: str, level: int = logging.WARNING) -> None:
         """One line per ``key`` every :data:`LOG_INTERVAL` seconds, saying how many were not
         logged since (the host logs its own events here too: timeouts, TLS failures)."""
-        now = time.monotonic()
-        with self._log_lock:
-            last, quiet = self._logged.get(key, (-LOG_INTERVAL, 0))
-            if now - last < LOG_INTERVAL:
-                self._logged[key] = (last, quiet + 1)
-                return
-            self._logged[key] = (now, 0)
-        more = f"; {quiet} more since the last line" if quiet else ""
+        due = self._log.due(key)
+        if due is None:
+            return
+        more = f"; {due.skipped} more since the last line" if due.skipped else ""
         _logger.log(level, "otlp/http %s (%s%s)", text[:400], key, more)
 
 
