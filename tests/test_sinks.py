@@ -353,7 +353,8 @@ def test_a_plain_sink_is_adapted_once() -> None:
 def test_a_plain_sink_plugin_is_loaded_adapted(monkeypatch: pytest.MonkeyPatch) -> None:
     """An entry point that builds a plain sink: sink_factory wraps it, the sink it builds is a
     Sink, and its format is known before it is built."""
-    from otel_luna.sinks import Sink, _base, sink_factory
+    from otel_luna.sinks import Sink, _base
+    from otel_luna.sinks._base import sink_factory
 
     class Entry:
         name = "plain"
