@@ -1,9 +1,9 @@
 """The ``otel-luna`` command. Thin: it parses arguments and calls the modules that work.
 
 ``status`` and ``spool`` are the core's; ``serve``, ``report`` and ``demo`` are add-ons
-(``otel_luna.serve``, ``.report``, ``.demo``), imported only inside the function that runs them,
-so that a core install (``pip install otel-luna``) runs this module. An add-on whose extra is
-not installed is one line naming the extra (:data:`EXTRAS`) and exit 2.
+(:data:`ADDONS`): each package adds its arguments and runs its command, importing nothing of its
+extra until then, so that a core install (``pip install otel-luna``) runs this module. An add-on
+whose extra is not installed is one line naming the extra, and exit 2.
 """
 
 from __future__ import annotations
@@ -28,21 +28,15 @@ from otel_luna.settings._settings import Settings, env_name
 #: no spool directory), 2 bad usage or setting, 130 interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-#: The add-on commands' extras: the modules each needs that the core does not bring. One of
-#: them missing (absent, or a ModuleNotFoundError naming it while the command runs) means the
-#: extra is not installed; any other ImportError is a bug and propagates. ``report`` needs its
-#: extra (matplotlib) only to draw ``--png``.
-EXTRAS: dict[str, tuple[str, ...]] = {
-    "serve": (
-        "grpc",
-        "aiohttp",
-        "google.protobuf",
-        "google.rpc",
-        "opentelemetry.proto",
-        *(("backports.zstd",) if sys.version_info < (3, 14) else ()),
-    ),
-    "report": ("matplotlib",),
-    "demo": ("aiohttp", "opentelemetry.distro", "opentelemetry.instrumentation.aiohttp_server"),
+#: The add-on commands: the package of each, which has ``add_command(commands)``,
+#: ``command_needs(args)`` (the modules of its extra this run needs: one missing — absent, or a
+#: ModuleNotFoundError naming it while the command runs — means the extra is not installed; any
+#: other ImportError is a bug and propagates) and ``run_command(args) -> int``. Their packages
+#: import nothing of their extras.
+ADDONS: dict[str, str] = {
+    "demo": "otel_luna.demo",
+    "serve": "otel_luna.serve",
+    "report": "otel_luna.report",
 }
 
 
@@ -73,77 +67,25 @@ def _missing(dependencies: Sequence[str]) -> str | None:
     return None
 
 
-def require_extra(command: str, extra: str | None = None) -> None:
-    """Raise :class:`MissingExtraError` if the modules of ``extra`` (default: the command's
-    own) are not all installed. Nothing is imported: serve's supervisor must not load grpc
-    before it starts its workers."""
-    extra = extra or command
-    if _missing(EXTRAS[extra]) is not None:
-        raise MissingExtraError(command, extra)
+def require_extra(command: str, modules: Sequence[str]) -> None:
+    """Raise :class:`MissingExtraError` if any of ``modules`` (what the command's extra brings)
+    is not installed. Nothing is imported: serve's supervisor must not load grpc before it
+    starts its workers."""
+    if _missing(modules) is not None:
+        raise MissingExtraError(command, command.split()[0])
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _addon(command: str) -> Any:
+    return importlib.import_module(ADDONS[command])
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from otel_luna import demo
-
     parser = argparse.ArgumentParser(
         prog="otel-luna",
         description="OpenTelemetry data written as the LUNA PLATFORM monitoring series.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    run = commands.add_parser(
-        "demo",
-        help="run the example luna-handlers service under opentelemetry-instrument and "
-        "summarise the series it wrote",
-        description=(
-            "Start the example service that ships with otel-luna (otel_luna/examples/"
-            "luna_handlers_app.py) under opentelemetry-instrument with the luna traces and "
-            "metrics exporters, send it requests (some failing), stop it with SIGTERM and print "
-            "the requests, errors, usages_statistic and licensing series read back. Needs the "
-            "demo extra: pip install 'otel-luna[demo]'. The endpoint is --endpoint, else "
-            f"OTEL_EXPORTER_LUNA_ENDPOINT, else file://$PWD/{demo.DEFAULT_FILE_NAME} "
-            "(emptied first). Other OTEL_EXPORTER_LUNA_* variables are passed on."
-        ),
-    )
-    run.add_argument(
-        "--requests",
-        type=_positive_int,
-        default=demo.DEFAULT_REQUESTS,
-        metavar="N",
-        help=f"requests to send (default {demo.DEFAULT_REQUESTS})",
-    )
-    run.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="http(s)://host:port (InfluxDB), file:///path.lp or console; "
-        "overrides OTEL_EXPORTER_LUNA_ENDPOINT",
-    )
-    run.add_argument(
-        "--concurrency",
-        type=_positive_int,
-        default=demo.DEFAULT_CONCURRENCY,
-        metavar="N",
-        help=f"requests in flight at once (default {demo.DEFAULT_CONCURRENCY})",
-    )
-    run.add_argument(
-        "--seed", type=int, default=None, help="seed of the request mix (default: random)"
-    )
-    run.add_argument(
-        "--app",
-        type=Path,
-        default=demo.EXAMPLE_APP,
-        metavar="PATH",
-        help="the service to run (default: the example that ships with otel-luna)",
-    )
+    _addon("demo").add_command(commands)
     status = commands.add_parser(
         "status",
         help="show what waits in a spool directory, and each process's counters",
@@ -156,34 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
         "attributes mapping and encoding rejected, by reason).",
     )
     status.add_argument("spool_dir", nargs="?", metavar="SPOOL_DIR")
-    serve = commands.add_parser(
-        "serve",
-        help="receive OTLP over gRPC and HTTP and write the LUNA series",
-        description="An OTLP/gRPC and OTLP/HTTP receiver writing the same series as the luna "
-        "exporters, with the same OTEL_EXPORTER_LUNA_* settings and TOML file. Flags override "
-        "them. The bearer token is read from OTEL_EXPORTER_LUNA_SERVE_TOKEN only (never a flag: "
-        "command lines are visible to other users). Stops gracefully on SIGTERM or SIGINT.",
-    )
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--grpc-port", type=int, help="OTLP/gRPC port (default 4317; 0: any)")
-    serve.add_argument("--http-port", type=int, help="OTLP/HTTP port (default 4318; 0: any)")
-    serve.add_argument(
-        "--health-port",
-        type=int,
-        help="port of /healthz, /readyz and /metrics (Prometheus) on 127.0.0.1 "
-        "(default: off; 0: any)",
-    )
-    serve.add_argument("--max-message-bytes", type=int, help="largest request accepted")
-    serve.add_argument("--tls-cert", help="PEM certificate chain (with --tls-key: TLS)")
-    serve.add_argument("--tls-key", help="PEM private key")
-    serve.add_argument(
-        "--workers",
-        type=int,
-        metavar="N",
-        help="processes sharing the ports, each with its own spool (default 1; 0: one per CPU)",
-    )
     status.add_argument("--json", action="store_true", help="print JSON")
-    _add_report_parser(commands)
+    _addon("serve").add_command(commands)
+    _addon("report").add_command(commands)
     _add_spool_parser(commands)
     return parser
 
@@ -257,131 +174,6 @@ def _add_spool_parser(commands: Any) -> None:
     discard.add_argument("destination", metavar="DESTINATION")
     discard.add_argument("--yes", action="store_true", help="really delete")
     common(discard)
-
-
-def _add_report_parser(commands: Any) -> None:
-    from otel_luna.report import DEFAULT_LIMITS, parse_duration
-
-    def duration(text: str) -> int:
-        try:
-            return parse_duration(text)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
-
-    def png_path(text: str) -> Path:
-        if not text.lower().endswith(".png"):
-            raise argparse.ArgumentTypeError(
-                f"the chart is PNG data: give a path ending in .png, got {text!r}"
-            )
-        return Path(text)
-
-    parser = commands.add_parser(
-        "report",
-        help="summarise the LUNA series or the watchdog events from InfluxDB or a file sink",
-        description="Read the series back from InfluxDB (1.x: InfluxQL over /query; 2.x: Flux "
-        "over /api/v2/query; --endpoint, else OTEL_EXPORTER_LUNA_ENDPOINT, and the other "
-        "OTEL_EXPORTER_LUNA_* settings) or from a file sink's output (--file) and print what a "
-        "dashboard shows. 'luna': per service and route, request rate, nearest-rank p50/p95/p99 "
-        "of execution_time, error rate and top error_codes, the slowest stage (*_time); "
-        "usages_statistic per estimator over time; licence status and liveness_balance. "
-        "'watchdog': for all consumers and per consumer_name, time in queue, waiting for "
-        "PhotoDNA, reply to the consumer and their sum (p50/p95/max), positives vs negatives, "
-        "errors, items processed and submitted, and the queue sizes.",
-    )
-    parser.add_argument(
-        "profile", choices=["luna", "watchdog"], help="the schema profile to report on"
-    )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "--endpoint",
-        metavar="URL",
-        help="InfluxDB URL (or file:///path); overrides OTEL_EXPORTER_LUNA_ENDPOINT",
-    )
-    source.add_argument(
-        "--file",
-        type=Path,
-        metavar="PATH",
-        help="a file sink's output (line protocol; watchdog also .json/.jsonl pings)",
-    )
-    parser.add_argument(
-        "--database", metavar="DB", help="1.x: overrides OTEL_EXPORTER_LUNA_DATABASE"
-    )
-    parser.add_argument("--org", help="2.x: overrides OTEL_EXPORTER_LUNA_ORG")
-    parser.add_argument("--bucket", help="2.x: overrides OTEL_EXPORTER_LUNA_BUCKET")
-    parser.add_argument(
-        "--since",
-        type=duration,
-        metavar="DURATION",
-        help="only the last DURATION (90s, 15m, 2h, 7d, 1h30m; default: everything)",
-    )
-    parser.add_argument("--service", help="luna: only this service tag")
-    parser.add_argument(
-        "--png",
-        type=png_path,
-        metavar="PATH",
-        help="also draw the charts in this PNG file (missing directories are created)",
-    )
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument(
-        "--max-bytes",
-        type=_positive_int,
-        default=DEFAULT_LIMITS.max_bytes,
-        metavar="N",
-        help="read at most N bytes of the file or of InfluxDB's answer; beyond, one line and "
-        f"exit 1 (default {DEFAULT_LIMITS.max_bytes})",
-    )
-    parser.add_argument(
-        "--max-time",
-        type=duration,
-        default=None,
-        metavar="DURATION",
-        help="give InfluxDB's answer at most DURATION in all (default "
-        f"{DEFAULT_LIMITS.max_seconds:.0f}s)",
-    )
-
-
-def _report(args: argparse.Namespace) -> int:
-    from otel_luna.report import (
-        DEFAULT_LIMITS,
-        ChartError,
-        Limits,
-        ReportError,
-        luna_report,
-        run_report,
-        watchdog_report,
-    )
-
-    seconds = DEFAULT_LIMITS.max_seconds if args.max_time is None else args.max_time / 1e9
-    limits = Limits(max_bytes=args.max_bytes, max_seconds=seconds)
-    if args.profile == "luna":
-        make = luna_report(args.service)
-    elif args.service is not None:
-        print("otel-luna report: --service is for the luna report", file=sys.stderr)
-        return EXIT_USAGE
-    else:
-        make = watchdog_report
-    try:
-        text = run_report(
-            make,
-            endpoint=args.endpoint,
-            file=args.file,
-            database=args.database,
-            org=args.org,
-            bucket=args.bucket,
-            since_ns=args.since,
-            png=args.png,
-            as_json=args.json,
-            limits=limits,
-        )
-    except ChartError as error:  # the report was made: print it, then say why there is no chart
-        print(error.text, flush=True)
-        print(f"otel-luna report: {printable(str(error))}", file=sys.stderr)
-        return EXIT_FAILED
-    except ReportError as error:
-        print(f"otel-luna report: {printable(str(error))}", file=sys.stderr)
-        return EXIT_FAILED
-    print(text, flush=True)
-    return EXIT_OK
 
 
 #: The settings ``--to`` may change: those that pick the destination
@@ -546,7 +338,7 @@ def _status(args: argparse.Namespace) -> int:
     import json
 
     from otel_luna.delivery._spool_status import root_problem
-    from otel_luna.serve._workers import describe_supervisors, supervisor_line
+    from otel_luna.serve import describe_supervisors, supervisor_line
     from otel_luna.settings._settings import Settings
 
     root = args.spool_dir or Settings.load().spool_dir
@@ -747,69 +539,15 @@ def status_entries(root: str) -> list[dict[str, object]]:
     return entries
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from otel_luna.serve._settings import ServeSettings
-    from otel_luna.serve._startup import raise_open_file_limit
-    from otel_luna.serve._workers import supervise, worker_count
-
-    raise_open_file_limit()  # the workers inherit it
-
-    flags = {
-        "serve_host": args.host,
-        "serve_grpc_port": args.grpc_port,
-        "serve_http_port": args.http_port,
-        "serve_health_port": args.health_port,
-        "serve_max_message_bytes": args.max_message_bytes,
-        "serve_tls_cert": args.tls_cert,
-        "serve_tls_key": args.tls_key,
-    }
-    given = {name: value for name, value in flags.items() if value is not None}
-    settings = ServeSettings.load(**given, serve_workers=args.workers)
-    workers = worker_count(settings.serve_workers)
-    if workers > 1:  # before grpc is imported: the supervisor starts processes
-        return supervise(settings, given, workers)
-    from otel_luna.serve._health import start_line
-    from otel_luna.serve._main import Server
-    from otel_luna.serve._startup import host_port
-
-    server = Server(settings)
-    server.handle_signals()
-    host = settings.serve_host
-    if server.health is not None:
-        print(start_line(server.health), flush=True)
-    print(f"otel-luna serve: OTLP/gRPC on {host_port(host, server.grpc_port)}", flush=True)
-    print(f"otel-luna serve: OTLP/HTTP on {host_port(host, server.http_port)}", flush=True)
-    print(f"otel-luna serve: writing to {settings.endpoint} ({settings.sink_name})", flush=True)
-    server.wait_for_signal()
-    print("otel-luna serve: stopped", flush=True)
-    return EXIT_OK
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from otel_luna import demo
-
-    result = demo.run_demo(
-        args.requests,
-        endpoint=args.endpoint,
-        concurrency=args.concurrency,
-        seed=args.seed,
-        app=args.app,
-        out=sys.stdout,
-        progress=sys.stderr,
-    )
-    return EXIT_FAILED if result.problems else EXIT_OK
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``otel-luna`` with ``argv`` (default: the command line); the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from otel_luna.delivery._spool import SpoolRefused
-    from otel_luna.demo import DemoError
+    from otel_luna.delivery import SpoolRefused
 
     try:
-        if args.command in EXTRAS:
+        if args.command in ADDONS:
             return _run_addon(args)
         if args.command == "status":
             return _status(args)
@@ -827,9 +565,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpoolRefused as error:  # one line naming the path and the setting
         print(f"otel-luna {args.command}: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except DemoError as error:
-        print(f"otel-luna {args.command}: {error}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         print(f"otel-luna {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -845,15 +580,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_addon(args: argparse.Namespace) -> int:
     """Run the add-on command ``args.command`` if its extra is installed."""
     command = args.command
-    if command == "report":
-        if args.png is not None:
-            require_extra("report --png", "report")
-    else:
-        require_extra(command)
-    run = {"serve": _serve, "report": _report, "demo": _demo}[command]
+    addon = _addon(command)
+    needed = tuple(addon.command_needs(args))
+    require_extra(command if command != "report" else "report --png", needed)
     try:
-        return run(args)
+        return int(addon.run_command(args))
     except ModuleNotFoundError as error:  # installed in part: say which extra, not a traceback
-        if error.name is None or not _needs(error.name, EXTRAS[command]):
+        if error.name is None or not _needs(error.name, needed):
             raise
         raise MissingExtraError(command, command) from error

@@ -23,8 +23,8 @@ from otel_luna.delivery._fallback_spool import open_spool
 from otel_luna.delivery._memory_spool import MemorySpool
 from otel_luna.delivery._spool import SpoolRefused
 from otel_luna.delivery._spool_status import describe
-from otel_luna.serve import ServeSettings
-from otel_luna.serve._workers import Supervisor, describe_supervisors
+from otel_luna.serve import ServeSettings, describe_supervisors
+from otel_luna.serve._workers import Supervisor
 
 ESCAPE = "\x1b]0;owned\x07\x1b[2J"
 

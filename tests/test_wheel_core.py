@@ -7,6 +7,7 @@ in-app quick start in it (against a file, so no database is needed)."""
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import textwrap
@@ -16,7 +17,20 @@ import pytest
 from test_quickstart import run_quick_start
 from wheelvenv import ROOT, fresh_venv
 
+import otel_luna.serve
 from otel_luna import _cli as cli
+
+
+def every_extra_module() -> list[str]:
+    """The modules of every add-on's extra (each add-on's ``_command.EXTRA_MODULES``)."""
+    return sorted(
+        {
+            module
+            for package in cli.ADDONS.values()
+            for module in importlib.import_module(package + "._command").EXTRA_MODULES
+        }
+    )
+
 
 #: What ``otel-luna serve`` says when grpc, aiohttp or protobuf is not installed.
 SERVE_LINE = "otel-luna serve needs the serve extra: pip install 'otel-luna[serve]'"
@@ -90,7 +104,7 @@ def test_a_command_without_its_extra_names_it_in_one_line(
 
 def test_the_core_commands_and_a_text_report_need_no_extra(tmp_path: Path) -> None:
     """With every extra's modules missing, status, spool and report without --png still run."""
-    every = ",".join(sorted({module for each in cli.EXTRAS.values() for module in each}))
+    every = ",".join(every_extra_module())
     (tmp_path / "points.lp").write_text("requests,service=s,route=GET:/ execution_time=1 1\n")
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -125,11 +139,7 @@ def test_importing_the_core_loads_no_module_of_an_extra() -> None:
         [sys.executable, "-c", program], capture_output=True, text=True, timeout=60, check=True
     )
     # backports.zstd: urllib3 imports it when it is there (for zstd responses)
-    extras = [
-        module
-        for module in sorted({module for each in cli.EXTRAS.values() for module in each})
-        if module != "backports.zstd"
-    ]
+    extras = [module for module in every_extra_module() if module != "backports.zstd"]
     loaded = [name for name in done.stdout.split() if cli._needs(name, extras)]
     assert loaded == []
 
@@ -142,7 +152,7 @@ def test_an_extra_installed_in_part_is_named_too(monkeypatch: pytest.MonkeyPatch
     def serve(args: object) -> int:
         raise ModuleNotFoundError("No module named 'grpc._cython'", name="grpc._cython")
 
-    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(otel_luna.serve, "run_command", serve)
     assert cli.main(["serve"]) == cli.EXIT_USAGE
 
 
@@ -154,7 +164,7 @@ def test_another_import_error_is_not_taken_for_a_missing_extra(
     def serve(args: object) -> int:
         raise ModuleNotFoundError("No module named 'otel_luna.gone'", name="otel_luna.gone")
 
-    monkeypatch.setattr(cli, "_serve", serve)
+    monkeypatch.setattr(otel_luna.serve, "run_command", serve)
     with pytest.raises(ModuleNotFoundError, match=r"otel_luna\.gone"):
         cli.main(["serve"])
 

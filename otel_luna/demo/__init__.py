@@ -9,6 +9,9 @@ load generator), :mod:`~otel_luna.demo._verify` (the series read back and checke
 from __future__ import annotations
 
 from otel_luna.demo._app import DEFAULT_FILE_NAME, EXAMPLE_APP
+from otel_luna.demo._command import add_command
+from otel_luna.demo._command import needs as command_needs
+from otel_luna.demo._command import run as run_command
 from otel_luna.demo._demo import DEFAULT_PNG_NAME, DemoResult, run_demo
 from otel_luna.demo._errors import DemoError
 from otel_luna.demo._load import DEFAULT_CONCURRENCY, DEFAULT_REQUESTS
@@ -21,5 +24,8 @@ __all__ = [
     "EXAMPLE_APP",
     "DemoError",
     "DemoResult",
+    "add_command",
+    "command_needs",
+    "run_command",
     "run_demo",
 ]

@@ -20,6 +20,9 @@ formats or charts that.
 
 from __future__ import annotations
 
+from otel_luna.report._command import add_command, positive_int
+from otel_luna.report._command import needs as command_needs
+from otel_luna.report._command import run as run_command
 from otel_luna.report._durations import parse_duration
 from otel_luna.report._errors import ChartError, ReportError
 from otel_luna.report._luna import luna_report, show
@@ -49,17 +52,21 @@ __all__ = [
     "ReportError",
     "Source",
     "Window",
+    "add_command",
     "as_source",
+    "command_needs",
     "influx_source",
     "influxql_identifier",
     "luna_report",
     "nearest_rank",
     "parse_duration",
     "ping",
+    "positive_int",
     "query_flux",
     "query_influxql",
     "read_points",
     "resolve_source",
+    "run_command",
     "run_influxql",
     "run_report",
     "show",
