@@ -4,8 +4,9 @@
         [--batch 5000] [--import-rounds 7] [--json]
 
 The question (should otel-luna talk to 2.x through ``influxdb-client``?) is answered with
-figures from one run against one real InfluxDB OSS 2.x (``influxd`` from ``tests/servers.py``,
-in a temporary directory, stopped by its PID at the end). Four things are measured or checked:
+figures from one run against one real InfluxDB OSS 2.x (``influxd`` from
+``tests/support/servers.py``, in a temporary directory, stopped by its PID at the end). Four
+things are measured or checked:
 
 **Write path.** Bodies of ``--batch`` (5000) line-protocol lines, ~90 % ``requests`` and ~10 %
 ``errors`` made by our ``LineProtocolEncoder`` from the realistic points of ``encoder.py``
@@ -610,8 +611,8 @@ def caught(call: Callable[[], Any]) -> dict[str, Any]:
 
 
 def error_probes(influx: Any) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from closedport import ClosedPort
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.closedport import ClosedPort
 
     line = f'requests,service=probe request_id="x",execution_time=0.1 {BASE_NS}\n'.encode()
     probes: dict[str, Any] = {}
@@ -783,8 +784,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-rounds", type=int, default=7, help="fresh interpreters (7)")
     parser.add_argument("--no-errors", action="store_true", help="skip the error probes")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb2
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb2
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="otel-luna-influxdb2-bench-") as tmp:

@@ -56,7 +56,7 @@ KINDS = (
 
 def body_of(kind: str, size: int) -> tuple[bytes, dict[str, str]]:
     """The hostile body of ``kind`` and its HTTP headers (besides the token)."""
-    from otlpwire import empties as _empties  # tests/, on the path from main()
+    from tests.support.otlpwire import empties as _empties  # tests.support, on the path from main()
 
     pb = {"Content-Type": "application/x-protobuf"}
     if kind == "http-resource-spans":
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
     parser.add_argument("--json", action="store_true", help="print JSON")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     reports = []
     with tempfile.TemporaryDirectory(prefix="otel-luna-decode-flood-") as tmp:
         for kind in options.kinds.split(","):

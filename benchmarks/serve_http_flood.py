@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="another checkout to measure in turn")
     parser.add_argument("--json", action="store_true", help="print JSON")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     repos = [REPO] + ([options.compare.resolve()] if options.compare else [])
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="otel-luna-http-flood-") as tmp:

@@ -4,8 +4,8 @@
         [--clients 2] [--threads 2] [--replicas 1] [--latency-seconds 10]
         [--spool disk|memory] [--no-py-spy] [--json]
 
-Setup: a real InfluxDB 1.x (``influxd`` from ``tests/servers.py``, a temporary directory) and
-``otel-luna serve`` as a child process on free ports, writing to it with the 1.x ``/write`` API
+Setup: a real InfluxDB 1.x (``influxd`` from ``tests/support/servers.py``, a temporary directory)
+and ``otel-luna serve`` as a child process on free ports, writing to it with the 1.x ``/write`` API
 and the product's defaults otherwise (disk spool, batches of 5000 lines, 1 s flush interval).
 
 Requests: ``--templates`` (8) OTLP ``ExportTraceServiceRequest``s of ``--n`` (512) SERVER spans
@@ -353,7 +353,7 @@ class Serve:
         self, state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO
     ) -> None:
         """``repo``: the checkout whose ``otel_luna`` runs (another one to compare commits)."""
-        from servers import _set_parent_death_signal
+        from tests.support.servers import _set_parent_death_signal
 
         state.mkdir(parents=True, exist_ok=True)
         self.dead_letter = state / "dead-letter.jsonl"
@@ -876,8 +876,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-py-spy", action="store_true", help="skip the profiled round")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb1
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb1
 
     with tempfile.TemporaryDirectory(prefix="otel-luna-serve-bench-") as tmp:
         root = Path(tmp)

@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         "--connect-seconds", type=float, default=8.0, help="time given to clients to connect"
     )
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb1
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb1
 
     with tempfile.TemporaryDirectory(prefix="otel-luna-serve-workers-") as tmp:
         root = Path(tmp)

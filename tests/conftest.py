@@ -11,19 +11,15 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from exporterapp import App  # noqa: E402
-from servers import (  # noqa: E402
+from tests.support.exporterapp import App
+from tests.support.limits import FULL_DISK_BYTES, SMALL_BODY_BYTES
+from tests.support.servers import (
     InfluxDB1,
     InfluxDB2,
     ServerError,
@@ -34,9 +30,6 @@ from servers import (  # noqa: E402
 )
 
 _Server = TypeVar("_Server", InfluxDB1, InfluxDB2, VictoriaMetrics)
-
-#: ``max-body-size`` of the ``influxdb1_small_body`` server.
-SMALL_BODY_BYTES = 4096
 
 
 def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _Server:
@@ -124,10 +117,6 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victo
 def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test (and the apps it starts) spools and dead-letters under its own directory."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-
-
-#: Size of the small filesystem the full-disk tests spool to.
-FULL_DISK_BYTES = 256 * 1024
 
 
 @pytest.fixture(scope="session")
