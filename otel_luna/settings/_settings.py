@@ -421,7 +421,7 @@ class Settings:
     sink: str | None = setting(
         None,
         _text,
-        "the name of an entry point in group otel_luna.sinks._base",
+        "the name of an entry point in group otel_luna.sinks",
         group=DESTINATION,
         doc="the sink that delivers the points (default: chosen by the endpoint)",
     )
@@ -757,7 +757,7 @@ class Settings:
 
     @property
     def sink_name(self) -> str:
-        """Entry point in ``otel_luna.sinks._base`` that delivers the points."""
+        """Entry point in ``otel_luna.sinks`` that delivers the points."""
         if self.sink:
             return self.sink
         if self.endpoint == "console":

@@ -2,7 +2,7 @@
 
 A sink is any object with ``write(body: bytes) -> None`` (raising :class:`SinkError` when the
 destination did not take the body) and ``close() -> None``. Sinks are found by name in the
-entry-point group ``otel_luna.sinks._base``; each entry point is a callable taking the
+entry-point group ``otel_luna.sinks``; each entry point is a callable taking the
 :class:`~otel_luna.settings.Settings`. Third-party packages add destinations the same way. The
 entry point may declare settings of its own in a ``settings`` attribute, a tuple of
 :class:`~otel_luna.settings.Setting` (see :func:`sink_settings`).
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from otel_luna.settings._settings import Setting, Settings
 
 #: Entry-point group of sink factories.
-SINK_GROUP = "otel_luna.sinks._base"
+SINK_GROUP = "otel_luna.sinks"
 
 
 class Sink(Protocol):
