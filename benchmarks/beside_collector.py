@@ -80,12 +80,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, environment, summary, table
+from _common import CpuSampler, arguments, cpu_seconds, dump, environment, summary, table
 from serve_throughput import (
     Requests,
     Serve,
-    _cpu_seconds,
-    _machine_busy_seconds,
     _run_clients,
     influx_env,
     make_templates,
@@ -626,9 +624,7 @@ class Pipeline:
 
     def cpu(self) -> dict[str, list[float]]:
         """CPU seconds so far of each process per role, and of the whole machine."""
-        out = {role: [_cpu_seconds(pid) for pid in pids] for role, pids in self.pids.items()}
-        out["machine"] = [_machine_busy_seconds()]
-        return out
+        return CpuSampler(lambda: self.pids).per_process()
 
     def stop(self) -> None:
         try:
@@ -694,7 +690,7 @@ class Bench:
         gate = store.points_written if kind == "collector" else store.requests_points
         landed_at, cpu1, _ = _wait(gate, spans, options.stall_seconds, pipeline.cpu)
         flush = _wait_flushed(store)
-        flush["influxd_cpu_seconds"] = round(_cpu_seconds(store.pid) - cpu1["influxd"][0], 3)
+        flush["influxd_cpu_seconds"] = round(cpu_seconds(store.pid) - cpu1["influxd"][0], 3)
         points = store.points()
         landed = points.get("spans" if kind == "collector" else "requests", 0)
         errors: dict[str, int] = {}

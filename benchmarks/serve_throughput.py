@@ -70,7 +70,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, environment, summary, table
+from _common import CpuSampler, arguments, dump, environment, summary, table
 
 TARGET = 100_000  # spans/s, issue 5
 REPO = Path(__file__).resolve().parent.parent
@@ -330,21 +330,6 @@ def _run_clients(
 # -- the processes under test ---------------------------------------------------------------
 
 
-def _machine_busy_seconds() -> float:
-    """CPU seconds every process on the machine used so far (all CPUs), from /proc/stat."""
-    with open("/proc/stat") as file:
-        fields = [int(x) for x in file.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]  # steal is not ours
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Serve:
     """``otel-luna serve --grpc-port 0 --http-port 0 [--workers N]`` with ``env`` (where it
     writes and how) on top of a state directory of its own; its log a file."""
@@ -406,14 +391,6 @@ class Serve:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
-
-    def cpu_seconds(self) -> float:
-        """CPU of the serve process and, with workers, of each of them."""
-        total = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError):  # a worker that was restarted
-                total += _cpu_seconds(pid)
-        return total
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -533,12 +510,9 @@ class Bench:
             if spy_output is not None:
                 spy = _start_py_spy(serves[0].pid, spy_output, options.connect_seconds, options)
 
-            def cpu() -> dict[str, float]:
-                return {
-                    "serve": sum(_cpu_seconds(serve.pid) for serve in serves),
-                    "influxd": _cpu_seconds(self.influx.pid),
-                    "machine": _machine_busy_seconds(),
-                }
+            cpu = CpuSampler(
+                lambda: {"serve": [serve.pid for serve in serves], "influxd": [self.influx.pid]}
+            ).totals
 
             cpu0: dict[str, float] = {}
             results = _run_clients(

@@ -38,14 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, summary, table
+from _common import CpuSampler, arguments, dump, summary, table
 from serve_throughput import (
     REPO,
     STORE_TIMEOUT,
     Serve,
-    _cpu_seconds,
     _environment,
-    _machine_busy_seconds,
     _run_clients,
     _sender,
     _stored,
@@ -137,12 +135,7 @@ class Bench:
             ]
             cpu0: dict[str, float] = {}
 
-            def cpu() -> dict[str, float]:
-                return {
-                    "serve": serve.cpu_seconds(),
-                    "influxd": _cpu_seconds(self.influx.pid),
-                    "machine": _machine_busy_seconds(),
-                }
+            cpu = CpuSampler(lambda: {"serve": serve.pids, "influxd": [self.influx.pid]}).totals
 
             results = _run_clients(
                 _sender, jobs, options.connect_seconds, at_start=lambda: cpu0.update(cpu())

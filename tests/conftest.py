@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.support.exporterapp import App
+from tests.support.httpstub import HttpStub
 from tests.support.limits import FULL_DISK_BYTES, SMALL_BODY_BYTES
 from tests.support.servers import (
     InfluxDB1,
@@ -30,6 +31,37 @@ from tests.support.servers import (
 )
 
 _Server = TypeVar("_Server", InfluxDB1, InfluxDB2, VictoriaMetrics)
+
+#: The layers (markers registered in pyproject.toml) a test is in because of a fixture it uses.
+FIXTURE_LAYERS = {
+    "influxdb1": "influxdb",
+    "influxdb1_auth": "influxdb",
+    "influxdb1_small_body": "influxdb",
+    "influxdb1_database": "influxdb",
+    "influxdb2": "influxdb",
+    "influxdb2_bucket": "influxdb",
+    "victoria_metrics": "influxdb",
+    "own_influxdb1": "influxdb",
+    "full_disk": "root",
+}
+
+#: Every layer but ``unit``: a test in none of them is a unit test.
+LAYERS = ("influxdb", "node", "root", "e2e", "slow")
+
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Assign the layers in one place: from the fixtures a test uses, from ``tests/e2e/``, and
+    from the ``pytestmark`` of its module (or a mark of its own); ``unit`` for the rest."""
+    for item in items:
+        layers = {FIXTURE_LAYERS[name] for name in item.fixturenames if name in FIXTURE_LAYERS}
+        if _TESTS / "e2e" in item.path.parents:
+            layers.add("e2e")
+        for layer in sorted(layers):
+            item.add_marker(layer)
+        if not any(item.get_closest_marker(layer) for layer in LAYERS):
+            item.add_marker("unit")
 
 
 def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _Server:
@@ -164,6 +196,21 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def http_stub() -> Iterator[Callable[..., HttpStub]]:
+    """Starts hand-written HTTP servers (``httpstub.HttpStub(handler, ...)``) for one test;
+    stopped after it."""
+    stubs: list[HttpStub] = []
+
+    def start(handler: type[Any], **options: Any) -> HttpStub:
+        stubs.append(HttpStub(handler, **options))
+        return stubs[-1]
+
+    yield start
+    for stub in stubs:
+        stub.stop()
 
 
 @pytest.fixture

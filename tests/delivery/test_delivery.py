@@ -10,9 +10,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -27,6 +25,7 @@ from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.testing import InMemorySink
 from tests.delivery.test_spool import DiskFaults
 from tests.support.servers import InfluxDB1
+from tests.support.waiting import wait_until
 
 
 class FlakySink(InMemorySink):
@@ -247,17 +246,6 @@ def test_retry_after_is_honoured() -> None:
     batch.shutdown(10)
 
 
-def wait_until(probe: Callable[[], Any], key: str | None = None, timeout: float = 10) -> Any:
-    """Poll ``probe()`` until it is truthy (or holds ``key``); its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        done = value and (key is None or key in value)
-        if done or time.monotonic() > deadline:
-            return value
-        time.sleep(0.01)
-
-
 class ScriptedSink(InMemorySink):
     """Raises ``next(script)`` (a SinkError or None) on each write; None writes the body."""
 
@@ -313,7 +301,9 @@ def test_blocked_state_is_in_the_stats_status_shows(tmp_path: Path) -> None:
     batch.submit(["m x=1i"])
     assert batch.force_flush(0.3) is False
     # the worker writes the stats after each attempt
-    entry = wait_until(lambda: next(iter(status_entries(str(tmp_path / "spool"))), {}), "blocked")
+    entry = wait_until(
+        lambda: next(iter(status_entries(str(tmp_path / "spool"))), {}), lambda e: "blocked" in e
+    )
     blocked = entry["blocked"]
     assert isinstance(blocked, dict) and "authorization failed" in blocked["reason"]
     assert started <= blocked["since"] <= time.time()
@@ -629,7 +619,9 @@ def test_status_says_points_are_held_in_memory_while_the_disk_refuses(
     try:
         assert batch.force_flush(0.2) is False  # the worker writes the stats after the attempt
         root = str(tmp_path / "spool")
-        entry = wait_until(lambda: next(iter(status_entries(root)), {}), "memory_fallback")
+        entry = wait_until(
+            lambda: next(iter(status_entries(root)), {}), lambda e: "memory_fallback" in e
+        )
         fallback = entry["memory_fallback"]
         assert fallback["pending_lines"] == 3 and "No space left" in fallback["reason"]
         assert started <= fallback["since"] <= time.time()
@@ -666,7 +658,10 @@ def test_extra_counts_go_to_the_stats_only(tmp_path: Path, failure: type[Excepti
     )
     batch.submit(["m x=1i"])
     assert batch.force_flush(10)
-    counts = wait_until(lambda: next(iter(status_entries(str(root))), {}).get("counts"), "written")
+    counts = wait_until(
+        lambda: next(iter(status_entries(str(root))), {}).get("counts"),
+        lambda c: bool(c) and "written" in c,
+    )
     if failure is None:
         assert counts["invalid_utf8"] == 2 and counts["written"] == 1 + 5  # summed
     else:

@@ -24,9 +24,9 @@ from otel_luna.sinks import connection_trouble
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.sinks._pingcentre import PingCentreSink
 from tests.support.closedport import ClosedPort
-from tests.support.exporterapp import wait_until
 from tests.support.faultproxy import PASS, FaultProxy, status
 from tests.support.servers import InfluxDB1, unique_name
+from tests.support.waiting import wait_until
 
 LINES = [f"trouble,k=v x={index}i {1_700_000_000_000_000_000 + index}" for index in range(7)]
 FLUSH_TIMEOUT = 30.0

@@ -40,7 +40,6 @@ from otel_luna.delivery._spool import MemorySpool
 from otel_luna.delivery._writer import BACKOFF_MAX, BatchWriter, DeadLetters
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from tests.support.faultproxy import PASS, RESET, FaultProxy, slow, status, throttle
-from tests.support.servehelpers import wait_until
 from tests.support.servers import (
     InfluxDB1,
     ServerProcess,
@@ -48,6 +47,7 @@ from tests.support.servers import (
     http_request,
     start_influxdb1,
 )
+from tests.support.waiting import wait_until
 
 #: How long InfluxDB is down in the outage test.
 OUTAGE_SECONDS = 30.0

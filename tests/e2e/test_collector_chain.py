@@ -27,15 +27,9 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from tests.support.otelcol import QUEUE_DIRECTORY, Collector, load_config, localize
-from tests.support.servehelpers import (
-    Serve,
-    run_node_app,
-    serve_env,
-    server_spans,
-    stored_ids,
-    wait_until,
-)
+from tests.support.servehelpers import Serve, run_node_app, serve_env, server_spans, stored_ids
 from tests.support.servers import HOST, InfluxDB1, InfluxDB2, free_port
+from tests.support.waiting import wait_until
 
 #: How long the chain may take to bring every point into InfluxDB (Collector batches of 1 s,
 #: retries from 1 s up, serve's flush interval of 0.2 s).

@@ -46,14 +46,9 @@ from tests.e2e.test_collector_chain import (
     what_the_collector_did,
 )
 from tests.support.otelcol import Collector, load_config
-from tests.support.servehelpers import (
-    grpc_call,
-    server_spans,
-    stored_ids,
-    trace_request,
-    wait_until,
-)
+from tests.support.servehelpers import grpc_call, server_spans, stored_ids, trace_request
 from tests.support.servers import HOST, InfluxDB1, free_port
+from tests.support.waiting import wait_until
 
 CONFIG = "gateway-loadbalancing.yaml"
 #: Spans sent to the gateway while both replicas refuse.

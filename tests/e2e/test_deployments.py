@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import requests
 from otel_luna.delivery._spool import describe
 from tests.support.closedport import ClosedPort
 from tests.support.servers import InfluxDB1
+from tests.support.waiting import wait_until
 
 APPS = Path(__file__).parent.parent / "apps"
 VENV_BIN = Path(sys.executable).parent
@@ -187,14 +188,6 @@ def face_detector_usages(influxdb1: InfluxDB1, database: str) -> int:
 def dead_letters(tmp_path: Path) -> str:
     path = tmp_path / "dead-letter.jsonl"
     return path.read_text() if path.exists() else ""
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 # --------------------------------------------------------------------------- uvicorn
@@ -375,7 +368,9 @@ def test_rollout_with_database_down_keeps_points_for_the_next_pod(
             post_work(url, ids)
             old_pod.signal(signal.SIGTERM)
             # REQUESTS requests points and one usages_statistic point.
-            wait_until(lambda: spooled_lines(spool_dir) >= REQUESTS + 1, 60, "the spool")
+            wait_until(
+                lambda: spooled_lines(spool_dir) >= REQUESTS + 1, timeout=60, what="the spool"
+            )
             assert old_pod.process.poll() is None, old_pod.output  # still retrying delivery
             old_pod.process.kill()  # the grace time is over
             assert old_pod.wait() == -signal.SIGKILL
@@ -387,8 +382,8 @@ def test_rollout_with_database_down_keeps_points_for_the_next_pod(
             new_pod.wait_for(UVICORN_RUNNING)
             wait_until(
                 lambda: len(request_ids(influxdb1, influxdb1_database)) >= REQUESTS,
-                60,
-                "the next pod to deliver the spool",
+                timeout=60,
+                what="the next pod to deliver the spool",
             )
             new_pod.signal(signal.SIGTERM)
             assert new_pod.wait() == -signal.SIGTERM, new_pod.output

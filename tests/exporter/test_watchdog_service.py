@@ -17,6 +17,7 @@ import requests
 from tests.exporter.test_watchdog import DOCUMENTED
 from tests.support.apprunner import instrumented_app
 from tests.support.pingcentre_stub import PingCentre
+from tests.support.waiting import wait_until
 
 SERVICE = Path(__file__).resolve().parent.parent.parent / "examples" / "watchdog_service.py"
 #: Seconds Ping Centre answers 503 while the service keeps working.
@@ -85,11 +86,7 @@ def status(base_url: str) -> dict[str, int]:
 
 
 def wait_for(what: str, condition: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    wait_until(condition, timeout=timeout, what=what)
 
 
 def by_event(pings: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:

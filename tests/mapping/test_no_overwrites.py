@@ -30,9 +30,9 @@ from tests.support.servehelpers import (
     serve_env,
     stored_ids,
     trace_request,
-    wait_until,
 )
 from tests.support.servers import InfluxDB1
+from tests.support.waiting import wait_until
 
 BURST = 1000
 #: A nanosecond time that identical starts share (explicit start times, a µs float clock).

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from otel_luna.report import _common as common
 from otel_luna.report import _luna as luna
 from otel_luna.schema._point import Point
 from otel_luna.settings import Settings
+from tests.support.httpstub import HttpStub
 from tests.support.servers import InfluxDB1, InfluxDB2
 
 SECOND = 1_000_000_000
@@ -873,16 +873,9 @@ class QuietFileServer(http.server.SimpleHTTPRequestHandler):
 def test_an_html_error_page_is_cut_to_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     """A wrong endpoint (``python -m http.server`` answers a POST with a 501 HTML page): one
     short line on standard error, not the page."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), QuietFileServer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
+    with HttpStub(QuietFileServer) as server:
+        url = server.url
         assert cli.main(["report", "luna", "--endpoint", url]) == cli.EXIT_FAILED
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and len(err) < 300 and "<" not in err
     assert err.startswith(f"otel-luna report: InfluxDB at {url} answered HTTP 501: Error response")

@@ -33,6 +33,7 @@ from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from tests.exporter.test_watchdog_service import SERVICE, submit, wait_for
 from tests.support.apprunner import instrumented_app
+from tests.support.httpstub import HttpStub
 from tests.support.servers import InfluxDB1
 
 ITEMS = 60
@@ -108,14 +109,11 @@ class OtlpTee:
                 self.end_headers()
 
         self.lock = threading.Lock()
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1/traces"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._stub = HttpStub(Handler)
+        self.url = f"{self._stub.url}/v1/traces"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._stub.stop()
 
 
 @pytest.fixture(scope="module")

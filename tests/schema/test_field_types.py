@@ -50,9 +50,9 @@ from tests.support.servehelpers import (
     server_spans,
     stored_ids,
     trace_request,
-    wait_until,
 )
 from tests.support.servers import InfluxDB1
+from tests.support.waiting import wait_until
 
 T0 = 1_700_000_000_123_456_789
 WEEK_NS = 7 * 86400 * 10**9

@@ -55,9 +55,9 @@ from tests.support.servehelpers import (
     server_spans,
     stored_ids,
     trace_request,
-    wait_until,
 )
 from tests.support.servers import InfluxDB1, ServerProcess, http_request, start_influxdb1
+from tests.support.waiting import wait_until
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 JSON = {"Content-Type": "application/json"}

@@ -44,7 +44,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from otel_luna.serve._inflate import zstd
 from tests.support.closedport import ClosedPort
-from tests.support.servehelpers import LOGS_EXPORT, RPC_TIMEOUT, TRACE_EXPORT, Serve, wait_until
+from tests.support.servehelpers import LOGS_EXPORT, RPC_TIMEOUT, TRACE_EXPORT, Serve
+from tests.support.waiting import wait_until
 
 CASES = Path(__file__).parent.parent / "otlp_cases"
 PROTOBUF = "application/x-protobuf"

@@ -19,7 +19,8 @@ import grpc
 import pytest
 import requests
 
-from tests.support.servehelpers import Serve, grpc_call, server_spans, trace_request, wait_until
+from tests.support.servehelpers import Serve, grpc_call, server_spans, trace_request
+from tests.support.waiting import wait_until
 
 HTTP_TIMEOUT = 10.0
 #: The serve child's open-file limit in the flood tests, and connections beyond it.

@@ -22,15 +22,9 @@ from otel_luna.outcomes import Outcome, Reason
 from otel_luna.serve._health import HealthServer
 from otel_luna.settings import SettingsError, env_name
 from tests.support.closedport import ClosedPort
-from tests.support.servehelpers import (
-    Serve,
-    serve_env,
-    server_spans,
-    stored_ids,
-    trace_request,
-    wait_until,
-)
+from tests.support.servehelpers import Serve, serve_env, server_spans, stored_ids, trace_request
 from tests.support.servers import InfluxDB1, unique_name
+from tests.support.waiting import wait_until
 
 HTTP_TIMEOUT = 10.0
 #: Seconds for a state to show: the writer's backoff is at most 5 s, the stats follow each round.

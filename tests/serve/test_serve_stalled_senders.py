@@ -22,7 +22,8 @@ from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 from tests.serve.test_serve_http import PB, Running, good_body, head, recv_answer
-from tests.support.servehelpers import TRACE_EXPORT, wait_until
+from tests.support.servehelpers import TRACE_EXPORT
+from tests.support.waiting import wait_until
 
 TOKEN = "s3cr3t"
 #: Calls admitted at once (SERVE_MAX_CONNECTIONS) in these tests; more stalled calls than that.

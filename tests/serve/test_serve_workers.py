@@ -40,9 +40,9 @@ from tests.support.servehelpers import (
     server_spans,
     stored_ids,
     trace_request,
-    wait_until,
 )
 from tests.support.servers import InfluxDB1
+from tests.support.waiting import wait_until
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 #: Deadline for one request to be acknowledged, retries included.

@@ -21,10 +21,11 @@ from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.sinks._pingcentre import PingCentreSink
-from tests.support.exporterapp import DELIVERY_TIMEOUT, App, wait_until
+from tests.support.exporterapp import DELIVERY_TIMEOUT, App
 from tests.support.limits import SMALL_BODY_BYTES
 from tests.support.pingcentre_stub import PingCentre
 from tests.support.servers import InfluxDB1, unique_name
+from tests.support.waiting import wait_until
 
 #: The database appears this long after the exporter started (the issue's scenario).
 DATABASE_LATE = 8.0

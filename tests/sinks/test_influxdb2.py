@@ -22,8 +22,9 @@ from otel_luna.delivery._spool import MemorySpool
 from otel_luna.delivery._writer import BatchWriter, DeadLetters
 from otel_luna.settings import Settings
 from otel_luna.sinks._influx_v2 import InfluxV2Sink
-from tests.support.exporterapp import DELIVERY_TIMEOUT, App, wait_until
+from tests.support.exporterapp import DELIVERY_TIMEOUT, App
 from tests.support.servers import InfluxDB2, unique_name
+from tests.support.waiting import wait_until
 
 POINTS = 300
 

@@ -11,9 +11,8 @@ import base64
 import http.server
 import json
 import logging
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +27,7 @@ from otel_luna.sinks import SinkError
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.sinks._influx_v2 import InfluxV2Sink
 from otel_luna.testing import InMemorySink
+from tests.support.httpstub import HttpStub
 
 PASSWORD = "s3cr3t-PASS-42"
 TOKEN = "tok-9f8e7d6c5b4a"
@@ -59,13 +59,9 @@ class Echo(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def echo() -> Iterator[str]:
+def echo(http_stub: Callable[..., HttpStub]) -> str:
     Echo.status = 400
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    return http_stub(Echo).url
 
 
 def assert_clean(text: str) -> None:
@@ -221,12 +217,8 @@ class EchoForm(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def echo_form() -> Iterator[str]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EchoForm)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+def echo_form(http_stub: Callable[..., HttpStub]) -> str:
+    return http_stub(EchoForm).url
 
 
 _PAIR = f"luna:{ECHO_PASSWORD}".encode()

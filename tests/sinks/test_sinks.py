@@ -13,8 +13,7 @@ import http.server
 import json
 import ssl
 import subprocess
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, urlsplit
@@ -27,6 +26,7 @@ from otel_luna.sinks._console import ConsoleSink
 from otel_luna.sinks._file import FileSink
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
 from otel_luna.sinks._influx_v2 import InfluxV2Sink
+from tests.support.httpstub import HttpStub
 
 
 class Recorder(http.server.BaseHTTPRequestHandler):
@@ -49,14 +49,9 @@ class Recorder(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def stub() -> Iterator[str]:
+def stub(http_stub: Callable[..., HttpStub]) -> str:
     Recorder.requests, Recorder.status, Recorder.body = [], 204, b""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
-    server.server_close()
+    return http_stub(Recorder).url
 
 
 def test_v1_write_request(stub: str) -> None:
@@ -159,19 +154,15 @@ def test_v2_status_classification(status: int, message: str, failure: Failure) -
 
     A fake server stands in for InfluxDB 2.x: none can be had here."""
     V2Recorder.status, V2Recorder.message = status, message
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), V2Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = HttpStub(V2Recorder)
     try:
-        settings = Settings.load(
-            {}, endpoint=f"http://127.0.0.1:{server.server_port}", org="o", token="tok-SECRET"
-        )
+        settings = Settings.load({}, endpoint=server.url, org="o", token="tok-SECRET")
         sink = InfluxV2Sink(settings)
         with pytest.raises(SinkError) as caught:
             sink.write(b"m x=1i 1\n")
         sink.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     assert caught.value.failure is failure
     assert caught.value.status == status
     assert message in str(caught.value)
@@ -202,20 +193,21 @@ def test_certificate_error_blocks_the_destination(tmp_path: Path) -> None:
         check=True,
         capture_output=True,
     )
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def tls(server: Any) -> None:
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+
+    server = HttpStub(Recorder, setup=tls, scheme="https")
     try:
-        endpoint = f"https://127.0.0.1:{server.server_port}"
+        endpoint = server.url
         sink = InfluxV1Sink(Settings.load({}, endpoint=endpoint, timeout=5))
         with pytest.raises(SinkError) as caught:
             sink.write(b"m x=1i 1\n")
         sink.close()
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop()
     assert caught.value.failure is Failure.BLOCKED
     assert "SSLError" in str(caught.value)
 

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +18,6 @@ from otel_luna.settings import Settings
 
 #: How long a test waits for the points of an app to be delivered.
 DELIVERY_TIMEOUT = 60.0
-
-
-def wait_until(probe: Callable[[], Any], timeout: float = DELIVERY_TIMEOUT) -> Any:
-    """Poll ``probe()`` until it is truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not (value := probe()):
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-    return value
 
 
 class App:

@@ -10,6 +10,8 @@ import json
 import threading
 from typing import Any
 
+from tests.support.httpstub import HttpStub
+
 
 class PingCentre:
     def __init__(self) -> None:
@@ -51,12 +53,9 @@ class PingCentre:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v3/links/ping-centre"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self._stub = HttpStub(Handler)
+        self.server = self._stub.server
+        self.url = f"{self._stub.url}/v3/links/ping-centre"
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._stub.stop()

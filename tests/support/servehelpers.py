@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -59,20 +59,6 @@ _WITH_LIMIT = (
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")
 #: Printed before the OTLP lines when ``--health-port`` is given.
 _HEALTH_LINE = re.compile(r"^otel-luna serve: health and metrics on (\S+):(\d+)$")
-
-
-def wait_until(
-    probe: Callable[[], _T], done: Callable[[_T], bool], timeout: float, what: str
-) -> _T:
-    """Call ``probe`` until ``done(value)``; return the value. Fail with the last one."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not done after {timeout:.0f} s; last value: {value!r}")
-        time.sleep(0.05)
 
 
 def serve_env(influx_url: str, database: str, **extra: str) -> dict[str, str]:
