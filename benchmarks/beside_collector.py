@@ -603,10 +603,10 @@ class Pipeline:
             for index in range({"serve": 1, "collector": 0, "lb+2serve": 2}[kind]):
                 self.serves.append(Serve(root / f"serve{index}", store.serve_env()))
             if kind == "serve":
-                self.target = self.serves[0].target
+                self.target = self.serves[0].grpc_target
                 return
             ports = {"grpc": f"{HOST}:{free_port()}", "http": f"{HOST}:{free_port()}"}
-            ports.update({f"replica{i}": serve.target for i, serve in enumerate(self.serves)})
+            ports.update({f"replica{i}": serve.grpc_target for i, serve in enumerate(self.serves)})
             config = _collector_config(kind, store, ports, root)
             self.collector = Collector(config, root / "otelcol", name="otelcol")
             self.target = ports["grpc"]
@@ -633,7 +633,7 @@ class Pipeline:
             for serve in self.serves:
                 code = serve.stop()
                 if code != 0:
-                    print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+                    print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
                 if serve.dead_letter.exists() and serve.dead_letter.stat().st_size:
                     print(f"warning: dead letters in {serve.dead_letter}", file=sys.stderr)
         finally:

@@ -89,10 +89,10 @@ def _good_body() -> bytes:
 
 
 def _http_port(serve: Serve) -> int:
-    for line in serve.output().splitlines():
+    for line in serve.output.splitlines():
         if line.startswith("otel-luna serve: OTLP/HTTP on "):
             return int(line.rsplit(":", 1)[1])
-    raise RuntimeError(f"no HTTP port in serve's output:\n{serve.output()}")
+    raise RuntimeError(f"no HTTP port in serve's output:\n{serve.output}")
 
 
 def flood(kind: str, options: Any, root: Path) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def flood(kind: str, options: Any, root: Path) -> dict[str, Any]:
         except requests.RequestException as error:
             return type(error).__name__
 
-    channel = grpc.insecure_channel(serve.target)
+    channel = grpc.insecure_channel(serve.grpc_target)
     call = channel.unary_unary(TRACE_EXPORT, request_serializer=None)
 
     def send_grpc(_: int) -> str:

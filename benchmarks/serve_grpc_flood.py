@@ -79,7 +79,7 @@ def flood(options: Any, root: Path) -> dict[str, Any]:
 
     body = _body(options.mib)
     serve = Serve(root, serve_env(root))
-    target = serve.target
+    target = serve.grpc_target
     peak = {"VmRSS": 0.0}
     done = threading.Event()
 

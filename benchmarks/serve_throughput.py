@@ -57,7 +57,6 @@ import collections
 import contextlib
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -84,9 +83,6 @@ _GRID_NS = 1000  # template spans start 1 µs apart
 
 
 # -- requests -------------------------------------------------------------------------------
-
-
-_WORKERS_LINE = re.compile(r"^otel-luna serve: \d+ workers \(pids ([\d, ]+)\)$", re.M)
 
 
 def make_templates(count: int, spans: int, seed: int) -> list[tuple[bytes, list[tuple[int, ...]]]]:
@@ -330,82 +326,47 @@ def _run_clients(
 # -- the processes under test ---------------------------------------------------------------
 
 
-class Serve:
-    """``otel-luna serve --grpc-port 0 --http-port 0 [--workers N]`` with ``env`` (where it
-    writes and how) on top of a state directory of its own; its log a file."""
+def Serve(state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO) -> Any:
+    """``otel-luna serve --grpc-port 0 --http-port 0 --workers N`` with ``env`` (where it writes
+    and how) on top of a state directory of its own: the tests' :class:`Serve`
+    (``tests/support/servehelpers.py``) running ``repo``'s code (another checkout to compare
+    commits), with none of this process's ``OTEL_EXPORTER_LUNA_*``, SIGTERMed if this process
+    dies. Its ``dead_letter`` is the dead-letter file; ``stop()`` gives the exit status, also
+    when serve had to be killed."""
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support import servehelpers
+    from tests.support.waiting import wait_until
 
-    def __init__(
-        self, state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO
-    ) -> None:
-        """``repo``: the checkout whose ``otel_luna`` runs (another one to compare commits)."""
-        from tests.support.servers import _set_parent_death_signal
-
-        state.mkdir(parents=True, exist_ok=True)
-        self.dead_letter = state / "dead-letter.jsonl"
-        full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
-        full.update(
-            {
-                "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
-                "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(self.dead_letter),
-                "XDG_STATE_HOME": str(state),
-                **env,
-            }
-        )
-        argv = [sys.executable, "-m", "otel_luna", "serve", "--grpc-port", "0"]
-        argv += ["--http-port", "0", "--workers", str(workers)]
-        self.log = state / "serve.log"
-        with open(self.log, "wb") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                env=full,
-                cwd=repo,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_set_parent_death_signal,
-            )
-        self.grpc_port = self.http_port = 0
-        self.pids = [self.popen.pid]  # the supervisor, then its workers
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            text = self.log.read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("otel-luna serve: OTLP/gRPC on "):
-                    self.grpc_port = int(line.rsplit(":", 1)[1])
-                if line.startswith("otel-luna serve: OTLP/HTTP on "):
-                    self.http_port = int(line.rsplit(":", 1)[1])
-            match = _WORKERS_LINE.search(text)
-            if match:
-                self.pids += [int(pid) for pid in match[1].split(", ")]
-            if self.grpc_port and self.http_port and (workers == 1 or match):
-                break
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"otel-luna serve did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int | None:
-        """SIGTERM (the graceful drain; a supervisor forwards it) by PID, then SIGKILL if it
-        does not end."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+    class BenchServe(servehelpers.Serve):
+        def stop(self) -> int:  # type: ignore[override]
             try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT)
-        return self.popen.returncode
+                return super().stop()
+            except AssertionError:  # killed after STOP_TIMEOUT
+                return self.popen.returncode
+
+    state.mkdir(parents=True, exist_ok=True)
+    dead_letter = state / "dead-letter.jsonl"
+    full = {
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
+        "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(dead_letter),
+        "XDG_STATE_HOME": str(state),
+        **env,
+    }
+    try:
+        serve = BenchServe(
+            full,
+            *("--workers", str(workers)),
+            repo=repo,
+            clean_env=True,
+            die_with_parent=True,
+            stop_timeout=STOP_TIMEOUT,
+        )
+    except AssertionError as error:
+        raise RuntimeError(str(error)) from None
+    serve.dead_letter = dead_letter
+    if workers > 1:  # its workers' pids: printed after the ports
+        wait_until(lambda: serve.pids[1:], timeout=START_TIMEOUT, what="serve's workers line")
+    return serve
 
 
 def influx_env(url: str, database: str, spool: str = "disk") -> dict[str, str]:
@@ -479,7 +440,7 @@ class Bench:
     def _finish(self, serve: Serve) -> None:
         code = serve.stop()
         if code != 0:
-            print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+            print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
         if serve.dead_letter.exists() and serve.dead_letter.stat().st_size:
             print(f"warning: dead letters in {serve.dead_letter}", file=sys.stderr)
 
@@ -499,7 +460,7 @@ class Bench:
                 {
                     "templates": self.templates,
                     "spans": options.n,
-                    "target": serves[index % replicas].target,
+                    "target": serves[index % replicas].grpc_target,
                     "processes": clients,
                     "threads": options.threads,
                     "index": index,
@@ -577,7 +538,7 @@ class Bench:
             job = {
                 "templates": self.templates,
                 "spans": options.n,
-                "target": serve.target,
+                "target": serve.grpc_target,
                 "interval": interval,
                 "calls": calls,
             }

@@ -124,7 +124,7 @@ class Bench:
                 {
                     "templates": self.templates,
                     "spans": options.n,
-                    "target": serve.target,
+                    "target": serve.grpc_target,
                     "processes": clients,
                     "threads": options.threads,
                     "index": index,
@@ -148,7 +148,7 @@ class Bench:
         finally:
             code = serve.stop()
             if code != 0:
-                print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+                print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
         errors: collections.Counter[str] = collections.Counter()
         for r in results:
             errors.update({k: v for k, v in r.items() if k.startswith("error_")})

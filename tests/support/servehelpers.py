@@ -56,6 +56,14 @@ _WITH_LIMIT = (
     "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
     "os.execv(sys.argv[3], sys.argv[3:])"
 )
+#: ``python -c`` that has the kernel SIGTERM it when the process that started it dies (kept
+#: across ``execv``), then becomes the command in argv[1:].
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys; "
+    "ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0); "  # 1: PR_SET_PDEATHSIG
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+_WORKERS_LINE = re.compile(r"^otel-luna serve: \d+ workers \(pids ([\d, ]+)\)$", re.M)
 _PORT_LINE = re.compile(r"^otel-luna serve: OTLP/(gRPC|HTTP) on (\S+):(\d+)$")
 #: Printed before the OTLP lines when ``--health-port`` is given.
 _HEALTH_LINE = re.compile(r"^otel-luna serve: health and metrics on (\S+):(\d+)$")
@@ -78,18 +86,42 @@ class Serve:
     ``env`` is added to the test's environment (so the per-test ``XDG_STATE_HOME`` holds its
     spool). Use as a context manager: leaving the block stops it with SIGTERM and, unless the
     block raised, asserts exit status 0.
+
+    For the benchmarks (``benchmarks/serve_throughput.py``): ``repo`` runs ``python -m
+    otel_luna`` in that checkout (another commit's code); ``clean_env`` leaves out the
+    ``OTEL_EXPORTER_LUNA_*`` variables of this process; ``die_with_parent`` has the kernel
+    SIGTERM serve if this process dies without stopping it.
     """
 
     def __init__(
-        self, env: Mapping[str, str], *args: str, open_files: tuple[int, int] | None = None
+        self,
+        env: Mapping[str, str],
+        *args: str,
+        open_files: tuple[int, int] | None = None,
+        repo: Path | None = None,
+        clean_env: bool = False,
+        die_with_parent: bool = False,
+        stop_timeout: float = SERVE_STOP_TIMEOUT,
     ) -> None:
-        self.argv = [str(VENV_BIN / "otel-luna"), "serve", "--grpc-port", "0", "--http-port", "0"]
+        command = (
+            [str(VENV_BIN / "otel-luna")] if repo is None else [sys.executable, "-m", "otel_luna"]
+        )
+        self.argv = [*command, "serve", "--grpc-port", "0", "--http-port", "0"]
         self.argv += args
         if open_files is not None:  # the soft and hard RLIMIT_NOFILE it starts with
             self.argv = [sys.executable, "-c", _WITH_LIMIT, *map(str, open_files), *self.argv]
+        if die_with_parent:
+            self.argv = [sys.executable, "-c", _DIE_WITH_PARENT, *self.argv]
+        self.stop_timeout = stop_timeout
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not (clean_env and k.startswith("OTEL_EXPORTER_LUNA_"))
+        }
         self.popen = subprocess.Popen(
             self.argv,
-            env={**os.environ, **env},
+            env={**inherited, **env},
+            cwd=repo,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -134,6 +166,12 @@ class Serve:
         return self.popen.pid
 
     @property
+    def pids(self) -> list[int]:
+        """Its process and, with ``--workers``, the workers it started (once it said so)."""
+        match = _WORKERS_LINE.search(self.output)
+        return [self.pid] + ([int(pid) for pid in match[1].split(", ")] if match else [])
+
+    @property
     def output(self) -> str:
         """Everything the process printed so far (stdout and stderr)."""
         return "".join(self._lines)
@@ -156,7 +194,7 @@ class Serve:
         if self.popen.poll() is None:
             self.popen.send_signal(signal.SIGTERM)
         try:
-            code = self.popen.wait(timeout=SERVE_STOP_TIMEOUT)
+            code = self.popen.wait(timeout=self.stop_timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise AssertionError(f"otel-luna serve did not stop:\n{self.output}") from None
@@ -166,7 +204,7 @@ class Serve:
     def kill(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
-        self.popen.wait(timeout=SERVE_STOP_TIMEOUT)
+        self.popen.wait(timeout=self.stop_timeout)
         self._reader.join(timeout=5)
 
     def stop_ok(self) -> None:
