@@ -117,6 +117,7 @@ def test_flush_interval_writes_without_force_flush() -> None:
     batch.shutdown(10)
 
 
+@pytest.mark.slow  # waits out retries
 def test_retryable_failures_are_retried_until_written() -> None:
     """A retryable error keeps the batch and retries it; nothing is lost or duplicated."""
     sink = FlakySink(3, SinkError("503", retryable=True, status=503))
@@ -224,6 +225,7 @@ def test_bad_lines_are_isolated_and_dead_lettered(tmp_path: Path) -> None:
     batch.shutdown(10)
 
 
+@pytest.mark.slow  # waits out a Retry-After
 def test_retry_after_is_honoured() -> None:
     """A 429 with Retry-After waits at least that long before the next attempt."""
     times: list[float] = []
@@ -262,6 +264,7 @@ class ScriptedSink(InMemorySink):
         super().write(body)
 
 
+@pytest.mark.slow  # waits out retries
 def test_blocked_destination_holds_the_whole_batch(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -159,6 +159,7 @@ def test_a_batch_reads_pieces_of_its_segment_and_records_cut_between_them(
     spool.close()
 
 
+@pytest.mark.slow  # a child process
 def test_unacked_records_replay_after_restart(tmp_path: Path) -> None:
     """A new spool on the same root replays what a dead process appended and did not ack."""
     root = tmp_path / "spool"

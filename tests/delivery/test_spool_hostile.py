@@ -125,6 +125,7 @@ def run_python(script: str, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow  # a child process
 def test_a_fifo_in_a_spool_directory_hangs_neither_start_nor_status(tmp_path: Path) -> None:
     """A FIFO as a segment, as the ack and as the stats: start replays the real records and
     ``status`` answers, each naming what it refused."""
@@ -156,6 +157,7 @@ def test_a_fifo_in_a_spool_directory_hangs_neither_start_nor_status(tmp_path: Pa
     assert "refusing" in start.stderr and "a segment that is a FIFO" in start.stderr
 
 
+@pytest.mark.slow  # a child process
 def test_a_sparse_segment_costs_no_memory(tmp_path: Path) -> None:
     """A 2 GiB sparse segment (and one of 200 MiB, under what a segment may hold, scanned in
     bounded pieces): start and status keep their memory small."""

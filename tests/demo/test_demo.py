@@ -223,6 +223,7 @@ def test_run_demo_reads_only_its_own_points_from_a_given_file(tmp_path: Path) ->
     assert not (tmp_path / "luna-demo.lp").exists()
 
 
+@pytest.mark.slow  # a child process
 def test_cli_demo_in_a_subprocess(tmp_path: Path) -> None:
     """`otel-luna demo --requests 60` exits 0 and prints the summary of the file it wrote."""
     done = subprocess.run(

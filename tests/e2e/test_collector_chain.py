@@ -21,6 +21,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import pytest
 from influxdb_client import InfluxDBClient
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace import ReadableSpan
@@ -217,6 +218,7 @@ def retrying_then_all_stored(
         influx.drop_database(database)
 
 
+@pytest.mark.node  # runs tests/node
 def test_python_and_node_senders_through_agent_and_gateway_to_two_replicas(
     influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
 ) -> None:

@@ -443,6 +443,7 @@ def check_flux(scripts: Sequence[str]) -> list[bool]:
     return verdicts
 
 
+@pytest.mark.node  # runs tests/node
 def test_the_flux_checker_refuses_what_influxdb_would() -> None:
     """The checker accepts a good script and refuses a syntax error, an unknown function, a
     wrong argument type and an undefined identifier (a macro left unreplaced)."""
@@ -458,6 +459,7 @@ def test_the_flux_checker_refuses_what_influxdb_would() -> None:
     ) == [True, False, False, False, False]
 
 
+@pytest.mark.node  # runs tests/node
 def test_every_flux_script_parses_and_type_checks() -> None:
     """Every Flux target and variable query, with Grafana's macros and variables replaced,
     parses and type checks against Flux's standard library (and runs on InfluxDB 2.x: below)."""

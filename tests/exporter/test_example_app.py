@@ -13,9 +13,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from otel_luna.demo import _demo as demo
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import Point
+
+pytestmark = pytest.mark.slow  # runs the example app under opentelemetry-instrument
 
 EXAMPLE_APP = demo.EXAMPLE_APP
 KNOWN_HANDLERS = ["h-known-1", "h-known-2"]

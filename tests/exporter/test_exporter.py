@@ -69,6 +69,7 @@ def test_disabled_exporter_writes_nothing() -> None:
     assert sink.lines == []
 
 
+@pytest.mark.slow  # a child process
 def test_process_exit_flushes(tmp_path: Path) -> None:
     """A script that records a request and exits at once still has its points written."""
     target = tmp_path / "exit.lp"

@@ -500,6 +500,7 @@ signal.pause()
 """
 
 
+@pytest.mark.slow  # a child process
 def test_flush_for_an_app_handler_that_dies_without_atexit(tmp_path: Path) -> None:
     """An app handler that restores SIG_DFL and re-raises (no atexit, otel-luna's handler
     replaced) keeps every point when it calls otel_luna.flush() first."""

@@ -10,6 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from otel_luna.outcomes import Outcome, Reason
 
 SCRIPT = textwrap.dedent(
@@ -46,6 +48,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a child process
 def test_counters_are_exported_as_otel_metrics() -> None:
     """Mapped, spooled and written points, drops by reason, and spool depth are observable."""
     done = subprocess.run(
@@ -97,6 +100,7 @@ APP = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # an app under opentelemetry-instrument
 def test_in_an_app_the_counters_reach_the_other_metric_exporter(tmp_path: Path) -> None:
     """Under opentelemetry-instrument with ``OTEL_METRICS_EXPORTER=luna,console`` the
     ``otel_luna.*`` counters reach the console exporter (the app's own pipeline); the luna

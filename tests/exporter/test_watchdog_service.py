@@ -19,6 +19,8 @@ from tests.support.apprunner import instrumented_app
 from tests.support.pingcentre_stub import PingCentre
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # runs the example service under opentelemetry-instrument
+
 SERVICE = Path(__file__).resolve().parent.parent.parent / "examples" / "watchdog_service.py"
 #: Seconds Ping Centre answers 503 while the service keeps working.
 OUTAGE_SECONDS = 20.0

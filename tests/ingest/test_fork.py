@@ -9,6 +9,10 @@ import textwrap
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # forked children in a child process
+
 SCRIPT = textwrap.dedent(
     """
     import multiprocessing, os, sys

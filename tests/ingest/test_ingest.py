@@ -121,7 +121,9 @@ def test_the_spool_bound_holds_across_both_signals() -> None:
     """SPOOL_MAX_BYTES bounds what both signals hold together, as docs/delivery.md says, not
     each signal on its own."""
     bound = 20_000
-    settings = Settings.load({}, spool="memory", spool_max_bytes=bound, flush_interval=3600)
+    settings = Settings.load(
+        {}, spool="memory", spool_max_bytes=bound, flush_interval=3600, shutdown_timeout=0.1
+    )
     sink = DownSink()
     spans = LunaSpanExporter(settings, sink=sink)
     metrics = LunaMetricExporter(settings, sink=sink)

@@ -440,6 +440,7 @@ def _server_spans(draw: st.DrawFn) -> list[tuple[dict[str, Any], bool, str]]:
 
 @settings(max_examples=1000, deadline=None)
 @given(_server_spans(), st.integers(min_value=1, max_value=3))
+@pytest.mark.slow  # seconds of CPU
 def test_cached_and_uncached_mapping_give_the_same_points(
     spans: list[tuple[dict[str, Any], bool, str]], route_limit: int
 ) -> None:

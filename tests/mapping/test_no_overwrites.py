@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -197,6 +198,7 @@ def node_burst(count: int, start_ns: int | None) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.node  # runs tests/node
 def test_node_burst_through_serve_gives_one_point_per_request(
     influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
 ) -> None:

@@ -310,6 +310,7 @@ for _ in range(int(sys.argv[1])):
 """
 
 
+@pytest.mark.slow  # a child process
 def test_templating_is_linear_in_the_routes_length() -> None:
     """Templating hostile routes of the longest length templated (64 KiB) costs about what any
     route that long costs: 20 rounds of 10 such routes stay far within 5 s of CPU (a child with

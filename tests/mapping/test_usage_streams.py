@@ -192,6 +192,7 @@ MAX_AHEAD = 10**9
     skews=st.lists(SKEWS, min_size=SENDERS, max_size=SENDERS),
     limit=st.sampled_from([1, 2, 3, 1000]),
 )
+@pytest.mark.slow  # seconds of CPU
 def test_interleaved_senders_resets_and_restarts_add_up(
     events: list[tuple[str, int, int]],
     distinct: list[bool],
@@ -552,6 +553,7 @@ def warning_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
 WARNING = "no luna metrics exporter"
 
 
+@pytest.mark.slow  # an app under opentelemetry-instrument
 def test_opentelemetry_instrument_without_luna_metrics_warns_in_one_line(tmp_path: Any) -> None:
     """Under ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=luna`` and metrics going
     elsewhere: one otel-luna line at start naming the variable; the app runs."""

@@ -658,6 +658,7 @@ def without_luna_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name)
 
 
+@pytest.mark.slow  # renders charts
 def test_an_unwritable_chart_prints_the_report_then_one_line_and_exit_1(
     lp_file: Path,
     tmp_path: Path,
@@ -694,6 +695,7 @@ def test_an_unwritable_chart_prints_the_report_then_one_line_and_exit_1(
     assert created.read_bytes().startswith(PNG_SIGNATURE)
 
 
+@pytest.mark.slow  # renders charts
 def test_a_png_path_not_ending_in_png_is_a_usage_error(
     lp_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -717,6 +719,7 @@ def test_a_png_path_not_ending_in_png_is_a_usage_error(
     )
 
 
+@pytest.mark.slow  # renders charts
 def test_show_prints_the_report_before_failing_on_the_chart(lp_file: Path, tmp_path: Path) -> None:
     """``show()`` (what the demo calls) writes the text first, then raises ``ReportError`` for a
     chart it cannot write: the caller still has the text."""

@@ -162,6 +162,7 @@ LIMITS = ["--max-bytes", str(1024 * 1024), "--max-time", "2s"]
 
 
 @pytest.mark.parametrize("shape", INFLUXQL_SHAPES)
+@pytest.mark.slow  # waits for read timeouts
 def test_every_hostile_influxdb1_answer_is_one_line_and_exit_1(
     shape: str,
     hostile: HostileServer,
@@ -190,6 +191,7 @@ def test_every_hostile_influxdb2_answer_is_one_line_and_exit_1(
     one_line_and_exit_1(argv, capsys)
 
 
+@pytest.mark.slow  # waits for read timeouts
 def test_an_answer_past_max_bytes_and_max_time_says_which(
     hostile: HostileServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -42,6 +42,7 @@ _PARTS = st.lists(
     step=st.sampled_from([1, 7, 4096, 1 << 20]),
     padding=st.integers(0, 40),
 )
+@pytest.mark.slow  # seconds of CPU
 def test_every_member_is_decoded_whole_in_pieces_of_at_most_step(
     encoding: str, parts: list[bytes], step: int, padding: int
 ) -> None:

@@ -356,6 +356,7 @@ def node_span(
     ("protocol", "compression"),
     [("grpc", "none"), ("grpc", "gzip"), ("http/protobuf", "none"), ("http/protobuf", "gzip")],
 )
+@pytest.mark.node  # runs tests/node
 def test_node_sdk_writes_the_documented_points(
     influxdb1: InfluxDB1, database: str, protocol: str, compression: str
 ) -> None:

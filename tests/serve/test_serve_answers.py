@@ -19,6 +19,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from tests.support.servehelpers import Serve
 
+pytestmark = pytest.mark.slow  # one otel-luna serve process for the module
+
 T0 = 1_700_000_000_123_456_789
 GOOD_SPAN = {
     "traceId": "0af7651916cd43dd8448eb211c80319c",

@@ -47,6 +47,8 @@ from tests.support.closedport import ClosedPort
 from tests.support.servehelpers import LOGS_EXPORT, RPC_TIMEOUT, TRACE_EXPORT, Serve
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # one otel-luna serve process for the module
+
 CASES = Path(__file__).parent.parent / "otlp_cases"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"

@@ -257,6 +257,7 @@ def test_a_grpc_message_of_empty_messages_is_resource_exhausted_without_retry(
 
 
 @pytest.mark.parametrize("front_end", ["http-protobuf", "http-json", "grpc"])
+@pytest.mark.slow  # seconds of CPU
 def test_a_request_of_10000_spans_passes_whole(running: Running, front_end: str) -> None:
     """A normal large request (10,000 SERVER spans: 2.5 MB of protobuf, 5.8 MB of JSON) is
     accepted whole: every span mapped, no partial success, nothing refused."""
@@ -383,6 +384,7 @@ def test_takers_that_wait_holding_bytes_go_one_at_a_time_not_never() -> None:
     assert budget.used == 120
 
 
+@pytest.mark.slow  # seconds of CPU
 def test_large_http_requests_at_once_take_turns(running: Running) -> None:
     """Several requests, each bounded above the whole budget, sent at once over HTTP: all
     answered 200 in turn (they used to wait for each other, then all got 503)."""
@@ -445,6 +447,7 @@ def test_a_request_that_does_not_fit_yet_is_decoded_once_the_budget_frees() -> N
         receiver.shutdown()
 
 
+@pytest.mark.slow  # waits for a timeout
 def test_a_grpc_call_that_finds_no_room_in_time_is_refused_with_retry_info(
     running: Running,
 ) -> None:

@@ -22,6 +22,8 @@ import requests
 from tests.support.servehelpers import Serve, grpc_call, server_spans, trace_request
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # otel-luna serve processes under file limits
+
 HTTP_TIMEOUT = 10.0
 #: The serve child's open-file limit in the flood tests, and connections beyond it.
 LIMIT = 400

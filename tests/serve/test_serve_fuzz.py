@@ -36,6 +36,8 @@ from otel_luna.serve._receiver import Receiver
 from otel_luna.settings import Settings
 from otel_luna.testing import InMemorySink
 
+pytestmark = pytest.mark.slow  # Hypothesis runs against a server over real sockets
+
 LIMIT = 256 * 1024  # serve_max_message_bytes here
 T0 = 1_700_000_000_000_000_000
 FUZZ = settings(

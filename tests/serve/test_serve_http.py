@@ -761,6 +761,7 @@ def test_broken_chunked_framing_is_a_400_status(running: Running) -> None:
     assert requests.post(running.url, data=good_body()[0], headers=PB, timeout=5).status_code == 200
 
 
+@pytest.mark.slow  # waits for timeouts
 def test_endless_trailers_do_not_hold_a_connection(running: Running) -> None:
     """A chunked body whose trailer section never ends: cut within ``serve_read_timeout``."""
     with closing(running.connect()) as sock:
@@ -853,6 +854,7 @@ def test_bytes_in_flight_past_the_cap_are_refused_unread() -> None:
         server.stop()
 
 
+@pytest.mark.slow  # waits for timeouts
 def test_at_the_connection_cap_an_idle_connection_makes_room() -> None:
     server = Running(serve_max_connections=4)
     sessions = [requests.Session() for _ in range(4)]
@@ -871,6 +873,7 @@ def test_at_the_connection_cap_an_idle_connection_makes_room() -> None:
         server.stop()
 
 
+@pytest.mark.slow  # waits for timeouts
 def test_at_the_connection_cap_slow_heads_make_room_for_a_new_client() -> None:
     """8 connections allowed, 8 clients that never finish their head: a good client waits in
     the backlog until a head that has been arriving for over a second is cut (408) for it —
@@ -905,6 +908,7 @@ def test_at_the_connection_cap_slow_heads_make_room_for_a_new_client() -> None:
         server.stop()
 
 
+@pytest.mark.slow  # waits for timeouts
 def test_a_trickling_body_cannot_hold_up_stop(tmp_path: Path) -> None:
     """Server.stop() (what SIGTERM runs) with a client sending its body a byte at a time:
     returned once ``serve_read_timeout`` (1 s) cut the body, long before the 30 s grace."""
@@ -950,6 +954,7 @@ def test_a_trickling_body_cannot_hold_up_stop(tmp_path: Path) -> None:
     assert 408 in answers or any(isinstance(answer, str) for answer in answers)
 
 
+@pytest.mark.slow  # openssl
 def test_tls_handshakes_do_not_block_other_clients(certificate: tuple[Path, Path]) -> None:
     """Idle TCP connections to the TLS port (no ClientHello, or half of one) do not keep an
     HTTPS client from being answered."""
@@ -1016,6 +1021,7 @@ def test_reuse_port_lets_processes_share_the_port() -> None:
         receiver.shutdown()
 
 
+@pytest.mark.slow  # runs ss
 def test_the_listen_backlog_is_at_least_128(running: Running) -> None:
     assert http_server_module.BACKLOG >= 128
     ss = shutil.which("ss")
@@ -1056,6 +1062,7 @@ def good_post(serve: Serve, session: requests.Session, headers: Mapping[str, str
     return time.perf_counter() - started
 
 
+@pytest.mark.slow  # otel-luna serve
 def test_unauthenticated_16_mib_bodies_are_refused_unread(tmp_path: Path) -> None:
     """64 clients declare 16 MiB bodies without the token and send 64 KiB of them: each gets
     401 at once and the connection closed; serve's memory does not take their bodies in (the
@@ -1097,6 +1104,7 @@ def test_unauthenticated_16_mib_bodies_are_refused_unread(tmp_path: Path) -> Non
     assert "Traceback" not in serve.output
 
 
+@pytest.mark.slow  # otel-luna serve
 def test_slow_clients_do_not_keep_a_good_client_waiting(tmp_path: Path) -> None:
     """200 connections that send a request head a byte at a time (under the 256 cap, within the
     10 s read timeout): a good client is answered at once, every time, and serve does not
@@ -1138,6 +1146,7 @@ def test_slow_clients_do_not_keep_a_good_client_waiting(tmp_path: Path) -> None:
     assert "Traceback" not in serve.output
 
 
+@pytest.mark.slow  # otel-luna serve
 def test_serve_env_settings_reach_the_http_front_end(tmp_path: Path) -> None:
     """The new settings from the environment: a 1 s read timeout answers a stalled body 408."""
     env = file_env(tmp_path, OTEL_EXPORTER_LUNA_SERVE_READ_TIMEOUT="1")

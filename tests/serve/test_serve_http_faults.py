@@ -37,6 +37,8 @@ from tests.serve.test_serve_http import (
     recv_answer,
 )
 
+pytestmark = pytest.mark.slow  # real sockets and read timeouts that run out
+
 MIB = 1 << 20
 
 

@@ -12,6 +12,8 @@ import requests
 
 from tests.support.servehelpers import Serve, grpc_call, server_spans, trace_request
 
+pytestmark = pytest.mark.slow  # otel-luna serve processes
+
 HTTP_TIMEOUT = 10.0
 
 

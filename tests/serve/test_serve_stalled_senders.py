@@ -25,6 +25,8 @@ from tests.serve.test_serve_http import PB, Running, good_body, head, recv_answe
 from tests.support.servehelpers import TRACE_EXPORT
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # real sockets held open for seconds
+
 TOKEN = "s3cr3t"
 #: Calls admitted at once (SERVE_MAX_CONNECTIONS) in these tests; more stalled calls than that.
 CAP = 16

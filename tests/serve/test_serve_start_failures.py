@@ -13,6 +13,8 @@ import pytest
 
 from tests.support.servehelpers import SERVE_START_TIMEOUT, VENV_BIN
 
+pytestmark = pytest.mark.slow  # an otel-luna serve process per test
+
 
 def serve_fails(tmp_path: Path, *args: str, **env: str) -> str:
     """Run ``otel-luna serve`` that must not start; its one line on stderr."""

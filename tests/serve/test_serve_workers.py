@@ -44,6 +44,8 @@ from tests.support.servehelpers import (
 from tests.support.servers import InfluxDB1
 from tests.support.waiting import wait_until
 
+pytestmark = pytest.mark.slow  # otel-luna serve --workers processes
+
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 #: Deadline for one request to be acknowledged, retries included.
 SEND_DEADLINE = 60.0

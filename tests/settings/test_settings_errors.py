@@ -17,6 +17,8 @@ from otel_luna import _exporter as exporter_module
 from otel_luna._exporter import EXIT_BAD_SETTING, LunaMetricExporter, LunaSpanExporter
 from otel_luna.settings import strict_requested
 
+pytestmark = pytest.mark.slow  # apps under opentelemetry-instrument
+
 INSTRUMENT = Path(sys.executable).parent / "opentelemetry-instrument"
 ROOT = Path(__file__).resolve().parent.parent.parent
 APP = textwrap.dedent(

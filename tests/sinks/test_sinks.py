@@ -182,6 +182,7 @@ def test_connection_refused_is_retryable() -> None:
     assert caught.value.failure is Failure.RETRY
 
 
+@pytest.mark.slow  # openssl
 def test_certificate_error_blocks_the_destination(tmp_path: Path) -> None:
     """A TLS server whose certificate does not verify: BLOCKED (it will not start to verify)."""
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
