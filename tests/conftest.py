@@ -4,6 +4,9 @@ and VictoriaMetrics servers on 127.0.0.1.
 Servers start on first use, once per test session, each on free ports in its own temporary
 directory, and are stopped (by the PID started here) when the session ends. A missing binary or
 a server that does not start fails the test loudly; nothing is skipped.
+
+Every test is put in its layers here (:func:`pytest_collection_modifyitems`), for
+``pytest -m unit`` and the like; the markers are registered in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ FIXTURE_LAYERS = {
     "victoria_metrics": "influxdb",
     "own_influxdb1": "influxdb",
     "full_disk": "root",
+    "certificate": "slow",  # runs openssl
 }
 
 #: Every layer but ``unit``: a test in none of them is a unit test.
@@ -55,7 +59,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Assign the layers in one place: from the fixtures a test uses, from ``tests/e2e/``, and
     from the ``pytestmark`` of its module (or a mark of its own); ``unit`` for the rest."""
     for item in items:
-        layers = {FIXTURE_LAYERS[name] for name in item.fixturenames if name in FIXTURE_LAYERS}
+        names = getattr(item, "fixturenames", ())
+        layers = {FIXTURE_LAYERS[name] for name in names if name in FIXTURE_LAYERS}
         if _TESTS / "e2e" in item.path.parents:
             layers.add("e2e")
         for layer in sorted(layers):

@@ -954,7 +954,6 @@ def test_a_trickling_body_cannot_hold_up_stop(tmp_path: Path) -> None:
     assert 408 in answers or any(isinstance(answer, str) for answer in answers)
 
 
-@pytest.mark.slow  # openssl
 def test_tls_handshakes_do_not_block_other_clients(certificate: tuple[Path, Path]) -> None:
     """Idle TCP connections to the TLS port (no ClientHello, or half of one) do not keep an
     HTTPS client from being answered."""
