@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 from opentelemetry import trace
@@ -48,7 +48,6 @@ TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 METRICS_EXPORT = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export"
 
-_T = TypeVar("_T")
 #: ``python -c`` that sets RLIMIT_NOFILE to argv[1:3] and becomes the command after them (the
 #: same process: not a preexec_fn, see :class:`Serve`).
 _WITH_LIMIT = (
