@@ -66,6 +66,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -385,16 +386,30 @@ def _stored(influx: Any, database: str) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
+def wait_count(
+    count: Callable[[], int], expected: int, interval: float = 0.2
+) -> tuple[float | None, int]:
+    """Poll ``count()`` until it reaches ``expected``, for at most STORE_TIMEOUT: (when it did,
+    or None; the last count). The tests' ``wait_until`` (``tests/support/waiting.py``)."""
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.waiting import wait_until
+
+    last = [0]
+
+    def probe() -> int:
+        last[0] = count()
+        return last[0]
+
+    try:
+        wait_until(probe, lambda n: n >= expected, STORE_TIMEOUT, "stored", interval=interval)
+    except AssertionError:
+        return None, last[0]
+    return time.time(), last[0]
+
+
 def _wait_stored(influx: Any, database: str, expected: int) -> tuple[float | None, int]:
     """Poll until ``database`` holds ``expected`` requests points: (when, how many)."""
-    deadline = time.time() + STORE_TIMEOUT
-    count = 0
-    while time.time() < deadline:
-        count = _stored(influx, database)
-        if count >= expected:
-            return time.time(), count
-        time.sleep(0.2)
-    return None, count
+    return wait_count(lambda: _stored(influx, database), expected)
 
 
 class _NullSink:

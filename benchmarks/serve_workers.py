@@ -41,7 +41,6 @@ from typing import Any
 from _common import CpuSampler, arguments, dump, summary, table
 from serve_throughput import (
     REPO,
-    STORE_TIMEOUT,
     Serve,
     _environment,
     _run_clients,
@@ -50,6 +49,7 @@ from serve_throughput import (
     influx_env,
     make_templates,
     parallel_cores,
+    wait_count,
 )
 
 
@@ -79,17 +79,6 @@ class _FileCount:
         self.count += text[: cut + 1].count(b"\nrequests,")
         self._tail = text[cut:]
         return self.count
-
-
-def _wait(count: Any, expected: int) -> tuple[float | None, int]:
-    deadline = time.time() + STORE_TIMEOUT
-    found = 0
-    while time.time() < deadline:
-        found = count()
-        if found >= expected:
-            return time.time(), found
-        time.sleep(0.1)
-    return None, found
 
 
 class Bench:
@@ -143,7 +132,7 @@ class Bench:
             start_at = jobs[0]["start_at"]
             spans = sum(r.get("spans", 0) for r in results)
             last_answer = max(r["last_answer"] for r in results)
-            stored_at, stored = _wait(count, spans)
+            stored_at, stored = wait_count(count, spans, interval=0.1)
             cpu1 = cpu()
         finally:
             code = serve.stop()
