@@ -10,12 +10,14 @@ orientation.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 #: A workload runs once over its items and returns the elapsed time in nanoseconds, measured
@@ -118,6 +120,48 @@ def fmt(stats: Mapping[str, float], spec: str = ".3f") -> tuple[str, str, str]:
         format(stats["min"], spec),
         format(stats["max"], spec),
     )
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    with open(f"/proc/{pid}/stat") as file:
+        fields = file.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every process on the machine used so far (all CPUs), from /proc/stat."""
+    with open("/proc/stat") as file:
+        fields = [int(x) for x in file.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]  # steal is not ours
+    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuSampler:
+    """CPU seconds used so far by the processes of each role, and by the whole machine.
+
+    ``pids()`` names the processes of each role; it is asked again at every sample (a
+    supervisor's workers may be restarted). A process that is gone counts 0.
+    """
+
+    def __init__(self, pids: Callable[[], Mapping[str, Iterable[int]]]) -> None:
+        self._pids = pids
+
+    def per_process(self) -> dict[str, list[float]]:
+        """Each role's processes, one figure each, and ``machine`` (one figure)."""
+        out = {role: [_cpu_or_zero(pid) for pid in pids] for role, pids in self._pids().items()}
+        out["machine"] = [machine_busy_seconds()]
+        return out
+
+    def totals(self) -> dict[str, float]:
+        """Each role's processes together, and ``machine``."""
+        return {role: sum(values) for role, values in self.per_process().items()}
+
+
+def _cpu_or_zero(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        return cpu_seconds(pid)
+    return 0.0
 
 
 def dump(report: Mapping[str, Any]) -> None:

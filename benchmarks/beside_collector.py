@@ -9,8 +9,9 @@ Pipelines, each run once per round in an order that rotates from round to round:
 * (a) ``serve``: the clients → ``otel-luna serve`` → InfluxDB. The LUNA mapping: one
   ``requests`` point per SERVER span, one ``errors`` point more per failed one; tags of low
   cardinality (service, route, status, ...).
-* (b) ``collector``: the clients → a real Collector (``otelcol-luna`` of ``tests/otelcol.py``,
-  v0.161.0) on the configuration written in :func:`_collector_config`: ``otlp`` receiver →
+* (b) ``collector``: the clients → a real Collector (``otelcol-luna`` of
+  ``tests/support/otelcol.py``, v0.161.0) on the configuration written in
+  :func:`_collector_config`: ``otlp`` receiver →
   ``batch`` (5000 spans or 1 s, as serve batches its writes) → ``influxdb`` exporter (in-memory
   sending queue of 100,000 spans that holds the callers back when full, retries, 10 s per
   write as serve) → InfluxDB. The Collector's generic schema: measurement ``spans``, one point
@@ -21,11 +22,11 @@ Pipelines, each run once per round in an order that rotates from round to round:
   queues as documented there) → two ``otel-luna serve`` replicas → InfluxDB.
 
 Every run of a pipeline gets processes of its own: a fresh ``influxd`` (InfluxDB 1.6 from
-``tests/servers.py``, or OSS 2.7 with ``--influxdb 2``; the same binary and settings for the
+``tests/support/servers.py``, or OSS 2.7 with ``--influxdb 2``; the same binary and settings for the
 three), a fresh Collector and fresh ``serve`` processes; so each process's CPU, peak memory and
 bytes on disk belong to one pipeline and one round. InfluxDB's settings differ from
-``tests/servers.py`` in two ways: its cache is written to TSM files (and fully compacted) 1 s
-after the last write instead of 10 min / 4 h later, so that "bytes on disk" is the data at
+``tests/support/servers.py`` in two ways: its cache is written to TSM files (and fully compacted)
+1 s after the last write instead of 10 min / 4 h later, so that "bytes on disk" is the data at
 rest; and (1.x) the limits of 100,000 values per tag key and 1,000,000 series per database are
 lifted, which the Collector's schema meets after 100,000 spans: every later write of it then
 fails for good and the exporter drops it (``--tag-limits`` keeps the limits, to see that).
@@ -79,12 +80,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, environment, summary, table
+from _common import CpuSampler, arguments, cpu_seconds, dump, environment, summary, table
 from serve_throughput import (
     Requests,
     Serve,
-    _cpu_seconds,
-    _machine_busy_seconds,
     _run_clients,
     influx_env,
     make_templates,
@@ -244,9 +243,9 @@ class Store:
 
 @contextlib.contextmanager
 def _influxdb1_config(settings: str) -> Iterator[None]:
-    """``tests/servers.py``'s InfluxDB 1.x configuration with ``settings`` added to its
+    """``tests/support/servers.py``'s InfluxDB 1.x configuration with ``settings`` added to its
     ``[data]`` section (in this process only, while the server starts)."""
-    import servers
+    from tests.support import servers
 
     original = servers.INFLUXDB1_CONFIG
     assert "[data]\n" in original
@@ -259,7 +258,7 @@ def _influxdb1_config(settings: str) -> Iterator[None]:
 
 class Store1(Store):
     def __init__(self, root: Path, tag_limits: bool = False) -> None:
-        from servers import start_influxdb1
+        from tests.support.servers import start_influxdb1
 
         settings = INFLUXDB1_FLUSH + ("" if tag_limits else INFLUXDB1_NO_LIMITS)
         with _influxdb1_config(settings):
@@ -285,7 +284,7 @@ class Store1(Store):
 
     def _stats(self, name: str) -> list[dict[str, Any]]:
         """``/debug/vars``: the statistics named ``name`` (one per shard, listener, ...)."""
-        from servers import http_request
+        from tests.support.servers import http_request
 
         _, _, raw = http_request("GET", f"{self.server.url}/debug/vars")
         return [
@@ -310,7 +309,7 @@ class Store1(Store):
 
     def _query(self, q: str) -> dict[str, Any]:
         """``q`` with a long timeout: a count over a million series takes a while."""
-        from servers import http_request
+        from tests.support.servers import http_request
 
         body = urllib.parse.urlencode({"q": q, "db": self.name}).encode()
         _, _, raw = http_request(
@@ -369,7 +368,7 @@ def _flux_rows(text: str) -> list[dict[str, str]]:
 
 class Store2(Store):
     def __init__(self, root: Path) -> None:
-        from servers import InfluxDB2
+        from tests.support.servers import InfluxDB2
 
         root.mkdir(parents=True)
         (root / "config.toml").write_text(INFLUXDB2_FLUSH)  # INFLUXD_CONFIG_PATH is root
@@ -401,7 +400,7 @@ class Store2(Store):
 
     def _flux(self, query: str) -> list[dict[str, str]]:
         """The rows of a Flux query, with a long timeout (a million series take a while)."""
-        from servers import http_request
+        from tests.support.servers import http_request
 
         _, _, raw = http_request(
             "POST",
@@ -430,7 +429,7 @@ class Store2(Store):
 
     def _metrics(self, name: str) -> float:
         """The sum of the Prometheus samples ``name`` (over their labels) of ``/metrics``."""
-        from servers import http_request
+        from tests.support.servers import http_request
 
         _, _, raw = http_request("GET", f"{self.server.url}/metrics")
         return sum(
@@ -484,7 +483,7 @@ def _peak_rss(pid: int) -> int:
 def _collector_config(kind: str, store: Store, ports: dict[str, str], root: Path) -> dict:
     """(c): ``collector-config/gateway-loadbalancing.yaml`` as it is, made local. (b): the
     config below, written here; it writes batches and bounds its time per write like serve."""
-    import otelcol
+    from tests.support import otelcol
 
     if kind == "lb+2serve":
         queue = otelcol.QUEUE_DIRECTORY
@@ -594,8 +593,8 @@ class Pipeline:
     the Collector. Stopped by their PIDs, Collector first (it has nobody to drain to later)."""
 
     def __init__(self, kind: str, store: Store, root: Path) -> None:
-        from otelcol import Collector
-        from servers import HOST, free_port
+        from tests.support.otelcol import Collector
+        from tests.support.servers import HOST, free_port
 
         self.store = store
         self.serves: list[Serve] = []
@@ -604,10 +603,10 @@ class Pipeline:
             for index in range({"serve": 1, "collector": 0, "lb+2serve": 2}[kind]):
                 self.serves.append(Serve(root / f"serve{index}", store.serve_env()))
             if kind == "serve":
-                self.target = self.serves[0].target
+                self.target = self.serves[0].grpc_target
                 return
             ports = {"grpc": f"{HOST}:{free_port()}", "http": f"{HOST}:{free_port()}"}
-            ports.update({f"replica{i}": serve.target for i, serve in enumerate(self.serves)})
+            ports.update({f"replica{i}": serve.grpc_target for i, serve in enumerate(self.serves)})
             config = _collector_config(kind, store, ports, root)
             self.collector = Collector(config, root / "otelcol", name="otelcol")
             self.target = ports["grpc"]
@@ -625,9 +624,7 @@ class Pipeline:
 
     def cpu(self) -> dict[str, list[float]]:
         """CPU seconds so far of each process per role, and of the whole machine."""
-        out = {role: [_cpu_seconds(pid) for pid in pids] for role, pids in self.pids.items()}
-        out["machine"] = [_machine_busy_seconds()]
-        return out
+        return CpuSampler(lambda: self.pids).per_process()
 
     def stop(self) -> None:
         try:
@@ -636,7 +633,7 @@ class Pipeline:
             for serve in self.serves:
                 code = serve.stop()
                 if code != 0:
-                    print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+                    print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
                 if serve.dead_letter.exists() and serve.dead_letter.stat().st_size:
                     print(f"warning: dead letters in {serve.dead_letter}", file=sys.stderr)
         finally:
@@ -693,7 +690,7 @@ class Bench:
         gate = store.points_written if kind == "collector" else store.requests_points
         landed_at, cpu1, _ = _wait(gate, spans, options.stall_seconds, pipeline.cpu)
         flush = _wait_flushed(store)
-        flush["influxd_cpu_seconds"] = round(_cpu_seconds(store.pid) - cpu1["influxd"][0], 3)
+        flush["influxd_cpu_seconds"] = round(cpu_seconds(store.pid) - cpu1["influxd"][0], 3)
         points = store.points()
         landed = points.get("spans" if kind == "collector" else "requests", 0)
         errors: dict[str, int] = {}
@@ -1041,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"which, comma-separated (default {','.join(PIPELINES)})",
     )
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     from serve_throughput import parallel_cores
 
     started = time.perf_counter()

@@ -4,8 +4,9 @@
         [--batch 5000] [--import-rounds 7] [--json]
 
 The question (should otel-luna talk to 2.x through ``influxdb-client``?) is answered with
-figures from one run against one real InfluxDB OSS 2.x (``influxd`` from ``tests/servers.py``,
-in a temporary directory, stopped by its PID at the end). Four things are measured or checked:
+figures from one run against one real InfluxDB OSS 2.x (``influxd`` from
+``tests/support/servers.py``, in a temporary directory, stopped by its PID at the end). Four
+things are measured or checked:
 
 **Write path.** Bodies of ``--batch`` (5000) line-protocol lines, ~90 % ``requests`` and ~10 %
 ``errors`` made by our ``LineProtocolEncoder`` from the realistic points of ``encoder.py``
@@ -70,7 +71,6 @@ import random
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tracemalloc
 from collections import Counter
@@ -549,25 +549,19 @@ def read_path(influx: Any, options: Any) -> dict[str, Any]:
 # -- errors -------------------------------------------------------------------------------------
 
 
-class Stub(http.server.ThreadingHTTPServer):
-    """Answers every request with ``status``, a ``Retry-After`` and an InfluxDB-like JSON error;
-    counts the requests."""
+def error_stub(status: int, retry_after: str) -> Any:
+    """An HTTP stub (``tests/support/httpstub.py``) that answers every request with ``status``,
+    a ``Retry-After`` and an InfluxDB-like JSON error; its server counts the requests."""
+    from tests.support.httpstub import HttpStub
 
-    def __init__(self, status: int, retry_after: str) -> None:
-        super().__init__(("127.0.0.1", 0), _StubHandler)
-        self.status, self.retry_after, self.requests = status, retry_after, 0
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
-        self.thread.start()
+    def setup(server: Any) -> None:
+        server.status, server.retry_after, server.requests = status, retry_after, 0
 
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-        self.thread.join()
+    return HttpStub(_StubHandler, setup=setup)
 
 
 class _StubHandler(http.server.BaseHTTPRequestHandler):
-    server: Stub
+    server: Any
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -611,14 +605,14 @@ def caught(call: Callable[[], Any]) -> dict[str, Any]:
 
 
 def error_probes(influx: Any) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from closedport import ClosedPort
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.closedport import ClosedPort
 
     line = f'requests,service=probe request_id="x",execution_time=0.1 {BASE_NS}\n'.encode()
     probes: dict[str, Any] = {}
     closed = ClosedPort("127.0.0.1", 9)
-    stub_503 = Stub(503, "7")
-    stub_429 = Stub(429, "1")
+    stub_503 = error_stub(503, "7")
+    stub_429 = error_stub(429, "1")
     log = _Collect()
     logger = logging.getLogger("influxdb_client")
     logger.addHandler(log)
@@ -632,14 +626,14 @@ def error_probes(influx: Any) -> dict[str, Any]:
             "write, stub 503 + Retry-After: 7": (stub_503.url, influx.token, "b", line),
         }
         for case, (url, token, bucket, body) in cases.items():
-            before = stub_503.requests
+            before = stub_503.server.requests
             settings = Settings.load(
                 {}, endpoint=url, org=influx.org, bucket=bucket, token=token, api_version="2"
             )
             sink = InfluxV2Sink(settings)
             ours = caught(lambda sink=sink, body=body: sink.write(body))
             sink.close()
-            ours_requests = stub_503.requests - before
+            ours_requests = stub_503.server.requests - before
             with InfluxDBClient(url=url, token=token, org=influx.org, timeout=5000) as client:
                 api = client.write_api(write_options=SYNCHRONOUS)
                 theirs = caught(
@@ -649,7 +643,7 @@ def error_probes(influx: Any) -> dict[str, Any]:
             if "stub" in case:
                 probes[case]["requests_seen"] = {
                     "ours": ours_requests,
-                    "client": stub_503.requests - before - ours_requests,
+                    "client": stub_503.server.requests - before - ours_requests,
                 }
         probes["write, stub 429 + Retry-After: 1, client batching WriteApi"] = batching_probe(
             stub_429, influx.org, line
@@ -673,8 +667,8 @@ def error_probes(influx: Any) -> dict[str, Any]:
         logger.removeHandler(log)
         logger.propagate = True
         closed.close()
-        stub_503.close()
-        stub_429.close()
+        stub_503.stop()
+        stub_429.stop()
 
 
 class _Collect(logging.Handler):
@@ -687,7 +681,7 @@ class _Collect(logging.Handler):
         self.records.append(f"{record.levelname} {record.name}: {message[:200]}")
 
 
-def batching_probe(stub: Stub, org: str, line: bytes) -> dict[str, Any]:
+def batching_probe(stub: Any, org: str, line: bytes) -> dict[str, Any]:
     """The client's default kind of WriteApi (batching, in a background thread), with its
     retries shortened: does write() raise, how many requests, where does the error go?"""
     errors: list[BaseException] = []
@@ -706,7 +700,7 @@ def batching_probe(stub: Stub, org: str, line: bytes) -> dict[str, Any]:
         api.close()  # waits for the batch: its retries included
     return {
         "write() raised": raised["raised"],
-        "requests_seen": stub.requests,
+        "requests_seen": stub.server.requests,
         "seconds": round(time.perf_counter() - started, 2),
         "retry_callback_calls": len(retried),
         "error_callback": described(errors[0]) if errors else None,
@@ -784,8 +778,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--import-rounds", type=int, default=7, help="fresh interpreters (7)")
     parser.add_argument("--no-errors", action="store_true", help="skip the error probes")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb2
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb2
 
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="otel-luna-influxdb2-bench-") as tmp:

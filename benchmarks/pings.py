@@ -14,7 +14,7 @@ pings (PingEncoder output, ~400 bytes each):
 The figure is pings/s per row and its ratio to the naive row **within each round** (median,
 min, max over rounds).
 
-The receiver is *not* the test stub (``tests/pingcentre_stub.py``, a ``ThreadingHTTPServer``
+The receiver is *not* the test stub (``tests/support/pingcentre_stub.py``, a ``ThreadingHTTPServer``
 with a thread per connection): it is a stdlib ``asyncio`` HTTP/1.1 server (no uvloop) in a
 separate process (this script with ``--receiver``), keep-alive, answering Ping Centre's way: 400
 with an empty body when ``topic`` is missing, else 200 with an empty body. It reports the CPU

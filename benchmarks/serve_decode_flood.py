@@ -56,7 +56,7 @@ KINDS = (
 
 def body_of(kind: str, size: int) -> tuple[bytes, dict[str, str]]:
     """The hostile body of ``kind`` and its HTTP headers (besides the token)."""
-    from otlpwire import empties as _empties  # tests/, on the path from main()
+    from tests.support.otlpwire import empties as _empties  # tests.support, on the path from main()
 
     pb = {"Content-Type": "application/x-protobuf"}
     if kind == "http-resource-spans":
@@ -89,10 +89,10 @@ def _good_body() -> bytes:
 
 
 def _http_port(serve: Serve) -> int:
-    for line in serve.output().splitlines():
+    for line in serve.output.splitlines():
         if line.startswith("otel-luna serve: OTLP/HTTP on "):
             return int(line.rsplit(":", 1)[1])
-    raise RuntimeError(f"no HTTP port in serve's output:\n{serve.output()}")
+    raise RuntimeError(f"no HTTP port in serve's output:\n{serve.output}")
 
 
 def flood(kind: str, options: Any, root: Path) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def flood(kind: str, options: Any, root: Path) -> dict[str, Any]:
         except requests.RequestException as error:
             return type(error).__name__
 
-    channel = grpc.insecure_channel(serve.target)
+    channel = grpc.insecure_channel(serve.grpc_target)
     call = channel.unary_unary(TRACE_EXPORT, request_serializer=None)
 
     def send_grpc(_: int) -> str:
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
     parser.add_argument("--json", action="store_true", help="print JSON")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     reports = []
     with tempfile.TemporaryDirectory(prefix="otel-luna-decode-flood-") as tmp:
         for kind in options.kinds.split(","):

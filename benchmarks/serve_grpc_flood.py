@@ -79,7 +79,7 @@ def flood(options: Any, root: Path) -> dict[str, Any]:
 
     body = _body(options.mib)
     serve = Serve(root, serve_env(root))
-    target = serve.target
+    target = serve.grpc_target
     peak = {"VmRSS": 0.0}
     done = threading.Event()
 
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--auth", choices=("none", "good"), default="none", help="token (none)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     with tempfile.TemporaryDirectory(prefix="otel-luna-grpc-flood-") as tmp:
         report = flood(options, Path(tmp))
     if options.json:

@@ -43,8 +43,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import dump, table
-from serve_throughput import REPO, Serve, _cpu_seconds, _machine_busy_seconds
+from _common import cpu_seconds, dump, machine_busy_seconds, table
+from serve_throughput import REPO, Serve
 
 TOKEN = "flood-token"
 TRACES = "/v1/traces"
@@ -223,13 +223,13 @@ def measure(options: Any, repo: Path, root: Path) -> dict[str, Any]:
         sampler.start()
         flood.start()
         time.sleep(1.0)
-        cpu_before = _cpu_seconds(serve.pid)
-        flood_before = _cpu_seconds(flood.pid)
-        machine_before = _machine_busy_seconds()
+        cpu_before = cpu_seconds(serve.pid)
+        flood_before = cpu_seconds(flood.pid)
+        machine_before = machine_busy_seconds()
         loaded, loaded_failed = _good_client(url, options.seconds, options.rate)
-        cpu = _cpu_seconds(serve.pid) - cpu_before
-        flood_cpu = _cpu_seconds(flood.pid) - flood_before
-        machine = _machine_busy_seconds() - machine_before
+        cpu = cpu_seconds(serve.pid) - cpu_before
+        flood_cpu = cpu_seconds(flood.pid) - flood_before
+        machine = machine_busy_seconds() - machine_before
         outcomes = results.get(timeout=START_TIMEOUT + options.seconds + 60)
         flood.join(timeout=30)
         done.set()
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare", type=Path, help="another checkout to measure in turn")
     parser.add_argument("--json", action="store_true", help="print JSON")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path.insert(0, str(REPO))  # for tests.support
     repos = [REPO] + ([options.compare.resolve()] if options.compare else [])
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="otel-luna-http-flood-") as tmp:

@@ -4,8 +4,8 @@
         [--clients 2] [--threads 2] [--replicas 1] [--latency-seconds 10]
         [--spool disk|memory] [--no-py-spy] [--json]
 
-Setup: a real InfluxDB 1.x (``influxd`` from ``tests/servers.py``, a temporary directory) and
-``otel-luna serve`` as a child process on free ports, writing to it with the 1.x ``/write`` API
+Setup: a real InfluxDB 1.x (``influxd`` from ``tests/support/servers.py``, a temporary directory)
+and ``otel-luna serve`` as a child process on free ports, writing to it with the 1.x ``/write`` API
 and the product's defaults otherwise (disk spool, batches of 5000 lines, 1 s flush interval).
 
 Requests: ``--templates`` (8) OTLP ``ExportTraceServiceRequest``s of ``--n`` (512) SERVER spans
@@ -57,7 +57,6 @@ import collections
 import contextlib
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import statistics
@@ -67,10 +66,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, environment, summary, table
+from _common import CpuSampler, arguments, dump, environment, summary, table
 
 TARGET = 100_000  # spans/s, issue 5
 REPO = Path(__file__).resolve().parent.parent
@@ -84,9 +84,6 @@ _GRID_NS = 1000  # template spans start 1 µs apart
 
 
 # -- requests -------------------------------------------------------------------------------
-
-
-_WORKERS_LINE = re.compile(r"^otel-luna serve: \d+ workers \(pids ([\d, ]+)\)$", re.M)
 
 
 def make_templates(count: int, spans: int, seed: int) -> list[tuple[bytes, list[tuple[int, ...]]]]:
@@ -330,105 +327,47 @@ def _run_clients(
 # -- the processes under test ---------------------------------------------------------------
 
 
-def _machine_busy_seconds() -> float:
-    """CPU seconds every process on the machine used so far (all CPUs), from /proc/stat."""
-    with open("/proc/stat") as file:
-        fields = [int(x) for x in file.readline().split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]  # steal is not ours
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+def Serve(state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO) -> Any:
+    """``otel-luna serve --grpc-port 0 --http-port 0 --workers N`` with ``env`` (where it writes
+    and how) on top of a state directory of its own: the tests' :class:`Serve`
+    (``tests/support/servehelpers.py``) running ``repo``'s code (another checkout to compare
+    commits), with none of this process's ``OTEL_EXPORTER_LUNA_*``, SIGTERMed if this process
+    dies. Its ``dead_letter`` is the dead-letter file; ``stop()`` gives the exit status, also
+    when serve had to be killed."""
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support import servehelpers
+    from tests.support.waiting import wait_until
 
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
-    with open(f"/proc/{pid}/stat") as file:
-        fields = file.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Serve:
-    """``otel-luna serve --grpc-port 0 --http-port 0 [--workers N]`` with ``env`` (where it
-    writes and how) on top of a state directory of its own; its log a file."""
-
-    def __init__(
-        self, state: Path, env: dict[str, str], workers: int = 1, repo: Path = REPO
-    ) -> None:
-        """``repo``: the checkout whose ``otel_luna`` runs (another one to compare commits)."""
-        from servers import _set_parent_death_signal
-
-        state.mkdir(parents=True, exist_ok=True)
-        self.dead_letter = state / "dead-letter.jsonl"
-        full = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_EXPORTER_LUNA_")}
-        full.update(
-            {
-                "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
-                "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(self.dead_letter),
-                "XDG_STATE_HOME": str(state),
-                **env,
-            }
-        )
-        argv = [sys.executable, "-m", "otel_luna", "serve", "--grpc-port", "0"]
-        argv += ["--http-port", "0", "--workers", str(workers)]
-        self.log = state / "serve.log"
-        with open(self.log, "wb") as log:
-            self.popen = subprocess.Popen(
-                argv,
-                env=full,
-                cwd=repo,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_set_parent_death_signal,
-            )
-        self.grpc_port = self.http_port = 0
-        self.pids = [self.popen.pid]  # the supervisor, then its workers
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            text = self.log.read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("otel-luna serve: OTLP/gRPC on "):
-                    self.grpc_port = int(line.rsplit(":", 1)[1])
-                if line.startswith("otel-luna serve: OTLP/HTTP on "):
-                    self.http_port = int(line.rsplit(":", 1)[1])
-            match = _WORKERS_LINE.search(text)
-            if match:
-                self.pids += [int(pid) for pid in match[1].split(", ")]
-            if self.grpc_port and self.http_port and (workers == 1 or match):
-                break
-            if self.popen.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"otel-luna serve did not start:\n{self.output()}")
-            time.sleep(0.05)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def cpu_seconds(self) -> float:
-        """CPU of the serve process and, with workers, of each of them."""
-        total = 0.0
-        for pid in self.pids:
-            with contextlib.suppress(OSError):  # a worker that was restarted
-                total += _cpu_seconds(pid)
-        return total
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:]
-
-    def stop(self) -> int | None:
-        """SIGTERM (the graceful drain; a supervisor forwards it) by PID, then SIGKILL if it
-        does not end."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+    class BenchServe(servehelpers.Serve):
+        def stop(self) -> int:  # type: ignore[override]
             try:
-                self.popen.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout=STOP_TIMEOUT)
-        return self.popen.returncode
+                return super().stop()
+            except AssertionError:  # killed after STOP_TIMEOUT
+                return self.popen.returncode
+
+    state.mkdir(parents=True, exist_ok=True)
+    dead_letter = state / "dead-letter.jsonl"
+    full = {
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(state / "spool"),
+        "OTEL_EXPORTER_LUNA_DEAD_LETTER": str(dead_letter),
+        "XDG_STATE_HOME": str(state),
+        **env,
+    }
+    try:
+        serve = BenchServe(
+            full,
+            *("--workers", str(workers)),
+            repo=repo,
+            clean_env=True,
+            die_with_parent=True,
+            stop_timeout=STOP_TIMEOUT,
+        )
+    except AssertionError as error:
+        raise RuntimeError(str(error)) from None
+    serve.dead_letter = dead_letter
+    if workers > 1:  # its workers' pids: printed after the ports
+        wait_until(lambda: serve.pids[1:], timeout=START_TIMEOUT, what="serve's workers line")
+    return serve
 
 
 def influx_env(url: str, database: str, spool: str = "disk") -> dict[str, str]:
@@ -447,16 +386,30 @@ def _stored(influx: Any, database: str) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
+def wait_count(
+    count: Callable[[], int], expected: int, interval: float = 0.2
+) -> tuple[float | None, int]:
+    """Poll ``count()`` until it reaches ``expected``, for at most STORE_TIMEOUT: (when it did,
+    or None; the last count). The tests' ``wait_until`` (``tests/support/waiting.py``)."""
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.waiting import wait_until
+
+    last = [0]
+
+    def probe() -> int:
+        last[0] = count()
+        return last[0]
+
+    try:
+        wait_until(probe, lambda n: n >= expected, STORE_TIMEOUT, "stored", interval=interval)
+    except AssertionError:
+        return None, last[0]
+    return time.time(), last[0]
+
+
 def _wait_stored(influx: Any, database: str, expected: int) -> tuple[float | None, int]:
     """Poll until ``database`` holds ``expected`` requests points: (when, how many)."""
-    deadline = time.time() + STORE_TIMEOUT
-    count = 0
-    while time.time() < deadline:
-        count = _stored(influx, database)
-        if count >= expected:
-            return time.time(), count
-        time.sleep(0.2)
-    return None, count
+    return wait_count(lambda: _stored(influx, database), expected)
 
 
 class _NullSink:
@@ -502,7 +455,7 @@ class Bench:
     def _finish(self, serve: Serve) -> None:
         code = serve.stop()
         if code != 0:
-            print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+            print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
         if serve.dead_letter.exists() and serve.dead_letter.stat().st_size:
             print(f"warning: dead letters in {serve.dead_letter}", file=sys.stderr)
 
@@ -522,7 +475,7 @@ class Bench:
                 {
                     "templates": self.templates,
                     "spans": options.n,
-                    "target": serves[index % replicas].target,
+                    "target": serves[index % replicas].grpc_target,
                     "processes": clients,
                     "threads": options.threads,
                     "index": index,
@@ -533,12 +486,9 @@ class Bench:
             if spy_output is not None:
                 spy = _start_py_spy(serves[0].pid, spy_output, options.connect_seconds, options)
 
-            def cpu() -> dict[str, float]:
-                return {
-                    "serve": sum(_cpu_seconds(serve.pid) for serve in serves),
-                    "influxd": _cpu_seconds(self.influx.pid),
-                    "machine": _machine_busy_seconds(),
-                }
+            cpu = CpuSampler(
+                lambda: {"serve": [serve.pid for serve in serves], "influxd": [self.influx.pid]}
+            ).totals
 
             cpu0: dict[str, float] = {}
             results = _run_clients(
@@ -603,7 +553,7 @@ class Bench:
             job = {
                 "templates": self.templates,
                 "spans": options.n,
-                "target": serve.target,
+                "target": serve.grpc_target,
                 "interval": interval,
                 "calls": calls,
             }
@@ -876,8 +826,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-py-spy", action="store_true", help="skip the profiled round")
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb1
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb1
 
     with tempfile.TemporaryDirectory(prefix="otel-luna-serve-bench-") as tmp:
         root = Path(tmp)

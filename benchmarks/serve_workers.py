@@ -38,20 +38,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import arguments, dump, summary, table
+from _common import CpuSampler, arguments, dump, summary, table
 from serve_throughput import (
     REPO,
-    STORE_TIMEOUT,
     Serve,
-    _cpu_seconds,
     _environment,
-    _machine_busy_seconds,
     _run_clients,
     _sender,
     _stored,
     influx_env,
     make_templates,
     parallel_cores,
+    wait_count,
 )
 
 
@@ -81,17 +79,6 @@ class _FileCount:
         self.count += text[: cut + 1].count(b"\nrequests,")
         self._tail = text[cut:]
         return self.count
-
-
-def _wait(count: Any, expected: int) -> tuple[float | None, int]:
-    deadline = time.time() + STORE_TIMEOUT
-    found = 0
-    while time.time() < deadline:
-        found = count()
-        if found >= expected:
-            return time.time(), found
-        time.sleep(0.1)
-    return None, found
 
 
 class Bench:
@@ -126,7 +113,7 @@ class Bench:
                 {
                     "templates": self.templates,
                     "spans": options.n,
-                    "target": serve.target,
+                    "target": serve.grpc_target,
                     "processes": clients,
                     "threads": options.threads,
                     "index": index,
@@ -137,12 +124,7 @@ class Bench:
             ]
             cpu0: dict[str, float] = {}
 
-            def cpu() -> dict[str, float]:
-                return {
-                    "serve": serve.cpu_seconds(),
-                    "influxd": _cpu_seconds(self.influx.pid),
-                    "machine": _machine_busy_seconds(),
-                }
+            cpu = CpuSampler(lambda: {"serve": serve.pids, "influxd": [self.influx.pid]}).totals
 
             results = _run_clients(
                 _sender, jobs, options.connect_seconds, at_start=lambda: cpu0.update(cpu())
@@ -150,12 +132,12 @@ class Bench:
             start_at = jobs[0]["start_at"]
             spans = sum(r.get("spans", 0) for r in results)
             last_answer = max(r["last_answer"] for r in results)
-            stored_at, stored = _wait(count, spans)
+            stored_at, stored = wait_count(count, spans, interval=0.1)
             cpu1 = cpu()
         finally:
             code = serve.stop()
             if code != 0:
-                print(f"warning: serve exited {code}:\n{serve.output()}", file=sys.stderr)
+                print(f"warning: serve exited {code}:\n{serve.output}", file=sys.stderr)
         errors: collections.Counter[str] = collections.Counter()
         for r in results:
             errors.update({k: v for k, v in r.items() if k.startswith("error_")})
@@ -211,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "--connect-seconds", type=float, default=8.0, help="time given to clients to connect"
     )
     options = parser.parse_args(argv)
-    sys.path.insert(0, str(REPO / "tests"))
-    from servers import start_influxdb1
+    sys.path.insert(0, str(REPO))  # for tests.support
+    from tests.support.servers import start_influxdb1
 
     with tempfile.TemporaryDirectory(prefix="otel-luna-serve-workers-") as tmp:
         root = Path(tmp)

@@ -37,7 +37,7 @@ WATCHDOG_PREFIX = "watchdog."
 # -- what the mapping reads of a span ------------------------------------------------------------
 # The OTLP receiver converts only these attributes (serve/_otlp.py); the in-process exporters
 # hand over the SDK's dict as it is. A mapper that reads another attribute must add it here
-# (tests/test_otlp_paths.py checks the mappers against these).
+# (tests/mapping/test_otlp_paths.py checks the mappers against these).
 #: Every attribute under these prefixes, of any span.
 MAPPED_PREFIXES = (LUNA_PREFIX, WATCHDOG_PREFIX)
 #: These of a SERVER span: its method, route and status (``mapping/_requests.py``).

@@ -4,6 +4,9 @@ and VictoriaMetrics servers on 127.0.0.1.
 Servers start on first use, once per test session, each on free ports in its own temporary
 directory, and are stopped (by the PID started here) when the session ends. A missing binary or
 a server that does not start fails the test loudly; nothing is skipped.
+
+Every test is put in its layers here (:func:`pytest_collection_modifyitems`), for
+``pytest -m unit`` and the like; the markers are registered in pyproject.toml.
 """
 
 from __future__ import annotations
@@ -11,19 +14,16 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
-
-from exporterapp import App  # noqa: E402
-from servers import (  # noqa: E402
+from tests.support.exporterapp import App
+from tests.support.httpstub import HttpStub
+from tests.support.limits import FULL_DISK_BYTES, SMALL_BODY_BYTES
+from tests.support.servers import (
     InfluxDB1,
     InfluxDB2,
     ServerError,
@@ -35,8 +35,38 @@ from servers import (  # noqa: E402
 
 _Server = TypeVar("_Server", InfluxDB1, InfluxDB2, VictoriaMetrics)
 
-#: ``max-body-size`` of the ``influxdb1_small_body`` server.
-SMALL_BODY_BYTES = 4096
+#: The layers (markers registered in pyproject.toml) a test is in because of a fixture it uses.
+FIXTURE_LAYERS = {
+    "influxdb1": "influxdb",
+    "influxdb1_auth": "influxdb",
+    "influxdb1_small_body": "influxdb",
+    "influxdb1_database": "influxdb",
+    "influxdb2": "influxdb",
+    "influxdb2_bucket": "influxdb",
+    "victoria_metrics": "influxdb",
+    "own_influxdb1": "influxdb",
+    "full_disk": "root",
+    "certificate": "slow",  # runs openssl
+}
+
+#: Every layer but ``unit``: a test in none of them is a unit test.
+LAYERS = ("influxdb", "node", "root", "e2e", "slow")
+
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Assign the layers in one place: from the fixtures a test uses, from ``tests/e2e/``, and
+    from the ``pytestmark`` of its module (or a mark of its own); ``unit`` for the rest."""
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        layers = {FIXTURE_LAYERS[name] for name in names if name in FIXTURE_LAYERS}
+        if _TESTS / "e2e" in item.path.parents:
+            layers.add("e2e")
+        for layer in sorted(layers):
+            item.add_marker(layer)
+        if not any(item.get_closest_marker(layer) for layer in LAYERS):
+            item.add_marker("unit")
 
 
 def _start_or_fail(what: str, start: Callable[[Path], _Server], root: Path) -> _Server:
@@ -126,10 +156,6 @@ def _own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
-#: Size of the small filesystem the full-disk tests spool to.
-FULL_DISK_BYTES = 256 * 1024
-
-
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
@@ -175,6 +201,21 @@ def full_disk(tmp_path: Path) -> Iterator[Path]:
     finally:
         if subprocess.run(["umount", str(mount_point)], check=False).returncode != 0:
             subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def http_stub() -> Iterator[Callable[..., HttpStub]]:
+    """Starts hand-written HTTP servers (``httpstub.HttpStub(handler, ...)``) for one test;
+    stopped after it."""
+    stubs: list[HttpStub] = []
+
+    def start(handler: type[Any], **options: Any) -> HttpStub:
+        stubs.append(HttpStub(handler, **options))
+        return stubs[-1]
+
+    yield start
+    for stub in stubs:
+        stub.stop()
 
 
 @pytest.fixture

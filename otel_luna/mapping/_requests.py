@@ -311,7 +311,7 @@ def luna_template(route: str) -> str:
     without the leading slash) and ``^items/(?P<item_id>[0-9]+)/$`` (a regex route),
     Starlette/FastAPI ``/files/{path:path}`` and aiohttp ``/items/{id:\\d+}`` all become
     ``/items/{item_id}``-style; a template in that form already is returned as it is.
-    Linear in the route's length whatever it holds (``tests/test_route_templates.py``).
+    Linear in the route's length whatever it holds (``tests/mapping/test_route_templates.py``).
     """
     if route.startswith("^") or "(?P<" in route:
         route = _django_regex(route)

@@ -1,5 +1,5 @@
 'use strict';
-// A Node.js OTLP client for tests/test_serve.py: @opentelemetry/sdk-node with
+// A Node.js OTLP client for tests/serve/test_serve.py: @opentelemetry/sdk-node with
 // @opentelemetry/exporter-trace-otlp-grpc (or -proto for OTLP/HTTP), nothing written by otel-luna.
 //
 //   node app.js PROTOCOL URL SPANS_JSON

@@ -1,6 +1,6 @@
 // Checks Flux scripts with the Flux language server's own checker (@influxdata/flux-lsp-browser:
 // the Flux parser and type checker compiled to WebAssembly, with the standard library's
-// signatures), for tests/test_dashboards.py.
+// signatures), for tests/e2e/test_dashboards.py.
 //
 // stdin: a JSON array of Flux scripts. stdout: a JSON array, per script `true` (it parses and
 // type checks: known functions, argument names and types) or `false`.
