@@ -143,7 +143,7 @@ class Ingest:
                 factory = sink_factory(settings)
                 wire = wire_format(factory, settings)
             self._encoder = profile.encoder(wire, settings)
-            with sink_not_built(settings):
+            with sink_not_built(settings, factory):
                 sink = factory(settings)
         else:  # given in code: one without write() and close() is the caller's TypeError
             sink = as_sink(sink, settings)

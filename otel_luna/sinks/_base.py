@@ -133,12 +133,14 @@ def as_sink(sink: SinkLike, settings: Settings | None = None) -> Sink:
 
 
 @contextlib.contextmanager
-def sink_not_built(settings: Settings) -> Iterator[None]:
+def sink_not_built(settings: Settings, factory: object = None) -> Iterator[None]:
     """Inside: finding, asking and building the sink a plugin provides. Anything it raises
     but a :class:`~otel_luna.settings.SettingsError` (an entry point that does not import, a
     ``format`` that raises, a constructor that fails, an abstract method left out) becomes one
     naming ``OTEL_EXPORTER_LUNA_SINK``: an exporter built from the environment logs it and the
-    app runs without it, as for any bad setting; ``serve`` exits with it in one line."""
+    app runs without it, as for any bad setting; ``serve`` exits with it in one line. A built-in
+    sink's errors (``factory`` from otel-luna itself: a file that cannot be created) pass as
+    they are: their callers name the setting at fault (the endpoint)."""
     from otel_luna.settings._declare import SettingsError
     from otel_luna.settings._settings import env_name
 
@@ -147,6 +149,9 @@ def sink_not_built(settings: Settings) -> Iterator[None]:
     except SettingsError:
         raise
     except Exception as error:
+        built_in = getattr(getattr(factory, "build", factory), "__module__", "") or ""
+        if built_in.startswith("otel_luna."):
+            raise
         raise SettingsError(
             env_name("sink"),
             f"the sink {settings.sink_name!r} could not be built: {type(error).__name__}: {error}",
