@@ -27,6 +27,7 @@ __all__ = [
     "OTEL_EXPORTER_LUNA_DEAD_LETTER",
     "OTEL_EXPORTER_LUNA_ENDPOINT",
     "OTEL_EXPORTER_LUNA_SPOOL_DIR",
+    "OTEL_EXPORTER_LUNA_USAGES",
     "SERVICE_NAME",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
@@ -39,6 +40,7 @@ __all__ = [
 OTEL_EXPORTER_LUNA_DEAD_LETTER = env_name("dead_letter")
 OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
 OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
+OTEL_EXPORTER_LUNA_USAGES = env_name("usages")
 
 #: The example service the demo runs; it ships in the package (:mod:`otel_luna.examples`).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
@@ -60,7 +62,7 @@ STOP_TIMEOUT = 120.0
 APP_ENV: Mapping[str, str] = {
     "OTEL_TRACES_EXPORTER": "luna",
     "OTEL_METRICS_EXPORTER": "none",
-    "OTEL_EXPORTER_LUNA_USAGES": "request",
+    OTEL_EXPORTER_LUNA_USAGES: "request",
     "OTEL_LOGS_EXPORTER": "none",
     "OTEL_SERVICE_NAME": SERVICE_NAME,
 }
