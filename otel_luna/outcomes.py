@@ -112,6 +112,9 @@ class Reason(str, enum.Enum):
     ATTRIBUTE_INVALID_UTF8 = "attribute_invalid_utf8", _O.VALUE_DROPPED
     # a luna.field.* / luna.time.* value that does not fit its field's one type
     ATTRIBUTE_TYPE_MISMATCH = "attribute_type_mismatch", _O.VALUE_DROPPED
+    # a luna.usages.<estimator> whose name is no identifier, or whose value is no integer >= 0
+    ATTRIBUTE_INVALID_ESTIMATOR = "attribute_invalid_estimator", _O.VALUE_DROPPED
+    ATTRIBUTE_INVALID_USAGE = "attribute_invalid_usage", _O.VALUE_DROPPED
     UNKNOWN_WATCHDOG_EVENT = "unknown_watchdog_event", _O.REJECTED
     BAD_WATCHDOG_VALUE = "bad_watchdog_value", _O.VALUE_DROPPED
     INVALID_ESTIMATOR = "invalid_estimator", _O.REJECTED

@@ -7,6 +7,9 @@ Rules (``docs/mapping.md`` has the full table):
 * ``luna.*`` attributes (:mod:`otel_luna._attributes`) set on spans *below* a SERVER span in the
   same process are merged into it when they end, so a stage timed inside a child span or in another
   task of the request still lands on the request's point;
+* a request whose spans carry ``luna.usages.<estimator>`` counts (summed over its spans) also
+  gives one ``usages_statistic`` point, at the time of its ``requests`` point; a root span that
+  is no SERVER span (a background job) gives one of its own, at its start;
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
@@ -42,6 +45,7 @@ from typing import Any, TypeVar
 from otel_luna import _attributes as attr
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._timestamps import SeriesTimes
+from otel_luna.mapping._usages import valid_estimator
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._keys import (
@@ -83,8 +87,9 @@ PENDING_TTL_NS = 300 * 10**9
 PENDING_LIMIT = 100_000
 #: ... or when they take more than this many bytes of memory (estimated; oldest first).
 PENDING_BYTES = 32 * 1024 * 1024
-#: Most user tags, fields and timings (``luna.tag.*``, ``luna.field.*``, ``luna.time.*``) one
-#: point takes, from its span and all below it; further names are dropped and counted.
+#: Most user tags, fields, timings and estimators (``luna.tag.*``, ``luna.field.*``,
+#: ``luna.time.*``, ``luna.usages.*``) one request takes, from its span and all below it;
+#: further names are dropped and counted.
 USER_KEY_LIMIT = 256
 #: Most routes the per-service route budgets remember, all services together.
 ROUTE_BUDGET_LIMIT = 100_000
@@ -112,11 +117,23 @@ class _Kind(enum.IntEnum):
     LICENSE_PART = 6  # the rest of a licence check, read with its status
     UNKNOWN = 7  # a luna.* key otel-luna does not know
     REFUSED = 8  # a user name that cannot be written (the reason in the name's place)
+    USAGE = 9  # luna.usages.<estimator>: SDK estimations, an integer >= 0 (they add up)
 
 
 # The members as module names: the hot path compares them as ints, and an enum class's
 # attribute costs a lookup through its metaclass (about 150 ns on Python 3.11).
-_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = _Kind
+(
+    _TIME,
+    _TAG,
+    _FIELD,
+    _REQUEST_ID,
+    _ERROR_CODE,
+    _LICENSE,
+    _LICENSE_PART,
+    _UNKNOWN,
+    _REFUSED,
+    _USAGE,
+) = _Kind
 #: Kinds whose value is made text (or a float), not a field the encoder checks.
 _AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
 _TYPE_MISMATCH = "type_mismatch"
@@ -130,7 +147,9 @@ _EXACT_KINDS = {
     attr.LICENSE_ERRORS: _LICENSE_PART,
 }
 _SCALARS = frozenset({str, int, float, bool})
-_NONE_HELD = (0, 0, 0)
+_NONE_HELD = (0, 0, 0, 0)
+#: What a request's data holds per user name, in the order :meth:`RequestMapper._trim` keeps.
+_HELD = ("tags", "fields", "times", "usages")
 _NO_PROBLEMS: tuple[Reason, ...] = ()
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -142,7 +161,16 @@ _LunaKey = tuple[str, _Kind, str, "type[FieldValue] | None"]
 class _RequestData:
     """``luna.*`` data of one request, gathered from its spans."""
 
-    __slots__ = ("arrived_ns", "error_code", "fields", "request_id", "size", "tags", "times")
+    __slots__ = (
+        "arrived_ns",
+        "error_code",
+        "fields",
+        "request_id",
+        "size",
+        "tags",
+        "times",
+        "usages",
+    )
 
     def __init__(self) -> None:
         #: When it was parked to wait for its parent (monotonic), and its bytes then.
@@ -153,20 +181,37 @@ class _RequestData:
         self.tags: dict[str, str] = {}
         self.fields: dict[str, FieldValue] = {}
         self.times: dict[str, float] = {}
+        #: ``<estimator>_usages`` → estimations (> 0), summed over the request's spans.
+        self.usages: dict[str, int] = {}
 
     def keys(self) -> int:
-        """User tags, fields and timings held."""
-        return len(self.tags) + len(self.fields) + len(self.times)
+        """User tags, fields, timings and estimators held."""
+        return len(self.tags) + len(self.fields) + len(self.times) + len(self.usages)
+
+    def held(self) -> tuple[int, int, int, int]:
+        """How many tags, fields, timings and estimators it holds."""
+        return len(self.tags), len(self.fields), len(self.times), len(self.usages)
+
+    def for_request(self) -> bool:
+        """Whether it holds data for a ``requests`` point (anything but usages)."""
+        return bool(
+            self.tags
+            or self.fields
+            or self.times
+            or self.request_id is not None
+            or self.error_code is not None
+        )
 
     def weigh(self) -> int:
         """Bytes of memory it holds, about."""
         size = sys.getsizeof(self.request_id) + sys.getsizeof(self.error_code)
-        for values in (self.tags, self.fields, self.times):
+        for values in (self.tags, self.fields, self.times, self.usages):
             size += _ENTRY_BYTES * len(values) + sum(map(sys.getsizeof, values.values()))
         return size
 
     def absorb(self, below: _RequestData, limit: int) -> int:
-        """Take the data of a descendant; this span's own values win, timings add up. Past
+        """Take the data of a descendant; this span's own values win, timings and usages add
+        up. Past
         ``limit`` user keys in all, the descendant's new ones are left out: how many."""
         if self.request_id is None:
             self.request_id = below.request_id
@@ -176,18 +221,31 @@ class _RequestData:
         self.tags, room, left_out = _merged(self.tags, below.tags, room)
         self.fields, room, more = _merged(self.fields, below.fields, room)
         left_out += more
-        for key, seconds in below.times.items():
-            if key in self.times:
-                self.times[key] += seconds
-            elif room <= 0:
-                left_out += 1
-            else:
-                room -= 1
-                self.times[key] = seconds
-        return left_out
+        room, more = _summed(self.times, below.times, room)
+        left_out += more
+        room, more = _summed(self.usages, below.usages, room)
+        return left_out + more
 
 
 _V = TypeVar("_V")
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _summed(mine: dict[str, _N], theirs: dict[str, _N], room: int) -> tuple[int, int]:
+    """Add ``theirs`` into ``mine``, new names while ``room`` lasts: (room left, names left
+    out)."""
+    left_out = 0
+    for key, value in theirs.items():
+        if key in mine:
+            mine[key] += value
+        elif room <= 0:
+            left_out += 1
+        else:
+            room -= 1
+            mine[key] = value
+    return room, left_out
 
 
 def _merged(
@@ -515,7 +573,7 @@ class RequestMapper(Counting):
                 had = _NONE_HELD
                 check = len(luna_keys) > self._key_limit  # at most one name per key
             else:  # what came from below keeps its place under the limit
-                had = (len(data.tags), len(data.fields), len(data.times))
+                had = data.held()
                 check = True
             for key, kind, name, field_type in luna_keys:
                 self._gather(data, kind, name, attributes[key], field_type)
@@ -523,15 +581,30 @@ class RequestMapper(Counting):
                 self._trim(data, had)
         if is_server:
             self.counts[_SERVER_SPANS] += 1
-            return self._points(
+            points = self._points(
                 attributes, trace_id, span_id, start_ns, end_ns, status_error, service, data
             )
+            if data is not None and data.usages:  # at its requests point's time (same owner)
+                points.append(self._usages(data.usages, service, start_ns, trace_id, span_id))
+            return points
         if data is not None:
-            if parent_span_id is None:
-                self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
-            else:
+            if parent_span_id is not None:
                 self._hold_for_parent(parent_span_id, data)
+            elif data.usages:  # a root span of its own (a background job): its own point
+                if data.for_request():
+                    self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
+                return [self._usages(data.usages, service, start_ns, trace_id, span_id)]
+            else:
+                self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
         return []
+
+    def _usages(
+        self, usages: dict[str, int], service: str, start_ns: int, trace_id: int, span_id: int
+    ) -> Point:
+        """The ``usages_statistic`` point of one request (or root span): its summed usages,
+        at the time its ``requests`` point has (or would have): the same owner claims it."""
+        time_ns = self.times.claim(start_ns, (trace_id << 64) | span_id)  # timestamps.owner_of
+        return _point(Point, (schema.USAGES_STATISTIC, (("service", service),), usages, time_ns))
 
     def _license(
         self, attributes: Mapping[str, Any], start_ns: int, owner: int, service: str
@@ -561,6 +634,13 @@ class RequestMapper(Counting):
         luna_keys: list[_LunaKey] = []
         for key in keys:
             if not key.startswith(attr.LUNA_PREFIX):
+                continue
+            if key.startswith(attr.USAGES_PREFIX):
+                estimator = key[len(attr.USAGES_PREFIX) :]
+                if valid_estimator(estimator):
+                    luna_keys.append((key, _USAGE, estimator + schema.USAGES_SUFFIX, int))
+                else:
+                    luna_keys.append((key, _REFUSED, "invalid_estimator", None))
                 continue
             for prefix, kind in _PREFIX_KINDS:
                 if key.startswith(prefix):
@@ -647,6 +727,14 @@ class RequestMapper(Counting):
                     value = schema.UNKNOWN_ERROR_CODE
                 data.error_code = value
                 return
+        elif kind == _USAGE:
+            number = schema.fitted(value, int) if scalar else None  # 3.0 from JSON too
+            if type(number) is not int or not 0 <= number <= _INT64_MAX:
+                self.counts[Reason.ATTRIBUTE_INVALID_USAGE] += 1  # the rest is written
+                return
+            if number:
+                data.usages[name] = data.usages.get(name, 0) + number
+            return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
             self.counts[Reason.INCOMPLETE_LICENSE_CHECK] += 1
             return
@@ -658,12 +746,13 @@ class RequestMapper(Counting):
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
-    def _trim(self, data: _RequestData, had: tuple[int, int, int]) -> None:
+    def _trim(self, data: _RequestData, had: tuple[int, int, int, int]) -> None:
         """Down to ``user_key_limit`` user names: those from below (``had`` of the tags,
-        fields and timings, the first of each) stay; of the span's own new names, the first
-        that fit (tags, then fields, then timings). What is left out is counted."""
+        fields, timings and estimators, the first of each) stay; of the span's own new names,
+        the first that fit (tags, then fields, timings, estimators). What is left out is
+        counted."""
         room = self._key_limit - sum(had)
-        for name, before in zip(("tags", "fields", "times"), had, strict=True):
+        for name, before in zip(_HELD, had, strict=True):
             held: dict[str, Any] = getattr(data, name)
             new = len(held) - before
             if new > room:

@@ -133,12 +133,13 @@ def test_integral_numbers_are_counts(monkeypatch: pytest.MonkeyPatch) -> None:
             return 3
 
     added: list[tuple[int, Any]] = []
-    usages = _helpers._Usages()
-    monkeypatch.setattr(
-        usages.counter, "add", lambda value, attributes: added.append((value, attributes))
-    )
-    monkeypatch.setattr(_helpers, "_usages", usages)
-    otel_luna.record_usages(face_detector=Int64())
+
+    class Counter:
+        def add(self, value: int, attributes: Any) -> None:
+            added.append((value, attributes))
+
+    monkeypatch.setattr(_helpers, "_counter", Counter())
+    otel_luna.record_usages(face_detector=Int64())  # outside a request: on the counter
     assert added == [(3, {"luna.estimator": "face_detector"})]
 
 
