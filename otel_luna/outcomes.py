@@ -15,7 +15,7 @@ import threading
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-__all__ = ["Counts", "Outcome", "Reason", "describe", "problems", "rejected"]
+__all__ = ["Counting", "Counts", "Outcome", "Reason", "describe", "problems", "rejected"]
 
 
 class Outcome(enum.Enum):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
@@ -270,3 +271,96 @@ def test_the_rules_catch_what_they_forbid() -> None:
     }
     assert third_party(planted("otel_luna._exporter", "opentelemetry.proto.trace")) != set()
     assert third_party(planted("otel_luna._exporter", "opentelemetry.sdk.trace")) == set()
+
+
+_DOTTED = re.compile(r"\botel_luna(?:\.[A-Za-z_]\w*)+")
+
+
+def hidden_reaches(path: Path) -> set[str]:
+    """What an add-on module reaches of the core's private parts without an import statement:
+    a private module named in a string other than a docstring (``importlib.import_module``,
+    ``__import__``, a mock's target), ``getattr(x, "_name")``, or ``module._name`` on a core
+    module it imported."""
+    importer = module_name(path)
+    own = ".".join(importer.split(".")[:2])
+    tree = ast.parse(path.read_text(), str(path))
+    modules: dict[str, str] = {}  # local name -> core module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("otel_luna"):
+                    modules[alias.asname or alias.name.split(".")[0]] = (
+                        alias.name if alias.asname else "otel_luna"
+                    )
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("otel_luna"):
+            for alias in node.names:
+                dotted = f"{node.module}.{alias.name}"
+                if is_module(dotted):
+                    modules[alias.asname or alias.name] = dotted
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+        and node.body
+        and isinstance(node.body[0], ast.Expr)
+        and isinstance(node.body[0].value, ast.Constant)
+    }
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in docstrings:
+            continue
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            for dotted in _DOTTED.findall(node.value):
+                if dotted != own and not dotted.startswith(own + ".") and is_private(dotted):
+                    found.add(f"{importer} -> {dotted}: private module named in a string")
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "getattr"
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and node.args[1].value.startswith("_")
+            and not node.args[1].value.startswith("__")
+        ):
+            found.add(f"{importer}:{node.lineno}: getattr of private {node.args[1].value!r}")
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            module = modules[node.value.id]
+            if module != own and not module.startswith(own + "."):
+                found.add(f"{importer} -> {module}.{node.attr}: private name by attribute")
+    return found
+
+
+def test_no_add_on_reaches_a_private_part_without_an_import() -> None:
+    """An add-on reaches the core only through public names: not through a private module
+    named in a string, ``getattr`` of a private name, or an attribute of an imported module."""
+    found: set[str] = set()
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if top(module_name(path)) in ADD_ONS:
+            found |= hidden_reaches(path)
+    assert sorted(found) == []
+
+
+def test_the_hidden_reaches_are_caught(tmp_path: Path) -> None:
+    """The check above sees each way around an import statement (a module written for it)."""
+    probe = PACKAGE / "serve" / "_probe_for_test_imports.py"
+    probe.write_text(
+        "import importlib\n"
+        "import otel_luna.sinks\n"
+        "from otel_luna import delivery\n"
+        "importlib.import_module('otel_luna.sinks._file')\n"
+        "__import__('otel_luna.delivery._spool')\n"
+        "getattr(otel_luna.sinks, '_http')\n"
+        "delivery._writer\n"
+    )
+    try:
+        found = hidden_reaches(probe)
+    finally:
+        probe.unlink()
+    assert len(found) == 4, found

@@ -34,7 +34,7 @@ from otel_luna.mapping._usages import OVERLAP_WINDOW_NS
 from otel_luna.outcomes import Reason, describe, problems, rejected
 from otel_luna.profiles import LINE_PROTOCOL, profile_of
 from otel_luna.settings._settings import Settings
-from otel_luna.sinks._base import SinkLike, sink_factory, wire_format
+from otel_luna.sinks._base import SinkLike, as_sink, sink_factory, sink_not_built, wire_format
 
 _logger = logging.getLogger(__name__)
 _MAPPED = Reason.MAPPED
@@ -75,6 +75,18 @@ class _ErrorLog(RateLog):
             due.seconds,
             repr(sys.exc_info()[1])[:200],
         )
+
+
+class DeliveryState(NamedTuple):
+    """How a destination's delivery stands (:meth:`Ingest.delivery_state`)."""
+
+    #: The destination, as shown (secrets masked).
+    destination: str
+    #: The delivery trouble now (``kind``, ``reason``, ``since``: the ``trouble`` of
+    #: ``otel-luna status --json``), None while writes succeed.
+    trouble: Mapping[str, object] | None
+    #: The process's spool directory; None for a memory spool.
+    spool_directory: str | None
 
 
 class Result(NamedTuple):
@@ -127,9 +139,14 @@ class Ingest:
             self._encoder = profile.encoder(LINE_PROTOCOL, settings)
             return
         if sink is None:  # the profile is checked before the sink opens files or sockets
-            factory = sink_factory(settings)
-            self._encoder = profile.encoder(wire_format(factory, settings), settings)
-            sink = factory(settings)
+            with sink_not_built(settings):
+                factory = sink_factory(settings)
+                wire = wire_format(factory, settings)
+            self._encoder = profile.encoder(wire, settings)
+            with sink_not_built(settings):
+                sink = factory(settings)
+        else:  # given in code: one without write() and close() is the caller's TypeError
+            sink = as_sink(sink, settings)
         try:
             self._encoder = profile.encoder(wire_format(sink, settings), settings)
             self.delivery = open_delivery(
@@ -264,6 +281,17 @@ class Ingest:
     def counts(self) -> Counter[Reason]:
         """Every counter, by reason."""
         return self.mapping_counts() + self.delivery_counts()
+
+    def delivery_state(self) -> DeliveryState | None:
+        """How delivery stands, for a health check (None when nothing is delivered: disabled
+        or shut down)."""
+        delivery = self.delivery
+        if delivery is None or self._closed:
+            return None
+        directory = delivery.spool.directory
+        return DeliveryState(
+            delivery.destination, delivery.trouble, None if directory is None else str(directory)
+        )
 
     def queued(self) -> int:
         """Lines waiting in the spool (none once shut down: what a disk spool keeps then is

@@ -162,3 +162,27 @@ LICENSING: Final = "licensing"
 LICENSE_STATUSES: Final = ("ok", "warning", "error", "exception")
 #: How the ``warnings`` / ``errors`` message lists are joined into one string field.
 LICENSE_MESSAGE_SEPARATOR: Final = "; "
+
+__all__ = [
+    "DEFAULT_FIELD_TYPE",
+    "ERRORS",
+    "ERROR_FIELDS",
+    "ERROR_TAGS",
+    "ESTIMATORS",
+    "FIELD_TYPE_FIRST_WORDS",
+    "FIELD_TYPE_LAST_WORDS",
+    "FIELD_TYPE_NAMES",
+    "LICENSE_MESSAGE_SEPARATOR",
+    "LICENSE_STATUSES",
+    "LICENSING",
+    "REQUESTS",
+    "REQUEST_FIELDS",
+    "REQUEST_TAGS",
+    "STAGE_TIME_FIELDS",
+    "UNKNOWN_ERROR_CODE",
+    "USAGES_STATISTIC",
+    "USAGES_SUFFIX",
+    "field_type",
+    "fitted",
+    "name_words",
+]

@@ -39,3 +39,12 @@ EVENTS: Final[dict[str, tuple[tuple[str, type], ...]]] = {
 
 #: Fields written as InfluxDB tags (few distinct values); everything else is a field.
 TAGS: Final = frozenset({"consumer_name", "is_match", "is_error"})
+
+__all__ = [
+    "EVENTS",
+    "NEW_ITEM",
+    "POLLER_HEARTBEAT",
+    "TAGS",
+    "TOPIC",
+    "WORKER_WORKS",
+]

@@ -82,12 +82,11 @@ class ReceiverHealth:
 
     def problems(self) -> list[str]:
         found = []
-        delivery = self.receiver.ingest.delivery
-        if delivery is not None:
-            trouble = delivery.trouble
-            if trouble is not None:
-                found.append(_trouble_text(delivery.destination, trouble))
-            directory = delivery.spool.directory
+        state = self.receiver.ingest.delivery_state()
+        if state is not None:
+            if state.trouble is not None:
+                found.append(_trouble_text(state.destination, state.trouble))
+            directory = state.spool_directory
             if directory is not None and not _writable(directory):
                 found.append(f"the spool directory {directory} is not writable")
         if self.receiver.spool_refused is not None:

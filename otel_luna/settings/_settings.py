@@ -333,7 +333,9 @@ class Settings:
             return cls._load(env, overrides)
         except SettingsError as error:
             declared = [*cls.declared(), *_sink_declarations(cls, sink_settings())]
-            raise error.redacted(sources.given_secrets(declared, env, overrides)) from None
+            given = sources.given_secrets(declared, env, overrides)
+            shared = sources.shared_secrets(cls.shared_prefixes, env)
+            raise error.redacted((*given, *shared)) from None
 
     @classmethod
     def _load(cls: type[_S], env: Mapping[str, str], overrides: Mapping[str, Any]) -> _S:
@@ -445,7 +447,8 @@ class Settings:
         tokens += [value for each, value in self.sink_options.items if each.secret]
         passwords = [str(self.password)] if self.password is not None else []
         tokens = [str(token) for token in tokens if token is not None]
-        return credential_forms(self.username and str(self.username), passwords, tokens)
+        found = credential_forms(self.username and str(self.username), passwords, tokens)
+        return (*found, *sources.shared_secrets(type(self).shared_prefixes, os.environ))
 
     def replace(self: _S, **changes: Any) -> _S:
         """A copy with ``changes`` applied, checked as :meth:`load` checks them."""

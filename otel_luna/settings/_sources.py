@@ -142,6 +142,39 @@ def given_secrets(
     return tuple(dict.fromkeys(found))
 
 
+#: The last word of a setting's name that makes it secret, for the settings of an add-on this
+#: process does not declare (:func:`shared_secrets`).
+SECRET_WORDS = ("token", "password", "secret")
+
+
+def shared_secrets(prefixes: Iterable[str], env: Mapping[str, str]) -> tuple[str, ...]:
+    """The values of settings under ``prefixes`` (an add-on's, as ``serve_``, that this
+    process reads from the same environment and TOML file without declaring them) whose name
+    ends in a :data:`SECRET_WORDS` word: ``OTEL_EXPORTER_LUNA_SERVE_TOKEN`` is a secret in an
+    app's messages too. In every form :func:`~otel_luna.redact.credential_forms` gives."""
+    prefixes = tuple(prefixes)
+    if not prefixes:
+        return ()
+
+    def secret(name: str) -> bool:
+        name = name.lower()
+        return name.startswith(prefixes) and name.rsplit("_", 1)[-1] in SECRET_WORDS
+
+    values = [
+        value
+        for key, value in env.items()
+        if key.startswith(ENV_PREFIX) and secret(key[len(ENV_PREFIX) :]) and value
+    ]
+    path = config_path(env)
+    if path:
+        try:
+            section = read_section(path)
+        except SettingsError:
+            section = {}
+        values += [str(value) for key, value in section.items() if secret(key) and value]
+    return tuple(credential_forms(None, [], values)) if values else ()
+
+
 def given_alone(declared: Setting, environ: Mapping[str, str] | None = None) -> Any:
     """The value given to ``declared``, read on its own: the environment, else the TOML file;
     None if neither sets it (or the file cannot be read). Never raises."""

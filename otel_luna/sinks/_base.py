@@ -17,10 +17,11 @@ A third-party sink need not subclass :class:`Sink`: any object with ``write`` an
 from __future__ import annotations
 
 import abc
+import contextlib
 import enum
 import json
 from base64 import b64encode
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -119,10 +120,37 @@ class _Adapted(Sink):
 def as_sink(sink: SinkLike, settings: Settings | None = None) -> Sink:
     """``sink`` as a :class:`Sink`: itself if it is one, else adapted once; its format is its
     ``format_for(settings)`` (when ``settings`` are given), else its ``format``, else line
-    protocol."""
+    protocol. An object without ``write`` and ``close`` is a ``TypeError``."""
     if isinstance(sink, Sink):
         return sink
+    missing = [name for name in ("write", "close") if not callable(getattr(sink, name, None))]
+    if missing:
+        raise TypeError(
+            f"a sink needs write(body) and close(); {type(sink).__name__} has no "
+            + " and no ".join(missing)
+        )
     return _Adapted(sink, _declared_format(sink, settings))
+
+
+@contextlib.contextmanager
+def sink_not_built(settings: Settings) -> Iterator[None]:
+    """Inside: finding, asking and building the sink a plugin provides. Anything it raises
+    but a :class:`~otel_luna.settings.SettingsError` (an entry point that does not import, a
+    ``format`` that raises, a constructor that fails, an abstract method left out) becomes one
+    naming ``OTEL_EXPORTER_LUNA_SINK``: an exporter built from the environment logs it and the
+    app runs without it, as for any bad setting; ``serve`` exits with it in one line."""
+    from otel_luna.settings._declare import SettingsError
+    from otel_luna.settings._settings import env_name
+
+    try:
+        yield
+    except SettingsError:
+        raise
+    except Exception as error:
+        raise SettingsError(
+            env_name("sink"),
+            f"the sink {settings.sink_name!r} could not be built: {type(error).__name__}: {error}",
+        ).redacted(settings.secrets) from error
 
 
 def _declared_format(sink: object, settings: Settings | None) -> str:

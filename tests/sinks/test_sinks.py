@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import http.server
 import json
+import logging
 import ssl
 import subprocess
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from otel_luna.settings import Settings, SettingsError
-from otel_luna.sinks import Failure, SinkError, load_sink, server_reason
+from otel_luna.sinks import Failure, Sink, SinkError, load_sink, server_reason
 from otel_luna.sinks._console import ConsoleSink
 from otel_luna.sinks._file import FileSink
 from otel_luna.sinks._influx_v1 import InfluxV1Sink
@@ -362,3 +363,107 @@ def test_a_plain_sink_plugin_is_loaded_adapted(monkeypatch: pytest.MonkeyPatch) 
     assert _base.wire_format(factory, settings) == "json"
     sink = factory(settings)
     assert isinstance(sink, Sink) and isinstance(sink.adapted, _PlainSink)  # type: ignore[attr-defined]
+
+
+class _Forgetful(Sink):
+    """A Sink subclass that left out write()."""
+
+    def __init__(self, settings: object) -> None:
+        pass
+
+
+class _Refusing:
+    """A plain plugin whose constructor fails (its server is down at start)."""
+
+    def __init__(self, settings: object) -> None:
+        raise ConnectionError("connection refused")
+
+    def write(self, body: bytes) -> None:  # pragma: no cover - never built
+        pass
+
+    def close(self) -> None:  # pragma: no cover - never built
+        pass
+
+
+class _BadFormat:
+    """A plain plugin whose format cannot be read."""
+
+    @property
+    def format(self) -> str:
+        raise RuntimeError("no format")
+
+    def write(self, body: bytes) -> None:  # pragma: no cover - never built
+        pass
+
+    def close(self) -> None:  # pragma: no cover - never built
+        pass
+
+
+def _failing_load() -> object:
+    raise ImportError("No module named 'kafka_sink_deps'")
+
+
+@pytest.mark.parametrize(
+    ("load", "why"),
+    [
+        (lambda: _Forgetful, "TypeError: Can't instantiate abstract class _Forgetful"),
+        (lambda: _Refusing, "ConnectionError: connection refused"),
+        (lambda: lambda settings: _BadFormat(), "RuntimeError: no format"),
+        (_failing_load, "ImportError: No module named 'kafka_sink_deps'"),
+    ],
+    ids=["abstract", "constructor", "format", "import"],
+)
+def test_a_plugin_sink_that_cannot_be_built_is_a_bad_setting_not_an_exception(
+    load: Any, why: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plugin that fails while it is found, asked its format or built: an exporter built from
+    the environment logs one line naming OTEL_EXPORTER_LUNA_SINK and why, and the app runs
+    without it (never an exception into the app)."""
+    from otel_luna import LunaSpanExporter
+    from otel_luna.sinks import _base
+
+    class Entry:
+        name = "plugin"
+
+        @staticmethod
+        def load() -> object:
+            return load()
+
+    monkeypatch.setattr(_base, "entry_points", lambda **kw: [Entry()])
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_SINK", "plugin")
+    with caplog.at_level(logging.ERROR):
+        exporter = LunaSpanExporter()
+    try:
+        assert exporter.settings_error is not None
+        assert exporter.settings_error.setting == "OTEL_EXPORTER_LUNA_SINK"
+        assert why in str(exporter.settings_error)
+        assert [r.getMessage().count("OTEL_EXPORTER_LUNA_SINK") for r in caplog.records] == [1]
+    finally:
+        exporter.shutdown()
+
+
+def test_an_object_without_write_and_close_is_no_sink() -> None:
+    """A sink handed in code must have write() and close(): a TypeError at once, naming what
+    is missing, instead of points spooled for a sink that can never take them."""
+    from otel_luna import LunaSpanExporter
+
+    with pytest.raises(TypeError, match="has no write and no close"):
+        LunaSpanExporter(Settings.load({}), sink=object())  # type: ignore[arg-type]
+
+
+def test_an_add_on_secret_is_masked_in_an_apps_messages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve's token, set in the environment an app shares, is a secret in the app's messages
+    too (the app's Settings do not declare it)."""
+    from otel_luna import LunaSpanExporter
+
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_SERVE_TOKEN", "s3kr1tt0ken")
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_SINK", "s3kr1tt0ken")
+    exporter = LunaSpanExporter()
+    try:
+        assert exporter.settings_error is not None
+        assert "s3kr1tt0ken" not in str(exporter.settings_error)
+        assert "***" in str(exporter.settings_error)
+    finally:
+        exporter.shutdown()
