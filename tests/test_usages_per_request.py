@@ -227,6 +227,24 @@ def test_usages_of_children_are_summed_into_the_request() -> None:
     assert mapper.pending == 0
 
 
+def test_estimators_count_against_the_user_key_limit() -> None:
+    """A request takes at most ``user_key_limit`` user names, estimators included: names past
+    it (a child's new estimators, the SERVER span's own new tag) are left out and counted; an
+    estimator already held still adds up."""
+    mapper = RequestMapper(user_key_limit=3)
+    child = {USAGES + f"estimator_{index}": 1 for index in range(5)}
+    assert mapper.add(record(child, span_id=3, parent=2)) == []
+    assert problems(mapper) == {Reason.TOO_MANY_LUNA_ATTRIBUTES: 2}
+    again = {USAGES + "estimator_0": 4, USAGES + "estimator_9": 1}
+    assert mapper.add(record(again, span_id=4, parent=2)) == []
+    points = mapper.add(record({**HTTP, "luna.tag.kind": "x"}, server=True, span_id=2))
+    (usages,) = of(points, schema.USAGES_STATISTIC)
+    assert usages.fields == {f"estimator_{i}_usages": 5 if i == 0 else 1 for i in range(3)}
+    (requests,) = of(points, schema.REQUESTS)
+    assert "kind" not in dict(requests.tags)
+    assert problems(mapper) == {Reason.TOO_MANY_LUNA_ATTRIBUTES: 2}  # estimator_9, the tag
+
+
 def test_spans_without_usages_keep_their_classification_cached() -> None:
     """The new kind costs spans without ``luna.usages.*`` nothing: their key tuple is
     classified once, and holds no usage."""
