@@ -171,8 +171,8 @@ class _LunaExporterBase:
 
 
 class LunaSpanExporter(_LunaExporterBase, SpanExporter):
-    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
-    ``licensing`` points.
+    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points (and, for a request that
+    used SDK estimators, ``usages_statistic``), licence checks as ``licensing`` points.
 
     With no arguments it reads :class:`~otel_luna.settings.Settings` from the environment, so
     ``OTEL_TRACES_EXPORTER=luna opentelemetry-instrument python app.py`` needs no code change.

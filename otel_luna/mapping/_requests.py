@@ -8,8 +8,9 @@ Rules (``docs/mapping.md`` has the full table):
   same process are merged into it when they end, so a stage timed inside a child span or in another
   task of the request still lands on the request's point;
 * a request whose spans carry ``luna.usages.<estimator>`` counts (summed over its spans) also
-  gives one ``usages_statistic`` point, at the time of its ``requests`` point; a root span that
-  is no SERVER span (a background job) gives one of its own, at its start;
+  gives one ``usages_statistic`` point, at the time of its ``requests`` point; a span that is no
+  SERVER span and whose parent is not in the process (none: a background job; remote: a
+  message consumer) gives one of its own, at its start;
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
@@ -555,6 +556,7 @@ class RequestMapper(Counting):
             end_ns,
             status_error,
             service,
+            parent_is_remote,
         ) = record
         data = self._pending.pop(span_id, None) if self._pending else None
         if data is not None:
@@ -587,16 +589,21 @@ class RequestMapper(Counting):
             if data is not None and data.usages:  # at its requests point's time (same owner)
                 points.append(self._usages(data.usages, service, start_ns, trace_id, span_id))
             return points
-        if data is not None:
-            if parent_span_id is not None:
-                self._hold_for_parent(parent_span_id, data)
-            elif data.usages:  # a root span of its own (a background job): its own point
-                if data.for_request():
-                    self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
-                return [self._usages(data.usages, service, start_ns, trace_id, span_id)]
-            else:
-                self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
-        return []
+        if data is None:
+            return []
+        points = []
+        if data.usages and (parent_span_id is None or parent_is_remote):
+            # The root of its process's part of the trace (a background job, a consumer of a
+            # message): no request of this process will take its usages. Its own point.
+            points.append(self._usages(data.usages, service, start_ns, trace_id, span_id))
+            if not data.for_request():
+                return points
+            data.usages = {}
+        if parent_span_id is not None:
+            self._hold_for_parent(parent_span_id, data)
+        else:
+            self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
+        return points
 
     def _usages(
         self, usages: dict[str, int], service: str, start_ns: int, trace_id: int, span_id: int

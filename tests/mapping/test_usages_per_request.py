@@ -176,6 +176,52 @@ def test_a_root_span_that_is_no_request_writes_its_own_point() -> None:
     assert problems(mapper) == {Reason.ORPHAN_LUNA_ATTRIBUTES: 1}
 
 
+def test_a_span_whose_parent_is_remote_writes_its_own_point() -> None:
+    """A span continuing a trace from another process (a message consumer, a job started with
+    a propagated context) is the root of its process's part: no request of this process takes
+    its usages, so it writes its own point at its start; its other luna.* data waits for the
+    parent as before."""
+    mapper = RequestMapper()
+    remote = record(
+        {USAGES + "face_detector": 2, "luna.tag.kind": "job"}, span_id=5, parent=9, start_ns=T0 + 3
+    )._replace(parent_is_remote=True)
+    (point,) = mapper.add(remote)
+    assert point.measurement == schema.USAGES_STATISTIC and point.time_ns == T0 + 3
+    assert point.fields == {"face_detector_usages": 2}
+    assert mapper.pending == 1  # the tag waits for its parent
+    (requests,) = mapper.add(record(HTTP, server=True, span_id=9))
+    assert ("kind", "job") in requests.tags
+    assert not problems(mapper)
+
+
+def test_the_adapters_tell_a_remote_parent_alike() -> None:
+    """The SDK adapter (``parent.is_remote``) and serve's OTLP adapter (span flags) give the
+    same records: a remote parent, a local one, none."""
+    from otel_luna.ingest._sdk import ServiceNames
+    from otel_luna.ingest._sdk import span_records as sdk_records
+    from otel_luna.serve import _otlp as otlp
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("remote")
+    parent = trace.SpanContext(0xABC, 0xDEF, is_remote=True, trace_flags=trace.TraceFlags(1))
+    remote = trace.set_span_in_context(trace.NonRecordingSpan(parent))
+    with (
+        tracer.start_as_current_span("consume", context=remote, kind=trace.SpanKind.CONSUMER),
+        tracer.start_as_current_span("inner"),
+    ):
+        pass
+    with tracer.start_as_current_span("job"):
+        pass
+    spans = memory.get_finished_spans()
+    in_process = [r for r in sdk_records(spans, ServiceNames()) if isinstance(r, SpanRecord)]
+    over_otlp = [r for r in otlp.span_records(trace_request(spans)) if isinstance(r, SpanRecord)]
+    assert [r.parent_is_remote for r in in_process] == [False, True, False]
+    assert [r.parent_is_remote for r in over_otlp] == [False, True, False]
+    assert [r.parent_span_id for r in in_process] == [r.parent_span_id for r in over_otlp]
+
+
 def test_usages_of_children_are_summed_into_the_request() -> None:
     """Usages set on spans below the SERVER span (and on it) add up in its one point."""
     mapper = RequestMapper()
@@ -186,6 +232,24 @@ def test_usages_of_children_are_summed_into_the_request() -> None:
     (usages,) = of(points, schema.USAGES_STATISTIC)
     assert usages.fields == {"face_detector_usages": 7, "eye_estimator_usages": 1}
     assert mapper.pending == 0
+
+
+def test_estimators_count_against_the_user_key_limit() -> None:
+    """A request takes at most ``user_key_limit`` user names, estimators included: names past
+    it (a child's new estimators, the SERVER span's own new tag) are left out and counted; an
+    estimator already held still adds up."""
+    mapper = RequestMapper(user_key_limit=3)
+    child = {USAGES + f"estimator_{index}": 1 for index in range(5)}
+    assert mapper.add(record(child, span_id=3, parent=2)) == []
+    assert problems(mapper) == {Reason.TOO_MANY_LUNA_ATTRIBUTES: 2}
+    again = {USAGES + "estimator_0": 4, USAGES + "estimator_9": 1}
+    assert mapper.add(record(again, span_id=4, parent=2)) == []
+    points = mapper.add(record({**HTTP, "luna.tag.kind": "x"}, server=True, span_id=2))
+    (usages,) = of(points, schema.USAGES_STATISTIC)
+    assert usages.fields == {f"estimator_{i}_usages": 5 if i == 0 else 1 for i in range(3)}
+    (requests,) = of(points, schema.REQUESTS)
+    assert "kind" not in dict(requests.tags)
+    assert problems(mapper) == {Reason.TOO_MANY_LUNA_ATTRIBUTES: 2}  # estimator_9, the tag
 
 
 def test_spans_without_usages_keep_their_classification_cached() -> None:
