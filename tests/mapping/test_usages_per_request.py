@@ -50,7 +50,7 @@ from tests.support.waiting import wait_until
 T0 = 1_700_000_000_000_000_000
 SERVICE = "luna-handlers"
 HTTP = {"http.request.method": "POST", "http.route": "/detector", "http.response.status_code": 200}
-APPS = Path(__file__).parent / "apps"
+APPS = Path(__file__).parent.parent / "apps"
 VENV_BIN = Path(sys.executable).parent
 USAGES = "luna.usages."
 
@@ -680,7 +680,7 @@ def test_fastapi_with_only_the_traces_exporter_writes_a_point_per_request(
     ``OTEL_TRACES_EXPORTER=luna`` and ``record_usages`` in 3 of its routes: exactly one
     usages_statistic point per such request, at its requests point's time, exact sums; no
     point for the route without usages; no warning."""
-    from test_deployments import UVICORN_RUNNING, started
+    from tests.e2e.test_deployments import UVICORN_RUNNING, started
 
     env = {
         "OTEL_TRACES_EXPORTER": "luna",
