@@ -90,6 +90,9 @@ class Reason(str, enum.Enum):
     NEGATIVE_EXECUTION_TIME = "negative_execution_time", _O.VALUE_DROPPED
     ORPHAN_LUNA_ATTRIBUTES = "orphan_luna_attributes", _O.VALUE_DROPPED
     EXPIRED_LUNA_ATTRIBUTES = "expired_luna_attributes", _O.VALUE_DROPPED
+    # tags, fields, timings of a span that ended after its request was written (its usages are
+    # written all the same, as a point of their own)
+    LATE_LUNA_ATTRIBUTES = "late_luna_attributes", _O.VALUE_DROPPED
     # child data dropped before its SERVER span came, to keep waiting data within their bounds
     EVICTED_LUNA_ATTRIBUTES = "evicted_luna_attributes", _O.VALUE_DROPPED
     # user tags, fields or timings past the most one point takes

@@ -88,6 +88,12 @@ PENDING_TTL_NS = 300 * 10**9
 PENDING_LIMIT = 100_000
 #: ... or when they take more than this many bytes of memory (estimated; oldest first).
 PENDING_BYTES = 32 * 1024 * 1024
+#: How many ended spans the mapper remembers (between half and all of them), so that a span
+#: ending after its request was written (a background task) still finds the request: a SERVER
+#: span's service, start and owner, another span's parent.
+ENDED_LIMIT = 100_000
+#: Most parent links followed up from a span to its request (a sender's loop ends there).
+_MAX_DEPTH = 64
 #: Most user tags, fields, timings and estimators (``luna.tag.*``, ``luna.field.*``,
 #: ``luna.time.*``, ``luna.usages.*``) one request takes, from its span and all below it;
 #: further names are dropped and counted.
@@ -166,8 +172,11 @@ class _RequestData:
         "arrived_ns",
         "error_code",
         "fields",
+        "owner",
         "request_id",
+        "service",
         "size",
+        "start_ns",
         "tags",
         "times",
         "usages",
@@ -177,6 +186,10 @@ class _RequestData:
         #: When it was parked to wait for its parent (monotonic), and its bytes then.
         self.arrived_ns = 0
         self.size = 0
+        #: The span first parked: where its usages are written if no request takes them.
+        self.service = ""
+        self.start_ns = 0
+        self.owner = 0
         self.request_id: str | None = None
         self.error_code: Any = None
         self.tags: dict[str, str] = {}
@@ -506,6 +519,7 @@ class RequestMapper(Counting):
         route_limit: int = ROUTE_LIMIT,
         route_budget_limit: int = ROUTE_BUDGET_LIMIT,
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
+        ended_limit: int = ENDED_LIMIT,
     ):
         """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
         super().__init__()
@@ -521,6 +535,12 @@ class RequestMapper(Counting):
         #: Insertion order is arrival order: the oldest waiting data come first.
         self._pending: dict[int, _RequestData] = {}
         self._pending_bytes = 0
+        #: Ended spans, in two generations (swapped when the newer is full: forgetting the
+        #: oldest costs nothing per span): a SERVER span's id → (service, start), another's
+        #: id → its parent's id; for spans that end after their request was written.
+        self._ended: dict[int, int | tuple[str, int]] = {}
+        self._ended_before: dict[int, int | tuple[str, int]] = {}
+        self._ended_generation = max(1, ended_limit // 2)
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
         self._bytes_limit = pending_bytes
@@ -581,36 +601,74 @@ class RequestMapper(Counting):
                 self._gather(data, kind, name, attributes[key], field_type)
             if check and data.keys() > self._key_limit:
                 self._trim(data, had)
+        ended = self._ended
         if is_server:
+            ended[span_id] = (service, start_ns)
+            if len(ended) >= self._ended_generation:
+                self._ended_before, self._ended = ended, {}
             self.counts[_SERVER_SPANS] += 1
             points = self._points(
                 attributes, trace_id, span_id, start_ns, end_ns, status_error, service, data
             )
             if data is not None and data.usages:  # at its requests point's time (same owner)
-                points.append(self._usages(data.usages, service, start_ns, trace_id, span_id))
+                points.append(
+                    self._usages(data.usages, service, start_ns, (trace_id << 64) | span_id)
+                )
             return points
+        if parent_span_id is not None and not parent_is_remote:
+            ended[span_id] = parent_span_id
+            if len(ended) >= self._ended_generation:
+                self._ended_before, self._ended = ended, {}
         if data is None:
             return []
+        owner = (trace_id << 64) | span_id  # timestamps.owner_of
         points = []
         if data.usages and (parent_span_id is None or parent_is_remote):
             # The root of its process's part of the trace (a background job, a consumer of a
             # message): no request of this process will take its usages. Its own point.
-            points.append(self._usages(data.usages, service, start_ns, trace_id, span_id))
+            points.append(self._usages(data.usages, service, start_ns, owner))
             if not data.for_request():
                 return points
             data.usages = {}
-        if parent_span_id is not None:
-            self._hold_for_parent(parent_span_id, data)
-        else:
+        if parent_span_id is None:
             self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
+            return points
+        waits_for, request = (
+            (parent_span_id, None) if parent_is_remote else self._request_of(parent_span_id)
+        )
+        if request is None:
+            data.service, data.start_ns, data.owner = service, start_ns, owner
+            self._hold_for_parent(waits_for, data, points)
+            return points
+        # Its request was written already (a background task, a thread it started): the
+        # usages as a point of their own at the request's time (a time of their own: the
+        # request's usages point stays as it is); what else it holds is late.
+        if data.usages:
+            points.append(self._usages(data.usages, request[0], request[1], owner))
+        if data.for_request():
+            self.counts[Reason.LATE_LUNA_ATTRIBUTES] += 1
         return points
 
-    def _usages(
-        self, usages: dict[str, int], service: str, start_ns: int, trace_id: int, span_id: int
-    ) -> Point:
+    def _request_of(self, parent_span_id: int) -> tuple[int, tuple[str, int] | None]:
+        """Up the ended spans from ``parent_span_id``: (the first ancestor not ended yet, None)
+        — the one to wait for — or (its id, its (service, start)) if a SERVER span that ended
+        comes first."""
+        current, before = self._ended, self._ended_before
+        for _ in range(_MAX_DEPTH):
+            up = current.get(parent_span_id)
+            if up is None:
+                up = before.get(parent_span_id)
+                if up is None:
+                    return parent_span_id, None
+            if up.__class__ is tuple:
+                return parent_span_id, up  # a SERVER span's
+            parent_span_id = up  # type: ignore[assignment]  # a parent's id
+        return parent_span_id, None
+
+    def _usages(self, usages: dict[str, int], service: str, start_ns: int, owner: int) -> Point:
         """The ``usages_statistic`` point of one request (or root span): its summed usages,
         at the time its ``requests`` point has (or would have): the same owner claims it."""
-        time_ns = self.times.claim(start_ns, (trace_id << 64) | span_id)  # timestamps.owner_of
+        time_ns = self.times.claim(start_ns, owner)
         return _point(Point, (schema.USAGES_STATISTIC, (("service", service),), usages, time_ns))
 
     def _license(
@@ -767,9 +825,13 @@ class RequestMapper(Counting):
                 setattr(data, name, dict(list(held.items())[: before + max(room, 0)]))
             room -= min(new, max(room, 0))
 
-    def _hold_for_parent(self, parent_span_id: int, data: _RequestData) -> None:
+    def _hold_for_parent(
+        self, parent_span_id: int, data: _RequestData, points: list[Point]
+    ) -> None:
         """Keep a child span's ``data`` until its parent ends (merged with what waits for it
-        already); then drop the expired and, past the bounds, the oldest (counted)."""
+        already); then drop the expired and, past the bounds, the oldest: their usages as a
+        point of their own (onto ``points``) at the start of the span first parked, the rest
+        counted."""
         pending = self._pending
         waiting = pending.get(parent_span_id)
         if waiting is None:
@@ -797,7 +859,12 @@ class RequestMapper(Counting):
                 break
             del pending[key]
             self._pending_bytes -= first.size
-            self.counts[reason] += 1
+            if first.usages:
+                points.append(
+                    self._usages(first.usages, first.service, first.start_ns, first.owner)
+                )
+            if first.for_request():
+                self.counts[reason] += 1
 
     def _points(
         self,
