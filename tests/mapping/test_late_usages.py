@@ -5,8 +5,13 @@ only the rest of the ``luna.*`` data is counted as late, expired or evicted."""
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
+
+import pytest
+import requests as http
 
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._requests import RequestMapper
@@ -14,12 +19,15 @@ from otel_luna.mapping._timestamps import MOVE_WINDOW
 from otel_luna.outcomes import Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._point import Point
+from tests.support.servers import InfluxDB1
 
 T0 = 1_700_000_000_000_000_007  # nanosecond resolution: spread() leaves it as it is
 SERVICE = "luna-handlers"
 HTTP = {"http.request.method": "POST", "http.route": "/detector", "http.response.status_code": 200}
 USAGES = "luna.usages."
 SECOND = 10**9
+APPS = Path(__file__).parent.parent / "apps"
+VENV_BIN = Path(sys.executable).parent
 
 
 def record(
@@ -155,3 +163,77 @@ def test_the_ended_spans_memory_is_bounded() -> None:
     assert len(mapper._ended) + len(mapper._ended_before) <= 100
     assert mapper.add(record({USAGES + "face_detector": 1}, span_id=7, parent=1)) == []
     assert mapper.pending == 1
+
+
+@pytest.mark.slow
+def test_fastapi_background_work_writes_exact_sums(
+    influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
+) -> None:
+    """A FastAPI app under ``opentelemetry-instrument`` with only ``OTEL_TRACES_EXPORTER=luna``
+    whose requests count estimations in a ``BackgroundTasks`` task and in a thread started with
+    the request's context, each in a span ending after the response: every usage is written
+    (the sums are exact), the request's own at its time, the later ones as points of their own
+    next to it; nothing counted lost."""
+    from tests.e2e.test_deployments import UVICORN_RUNNING, started
+
+    env = {
+        "OTEL_TRACES_EXPORTER": "luna",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": SERVICE,
+        "OTEL_EXPORTER_LUNA_ENDPOINT": influxdb1.url,
+        "OTEL_EXPORTER_LUNA_API_VERSION": "1",
+        "OTEL_EXPORTER_LUNA_DATABASE": influxdb1_database,
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(tmp_path / "spool"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    argv = [
+        str(VENV_BIN / "opentelemetry-instrument"),
+        str(VENV_BIN / "uvicorn"),
+        "usages_background_app:app",
+        "--app-dir",
+        str(APPS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--no-access-log",
+    ]
+    answers: list[dict[str, Any]] = []
+    with started(argv, env) as app:
+        (url,) = app.wait_for(UVICORN_RUNNING)
+        with http.Session() as session:
+            for index in range(60):
+                response = session.post(
+                    f"{url}/job", params={"faces": index % 4, "id": f"b{index}"}, timeout=30
+                )
+                assert response.status_code == 200, response.text
+                answers.append(response.json())
+        app.signal(15)
+        assert app.wait() == -15, app.output
+    assert "otel-luna" not in app.output, app.output
+    requests = {
+        row["request_id"]: row
+        for row in influxdb1.select("SELECT * FROM requests", influxdb1_database)
+    }
+    assert len(requests) == 60
+    points = influxdb1.select("SELECT * FROM usages_statistic", influxdb1_database)
+    assert len({point["time"] for point in points}) == len(points)
+    by_time = {point["time"]: point for point in points}
+    totals: Counter[str] = Counter()
+    for answer in answers:
+        time_ns = requests[answer["id"]]["time"]
+        assert by_time[time_ns]["face_detector_usages"] == 1
+        totals.update(answer["usages"])
+        totals.update(answer["later"])
+        for name, count in answer["later"].items():  # a point of its own, next to the request
+            assert any(
+                point[f"{name}_usages"] == count
+                and abs(point["time"] - time_ns) <= 2 * MOVE_WINDOW
+                and point["time"] != time_ns
+                for point in points
+            ), (answer, name)
+    assert len(points) == 60 + 2 * sum(1 for answer in answers if answer["later"])
+    columns = ", ".join(f'sum("{name}_usages") AS "{name}"' for name in totals)
+    (row,) = influxdb1.select(f"SELECT {columns} FROM usages_statistic", influxdb1_database)
+    assert {name: row[name] for name in totals} == dict(totals)
