@@ -22,7 +22,7 @@ from typing import Any
 from opentelemetry import metrics, trace
 
 from otel_luna import _attributes as attr
-from otel_luna.mapping._usages import valid_estimator
+from otel_luna.mapping._usages import MAX_ESTIMATOR_LENGTH, valid_estimator
 from otel_luna.schema import luna as schema
 from otel_luna.settings._parsers import USAGES_PER_REQUEST
 from otel_luna.settings._settings import usages_requested
@@ -198,8 +198,9 @@ def _read_usages_mode() -> str:
 def _estimator(estimator: str) -> tuple[str, dict[str, str]] | None:
     if not valid_estimator(estimator):
         misuse(
-            f"record_usages: estimator name {estimator!r} is not an identifier "
-            f"([a-z][a-z0-9_]*); luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
+            f"record_usages: estimator name {estimator[:60]!r} is not an identifier "
+            f"([a-z][a-z0-9_]*) of at most {MAX_ESTIMATOR_LENGTH} characters; "
+            f"luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
         )
         return None
     found = (attr.USAGES_PREFIX + estimator, {attr.ESTIMATOR: estimator})

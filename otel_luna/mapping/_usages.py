@@ -20,14 +20,24 @@ from otel_luna.mapping._records import UsageSample
 from otel_luna.mapping._timestamps import SeriesTimes
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
+from otel_luna.schema._keys import MAX_FIELD_KEY_BYTES
 from otel_luna.schema._point import FieldValue, Point
 
 _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
+#: Longest estimator name: its field key ``<name>_usages`` fits :data:`MAX_FIELD_KEY_BYTES`.
+MAX_ESTIMATOR_LENGTH = MAX_FIELD_KEY_BYTES - len(schema.USAGES_SUFFIX)
+
+
 def valid_estimator(name: Any) -> bool:
-    """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
-    return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
+    """An estimator name is an identifier, ``[a-z][a-z0-9_]*``, of at most
+    :data:`MAX_ESTIMATOR_LENGTH` characters (its field key must not be too long to write)."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_ESTIMATOR_LENGTH
+        and _ESTIMATOR_NAME.match(name) is not None
+    )
 
 
 #: How many cumulative streams :class:`CumulativeToDelta` follows at most; a new one past it

@@ -237,3 +237,31 @@ def test_fastapi_background_work_writes_exact_sums(
     columns = ", ".join(f'sum("{name}_usages") AS "{name}"' for name in totals)
     (row,) = influxdb1.select(f"SELECT {columns} FROM usages_statistic", influxdb1_database)
     assert {name: row[name] for name in totals} == dict(totals)
+
+
+def test_a_too_long_estimator_is_dropped_alone() -> None:
+    """An estimator whose field key would be too long to write is dropped alone, counted
+    (``attribute_invalid_estimator``): the request's other estimators are written, and the
+    point encodes; through the counter it is an ``invalid_estimator`` sample, alone too."""
+    from otel_luna.encoding._lineprotocol import LineProtocolEncoder
+    from otel_luna.mapping._records import UsageSample
+    from otel_luna.mapping._usages import MAX_ESTIMATOR_LENGTH, UsageMapper
+
+    longest, too_long = "e" * MAX_ESTIMATOR_LENGTH, "e" * (MAX_ESTIMATOR_LENGTH + 1)
+    mapper = RequestMapper()
+    points = mapper.add(
+        record(
+            {**HTTP, USAGES + "face_detector": 2, USAGES + too_long: 1, USAGES + longest: 3},
+            server=True,
+        )
+    )
+    (point,) = usages(points)
+    assert point.fields == {"face_detector_usages": 2, longest + "_usages": 3}
+    assert problems(mapper) == {Reason.ATTRIBUTE_INVALID_ESTIMATOR: 1}
+    encoder = LineProtocolEncoder()
+    assert all(encoder.encode_point(p) for p in points) and not encoder.take_counts()
+    counter = UsageMapper()
+    samples = [UsageSample(SERVICE, name, 0, T0, 1, False) for name in ("face_detector", too_long)]
+    (point,) = counter.points(samples)
+    assert point.fields == {"face_detector_usages": 1}
+    assert counter.take_counts() == {Reason.INVALID_ESTIMATOR: 1}
