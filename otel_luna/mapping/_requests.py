@@ -520,10 +520,12 @@ class RequestMapper(Counting):
         route_budget_limit: int = ROUTE_BUDGET_LIMIT,
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
         ended_limit: int = ENDED_LIMIT,
+        times: SeriesTimes | None = None,
     ):
-        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
+        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew);
+        ``times``: the times its points claim, shared with the usage mapper of its profile."""
         super().__init__()
-        self.times = SeriesTimes()
+        self.times = SeriesTimes() if times is None else times
         #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
         #: batch; waiting child data expires by it.
         self.arrived_ns = 0

@@ -219,9 +219,13 @@ class UsageMapper(Counting):
     """Turns ``luna.usages`` samples into ``usages_statistic`` points; what it drops is
     counted (``counts``, handed over by :meth:`take_counts`)."""
 
-    def __init__(self, converter: CumulativeToDelta | None = None) -> None:
+    def __init__(
+        self, converter: CumulativeToDelta | None = None, *, times: SeriesTimes | None = None
+    ) -> None:
+        """``times``: the times its points claim, shared with the span mapper of its profile
+        (a request's usages point and this one's never share a time)."""
         super().__init__()
-        self.times = SeriesTimes()
+        self.times = SeriesTimes() if times is None else times
         self._converter = converter if converter is not None else CumulativeToDelta()
         #: (service, estimator) seen to overlap for the first time (``usage_stream_overlap``),
         #: for the caller to warn about once (:meth:`take_new_overlaps`).
@@ -273,6 +277,6 @@ class UsageMapper(Counting):
             tags = (("service", service),)
             # The same data sent again (a retry) keeps its time; other data moves on.
             owner = zlib.crc32(repr(sorted(fields.items())).encode(), origin)
-            time_ns = self.times.claim(time_ns, owner, service)
+            time_ns = self.times.claim(time_ns, owner)
             points.append(Point(schema.USAGES_STATISTIC, tags, fields, time_ns))
         return points

@@ -265,3 +265,22 @@ def test_a_too_long_estimator_is_dropped_alone() -> None:
     (point,) = counter.points(samples)
     assert point.fields == {"face_detector_usages": 1}
     assert counter.take_counts() == {Reason.INVALID_ESTIMATOR: 1}
+
+
+def test_a_profiles_mappers_never_give_two_usages_points_one_time() -> None:
+    """The span and usage mappers of a profile claim their times from one ``SeriesTimes``: a
+    counter point of a service at the very nanosecond of a request's usages point moves, so
+    neither overwrites the other in InfluxDB."""
+    from otel_luna.mapping._records import UsageSample
+    from otel_luna.profiles import LUNA
+    from otel_luna.settings import Settings
+
+    span_mapper, usage_mapper = LUNA.mappers(Settings.load({}))
+    assert usage_mapper is not None
+    (request_usages,) = usages(
+        span_mapper.add(record({**HTTP, USAGES + "face_detector": 2}, server=True))
+    )
+    sample = UsageSample(SERVICE, "face_detector", 0, request_usages.time_ns, 1, False)
+    (counted,) = usage_mapper.points([sample])
+    assert counted.tags == request_usages.tags
+    assert counted.time_ns != request_usages.time_ns

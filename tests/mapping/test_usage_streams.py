@@ -474,8 +474,8 @@ def test_with_several_serve_workers_a_first_point_is_a_baseline() -> None:
     for workers, first in ((1, 10), (2, 0)):
         settings = ServeSettings.load({}, serve_workers=workers)
         profile = profile_of(settings)
-        assert profile.usage_mapper is not None
-        mapper = profile.usage_mapper(settings)
+        _, mapper = profile.mappers(settings)
+        assert mapper is not None
         start = time.time_ns()
         sample = UsageSample(SERVICE, ESTIMATOR, start, start + 1, 10, True, stream=1)
         assert written(mapper, [sample]) == first

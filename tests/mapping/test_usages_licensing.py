@@ -19,6 +19,7 @@ from otel_luna import _helpers
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._records import SpanRecord, UsageSample
 from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._timestamps import MOVE_WINDOW
 from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 from tests.support.servers import InfluxDB1
@@ -63,10 +64,12 @@ def test_usage_points_per_service_and_interval() -> None:
         UsageSample("c", "mask_estimator", T0, T0 + 11, 0, False),
     ]
     lines = LineProtocolEncoder().encode(mapper.points(samples))
+    moved = int(lines[1].rpartition(" ")[2])  # a time is one owner's, whatever the series
+    assert T0 + 11 < moved <= T0 + 11 + MOVE_WINDOW
     assert lines == [
         "usages_statistic,service=a face_detector_usages=3i,liveness_estimator_usages=2i"
         f" {T0 + 11}",  # a nanosecond time: written as it is
-        f"usages_statistic,service=b face_detector_usages=1i {T0 + 11}",
+        f"usages_statistic,service=b face_detector_usages=1i {moved}",
     ]
     assert mapper.counts["invalid_estimator"] == 1
 
