@@ -89,34 +89,39 @@ def _warn_without_metrics(settings: Settings) -> None:
     """One line, once, when usages go to the ``luna.usages`` counter but no luna metrics
     exporter writes it: said when the luna traces exporter, built from the environment
     (``opentelemetry-instrument`` builds the traces exporters first), runs and
-    ``OTEL_METRICS_EXPORTER`` is unset or names other exporters only — ``none`` says no metrics
-    on purpose — unless a ``LunaMetricExporter`` was built (in code). In request mode
-    (``usages``), the first time ``record_usages`` counts outside a request; in interval mode,
-    at start."""
+    ``OTEL_METRICS_EXPORTER`` is unset, ``none`` or names other exporters only — unless a
+    ``LunaMetricExporter`` was built (in code). In request mode (``usages``), the first time
+    ``record_usages`` counts outside a request or in a sampled-out trace; in interval mode, at
+    start."""
     global _warned_without_metrics
     if _warned_without_metrics or _metric_exporter_built or not settings.enabled:
         return
     if profile_of(settings).usage_mapper is None:  # a profile without usages (watchdog)
         return
     named = os.environ.get(OTEL_METRICS_EXPORTER, "").strip()
-    names = {name.strip() for name in named.split(",")}
-    if _ENTRY_POINT in names or named.lower() == "none":
+    if _ENTRY_POINT in {name.strip() for name in named.split(",")}:
         return
     _warned_without_metrics = True
     if settings.usages == USAGES_PER_INTERVAL:
-        where = f"{env_name('usages')}={USAGES_PER_INTERVAL}"
-    else:
-        where = "usages recorded outside a request"
+        where = f"counts on the luna.usages counter ({env_name('usages')}={USAGES_PER_INTERVAL})"
+        instead = (
+            f", or {env_name('usages')}={USAGES_PER_REQUEST} to write a request's usages with "
+            "its span"
+        )
+    else:  # a request's go with its span already: these had no request to go with
+        where = (
+            "counts usages recorded outside a request, or in a sampled-out trace, on the "
+            "luna.usages counter"
+        )
+        instead = ""
     _logger.warning(
-        "otel-luna: record_usages counts on the luna.usages counter (%s) but no luna metrics "
-        "exporter writes it (%s=%s): those usages are lost; set %s=luna, or %s=%s to write "
-        "a request's usages with its span",
+        "otel-luna: record_usages %s but no luna metrics exporter writes it (%s=%s): those "
+        "usages are lost; set %s=luna%s",
         where,
         OTEL_METRICS_EXPORTER,
         named or "unset",
         OTEL_METRICS_EXPORTER,
-        env_name("usages"),
-        USAGES_PER_REQUEST,
+        instead,
     )
 
 

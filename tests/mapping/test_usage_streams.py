@@ -592,7 +592,7 @@ def test_opentelemetry_instrument_in_request_mode_needs_no_metrics_exporter(
     assert "otel-luna" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "console,otlp"])
+@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "console,otlp", "none"])
 def test_interval_mode_without_a_luna_metrics_exporter_warns_once_at_start(
     warning_state: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -600,8 +600,8 @@ def test_interval_mode_without_a_luna_metrics_exporter_warns_once_at_start(
     metrics_exporter: str | None,
 ) -> None:
     """Built from the environment (as ``opentelemetry-instrument`` builds it) in interval mode
-    with ``OTEL_METRICS_EXPORTER`` unset or naming no ``luna``: one warning line that says what
-    is lost and what to set."""
+    with ``OTEL_METRICS_EXPORTER`` unset, ``none`` or naming no ``luna``: one warning line that
+    says what is lost and what to set."""
     if metrics_exporter is None:
         monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
     else:
@@ -618,7 +618,7 @@ def test_interval_mode_without_a_luna_metrics_exporter_warns_once_at_start(
     assert "\n" not in lines[0]
 
 
-@pytest.mark.parametrize("metrics_exporter", [None, "otlp"])
+@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "none"])
 def test_request_mode_warns_once_when_usages_first_need_the_counter(
     warning_state: None,
     monkeypatch: pytest.MonkeyPatch,
@@ -627,7 +627,8 @@ def test_request_mode_warns_once_when_usages_first_need_the_counter(
 ) -> None:
     """Request mode (the default) without a luna metrics exporter: nothing at start, nothing
     for usages recorded inside a request; one line the first time usages are recorded outside
-    any request (they go to the counter, which nothing writes), none after."""
+    any request (they go to the counter, which nothing writes), none after. It names why they
+    went there and does not suggest the mode already in effect."""
     from opentelemetry.sdk.trace import TracerProvider
 
     if metrics_exporter is None:
@@ -645,20 +646,20 @@ def test_request_mode_warns_once_when_usages_first_need_the_counter(
     spans.shutdown()
     lines = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
     assert len(lines) == 1, caplog.text
-    assert "usages recorded outside a request" in lines[0]
+    assert "usages recorded outside a request, or in a sampled-out trace" in lines[0]
+    assert "OTEL_EXPORTER_LUNA_USAGES" not in lines[0]
     assert "OTEL_METRICS_EXPORTER=luna" in lines[0] and "\n" not in lines[0]
 
 
-@pytest.mark.parametrize("metrics_exporter", ["luna", "otlp, luna", "none"])
+@pytest.mark.parametrize("metrics_exporter", ["luna", "otlp, luna"])
 def test_no_warning_with_the_luna_metrics_exporter(
     warning_state: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     metrics_exporter: str,
 ) -> None:
-    """``OTEL_METRICS_EXPORTER`` naming ``luna`` (or ``none``: no metrics on purpose), or a
-    ``LunaMetricExporter`` built first in code: no warning, in either mode, whatever is
-    recorded."""
+    """``OTEL_METRICS_EXPORTER`` naming ``luna``, or a ``LunaMetricExporter`` built first in
+    code: no warning, in either mode, whatever is recorded."""
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
     with caplog.at_level(logging.WARNING, logger="otel_luna"):
         for mode in ("interval", "request"):
