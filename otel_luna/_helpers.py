@@ -32,6 +32,8 @@ _warned: set[str] = set()
 _WARNED_LIMIT = 256
 #: How many estimators' keys :func:`record_usages` keeps ready; more are made per call.
 _ESTIMATORS_LIMIT = 256
+#: The largest count a field can hold (InfluxDB integers are int64).
+_INT64_MAX = 2**63 - 1
 
 
 def misuse(message: str) -> None:
@@ -245,8 +247,11 @@ def record_usages(**counts: int) -> None:
         if known is None:
             continue
         number = count if type(count) is int else integer(count)
-        if number is None or number < 0:
-            misuse(f"record_usages: {estimator}: a usage count must be an integer >= 0")
+        if number is None or not 0 <= number <= _INT64_MAX:  # more could not be written
+            misuse(
+                f"record_usages: {estimator}: a usage count must be an integer >= 0 "
+                "(at most 2**63 - 1)"
+            )
             continue
         if not number:
             continue

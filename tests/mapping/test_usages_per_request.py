@@ -428,8 +428,9 @@ def test_bad_counts_are_ignored_in_a_request_with_a_warning(
     ):
         otel_luna.record_usages(**{"Bad Name": 1}, face_detector=-1)
         otel_luna.record_usages(face_detector=True, eye_estimator=1.5)  # type: ignore[arg-type]
-        otel_luna.record_usages(eye_estimator=2)
+        otel_luna.record_usages(eye_estimator=2, liveness_estimator=2**70)  # beyond int64
     assert "not an identifier" in caplog.text and "integer >= 0" in caplog.text
+    assert "liveness_estimator: a usage count must be" in caplog.text  # not dropped later
     assert {
         k: v for k, v in ended.get_finished_spans()[0].attributes.items() if k.startswith(USAGES)
     } == {USAGES + "eye_estimator": 2}
