@@ -80,6 +80,9 @@ class Reason(str, enum.Enum):
     INVALID_LICENSE_STATUS = "invalid_license_status", _O.REJECTED
     INVALID_LIVENESS_BALANCE = "invalid_liveness_balance", _O.VALUE_DROPPED
     INCOMPLETE_LICENSE_CHECK = "incomplete_license_check", _O.VALUE_DROPPED
+    # a luna.* attribute but the licence's (luna.usages.*, luna.tag.*, ...) on a licence-check
+    # span: its licensing point does not take it
+    LUNA_ATTRIBUTE_ON_LICENSE_CHECK = "luna_attribute_on_license_check", _O.VALUE_DROPPED
     UNKNOWN_LUNA_ATTRIBUTE = "unknown_luna_attribute", _O.VALUE_DROPPED
     UNSUPPORTED_ATTRIBUTE_TYPE = "unsupported_attribute_type", _O.VALUE_DROPPED
     # an HTTP method that is no RFC 9110 token of at most 32 characters: written as _OTHER

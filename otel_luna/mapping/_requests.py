@@ -143,6 +143,7 @@ class _Kind(enum.IntEnum):
 ) = _Kind
 #: Kinds whose value is made text (or a float), not a field the encoder checks.
 _AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
+_LICENSE_KINDS = frozenset({_LICENSE, _LICENSE_PART})
 _TYPE_MISMATCH = "type_mismatch"
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
@@ -591,6 +592,9 @@ class RequestMapper(Counting):
             luna_keys = self._classify(keys)
         if luna_keys:
             if luna_keys[0][1] == _LICENSE:
+                others = sum(1 for item in luna_keys if item[1] not in _LICENSE_KINDS)
+                if others:
+                    self.counts[Reason.LUNA_ATTRIBUTE_ON_LICENSE_CHECK] += others
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if data is None:
                 data = _RequestData()

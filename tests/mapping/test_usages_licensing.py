@@ -103,6 +103,21 @@ def test_license_span_maps_to_one_point() -> None:
     ]  # T0 is a whole second: digits of the span's number fill the millisecond
 
 
+def test_other_luna_attributes_on_a_license_check_are_counted() -> None:
+    """A licence-check span's licensing point takes only the licence's attributes: usages
+    (or tags) set on it are dropped, each counted, never silently."""
+    mapper = RequestMapper()
+    attributes = {
+        "luna.license.status": "ok",
+        "luna.license.liveness_balance": 1,
+        "luna.usages.face_detector": 2,
+        "luna.tag.kind": "x",
+    }
+    (point,) = mapper.add(SpanRecord(attributes, False, 1, 2, 3, T0, T0 + 1, False, "s"))
+    assert point.measurement == "licensing"
+    assert mapper.take_counts() == {Reason.LUNA_ATTRIBUTE_ON_LICENSE_CHECK: 2}
+
+
 @pytest.mark.parametrize(
     ("call", "message"),
     [
