@@ -11,6 +11,10 @@ Rules (``docs/mapping.md`` has the full table):
   gives one ``usages_statistic`` point, at the time of its ``requests`` point; a span that is no
   SERVER span and whose parent is not in the process (none: a background job; remote: a
   message consumer) gives one of its own, at its start;
+* a span that ends after its request was written (a background task) gives its usages as a
+  point of their own at the request's time, found through the ended spans the mapper remembers
+  (bounded: ``ended_limit``); its other ``luna.*`` data is late (counted). Waiting data that
+  expires or is evicted writes its usages too, at its span's start: only the rest is counted;
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
