@@ -563,11 +563,20 @@ def luna_usages() -> Section:
     estimators = luna.ESTIMATORS
     suffix = luna.USAGES_SUFFIX
     used = source(luna.USAGES_STATISTIC, field_in(estimators, suffix), F_SERVICE)
+    # every estimator's sum, per interval and service: fill(0) makes an estimator unused in an
+    # interval 0 before the addition (a null would make the whole sum null)
+    estimations = " + ".join(f'sum("{name}{suffix}")' for name in estimators)
+    requests = source(luna.REQUESTS, field_is("execution_time"), F_SERVICE)
     return Section(
         "Usages (usages_statistic)",
         [
             bars(timeseries.Panel())
             .title("Estimations per interval, per estimator")
+            .description(
+                "the <estimator>_usages fields summed per interval: one usages_statistic point "
+                "per request that ran an estimation (OTEL_EXPORTER_LUNA_USAGES=request), or one "
+                "per service and export interval (interval)"
+            )
             .unit("short")
             .legend(table_legend())
             .with_target(
@@ -594,6 +603,50 @@ def luna_usages() -> Section:
             )
             .height(10)
             .span(THIRD),
+            timeseries.Panel()
+            .title("Estimations per request, per service")
+            .description(
+                "every estimator's estimations per interval over the service's requests points "
+                "in that interval (all routes: usages_statistic has no route tag); none where "
+                "the service answered no request"
+            )
+            .unit("short")
+            .decimals(2)
+            .legend(table_legend())
+            .with_target(
+                Influx(
+                    f'SELECT {estimations} AS "estimations" FROM "{luna.USAGES_STATISTIC}" '
+                    f'WHERE {SERVICE_WHERE} GROUP BY time($__interval), "service" fill(0)',
+                    pipe(
+                        *used,
+                        group("service"),
+                        window("sum", empty=True),
+                        "fill(value: 0)",
+                        'set(key: "_field", value: "estimations")',
+                    ),
+                )
+                .alias("$tag_service")
+                .ref_id("A")
+                .hide()
+            )
+            .with_target(
+                Influx(
+                    f'SELECT count("execution_time") AS "requests" FROM "{luna.REQUESTS}" '
+                    f'WHERE {SERVICE_WHERE} GROUP BY time($__interval), "service" fill(none)',
+                    pipe(
+                        *requests,
+                        group("service"),
+                        window("count", empty=False),
+                        'set(key: "_field", value: "requests")',
+                    ),
+                )
+                .alias("$tag_service")
+                .ref_id("B")
+                .hide()
+            )
+            .with_target(TypeMath().ref_id("C").datasource(EXPRESSION).expression("$A / $B"))
+            .height(9)
+            .span(FULL),
         ],
     )
 

@@ -18,6 +18,10 @@ FIELD_PREFIX = "luna.field."
 #: Prefix. ``luna.time.<name>`` (float seconds) adds stage timing field ``<name>`` to the
 #: ``requests`` point. Values from several spans of one request are summed.
 TIME_PREFIX = "luna.time."
+#: Prefix. ``luna.usages.<estimator>`` (integer >= 0): SDK estimations the request performed,
+#: written as field ``<estimator>_usages`` of the request's ``usages_statistic`` point. Values
+#: from several spans of one request are summed.
+USAGES_PREFIX = "luna.usages."
 
 LUNA_PREFIX = "luna."
 
@@ -46,7 +50,7 @@ SERVER_SPAN_KEYS = frozenset((*HTTP_METHOD, HTTP_METHOD_ORIGINAL, HTTP_ROUTE, *H
 #: its path then.
 ROUTE_FALLBACK_KEYS = frozenset((*HTTP_PATH, *HTTP_URL))
 
-# -- usages_statistic: an OpenTelemetry counter ------------------------------------------------
+# -- usages_statistic outside a request (or in interval mode): an OpenTelemetry counter ---------
 #: Monotonic counter of SDK estimations; one data point stream per estimator.
 USAGES_INSTRUMENT = "luna.usages"
 #: Attribute of ``luna.usages`` naming the estimator (``face_detector``, ...).

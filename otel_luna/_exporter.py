@@ -29,11 +29,13 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from otel_luna import _helpers
 from otel_luna.ingest._ingest import METRICS, TRACES, Ingest
 from otel_luna.ingest._sdk import ServiceNames, span_records, usage_samples
 from otel_luna.outcomes import Reason
 from otel_luna.profiles import profile_of
 from otel_luna.settings._declare import SettingsError
+from otel_luna.settings._parsers import USAGES_PER_INTERVAL, USAGES_PER_REQUEST
 from otel_luna.settings._settings import Settings, env_name, strict_requested
 from otel_luna.sinks._base import SinkLike
 
@@ -84,29 +86,42 @@ _warned_without_metrics = False
 
 
 def _warn_without_metrics(settings: Settings) -> None:
-    """One line at start when the luna traces exporter runs without the luna metrics exporter:
-    ``usages_statistic`` comes from the ``luna.usages`` counter (``record_usages``), which only
-    the metrics exporter writes. Said when the span exporter is built from the environment
-    (``opentelemetry-instrument`` builds the traces exporters first) and ``OTEL_METRICS_EXPORTER``
-    is unset or names other exporters only — ``none`` says no metrics on purpose — unless a
-    ``LunaMetricExporter`` was built already (in code)."""
+    """One line, once, when usages go to the ``luna.usages`` counter but no luna metrics
+    exporter writes it: said when the luna traces exporter, built from the environment
+    (``opentelemetry-instrument`` builds the traces exporters first), runs and
+    ``OTEL_METRICS_EXPORTER`` is unset, ``none`` or names other exporters only — unless a
+    ``LunaMetricExporter`` was built (in code). In request mode (``usages``), the first time
+    ``record_usages`` counts outside a request or in a sampled-out trace; in interval mode, at
+    start."""
     global _warned_without_metrics
     if _warned_without_metrics or _metric_exporter_built or not settings.enabled:
         return
     if profile_of(settings).usage_mapper is None:  # a profile without usages (watchdog)
         return
     named = os.environ.get(OTEL_METRICS_EXPORTER, "").strip()
-    names = {name.strip() for name in named.split(",")}
-    if _ENTRY_POINT in names or named.lower() == "none":
+    if _ENTRY_POINT in {name.strip() for name in named.split(",")}:
         return
     _warned_without_metrics = True
+    if settings.usages == USAGES_PER_INTERVAL:
+        where = f"counts on the luna.usages counter ({env_name('usages')}={USAGES_PER_INTERVAL})"
+        instead = (
+            f", or {env_name('usages')}={USAGES_PER_REQUEST} to write a request's usages with "
+            "its span"
+        )
+    else:  # a request's go with its span already: these had no request to go with
+        where = (
+            "counts usages recorded outside a request, or in a sampled-out trace, on the "
+            "luna.usages counter"
+        )
+        instead = ""
     _logger.warning(
-        "otel-luna: the luna traces exporter runs but no luna metrics exporter (%s=%s): "
-        "usages counted with record_usages are not written to usages_statistic; set %s=luna "
-        "(or none if the app counts no usages)",
+        "otel-luna: record_usages %s but no luna metrics exporter writes it (%s=%s): those "
+        "usages are lost; set %s=luna%s",
+        where,
         OTEL_METRICS_EXPORTER,
         named or "unset",
         OTEL_METRICS_EXPORTER,
+        instead,
     )
 
 
@@ -161,8 +176,8 @@ class _LunaExporterBase:
 
 
 class LunaSpanExporter(_LunaExporterBase, SpanExporter):
-    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points, licence checks as
-    ``licensing`` points.
+    """Writes SERVER spans as LUNA ``requests`` / ``errors`` points (and, for a request that
+    used SDK estimators, ``usages_statistic``), licence checks as ``licensing`` points.
 
     With no arguments it reads :class:`~otel_luna.settings.Settings` from the environment, so
     ``OTEL_TRACES_EXPORTER=luna opentelemetry-instrument python app.py`` needs no code change.
@@ -172,8 +187,14 @@ class LunaSpanExporter(_LunaExporterBase, SpanExporter):
 
     def __init__(self, settings: Settings | None = None, *, sink: SinkLike | None = None) -> None:
         self._attach(settings, sink)
-        if settings is None:
-            _warn_without_metrics(self.settings)
+        built = self.settings
+        check = None
+        if settings is None:  # from the environment: is a luna metrics exporter there too?
+            if built.usages == USAGES_PER_INTERVAL:
+                _warn_without_metrics(built)
+            else:
+                check = lambda: _warn_without_metrics(built)  # noqa: E731
+        _helpers.set_usages_mode(built.usages, check)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         if self._shutdown:
@@ -198,8 +219,9 @@ class LunaSpanExporter(_LunaExporterBase, SpanExporter):
 
 class LunaMetricExporter(_LunaExporterBase, MetricExporter):
     """Writes the ``luna.usages`` counter as ``usages_statistic`` points, one per service and
-    export interval. Other metrics are skipped. Asks the SDK for delta temporality on counters;
-    cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
+    export interval: the usages ``record_usages`` counts outside a request, or all of them with
+    ``usages = interval``. Other metrics are skipped. Asks the SDK for delta temporality on
+    counters; cumulative data (other SDKs, the OTLP receiver) is turned into deltas per stream.
     """
 
     def __init__(self, settings: Settings | None = None, *, sink: SinkLike | None = None) -> None:
@@ -212,6 +234,7 @@ class LunaMetricExporter(_LunaExporterBase, MetricExporter):
         global _metric_exporter_built
         _metric_exporter_built = True
         self._attach(settings, sink)
+        _helpers.set_usages_mode(self.settings.usages)
 
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any

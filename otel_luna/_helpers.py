@@ -1,7 +1,8 @@
 """Thin wrappers over the OpenTelemetry API that set the ``luna.*`` span attributes.
 
-Each acts on the current span. Outside a request (no recording span) they do nothing. Used on a
-span below the request's SERVER span, the value is merged into the request when the spans end.
+Each acts on the current span. Outside a request (no recording span) they do nothing, but for
+:func:`record_usages`, which counts on the ``luna.usages`` counter then. Used on a span below
+the request's SERVER span, the value is merged into the request when the spans end.
 
 None of them raises into the application (the OpenTelemetry API's rule): a value a helper cannot
 use is dropped with a warning, logged once per kind of mistake (:func:`misuse`). Integer
@@ -12,22 +13,27 @@ from __future__ import annotations
 
 import logging
 import operator
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
 from opentelemetry import metrics, trace
 
 from otel_luna import _attributes as attr
-from otel_luna.mapping._usages import valid_estimator
+from otel_luna.mapping._usages import MAX_ESTIMATOR_LENGTH, valid_estimator
 from otel_luna.schema import luna as schema
+from otel_luna.settings._parsers import USAGES_PER_REQUEST
+from otel_luna.settings._settings import usages_requested
 
 _logger = logging.getLogger("otel_luna")
 _warned: set[str] = set()
 _WARNED_LIMIT = 256
-#: How many estimators' attribute dicts :class:`_Usages` keeps ready; more are built per call.
+#: How many estimators' keys :func:`record_usages` keeps ready; more are made per call.
 _ESTIMATORS_LIMIT = 256
+#: The largest count a field can hold (InfluxDB integers are int64).
+_INT64_MAX = 2**63 - 1
 
 
 def misuse(message: str) -> None:
@@ -159,56 +165,108 @@ class monitor_time:
         return timed
 
 
-class _Usages:
-    """The ``luna.usages`` counter and one ready attribute dict per estimator (for the first
-    :data:`_ESTIMATORS_LIMIT` names: an app passing ever new names does not grow it)."""
+#: Setting ``usages`` of this process, for :func:`record_usages`: set by the luna exporters when
+#: built (they hold the settings), else read once from the environment (an app that exports
+#: spans over OTLP to ``otel-luna serve`` has no luna exporter).
+_usages_mode: str | None = None
+#: Called once, the first time usages go to the counter: a luna traces exporter's check that
+#: something writes the counter (:func:`set_usages_mode`).
+_on_counter: Callable[[], None] | None = None
+#: Estimator → (its span attribute, its counter attributes), for the first
+#: :data:`_ESTIMATORS_LIMIT` names: an app passing ever new names does not grow it.
+_estimators: dict[str, tuple[str, dict[str, str]]] = {}
+_counter: Any = None
+#: Adding to a span's usages reads, then sets its attribute: one thread at a time.
+_span_lock = threading.Lock()
 
-    def __init__(self) -> None:
-        meter = metrics.get_meter("otel_luna")
-        self.counter = meter.create_counter(
+
+def set_usages_mode(mode: str, on_counter: Callable[[], None] | None = None) -> None:
+    """Tell :func:`record_usages` the ``usages`` setting (``request`` or ``interval``) and what
+    to call, once, when usages first go to the counter (``None``: nothing)."""
+    global _usages_mode, _on_counter
+    _usages_mode = mode
+    _on_counter = on_counter
+
+
+def _read_usages_mode() -> str:
+    global _usages_mode
+    try:
+        _usages_mode = usages_requested()
+    except Exception:  # noqa: BLE001 - never into the application: the default then
+        _usages_mode = USAGES_PER_REQUEST
+    return _usages_mode
+
+
+def _estimator(estimator: str) -> tuple[str, dict[str, str]] | None:
+    if not valid_estimator(estimator):
+        misuse(
+            f"record_usages: estimator name {estimator[:60]!r} is not an identifier "
+            f"([a-z][a-z0-9_]*) of at most {MAX_ESTIMATOR_LENGTH} characters; "
+            f"luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
+        )
+        return None
+    found = (attr.USAGES_PREFIX + estimator, {attr.ESTIMATOR: estimator})
+    if len(_estimators) < _ESTIMATORS_LIMIT:
+        _estimators[estimator] = found
+    return found
+
+
+def _count(number: int, attributes: dict[str, str]) -> None:
+    """Add to the ``luna.usages`` counter (made at first use)."""
+    global _counter, _on_counter
+    if _counter is None:
+        _counter = metrics.get_meter("otel_luna").create_counter(
             attr.USAGES_INSTRUMENT, unit="{estimation}", description="SDK estimations performed"
         )
-        self.attributes: dict[str, dict[str, str]] = {}
-
-    def attributes_for(self, estimator: str) -> dict[str, str] | None:
-        if not valid_estimator(estimator):
-            misuse(
-                f"record_usages: estimator name {estimator!r} is not an identifier "
-                f"([a-z][a-z0-9_]*); luna-handlers' names: {', '.join(schema.ESTIMATORS)}"
-            )
-            return None
-        found = {attr.ESTIMATOR: estimator}
-        if len(self.attributes) < _ESTIMATORS_LIMIT:
-            self.attributes[estimator] = found
-        return found
-
-
-_usages: _Usages | None = None
+    if _on_counter is not None:
+        check, _on_counter = _on_counter, None
+        try:
+            check()
+        except Exception:  # a warning that failed: never into the application
+            _logger.debug("otel-luna: the usages check failed", exc_info=True)
+    _counter.add(number, attributes)
 
 
 def record_usages(**counts: int) -> None:
     """Count SDK estimations: ``record_usages(face_detector=1, liveness_estimator=2)``.
 
-    Adds to the ``luna.usages`` counter (attribute ``luna.estimator``); each export interval
-    writes one ``usages_statistic`` point per service. A name that is not an identifier, or a
-    count that is not an integer >= 0, is ignored with a warning (never raised).
+    Inside a request (a recording span) it adds to the span's ``luna.usages.<estimator>``
+    attributes: the request's ``usages_statistic`` point, at its time, sums them over its spans.
+    Outside one (or the trace sampled out), and with ``OTEL_EXPORTER_LUNA_USAGES=interval``, it
+    adds to the ``luna.usages`` counter (attribute ``luna.estimator``), which the luna metrics
+    exporter writes as one point per service and export interval. A name that is not an
+    identifier, or a count that is not an integer >= 0, is ignored with a warning (never
+    raised); a count of 0 records nothing.
     """
-    global _usages
-    usages = _usages
-    if usages is None:
-        usages = _usages = _Usages()
-    add = usages.counter.add
-    known = usages.attributes
+    mode = _usages_mode or _read_usages_mode()
+    span = trace.get_current_span()
+    on_span = mode == USAGES_PER_REQUEST and span.is_recording()
+    added: dict[str, int] = {}
     for estimator, count in counts.items():
-        attributes = known.get(estimator) or usages.attributes_for(estimator)
-        if attributes is None:
+        known = _estimators.get(estimator) or _estimator(estimator)
+        if known is None:
             continue
         number = count if type(count) is int else integer(count)
-        if number is None or number < 0:
-            misuse(f"record_usages: {estimator}: a usage count must be an integer >= 0")
+        if number is None or not 0 <= number <= _INT64_MAX:  # more could not be written
+            misuse(
+                f"record_usages: {estimator}: a usage count must be an integer >= 0 "
+                "(at most 2**63 - 1)"
+            )
             continue
-        if number:
-            add(number, attributes)
+        if not number:
+            continue
+        if on_span:
+            added[known[0]] = number
+        else:
+            _count(number, known[1])
+    if added:
+        with _span_lock:
+            before = getattr(span, "attributes", None) or {}
+            for key, number in added.items():
+                previous = before.get(key)
+                if type(previous) is int:
+                    added[key] = previous + number
+            span.set_attributes(added)
 
 
 def record_license(

@@ -80,6 +80,9 @@ class Reason(str, enum.Enum):
     INVALID_LICENSE_STATUS = "invalid_license_status", _O.REJECTED
     INVALID_LIVENESS_BALANCE = "invalid_liveness_balance", _O.VALUE_DROPPED
     INCOMPLETE_LICENSE_CHECK = "incomplete_license_check", _O.VALUE_DROPPED
+    # a luna.* attribute but the licence's (luna.usages.*, luna.tag.*, ...) on a licence-check
+    # span: its licensing point does not take it
+    LUNA_ATTRIBUTE_ON_LICENSE_CHECK = "luna_attribute_on_license_check", _O.VALUE_DROPPED
     UNKNOWN_LUNA_ATTRIBUTE = "unknown_luna_attribute", _O.VALUE_DROPPED
     UNSUPPORTED_ATTRIBUTE_TYPE = "unsupported_attribute_type", _O.VALUE_DROPPED
     # an HTTP method that is no RFC 9110 token of at most 32 characters: written as _OTHER
@@ -90,6 +93,9 @@ class Reason(str, enum.Enum):
     NEGATIVE_EXECUTION_TIME = "negative_execution_time", _O.VALUE_DROPPED
     ORPHAN_LUNA_ATTRIBUTES = "orphan_luna_attributes", _O.VALUE_DROPPED
     EXPIRED_LUNA_ATTRIBUTES = "expired_luna_attributes", _O.VALUE_DROPPED
+    # tags, fields, timings of a span that ended after its request was written (its usages are
+    # written all the same, as a point of their own)
+    LATE_LUNA_ATTRIBUTES = "late_luna_attributes", _O.VALUE_DROPPED
     # child data dropped before its SERVER span came, to keep waiting data within their bounds
     EVICTED_LUNA_ATTRIBUTES = "evicted_luna_attributes", _O.VALUE_DROPPED
     # user tags, fields or timings past the most one point takes
@@ -112,6 +118,9 @@ class Reason(str, enum.Enum):
     ATTRIBUTE_INVALID_UTF8 = "attribute_invalid_utf8", _O.VALUE_DROPPED
     # a luna.field.* / luna.time.* value that does not fit its field's one type
     ATTRIBUTE_TYPE_MISMATCH = "attribute_type_mismatch", _O.VALUE_DROPPED
+    # a luna.usages.<estimator> whose name is no identifier, or whose value is no integer >= 0
+    ATTRIBUTE_INVALID_ESTIMATOR = "attribute_invalid_estimator", _O.VALUE_DROPPED
+    ATTRIBUTE_INVALID_USAGE = "attribute_invalid_usage", _O.VALUE_DROPPED
     UNKNOWN_WATCHDOG_EVENT = "unknown_watchdog_event", _O.REJECTED
     BAD_WATCHDOG_VALUE = "bad_watchdog_value", _O.VALUE_DROPPED
     INVALID_ESTIMATOR = "invalid_estimator", _O.REJECTED

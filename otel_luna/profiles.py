@@ -6,7 +6,8 @@ pair is checked once, when the ingest is built: a profile and a sink that cannot
 are a start-up error naming the settings, never a stream of rejected points.
 
 To add a profile: a mapper with the :class:`SpanMapper` interface (``add(record)``,
-``take_counts()``; :class:`~otel_luna.outcomes.Counting` gives the second),
+``take_counts()``; :class:`~otel_luna.outcomes.Counting` gives the second) that claims its
+points' times from the :class:`~otel_luna.mapping._timestamps.SeriesTimes` it is built with,
 its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
 values the ``schema`` setting accepts (``parse_schema`` in :mod:`otel_luna.settings._parsers`).
 """
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 from otel_luna.encoding._jsonping import PingEncoder
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._timestamps import SeriesTimes
 from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.mapping._watchdog import WatchdogMapper
 from otel_luna.outcomes import Reason
@@ -85,9 +87,18 @@ class Profile:
     series: str
     #: Wire formats its points can be written in.
     formats: frozenset[str]
-    span_mapper: Callable[[Settings], SpanMapper]
+    #: The mappers, given the settings and the times both claim (:meth:`mappers`).
+    span_mapper: Callable[[Settings, SeriesTimes], SpanMapper]
     #: None: the profile writes nothing from metrics.
-    usage_mapper: Callable[[Settings], UsageMapper] | None
+    usage_mapper: Callable[[Settings, SeriesTimes], UsageMapper] | None
+
+    def mappers(self, settings: Settings) -> tuple[SpanMapper, UsageMapper | None]:
+        """The span and usage mappers, claiming their points' times from one
+        :class:`SeriesTimes`: a request's usages point and the counter's of one service never
+        share a time (one would overwrite the other in InfluxDB)."""
+        times = SeriesTimes()
+        usage_mapper = None if self.usage_mapper is None else self.usage_mapper(settings, times)
+        return self.span_mapper(settings, times), usage_mapper
 
     def encoder(self, sink_format: str, settings: Settings) -> Encoder:
         """The encoder for a sink taking ``sink_format``; a :class:`SettingsError` naming the
@@ -115,20 +126,21 @@ LUNA = Profile(
     "luna",
     "the LUNA PLATFORM series (requests, errors, usages_statistic, licensing)",
     frozenset({LINE_PROTOCOL}),
-    lambda settings: RequestMapper(route_limit=settings.route_limit),
+    lambda settings, times: RequestMapper(route_limit=settings.route_limit, times=times),
     # serve --workers N: a client's connection can move to a worker that never saw its streams
-    lambda settings: UsageMapper(
+    lambda settings, times: UsageMapper(
         CumulativeToDelta(
             first_in_full=settings.sees_whole_streams,
             max_ahead_ns=round(settings.max_time_ahead * 1e9),
-        )
+        ),
+        times=times,
     ),
 )
 WATCHDOG = Profile(
     "watchdog",
     "the watchdog events (new_item, poller_heartbeat, worker_works)",
     frozenset({LINE_PROTOCOL, JSON}),
-    lambda settings: WatchdogMapper(),
+    lambda settings, times: WatchdogMapper(times),
     None,
 )
 PROFILES = {profile.name: profile for profile in (LUNA, WATCHDOG)}

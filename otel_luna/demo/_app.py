@@ -1,6 +1,6 @@
 """The demo's process manager: the example service (or any app that prints ``listening on
-URL``) under ``opentelemetry-instrument`` with the ``luna`` exporters, started on a free port of
-127.0.0.1 and stopped with SIGTERM, so the SDK flushes the exporters at exit."""
+URL``) under ``opentelemetry-instrument`` with the ``luna`` traces exporter, started on a free
+port of 127.0.0.1 and stopped with SIGTERM, so the SDK flushes the exporter at exit."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ __all__ = [
     "OTEL_EXPORTER_LUNA_DEAD_LETTER",
     "OTEL_EXPORTER_LUNA_ENDPOINT",
     "OTEL_EXPORTER_LUNA_SPOOL_DIR",
+    "OTEL_EXPORTER_LUNA_USAGES",
     "SERVICE_NAME",
     "START_TIMEOUT",
     "STOP_TIMEOUT",
@@ -39,6 +40,7 @@ __all__ = [
 OTEL_EXPORTER_LUNA_DEAD_LETTER = env_name("dead_letter")
 OTEL_EXPORTER_LUNA_ENDPOINT = env_name("endpoint")
 OTEL_EXPORTER_LUNA_SPOOL_DIR = env_name("spool_dir")
+OTEL_EXPORTER_LUNA_USAGES = env_name("usages")
 
 #: The example service the demo runs; it ships in the package (:mod:`otel_luna.examples`).
 EXAMPLE_APP = Path(__file__).resolve().parent.parent / "examples" / "luna_handlers_app.py"
@@ -54,10 +56,13 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 120.0
 
-#: What the app is started with, over the caller's environment.
+#: What the app is started with, over the caller's environment: the luna traces exporter
+#: writes every series the app records (its estimations too: one ``usages_statistic`` point per
+#: request, the default of ``OTEL_EXPORTER_LUNA_USAGES``); no metrics pipeline.
 APP_ENV: Mapping[str, str] = {
     "OTEL_TRACES_EXPORTER": "luna",
-    "OTEL_METRICS_EXPORTER": "luna",
+    "OTEL_METRICS_EXPORTER": "none",
+    OTEL_EXPORTER_LUNA_USAGES: "request",
     "OTEL_LOGS_EXPORTER": "none",
     "OTEL_SERVICE_NAME": SERVICE_NAME,
 }

@@ -31,9 +31,10 @@ def add_command(commands: Any) -> None:
         "summarise the series it wrote",
         description=(
             "Start the example service that ships with otel-luna (otel_luna/examples/"
-            "luna_handlers_app.py) under opentelemetry-instrument with the luna traces and "
-            "metrics exporters, send it requests (some failing), stop it with SIGTERM and print "
-            "the requests, errors, usages_statistic and licensing series read back. Needs the "
+            "luna_handlers_app.py) under opentelemetry-instrument with the luna traces "
+            "exporter, send it requests (some failing), stop it with SIGTERM and print the "
+            "requests, errors, usages_statistic (one point per request with estimations) and "
+            "licensing series read back, checked against the requests sent. Needs the "
             "demo extra: pip install 'otel-luna[demo]'. The endpoint is --endpoint, else "
             f"OTEL_EXPORTER_LUNA_ENDPOINT, else file://$PWD/{DEFAULT_FILE_NAME} "
             "(emptied first). Other OTEL_EXPORTER_LUNA_* variables are passed on."

@@ -5,10 +5,11 @@ Each step is a module with functions usable on their own (the CLI in :mod:`otel_
 only parses arguments):
 
 1. :mod:`~otel_luna.demo._app` — the process manager: :func:`app_environment` selects the
-   ``luna`` traces and metrics exporters (the endpoint is ``--endpoint``, else
-   ``OTEL_EXPORTER_LUNA_ENDPOINT``, else a line-protocol file ``luna-demo.lp`` in the working
-   directory, emptied first); :class:`AppProcess` runs ``opentelemetry-instrument python``
-   :data:`EXAMPLE_APP` on a free port and stops it with SIGTERM;
+   ``luna`` traces exporter, usages per request and no metrics exporter (the endpoint is
+   ``--endpoint``, else ``OTEL_EXPORTER_LUNA_ENDPOINT``, else a line-protocol file
+   ``luna-demo.lp`` in the working directory, emptied first); :class:`AppProcess` runs
+   ``opentelemetry-instrument python`` :data:`EXAMPLE_APP` on a free port and stops it with
+   SIGTERM;
 2. :mod:`~otel_luna.demo._load` — the load generator: :func:`plan_requests` and :func:`drive`;
 3. :mod:`~otel_luna.demo._verify` — the verifier: the series read back (a file, the app's
    output, or InfluxDB 1.x through the report's query client), :func:`summarize`,
@@ -263,7 +264,8 @@ def _run_demo(
         if not mismatches:
             say(
                 "check: one requests point per request, one errors point per failed request, "
-                "usages_statistic and licensing points: ok"
+                "one usages_statistic point per request with estimations (at the request's "
+                "time, the sums it counted), one licensing point: ok"
             )
     if summary is not None and source in (SummarySource.FILE, SummarySource.INFLUXDB1):
         problems += _report(

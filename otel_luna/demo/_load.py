@@ -67,6 +67,8 @@ class Call:
     content_type: str | None = None
     request_id: str | None = None
     handler_id: str | None = None
+    #: The estimations the app counts (``record_usages``) when it answers as expected.
+    usages: tuple[tuple[str, int], ...] = ()
 
     @property
     def headers(self) -> dict[str, str]:
@@ -115,18 +117,23 @@ def _call(
             body=image,
             content_type="image/jpeg",
             request_id=request_id,
+            usages=(("face_detector", 1),),
         )
     if kind == "extractor":
-        body = json.dumps({"sample_ids": [str(uuid.UUID(int=rng.getrandbits(128)))]}).encode()
+        samples = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(rng.randint(1, 3))]
         return Call(
             kind,
             "POST",
             "/extractor",
             "POST:/extractor",
             201,
-            body=body,
+            body=json.dumps({"sample_ids": samples}).encode(),
             content_type=json_type,
             request_id=request_id,
+            usages=(
+                ("face_descriptor_extractor", len(samples)),
+                ("face_basic_attributes_extractor", len(samples)),
+            ),
         )
     if kind == "extractor_bad_body":
         return Call(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from otel_luna.demo._app import SERVICE_NAME
@@ -29,11 +29,11 @@ from otel_luna.settings import Settings
 
 __all__ = [
     "SERIES",
-    "USAGE_KINDS",
     "Summary",
     "SummarySource",
     "check",
     "expected_summary_counts",
+    "expected_usages",
     "format_summary",
     "points_in_output",
     "prepare_influxdb1",
@@ -46,8 +46,6 @@ __all__ = [
 
 #: The series the demo summarises, in the order it prints them.
 SERIES = (schema.REQUESTS, schema.ERRORS, schema.USAGES_STATISTIC, schema.LICENSING)
-#: Request kinds whose answer the app counts with ``record_usages`` (when they succeed).
-USAGE_KINDS = frozenset({"detector", "extractor"})
 
 
 class SummarySource(enum.Enum):
@@ -153,12 +151,16 @@ def query_influxdb1(
 
 @dataclass(frozen=True)
 class Summary:
-    """Points per series, ``requests`` points by route, ``errors`` points by error code: what
-    :func:`check` compares with the requests sent (``otel-luna report luna`` shows the rest)."""
+    """Points per series, ``requests`` points by route, ``errors`` points by error code, the
+    estimations per estimator (``usages_statistic`` fields summed) and the ``usages_statistic``
+    points at no ``requests`` point's time: what :func:`check` compares with the requests sent
+    (``otel-luna report luna`` shows the rest)."""
 
     points: dict[str, int]
     routes: dict[str, int]
     error_codes: dict[str, int]
+    usages: dict[str, int] = field(default_factory=dict)
+    usages_off_request: int = 0
 
 
 def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Summary:
@@ -166,6 +168,9 @@ def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Su
     series: Counter[str] = Counter()
     routes: Counter[str] = Counter()
     codes: Counter[str] = Counter()
+    usages: Counter[str] = Counter()
+    request_times: set[tuple[str, int]] = set()
+    usage_times: list[tuple[str, int]] = []
     for point in points:
         tags = dict(point.tags)
         if service is not None and tags.get("service") != service:
@@ -173,20 +178,39 @@ def summarize(points: Iterable[Point], service: str | None = SERVICE_NAME) -> Su
         series[point.measurement] += 1
         if point.measurement == schema.REQUESTS:
             routes[tags.get("route", "")] += 1
+            request_times.add((tags.get("service", ""), point.time_ns))
         elif point.measurement == schema.ERRORS:
             codes[tags.get("error_code", "")] += 1
+        elif point.measurement == schema.USAGES_STATISTIC:
+            usage_times.append((tags.get("service", ""), point.time_ns))
+            for name, value in point.fields.items():
+                # InfluxQL's JSON may answer an integer field as 5.0
+                if name.endswith(schema.USAGES_SUFFIX) and isinstance(value, (int, float)):
+                    usages[name.removesuffix(schema.USAGES_SUFFIX)] += int(value)
     for measurement in SERIES:
         series.setdefault(measurement, 0)
-    return Summary(dict(series), dict(sorted(routes.items())), dict(codes))
+    off_request = sum(1 for at in usage_times if at not in request_times)
+    return Summary(
+        dict(series),
+        dict(sorted(routes.items())),
+        dict(codes),
+        dict(sorted(usages.items())),
+        off_request,
+    )
 
 
 def format_summary(summary: Summary) -> str:
-    """The summary as printed: points per series."""
+    """The summary as printed: points per series; the estimations per estimator after the
+    ``usages_statistic`` points (one per request that counted some)."""
     order = [name for name in SERIES if name in summary.points]
     order += sorted(name for name in summary.points if name not in order)
     width = max(len(str(count)) for count in summary.points.values())
     names = max(len(name) for name in order)
     lines = [f"{name:<{names}} {summary.points[name]:>{max(width, 3)}} points" for name in order]
+    if summary.usages:
+        index = order.index(schema.USAGES_STATISTIC)
+        estimations = ", ".join(f"{name} {count}" for name, count in summary.usages.items())
+        lines[index] += f": one per request with estimations ({estimations})"
     return "\n".join(lines)
 
 
@@ -206,11 +230,24 @@ def expected_summary_counts(
     return routes, codes
 
 
+def expected_usages(
+    calls: Sequence[Call], statuses: Sequence[int | None]
+) -> tuple[int, Counter[str]]:
+    """The requests whose answer counted estimations, and the estimations per estimator."""
+    requests = 0
+    usages: Counter[str] = Counter()
+    for call, status in zip(calls, statuses, strict=True):
+        if call.usages and status == call.expect_status:
+            requests += 1
+            usages.update(dict(call.usages))
+    return requests, usages
+
+
 def check(summary: Summary, calls: Sequence[Call], statuses: Sequence[int | None]) -> list[str]:
     """Differences between the series read back and the requests the app answered: one
-    ``requests`` point per answer, one ``errors`` point per failure, at least one
-    ``usages_statistic`` point when the app counted estimations (one per export interval) and
-    one ``licensing`` point (the app's licence check at start-up)."""
+    ``requests`` point per answer, one ``errors`` point per failure, one ``usages_statistic``
+    point per request that counted estimations, at that request's time, with the sums the
+    requests counted, and one ``licensing`` point (the app's licence check at start-up)."""
     routes, codes = expected_summary_counts(calls, statuses)
     problems = []
     sent = sum(routes.values())
@@ -227,12 +264,20 @@ def check(summary: Summary, calls: Sequence[Call], statuses: Sequence[int | None
         problems.append(f"requests per route {summary.routes} != sent {dict(routes)}")
     if summary.error_codes != dict(codes):
         problems.append(f"errors per error_code {summary.error_codes} != expected {dict(codes)}")
-    counted = any(
-        call.kind in USAGE_KINDS and status == call.expect_status
-        for call, status in zip(calls, statuses, strict=True)
-    )
-    if counted and not summary.points.get(schema.USAGES_STATISTIC):
-        problems.append("no usages_statistic point for the estimations the app counted")
+    counted, usages = expected_usages(calls, statuses)
+    points = summary.points.get(schema.USAGES_STATISTIC, 0)
+    if points != counted:
+        problems.append(
+            f"{points} usages_statistic points for {counted} requests that counted estimations"
+        )
+    if summary.usages != dict(sorted(usages.items())):
+        problems.append(
+            f"estimations per estimator {summary.usages} != counted {dict(sorted(usages.items()))}"
+        )
+    if summary.usages_off_request:
+        problems.append(
+            f"{summary.usages_off_request} usages_statistic points at no requests point's time"
+        )
     if summary.points.get(schema.LICENSING, 0) != 1:
         problems.append(
             f"{summary.points.get(schema.LICENSING, 0)} licensing points for the app's one "

@@ -4,7 +4,7 @@ It never configures OpenTelemetry: run it unchanged under ``opentelemetry-instru
 patches ``aiohttp.web.Application`` so that every request is a SERVER span with ``http.route``
 templated (``/handlers/{handler_id}/events``), and select the ``luna`` exporter::
 
-    OTEL_TRACES_EXPORTER=luna OTEL_METRICS_EXPORTER=luna OTEL_LOGS_EXPORTER=none \\
+    OTEL_TRACES_EXPORTER=luna OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none \\
     OTEL_SERVICE_NAME=luna-handlers OTEL_EXPORTER_LUNA_ENDPOINT=file://$PWD/luna.lp \\
     opentelemetry-instrument python -m otel_luna.examples.luna_handlers_app --port 8080
 
@@ -27,8 +27,9 @@ Routes (the work is simulated with sleeps of a few milliseconds):
 
 A ``LUNA-Request-Id`` request header becomes the ``request_id`` field and is echoed back.
 The SDK estimations a request would run are counted with ``otel_luna.record_usages`` (the
-``usages_statistic`` series, with ``OTEL_METRICS_EXPORTER=luna``): ``face_detector`` per detected
-image, ``face_descriptor_extractor`` and ``face_basic_attributes_extractor`` per extracted sample.
+``usages_statistic`` series: one point per such request, at its time, written by the traces
+exporter): ``face_detector`` per detected image, ``face_descriptor_extractor`` and
+``face_basic_attributes_extractor`` per extracted sample.
 At start-up the app checks its licence once with ``otel_luna.record_license`` (one ``licensing``
 point; status ``ok``, liveness balance :data:`LIVENESS_BALANCE`).
 The app prints ``listening on http://HOST:PORT`` once bound (``--port 0`` picks a free port)

@@ -123,10 +123,7 @@ class Ingest:
         self._lock = threading.Lock()
         self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
         profile = profile_of(settings)
-        self._span_mapper = profile.span_mapper(settings)
-        self._usage_mapper = (
-            None if profile.usage_mapper is None else profile.usage_mapper(settings)
-        )
+        self._span_mapper, self._usage_mapper = profile.mappers(settings)
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False

@@ -86,6 +86,7 @@ def span_records(
                     end,
                     span.status.status_code is _ERROR,
                     services(span.resource)[0],
+                    parent is not None and parent.is_remote,
                 ),
             )
         except Exception:  # noqa: BLE001 - not a ReadableSpan: it costs only itself

@@ -26,6 +26,9 @@ class SpanRecord(NamedTuple):
     end_ns: int
     status_error: bool
     service: str
+    #: Whether the parent is in another process (propagated context): the span is the root of
+    #: its process's part of the trace. False when the sender does not say (OTLP span flags).
+    parent_is_remote: bool = False
 
 
 class UsageSample(NamedTuple):

@@ -7,6 +7,14 @@ Rules (``docs/mapping.md`` has the full table):
 * ``luna.*`` attributes (:mod:`otel_luna._attributes`) set on spans *below* a SERVER span in the
   same process are merged into it when they end, so a stage timed inside a child span or in another
   task of the request still lands on the request's point;
+* a request whose spans carry ``luna.usages.<estimator>`` counts (summed over its spans) also
+  gives one ``usages_statistic`` point, at the time of its ``requests`` point; a span that is no
+  SERVER span and whose parent is not in the process (none: a background job; remote: a
+  message consumer) gives one of its own, at its start;
+* a span that ends after its request was written (a background task) gives its usages as a
+  point of their own at the request's time, found through the ended spans the mapper remembers
+  (bounded: ``ended_limit``); its other ``luna.*`` data is late (counted). Waiting data that
+  expires or is evicted writes its usages too, at its span's start: only the rest is counted;
 * a licence-check span (attribute ``luna.license.status``) gives one ``licensing`` point;
 * other spans give nothing.
 
@@ -42,6 +50,7 @@ from typing import Any, TypeVar
 from otel_luna import _attributes as attr
 from otel_luna.mapping._records import SpanRecord
 from otel_luna.mapping._timestamps import SeriesTimes
+from otel_luna.mapping._usages import valid_estimator
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
 from otel_luna.schema._keys import (
@@ -83,8 +92,15 @@ PENDING_TTL_NS = 300 * 10**9
 PENDING_LIMIT = 100_000
 #: ... or when they take more than this many bytes of memory (estimated; oldest first).
 PENDING_BYTES = 32 * 1024 * 1024
-#: Most user tags, fields and timings (``luna.tag.*``, ``luna.field.*``, ``luna.time.*``) one
-#: point takes, from its span and all below it; further names are dropped and counted.
+#: How many ended spans the mapper remembers (between half and all of them), so that a span
+#: ending after its request was written (a background task) still finds the request: a SERVER
+#: span's service, start and owner, another span's parent.
+ENDED_LIMIT = 100_000
+#: Most parent links followed up from a span to its request (a sender's loop ends there).
+_MAX_DEPTH = 64
+#: Most user tags, fields, timings and estimators (``luna.tag.*``, ``luna.field.*``,
+#: ``luna.time.*``, ``luna.usages.*``) one request takes, from its span and all below it;
+#: further names are dropped and counted.
 USER_KEY_LIMIT = 256
 #: Most routes the per-service route budgets remember, all services together.
 ROUTE_BUDGET_LIMIT = 100_000
@@ -112,13 +128,26 @@ class _Kind(enum.IntEnum):
     LICENSE_PART = 6  # the rest of a licence check, read with its status
     UNKNOWN = 7  # a luna.* key otel-luna does not know
     REFUSED = 8  # a user name that cannot be written (the reason in the name's place)
+    USAGE = 9  # luna.usages.<estimator>: SDK estimations, an integer >= 0 (they add up)
 
 
 # The members as module names: the hot path compares them as ints, and an enum class's
 # attribute costs a lookup through its metaclass (about 150 ns on Python 3.11).
-_TIME, _TAG, _FIELD, _REQUEST_ID, _ERROR_CODE, _LICENSE, _LICENSE_PART, _UNKNOWN, _REFUSED = _Kind
+(
+    _TIME,
+    _TAG,
+    _FIELD,
+    _REQUEST_ID,
+    _ERROR_CODE,
+    _LICENSE,
+    _LICENSE_PART,
+    _UNKNOWN,
+    _REFUSED,
+    _USAGE,
+) = _Kind
 #: Kinds whose value is made text (or a float), not a field the encoder checks.
 _AS_TEXT = frozenset({_TIME, _TAG, _REQUEST_ID, _ERROR_CODE})
+_LICENSE_KINDS = frozenset({_LICENSE, _LICENSE_PART})
 _TYPE_MISMATCH = "type_mismatch"
 _PREFIX_KINDS = ((attr.TIME_PREFIX, _TIME), (attr.TAG_PREFIX, _TAG), (attr.FIELD_PREFIX, _FIELD))
 _EXACT_KINDS = {
@@ -130,7 +159,9 @@ _EXACT_KINDS = {
     attr.LICENSE_ERRORS: _LICENSE_PART,
 }
 _SCALARS = frozenset({str, int, float, bool})
-_NONE_HELD = (0, 0, 0)
+_NONE_HELD = (0, 0, 0, 0)
+#: What a request's data holds per user name, in the order :meth:`RequestMapper._trim` keeps.
+_HELD = ("tags", "fields", "times", "usages")
 _NO_PROBLEMS: tuple[Reason, ...] = ()
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -142,31 +173,64 @@ _LunaKey = tuple[str, _Kind, str, "type[FieldValue] | None"]
 class _RequestData:
     """``luna.*`` data of one request, gathered from its spans."""
 
-    __slots__ = ("arrived_ns", "error_code", "fields", "request_id", "size", "tags", "times")
+    __slots__ = (
+        "arrived_ns",
+        "error_code",
+        "fields",
+        "owner",
+        "request_id",
+        "service",
+        "size",
+        "start_ns",
+        "tags",
+        "times",
+        "usages",
+    )
 
     def __init__(self) -> None:
         #: When it was parked to wait for its parent (monotonic), and its bytes then.
         self.arrived_ns = 0
         self.size = 0
+        #: The span first parked: where its usages are written if no request takes them.
+        self.service = ""
+        self.start_ns = 0
+        self.owner = 0
         self.request_id: str | None = None
         self.error_code: Any = None
         self.tags: dict[str, str] = {}
         self.fields: dict[str, FieldValue] = {}
         self.times: dict[str, float] = {}
+        #: ``<estimator>_usages`` → estimations (> 0), summed over the request's spans.
+        self.usages: dict[str, int] = {}
 
     def keys(self) -> int:
-        """User tags, fields and timings held."""
-        return len(self.tags) + len(self.fields) + len(self.times)
+        """User tags, fields, timings and estimators held."""
+        return len(self.tags) + len(self.fields) + len(self.times) + len(self.usages)
+
+    def held(self) -> tuple[int, int, int, int]:
+        """How many tags, fields, timings and estimators it holds."""
+        return len(self.tags), len(self.fields), len(self.times), len(self.usages)
+
+    def for_request(self) -> bool:
+        """Whether it holds data for a ``requests`` point (anything but usages)."""
+        return bool(
+            self.tags
+            or self.fields
+            or self.times
+            or self.request_id is not None
+            or self.error_code is not None
+        )
 
     def weigh(self) -> int:
         """Bytes of memory it holds, about."""
         size = sys.getsizeof(self.request_id) + sys.getsizeof(self.error_code)
-        for values in (self.tags, self.fields, self.times):
+        for values in (self.tags, self.fields, self.times, self.usages):
             size += _ENTRY_BYTES * len(values) + sum(map(sys.getsizeof, values.values()))
         return size
 
     def absorb(self, below: _RequestData, limit: int) -> int:
-        """Take the data of a descendant; this span's own values win, timings add up. Past
+        """Take the data of a descendant; this span's own values win, timings and usages add
+        up. Past
         ``limit`` user keys in all, the descendant's new ones are left out: how many."""
         if self.request_id is None:
             self.request_id = below.request_id
@@ -176,18 +240,31 @@ class _RequestData:
         self.tags, room, left_out = _merged(self.tags, below.tags, room)
         self.fields, room, more = _merged(self.fields, below.fields, room)
         left_out += more
-        for key, seconds in below.times.items():
-            if key in self.times:
-                self.times[key] += seconds
-            elif room <= 0:
-                left_out += 1
-            else:
-                room -= 1
-                self.times[key] = seconds
-        return left_out
+        room, more = _summed(self.times, below.times, room)
+        left_out += more
+        room, more = _summed(self.usages, below.usages, room)
+        return left_out + more
 
 
 _V = TypeVar("_V")
+
+
+_N = TypeVar("_N", int, float)
+
+
+def _summed(mine: dict[str, _N], theirs: dict[str, _N], room: int) -> tuple[int, int]:
+    """Add ``theirs`` into ``mine``, new names while ``room`` lasts: (room left, names left
+    out)."""
+    left_out = 0
+    for key, value in theirs.items():
+        if key in mine:
+            mine[key] += value
+        elif room <= 0:
+            left_out += 1
+        else:
+            room -= 1
+            mine[key] = value
+    return room, left_out
 
 
 def _merged(
@@ -447,10 +524,13 @@ class RequestMapper(Counting):
         route_limit: int = ROUTE_LIMIT,
         route_budget_limit: int = ROUTE_BUDGET_LIMIT,
         tagset_cache_limit: int = _TAGSET_CACHE_LIMIT,
+        ended_limit: int = ENDED_LIMIT,
+        times: SeriesTimes | None = None,
     ):
-        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew)."""
+        """``tagset_cache_limit``: most tag sets remembered (0: none, each one made anew);
+        ``times``: the times its points claim, shared with the usage mapper of its profile."""
         super().__init__()
-        self.times = SeriesTimes()
+        self.times = SeriesTimes() if times is None else times
         #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
         #: batch; waiting child data expires by it.
         self.arrived_ns = 0
@@ -462,6 +542,12 @@ class RequestMapper(Counting):
         #: Insertion order is arrival order: the oldest waiting data come first.
         self._pending: dict[int, _RequestData] = {}
         self._pending_bytes = 0
+        #: Ended spans, in two generations (swapped when the newer is full: forgetting the
+        #: oldest costs nothing per span): a SERVER span's id → (service, start), another's
+        #: id → its parent's id; for spans that end after their request was written.
+        self._ended: dict[int, int | tuple[str, int]] = {}
+        self._ended_before: dict[int, int | tuple[str, int]] = {}
+        self._ended_generation = max(1, ended_limit // 2)
         self._ttl_ns = pending_ttl_ns
         self._limit = pending_limit
         self._bytes_limit = pending_bytes
@@ -497,6 +583,7 @@ class RequestMapper(Counting):
             end_ns,
             status_error,
             service,
+            parent_is_remote,
         ) = record
         data = self._pending.pop(span_id, None) if self._pending else None
         if data is not None:
@@ -509,29 +596,90 @@ class RequestMapper(Counting):
             luna_keys = self._classify(keys)
         if luna_keys:
             if luna_keys[0][1] == _LICENSE:
+                others = sum(1 for item in luna_keys if item[1] not in _LICENSE_KINDS)
+                if others:
+                    self.counts[Reason.LUNA_ATTRIBUTE_ON_LICENSE_CHECK] += others
                 return self._license(attributes, start_ns, (trace_id << 64) | span_id, service)
             if data is None:
                 data = _RequestData()
                 had = _NONE_HELD
                 check = len(luna_keys) > self._key_limit  # at most one name per key
             else:  # what came from below keeps its place under the limit
-                had = (len(data.tags), len(data.fields), len(data.times))
+                had = data.held()
                 check = True
             for key, kind, name, field_type in luna_keys:
                 self._gather(data, kind, name, attributes[key], field_type)
             if check and data.keys() > self._key_limit:
                 self._trim(data, had)
+        ended = self._ended
         if is_server:
+            ended[span_id] = (service, start_ns)
+            if len(ended) >= self._ended_generation:
+                self._ended_before, self._ended = ended, {}
             self.counts[_SERVER_SPANS] += 1
-            return self._points(
+            points = self._points(
                 attributes, trace_id, span_id, start_ns, end_ns, status_error, service, data
             )
-        if data is not None:
-            if parent_span_id is None:
-                self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
-            else:
-                self._hold_for_parent(parent_span_id, data)
-        return []
+            if data is not None and data.usages:  # at its requests point's time (same owner)
+                points.append(
+                    self._usages(data.usages, service, start_ns, (trace_id << 64) | span_id)
+                )
+            return points
+        if parent_span_id is not None and not parent_is_remote:
+            ended[span_id] = parent_span_id
+            if len(ended) >= self._ended_generation:
+                self._ended_before, self._ended = ended, {}
+        if data is None:
+            return []
+        owner = (trace_id << 64) | span_id  # timestamps.owner_of
+        points = []
+        if data.usages and (parent_span_id is None or parent_is_remote):
+            # The root of its process's part of the trace (a background job, a consumer of a
+            # message): no request of this process will take its usages. Its own point.
+            points.append(self._usages(data.usages, service, start_ns, owner))
+            if not data.for_request():
+                return points
+            data.usages = {}
+        if parent_span_id is None:
+            self.counts[Reason.ORPHAN_LUNA_ATTRIBUTES] += 1
+            return points
+        waits_for, request = (
+            (parent_span_id, None) if parent_is_remote else self._request_of(parent_span_id)
+        )
+        if request is None:
+            data.service, data.start_ns, data.owner = service, start_ns, owner
+            self._hold_for_parent(waits_for, data, points)
+            return points
+        # Its request was written already (a background task, a thread it started): the
+        # usages as a point of their own at the request's time (a time of their own: the
+        # request's usages point stays as it is); what else it holds is late.
+        if data.usages:
+            points.append(self._usages(data.usages, request[0], request[1], owner))
+        if data.for_request():
+            self.counts[Reason.LATE_LUNA_ATTRIBUTES] += 1
+        return points
+
+    def _request_of(self, parent_span_id: int) -> tuple[int, tuple[str, int] | None]:
+        """Up the ended spans from ``parent_span_id``: (the first ancestor not ended yet, None)
+        — the one to wait for — or (its id, its (service, start)) if a SERVER span that ended
+        comes first."""
+        current, before = self._ended, self._ended_before
+        for _ in range(_MAX_DEPTH):
+            up = current.get(parent_span_id)
+            if up is None:
+                up = before.get(parent_span_id)
+                if up is None:
+                    return parent_span_id, None
+            if up.__class__ is tuple:
+                return parent_span_id, up  # a SERVER span's
+            parent_span_id = up  # type: ignore[assignment]  # a parent's id
+        return parent_span_id, None
+
+    def _usages(self, usages: dict[str, int], service: str, start_ns: int, owner: int) -> Point:
+        """The ``usages_statistic`` point of one request (or root span): its summed usages,
+        at the time its ``requests`` point has (or would have): the same owner claims it."""
+        time_ns = self.times.claim(start_ns, owner)
+        return _point(Point, (schema.USAGES_STATISTIC, (("service", service),), usages, time_ns))
 
     def _license(
         self, attributes: Mapping[str, Any], start_ns: int, owner: int, service: str
@@ -561,6 +709,13 @@ class RequestMapper(Counting):
         luna_keys: list[_LunaKey] = []
         for key in keys:
             if not key.startswith(attr.LUNA_PREFIX):
+                continue
+            if key.startswith(attr.USAGES_PREFIX):
+                estimator = key[len(attr.USAGES_PREFIX) :]
+                if valid_estimator(estimator):
+                    luna_keys.append((key, _USAGE, estimator + schema.USAGES_SUFFIX, int))
+                else:
+                    luna_keys.append((key, _REFUSED, "invalid_estimator", None))
                 continue
             for prefix, kind in _PREFIX_KINDS:
                 if key.startswith(prefix):
@@ -647,6 +802,14 @@ class RequestMapper(Counting):
                     value = schema.UNKNOWN_ERROR_CODE
                 data.error_code = value
                 return
+        elif kind == _USAGE:
+            number = schema.fitted(value, int) if scalar else None  # 3.0 from JSON too
+            if type(number) is not int or not 0 <= number <= _INT64_MAX:
+                self.counts[Reason.ATTRIBUTE_INVALID_USAGE] += 1  # the rest is written
+                return
+            if number:
+                data.usages[name] = data.usages.get(name, 0) + number
+            return
         elif kind == _LICENSE_PART:  # without luna.license.status: not a licence check
             self.counts[Reason.INCOMPLETE_LICENSE_CHECK] += 1
             return
@@ -658,12 +821,13 @@ class RequestMapper(Counting):
             return
         self.counts[Reason.UNSUPPORTED_ATTRIBUTE_TYPE] += 1
 
-    def _trim(self, data: _RequestData, had: tuple[int, int, int]) -> None:
+    def _trim(self, data: _RequestData, had: tuple[int, int, int, int]) -> None:
         """Down to ``user_key_limit`` user names: those from below (``had`` of the tags,
-        fields and timings, the first of each) stay; of the span's own new names, the first
-        that fit (tags, then fields, then timings). What is left out is counted."""
+        fields, timings and estimators, the first of each) stay; of the span's own new names,
+        the first that fit (tags, then fields, timings, estimators). What is left out is
+        counted."""
         room = self._key_limit - sum(had)
-        for name, before in zip(("tags", "fields", "times"), had, strict=True):
+        for name, before in zip(_HELD, had, strict=True):
             held: dict[str, Any] = getattr(data, name)
             new = len(held) - before
             if new > room:
@@ -671,9 +835,13 @@ class RequestMapper(Counting):
                 setattr(data, name, dict(list(held.items())[: before + max(room, 0)]))
             room -= min(new, max(room, 0))
 
-    def _hold_for_parent(self, parent_span_id: int, data: _RequestData) -> None:
+    def _hold_for_parent(
+        self, parent_span_id: int, data: _RequestData, points: list[Point]
+    ) -> None:
         """Keep a child span's ``data`` until its parent ends (merged with what waits for it
-        already); then drop the expired and, past the bounds, the oldest (counted)."""
+        already); then drop the expired and, past the bounds, the oldest: their usages as a
+        point of their own (onto ``points``) at the start of the span first parked, the rest
+        counted."""
         pending = self._pending
         waiting = pending.get(parent_span_id)
         if waiting is None:
@@ -701,7 +869,12 @@ class RequestMapper(Counting):
                 break
             del pending[key]
             self._pending_bytes -= first.size
-            self.counts[reason] += 1
+            if first.usages:
+                points.append(
+                    self._usages(first.usages, first.service, first.start_ns, first.owner)
+                )
+            if first.for_request():
+                self.counts[reason] += 1
 
     def _points(
         self,

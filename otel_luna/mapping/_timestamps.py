@@ -86,23 +86,21 @@ class SeriesTimes:
     def __init__(self, limit: int = RECENT_LIMIT) -> None:
         self.collisions = 0
         self._generation = max(1, limit // 2)
-        self._current: dict[object, int] = {}
-        self._previous: dict[object, int] = {}
+        self._current: dict[int, int] = {}
+        self._previous: dict[int, int] = {}
 
-    def claim(self, time_ns: int, owner: int, series: object = None) -> int:
+    def claim(self, time_ns: int, owner: int) -> int:
         """The time to write for ``owner``'s point: ``time_ns`` spread by ``owner``, moved when
-        another owner holds it. ``series`` narrows the slot to (series, time), for points that
-        legitimately share a time across series (one export's usages of several services)."""
+        another owner holds it."""
         if time_ns % 10 == 0:
             time_ns = spread(time_ns, owner)
         base, attempt = time_ns, 0
         while True:
-            key = time_ns if series is None else (series, time_ns)
-            holder = self._current.get(key)
+            holder = self._current.get(time_ns)
             if holder is None:
-                holder = self._previous.get(key)
+                holder = self._previous.get(time_ns)
                 if holder is None:
-                    self._current[key] = owner
+                    self._current[time_ns] = owner
                     if len(self._current) >= self._generation:
                         self._previous, self._current = self._current, {}
                     return time_ns

@@ -20,14 +20,24 @@ from otel_luna.mapping._records import UsageSample
 from otel_luna.mapping._timestamps import SeriesTimes
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema import luna as schema
+from otel_luna.schema._keys import MAX_FIELD_KEY_BYTES
 from otel_luna.schema._point import FieldValue, Point
 
 _ESTIMATOR_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 
 
+#: Longest estimator name: its field key ``<name>_usages`` fits :data:`MAX_FIELD_KEY_BYTES`.
+MAX_ESTIMATOR_LENGTH = MAX_FIELD_KEY_BYTES - len(schema.USAGES_SUFFIX)
+
+
 def valid_estimator(name: Any) -> bool:
-    """An estimator name is an identifier: ``[a-z][a-z0-9_]*``."""
-    return isinstance(name, str) and _ESTIMATOR_NAME.match(name) is not None
+    """An estimator name is an identifier, ``[a-z][a-z0-9_]*``, of at most
+    :data:`MAX_ESTIMATOR_LENGTH` characters (its field key must not be too long to write)."""
+    return (
+        isinstance(name, str)
+        and len(name) <= MAX_ESTIMATOR_LENGTH
+        and _ESTIMATOR_NAME.match(name) is not None
+    )
 
 
 #: How many cumulative streams :class:`CumulativeToDelta` follows at most; a new one past it
@@ -209,9 +219,13 @@ class UsageMapper(Counting):
     """Turns ``luna.usages`` samples into ``usages_statistic`` points; what it drops is
     counted (``counts``, handed over by :meth:`take_counts`)."""
 
-    def __init__(self, converter: CumulativeToDelta | None = None) -> None:
+    def __init__(
+        self, converter: CumulativeToDelta | None = None, *, times: SeriesTimes | None = None
+    ) -> None:
+        """``times``: the times its points claim, shared with the span mapper of its profile
+        (a request's usages point and this one's never share a time)."""
         super().__init__()
-        self.times = SeriesTimes()
+        self.times = SeriesTimes() if times is None else times
         self._converter = converter if converter is not None else CumulativeToDelta()
         #: (service, estimator) seen to overlap for the first time (``usage_stream_overlap``),
         #: for the caller to warn about once (:meth:`take_new_overlaps`).
@@ -263,6 +277,6 @@ class UsageMapper(Counting):
             tags = (("service", service),)
             # The same data sent again (a retry) keeps its time; other data moves on.
             owner = zlib.crc32(repr(sorted(fields.items())).encode(), origin)
-            time_ns = self.times.claim(time_ns, owner, service)
+            time_ns = self.times.claim(time_ns, owner)
             points.append(Point(schema.USAGES_STATISTIC, tags, fields, time_ns))
         return points

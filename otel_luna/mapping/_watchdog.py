@@ -31,10 +31,10 @@ class WatchdogMapper(Counting):
     """Same interface as :class:`~otel_luna.mapping._requests.RequestMapper`: ``add(...)`` →
     points, :meth:`take_counts` → what it counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, times: SeriesTimes | None = None) -> None:
         super().__init__()
         self.arrived_ns = 0  # it keeps nothing between spans that would expire
-        self.times = SeriesTimes()
+        self.times = SeriesTimes() if times is None else times
 
     def add(self, record: SpanRecord) -> list[Point]:
         attributes = record.attributes

@@ -24,6 +24,7 @@ from otel_luna.report._durations import parse_duration
 from otel_luna.report._luna_chart import render_png
 from otel_luna.report._luna_summary import (
     MEASUREMENTS,
+    EstimationsPerRequest,
     EstimatorUsage,
     Latency,
     LicenseCheck,
@@ -45,6 +46,7 @@ from otel_luna.settings import Settings
 
 __all__ = [
     "MEASUREMENTS",
+    "EstimationsPerRequest",
     "EstimatorUsage",
     "Latency",
     "LicenseCheck",

@@ -28,7 +28,8 @@ _STATUS_COLOURS = {
 
 def render_png(report: LunaReport, path: Path, title: str = "LUNA monitoring") -> None:
     """Six panels: request rate, p95 ``execution_time`` and error rate over time per route; the
-    mean time of each stage per route; ``usages_statistic`` per estimator over time; licence
+    mean time of each stage per route; ``usages_statistic`` per estimator over time, with the
+    estimations per request (every estimator's sum over the ``requests`` points); licence
     status and ``liveness_balance`` over time. Written atomically."""
     figure = new_figure(15, 12)
     import matplotlib
@@ -147,10 +148,28 @@ def render_png(report: LunaReport, path: Path, title: str = "LUNA monitoring") -
         )
         bottoms = [a + b for a, b in zip(bottoms, line, strict=True)]
     usages.set_title(
-        "usages_statistic: estimations per bucket" + (" (all services)" if several else "")
+        "usages_statistic: estimations per bucket, and per request"
+        + (" (all services)" if several else "")
     )
     usages.set_ylabel("estimations")
     if totals:
+        lines = [each.overall.requests_over_time for each in services]
+        requests = [sum(column) for column in zip(*lines, strict=True)]
+        per_request = usages.twinx()
+        per_request.plot(
+            when,
+            [
+                math.nan if not count else used / count
+                for used, count in zip(bottoms, requests, strict=True)
+            ],
+            color="black",
+            marker="o",
+            markersize=3,
+            label="estimations per request",
+        )
+        per_request.set_ylabel("estimations per request")
+        per_request.set_ylim(bottom=0)
+        per_request.legend(loc="upper right", fontsize="x-small")
         usages.legend(loc="upper left", fontsize="x-small", ncol=2)
     else:
         usages.text(0.5, 0.5, "no usages_statistic points", ha="center", transform=usages.transAxes)

@@ -3,8 +3,10 @@
 Per service and route (``requests`` / ``errors``, ``shared/seeds/000_*.txt``): request rate,
 p50/p95/p99 of ``execution_time``, error rate and the most frequent ``error_code`` values, and
 the stage timing (a ``*_time`` field) that takes the most time; per service: the estimations of
-``usages_statistic`` per estimator over time, and the licence checks of ``licensing`` (status,
-``liveness_balance`` over time, the last warnings and errors).
+``usages_statistic`` per estimator summed per time bucket, the estimations per request (one
+``usages_statistic`` point per request that ran an estimation, so the points count the requests
+with usages), and the licence checks of ``licensing`` (status, ``liveness_balance`` over time,
+the last warnings and errors).
 
 :func:`summarize` is pure: points in, a :class:`LunaReport` of numbers out. Percentiles are
 nearest rank (:func:`otel_luna.report.nearest_rank`), as in the watchdog report; timelines use
@@ -39,6 +41,7 @@ __all__ = [
     "MAX_BUCKETS",
     "MEASUREMENTS",
     "MIN_RATE_SECONDS",
+    "EstimationsPerRequest",
     "EstimatorUsage",
     "Latency",
     "LicenseCheck",
@@ -129,6 +132,22 @@ class EstimatorUsage:
 
 
 @dataclass(frozen=True)
+class EstimationsPerRequest:
+    """The estimations of a service (every ``<estimator>_usages`` field summed) per request:
+    ``per_request_with_usages`` over the ``usages_statistic`` points (one per request that ran
+    an estimation), ``per_request`` over all its ``requests`` points; ``None`` without such
+    points. ``over_time``: estimations per ``requests`` point in each bucket (``None``: a
+    bucket without requests)."""
+
+    estimations: int
+    requests_with_usages: int
+    requests: int
+    per_request_with_usages: float | None
+    per_request: float | None
+    over_time: tuple[float | None, ...]
+
+
+@dataclass(frozen=True)
 class LicenseCheck:
     """One ``licensing`` point."""
 
@@ -162,6 +181,7 @@ class ServiceReport:
     routes: tuple[RouteReport, ...]
     usage_points: int
     usages: tuple[EstimatorUsage, ...]
+    per_request: EstimationsPerRequest
     licensing: Licensing | None
 
 
@@ -332,6 +352,25 @@ def _usages(points: Sequence[Point], timeline: _Timeline) -> tuple[EstimatorUsag
     )
 
 
+def _per_request(
+    usages: Sequence[EstimatorUsage], usage_points: int, overall: RouteReport
+) -> EstimationsPerRequest:
+    estimations = sum(usage.total for usage in usages)
+    per_bucket = [sum(column) for column in zip(*(u.over_time for u in usages), strict=True)]
+    per_bucket = per_bucket or [0] * len(overall.requests_over_time)
+    return EstimationsPerRequest(
+        estimations=estimations,
+        requests_with_usages=usage_points,
+        requests=overall.requests,
+        per_request_with_usages=estimations / usage_points if usage_points else None,
+        per_request=estimations / overall.requests if overall.requests else None,
+        over_time=tuple(
+            used / requests if requests else None
+            for used, requests in zip(per_bucket, overall.requests_over_time, strict=True)
+        ),
+    )
+
+
 def _licensing(points: Sequence[Point]) -> Licensing | None:
     history = tuple(
         LicenseCheck(
@@ -416,13 +455,17 @@ def summarize(
             for route, (route_requests, route_errors) in by_route.items()
         ]
         route_reports.sort(key=lambda report: (-report.requests, report.route))
+        overall = _route("", requests, errors, seconds, timeline)
+        usage_points = len(series[USAGES_STATISTIC])
+        usages = _usages(series[USAGES_STATISTIC], timeline)
         services.append(
             ServiceReport(
                 service=name,
-                overall=_route("", requests, errors, seconds, timeline),
+                overall=overall,
                 routes=tuple(route_reports),
-                usage_points=len(series[USAGES_STATISTIC]),
-                usages=_usages(series[USAGES_STATISTIC], timeline),
+                usage_points=usage_points,
+                usages=usages,
+                per_request=_per_request(usages, usage_points, overall),
                 licensing=_licensing(series[LICENSING]),
             )
         )

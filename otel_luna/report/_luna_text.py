@@ -1,5 +1,6 @@
 """The LUNA report as text: a table per service of its routes, the slowest stages, the
-estimations and licence checks over time as sparklines (what ``otel-luna report luna`` prints)."""
+estimations (and estimations per request) and licence checks over time as sparklines (what
+``otel-luna report luna`` prints)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,10 @@ def _plural(count: int, noun: str) -> str:
 
 def _ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.1f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _percent(ratio: float | None) -> str:
@@ -127,6 +132,12 @@ def _service_lines(service: ServiceReport, report: LunaReport) -> list[str]:
             lines.append(
                 f"    {usage.estimator:<{label}}{usage.total:>9}  {sparkline(usage.over_time)}"
             )
+        per = service.per_request
+        lines.append(
+            f"    estimations per request: {_ratio(per.per_request_with_usages)} per request with "
+            f"usages ({per.requests_with_usages}), {_ratio(per.per_request)} per request "
+            f"({per.requests})  {sparkline(per.over_time)}"
+        )
     licensing = service.licensing
     if licensing is not None:
         statuses = ", ".join(f"{name} {count}" for name, count in licensing.statuses.items())

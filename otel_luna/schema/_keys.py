@@ -17,6 +17,10 @@ MAX_KEY_BYTES = 65535
 #: Longest user tag value accepted, in UTF-8 bytes: a quarter of InfluxDB's key length, so a
 #: few of them cannot make a series key InfluxDB refuses.
 MAX_TAG_VALUE_BYTES = MAX_KEY_BYTES // 4
+#: Longest field key a name otel-luna makes a field key of (an estimator's
+#: ``<estimator>_usages``) may give, in UTF-8 bytes: a quarter of InfluxDB's key length, so one
+#: such key cannot make its point's series key too long and have the whole point refused.
+MAX_FIELD_KEY_BYTES = MAX_KEY_BYTES // 4
 #: The key InfluxDB reserves: it refuses it as a tag key and silently drops it as a field key.
 RESERVED_KEY = "time"
 

@@ -42,6 +42,8 @@ from otel_luna.outcomes import Reason
 _SERVER = Span.SPAN_KIND_SERVER
 _ERROR = Status.STATUS_CODE_ERROR
 _CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+#: Span flags saying the parent is known to be remote (bits 8 and 9: HAS_IS_REMOTE, IS_REMOTE).
+_REMOTE_PARENT = 0x300
 _UNKNOWN_SERVICE = "unknown_service"
 
 # A record without the NamedTuple's argument parsing (see ingest/_sdk.py).
@@ -202,6 +204,7 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Re
                         span.end_time_unix_nano,
                         span.status.code == _ERROR,
                         service,
+                        span.flags & _REMOTE_PARENT == _REMOTE_PARENT,
                     ),
                 )
 

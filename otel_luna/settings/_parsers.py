@@ -179,6 +179,19 @@ def parse_spool_kind(value: Any) -> str:
     return text
 
 
+#: The values of setting ``usages``: where ``record_usages`` puts the usages of a request.
+USAGES_PER_REQUEST = "request"
+USAGES_PER_INTERVAL = "interval"
+
+
+def parse_usages_mode(value: Any) -> str:
+    """``request`` or ``interval``."""
+    text = str(value).strip().lower()
+    if text not in (USAGES_PER_REQUEST, USAGES_PER_INTERVAL):
+        raise ValueError("expected request or interval")
+    return text
+
+
 def default_state_dir(name: str) -> str:
     """``$XDG_STATE_HOME/otel-luna/<name>``, else ``~/.local/state/otel-luna/<name>``."""
     state = os.environ.get("XDG_STATE_HOME") or os.path.join(

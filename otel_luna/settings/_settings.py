@@ -42,6 +42,7 @@ from otel_luna.settings._parsers import (
     parse_schema,
     parse_spool_kind,
     parse_text,
+    parse_usages_mode,
     shown_endpoint,
 )
 from otel_luna.settings._plugins import SINK_GROUP, sink_settings
@@ -164,6 +165,16 @@ class Settings:
         "luna or watchdog",
         group=DESTINATION,
         doc="which series to write: luna (requests, errors, …) or watchdog (pings)",
+    )
+    usages: str = setting(
+        "request",
+        parse_usages_mode,
+        "request or interval",
+        group=DESTINATION,
+        doc="where record_usages counts: request = on the request's span (one usages_statistic "
+        "point per request), interval = the luna.usages counter (one point per service and "
+        "metrics export interval; needs OTEL_METRICS_EXPORTER=luna); usages outside a "
+        "request go to the counter either way",
     )
     enabled: bool = setting(
         True,
@@ -466,6 +477,19 @@ def strict_requested(environ: Mapping[str, str] | None = None) -> bool:
     setting to be fatal, read on its own so that it counts when other settings are bad. A value
     that is no boolean counts as true: whoever set it wanted something strict."""
     return sources.requested(_BY_NAME["strict"], environ)
+
+
+def usages_requested(environ: Mapping[str, str] | None = None) -> str:
+    """The ``usages`` setting read on its own (the environment, else the TOML file), for
+    ``record_usages`` in a process whose exporters did not tell it (an app exporting over
+    OTLP): its default for a value that is bad (the exporters, which load all settings, say
+    so). Never raises."""
+    declared = _BY_NAME["usages"]
+    raw = sources.given_alone(declared, environ)
+    try:
+        return str(declared.parse(raw)) if raw is not None else str(declared.default)
+    except (ValueError, TypeError):
+        return str(declared.default)
 
 
 def env_name(name: str) -> str:

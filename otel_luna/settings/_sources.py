@@ -175,10 +175,9 @@ def shared_secrets(prefixes: Iterable[str], env: Mapping[str, str]) -> tuple[str
     return tuple(credential_forms(None, [], values)) if values else ()
 
 
-def requested(declared: Setting, environ: Mapping[str, str] | None = None) -> bool:
-    """Whether the boolean setting ``declared`` is asked for, read on its own (the environment,
-    else the TOML file) so that it counts when other settings are bad. A value that is no
-    boolean counts as true: whoever set it wanted something."""
+def given_alone(declared: Setting, environ: Mapping[str, str] | None = None) -> Any:
+    """The value given to ``declared``, read on its own: the environment, else the TOML file;
+    None if neither sets it (or the file cannot be read). Never raises."""
     env = os.environ if environ is None else environ
     raw: Any = env.get(declared.env)
     if raw is None or not str(raw).strip():
@@ -187,6 +186,14 @@ def requested(declared: Setting, environ: Mapping[str, str] | None = None) -> bo
             raw = read_section(path).get(declared.toml) if path else None
         except SettingsError:
             raw = None
+    return raw
+
+
+def requested(declared: Setting, environ: Mapping[str, str] | None = None) -> bool:
+    """Whether the boolean setting ``declared`` is asked for, read on its own (the environment,
+    else the TOML file) so that it counts when other settings are bad. A value that is no
+    boolean counts as true: whoever set it wanted something."""
+    raw = given_alone(declared, environ)
     if raw is None:
         return False
     try:

@@ -3,6 +3,7 @@ InfluxDB)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import random
@@ -72,6 +73,7 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
     assert summary.points == {"requests": 5, "errors": 3, "usages_statistic": 0, "licensing": 1}
     assert summary.routes == {"GET:/version": 1, "POST:/detector": 4}
     assert summary.error_codes == {"12031": 2, "22002": 1}
+    assert summary.usages == {} and summary.usages_off_request == 0
     assert verify.format_summary(summary) == (
         "requests           5 points\n"
         "errors             3 points\n"
@@ -80,37 +82,82 @@ def test_summary_counts_series_routes_and_error_codes() -> None:
     )
 
 
+def test_summary_sums_usages_per_estimator_and_counts_points_at_no_request_time() -> None:
+    """Estimations are summed per estimator over the usages points (an integer InfluxQL answers
+    as 2.0 too); a usages point at no requests point's time (of the service) is counted; the
+    printed summary says one point per request with estimations."""
+    service = (("service", "luna-handlers"),)
+    points = [Point("requests", (("route", "POST:/detector"), *service), {}, t) for t in (1, 2, 3)]
+    points += [
+        Point("usages_statistic", service, {"face_detector_usages": 1}, 1),
+        Point("usages_statistic", service, {"face_detector_usages": 2.0}, 2),
+        Point("usages_statistic", service, {"face_detector_usages": 1, "x_usages": 4}, 9),
+        Point("usages_statistic", (("service", "other"),), {"face_detector_usages": 7}, 3),
+    ]
+    summary = verify.summarize(points)
+    assert summary.usages == {"face_detector": 4, "x": 4}
+    assert summary.usages_off_request == 1
+    assert verify.format_summary(summary).splitlines()[2] == (
+        "usages_statistic   3 points: one per request with estimations (face_detector 4, x 4)"
+    )
+
+
 def test_check_reports_lost_points() -> None:
-    """A missing requests or errors point, a wrong error code, no usages_statistic point or no
-    licensing point is reported as a problem."""
+    """A missing requests or errors point, a wrong error code, a usages_statistic point missing,
+    a wrong sum of estimations, a usages point at no request's time, or no licensing point is
+    reported as a problem."""
     calls = demo_load.plan_requests(40, ["h"], ["x"], random.Random(1))
     statuses: list[int | None] = [call.expect_status for call in calls]
     routes, codes = verify.expected_summary_counts(calls, statuses)
+    with_usages, usages = verify.expected_usages(calls, statuses)
+    assert with_usages == sum(1 for call in calls if call.kind in ("detector", "extractor"))
+    assert set(usages) == {
+        "face_detector",
+        "face_descriptor_extractor",
+        "face_basic_attributes_extractor",
+    }
     good = verify.Summary(
-        {"requests": 40, "errors": sum(codes.values()), "usages_statistic": 1, "licensing": 1},
+        {
+            "requests": 40,
+            "errors": sum(codes.values()),
+            "usages_statistic": with_usages,
+            "licensing": 1,
+        },
         dict(routes),
         dict(codes),
+        dict(sorted(usages.items())),
     )
     assert verify.check(good, calls, statuses) == []
     lost = verify.Summary({**good.points, "requests": 39}, good.routes, good.error_codes)
     assert verify.check(lost, calls, statuses)[0] == "39 requests points for 40 requests"
-    wrong = verify.Summary(good.points, good.routes, {"0": sum(codes.values())})
+    wrong = dataclasses.replace(good, error_codes={"0": sum(codes.values())})
     assert len(verify.check(wrong, calls, statuses)) == 1
-    quiet = verify.Summary(
-        {**good.points, "usages_statistic": 0, "licensing": 0}, good.routes, good.error_codes
+    quiet = dataclasses.replace(
+        good, points={**good.points, "usages_statistic": with_usages - 1, "licensing": 0}
     )
     assert verify.check(quiet, calls, statuses) == [
-        "no usages_statistic point for the estimations the app counted",
+        f"{with_usages - 1} usages_statistic points for {with_usages} requests that counted "
+        "estimations",
         "0 licensing points for the app's one licence check",
+    ]
+    more = dataclasses.replace(good, usages={**good.usages, "face_detector": 0})
+    assert verify.check(more, calls, statuses) == [
+        f"estimations per estimator {more.usages} != counted {good.usages}"
+    ]
+    elsewhere = dataclasses.replace(good, usages_off_request=2)
+    assert verify.check(elsewhere, calls, statuses) == [
+        "2 usages_statistic points at no requests point's time"
     ]
 
 
 def test_endpoint_comes_from_option_then_environment_then_default(tmp_path: Path) -> None:
-    """--endpoint beats OTEL_EXPORTER_LUNA_ENDPOINT, which beats file://$PWD/luna-demo.lp."""
+    """--endpoint beats OTEL_EXPORTER_LUNA_ENDPOINT, which beats file://$PWD/luna-demo.lp; the
+    app gets the luna traces exporter with usages per request, and no metrics exporter."""
     key = "OTEL_EXPORTER_LUNA_ENDPOINT"
     env = demo_app.app_environment({}, tmp_path)
     assert env[key] == (tmp_path / "luna-demo.lp").as_uri()
-    assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "luna"
+    assert env["OTEL_TRACES_EXPORTER"] == "luna" and env["OTEL_METRICS_EXPORTER"] == "none"
+    assert env["OTEL_EXPORTER_LUNA_USAGES"] == "request"
     assert env["OTEL_LOGS_EXPORTER"] == "none" and env["OTEL_SERVICE_NAME"] == "luna-handlers"
     assert demo_app.app_environment({key: "console"}, tmp_path)[key] == "console"
     assert demo_app.app_environment({key: "console"}, tmp_path, "http://h:1")[key] == "http://h:1"
@@ -173,7 +220,8 @@ def printed_error_codes(text: str) -> dict[str, int]:
 
 
 def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: Path) -> None:
-    """The default run empties luna-demo.lp, fills it with the app's points and prints them."""
+    """The default run empties luna-demo.lp, fills it with the app's points (one usages point
+    per request with estimations, at its time, sums exact) and prints them."""
     lp = tmp_path / "luna-demo.lp"
     lp.write_text("left over from an earlier run\n")
     out, bar = io.StringIO(), io.StringIO()
@@ -186,8 +234,17 @@ def test_run_demo_writes_one_point_per_request_and_prints_its_summary(tmp_path: 
     requests = [p for p in points if p.measurement == schema.REQUESTS]
     errors = [p for p in points if p.measurement == schema.ERRORS]
     others = Counter(p.measurement for p in points if p not in requests and p not in errors)
-    assert len(requests) == 60 and others["licensing"] == 1 and others["usages_statistic"] >= 1
+    with_usages, usages = verify.expected_usages(result.calls, result.drive.statuses)
+    assert len(requests) == 60 and others["licensing"] == 1
+    assert others["usages_statistic"] == with_usages > 0  # one per request with estimations
     assert set(others) == {"licensing", "usages_statistic"}
+    request_times = {p.time_ns for p in requests}
+    used = [p for p in points if p.measurement == schema.USAGES_STATISTIC]
+    assert all(p.time_ns in request_times for p in used)
+    recorded: Counter[str] = Counter()
+    for point in used:
+        recorded.update({k.removesuffix("_usages"): v for k, v in point.fields.items()})
+    assert recorded == usages
     expected_codes = Counter(
         str(call.expect_error_code) for call in result.calls if call.expect_error_code
     )
@@ -280,7 +337,15 @@ def test_run_demo_reads_back_from_influxdb1(influxdb1: InfluxDB1, tmp_path: Path
         Point("errors", (("error_code", row["error_code"]), ("service", row["service"])), {}, 0)
         for row in error_rows
     ]
-    points += [Point(name, (("service", row["service"]),), {}, 0) for name, row in other_rows]
+    points += [
+        Point(
+            name,
+            (("service", row["service"]),),
+            {k: v for k, v in row.items() if k.endswith("_usages") and v is not None},
+            row["time"],
+        )
+        for name, row in other_rows
+    ]
     assert len(rows) == 60
     assert {name for name, _ in other_rows} == {"usages_statistic", "licensing"}
     assert result.summary == verify.summarize(points)

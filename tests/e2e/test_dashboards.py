@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -564,6 +565,80 @@ def test_a_single_selected_value_filters(data: Data, name: str) -> None:
         rows = data.run(name, statement)
         assert has_data(data.values(name, statement)), statement
         assert {row[tag] for row in rows} == {value}, statement
+
+
+def panel_queries(name: str, title: str) -> dict[str, str]:
+    """refId → query of the panel ``title`` of dashboard ``name``."""
+    (panel,) = [p for p in panels(committed()[name]) if p["title"] == title]
+    return {t["refId"]: t["query"] for t in panel["targets"] if "query" in t}
+
+
+PER_REQUEST = "Estimations per request, per service"
+PER_INTERVAL = "Estimations per interval, per estimator"
+
+
+def usages_per_bucket(data: Data) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    """From the raw points: every estimator's estimations and the requests points per (service,
+    interval start in ms), intervals of :data:`INTERVAL_MS`."""
+    estimations: Counter[tuple[str, int]] = Counter()
+    for row in data.run("luna-influxql.json", 'SELECT * FROM "usages_statistic"'):
+        bucket = (row["service"], row["time"] // INTERVAL_MS * INTERVAL_MS)
+        estimations[bucket] += sum(v for k, v in row.items() if k.endswith("_usages") and v)
+    requests: Counter[tuple[str, int]] = Counter()
+    for row in data.run("luna-influxql.json", 'SELECT "execution_time", "service" FROM "requests"'):
+        requests[(row["service"], row["time"] // INTERVAL_MS * INTERVAL_MS)] += 1
+    return dict(estimations), dict(requests)
+
+
+def test_usages_panels_sum_per_interval_and_divide_by_the_requests(data: Data) -> None:
+    """The per-request usages points are summed per interval (every estimator, fill(0) before
+    the addition), and the estimations-per-request panel's inputs A and B, divided as its
+    expression does, give each interval's estimations over its requests points — computed
+    from the raw points; an interval without requests has no value."""
+    name = "luna-influxql.json"
+    selection = data.selection(name, committed()[name])
+    estimations, requests = usages_per_bucket(data)
+    # the demo's requests (with usages) and the usage script's intervals (usages, no requests)
+    assert any(b in requests for b in estimations) and any(b not in requests for b in estimations)
+
+    def rows(query: str) -> list[dict[str, Any]]:
+        return data.run(name, interpolate(query, selection, data.from_ms, data.to_ms))
+
+    per_field = rows(panel_queries(name, PER_INTERVAL)["A"])
+    summed = {
+        ("luna-handlers", row["time"]): sum(v for k, v in row.items() if k != "time" and v)
+        for row in per_field
+    }
+    assert summed == {b: n for b, n in estimations.items() if b[0] == "luna-handlers" and n}
+    queries = panel_queries(name, PER_REQUEST)
+    a = {(row["service"], row["time"]): row["estimations"] for row in rows(queries["A"])}
+    b = {(row["service"], row["time"]): row["requests"] for row in rows(queries["B"])}
+    assert {k: v for k, v in a.items() if v} == estimations
+    assert b == requests
+    ratio = {bucket: a[bucket] / count for bucket, count in b.items()}
+    assert ratio == {bucket: estimations.get(bucket, 0) / n for bucket, n in requests.items()}
+    assert any(0 < value < 10 for value in ratio.values())
+
+
+def test_the_flux_estimations_per_request_inputs_equal_the_influxql_ones(
+    data: Data, flux_data: FluxData
+) -> None:
+    """On the same series, the Flux panel's A (estimations per window and service, 0 when none)
+    and B (requests per window) equal the InfluxQL ones (Flux stamps a window with its end)."""
+    estimations, requests = usages_per_bucket(data)
+    name = "luna-flux.json"
+    selection = flux_data.selection(name, committed()[name])
+    queries = panel_queries(name, PER_REQUEST)
+
+    def by_start(ref: str) -> dict[tuple[str, int], Any]:
+        records = flux_data.run(name, queries[ref], selection)
+        return {
+            (r["service"], int(r.get_time().timestamp() * 1000) - INTERVAL_MS): r.get_value()
+            for r in records
+        }
+
+    assert {k: v for k, v in by_start("A").items() if v} == estimations
+    assert by_start("B") == requests
 
 
 # -- every Flux query against InfluxDB 2.x ------------------------------------------------------

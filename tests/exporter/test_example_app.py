@@ -144,7 +144,8 @@ def test_server_spans_have_templated_routes_and_children(tmp_path: Path) -> None
 
 
 def test_luna_points_per_request(tmp_path: Path) -> None:
-    """One requests point per request; errors with the app's codes; tags, stages by route."""
+    """One requests point per request; errors with the app's codes; tags, stages by route; one
+    usages point per request that ran estimations, at its time, the counts exact."""
     lp = tmp_path / "app.lp"
     calls = demo_load.plan_requests(80, KNOWN_HANDLERS, UNKNOWN_HANDLERS, random.Random(5))
     assert {call.kind for call in calls} == {kind for kind, _ in demo_load.REQUEST_MIX}
@@ -168,10 +169,13 @@ def test_luna_points_per_request(tmp_path: Path) -> None:
     usages = [p for p in points if p.measurement == schema.USAGES_STATISTIC]
     assert len(points) == len(requests) + len(errors) + len(usages) + 1
     assert len(requests) == len(calls)
-    detected = sum(1 for call in calls if call.kind == "detector")
-    extracted = sum(1 for call in calls if call.kind == "extractor")  # one sample each
-    assert sum(p.fields.get("face_detector_usages", 0) for p in usages) == detected
-    assert sum(p.fields.get("face_descriptor_extractor_usages", 0) for p in usages) == extracted
+    # one usages point per detection or extraction (1 to 3 samples), at its request's time
+    with_usages, counted = verify.expected_usages(calls, driven.statuses)
+    assert len(usages) == with_usages == sum(c.kind in ("detector", "extractor") for c in calls)
+    assert {p.time_ns for p in usages} <= {p.time_ns for p in requests}
+    assert counted["face_detector"] == sum(1 for call in calls if call.kind == "detector")
+    for estimator, total in counted.items():
+        assert sum(int(p.fields.get(f"{estimator}_usages", 0)) for p in usages) == total
 
     by_id: dict[str, Point] = {str(p.fields["request_id"]): p for p in requests}
     assert len(by_id) == len(requests)  # request ids are unique

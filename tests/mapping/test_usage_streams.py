@@ -474,8 +474,8 @@ def test_with_several_serve_workers_a_first_point_is_a_baseline() -> None:
     for workers, first in ((1, 10), (2, 0)):
         settings = ServeSettings.load({}, serve_workers=workers)
         profile = profile_of(settings)
-        assert profile.usage_mapper is not None
-        mapper = profile.usage_mapper(settings)
+        _, mapper = profile.mappers(settings)
+        assert mapper is not None
         start = time.time_ns()
         sample = UsageSample(SERVICE, ESTIMATOR, start, start + 1, 10, True, stream=1)
         assert written(mapper, [sample]) == first
@@ -487,21 +487,17 @@ def test_record_usages_keeps_a_bounded_map_of_estimators(monkeypatch: pytest.Mon
     bound; every name is still counted."""
     added: list[str] = []
 
-    class Recording(_helpers._Usages):
-        def __init__(self) -> None:
-            self.attributes = {}
-            self.counter = self  # type: ignore[assignment]
-
+    class Recording:
         def add(self, amount: int, attributes: dict[str, str]) -> None:
             added.append(attributes["luna.estimator"])
 
-    monkeypatch.setattr(_helpers, "_usages", Recording())
+    monkeypatch.setattr(_helpers, "_counter", Recording())
+    monkeypatch.setattr(_helpers, "_estimators", {})
     names = [f"estimator_{number}" for number in range(_helpers._ESTIMATORS_LIMIT * 4)]
     for name in names:
-        _helpers.record_usages(**{name: 1})
+        _helpers.record_usages(**{name: 1})  # outside a request: on the counter
     assert added == names
-    usages = _helpers._usages
-    assert usages is not None and len(usages.attributes) == _helpers._ESTIMATORS_LIMIT
+    assert len(_helpers._estimators) == _helpers._ESTIMATORS_LIMIT
 
 
 # -- end to end: serve and a real InfluxDB 1.x ----------------------------------------------------
@@ -548,64 +544,133 @@ def warning_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     that writes to a file."""
     monkeypatch.setattr(exporter, "_warned_without_metrics", False, raising=False)
     monkeypatch.setattr(exporter, "_metric_exporter_built", False, raising=False)
+    monkeypatch.setattr(_helpers, "_usages_mode", None)
+    monkeypatch.setattr(_helpers, "_on_counter", None)
+    monkeypatch.setattr(_helpers, "_counter", _NoCounter())
     monkeypatch.setenv("OTEL_EXPORTER_LUNA_ENDPOINT", f"file://{tmp_path}/points.lp")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
 
 
-WARNING = "no luna metrics exporter"
+class _NoCounter:
+    def add(self, amount: int, attributes: dict[str, str]) -> None:
+        pass
+
+
+WARNING = "no luna metrics exporter writes it"
 
 
 @pytest.mark.slow  # an app under opentelemetry-instrument
-def test_opentelemetry_instrument_without_luna_metrics_warns_in_one_line(tmp_path: Any) -> None:
-    """Under ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=luna`` and metrics going
-    elsewhere: one otel-luna line at start naming the variable; the app runs."""
+def test_opentelemetry_instrument_in_interval_mode_without_luna_metrics_warns_in_one_line(
+    tmp_path: Any,
+) -> None:
+    """Under ``opentelemetry-instrument`` with ``OTEL_TRACES_EXPORTER=luna``,
+    ``OTEL_EXPORTER_LUNA_USAGES=interval`` and metrics going elsewhere: one otel-luna line at
+    start naming both variables; the app runs."""
     done = run_instrumented(
-        tmp_path, metrics_exporter="console", endpoint=f"file://{tmp_path}/out.lp"
+        tmp_path,
+        metrics_exporter="console",
+        endpoint=f"file://{tmp_path}/out.lp",
+        usages="interval",
     )
     assert done.returncode == 0 and "the app ran" in done.stdout, done.stderr
     lines = [line for line in done.stderr.splitlines() if "otel-luna" in line]
     assert len(lines) == 1 and WARNING in lines[0], done.stderr
     assert "OTEL_METRICS_EXPORTER=console" in lines[0]
+    assert "OTEL_EXPORTER_LUNA_USAGES=interval" in lines[0]
 
 
-@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "console,otlp"])
-def test_a_luna_traces_exporter_without_a_luna_metrics_exporter_warns_once(
+@pytest.mark.slow  # an app under opentelemetry-instrument
+def test_opentelemetry_instrument_in_request_mode_needs_no_metrics_exporter(
+    tmp_path: Any,
+) -> None:
+    """In request mode (the default) the luna traces exporter alone writes a request's usages:
+    no warning at start without a luna metrics exporter."""
+    done = run_instrumented(
+        tmp_path, metrics_exporter="console", endpoint=f"file://{tmp_path}/out.lp"
+    )
+    assert done.returncode == 0 and "the app ran" in done.stdout, done.stderr
+    assert "otel-luna" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "console,otlp", "none"])
+def test_interval_mode_without_a_luna_metrics_exporter_warns_once_at_start(
     warning_state: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     metrics_exporter: str | None,
 ) -> None:
-    """Built from the environment (as ``opentelemetry-instrument`` builds it) with
-    ``OTEL_METRICS_EXPORTER`` unset or naming no ``luna``: one warning line that says what is
-    lost and what to set."""
+    """Built from the environment (as ``opentelemetry-instrument`` builds it) in interval mode
+    with ``OTEL_METRICS_EXPORTER`` unset, ``none`` or naming no ``luna``: one warning line that
+    says what is lost and what to set."""
     if metrics_exporter is None:
         monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
     else:
         monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
+    monkeypatch.setenv("OTEL_EXPORTER_LUNA_USAGES", "interval")
     with caplog.at_level(logging.WARNING, logger="otel_luna"):
         first, second = LunaSpanExporter(), LunaSpanExporter()
     first.shutdown()
     second.shutdown()
     lines = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
     assert len(lines) == 1, caplog.text
-    assert "usages_statistic" in lines[0] and "OTEL_METRICS_EXPORTER=luna" in lines[0]
+    assert "OTEL_METRICS_EXPORTER=luna" in lines[0]
+    assert "OTEL_EXPORTER_LUNA_USAGES=request" in lines[0]
     assert "\n" not in lines[0]
 
 
-@pytest.mark.parametrize("metrics_exporter", ["luna", "otlp, luna", "none"])
+@pytest.mark.parametrize("metrics_exporter", [None, "otlp", "none"])
+def test_request_mode_warns_once_when_usages_first_need_the_counter(
+    warning_state: None,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    metrics_exporter: str | None,
+) -> None:
+    """Request mode (the default) without a luna metrics exporter: nothing at start, nothing
+    for usages recorded inside a request; one line the first time usages are recorded outside
+    any request (they go to the counter, which nothing writes), none after. It names why they
+    went there and does not suggest the mode already in effect."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    if metrics_exporter is None:
+        monkeypatch.delenv("OTEL_METRICS_EXPORTER", raising=False)
+    else:
+        monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
+    with caplog.at_level(logging.WARNING, logger="otel_luna"):
+        spans = LunaSpanExporter()
+        assert WARNING not in caplog.text
+        with TracerProvider().get_tracer("t").start_as_current_span("request"):
+            _helpers.record_usages(face_detector=1)
+        assert WARNING not in caplog.text
+        _helpers.record_usages(face_detector=1)  # no recording span: the counter
+        _helpers.record_usages(face_detector=2)
+    spans.shutdown()
+    lines = [r.getMessage() for r in caplog.records if WARNING in r.getMessage()]
+    assert len(lines) == 1, caplog.text
+    assert "usages recorded outside a request, or in a sampled-out trace" in lines[0]
+    assert "OTEL_EXPORTER_LUNA_USAGES" not in lines[0]
+    assert "OTEL_METRICS_EXPORTER=luna" in lines[0] and "\n" not in lines[0]
+
+
+@pytest.mark.parametrize("metrics_exporter", ["luna", "otlp, luna"])
 def test_no_warning_with_the_luna_metrics_exporter(
     warning_state: None,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
     metrics_exporter: str,
 ) -> None:
-    """``OTEL_METRICS_EXPORTER`` naming ``luna`` (or ``none``: no metrics on purpose), or a
-    ``LunaMetricExporter`` built first in code: no warning."""
+    """``OTEL_METRICS_EXPORTER`` naming ``luna``, or a ``LunaMetricExporter`` built first in
+    code: no warning, in either mode, whatever is recorded."""
     monkeypatch.setenv("OTEL_METRICS_EXPORTER", metrics_exporter)
     with caplog.at_level(logging.WARNING, logger="otel_luna"):
-        LunaSpanExporter().shutdown()
+        for mode in ("interval", "request"):
+            monkeypatch.setenv("OTEL_EXPORTER_LUNA_USAGES", mode)
+            LunaSpanExporter().shutdown()
+            _helpers.record_usages(face_detector=1)
         monkeypatch.delenv("OTEL_METRICS_EXPORTER")
         metrics = LunaMetricExporter(sink=InMemorySink())
-        LunaSpanExporter().shutdown()
+        for mode in ("interval", "request"):
+            monkeypatch.setenv("OTEL_EXPORTER_LUNA_USAGES", mode)
+            LunaSpanExporter().shutdown()
+            _helpers.record_usages(face_detector=1)
         metrics.shutdown()
     assert WARNING not in caplog.text

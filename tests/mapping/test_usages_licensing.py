@@ -19,6 +19,7 @@ from otel_luna import _helpers
 from otel_luna.encoding._lineprotocol import LineProtocolEncoder
 from otel_luna.mapping._records import SpanRecord, UsageSample
 from otel_luna.mapping._requests import RequestMapper
+from otel_luna.mapping._timestamps import MOVE_WINDOW
 from otel_luna.mapping._usages import CumulativeToDelta, UsageMapper
 from otel_luna.outcomes import Reason
 from tests.support.servers import InfluxDB1
@@ -63,10 +64,12 @@ def test_usage_points_per_service_and_interval() -> None:
         UsageSample("c", "mask_estimator", T0, T0 + 11, 0, False),
     ]
     lines = LineProtocolEncoder().encode(mapper.points(samples))
+    moved = int(lines[1].rpartition(" ")[2])  # a time is one owner's, whatever the series
+    assert T0 + 11 < moved <= T0 + 11 + MOVE_WINDOW
     assert lines == [
         "usages_statistic,service=a face_detector_usages=3i,liveness_estimator_usages=2i"
         f" {T0 + 11}",  # a nanosecond time: written as it is
-        f"usages_statistic,service=b face_detector_usages=1i {T0 + 11}",
+        f"usages_statistic,service=b face_detector_usages=1i {moved}",
     ]
     assert mapper.counts["invalid_estimator"] == 1
 
@@ -98,6 +101,21 @@ def test_license_span_maps_to_one_point() -> None:
         "licensing,license_status=warning,service=luna-handlers liveness_balance=12i,"
         f'warnings="balance is low; expires soon",errors="" {T0 + 551_618}'
     ]  # T0 is a whole second: digits of the span's number fill the millisecond
+
+
+def test_other_luna_attributes_on_a_license_check_are_counted() -> None:
+    """A licence-check span's licensing point takes only the licence's attributes: usages
+    (or tags) set on it are dropped, each counted, never silently."""
+    mapper = RequestMapper()
+    attributes = {
+        "luna.license.status": "ok",
+        "luna.license.liveness_balance": 1,
+        "luna.usages.face_detector": 2,
+        "luna.tag.kind": "x",
+    }
+    (point,) = mapper.add(SpanRecord(attributes, False, 1, 2, 3, T0, T0 + 1, False, "s"))
+    assert point.measurement == "licensing"
+    assert mapper.take_counts() == {Reason.LUNA_ATTRIBUTE_ON_LICENSE_CHECK: 2}
 
 
 @pytest.mark.parametrize(
@@ -133,12 +151,13 @@ def test_integral_numbers_are_counts(monkeypatch: pytest.MonkeyPatch) -> None:
             return 3
 
     added: list[tuple[int, Any]] = []
-    usages = _helpers._Usages()
-    monkeypatch.setattr(
-        usages.counter, "add", lambda value, attributes: added.append((value, attributes))
-    )
-    monkeypatch.setattr(_helpers, "_usages", usages)
-    otel_luna.record_usages(face_detector=Int64())
+
+    class Counter:
+        def add(self, value: int, attributes: Any) -> None:
+            added.append((value, attributes))
+
+    monkeypatch.setattr(_helpers, "_counter", Counter())
+    otel_luna.record_usages(face_detector=Int64())  # outside a request: on the counter
     assert added == [(3, {"luna.estimator": "face_detector"})]
 
 

@@ -51,12 +51,18 @@ ROUTES: Mapping[str, Sequence[tuple[str, int, Sequence[str]]]] = {
     API: (("GET:/faces", 1, ()),),
 }
 ESTIMATORS = ("face_detector", "liveness_estimator", "face_descriptor_extractor")
+#: Routes whose successful requests may run estimations: the estimators each may use.
+USAGE_ROUTES: Mapping[str, Sequence[str]] = {
+    "POST:/detector": ("face_detector", "liveness_estimator"),
+    "POST:/extractor": ("face_descriptor_extractor",),
+    "GET:/faces": ESTIMATORS,
+}
 
 
 def crafted_points(seed: int = 12, requests: int = 437) -> list[Point]:
     """Known LUNA data over 90 s: two services, routes with stages and tags, errors with several
-    codes (0 for an unclassified failure), usages every 10 s, licence checks that go from ok to
-    warning to error."""
+    codes (0 for an unclassified failure), a usages point per successful request that ran an
+    estimation (at the request's time), licence checks that go from ok to warning to error."""
     rng = random.Random(seed)
     points: list[Point] = []
     stamps = sorted(rng.sample(range(T0, T0 + SPAN_S * SECOND, 7), requests))
@@ -95,14 +101,11 @@ def crafted_points(seed: int = 12, requests: int = 437) -> list[Point]:
                     stamp,
                 )
             )
-    for interval in range(SPAN_S // 10):
-        stamp = T0 + (interval * 10 + 9) * SECOND + 3
-        counts = {f"{name}_usages": rng.randint(0, 40) for name in ESTIMATORS}
-        counts = {name: count for name, count in counts.items() if count}  # unused: no field
-        points.append(Point("usages_statistic", (("service", HANDLERS),), counts, stamp))
-    points.append(
-        Point("usages_statistic", (("service", API),), {"face_detector_usages": 5}, T0 + 11)
-    )
+        if code is None and route in USAGE_ROUTES:  # one point per request, at its time
+            counts = {f"{name}_usages": rng.randint(0, 4) for name in USAGE_ROUTES[route]}
+            counts = {name: count for name, count in counts.items() if count}  # unused: no field
+            if counts:
+                points.append(Point("usages_statistic", (("service", service),), counts, stamp))
     balance = 400
     for check in range(12):
         balance -= rng.randint(10, 45)
@@ -368,6 +371,80 @@ def test_timelines_equal_influxql_group_by_time(data: Data, from_influx: luna.Lu
                 f'SELECT * FROM "usages_statistic" WHERE "service" = {quoted(service.service)}',
             )
         )
+
+
+def test_estimations_per_request_equal_influxql(data: Data, from_influx: luna.LunaReport) -> None:
+    """Per service, the estimations (every ``*_usages`` field summed) over the usages points
+    (one per request with usages) and over all requests points equal InfluxQL's sums and
+    counts; per bucket, the estimations over that bucket's requests."""
+    width = from_influx.bucket_ns
+    assert width is not None
+    first, last = from_influx.buckets[0], from_influx.buckets[-1] + width
+    window = f"time >= {first} AND time < {last}"
+    group = f"GROUP BY time({width // 1_000_000}ms), "
+    sums = by(influxql(data, 'SELECT sum(*) FROM "usages_statistic" GROUP BY "service"'), "service")
+    requests = by(
+        influxql(data, 'SELECT count("execution_time") FROM "requests" GROUP BY "service"'),
+        "service",
+    )
+    per_bucket = influxql(
+        data, f'SELECT sum(*) FROM "usages_statistic" WHERE {window} {group}"service" fill(0)'
+    )
+    requests_per_bucket = influxql(
+        data,
+        f'SELECT count("execution_time") FROM "requests" WHERE {window} {group}"service" fill(0)',
+    )
+    assert len(from_influx.services) == 2
+    for service in from_influx.services:
+        per = service.per_request
+        estimations = sum(v for k, v in sums[(service.service,)].items() if k.startswith("sum_"))
+        with_usages = len(
+            influxql(
+                data,
+                f'SELECT * FROM "usages_statistic" WHERE "service" = {quoted(service.service)}',
+            )
+        )
+        count = requests[(service.service,)]["count"]
+        assert 0 < with_usages < count
+        assert (per.estimations, per.requests_with_usages, per.requests) == (
+            estimations,
+            with_usages,
+            count,
+        )
+        assert per.per_request_with_usages == estimations / with_usages
+        assert per.per_request == estimations / count
+        used = [
+            sum(v for k, v in row.items() if k.startswith("sum_"))
+            for row in per_bucket
+            if row["service"] == service.service
+        ]
+        answered = [r["count"] for r in requests_per_bucket if r["service"] == service.service]
+        assert list(per.over_time) == [
+            u / n if n else None for u, n in zip(used, answered, strict=True)
+        ]
+    text = luna.format_report(from_influx)
+    handlers = next(s for s in from_influx.services if s.service == HANDLERS).per_request
+    assert (
+        f"    estimations per request: {handlers.per_request_with_usages:.2f} per request with "
+        f"usages ({handlers.requests_with_usages}), {handlers.per_request:.2f} per request "
+        f"({handlers.requests})  "
+    ) in text
+    document = luna.report_as_dict(from_influx)
+    assert document["services"][1]["per_request"]["per_request"] == handlers.per_request
+
+
+def test_a_service_without_usages_has_no_estimations_per_request() -> None:
+    """No usages points: 0 estimations, no ratio over the usages points, 0.0 over the requests;
+    no requests: no ratio at all."""
+    only_requests = [Point("requests", (("service", "a"),), {"execution_time": 0.1}, T0)]
+    (service,) = luna.summarize(only_requests).services
+    per = service.per_request
+    assert (per.estimations, per.per_request_with_usages, per.per_request) == (0, None, 0.0)
+    only_usages = [Point("usages_statistic", (("service", "b"),), {"face_detector_usages": 3}, T0)]
+    (service,) = luna.summarize(only_usages).services
+    per = service.per_request
+    assert (per.estimations, per.per_request_with_usages, per.per_request) == (3, 3.0, None)
+    assert per.over_time == (None,)
 
 
 def test_licensing_equals_influxql(data: Data, from_influx: luna.LunaReport) -> None:
