@@ -55,9 +55,12 @@ class SpanMapper(Protocol):
     """Spans → points, one span at a time. :meth:`take_counts` returns what it counted (the
     problems) since the last call: the ingest takes them after each batch. ``arrived_ns`` is
     when the spans being added arrived (monotonic ns), for state it keeps between spans to
-    expire by (the ingest sets it for each batch)."""
+    expire by (the ingest sets it for each batch). ``batch_span_ids`` are the span ids of the
+    batch being added (a fresh set, set with it; the mapper may take ids out as it maps them):
+    a sender's retry sends a request's spans again, its children before it."""
 
     arrived_ns: int
+    batch_span_ids: set[int]
 
     def add(self, record: SpanRecord) -> list[Point]: ...
 

@@ -173,6 +173,11 @@ class Ingest:
         with self._lock:
             mapper, encoder = self._span_mapper, self._encoder
             mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
+            records = list(records)
+            # A request sent again (a retry) is not ended: its children wait for it.
+            mapper.batch_span_ids = {
+                record.span_id for record in records if isinstance(record, SpanRecord)
+            }
             add, encode = mapper.add, encoder.encode_point
             try:
                 for record in records:

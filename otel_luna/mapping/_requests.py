@@ -534,6 +534,11 @@ class RequestMapper(Counting):
         #: Monotonic time (ns) the spans being added arrived: the ingest sets it for each
         #: batch; waiting child data expires by it.
         self.arrived_ns = 0
+        #: The span ids of the batch being added (the ingest sets them with ``arrived_ns``),
+        #: less the SERVER spans mapped since: a request among them is still to come in this
+        #: batch (a sender's retry, children first), so its children wait for it instead of
+        #: being late.
+        self.batch_span_ids: set[int] = set()
         self._route_limit = route_limit
         self._route_budget_limit = route_budget_limit
         #: Routes of each service's budget; services in least recently used order.
@@ -613,6 +618,7 @@ class RequestMapper(Counting):
                 self._trim(data, had)
         ended = self._ended
         if is_server:
+            self.batch_span_ids.discard(span_id)
             ended[span_id] = (service, start_ns)
             if len(ended) >= self._ended_generation:
                 self._ended_before, self._ended = ended, {}
@@ -646,6 +652,8 @@ class RequestMapper(Counting):
         waits_for, request = (
             (parent_span_id, None) if parent_is_remote else self._request_of(parent_span_id)
         )
+        if request is not None and waits_for in self.batch_span_ids:
+            request = None  # its request comes again later in this batch (a retry): wait for it
         if request is None:
             data.service, data.start_ns, data.owner = service, start_ns, owner
             self._hold_for_parent(waits_for, data, points)

@@ -34,6 +34,7 @@ class WatchdogMapper(Counting):
     def __init__(self, times: SeriesTimes | None = None) -> None:
         super().__init__()
         self.arrived_ns = 0  # it keeps nothing between spans that would expire
+        self.batch_span_ids: set[int] = set()
         self.times = SeriesTimes() if times is None else times
 
     def add(self, record: SpanRecord) -> list[Point]:

@@ -84,6 +84,27 @@ def test_a_child_ending_after_its_request_writes_its_usages_at_the_requests_time
     assert mapper.add(late)[0].time_ns == point.time_ns
 
 
+def test_a_request_sent_again_children_first_is_mapped_as_the_first_time() -> None:
+    """A sender's retry sends a request's batch again, the child before its SERVER span: the
+    child waits for the request coming later in the batch (it is not late), and the points are
+    the ones of the first time — the same times, the same sums (InfluxDB overwrites them with
+    themselves)."""
+    mapper = RequestMapper()
+    child = record({USAGES + "liveness_estimator": 2, "luna.tag.kind": "x"}, span_id=11, parent=10)
+    server = record({**HTTP, USAGES + "face_detector": 1}, server=True, span_id=10)
+
+    def batch() -> list[Point]:
+        mapper.batch_span_ids = {child.span_id, server.span_id}  # as the ingest sets them
+        return [point for each in (child, server) for point in mapper.add(each)]
+
+    first, again = batch(), batch()
+    assert again == first
+    (point,) = usages(first)
+    assert point.fields == {"face_detector_usages": 1, "liveness_estimator_usages": 2}
+    assert Reason.LATE_LUNA_ATTRIBUTES not in problems(mapper)
+    assert mapper.pending == 0
+
+
 def test_a_late_grandchild_finds_its_request_through_an_ended_internal_span() -> None:
     """SERVER → INTERNAL (ended, mapped, no luna data) → a thread's span ending after both:
     its usages land at the request's time, through the INTERNAL span's parent link."""
