@@ -160,9 +160,14 @@ class Ingest:
 
     # -- the two ways in ---------------------------------------------------------------------
 
-    def write_spans(self, records: Iterable[SpanRecord | Reason]) -> Result:
+    def write_spans(
+        self, records: Iterable[SpanRecord | Reason], span_ids: Iterable[int] = ()
+    ) -> Result:
         """Map, encode and spool ended spans. ``records`` may hold a :class:`Reason` for a span
         its adapter could not read (counted). A span that cannot be mapped costs only itself.
+        ``span_ids``: the ids of the batch's spans, from a way in that may send a batch again (a
+        sender's retry, as OTLP allows): a request sent again is not taken for ended while its
+        children come first (the in-process exporter never sends a span twice).
         Raises only what the delivery raises (``SpoolUnavailable`` without memory fallback)."""
         if self.delivery is None:
             return _NOTHING
@@ -173,11 +178,7 @@ class Ingest:
         with self._lock:
             mapper, encoder = self._span_mapper, self._encoder
             mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
-            records = list(records)
-            # A request sent again (a retry) is not ended: its children wait for it.
-            mapper.batch_span_ids = {
-                record.span_id for record in records if isinstance(record, SpanRecord)
-            }
+            mapper.batch_span_ids = set(span_ids)
             add, encode = mapper.add, encoder.encode_point
             try:
                 for record in records:

@@ -139,6 +139,16 @@ def _classify(key: str) -> int:
 _NO_TRACE, _NO_SPAN = bytes(16), bytes(8)
 
 
+def span_ids(request: ExportTraceServiceRequest) -> set[int]:
+    """The span ids of ``request`` (a retry sends them again: :meth:`Ingest.write_spans`)."""
+    return {
+        int.from_bytes(span.span_id, "big")
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
+        for span in scope_spans.spans
+    }
+
+
 def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Reason]:
     """One record per span, with only the attributes the mapping reads (``_attributes.py``):
     ``MAPPED_PREFIXES`` of any span; of a SERVER span also ``SERVER_SPAN_KEYS``, and
