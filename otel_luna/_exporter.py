@@ -201,7 +201,8 @@ class LunaSpanExporter(_LunaExporterBase, SpanExporter):
             self._ingest.count(TRACES, Reason.DROPPED_AFTER_SHUTDOWN, _size(spans))
             return SpanExportResult.FAILURE
         try:
-            result = self._ingest.write_spans(span_records(spans, self._services))
+            ingest = self._ingest
+            result = ingest.write_spans(span_records(spans, self._services, ingest.span_filter))
         except Exception:  # never into the application; the ingest isolates each span
             self._ingest.count(TRACES, Reason.EXPORT_ERROR, len(spans))
             _logger.exception("otel-luna: could not export %d spans", len(spans))

@@ -6,7 +6,8 @@ pair is checked once, when the ingest is built: a profile and a sink that cannot
 are a start-up error naming the settings, never a stream of rejected points.
 
 To add a profile: a mapper with the :class:`SpanMapper` interface (``add(record)``,
-``take_counts()``; :class:`~otel_luna.outcomes.Counting` gives the second) that claims its
+``take_counts()``, ``prefix`` and ``wants(...)``; :class:`~otel_luna.outcomes.Counting` gives
+``take_counts``) that claims its
 points' times from the :class:`~otel_luna.mapping._timestamps.SeriesTimes` it is built with,
 its series in :mod:`otel_luna.schema`, an entry in :data:`PROFILES`, and its name among the
 values the ``schema`` setting accepts (``parse_schema`` in :mod:`otel_luna.settings._parsers`).
@@ -57,10 +58,24 @@ class SpanMapper(Protocol):
     when the spans being added arrived (monotonic ns), for state it keeps between spans to
     expire by (the ingest sets it for each batch). ``batch_span_ids`` are the span ids of the
     batch being added (a fresh set, set with it; the mapper may take ids out as it maps them):
-    a sender's retry sends a request's spans again, its children before it."""
+    a sender's retry sends a request's spans again, its children before it.
+
+    :meth:`wants` says, from what a span holds before any record is built, whether :meth:`add`
+    could make anything of it — a point, data kept for another span, a count: ``is_server``,
+    ``marked`` (a key of the span starts with :attr:`prefix`), its ``span_id`` (data kept for
+    it) and ``local_parent_id`` (its parent's span id, None for a root or a remote parent). The
+    adapters build no record for a span it does not want (``Ingest.span_filter``); it must say
+    yes whenever ``add`` would make anything of the span, or note itself what ``add`` would
+    have noted (a mapper that remembers ended spans' parents) before it says no."""
 
     arrived_ns: int
     batch_span_ids: set[int]
+    #: A span other than a SERVER span whose keys none start with this is ``marked=False``.
+    prefix: str
+
+    def wants(
+        self, is_server: bool, marked: bool, span_id: int, local_parent_id: int | None
+    ) -> bool: ...
 
     def add(self, record: SpanRecord) -> list[Point]: ...
 

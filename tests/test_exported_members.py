@@ -63,6 +63,7 @@ EXPORTED: dict[str, list[str]] = {
         "Ingest",
         "METRICS",
         "Result",
+        "SpanFilter",
         "TRACES",
     ],
     "otel_luna.mapping": [

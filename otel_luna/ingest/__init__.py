@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from otel_luna.ingest._ingest import METRICS, TRACES, DeliveryState, Ingest, Result
+from otel_luna.ingest._ingest import METRICS, TRACES, DeliveryState, Ingest, Result, SpanFilter
 
-__all__ = ["METRICS", "TRACES", "DeliveryState", "Ingest", "Result"]
+__all__ = ["METRICS", "TRACES", "DeliveryState", "Ingest", "Result", "SpanFilter"]

@@ -102,6 +102,19 @@ class Result(NamedTuple):
 _NOTHING = Result(0, "", {})
 
 
+class SpanFilter(NamedTuple):
+    """Which spans the profile's span mapper can make anything of (:attr:`Ingest.span_filter`):
+    an adapter builds no record for a span ``wants(is_server, marked, span_id,
+    local_parent_id)`` says no to, ``marked`` saying whether one of the span's attribute keys
+    starts with ``prefix``, ``local_parent_id`` the parent's span id unless the parent is remote
+    or there is none. It asks
+    while :meth:`Ingest.write_spans` takes the records (under the ingest's lock, between the
+    mapper's calls), span by span: a parent's answer depends on the children before it."""
+
+    prefix: str
+    wants: Callable[[bool, bool, int, int | None], bool]
+
+
 class Ingest:
     """Maps, encodes and hands lines to the delivery; counts every outcome. Thread-safe.
 
@@ -124,6 +137,9 @@ class Ingest:
         self._counts: dict[str, Counter[Reason]] = {TRACES: Counter(), METRICS: Counter()}
         profile = profile_of(settings)
         self._span_mapper, self._usage_mapper = profile.mappers(settings)
+        #: What the adapters ask before they build a record (a span that cannot matter costs
+        #: almost nothing); only while :meth:`write_spans` takes their records.
+        self.span_filter = SpanFilter(self._span_mapper.prefix, self._span_mapper.wants)
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False
@@ -164,7 +180,9 @@ class Ingest:
         self, records: Iterable[SpanRecord | Reason], span_ids: Iterable[int] = ()
     ) -> Result:
         """Map, encode and spool ended spans. ``records`` may hold a :class:`Reason` for a span
-        its adapter could not read (counted). A span that cannot be mapped costs only itself.
+        its adapter could not read (counted); it is taken under the ingest's lock, one record at
+        a time, so that an adapter may ask :attr:`span_filter` while it makes them (and leave
+        out what the mapper does not want). A span that cannot be mapped costs only itself.
         ``span_ids``: the ids of the batch's spans, from a way in that may send a batch again (a
         sender's retry, as OTLP allows): a request sent again is not taken for ended while its
         children come first (the in-process exporter never sends a span twice).

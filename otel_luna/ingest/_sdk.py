@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_luna._attributes import ESTIMATOR, SERVICE_NAME, USAGES_INSTRUMENT
+from otel_luna.ingest._ingest import SpanFilter
 from otel_luna.mapping._records import (
     SpanRecord,
     UsageSample,
@@ -34,9 +35,11 @@ _record = tuple.__new__
 def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
     # The SDK wraps its BoundedAttributes in a MappingProxyType; read the plain dict under both
     # when it is there (see benchmarks/exporter_overhead.py), else the public mapping.
-    raw = getattr(span, "_attributes", None)
-    plain = getattr(raw, "_dict", None)
-    if isinstance(plain, dict):
+    try:
+        plain = span._attributes._dict  # type: ignore[union-attr]
+    except AttributeError:  # none (None), or not the SDK's
+        plain = None
+    if plain.__class__ is dict:
         return plain
     return span.attributes or {}
 
@@ -61,10 +64,14 @@ class ServiceNames:
 
 
 def span_records(
-    spans: Sequence[ReadableSpan], services: ServiceNames
+    spans: Sequence[ReadableSpan], services: ServiceNames, only: SpanFilter | None = None
 ) -> Iterator[SpanRecord | Reason]:
     """A record per ended span; :attr:`Reason.UNFINISHED_SPAN` for one without an end,
-    :attr:`Reason.EXPORT_ERROR` for something that is no span at all."""
+    :attr:`Reason.EXPORT_ERROR` for something that is no span at all. With ``only`` (the
+    ingest's :attr:`~otel_luna.ingest.Ingest.span_filter`), nothing for a span its mapper does
+    not want, decided from the kind, the attribute keys and the ids: no value converted."""
+    prefix, wants = ("", None) if only is None else only
+    resource = service = None  # the last span's: a provider's spans share one
     for span in spans:
         try:
             context = span.context
@@ -73,19 +80,33 @@ def span_records(
             if context is None or end is None or start is None:
                 yield _UNFINISHED
                 continue
+            attributes = _attributes_of(span)
+            is_server = span.kind is _SERVER
             parent = span.parent
+            if wants is not None and not is_server:
+                marked = False
+                for key in attributes:
+                    if key.startswith(prefix):
+                        marked = True
+                        break
+                local_parent = None if parent is None or parent.is_remote else parent.span_id
+                if not wants(False, marked, context.span_id, local_parent):
+                    continue  # nothing to map: not rejected, not counted
+            if span.resource is not resource:
+                resource = span.resource
+                service = services(resource)[0]
             record = _record(
                 SpanRecord,
                 (
-                    _attributes_of(span),
-                    span.kind is _SERVER,
+                    attributes,
+                    is_server,
                     context.trace_id,
                     context.span_id,
                     None if parent is None else parent.span_id,
                     start,
                     end,
                     span.status.status_code is _ERROR,
-                    services(span.resource)[0],
+                    service,
                     parent is not None and parent.is_remote,
                 ),
             )

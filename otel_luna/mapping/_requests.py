@@ -561,6 +561,29 @@ class RequestMapper(Counting):
         self._tagset_limit = tagset_cache_limit
         self._classified: dict[tuple[str, ...], tuple[_LunaKey, ...]] = {}
 
+    #: The attribute keys that make a span other than a SERVER span matter (see :meth:`wants`).
+    prefix = attr.LUNA_PREFIX
+
+    def wants(
+        self, is_server: bool, marked: bool, span_id: int, local_parent_id: int | None
+    ) -> bool:
+        """Whether :meth:`add` can make anything of a span (a point, data to pass up, a
+        count): a SERVER span, a span with a ``luna.*`` key (``marked``: a licence check, data
+        for its request), or one whose descendants' data wait for it. The adapters ask before
+        they build a record, so that the rest (an instrumentation's INTERNAL and CLIENT spans)
+        cost almost nothing; asked between the ``add`` calls, in the order the spans come.
+        A span it does not want still links its ended span to ``local_parent_id`` (the
+        parent's span id if it is in this process), as :meth:`add` would, so that the usages of
+        a descendant ending late find their request through it."""
+        if is_server or marked or span_id in self._pending:
+            return True
+        if local_parent_id is not None:
+            ended = self._ended
+            ended[span_id] = local_parent_id
+            if len(ended) >= self._ended_generation:
+                self._ended_before, self._ended = ended, {}
+        return False
+
     @property
     def pending(self) -> int:
         """Spans whose ``luna.*`` data wait for a SERVER ancestor to end."""
@@ -613,7 +636,23 @@ class RequestMapper(Counting):
                 had = data.held()
                 check = True
             for key, kind, name, field_type in luna_keys:
-                self._gather(data, kind, name, attributes[key], field_type)
+                value = attributes[key]
+                # The two kinds every request carries, inline when _gather would take them as
+                # they are: a float timing, a tag that is printable ASCII within its bound.
+                if kind == _TIME and value.__class__ is float:
+                    times = data.times
+                    times[name] = times.get(name, 0.0) + value
+                elif (
+                    kind == _TAG
+                    and value.__class__ is str
+                    and value.isascii()
+                    and value.isprintable()
+                    and "\\" not in value
+                    and len(value) <= MAX_TAG_VALUE_BYTES
+                ):
+                    data.tags[name] = value
+                else:
+                    self._gather(data, kind, name, value, field_type)
             if check and data.keys() > self._key_limit:
                 self._trim(data, had)
         ended = self._ended

@@ -37,6 +37,16 @@ class WatchdogMapper(Counting):
         self.batch_span_ids: set[int] = set()
         self.times = SeriesTimes() if times is None else times
 
+    #: The attribute keys of the spans this mapper reads (``watchdog.event`` among them).
+    prefix = PREFIX
+
+    def wants(
+        self, is_server: bool, marked: bool, span_id: int, local_parent_id: int | None
+    ) -> bool:
+        """Whether :meth:`add` can make anything of a span: one with a ``watchdog.*`` key
+        (``marked``); it keeps nothing between spans."""
+        return marked
+
     def add(self, record: SpanRecord) -> list[Point]:
         attributes = record.attributes
         event = attributes.get(EVENT)

@@ -23,6 +23,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.metrics.v1.metrics_pb2 import AggregationTemporality
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span, Status
 
+from otel_luna.ingest import SpanFilter
 from otel_luna.mapping import (
     ESTIMATOR,
     HTTP_ROUTE,
@@ -149,17 +150,23 @@ def span_ids(request: ExportTraceServiceRequest) -> set[int]:
     }
 
 
-def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Reason]:
+def span_records(
+    request: ExportTraceServiceRequest, only: SpanFilter | None = None
+) -> Iterator[SpanRecord | Reason]:
     """One record per span, with only the attributes the mapping reads (``_attributes.py``):
     ``MAPPED_PREFIXES`` of any span; of a SERVER span also ``SERVER_SPAN_KEYS``, and
     ``ROUTE_FALLBACK_KEYS`` when it has no ``http.route``. Most of a span's attributes are the
-    instrumentation's, which no mapper reads: they are never converted.
+    instrumentation's, which no mapper reads: they are never converted. With ``only`` (the
+    ingest's :attr:`~otel_luna.ingest.Ingest.span_filter`), none for a span its mapper does not
+    want (asked of a span other than a SERVER span that keeps no attribute, or none with
+    the mapper's prefix).
 
     A span whose trace id is not 16 bytes, whose span id is not 8, either all zeros (invalid,
     says ``trace.proto``), or whose parent span id is neither empty nor 8 bytes, is
     ``Reason.INVALID_SPAN_ID``: the time and ``request_id`` of its points come from its ids.
     """
     classes = _classes
+    prefix, wants = ("", None) if only is None else only
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
         scopes: Any = resource_spans.scope_spans
@@ -202,6 +209,19 @@ def span_records(request: ExportTraceServiceRequest) -> Iterator[SpanRecord | Re
                 if fallback is not None and not kept.get(HTTP_ROUTE):
                     for kv in fallback:
                         kept[kv.key] = any_value(kv.value)
+                if (
+                    wants is not None
+                    and not is_server
+                    and not wants(
+                        False,
+                        any(key.startswith(prefix) for key in kept),
+                        int.from_bytes(span_id, "big"),
+                        None
+                        if not parent or span.flags & _REMOTE_PARENT == _REMOTE_PARENT
+                        else int.from_bytes(parent, "big"),
+                    )
+                ):
+                    continue  # nothing to map: not rejected, not counted
                 yield _record(
                     SpanRecord,
                     (

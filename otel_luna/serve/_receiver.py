@@ -59,8 +59,11 @@ class Receiver:
         """Map, encode and spool; what was rejected, for the partial success. A span that
         cannot be mapped is rejected alone (counted, never raised)."""
         self._check_room(request)
+        ingest = self.ingest
         result = self._spooled(
-            lambda: self.ingest.write_spans(otlp.span_records(request), otlp.span_ids(request))
+            lambda: ingest.write_spans(
+                otlp.span_records(request, ingest.span_filter), otlp.span_ids(request)
+            )
         )
         self.requests.add(Reason.REQUESTS_TRACES)
         return result

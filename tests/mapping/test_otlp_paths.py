@@ -240,7 +240,14 @@ def test_attributes_the_mapping_does_not_read_never_reach_it() -> None:
     spans = realistic_spans()
     receiver.accept_traces(encode_spans(spans))
     receiver.shutdown()
-    assert len(seen) == len(spans)
+    # the early skip: the spans it reaches are the SERVER spans and those with luna.* keys
+    # (tests/ingest/test_early_skip.py); none waits for a child's data here
+    wanted = [
+        span
+        for span in spans
+        if span.kind is SpanKind.SERVER or any(key.startswith("luna.") for key in span.attributes)
+    ]
+    assert len(seen) == len(wanted) > 0
     for record in seen:
         assert all(read_by_the_mapping(key, record) for key in record.attributes), record
         assert not {"http.user_agent", "net.host.port", "custom.flag", "custom.list"} & set(
@@ -251,8 +258,8 @@ def test_attributes_the_mapping_does_not_read_never_reach_it() -> None:
     assert routed and unrouted
     assert not any({"http.target", "url.path", "http.url"} & set(r.attributes) for r in routed)
     assert all({"http.target", "url.path", "url.full"} & set(r.attributes) for r in unrouted)
-    clients = [r for r in seen if not r.is_server and "watchdog.event" not in r.attributes]
-    assert clients and not any(r.attributes for r in clients)
+    others = [r for r in seen if not r.is_server]  # licence checks, watchdog events, children
+    assert all(r.attributes for r in others)  # the rest reach no mapper at all
 
 
 class _Reads(dict):  # type: ignore[type-arg]
