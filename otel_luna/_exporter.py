@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricsData,
 )
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_luna import _helpers
 from otel_luna.ingest._ingest import METRICS, TRACES, Ingest
@@ -175,6 +175,59 @@ class _LunaExporterBase:
             self._ingest.release()
 
 
+#: Where and how the SDK's ``BatchSpanProcessor`` says it dropped a span because its queue was
+#: full (opentelemetry-sdk 1.45: ``_logger.warning("Queue full, dropping %s.", "Span")`` in
+#: ``BatchProcessor.emit``, called from ``BatchSpanProcessor.on_end``).
+_SDK_QUEUE_LOGGER = "opentelemetry.sdk._shared_internal"
+_SDK_QUEUE_FULL = ("Queue full, dropping %s.", ("Span",))
+#: How many frames up from the logging call :class:`_SdkQueueFullCounter` looks for the
+#: ``BatchSpanProcessor`` that dropped the span.
+_FRAMES_TO_PROCESSOR = 16
+
+
+class _SdkQueueFullCounter(logging.Filter):
+    """Counts, as :attr:`~otel_luna.outcomes.Reason.SDK_QUEUE_FULL`, every span the SDK's
+    ``BatchSpanProcessor`` drops in front of a :class:`LunaSpanExporter`: it reads the SDK's
+    ``Queue full`` warning on its way through the SDK's logger (first of the logger's filters,
+    so before the SDK's own filter that lets one such line through per 20 s) and finds the
+    processor that dropped it among the calling frames (``span_exporter``: which exporter).
+    Drops in front of other exporters are not counted. Lets every record through (the warning
+    is still logged), never raises. Nothing is counted when the application turned that
+    logger's warnings off (a level above WARNING, or logging disabled)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (record.msg, record.args) == _SDK_QUEUE_FULL:
+            with contextlib.suppress(Exception):  # never into the application
+                exporter = _dropping_exporter()
+                if isinstance(exporter, LunaSpanExporter):
+                    exporter._ingest.count(TRACES, Reason.SDK_QUEUE_FULL)
+        return True
+
+
+def _dropping_exporter() -> object:
+    """The exporter behind the ``BatchSpanProcessor`` among the calling frames, if any."""
+    frame = sys._getframe(1)
+    for _ in range(_FRAMES_TO_PROCESSOR):
+        if frame is None:
+            return None
+        candidate = frame.f_locals.get("self")
+        if isinstance(candidate, BatchSpanProcessor):
+            return candidate.span_exporter
+        frame = frame.f_back
+    return None
+
+
+_sdk_queue_full_counter = _SdkQueueFullCounter()
+
+
+def _count_sdk_queue_full() -> None:
+    """Put :class:`_SdkQueueFullCounter` first among the SDK logger's filters (once)."""
+    filters = logging.getLogger(_SDK_QUEUE_LOGGER).filters
+    with _refused_lock:
+        if _sdk_queue_full_counter not in filters:
+            filters.insert(0, _sdk_queue_full_counter)
+
+
 class LunaSpanExporter(_LunaExporterBase, SpanExporter):
     """Writes SERVER spans as LUNA ``requests`` / ``errors`` points (and, for a request that
     used SDK estimators, ``usages_statistic``), licence checks as ``licensing`` points.
@@ -187,6 +240,7 @@ class LunaSpanExporter(_LunaExporterBase, SpanExporter):
 
     def __init__(self, settings: Settings | None = None, *, sink: SinkLike | None = None) -> None:
         self._attach(settings, sink)
+        _count_sdk_queue_full()
         built = self.settings
         check = None
         if settings is None:  # from the environment: is a luna metrics exporter there too?

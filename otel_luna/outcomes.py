@@ -73,6 +73,9 @@ class Reason(str, enum.Enum):
     # -- ingest: mapping ------------------------------------------------------------------
     MAPPED = "mapped", _O.MAPPED
     SERVER_SPANS = "server_spans", _O.EVENT
+    # spans the SDK's BatchSpanProcessor in front of a luna exporter dropped, its queue full
+    # ("Queue full, dropping Span."): they never reached the exporter, their points are lost
+    SDK_QUEUE_FULL = "sdk_queue_full", _O.EVENT
     ROUTE_OVERFLOW = "route_overflow", _O.EVENT  # written with route {overflow}
     UNFINISHED_SPAN = "unfinished_span", _O.REJECTED
     MAPPING_ERROR = "mapping_error", _O.REJECTED
