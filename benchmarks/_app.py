@@ -268,9 +268,7 @@ def drive(wrk: str, url: str, seconds: float, *, connections: int = 8, share404:
         raise SystemExit(f"cannot read wrk's output:\n{out}")
     elapsed = float(done.group(2)) / (1000 if done.group(3) == "ms" else 1)
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
-    )
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     return Load(
         requests=int(done.group(1)),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,

@@ -14,7 +14,7 @@ sets ``OTEL_BSP_*`` (or any) variables for the app.
 
 A run fails when fewer ``requests`` lines are written than requests answered, or the SDK says
 its queue was full. Exit status: 0 when every run passes, 1 otherwise. Bounded in time: about
-``runs × (seconds + 10)`` s.
+``runs * (seconds + 10)`` s.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from _app import ensure_wrk, running_app
 from _app import drive as drive_app
+from _app import ensure_wrk, running_app
 from _common import dump, environment
 
 QUEUE_FULL = "Queue full, dropping Span."
@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     else:
-        print("saturation: " + ("every answered request written, no Queue full" if ok else "FAILED"))
+        verdict = "every answered request written, no Queue full" if ok else "FAILED"
+        print(f"saturation: {verdict}")
     return 0 if ok else 1
 
 
