@@ -54,7 +54,7 @@ end
 """
 
 #: The configurations compared (name → what runs the app).
-MODES = ("plain", "instrumented", "luna", "otlp")
+MODES = ("plain", "instrumented", "luna-off", "luna", "otlp")
 RUNNING = re.compile(r"Uvicorn running on (http://127\.0\.0\.1:\d+)")
 
 
@@ -158,7 +158,9 @@ def environment(mode: str, work: Path, otlp_port: int | None, **extra: str) -> d
         OTEL_LOGS_EXPORTER="none",
         OTEL_TRACES_EXPORTER="none",
     )
-    if mode == "luna":
+    if mode == "luna-off":  # the BatchSpanProcessor and its thread, export() a no-op
+        env.update(OTEL_TRACES_EXPORTER="luna", OTEL_EXPORTER_LUNA_ENABLED="false")
+    elif mode == "luna":
         env.update(
             OTEL_TRACES_EXPORTER="luna",
             OTEL_EXPORTER_LUNA_ENDPOINT=f"file://{work / 'points.lp'}",

@@ -7,6 +7,9 @@ configuration and kept running:
 
 * ``plain``: no telemetry;
 * ``instrumented``: ``opentelemetry-instrument``, no exporter (``OTEL_TRACES_EXPORTER=none``);
+* ``luna-off``: ``OTEL_TRACES_EXPORTER=luna`` with ``OTEL_EXPORTER_LUNA_ENABLED=false``: the
+  SDK's ``BatchSpanProcessor`` and its export thread, the exporter a no-op (what any exporter
+  costs before its own work);
 * ``luna``: ``OTEL_TRACES_EXPORTER=luna``, file sink;
 * ``otlp``: the OTLP gRPC exporter to a receiver in this process that answers and keeps nothing.
 
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_us_per_request": summary(cpu_us[mode], 1),
             "requests_per_s": round(statistics.median(rates[mode]), 1),
         }
-        if base is not None and mode in ("luna", "otlp"):
+        if base is not None and mode in ("luna-off", "luna", "otlp"):
             row["exporter_us_per_request"] = summary(
                 [a - b for a, b in zip(cpu_us[mode], base, strict=True)], 1
             )
