@@ -15,6 +15,7 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from types import FrameType
 from typing import Any
 
 from opentelemetry.environment_variables import OTEL_METRICS_EXPORTER
@@ -206,7 +207,7 @@ class _SdkQueueFullCounter(logging.Filter):
 
 def _dropping_exporter() -> object:
     """The exporter behind the ``BatchSpanProcessor`` among the calling frames, if any."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     for _ in range(_FRAMES_TO_PROCESSOR):
         if frame is None:
             return None
