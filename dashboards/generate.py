@@ -185,17 +185,25 @@ def named(query: str, name: str) -> str:
     return pipe(query, f'set(key: "_field", value: "{name}")', f'yield(name: "{name}")')
 
 
+# A Flux query taking several statistics of one series defines ``data`` as a function
+# (``data = () => from(...)``) that each branch calls: InfluxDB 2.7.12's Flux now and then
+# panicked ("arrow/array: index out of range") on the watchdog timing panels, whose branches
+# shared one stream (``data = from(...)``), under load; a stream of its own per branch shares
+# no arrow buffers between branches.
+
+
 def union_table(data: str, rows: Sequence[str], stats: Sequence[tuple[str, str]]) -> str:
-    """Flux: ``data = <data>``, then one row per value of ``rows`` with a column per statistic
-    (``name``, the steps that compute it from ``data``), as floats."""
+    """Flux: ``data = () => <data>``, then one row per value of ``rows`` with a column per
+    statistic (``name``, the steps that compute it from ``data()``), as floats. ``data`` is a
+    function, each branch reading its own stream (the comment above)."""
     keep = "keep(columns: [" + ", ".join(f'"{row}"' for row in (*rows, "_value")) + "])"
     parts = "".join(
-        f'    data |> {steps} |> toFloat() |> {keep} |> set(key: "stat", value: "{name}"),\n'
+        f'    data() |> {steps} |> toFloat() |> {keep} |> set(key: "stat", value: "{name}"),\n'
         for name, steps in stats
     )
     keys = ", ".join(f'"{row}"' for row in rows)
     return (
-        f"data = {data}\n\nunion(tables: [\n{parts}])\n  |> group()\n"
+        f"data = () => {data}\n\nunion(tables: [\n{parts}])\n  |> group()\n"
         f'  |> pivot(rowKey: [{keys}], columnKey: ["stat"], valueColumn: "_value")'
     )
 
@@ -327,8 +335,8 @@ def luna_variables(language: str) -> list[cogbuilder.Builder[model.VariableModel
 def luna_requests() -> Section:
     execution = ", ".join(f'percentile("execution_time", {p}) AS "p{p}"' for p in PERCENTILES)
     requests = source(luna.REQUESTS, field_is("execution_time"), F_SERVICE, F_ROUTE)
-    percentiles = f"data = {pipe(*requests, group('route'))}\n\n" + "\n\n".join(
-        named(pipe("data", window(quantile_fn(p), empty=False)), f"p{p}") for p in PERCENTILES
+    percentiles = f"data = () => {pipe(*requests, group('route'))}\n\n" + "\n\n".join(
+        named(pipe("data()", window(quantile_fn(p), empty=False)), f"p{p}") for p in PERCENTILES
     )
     route_stats = [("requests", "count()")]
     route_stats += [
@@ -880,8 +888,8 @@ def watchdog_timings() -> Section:
     def flux_distribution(data: str) -> str:
         """p50, p95 and max per window of ``data`` (one table of ``_value``)."""
         steps = [("p50", quantile_fn(50)), ("p95", quantile_fn(95)), ("max", "max")]
-        return f"data = {data}\n\n" + "\n\n".join(
-            named(pipe("data", window(fn, empty=False)), name) for name, fn in steps
+        return f"data = () => {data}\n\n" + "\n\n".join(
+            named(pipe("data()", window(fn, empty=False)), name) for name, fn in steps
         )
 
     panels: list[PanelBuilder] = [
