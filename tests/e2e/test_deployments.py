@@ -142,12 +142,13 @@ def started(*args: Any, **kwargs: Any) -> Iterator[App]:
         app.kill()
 
 
-def uvicorn_argv() -> list[str]:
-    """``opentelemetry-instrument uvicorn fastapi_app:app`` on a free port of 127.0.0.1."""
+def uvicorn_argv(app: str = "fastapi_app:app") -> list[str]:
+    """``opentelemetry-instrument uvicorn <app>`` (an app of tests/apps) on a free port of
+    127.0.0.1."""
     return [
         str(VENV_BIN / "opentelemetry-instrument"),
         str(VENV_BIN / "uvicorn"),
-        "fastapi_app:app",
+        app,
         "--app-dir",
         str(APPS),
         "--host",

@@ -5,7 +5,6 @@ only the rest of the ``luna.*`` data is counted as late, expired or evicted."""
 
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,6 @@ SERVICE = "luna-handlers"
 HTTP = {"http.request.method": "POST", "http.route": "/detector", "http.response.status_code": 200}
 USAGES = "luna.usages."
 SECOND = 10**9
-APPS = Path(__file__).parent.parent / "apps"
-VENV_BIN = Path(sys.executable).parent
 
 
 def record(
@@ -195,31 +192,11 @@ def test_fastapi_background_work_writes_exact_sums(
     the request's context, each in a span ending after the response: every usage is written
     (the sums are exact), the request's own at its time, the later ones as points of their own
     next to it; nothing counted lost."""
-    from tests.e2e.test_deployments import UVICORN_RUNNING, started
+    from tests.e2e.test_deployments import UVICORN_RUNNING, started, uvicorn_argv
+    from tests.mapping.test_usages_per_request import traces_only_env
 
-    env = {
-        "OTEL_TRACES_EXPORTER": "luna",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_SERVICE_NAME": SERVICE,
-        "OTEL_EXPORTER_LUNA_ENDPOINT": influxdb1.url,
-        "OTEL_EXPORTER_LUNA_API_VERSION": "1",
-        "OTEL_EXPORTER_LUNA_DATABASE": influxdb1_database,
-        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(tmp_path / "spool"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    argv = [
-        str(VENV_BIN / "opentelemetry-instrument"),
-        str(VENV_BIN / "uvicorn"),
-        "usages_background_app:app",
-        "--app-dir",
-        str(APPS),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-access-log",
-    ]
+    env = traces_only_env(influxdb1, influxdb1_database, tmp_path)
+    argv = uvicorn_argv("usages_background_app:app")
     answers: list[dict[str, Any]] = []
     with started(argv, env) as app:
         (url,) = app.wait_for(UVICORN_RUNNING)

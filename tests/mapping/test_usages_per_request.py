@@ -674,6 +674,22 @@ def test_a_thousand_requests_sum_to_what_was_recorded(
         assert at_requests == []
 
 
+def traces_only_env(influxdb1: InfluxDB1, database: str, tmp_path: Path) -> dict[str, str]:
+    """An app's environment with only the luna traces exporter (metrics and logs off), writing
+    to ``database`` of InfluxDB 1.x, its spool under ``tmp_path``."""
+    return {
+        "OTEL_TRACES_EXPORTER": "luna",
+        "OTEL_METRICS_EXPORTER": "none",
+        "OTEL_LOGS_EXPORTER": "none",
+        "OTEL_SERVICE_NAME": SERVICE,
+        "OTEL_EXPORTER_LUNA_ENDPOINT": influxdb1.url,
+        "OTEL_EXPORTER_LUNA_API_VERSION": "1",
+        "OTEL_EXPORTER_LUNA_DATABASE": database,
+        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(tmp_path / "spool"),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
 def test_fastapi_with_only_the_traces_exporter_writes_a_point_per_request(
     influxdb1: InfluxDB1, influxdb1_database: str, tmp_path: Path
 ) -> None:
@@ -681,31 +697,10 @@ def test_fastapi_with_only_the_traces_exporter_writes_a_point_per_request(
     ``OTEL_TRACES_EXPORTER=luna`` and ``record_usages`` in 3 of its routes: exactly one
     usages_statistic point per such request, at its requests point's time, exact sums; no
     point for the route without usages; no warning."""
-    from tests.e2e.test_deployments import UVICORN_RUNNING, started
+    from tests.e2e.test_deployments import UVICORN_RUNNING, started, uvicorn_argv
 
-    env = {
-        "OTEL_TRACES_EXPORTER": "luna",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_SERVICE_NAME": SERVICE,
-        "OTEL_EXPORTER_LUNA_ENDPOINT": influxdb1.url,
-        "OTEL_EXPORTER_LUNA_API_VERSION": "1",
-        "OTEL_EXPORTER_LUNA_DATABASE": influxdb1_database,
-        "OTEL_EXPORTER_LUNA_SPOOL_DIR": str(tmp_path / "spool"),
-        "PYTHONUNBUFFERED": "1",
-    }
-    argv = [
-        str(VENV_BIN / "opentelemetry-instrument"),
-        str(VENV_BIN / "uvicorn"),
-        "usages_fastapi_app:app",
-        "--app-dir",
-        str(APPS),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--no-access-log",
-    ]
+    env = traces_only_env(influxdb1, influxdb1_database, tmp_path)
+    argv = uvicorn_argv("usages_fastapi_app:app")
     import requests as http
 
     rng = random.Random(20)
