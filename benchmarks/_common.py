@@ -20,6 +20,11 @@ import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+
 #: A workload runs once over its items and returns the elapsed time in nanoseconds, measured
 #: around the part it means to time (setup and clean-up stay outside).
 Workload = Callable[[], int]
@@ -167,3 +172,56 @@ def _cpu_or_zero(pid: int) -> float:
 def dump(report: Mapping[str, Any]) -> None:
     json.dump(report, sys.stdout, indent=2)
     print()
+
+
+# ---------------------------------------------------------------- the in-process exporter's harness
+
+
+class NullSpanExporter(SpanExporter):
+    """The SDK's cost alone: a span exporter that keeps nothing."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+class NullSink:
+    """A sink that takes every body and keeps nothing."""
+
+    def write(self, body: bytes) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def sdk_provider(exporter: SpanExporter, service: str) -> TracerProvider:
+    """A TracerProvider sampling everything, ``service`` as its resource's service.name, every
+    span handed to ``exporter`` as it ends (SimpleSpanProcessor)."""
+    provider = TracerProvider(
+        sampler=ALWAYS_ON,
+        resource=Resource.create({"service.name": service}),
+        shutdown_on_exit=False,
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def idle_writer_settings(state_dir: str, spool: str = "disk") -> Any:
+    """Settings whose writer thread sleeps while timed (an hour's flush interval, batches larger
+    than a round), the spool and dead letters under ``state_dir``. An empty environ, so
+    OTEL_EXPORTER_LUNA_* variables of the shell do not change the run; only the settings this
+    version of otel_luna has are passed (benchmarks also run against older trees)."""
+    import dataclasses
+
+    from otel_luna.settings import Settings
+
+    wanted: dict[str, Any] = {
+        "flush_interval": 3600.0,
+        "batch_size": 10**9,
+        "max_queue_size": 10**9,
+        "spool": spool,
+        "spool_dir": os.path.join(state_dir, "spool"),
+        "dead_letter": os.path.join(state_dir, "dead-letter.jsonl"),
+    }
+    known = {f.name for f in dataclasses.fields(Settings)}
+    return Settings.load({}, **{k: v for k, v in wanted.items() if k in known})

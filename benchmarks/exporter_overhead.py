@@ -42,9 +42,7 @@ the figures.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
-import os
 import random
 import sys
 import tempfile
@@ -55,21 +53,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from _common import (
+    NullSink,
+    NullSpanExporter,
     arguments,
     dump,
     environment,
     fmt,
+    idle_writer_settings,
     per_item_us,
     ratios,
     run_rounds,
+    sdk_provider,
     summary,
     table,
 )
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
 
 from otel_luna._exporter import LunaSpanExporter
@@ -199,29 +198,6 @@ def requests(n: int, *, seed: int, error_share: float, semconv: str) -> list[Req
     return out
 
 
-class NullSpanExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
-class NullSink:
-    def write(self, body: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def provider(exporter: SpanExporter) -> TracerProvider:
-    tracer_provider = TracerProvider(
-        sampler=ALWAYS_ON,
-        resource=Resource.create({"service.name": SERVICE}),
-        shutdown_on_exit=False,
-    )
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return tracer_provider
-
-
 def record(tracer: Any, reqs: Sequence[Request], *, all_at_start: bool = False) -> int:
     """Create and end one span per request, as the instrumentation does; elapsed ns."""
     start_span = tracer.start_span
@@ -278,21 +254,8 @@ SHAPE = "server"
 
 
 def settings(spool: str | None = None) -> Settings:
-    """Writer thread asleep while timed: an hour's flush interval, batches larger than a round.
-
-    An empty environ, so OTEL_EXPORTER_LUNA_* variables of the shell do not change the run;
-    only the settings this version of otel_luna has are passed (they change under us).
-    """
-    wanted: dict[str, Any] = {
-        "flush_interval": 3600.0,
-        "batch_size": 10**9,
-        "max_queue_size": 10**9,
-        "spool": spool or SPOOL,
-        "spool_dir": os.path.join(STATE_DIR, "spool"),
-        "dead_letter": os.path.join(STATE_DIR, "dead-letter.jsonl"),
-    }
-    known = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.load({}, **{k: v for k, v in wanted.items() if k in known})
+    """The run's settings: the writer thread asleep while timed (:func:`idle_writer_settings`)."""
+    return idle_writer_settings(STATE_DIR, spool or SPOOL)  # type: ignore[no-any-return]
 
 
 def check_output(spans: Sequence[ReadableSpan], batch: int) -> dict[str, Any]:
@@ -451,9 +414,9 @@ def _run(options: Any) -> int:
     n, batch = options.n, options.batch
 
     reqs = requests(n, seed=options.seed, error_share=options.error_share, semconv=options.semconv)
-    sdk_tracer = provider(NullSpanExporter()).get_tracer("benchmark")
+    sdk_tracer = sdk_provider(NullSpanExporter(), SERVICE).get_tracer("benchmark")
     memory = InMemorySpanExporter()
-    record(provider(memory).get_tracer("benchmark"), reqs)
+    record(sdk_provider(memory, SERVICE).get_tracer("benchmark"), reqs)
     spans: list[ReadableSpan] = list(memory.get_finished_spans())
     output = check_output(spans, batch)
 

@@ -70,7 +70,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import CpuSampler, arguments, dump, environment, summary, table
+from _common import (
+    CpuSampler,
+    NullSink,
+    arguments,
+    dump,
+    environment,
+    sdk_provider,
+    summary,
+    table,
+)
 
 TARGET = 100_000  # spans/s, issue 5
 REPO = Path(__file__).resolve().parent.parent
@@ -94,13 +103,13 @@ def make_templates(count: int, spans: int, seed: int) -> list[tuple[bytes, list[
     """
     import random
 
-    from exporter_overhead import provider, record, requests
+    from exporter_overhead import SERVICE, record, requests
     from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import encode_spans
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     memory = InMemorySpanExporter()
     reqs = requests(count * spans, seed=seed, error_share=0.1, semconv="default")
-    record(provider(memory).get_tracer("serve-benchmark"), reqs)
+    record(sdk_provider(memory, SERVICE).get_tracer("serve-benchmark"), reqs)
     finished = list(memory.get_finished_spans())
     rng = random.Random(seed)
     t0 = (time.time_ns() - 3600 * 10**9) // 10**9 * 10**9
@@ -412,14 +421,6 @@ def _wait_stored(influx: Any, database: str, expected: int) -> tuple[float | Non
     return wait_count(lambda: _stored(influx, database), expected)
 
 
-class _NullSink:
-    def write(self, body: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 # -- the workloads --------------------------------------------------------------------------
 
 
@@ -612,7 +613,7 @@ class Bench:
                 flush_interval=3600.0,
                 batch_size=10**9,
             ),
-            sink=_NullSink(),
+            sink=NullSink(),
         )
         try:
             parse = ExportTraceServiceRequest.FromString

@@ -39,7 +39,6 @@ Reported per shape: µs per request (orientation) and the per-round ratios ``lun
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import gc
 import json
 import os
@@ -52,13 +51,17 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    NullSink,
+    NullSpanExporter,
     arguments,
     dump,
     environment,
     fmt,
+    idle_writer_settings,
     per_item_us,
     ratios,
     run_rounds,
+    sdk_provider,
     summary,
     table,
 )
@@ -66,9 +69,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 SHAPES_DIR = Path(__file__).resolve().parent / "shapes"
@@ -76,19 +78,6 @@ SERVICE = "luna-handlers"
 BATCH = 512
 #: Attributes an instrumentation sets after the span started (the response, the luna helpers).
 LATER = ("http.status_code", "http.response.status_code", "error.type", "luna.")
-
-
-class NullSpanExporter(SpanExporter):
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-
-class NullSink:
-    def write(self, body: bytes) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 # --------------------------------------------------------------------------- recording
@@ -360,37 +349,12 @@ def replay(tracer: Any, shape: Sequence[dict[str, Any]], n: int) -> int:
     return time.perf_counter_ns() - begin
 
 
-def _provider(exporter: SpanExporter) -> TracerProvider:
-    provider = TracerProvider(
-        sampler=ALWAYS_ON,
-        resource=Resource.create({"service.name": SERVICE}),
-        shutdown_on_exit=False,
-    )
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return provider
-
-
-def _settings(state: str) -> Any:
-    from otel_luna.settings import Settings
-
-    wanted: dict[str, Any] = {
-        "flush_interval": 3600.0,
-        "batch_size": 10**9,
-        "max_queue_size": 10**9,
-        "spool": "disk",
-        "spool_dir": os.path.join(state, "spool"),
-        "dead_letter": os.path.join(state, "dead-letter.jsonl"),
-    }
-    known = {f.name for f in dataclasses.fields(Settings)}
-    return Settings.load({}, **{k: v for k, v in wanted.items() if k in known})
-
-
 def _lines_per_request(spans: Sequence[ReadableSpan], n: int, state: str) -> dict[str, float]:
     from otel_luna._exporter import LunaSpanExporter
     from otel_luna.testing import InMemorySink
 
     sink = InMemorySink()
-    exporter = LunaSpanExporter(_settings(state), sink=sink)
+    exporter = LunaSpanExporter(idle_writer_settings(state), sink=sink)
     for i in range(0, len(spans), BATCH):
         exporter.export(spans[i : i + BATCH])
     exporter.force_flush()
@@ -409,17 +373,19 @@ def measure(options: Any, state: str) -> dict[str, Any]:
 
     n = options.n
     shapes = load_shapes(options.shape)
-    sdk_tracer = _provider(NullSpanExporter()).get_tracer("benchmark")
+    sdk_tracer = sdk_provider(NullSpanExporter(), SERVICE).get_tracer("benchmark")
     workloads: dict[str, Callable[[], int]] = {}
     closers: list[Callable[[], object]] = []
     drains: list[Callable[[], object]] = []
     info: dict[str, Any] = {}
     for name, shape in shapes.items():
         memory = InMemorySpanExporter()
-        replay(_provider(memory).get_tracer("benchmark"), shape, n)
+        replay(sdk_provider(memory, SERVICE).get_tracer("benchmark"), shape, n)
         spans = list(memory.get_finished_spans())
         batches = [spans[i : i + BATCH] for i in range(0, len(spans), BATCH)]
-        exporter = LunaSpanExporter(_settings(os.path.join(state, name)), sink=NullSink())
+        exporter = LunaSpanExporter(
+            idle_writer_settings(os.path.join(state, name)), sink=NullSink()
+        )
         closers.append(exporter.shutdown)
         drains.append(lambda exporter=exporter: exporter.force_flush(60_000))
         info[name] = {

@@ -46,6 +46,8 @@ from collections.abc import Callable
 from typing import Any
 
 from _common import (
+    NullSink,
+    NullSpanExporter,
     arguments,
     dump,
     environment,
@@ -53,10 +55,11 @@ from _common import (
     per_item_us,
     ratios,
     run_rounds,
+    sdk_provider,
     summary,
     table,
 )
-from exporter_overhead import NullSink, NullSpanExporter, provider, record, requests
+from exporter_overhead import SERVICE, record, requests
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -123,9 +126,9 @@ def _run(options: Any, state_dir: str) -> int:
 
     n, batch = options.n, options.batch
     reqs = requests(n, seed=options.seed, error_share=options.error_share, semconv=options.semconv)
-    sdk_tracer = provider(NullSpanExporter()).get_tracer("benchmark")
+    sdk_tracer = sdk_provider(NullSpanExporter(), SERVICE).get_tracer("benchmark")
     memory = InMemorySpanExporter()
-    record(provider(memory).get_tracer("benchmark"), reqs)
+    record(sdk_provider(memory, SERVICE).get_tracer("benchmark"), reqs)
     spans: list[ReadableSpan] = list(memory.get_finished_spans())
     batches = [spans[i : i + batch] for i in range(0, n, batch)]
     calls = len(batches)
