@@ -115,6 +115,19 @@ def unknown(
     )
 
 
+def quiet_section(env: Mapping[str, str]) -> dict[str, Any]:
+    """The TOML file's section, read again for what must work when the settings are bad (the
+    secrets to mask, a setting read on its own): empty when there is no file or it cannot be
+    read. Never raises."""
+    path = config_path(env)
+    if not path:
+        return {}
+    try:
+        return read_section(path)
+    except SettingsError:
+        return {}
+
+
 def given_secrets(
     declared: Iterable[Setting], env: Mapping[str, str], overrides: Mapping[str, Any]
 ) -> tuple[str, ...]:
@@ -125,12 +138,8 @@ def given_secrets(
     declared = list(declared)
     sources: list[Mapping[str, Any]] = [overrides]
     sources.append({each.name: env.get(each.env) for each in declared})
-    path = config_path(env)
-    if path:
-        try:
-            section = read_section(path)
-        except SettingsError:
-            section = {}
+    section = quiet_section(env)
+    if section:
         sources.append({each.name: section.get(each.toml) for each in declared})
     secret = [each.name for each in declared if each.secret and each.name != "password"]
     users: list[str | None] = [str(src["username"]) for src in sources if src.get("username")]
@@ -165,13 +174,7 @@ def shared_secrets(prefixes: Iterable[str], env: Mapping[str, str]) -> tuple[str
         for key, value in env.items()
         if key.startswith(ENV_PREFIX) and secret(key[len(ENV_PREFIX) :]) and value
     ]
-    path = config_path(env)
-    if path:
-        try:
-            section = read_section(path)
-        except SettingsError:
-            section = {}
-        values += [str(value) for key, value in section.items() if secret(key) and value]
+    values += [str(value) for key, value in quiet_section(env).items() if secret(key) and value]
     return tuple(credential_forms(None, [], values)) if values else ()
 
 
@@ -181,11 +184,7 @@ def given_alone(declared: Setting, environ: Mapping[str, str] | None = None) -> 
     env = os.environ if environ is None else environ
     raw: Any = env.get(declared.env)
     if raw is None or not str(raw).strip():
-        path = config_path(env)
-        try:
-            raw = read_section(path).get(declared.toml) if path else None
-        except SettingsError:
-            raw = None
+        raw = quiet_section(env).get(declared.toml)
     return raw
 
 
