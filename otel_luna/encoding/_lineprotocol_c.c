@@ -17,6 +17,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "_ryu/d2s.c"
+
 /* MIN_TIME_NS, MAX_TIME_NS of _lineprotocol.py */
 #define MIN_TIME_NS (LLONG_MIN + 2)
 #define MAX_TIME_NS (LLONG_MAX - 1)
@@ -41,6 +43,79 @@ put(line_t *line, const char *text, Py_ssize_t size)
     memcpy(line->data + line->size, text, (size_t)size);
     line->size += size;
     return 1;
+}
+
+/* repr(x) of a finite float: Ryu's shortest digits, laid out as float_repr does ('r' mode:
+ * exponent notation below 1e-4 and from 1e16, at least two exponent digits, ".0" on whole
+ * numbers). Returns its length; buffer of 32 bytes at least. */
+static int
+format_float(double x, char *out)
+{
+    int n = 0;
+    if (signbit(x)) {
+        out[n++] = '-';
+    }
+    if (x == 0.0) {
+        memcpy(out + n, "0.0", 3);
+        return n + 3;
+    }
+    uint64_t mantissa;
+    int32_t exponent;
+    otel_luna_d2d(x, &mantissa, &exponent);
+    char buffer[20];
+    int start = 20, i;
+    do {
+        buffer[--start] = (char)('0' + mantissa % 10);
+        mantissa /= 10;
+    } while (mantissa);
+    const char *digits = buffer + start;
+    int count = 20 - start;
+    int point = exponent + count; /* x = 0.digits × 10^point */
+    if (point <= -4 || point > 16) {
+        out[n++] = digits[0];
+        if (count > 1) {
+            out[n++] = '.';
+            memcpy(out + n, digits + 1, (size_t)(count - 1));
+            n += count - 1;
+        }
+        int e = point - 1;
+        out[n++] = 'e';
+        out[n++] = e < 0 ? '-' : '+';
+        if (e < 0) {
+            e = -e;
+        }
+        if (e >= 100) {
+            out[n++] = (char)('0' + e / 100);
+        }
+        out[n++] = (char)('0' + e / 10 % 10);
+        out[n++] = (char)('0' + e % 10);
+    }
+    else if (point <= 0) {
+        out[n++] = '0';
+        out[n++] = '.';
+        for (i = 0; i < -point; i++) {
+            out[n++] = '0';
+        }
+        memcpy(out + n, digits, (size_t)count);
+        n += count;
+    }
+    else if (point >= count) {
+        memcpy(out + n, digits, (size_t)count);
+        n += count;
+        for (i = 0; i < point - count; i++) {
+            out[n++] = '0';
+        }
+        memcpy(out + n, ".0", 2);
+        n += 2;
+    }
+    else {
+        memcpy(out + n, digits, (size_t)point);
+        n += point;
+        out[n++] = '.';
+        memcpy(out + n, digits + point, (size_t)(count - point));
+        n += count - point;
+    }
+    return n;
 }
 
 /* An exact, compact, ASCII str: its bytes, else NULL. */
@@ -89,14 +164,7 @@ write_fields(line_t *line, PyObject *field_keys, PyObject *fields)
             if (!isfinite(x)) {
                 return 0; /* nonfinite_field: counted by the Python path */
             }
-            /* float.__repr__ exactly */
-            char *text = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-            if (text == NULL) {
-                return -1;
-            }
-            int fits = put(line, text, (Py_ssize_t)strlen(text));
-            PyMem_Free(text);
-            if (!fits) {
+            if (!put(line, number, format_float(x, number))) {
                 return 0;
             }
         }
@@ -206,6 +274,21 @@ encode_point(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 static PyObject *
+float_repr(PyObject *module, PyObject *value)
+{
+    double x = PyFloat_AsDouble(value);
+    if (x == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!isfinite(x)) {
+        PyErr_SetString(PyExc_ValueError, "not finite");
+        return NULL;
+    }
+    char text[32];
+    return PyUnicode_FromStringAndSize(text, format_float(x, text));
+}
+
+static PyObject *
 configure(PyObject *module, PyObject *args)
 {
     if (!PyArg_ParseTuple(args, "nn", &short_key, &short_string)) {
@@ -217,6 +300,7 @@ configure(PyObject *module, PyObject *args)
 static PyMethodDef methods[] = {
     {"encode_point", (PyCFunction)(void (*)(void))encode_point, METH_FASTCALL,
      "The line for a point, or fallback(point) when only the Python path can say."},
+    {"float_repr", float_repr, METH_O, "repr() of a finite float, as the encoder writes it"},
     {"configure", configure, METH_VARARGS, "configure(short_key, short_string)"},
     {NULL, NULL, 0, NULL},
 };

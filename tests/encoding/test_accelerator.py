@@ -10,6 +10,8 @@ common points itself.
 
 from __future__ import annotations
 
+import math
+import struct
 from collections import Counter
 from typing import Any
 
@@ -134,6 +136,22 @@ def outcome(encode: Any, point: Point) -> tuple[str, object]:
         return "line", encode(point)
     except InvalidPointError as error:
         return "rejected", error.reason
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(0, 2**64 - 1).map(
+            lambda bits: struct.unpack("<d", bits.to_bytes(8, "little"))[0]
+        ),
+        st.integers(-330, 330).map(lambda e: float(f"1e{e}")),
+    ).filter(math.isfinite)
+)
+def test_the_compiled_float_formatting_is_repr(value: float) -> None:
+    """Ryu's shortest digits laid out as ``repr`` lays out ``dtoa``'s (exponent below 1e-4 and
+    from 1e16, two exponent digits at least, ``.0`` on whole numbers, ``-0.0``)."""
+    assert _lineprotocol_c.float_repr(value) == repr(value)
 
 
 def test_the_accelerator_is_built_and_used() -> None:
