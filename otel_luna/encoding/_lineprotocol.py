@@ -27,7 +27,10 @@ Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason, until
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from functools import partial
+from types import ModuleType
 
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema._keys import MAX_KEY_BYTES, RESERVED_KEY, start_problem, text_problem
@@ -48,6 +51,24 @@ _SHORT_STRING = MAX_STRING_FIELD_BYTES // 4
 _MEASUREMENT_ESCAPES = str.maketrans({",": "\\,", " ": "\\ "})
 _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
+
+
+def _accelerator() -> ModuleType | None:
+    """The compiled common case of :meth:`LineProtocolEncoder.encode_point`, if it was built and
+    ``OTEL_LUNA_PURE_PYTHON`` is not set (read once, at import)."""
+    if os.environ.get("OTEL_LUNA_PURE_PYTHON", "") not in ("", "0"):
+        return None
+    try:
+        from otel_luna.encoding import _lineprotocol_c  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    _lineprotocol_c.configure(_SHORT_KEY, _SHORT_STRING)
+    return _lineprotocol_c  # type: ignore[no-any-return]
+
+
+_ACCELERATOR = _accelerator()
+#: Whether encoders use the compiled common case (the pure-Python code stays the reference).
+ACCELERATED = _ACCELERATOR is not None
 
 
 class InvalidPointError(ValueError):
@@ -84,6 +105,15 @@ class LineProtocolEncoder(Counting):
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        if _ACCELERATOR is not None:
+            # Lines whose prefix and field keys are cached, written in C; any other point (a
+            # cache miss, a drop to count, an error) goes to the pure-Python method below.
+            self.encode_point = partial(  # type: ignore[method-assign]
+                _ACCELERATOR.encode_point,
+                self._prefixes,
+                self._field_keys,
+                partial(LineProtocolEncoder.encode_point, self),
+            )
 
     def encode(self, points: Iterable[Point]) -> list[str]:
         """Encode ``points`` to lines (no trailing newline); invalid points are counted, skipped."""
