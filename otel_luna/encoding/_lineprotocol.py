@@ -59,11 +59,11 @@ def _accelerator() -> ModuleType | None:
     if os.environ.get("OTEL_LUNA_PURE_PYTHON", "") not in ("", "0"):
         return None
     try:
-        from otel_luna.encoding import _lineprotocol_c  # type: ignore[attr-defined]
+        from otel_luna import _native  # type: ignore[attr-defined]
     except ImportError:
         return None
-    _lineprotocol_c.configure(_SHORT_KEY, _SHORT_STRING)
-    return _lineprotocol_c  # type: ignore[no-any-return]
+    _native.configure(_SHORT_KEY, _SHORT_STRING)
+    return _native  # type: ignore[no-any-return]
 
 
 _ACCELERATOR = _accelerator()

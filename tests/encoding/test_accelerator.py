@@ -1,4 +1,4 @@
-"""The compiled encoder (``_lineprotocol_c``) against the pure-Python one, the reference: for
+"""The compiled encoder (``otel_luna._native``) against the pure-Python one, the reference: for
 arbitrary points, hostile strings, float and int edges, both give the same line, or the same
 :class:`InvalidPointError` reason, and the same counts, point after point.
 
@@ -18,7 +18,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_luna.encoding import _lineprotocol, _lineprotocol_c  # type: ignore[attr-defined]
+from otel_luna import _native  # type: ignore[attr-defined]
+from otel_luna.encoding import _lineprotocol
 from otel_luna.encoding._lineprotocol import (
     MAX_TIME_NS,
     MIN_TIME_NS,
@@ -151,12 +152,12 @@ def outcome(encode: Any, point: Point) -> tuple[str, object]:
 def test_the_compiled_float_formatting_is_repr(value: float) -> None:
     """Ryu's shortest digits laid out as ``repr`` lays out ``dtoa``'s (exponent below 1e-4 and
     from 1e16, two exponent digits at least, ``.0`` on whole numbers, ``-0.0``)."""
-    assert _lineprotocol_c.float_repr(value) == repr(value)
+    assert _native.float_repr(value) == repr(value)
 
 
 def test_the_accelerator_is_built_and_used() -> None:
     assert _lineprotocol.ACCELERATED
-    assert LineProtocolEncoder().encode_point.func is _lineprotocol_c.encode_point  # type: ignore[attr-defined]
+    assert LineProtocolEncoder().encode_point.func is _native.encode_point  # type: ignore[attr-defined]
 
 
 @settings(max_examples=400, deadline=None)
@@ -245,6 +246,6 @@ def never(point: Point) -> str:
 def test_the_compiled_path_writes_common_points_itself(point: Point) -> None:
     encoder = LineProtocolEncoder()
     expected = LineProtocolEncoder.encode_point(encoder, point)  # fills the caches
-    compiled = _lineprotocol_c.encode_point(encoder._prefixes, encoder._field_keys, never, point)
+    compiled = _native.encode_point(encoder._prefixes, encoder._field_keys, never, point)
     assert compiled == expected
     assert encoder.counts == Counter()
