@@ -3,7 +3,9 @@
  * writes only what that code would write, and hands everything else back to it.
  *
  * - encode_point (encode_point.h): LineProtocolEncoder.encode_point's common case;
- * - float_repr: repr() of a float as encode_point writes it (for the tests).
+ * - sdk_spans (sdk_spans.h): a batch of SDK spans read, mapped and encoded in one pass, for the
+ *   spans that make most of an instrumented application's traffic;
+ * - float_repr: repr() of a float as both write it (for the tests).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -15,6 +17,7 @@
 #include "ryu/d2s.c"
 #include "line.h"
 #include "encode_point.h"
+#include "sdk_spans.h"
 
 static PyObject *
 float_repr(PyObject *module, PyObject *value)
@@ -45,6 +48,11 @@ static PyMethodDef methods[] = {
      "The line for a point, or fallback(point) when only the Python path can say."},
     {"float_repr", float_repr, METH_O, "repr() of a finite float, as the encoder writes it"},
     {"configure", configure, METH_VARARGS, "configure(short_key, short_string)"},
+    {"sdk_spans", (PyCFunction)(void (*)(void))sdk_spans, METH_FASTCALL,
+     "Map and encode spans[start:] while they are the common case: (next index, SERVER spans)."},
+    {"configure_sdk", configure_sdk, METH_VARARGS,
+     "configure_sdk(ReadableSpan, SpanContext, Status, SpanKind.SERVER, StatusCode.ERROR, "
+     "requests measurement, luna prefix)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -1,0 +1,659 @@
+/* The common case of a batch of SDK spans, read, mapped and encoded in one pass (see
+ * otel_luna/ingest/_native.py, which calls it, and the Python it stands for: span_records in
+ * ingest/_sdk.py, RequestMapper.add in mapping/_requests.py, SeriesTimes.claim in
+ * mapping/_timestamps.py, LineProtocolEncoder.encode_point and Ingest.write_spans).
+ *
+ * sdk_spans(spans, start, services, mapper, prefixes, lines, earliest, latest)
+ *     -> (index of the first span it left, SERVER spans it mapped)
+ *
+ * From spans[start] on, in order, it takes the two kinds of span that make most of an
+ * instrumented application's traffic, and stops at the first span that is neither:
+ *
+ * - a span that is no SERVER span and has no luna.* key, whose data nobody waits for (not in
+ *   mapper._pending): nothing to write; its ended span is linked to its local parent
+ *   (mapper._ended), as RequestMapper.wants does;
+ * - a SERVER span without luna.* keys and without waiting data, of a request that did not fail,
+ *   whose tag set the mapper has cached (mapper._tagsets, nothing counted making it) and whose
+ *   prefix the encoder has cached (prefixes), whose time is free or its own (SeriesTimes) and
+ *   inside the window: one `requests` line, appended to lines; its ended span remembered.
+ *
+ * Everything else - an unfinished span, a resource it has not seen in this call and cannot name,
+ * a value it would have to count or convert, a cache miss, a collision of times, a failed request
+ * - stops it before it changes anything for that span: the Python path, the reference, takes
+ * the span and fills the caches for the next ones. So the two write the same bytes and keep the
+ * same state, span after span (tests/ingest/test_native_spans.py).
+ *
+ * It reads the SDK's ReadableSpan (exact type) by its attributes (_context, _start_time, ...) and
+ * the mapper's and the times' state by theirs: their names are listed below, beside the Python
+ * that keeps them.
+ */
+
+/* Set once by configure_sdk (otel_luna/ingest/_native.py). */
+static PyObject *readable_span_type, *span_context_type, *status_type, *server_kind,
+    *error_status, *requests_measurement, *luna_prefix;
+static Py_ssize_t luna_prefix_length;
+
+/* Interned names: the SDK's span, the mapper's and its times' state, the HTTP attributes. */
+static PyObject *s_context, *s_end_time, *s_start_time, *s_attributes, *s_kind, *s_parent,
+    *s_status, *s_resource, *s_status_code, *s_dict;
+static PyObject *s_pending, *s_ended, *s_ended_before, *s_ended_generation, *s_batch_span_ids,
+    *s_tagsets, *s_times, *s_current, *s_previous, *s_generation;
+static PyObject *a_method_new, *a_method_old, *a_method_original, *a_route, *a_status_new,
+    *a_status_old;
+
+static int
+intern(PyObject **name, const char *text)
+{
+    *name = PyUnicode_InternFromString(text);
+    return *name == NULL ? -1 : 0;
+}
+
+static PyObject *
+configure_sdk(PyObject *module, PyObject *args)
+{
+    if (!PyArg_ParseTuple(args, "OOOOOUU", &readable_span_type, &span_context_type, &status_type,
+                          &server_kind, &error_status, &requests_measurement, &luna_prefix)) {
+        return NULL;
+    }
+    Py_INCREF(readable_span_type);
+    Py_INCREF(span_context_type);
+    Py_INCREF(status_type);
+    Py_INCREF(server_kind);
+    Py_INCREF(error_status);
+    Py_INCREF(requests_measurement);
+    Py_INCREF(luna_prefix);
+    luna_prefix_length = PyUnicode_GET_LENGTH(luna_prefix);
+    if (intern(&s_context, "_context") || intern(&s_end_time, "_end_time") ||
+        intern(&s_start_time, "_start_time") || intern(&s_attributes, "_attributes") ||
+        intern(&s_kind, "_kind") || intern(&s_parent, "_parent") ||
+        intern(&s_status, "_status") || intern(&s_resource, "_resource") ||
+        intern(&s_status_code, "_status_code") || intern(&s_dict, "_dict") ||
+        intern(&s_pending, "_pending") || intern(&s_ended, "_ended") ||
+        intern(&s_ended_before, "_ended_before") ||
+        intern(&s_ended_generation, "_ended_generation") ||
+        intern(&s_batch_span_ids, "batch_span_ids") || intern(&s_tagsets, "_tagsets") ||
+        intern(&s_times, "times") || intern(&s_current, "_current") ||
+        intern(&s_previous, "_previous") || intern(&s_generation, "_generation") ||
+        intern(&a_method_new, "http.request.method") || intern(&a_method_old, "http.method") ||
+        intern(&a_method_original, "http.request.method_original") ||
+        intern(&a_route, "http.route") ||
+        intern(&a_status_new, "http.response.status_code") ||
+        intern(&a_status_old, "http.status_code")) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The state one call works on; dicts and sets are borrowed from their owners, who hold them. */
+typedef struct {
+    PyObject *mapper, *times;       /* new references */
+    PyObject *pending, *ended;      /* mapper._pending, mapper._ended (new references) */
+    Py_ssize_t ended_generation;    /* mapper._ended_generation */
+    PyObject *batch_span_ids;       /* mapper.batch_span_ids (new reference) */
+    PyObject *tagsets;              /* mapper._tagsets (new reference) */
+    PyObject *current, *previous;   /* times._current, times._previous (new references) */
+    Py_ssize_t generation;          /* times._generation */
+    PyObject *prefixes, *lines;     /* borrowed: arguments */
+    long long earliest, latest;     /* the window, clamped to int64 */
+    PyObject *resource, *service;   /* the last SERVER span's resource and its service name */
+} state_t;
+
+static void
+state_clear(state_t *state)
+{
+    Py_CLEAR(state->mapper);
+    Py_CLEAR(state->times);
+    Py_CLEAR(state->pending);
+    Py_CLEAR(state->ended);
+    Py_CLEAR(state->batch_span_ids);
+    Py_CLEAR(state->tagsets);
+    Py_CLEAR(state->current);
+    Py_CLEAR(state->previous);
+    Py_CLEAR(state->resource);
+    Py_CLEAR(state->service);
+}
+
+/* An attribute that must be an exact dict (set: 1 for a set); new reference or NULL. */
+static PyObject *
+exact_attribute(PyObject *owner, PyObject *name, int want_set)
+{
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value != NULL && !(want_set ? PySet_CheckExact(value) : PyDict_CheckExact(value))) {
+        Py_DECREF(value);
+        PyErr_SetString(PyExc_TypeError, "unexpected state");
+        return NULL;
+    }
+    return value;
+}
+
+static int
+size_attribute(PyObject *owner, PyObject *name, Py_ssize_t *size)
+{
+    PyObject *value = PyObject_GetAttr(owner, name);
+    if (value == NULL) {
+        return -1;
+    }
+    *size = PyLong_AsSsize_t(value);
+    Py_DECREF(value);
+    return *size == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* An int clamped to int64 (the window's bounds may be +-2**64: no bound). */
+static int
+clamped(PyObject *value, long long *out)
+{
+    int overflow;
+    *out = PyLong_AsLongLongAndOverflow(value, &overflow);
+    if (*out == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow) {
+        *out = overflow > 0 ? LLONG_MAX : LLONG_MIN;
+    }
+    return 0;
+}
+
+static int
+state_init(state_t *state, PyObject *mapper, PyObject *prefixes, PyObject *lines,
+           PyObject *earliest, PyObject *latest)
+{
+    memset(state, 0, sizeof *state);
+    if (!PyDict_CheckExact(prefixes) || !PyList_CheckExact(lines) || !PyLong_Check(earliest) ||
+        !PyLong_Check(latest)) {
+        PyErr_SetString(PyExc_TypeError, "sdk_spans: prefixes dict, lines list, int window");
+        return -1;
+    }
+    state->prefixes = prefixes;
+    state->lines = lines;
+    Py_INCREF(mapper);
+    state->mapper = mapper;
+    if (clamped(earliest, &state->earliest) || clamped(latest, &state->latest) ||
+        (state->pending = exact_attribute(mapper, s_pending, 0)) == NULL ||
+        (state->ended = exact_attribute(mapper, s_ended, 0)) == NULL ||
+        size_attribute(mapper, s_ended_generation, &state->ended_generation) ||
+        (state->batch_span_ids = exact_attribute(mapper, s_batch_span_ids, 1)) == NULL ||
+        (state->tagsets = exact_attribute(mapper, s_tagsets, 0)) == NULL ||
+        (state->times = PyObject_GetAttr(mapper, s_times)) == NULL ||
+        (state->current = exact_attribute(state->times, s_current, 0)) == NULL ||
+        (state->previous = exact_attribute(state->times, s_previous, 0)) == NULL ||
+        size_attribute(state->times, s_generation, &state->generation)) {
+        return -1;
+    }
+    return 0;
+}
+
+/* ended[span_id] = value, and the generations swapped when the newer is full, as
+ * RequestMapper does (self._ended_before, self._ended = ended, {}). */
+static int
+remember_ended(state_t *state, PyObject *span_id, PyObject *value)
+{
+    if (PyDict_SetItem(state->ended, span_id, value) < 0) {
+        return -1;
+    }
+    if (PyDict_GET_SIZE(state->ended) < state->ended_generation) {
+        return 0;
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(state->mapper, s_ended_before, state->ended) < 0 ||
+        PyObject_SetAttr(state->mapper, s_ended, fresh) < 0) {
+        Py_XDECREF(fresh);
+        return -1;
+    }
+    Py_SETREF(state->ended, fresh);
+    return 0;
+}
+
+/* times._current[time] = owner, and the generations swapped when the newer is full. */
+static int
+claim_time(state_t *state, PyObject *time, PyObject *owner)
+{
+    if (PyDict_SetItem(state->current, time, owner) < 0) {
+        return -1;
+    }
+    if (PyDict_GET_SIZE(state->current) < state->generation) {
+        return 0;
+    }
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL || PyObject_SetAttr(state->times, s_previous, state->current) < 0 ||
+        PyObject_SetAttr(state->times, s_current, fresh) < 0) {
+        Py_XDECREF(fresh);
+        return -1;
+    }
+    Py_SETREF(state->previous, state->current);
+    state->current = fresh;
+    return 0;
+}
+
+/* An int in [0, 2**bits) as little-endian bytes: 1, or 0 if it is another value. */
+static int
+unsigned_bytes(PyObject *value, unsigned char *out, int bits)
+{
+    if (!PyLong_CheckExact(value) || _PyLong_Sign(value) < 0 ||
+        _PyLong_NumBits(value) > (size_t)bits) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_AsNativeBytes(value, out, bits / 8,
+                                Py_ASNATIVEBYTES_LITTLE_ENDIAN |
+                                    Py_ASNATIVEBYTES_UNSIGNED_BUFFER) >= 0;
+#else
+    return _PyLong_AsByteArray((PyLongObject *)value, out, (size_t)(bits / 8), 1, 0) == 0;
+#endif
+}
+
+/* The attributes of a span as the Python path reads them (_attributes_of): the SDK's plain
+ * dict under its BoundedAttributes, or a dict given as it is. New reference; NULL (no error
+ * set) for anything else. */
+static PyObject *
+attributes_of(PyObject *span)
+{
+    PyObject *held = PyObject_GetAttr(span, s_attributes);
+    if (held == NULL) {
+        return NULL;
+    }
+    if (held == Py_None || PyDict_CheckExact(held)) {
+        return held; /* None: no attribute */
+    }
+    PyObject *plain = PyObject_GetAttr(held, s_dict);
+    Py_DECREF(held);
+    if (plain != NULL && !PyDict_CheckExact(plain)) {
+        Py_CLEAR(plain);
+    }
+    return plain;
+}
+
+/* 1 if every key is a str and none starts with luna.*, 0 if one does or is no str. */
+static int
+unmarked(PyObject *attributes)
+{
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    if (attributes == Py_None) {
+        return 1;
+    }
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        if (!PyUnicode_CheckExact(key)) {
+            return 0;
+        }
+        if (PyUnicode_GET_LENGTH(key) >= luna_prefix_length &&
+            PyUnicode_Tailmatch(key, luna_prefix, 0, luna_prefix_length, -1) == 1) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static PyObject *
+get_or_none(PyObject *attributes, PyObject *key)
+{
+    PyObject *value = attributes == Py_None ? NULL : PyDict_GetItemWithError(attributes, key);
+    return value == NULL ? Py_None : value; /* borrowed; an error is impossible: str keys */
+}
+
+static const char HEX[] = "0123456789abcdef";
+
+/* spread() of mapping/_timestamps.py: the trailing decimal zeros (at most 6) of time filled
+ * with owner % resolution, owner = trace_id << 64 | span_id. */
+static long long
+spread(long long time, const unsigned char *trace, unsigned long long span_id)
+{
+    unsigned long long resolution = 10;
+    while (resolution < 1000000 && time % (long long)(resolution * 10) == 0) {
+        resolution *= 10;
+    }
+    unsigned __int128 trace_value = 0;
+    for (int i = 15; i >= 0; i--) {
+        trace_value = trace_value << 8 | trace[i];
+    }
+    /* owner % r = (trace % r * (2**64 % r) + span_id % r) % r, in 128 bits: no overflow */
+    unsigned __int128 r = resolution;
+    unsigned __int128 shift = ((unsigned __int128)1 << 64) % r;
+    unsigned __int128 salt = (trace_value % r * shift + span_id % r) % r;
+    return time + (long long)salt;
+}
+
+/* What one span comes to. */
+enum { LEFT = 0, TAKEN = 1, FAILED = -1 };
+
+/* A span that is no SERVER span: TAKEN (nothing to write, its parent link kept) or LEFT. */
+static int
+take_other(state_t *state, PyObject *context, PyObject *parent, PyObject *attributes)
+{
+    PyObject *span_id = PyTuple_GET_ITEM(context, 1);
+    if (!PyLong_CheckExact(span_id) || !unmarked(attributes)) {
+        return LEFT;
+    }
+    int waited_for = PyDict_Contains(state->pending, span_id);
+    if (waited_for != 0) {
+        return waited_for < 0 ? FAILED : LEFT;
+    }
+    if (parent == Py_None) {
+        return TAKEN;
+    }
+    PyObject *remote = PyTuple_GET_ITEM(parent, 2), *parent_id = PyTuple_GET_ITEM(parent, 1);
+    if (!PyBool_Check(remote) || !PyLong_CheckExact(parent_id)) {
+        return LEFT;
+    }
+    if (remote == Py_True) {
+        return TAKEN;
+    }
+    return remember_ended(state, span_id, parent_id) < 0 ? FAILED : TAKEN;
+}
+
+/* The service name of a resource, cached for the call: borrowed, or NULL (no error) if
+ * services(resource) does not give a str first. */
+static PyObject *
+service_of(state_t *state, PyObject *services, PyObject *resource)
+{
+    if (resource == state->resource) {
+        return state->service;
+    }
+    PyObject *named = PyObject_CallOneArg(services, resource);
+    if (named == NULL) {
+        PyErr_Clear(); /* the Python path meets it again and counts it */
+        return NULL;
+    }
+    PyObject *name = PyTuple_Check(named) && PyTuple_GET_SIZE(named) > 0
+                         ? PyTuple_GET_ITEM(named, 0)
+                         : NULL;
+    if (name == NULL || !PyUnicode_CheckExact(name)) {
+        Py_DECREF(named);
+        return NULL;
+    }
+    Py_INCREF(name);
+    Py_DECREF(named);
+    Py_INCREF(resource);
+    Py_XSETREF(state->resource, resource);
+    Py_XSETREF(state->service, name);
+    return name;
+}
+
+/* A SERVER span: TAKEN (its line appended), LEFT or FAILED. */
+static int
+take_server(state_t *state, PyObject *services, PyObject *span, PyObject *context,
+            PyObject *start_time, PyObject *end_time, PyObject *attributes)
+{
+    PyObject *span_id = PyTuple_GET_ITEM(context, 1);
+    PyObject *trace_id = PyTuple_GET_ITEM(context, 0);
+    unsigned char owner_bytes[24]; /* span id, then trace id: little-endian */
+    if (!unsigned_bytes(span_id, owner_bytes, 64) ||
+        !unsigned_bytes(trace_id, owner_bytes + 8, 128) || !unmarked(attributes)) {
+        return LEFT;
+    }
+    int waited_for = PyDict_Contains(state->pending, span_id);
+    if (waited_for != 0) {
+        return waited_for < 0 ? FAILED : LEFT;
+    }
+    int overflow;
+    long long start = PyLong_AsLongLongAndOverflow(start_time, &overflow);
+    if (overflow || start < 0) {
+        return LEFT;
+    }
+    long long end = PyLong_AsLongLongAndOverflow(end_time, &overflow);
+    if (overflow || end < start) {
+        return LEFT; /* a negative duration is counted by the Python path */
+    }
+    /* the status and the resource, as the Python path reads them */
+    PyObject *status = PyObject_GetAttr(span, s_status);
+    if (status == NULL) {
+        return FAILED;
+    }
+    if (Py_TYPE(status) != (PyTypeObject *)status_type) {
+        Py_DECREF(status);
+        return LEFT;
+    }
+    PyObject *code = PyObject_GetAttr(status, s_status_code);
+    Py_DECREF(status);
+    if (code == NULL) {
+        return FAILED;
+    }
+    int failed = code == error_status;
+    Py_DECREF(code);
+    if (failed) {
+        return LEFT; /* an errors point too */
+    }
+    PyObject *resource = PyObject_GetAttr(span, s_resource);
+    if (resource == NULL) {
+        return FAILED;
+    }
+    PyObject *service = service_of(state, services, resource);
+    Py_DECREF(resource);
+    if (service == NULL) {
+        return LEFT;
+    }
+    /* RequestMapper._points: the tag set cached under the same key */
+    PyObject *route = get_or_none(attributes, a_route);
+    if (!PyUnicode_CheckExact(route)) {
+        return LEFT; /* only a str route is cached */
+    }
+    PyObject *raw_status = get_or_none(attributes, a_status_new);
+    if (raw_status == Py_None) {
+        raw_status = get_or_none(attributes, a_status_old);
+    }
+    PyObject *key = PyTuple_Pack(9, service, get_or_none(attributes, a_method_new),
+                                 get_or_none(attributes, a_method_old),
+                                 get_or_none(attributes, a_method_original), route, raw_status,
+                                 (PyObject *)Py_TYPE(raw_status), Py_False, Py_None);
+    if (key == NULL) {
+        return FAILED;
+    }
+    PyObject *cached = PyDict_GetItemWithError(state->tagsets, key); /* borrowed */
+    Py_DECREF(key);
+    if (cached == NULL) {
+        PyErr_Clear(); /* unhashable: the Python path makes it anew */
+        return LEFT;
+    }
+    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 5) {
+        return LEFT;
+    }
+    PyObject *tags = PyTuple_GET_ITEM(cached, 0), *status_code = PyTuple_GET_ITEM(cached, 2),
+             *problems = PyTuple_GET_ITEM(cached, 4);
+    if (!PyTuple_Check(problems) || PyTuple_GET_SIZE(problems) != 0) {
+        return LEFT; /* counted at each use */
+    }
+    if (status_code != Py_None) {
+        long code_value = PyLong_Check(status_code) ? PyLong_AsLong(status_code) : 1000;
+        if (code_value == -1 && PyErr_Occurred()) {
+            PyErr_Clear();
+            return LEFT;
+        }
+        if (code_value >= 400) {
+            return LEFT; /* a failed request: an errors point too */
+        }
+    }
+    /* SeriesTimes.claim: spread, then free or already the owner's; a collision is left */
+    unsigned long long span_value = 0;
+    for (int i = 7; i >= 0; i--) {
+        span_value = span_value << 8 | owner_bytes[i];
+    }
+    long long time = start;
+    if (time % 10 == 0) {
+        time = spread(time, owner_bytes + 8, span_value);
+    }
+    if (time < MIN_TIME_NS || time > MAX_TIME_NS || time < state->earliest ||
+        time > state->latest) {
+        return LEFT; /* out of the window or of InfluxDB's range: counted by the Python path */
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *owner = PyLong_FromUnsignedNativeBytes(owner_bytes, 24, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+#else
+    PyObject *owner = _PyLong_FromByteArray(owner_bytes, 24, 1, 0);
+#endif
+    PyObject *time_key = PyLong_FromLongLong(time);
+    if (owner == NULL || time_key == NULL) {
+        Py_XDECREF(owner);
+        Py_XDECREF(time_key);
+        return FAILED;
+    }
+    int outcome = LEFT, held = 0;
+    PyObject *holder = PyDict_GetItemWithError(state->current, time_key);
+    if (holder == NULL && !PyErr_Occurred()) {
+        holder = PyDict_GetItemWithError(state->previous, time_key);
+    }
+    if (holder == NULL && PyErr_Occurred()) {
+        outcome = FAILED;
+        goto done;
+    }
+    if (holder != NULL) {
+        int same = PyObject_RichCompareBool(holder, owner, Py_EQ);
+        if (same <= 0) {
+            outcome = same < 0 ? FAILED : LEFT; /* another owner's: moved by the Python path */
+            goto done;
+        }
+        held = 1;
+    }
+    /* LineProtocolEncoder.encode_point: the prefix cached, the two fields, the time */
+    PyObject *prefix_key = PyTuple_Pack(2, requests_measurement, tags);
+    if (prefix_key == NULL) {
+        outcome = FAILED;
+        goto done;
+    }
+    PyObject *prefix = PyDict_GetItemWithError(state->prefixes, prefix_key); /* borrowed */
+    Py_DECREF(prefix_key);
+    Py_ssize_t prefix_size;
+    const char *prefix_text = prefix == NULL ? NULL : ascii_of(prefix, &prefix_size);
+    if (prefix_text == NULL) {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+        }
+        goto done; /* LEFT: the Python path encodes it, and caches the prefix */
+    }
+    line_t line;
+    line.size = 0;
+    char text[48];
+    memcpy(text, " request_id=\"", 13);
+    for (int i = 0; i < 16; i++) {
+        unsigned char byte = owner_bytes[8 + 15 - i];
+        text[13 + 2 * i] = HEX[byte >> 4];
+        text[14 + 2 * i] = HEX[byte & 15];
+    }
+    text[45] = '"';
+    if (!put(&line, prefix_text, prefix_size) || !put(&line, text, 46) ||
+        !put(&line, ",execution_time=", 16)) {
+        goto done;
+    }
+    char number[32];
+    if (!put(&line, number, format_float((double)(end - start) / 1e9, number))) {
+        goto done;
+    }
+    if (line.size - 1 > short_key) {
+        goto done; /* the key's length is checked by the Python path */
+    }
+    int length = snprintf(number, sizeof number, " %lld", time);
+    if (!put(&line, number, length)) {
+        goto done;
+    }
+    /* everything checked: the span's state changes, as RequestMapper.add's */
+    PyObject *written = PyUnicode_New(line.size, 127);
+    if (written == NULL) {
+        outcome = FAILED;
+        goto done;
+    }
+    memcpy(PyUnicode_1BYTE_DATA(written), line.data, (size_t)line.size);
+    PyObject *ended = PyTuple_Pack(2, service, start_time);
+    if (ended == NULL || PySet_Discard(state->batch_span_ids, span_id) < 0 ||
+        remember_ended(state, span_id, ended) < 0 ||
+        (!held && claim_time(state, time_key, owner) < 0) ||
+        PyList_Append(state->lines, written) < 0) {
+        outcome = FAILED;
+    }
+    else {
+        outcome = TAKEN;
+    }
+    Py_XDECREF(ended);
+    Py_DECREF(written);
+done:
+    Py_DECREF(owner);
+    Py_DECREF(time_key);
+    return outcome;
+}
+
+/* One span: TAKEN, LEFT or FAILED. */
+static int
+take_span(state_t *state, PyObject *services, PyObject *span, int *server)
+{
+    if (Py_TYPE(span) != (PyTypeObject *)readable_span_type) {
+        return LEFT;
+    }
+    int outcome = LEFT;
+    PyObject *context = NULL, *end_time = NULL, *start_time = NULL, *attributes = NULL,
+             *kind = NULL, *parent = NULL;
+    if ((context = PyObject_GetAttr(span, s_context)) == NULL ||
+        (end_time = PyObject_GetAttr(span, s_end_time)) == NULL ||
+        (start_time = PyObject_GetAttr(span, s_start_time)) == NULL ||
+        (kind = PyObject_GetAttr(span, s_kind)) == NULL ||
+        (parent = PyObject_GetAttr(span, s_parent)) == NULL) {
+        outcome = FAILED;
+        goto done;
+    }
+    if (Py_TYPE(context) != (PyTypeObject *)span_context_type ||
+        PyTuple_GET_SIZE(context) < 3 || !PyLong_CheckExact(end_time) ||
+        !PyLong_CheckExact(start_time) ||
+        (parent != Py_None && (Py_TYPE(parent) != (PyTypeObject *)span_context_type ||
+                               PyTuple_GET_SIZE(parent) < 3))) {
+        goto done; /* unfinished, or not what the SDK makes */
+    }
+    attributes = attributes_of(span);
+    if (attributes == NULL) {
+        PyErr_Clear();
+        goto done;
+    }
+    if (kind == server_kind) {
+        outcome = take_server(state, services, span, context, start_time, end_time, attributes);
+        *server = outcome == TAKEN;
+    }
+    else {
+        outcome = take_other(state, context, parent, attributes);
+    }
+done:
+    Py_XDECREF(context);
+    Py_XDECREF(end_time);
+    Py_XDECREF(start_time);
+    Py_XDECREF(attributes);
+    Py_XDECREF(kind);
+    Py_XDECREF(parent);
+    return outcome;
+}
+
+static PyObject *
+sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (readable_span_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "sdk_spans: configure_sdk first");
+        return NULL;
+    }
+    if (nargs != 8 || !PyList_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "sdk_spans(spans: list, start, services, mapper, "
+                                         "prefixes, lines, earliest, latest)");
+        return NULL;
+    }
+    Py_ssize_t index = PyLong_AsSsize_t(args[1]);
+    if (index == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    state_t state;
+    if (state_init(&state, args[3], args[4], args[5], args[6], args[7]) < 0) {
+        state_clear(&state);
+        return NULL;
+    }
+    PyObject *spans = args[0];
+    Py_ssize_t servers = 0;
+    while (index < PyList_GET_SIZE(spans)) {
+        PyObject *span = PyList_GET_ITEM(spans, index);
+        Py_INCREF(span);
+        int server = 0;
+        int outcome = take_span(&state, args[2], span, &server);
+        Py_DECREF(span);
+        if (outcome == FAILED) {
+            state_clear(&state);
+            return NULL;
+        }
+        if (outcome == LEFT) {
+            break;
+        }
+        servers += server;
+        index++;
+    }
+    state_clear(&state);
+    return Py_BuildValue("(nn)", index, servers);
+}

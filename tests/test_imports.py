@@ -44,6 +44,8 @@ AREAS: dict[str, tuple[str, int]] = {
     "_attributes": ("attributes", 0),
     "_files": ("files", 0),
     "_fork": ("fork", 0),
+    "_compiled": ("compiled", 0),
+    "_native": ("compiled", 0),  # the extension built from native/ (setup.py)
     "schema": ("schema", 1),
     "mapping": ("mapping", 2),
     "encoding": ("encoding", 2),
@@ -61,6 +63,7 @@ AREAS: dict[str, tuple[str, int]] = {
     "__main__": ("cli", 9),
 }
 UTILITY_LAYER = 0
+NATIVE_MODULE = "otel_luna._native"
 ADD_ONS = ("serve", "report", "demo", "examples")
 #: Third-party modules the core may import (the core's dependencies in pyproject.toml).
 CORE_THIRD_PARTY = ("opentelemetry", "urllib3", "tomli")
@@ -84,7 +87,10 @@ def module_name(path: Path) -> str:
 
 
 def is_module(dotted: str) -> bool:
-    """Whether ``dotted`` (under otel_luna) is a module or package of the source tree."""
+    """Whether ``dotted`` (under otel_luna) is a module or package of the source tree (or the
+    compiled one, built from ``native/``)."""
+    if dotted == NATIVE_MODULE:
+        return True
     relative = Path(*dotted.split(".")[1:]) if "." in dotted else Path()
     return (PACKAGE / relative).with_suffix(".py").is_file() or (
         PACKAGE / relative / "__init__.py"

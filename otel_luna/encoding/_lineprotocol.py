@@ -27,11 +27,11 @@ Every drop is counted in :attr:`LineProtocolEncoder.counts`, by reason, until
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from functools import partial
 from types import ModuleType
 
+from otel_luna._compiled import NATIVE
 from otel_luna.outcomes import Counting, Reason
 from otel_luna.schema._keys import MAX_KEY_BYTES, RESERVED_KEY, start_problem, text_problem
 from otel_luna.schema._point import FieldValue, Point
@@ -54,16 +54,11 @@ _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
 def _accelerator() -> ModuleType | None:
-    """The compiled common case of :meth:`LineProtocolEncoder.encode_point`, if it was built and
-    ``OTEL_LUNA_PURE_PYTHON`` is not set (read once, at import)."""
-    if os.environ.get("OTEL_LUNA_PURE_PYTHON", "") not in ("", "0"):
-        return None
-    try:
-        from otel_luna import _native  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    _native.configure(_SHORT_KEY, _SHORT_STRING)
-    return _native  # type: ignore[no-any-return]
+    """The compiled common case of :meth:`LineProtocolEncoder.encode_point`, if it was built
+    (:mod:`otel_luna._compiled`)."""
+    if NATIVE is not None:
+        NATIVE.configure(_SHORT_KEY, _SHORT_STRING)
+    return NATIVE
 
 
 _ACCELERATOR = _accelerator()

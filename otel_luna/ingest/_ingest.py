@@ -18,9 +18,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from otel_luna import _fork, selfmetrics
 from otel_luna import _lifecycle as lifecycle
@@ -28,6 +28,7 @@ from otel_luna.delivery._delivery import open_delivery
 from otel_luna.delivery._throttle import RateLog
 from otel_luna.delivery._writer import BatchWriter
 from otel_luna.encoding._lineprotocol import InvalidPointError
+from otel_luna.ingest._native import NativeSpans
 from otel_luna.mapping._records import SpanRecord, UsageSample
 from otel_luna.mapping._timestamps import time_window
 from otel_luna.mapping._usages import OVERLAP_WINDOW_NS
@@ -109,10 +110,16 @@ class SpanFilter(NamedTuple):
     starts with ``prefix``, ``local_parent_id`` the parent's span id unless the parent is remote
     or there is none. It asks
     while :meth:`Ingest.write_spans` takes the records (under the ingest's lock, between the
-    mapper's calls), span by span: a parent's answer depends on the children before it."""
+    mapper's calls), span by span: a parent's answer depends on the children before it.
+
+    ``take``, where the compiled code was built (:mod:`otel_luna._compiled`) and the profile
+    is LUNA's with line protocol: ``take(spans, start, services)`` maps and encodes the SDK's
+    ``spans[start:]`` itself while they are the common case, and returns the index of the first
+    it left for the records (the SDK adapter's; called the same way, between the records)."""
 
     prefix: str
     wants: Callable[[bool, bool, int, int | None], bool]
+    take: Callable[[Sequence[Any], int, Any], int] | None = None
 
 
 class Ingest:
@@ -140,6 +147,7 @@ class Ingest:
         #: What the adapters ask before they build a record (a span that cannot matter costs
         #: almost nothing); only while :meth:`write_spans` takes their records.
         self.span_filter = SpanFilter(self._span_mapper.prefix, self._span_mapper.wants)
+        self._native: NativeSpans | None = None
         self.delivery: BatchWriter | None = None
         self._exit_deadline: float | None = None  # monotonic; see _time_left()
         self._closed = False
@@ -162,6 +170,9 @@ class Ingest:
             sink = as_sink(sink, settings)
         try:
             self._encoder = profile.encoder(wire_format(sink, settings), settings)
+            self._native = NativeSpans.of(self._span_mapper, self._encoder)
+            if self._native is not None:
+                self.span_filter = self.span_filter._replace(take=self._native)
             self.delivery = open_delivery(
                 settings,
                 sink,
@@ -197,6 +208,8 @@ class Ingest:
             mapper, encoder = self._span_mapper, self._encoder
             mapper.arrived_ns = time.monotonic_ns()  # what waits between spans expires by it
             mapper.batch_span_ids = set(span_ids)
+            if self._native is not None:
+                self._native.begin(lines, earliest, latest)
             add, encode = mapper.add, encoder.encode_point
             try:
                 for record in records:

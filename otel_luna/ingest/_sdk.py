@@ -69,10 +69,19 @@ def span_records(
     """A record per ended span; :attr:`Reason.UNFINISHED_SPAN` for one without an end,
     :attr:`Reason.EXPORT_ERROR` for something that is no span at all. With ``only`` (the
     ingest's :attr:`~otel_luna.ingest.Ingest.span_filter`), nothing for a span its mapper does
-    not want, decided from the kind, the attribute keys and the ids: no value converted."""
-    prefix, wants = ("", None) if only is None else only
+    not want, decided from the kind, the attribute keys and the ids: no value converted; and
+    where ``only`` has ``take`` (the compiled pass), nothing for the spans it maps itself: the
+    records are made for the spans it leaves, each in its place between its calls."""
+    prefix, wants, take = ("", None, None) if only is None else only
     resource = service = None  # the last span's: a provider's spans share one
-    for span in spans:
+    index, count = 0, len(spans)
+    while index < count:
+        if take is not None:
+            index = take(spans, index, services)
+            if index >= count:
+                return
+        span = spans[index]
+        index += 1
         try:
             context = span.context
             end = span.end_time

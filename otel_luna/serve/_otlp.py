@@ -166,7 +166,7 @@ def span_records(
     ``Reason.INVALID_SPAN_ID``: the time and ``request_id`` of its points come from its ids.
     """
     classes = _classes
-    prefix, wants = ("", None) if only is None else only
+    prefix, wants = ("", None) if only is None else only[:2]
     for resource_spans in request.resource_spans:
         service = _service(resource_spans.resource.attributes)
         scopes: Any = resource_spans.scope_spans
