@@ -59,7 +59,8 @@ write_fields(line_t *line, PyObject *field_keys, PyObject *fields)
             if (n == -1 && PyErr_Occurred()) {
                 return -1;
             }
-            int written = snprintf(number, sizeof number, "%lldi", n);
+            int written = format_int(n, number);
+            number[written++] = 'i';
             if (!put(line, number, written)) {
                 return 0;
             }
@@ -123,7 +124,8 @@ try_encode(PyObject *prefixes, PyObject *field_keys, PyObject *point)
         Py_RETURN_NONE;
     }
     char number[24];
-    int length = snprintf(number, sizeof number, " %lld", time);
+    number[0] = ' ';
+    int length = 1 + format_int(time, number + 1);
     if (!put(&line, number, length)) {
         Py_RETURN_NONE;
     }

@@ -27,6 +27,25 @@ put(line_t *line, const char *text, Py_ssize_t size)
     return 1;
 }
 
+/* str(n) of an int64 (what %lld writes, without snprintf's cost). Returns its length; buffer
+ * of 21 bytes at least. */
+static int
+format_int(long long n, char *out)
+{
+    char buffer[20];
+    int start = 20, length = 0;
+    unsigned long long magnitude = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
+    do {
+        buffer[--start] = (char)('0' + magnitude % 10);
+        magnitude /= 10;
+    } while (magnitude);
+    if (n < 0) {
+        out[length++] = '-';
+    }
+    memcpy(out + length, buffer + start, (size_t)(20 - start));
+    return length + 20 - start;
+}
+
 /* repr(x) of a finite float: Ryu's shortest digits, laid out as float_repr does ('r' mode:
  * exponent notation below 1e-4 and from 1e16, at least two exponent digits, ".0" on whole
  * numbers). Returns its length; buffer of 32 bytes at least. */

@@ -30,14 +30,17 @@
 
 /* Set once by configure_sdk (otel_luna/ingest/_native.py). */
 static PyObject *readable_span_type, *span_context_type, *status_type, *server_kind,
-    *error_status, *requests_measurement, *luna_prefix;
-static Py_ssize_t luna_prefix_length;
+    *error_status, *requests_measurement, *errors_measurement, *usages_measurement, *luna_prefix,
+    *unknown_error_tag; /* ("error_code", UNKNOWN_ERROR_CODE) */
+static Py_ssize_t luna_prefix_length, max_tag_value_bytes;
+static PyObject *no_luna_keys; /* () */
 
 /* Interned names: the SDK's span, the mapper's and its times' state, the HTTP attributes. */
 static PyObject *s_context, *s_end_time, *s_start_time, *s_attributes, *s_kind, *s_parent,
     *s_status, *s_resource, *s_status_code, *s_dict;
 static PyObject *s_pending, *s_ended, *s_ended_before, *s_ended_generation, *s_batch_span_ids,
-    *s_tagsets, *s_times, *s_current, *s_previous, *s_generation;
+    *s_tagsets, *s_classified, *s_key_limit, *s_times, *s_current, *s_previous, *s_generation;
+static PyObject *s_error_code, *s_service;
 static PyObject *a_method_new, *a_method_old, *a_method_original, *a_route, *a_status_new,
     *a_status_old;
 
@@ -51,10 +54,23 @@ intern(PyObject **name, const char *text)
 static PyObject *
 configure_sdk(PyObject *module, PyObject *args)
 {
-    if (!PyArg_ParseTuple(args, "OOOOOUU", &readable_span_type, &span_context_type, &status_type,
-                          &server_kind, &error_status, &requests_measurement, &luna_prefix)) {
+    PyObject *unknown_error_code;
+    if (!PyArg_ParseTuple(args, "OOOOOUUUUUn", &readable_span_type, &span_context_type,
+                          &status_type, &server_kind, &error_status, &requests_measurement,
+                          &errors_measurement, &usages_measurement, &unknown_error_code,
+                          &luna_prefix, &max_tag_value_bytes)) {
         return NULL;
     }
+    if (intern(&s_error_code, "error_code") || intern(&s_service, "service") ||
+        (unknown_error_tag = PyTuple_Pack(2, s_error_code, unknown_error_code)) == NULL) {
+        return NULL;
+    }
+    if (!PyUnicode_IS_COMPACT_ASCII(luna_prefix) || (no_luna_keys = PyTuple_New(0)) == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the luna prefix is ASCII");
+        return NULL;
+    }
+    Py_INCREF(errors_measurement);
+    Py_INCREF(usages_measurement);
     Py_INCREF(readable_span_type);
     Py_INCREF(span_context_type);
     Py_INCREF(status_type);
@@ -72,6 +88,7 @@ configure_sdk(PyObject *module, PyObject *args)
         intern(&s_ended_before, "_ended_before") ||
         intern(&s_ended_generation, "_ended_generation") ||
         intern(&s_batch_span_ids, "batch_span_ids") || intern(&s_tagsets, "_tagsets") ||
+        intern(&s_classified, "_classified") || intern(&s_key_limit, "_key_limit") ||
         intern(&s_times, "times") || intern(&s_current, "_current") ||
         intern(&s_previous, "_previous") || intern(&s_generation, "_generation") ||
         intern(&a_method_new, "http.request.method") || intern(&a_method_old, "http.method") ||
@@ -85,17 +102,33 @@ configure_sdk(PyObject *module, PyObject *args)
 }
 
 /* The state one call works on; dicts and sets are borrowed from their owners, who hold them. */
+#define MEMO_SIZE 32
+#define TAGSET_KEY 9 /* items of RequestMapper._points' key */
 typedef struct {
     PyObject *mapper, *times;       /* new references */
     PyObject *pending, *ended;      /* mapper._pending, mapper._ended (new references) */
     Py_ssize_t ended_generation;    /* mapper._ended_generation */
     PyObject *batch_span_ids;       /* mapper.batch_span_ids (new reference) */
     PyObject *tagsets;              /* mapper._tagsets (new reference) */
+    PyObject *classified;           /* mapper._classified (new reference) */
+    Py_ssize_t key_limit;           /* mapper._key_limit */
     PyObject *current, *previous;   /* times._current, times._previous (new references) */
     Py_ssize_t generation;          /* times._generation */
-    PyObject *prefixes, *lines;     /* borrowed: arguments */
+    PyObject *prefixes, *field_keys, *lines; /* borrowed: the encoder's caches, the output */
     long long earliest, latest;     /* the window, clamped to int64 */
     PyObject *resource, *service;   /* the last SERVER span's resource and its service name */
+    /* Memos for the call (the caches they read are not changed during it): the prefixes found,
+     * by measurement and the object they were found by (a tag set, the errors tag set's base,
+     * a service name); the last attribute keys classified. */
+    struct {
+        PyObject *measurement, *prefix; /* borrowed */
+        PyObject *by;                   /* new reference: no other object takes its address */
+    } prefixes_found[MEMO_SIZE];
+    int prefixes_count;
+    PyObject *last_keys;       /* new reference, or NULL */
+    PyObject *last_classified; /* borrowed from mapper._classified, or no_luna_keys */
+    PyObject *last_status;     /* the last span's status (new reference), and whether ERROR */
+    int last_failed;
 } state_t;
 
 static void
@@ -107,10 +140,17 @@ state_clear(state_t *state)
     Py_CLEAR(state->ended);
     Py_CLEAR(state->batch_span_ids);
     Py_CLEAR(state->tagsets);
+    Py_CLEAR(state->classified);
     Py_CLEAR(state->current);
     Py_CLEAR(state->previous);
     Py_CLEAR(state->resource);
     Py_CLEAR(state->service);
+    Py_CLEAR(state->last_keys);
+    Py_CLEAR(state->last_status);
+    for (int i = 0; i < state->prefixes_count; i++) {
+        Py_CLEAR(state->prefixes_found[i].by);
+    }
+    state->prefixes_count = 0;
 }
 
 /* An attribute that must be an exact dict (set: 1 for a set); new reference or NULL. */
@@ -154,16 +194,18 @@ clamped(PyObject *value, long long *out)
 }
 
 static int
-state_init(state_t *state, PyObject *mapper, PyObject *prefixes, PyObject *lines,
-           PyObject *earliest, PyObject *latest)
+state_init(state_t *state, PyObject *mapper, PyObject *prefixes, PyObject *field_keys,
+           PyObject *lines, PyObject *earliest, PyObject *latest)
 {
     memset(state, 0, sizeof *state);
-    if (!PyDict_CheckExact(prefixes) || !PyList_CheckExact(lines) || !PyLong_Check(earliest) ||
-        !PyLong_Check(latest)) {
-        PyErr_SetString(PyExc_TypeError, "sdk_spans: prefixes dict, lines list, int window");
+    if (!PyDict_CheckExact(prefixes) || !PyDict_CheckExact(field_keys) ||
+        !PyList_CheckExact(lines) || !PyLong_Check(earliest) || !PyLong_Check(latest)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "sdk_spans: prefixes and field_keys dicts, lines list, int window");
         return -1;
     }
     state->prefixes = prefixes;
+    state->field_keys = field_keys;
     state->lines = lines;
     Py_INCREF(mapper);
     state->mapper = mapper;
@@ -173,6 +215,8 @@ state_init(state_t *state, PyObject *mapper, PyObject *prefixes, PyObject *lines
         size_attribute(mapper, s_ended_generation, &state->ended_generation) ||
         (state->batch_span_ids = exact_attribute(mapper, s_batch_span_ids, 1)) == NULL ||
         (state->tagsets = exact_attribute(mapper, s_tagsets, 0)) == NULL ||
+        (state->classified = exact_attribute(mapper, s_classified, 0)) == NULL ||
+        size_attribute(mapper, s_key_limit, &state->key_limit) ||
         (state->times = PyObject_GetAttr(mapper, s_times)) == NULL ||
         (state->current = exact_attribute(state->times, s_current, 0)) == NULL ||
         (state->previous = exact_attribute(state->times, s_previous, 0)) == NULL ||
@@ -271,12 +315,17 @@ unmarked(PyObject *attributes)
     if (attributes == Py_None) {
         return 1;
     }
+    const char *prefix = (const char *)PyUnicode_1BYTE_DATA(luna_prefix); /* ASCII */
     while (PyDict_Next(attributes, &pos, &key, &value)) {
         if (!PyUnicode_CheckExact(key)) {
             return 0;
         }
-        if (PyUnicode_GET_LENGTH(key) >= luna_prefix_length &&
-            PyUnicode_Tailmatch(key, luna_prefix, 0, luna_prefix_length, -1) == 1) {
+        if (PyUnicode_GET_LENGTH(key) < luna_prefix_length) {
+            continue;
+        }
+        if (PyUnicode_IS_COMPACT_ASCII(key)
+                ? memcmp(PyUnicode_1BYTE_DATA(key), prefix, (size_t)luna_prefix_length) == 0
+                : PyUnicode_Tailmatch(key, luna_prefix, 0, luna_prefix_length, -1) == 1) {
             return 0;
         }
     }
@@ -323,7 +372,7 @@ take_other(state_t *state, PyObject *context, PyObject *parent, PyObject *attrib
     if (!PyLong_CheckExact(span_id) || !unmarked(attributes)) {
         return LEFT;
     }
-    int waited_for = PyDict_Contains(state->pending, span_id);
+    int waited_for = PyDict_GET_SIZE(state->pending) ? PyDict_Contains(state->pending, span_id) : 0;
     if (waited_for != 0) {
         return waited_for < 0 ? FAILED : LEFT;
     }
@@ -368,7 +417,297 @@ service_of(state_t *state, PyObject *services, PyObject *resource)
     return name;
 }
 
-/* A SERVER span: TAKEN (its line appended), LEFT or FAILED. */
+/* The luna.* data of a SERVER span's own keys, when they are of the kinds written here. */
+#define MOST_NAMES 64
+typedef struct {
+    PyObject *tags;                    /* tuple of (name, value), or Py_None (new reference) */
+    Py_ssize_t times, usages;          /* how many of each */
+    PyObject *time_names[MOST_NAMES];  /* borrowed from the mapper's classification */
+    double time_values[MOST_NAMES];
+    PyObject *usage_names[MOST_NAMES]; /* borrowed */
+    long long usage_values[MOST_NAMES];
+} data_t;
+
+/* _Kind of mapping/_requests.py: the kinds taken here */
+enum { KIND_TIME = 0, KIND_TAG = 1, KIND_USAGE = 9 };
+
+/* 1 if the tag value is one RequestMapper.add takes as it is (printable ASCII, no backslash,
+ * within MAX_TAG_VALUE_BYTES) */
+static int
+plain_tag_value(PyObject *value)
+{
+    Py_ssize_t size;
+    const char *text = ascii_of(value, &size);
+    if (text == NULL || size > max_tag_value_bytes) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) {
+        if (text[i] < 0x20 || text[i] > 0x7e || text[i] == '\\') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* The span's own luna.* data into data, as RequestMapper.add gathers it: TAKEN, LEFT (a key or
+ * value it would count, convert or treat otherwise) or FAILED. */
+static int
+gather(state_t *state, PyObject *attributes, data_t *data)
+{
+    Py_ssize_t count = PyDict_GET_SIZE(attributes), pos = 0, i = 0;
+    PyObject *key, *value, *classified = NULL;
+    PyObject *last = state->last_keys;
+    if (last != NULL && PyTuple_GET_SIZE(last) == count) { /* spans of one kind: the same keys */
+        while (PyDict_Next(attributes, &pos, &key, &value) && key == PyTuple_GET_ITEM(last, i)) {
+            i++;
+        }
+        if (i == count) {
+            classified = state->last_classified;
+        }
+    }
+    if (classified == NULL) {
+        PyObject *keys = PyTuple_New(count);
+        if (keys == NULL) {
+            return FAILED;
+        }
+        for (pos = 0, i = 0; PyDict_Next(attributes, &pos, &key, &value) && i < count; i++) {
+            Py_INCREF(key);
+            PyTuple_SET_ITEM(keys, i, key);
+        }
+        classified = i == count ? PyDict_GetItemWithError(state->classified, keys) : NULL;
+        if (classified == NULL && !PyErr_Occurred() && i == count && unmarked(attributes)) {
+            classified = no_luna_keys; /* what _classify makes of them */
+        }
+        if (classified == NULL) {
+            Py_DECREF(keys);
+            return PyErr_Occurred() ? FAILED : LEFT; /* classified by the Python path first */
+        }
+        Py_XSETREF(state->last_keys, keys);
+        state->last_classified = classified;
+    }
+    Py_ssize_t found = PyTuple_Check(classified) ? PyTuple_GET_SIZE(classified) : -1;
+    if (found < 0 || found > state->key_limit || found > MOST_NAMES) {
+        return LEFT;
+    }
+    PyObject *tags = NULL;
+    for (i = 0; i < found; i++) {
+        PyObject *item = PyTuple_GET_ITEM(classified, i);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 4) {
+            goto left;
+        }
+        long kind = PyLong_AsLong(PyTuple_GET_ITEM(item, 1));
+        PyObject *name = PyTuple_GET_ITEM(item, 2);
+        value = PyDict_GetItemWithError(attributes, PyTuple_GET_ITEM(item, 0));
+        if (value == NULL || !PyUnicode_CheckExact(name)) {
+            PyErr_Clear();
+            goto left;
+        }
+        if (kind == KIND_TIME && PyFloat_CheckExact(value)) {
+            data->time_names[data->times] = name;
+            data->time_values[data->times++] = 0.0 + PyFloat_AS_DOUBLE(value);
+        }
+        else if (kind == KIND_TAG && plain_tag_value(value)) {
+            PyObject *pair = PyTuple_Pack(2, name, value);
+            if (pair == NULL || (tags == NULL && (tags = PyList_New(0)) == NULL) ||
+                PyList_Append(tags, pair) < 0) {
+                Py_XDECREF(pair);
+                Py_XDECREF(tags);
+                return FAILED;
+            }
+            Py_DECREF(pair);
+        }
+        else if (kind == KIND_USAGE && PyLong_CheckExact(value)) {
+            int overflow;
+            long long number = PyLong_AsLongLongAndOverflow(value, &overflow);
+            if (overflow || number < 0) {
+                goto left; /* attribute_invalid_usage, counted by the Python path */
+            }
+            if (number) {
+                data->usage_names[data->usages] = name;
+                data->usage_values[data->usages++] = number;
+            }
+        }
+        else {
+            PyErr_Clear();
+            goto left;
+        }
+    }
+    /* a name both a tag and a timing: the Python path keeps the tag and counts */
+    Py_ssize_t tag_count = tags == NULL ? 0 : PyList_GET_SIZE(tags);
+    for (i = 0; i < tag_count; i++) {
+        PyObject *tag_name = PyTuple_GET_ITEM(PyList_GET_ITEM(tags, i), 0);
+        for (Py_ssize_t t = 0; t < data->times; t++) {
+            int same = PyUnicode_Compare(tag_name, data->time_names[t]);
+            if (same == 0) {
+                goto left;
+            }
+        }
+    }
+    if (tags == NULL) {
+        Py_INCREF(Py_None);
+        data->tags = Py_None;
+    }
+    else {
+        data->tags = PyList_AsTuple(tags);
+        Py_DECREF(tags);
+        if (data->tags == NULL) {
+            return FAILED;
+        }
+    }
+    return TAKEN;
+left:
+    Py_XDECREF(tags);
+    return LEFT;
+}
+
+/* ``key=`` of a field, escaped, from the encoder's cache: its ASCII text, or NULL. */
+static const char *
+field_key(state_t *state, PyObject *name, Py_ssize_t *size)
+{
+    PyObject *escaped = PyDict_GetItemWithError(state->field_keys, name);
+    if (escaped == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return ascii_of(escaped, size);
+}
+
+/* prefixes[(measurement, tags)] (borrowed), or NULL (a miss: the Python path encodes it) */
+static PyObject *
+cached_prefix(state_t *state, PyObject *measurement, PyObject *tags)
+{
+    PyObject *key = PyTuple_Pack(2, measurement, tags);
+    if (key == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *prefix = PyDict_GetItemWithError(state->prefixes, key);
+    Py_DECREF(key);
+    if (prefix == NULL) {
+        PyErr_Clear();
+    }
+    return prefix;
+}
+
+/* The prefix of a measurement's point found by ``by`` (its tag set, the errors tag set's base,
+ * the service of a usages point) in the call's memo: borrowed, or NULL. */
+static PyObject *
+remembered_prefix(state_t *state, PyObject *measurement, PyObject *by)
+{
+    for (int i = 0; i < state->prefixes_count; i++) {
+        if (state->prefixes_found[i].by == by &&
+            state->prefixes_found[i].measurement == measurement) {
+            return state->prefixes_found[i].prefix;
+        }
+    }
+    return NULL;
+}
+
+static void
+remember_prefix(state_t *state, PyObject *measurement, PyObject *by, PyObject *prefix)
+{
+    if (state->prefixes_count < MEMO_SIZE) {
+        state->prefixes_found[state->prefixes_count].measurement = measurement;
+        Py_INCREF(by);
+        state->prefixes_found[state->prefixes_count].by = by;
+        state->prefixes_found[state->prefixes_count++].prefix = prefix;
+    }
+}
+
+/* The ASCII text of the prefix of a point of ``measurement`` with ``tags``, found by ``by``
+ * (the memo's key: its life spans the call's), or NULL: a miss. */
+static const char *
+prefix_text(state_t *state, PyObject *measurement, PyObject *by, PyObject *tags,
+            Py_ssize_t *size)
+{
+    PyObject *prefix = remembered_prefix(state, measurement, by);
+    if (prefix == NULL) {
+        prefix = cached_prefix(state, measurement, tags);
+        if (prefix == NULL) {
+            return NULL;
+        }
+        remember_prefix(state, measurement, by, prefix);
+    }
+    return ascii_of(prefix, size);
+}
+
+/* The errors tag set: the cached one without error_code, with ("error_code", "0") in its
+ * sorted place (as RequestMapper._points sorts it). New reference or NULL. */
+static PyObject *
+error_tags(PyObject *base)
+{
+    Py_ssize_t count = PyTuple_GET_SIZE(base), at = 0;
+    while (at < count) {
+        PyObject *item = PyTuple_GET_ITEM(base, at);
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2 ||
+            !PyUnicode_CheckExact(PyTuple_GET_ITEM(item, 0))) {
+            return NULL;
+        }
+        if (PyUnicode_Compare(PyTuple_GET_ITEM(item, 0), s_error_code) > 0) {
+            break;
+        }
+        at++;
+    }
+    PyObject *tags = PyTuple_New(count + 1);
+    if (tags == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyTuple_GET_ITEM(base, i);
+        Py_INCREF(item);
+        PyTuple_SET_ITEM(tags, i < at ? i : i + 1, item);
+    }
+    Py_INCREF(unknown_error_tag);
+    PyTuple_SET_ITEM(tags, at, unknown_error_tag);
+    return tags;
+}
+
+/* A line into lines' list of new str: 0, or -1. */
+static int
+add_line(PyObject *out[], int *count, const line_t *line)
+{
+    PyObject *text = PyUnicode_New(line->size, 127);
+    if (text == NULL) {
+        return -1;
+    }
+    memcpy(PyUnicode_1BYTE_DATA(text), line->data, (size_t)line->size);
+    out[(*count)++] = text;
+    return 0;
+}
+
+/* " <time>" ending a line: 1, or 0 if it does not fit */
+static int
+put_time(line_t *line, long long time)
+{
+    char number[24];
+    number[0] = ' ';
+    int length = 1 + format_int(time, number + 1);
+    return put(line, number, length);
+}
+
+/* mapper._tagsets[key] for the key made of ``items`` (borrowed), NULL on a miss (or with an
+ * error set). (A memo of the call's last keys, compared item by item, cost more than it saved:
+ * spans of one route differ in their tags.) */
+static PyObject *
+tagset_of(state_t *state, PyObject *items[TAGSET_KEY])
+{
+    PyObject *key = PyTuple_New(TAGSET_KEY);
+    if (key == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < TAGSET_KEY; i++) {
+        Py_INCREF(items[i]);
+        PyTuple_SET_ITEM(key, i, items[i]);
+    }
+    PyObject *cached = PyDict_GetItemWithError(state->tagsets, key); /* borrowed */
+    Py_DECREF(key);
+    if (cached == NULL) {
+        PyErr_Clear(); /* a miss, or unhashable */
+    }
+    return cached;
+}
+
+/* A SERVER span: TAKEN (its lines appended), LEFT or FAILED. */
 static int
 take_server(state_t *state, PyObject *services, PyObject *span, PyObject *context,
             PyObject *start_time, PyObject *end_time, PyObject *attributes)
@@ -377,10 +716,10 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     PyObject *trace_id = PyTuple_GET_ITEM(context, 0);
     unsigned char owner_bytes[24]; /* span id, then trace id: little-endian */
     if (!unsigned_bytes(span_id, owner_bytes, 64) ||
-        !unsigned_bytes(trace_id, owner_bytes + 8, 128) || !unmarked(attributes)) {
+        !unsigned_bytes(trace_id, owner_bytes + 8, 128)) {
         return LEFT;
     }
-    int waited_for = PyDict_Contains(state->pending, span_id);
+    int waited_for = PyDict_GET_SIZE(state->pending) ? PyDict_Contains(state->pending, span_id) : 0;
     if (waited_for != 0) {
         return waited_for < 0 ? FAILED : LEFT;
     }
@@ -398,20 +737,24 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     if (status == NULL) {
         return FAILED;
     }
-    if (Py_TYPE(status) != (PyTypeObject *)status_type) {
+    if (status != state->last_status) { /* spans share a few: the SDK's unset one, ... */
+        if (Py_TYPE(status) != (PyTypeObject *)status_type) {
+            Py_DECREF(status);
+            return LEFT;
+        }
+        PyObject *code = PyObject_GetAttr(status, s_status_code);
+        if (code == NULL) {
+            Py_DECREF(status);
+            return FAILED;
+        }
+        state->last_failed = code == error_status;
+        Py_DECREF(code);
+        Py_XSETREF(state->last_status, status);
+    }
+    else {
         Py_DECREF(status);
-        return LEFT;
     }
-    PyObject *code = PyObject_GetAttr(status, s_status_code);
-    Py_DECREF(status);
-    if (code == NULL) {
-        return FAILED;
-    }
-    int failed = code == error_status;
-    Py_DECREF(code);
-    if (failed) {
-        return LEFT; /* an errors point too */
-    }
+    PyObject *status_error = state->last_failed ? Py_True : Py_False;
     PyObject *resource = PyObject_GetAttr(span, s_resource);
     if (resource == NULL) {
         return FAILED;
@@ -421,45 +764,64 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     if (service == NULL) {
         return LEFT;
     }
-    /* RequestMapper._points: the tag set cached under the same key */
     PyObject *route = get_or_none(attributes, a_route);
-    if (!PyUnicode_CheckExact(route)) {
-        return LEFT; /* only a str route is cached */
+    if (route != Py_None && !PyUnicode_CheckExact(route)) {
+        return LEFT; /* only a str route (or none: an unmatched request) is cached */
     }
+    /* RequestMapper.add: the span's own luna.* data */
+    data_t data;
+    data.tags = NULL;
+    data.times = data.usages = 0;
+    int gathered = attributes == Py_None ? TAKEN : gather(state, attributes, &data);
+    if (gathered != TAKEN) {
+        return gathered;
+    }
+    if (data.tags == NULL) {
+        Py_INCREF(Py_None);
+        data.tags = Py_None;
+    }
+    int outcome = LEFT, held = 0, written = 0;
+    PyObject *owner = NULL, *time_key = NULL, *errors_tags = NULL, *ended = NULL;
+    PyObject *out[3] = {NULL, NULL, NULL};
+    /* RequestMapper._points: the tag set cached under the same key */
     PyObject *raw_status = get_or_none(attributes, a_status_new);
     if (raw_status == Py_None) {
         raw_status = get_or_none(attributes, a_status_old);
     }
-    PyObject *key = PyTuple_Pack(9, service, get_or_none(attributes, a_method_new),
-                                 get_or_none(attributes, a_method_old),
-                                 get_or_none(attributes, a_method_original), route, raw_status,
-                                 (PyObject *)Py_TYPE(raw_status), Py_False, Py_None);
-    if (key == NULL) {
-        return FAILED;
-    }
-    PyObject *cached = PyDict_GetItemWithError(state->tagsets, key); /* borrowed */
-    Py_DECREF(key);
+    PyObject *items[TAGSET_KEY] = {service,
+                                   get_or_none(attributes, a_method_new),
+                                   get_or_none(attributes, a_method_old),
+                                   get_or_none(attributes, a_method_original),
+                                   route,
+                                   raw_status,
+                                   (PyObject *)Py_TYPE(raw_status),
+                                   status_error,
+                                   data.tags};
+    PyObject *cached = tagset_of(state, items);
     if (cached == NULL) {
-        PyErr_Clear(); /* unhashable: the Python path makes it anew */
-        return LEFT;
+        if (PyErr_Occurred()) {
+            outcome = FAILED;
+        }
+        goto done; /* a miss, or unhashable: the Python path makes it */
     }
-    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 5) {
-        return LEFT;
+    if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 5 ||
+        !PyTuple_Check(PyTuple_GET_ITEM(cached, 0)) ||
+        !PyTuple_Check(PyTuple_GET_ITEM(cached, 1))) {
+        goto done;
     }
     PyObject *tags = PyTuple_GET_ITEM(cached, 0), *status_code = PyTuple_GET_ITEM(cached, 2),
              *problems = PyTuple_GET_ITEM(cached, 4);
     if (!PyTuple_Check(problems) || PyTuple_GET_SIZE(problems) != 0) {
-        return LEFT; /* counted at each use */
+        goto done; /* counted at each use */
     }
+    int failed = status_error == Py_True;
     if (status_code != Py_None) {
-        long code_value = PyLong_Check(status_code) ? PyLong_AsLong(status_code) : 1000;
-        if (code_value == -1 && PyErr_Occurred()) {
+        long code_value = PyLong_Check(status_code) ? PyLong_AsLong(status_code) : -1;
+        if (code_value == -1) {
             PyErr_Clear();
-            return LEFT;
+            goto done;
         }
-        if (code_value >= 400) {
-            return LEFT; /* a failed request: an errors point too */
-        }
+        failed |= code_value >= 400;
     }
     /* SeriesTimes.claim: spread, then free or already the owner's; a collision is left */
     unsigned long long span_value = 0;
@@ -472,20 +834,18 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     }
     if (time < MIN_TIME_NS || time > MAX_TIME_NS || time < state->earliest ||
         time > state->latest) {
-        return LEFT; /* out of the window or of InfluxDB's range: counted by the Python path */
+        goto done; /* out of the window or of InfluxDB's range: counted by the Python path */
     }
 #if PY_VERSION_HEX >= 0x030D0000
-    PyObject *owner = PyLong_FromUnsignedNativeBytes(owner_bytes, 24, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
+    owner = PyLong_FromUnsignedNativeBytes(owner_bytes, 24, Py_ASNATIVEBYTES_LITTLE_ENDIAN);
 #else
-    PyObject *owner = _PyLong_FromByteArray(owner_bytes, 24, 1, 0);
+    owner = _PyLong_FromByteArray(owner_bytes, 24, 1, 0);
 #endif
-    PyObject *time_key = PyLong_FromLongLong(time);
+    time_key = PyLong_FromLongLong(time);
     if (owner == NULL || time_key == NULL) {
-        Py_XDECREF(owner);
-        Py_XDECREF(time_key);
-        return FAILED;
+        outcome = FAILED;
+        goto done;
     }
-    int outcome = LEFT, held = 0;
     PyObject *holder = PyDict_GetItemWithError(state->current, time_key);
     if (holder == NULL && !PyErr_Occurred()) {
         holder = PyDict_GetItemWithError(state->previous, time_key);
@@ -502,69 +862,124 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
         }
         held = 1;
     }
-    /* LineProtocolEncoder.encode_point: the prefix cached, the two fields, the time */
-    PyObject *prefix_key = PyTuple_Pack(2, requests_measurement, tags);
-    if (prefix_key == NULL) {
-        outcome = FAILED;
-        goto done;
-    }
-    PyObject *prefix = PyDict_GetItemWithError(state->prefixes, prefix_key); /* borrowed */
-    Py_DECREF(prefix_key);
-    Py_ssize_t prefix_size;
-    const char *prefix_text = prefix == NULL ? NULL : ascii_of(prefix, &prefix_size);
-    if (prefix_text == NULL) {
-        if (PyErr_Occurred()) {
-            PyErr_Clear();
-        }
-        goto done; /* LEFT: the Python path encodes it, and caches the prefix */
-    }
-    line_t line;
-    line.size = 0;
-    char text[48];
-    memcpy(text, " request_id=\"", 13);
+    /* LineProtocolEncoder.encode_point of each point: prefix cached, fields, time */
+    char request_id[46], number[32];
+    Py_ssize_t size;
+    memcpy(request_id, " request_id=\"", 13);
     for (int i = 0; i < 16; i++) {
         unsigned char byte = owner_bytes[8 + 15 - i];
-        text[13 + 2 * i] = HEX[byte >> 4];
-        text[14 + 2 * i] = HEX[byte & 15];
+        request_id[13 + 2 * i] = HEX[byte >> 4];
+        request_id[14 + 2 * i] = HEX[byte & 15];
     }
-    text[45] = '"';
-    if (!put(&line, prefix_text, prefix_size) || !put(&line, text, 46) ||
-        !put(&line, ",execution_time=", 16)) {
+    request_id[45] = '"';
+    line_t line;
+    line.size = 0;
+    const char *text = prefix_text(state, requests_measurement, tags, tags, &size);
+    if (text == NULL || !put(&line, text, size) || !put(&line, request_id, 46) ||
+        !put(&line, ",execution_time=", 16) ||
+        !put(&line, number, format_float((double)(end - start) / 1e9, number))) {
         goto done;
     }
-    char number[32];
-    if (!put(&line, number, format_float((double)(end - start) / 1e9, number))) {
+    for (Py_ssize_t t = 0; t < data.times; t++) {
+        double value = data.time_values[t];
+        text = field_key(state, data.time_names[t], &size);
+        if (text == NULL || !isfinite(value) || !put(&line, ",", 1) || !put(&line, text, size) ||
+            !put(&line, number, format_float(value, number))) {
+            goto done; /* nonfinite_field, a key not cached yet: the Python path */
+        }
+    }
+    if (line.size - 1 > short_key || !put_time(&line, time) || add_line(out, &written, &line)) {
+        outcome = PyErr_Occurred() ? FAILED : LEFT;
         goto done;
     }
-    if (line.size - 1 > short_key) {
-        goto done; /* the key's length is checked by the Python path */
+    if (failed) {
+        PyObject *base = PyTuple_GET_ITEM(cached, 1);
+        line.size = 0;
+        text = NULL;
+        PyObject *prefix = remembered_prefix(state, errors_measurement, base);
+        if (prefix == NULL) {
+            errors_tags = error_tags(base);
+            if (errors_tags == NULL) {
+                outcome = PyErr_Occurred() ? FAILED : LEFT;
+                goto done;
+            }
+            text = prefix_text(state, errors_measurement, base, errors_tags, &size);
+        }
+        else {
+            text = ascii_of(prefix, &size);
+        }
+        if (text == NULL || !put(&line, text, size) || !put(&line, request_id, 46) ||
+            line.size - 1 > short_key || !put_time(&line, time) ||
+            add_line(out, &written, &line)) {
+            outcome = PyErr_Occurred() ? FAILED : LEFT;
+            goto done;
+        }
     }
-    int length = snprintf(number, sizeof number, " %lld", time);
-    if (!put(&line, number, length)) {
-        goto done;
+    if (data.usages) {
+        line.size = 0;
+        PyObject *prefix = remembered_prefix(state, usages_measurement, service);
+        if (prefix == NULL) {
+            PyObject *pair = PyTuple_Pack(2, s_service, service);
+            PyObject *usages_tags = pair == NULL ? NULL : PyTuple_Pack(1, pair);
+            Py_XDECREF(pair);
+            if (usages_tags == NULL) {
+                outcome = FAILED;
+                goto done;
+            }
+            text = prefix_text(state, usages_measurement, service, usages_tags, &size);
+            Py_DECREF(usages_tags);
+        }
+        else {
+            text = ascii_of(prefix, &size);
+        }
+        if (text == NULL || !put(&line, text, size) || !put(&line, " ", 1)) {
+            goto done;
+        }
+        for (Py_ssize_t u = 0; u < data.usages; u++) {
+            int length = format_int(data.usage_values[u], number);
+            number[length++] = 'i';
+            text = field_key(state, data.usage_names[u], &size);
+            if (text == NULL || (u && !put(&line, ",", 1)) || !put(&line, text, size) ||
+                !put(&line, number, length)) {
+                goto done;
+            }
+        }
+        if (line.size - 1 > short_key || !put_time(&line, time) ||
+            add_line(out, &written, &line)) {
+            outcome = PyErr_Occurred() ? FAILED : LEFT;
+            goto done;
+        }
     }
     /* everything checked: the span's state changes, as RequestMapper.add's */
-    PyObject *written = PyUnicode_New(line.size, 127);
-    if (written == NULL) {
+    ended = PyTuple_Pack(2, service, start_time);
+    if (ended != NULL) {
+        /* a str and an int: no cycle through it. Untracked, as the collector would make it
+         * later, it keeps mapper._ended (up to ENDED_LIMIT of them) out of every collection. */
+        PyObject_GC_UnTrack(ended);
+    }
+    if (ended == NULL || (PySet_GET_SIZE(state->batch_span_ids) &&
+                          PySet_Discard(state->batch_span_ids, span_id) < 0) ||
+        remember_ended(state, span_id, ended) < 0 ||
+        (!held && claim_time(state, time_key, owner) < 0)) {
         outcome = FAILED;
         goto done;
     }
-    memcpy(PyUnicode_1BYTE_DATA(written), line.data, (size_t)line.size);
-    PyObject *ended = PyTuple_Pack(2, service, start_time);
-    if (ended == NULL || PySet_Discard(state->batch_span_ids, span_id) < 0 ||
-        remember_ended(state, span_id, ended) < 0 ||
-        (!held && claim_time(state, time_key, owner) < 0) ||
-        PyList_Append(state->lines, written) < 0) {
-        outcome = FAILED;
+    for (int i = 0; i < written; i++) {
+        if (PyList_Append(state->lines, out[i]) < 0) {
+            outcome = FAILED;
+            goto done;
+        }
     }
-    else {
-        outcome = TAKEN;
-    }
-    Py_XDECREF(ended);
-    Py_DECREF(written);
+    outcome = TAKEN;
 done:
-    Py_DECREF(owner);
-    Py_DECREF(time_key);
+    for (int i = 0; i < written; i++) {
+        Py_DECREF(out[i]);
+    }
+    Py_XDECREF(data.tags);
+    Py_XDECREF(owner);
+    Py_XDECREF(time_key);
+    Py_XDECREF(errors_tags);
+    Py_XDECREF(ended);
     return outcome;
 }
 
@@ -622,9 +1037,9 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_RuntimeError, "sdk_spans: configure_sdk first");
         return NULL;
     }
-    if (nargs != 8 || !PyList_CheckExact(args[0])) {
+    if (nargs != 9 || !PyList_CheckExact(args[0])) {
         PyErr_SetString(PyExc_TypeError, "sdk_spans(spans: list, start, services, mapper, "
-                                         "prefixes, lines, earliest, latest)");
+                                         "prefixes, field_keys, lines, earliest, latest)");
         return NULL;
     }
     Py_ssize_t index = PyLong_AsSsize_t(args[1]);
@@ -632,7 +1047,7 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     state_t state;
-    if (state_init(&state, args[3], args[4], args[5], args[6], args[7]) < 0) {
+    if (state_init(&state, args[3], args[4], args[5], args[6], args[7], args[8]) < 0) {
         state_clear(&state);
         return NULL;
     }

@@ -1,15 +1,17 @@
 """The compiled common case of the in-process span path (``native/sdk_spans.h``): a batch of
 SDK spans read, mapped and encoded in one pass while they are what most of an instrumented
-application's traffic is (a SERVER span of a request that did not fail, without ``luna.*``
-keys, whose tag set is cached; a span below it that cannot matter). It stops at the first span
+application's traffic is (a SERVER span whose tag set is cached, with its own
+``luna.tag.*``, ``luna.time.*`` and ``luna.usages.*`` keys and nothing waiting for it; a span
+below it that cannot matter). It stops at the first span
 that is anything else, before changing any state for it: the adapter (:func:`span_records`)
 gives that span to the pure-Python path, the reference, which fills the caches for the next.
 The two write the same bytes and keep the same state (``tests/ingest/test_native_spans.py``).
 
 It reads, by name, the state that :class:`~otel_luna.mapping.RequestMapper` (``_pending``,
 ``_ended``, ``_ended_before``, ``_ended_generation``, ``batch_span_ids``, ``_tagsets``,
-``times``), its ``SeriesTimes`` (``_current``, ``_previous``,
-``_generation``) and :class:`~otel_luna.encoding.LineProtocolEncoder` (``_prefixes``) keep.
+``_classified``, ``_key_limit``, ``times``), its ``SeriesTimes`` (``_current``, ``_previous``,
+``_generation``) and :class:`~otel_luna.encoding.LineProtocolEncoder` (``_prefixes``,
+``_field_keys``) keep.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from otel_luna.encoding import LineProtocolEncoder
 from otel_luna.mapping import RequestMapper
 from otel_luna.outcomes import Reason
 from otel_luna.schema import luna as schema
+from otel_luna.schema._keys import MAX_TAG_VALUE_BYTES
 
 if NATIVE is not None:
     NATIVE.configure_sdk(
@@ -35,7 +38,11 @@ if NATIVE is not None:
         SpanKind.SERVER,
         StatusCode.ERROR,
         schema.REQUESTS,
+        schema.ERRORS,
+        schema.USAGES_STATISTIC,
+        schema.UNKNOWN_ERROR_CODE,
         attr.LUNA_PREFIX,
+        MAX_TAG_VALUE_BYTES,
     )
 
 _SERVER_SPANS = Reason.SERVER_SPANS
@@ -48,7 +55,9 @@ class NativeSpans:
 
     def __init__(self, mapper: RequestMapper, encoder: LineProtocolEncoder) -> None:
         self._mapper = mapper
-        self._prefixes = encoder._prefixes  # cleared, never replaced: the same dict throughout
+        # The encoder's caches: cleared, never replaced (the same dicts throughout).
+        self._prefixes = encoder._prefixes
+        self._field_keys = encoder._field_keys
         self._lines: list[str] = []
         self._earliest = self._latest = 0
 
@@ -76,6 +85,7 @@ class NativeSpans:
             services,
             self._mapper,
             self._prefixes,
+            self._field_keys,
             self._lines,
             self._earliest,
             self._latest,

@@ -956,8 +956,10 @@ class RequestMapper(Counting):
         # Tag sets repeat (a few routes x statuses): cache both sorted tuples, keyed on every
         # attribute they are made of (the method's original spelling too). Values that compare
         # equal across types (True == 1 == 1.0) map differently: the status's type is part of
-        # the key, and only a string route is cached (only a string method ever is: a standard
-        # one, see _tagset; the other attributes are read only then). A key holding a value
+        # the key, and only a string route is cached, or none when the request matched no
+        # route (METHOD:{unmatched}: made of the key alone, so cached[3]); only a string method
+        # ever is (a standard one, see _tagset; the other attributes are read only then). A
+        # key holding a value
         # that cannot be one (a kvlist) is made anew each time. What making it counted is kept
         # with it and counted again at each use.
         key = (
@@ -971,7 +973,7 @@ class RequestMapper(Counting):
             status_error,
             data_tags,
         )
-        cacheable = route.__class__ is str
+        cacheable = route.__class__ is str or route is None
         try:
             cached = self._tagsets.get(key) if cacheable else None
         except TypeError:  # unhashable
