@@ -49,6 +49,11 @@ EXTRAS_ONLY = (
     "opentelemetry-distro",
 )
 
+#: ``python -c`` program: where otel_luna is imported from, and its compiled extension.
+SHOW_NATIVE = (
+    "import otel_luna, otel_luna._compiled as c; print(otel_luna.__file__); print(c.NATIVE)"
+)
+
 #: ``python -c`` program: block the modules named in argv[1] (comma-separated), as if they were
 #: not installed, then run ``otel-luna`` with the rest of argv.
 BLOCKED_RUN = textwrap.dedent(
@@ -173,7 +178,7 @@ def test_the_core_wheel_installs_no_extra_and_runs_the_quick_start(tmp_path: Pat
     """The wheel installed with plain ``pip install otel-luna`` in a fresh venv brings no
     aiohttp, grpcio, protobuf or matplotlib; ``otel-luna serve`` (and ``python -m otel_luna
     serve``) print the one line and exit 2; the README's in-app quick start then writes the
-    LUNA series (to a file)."""
+    LUNA series (to a file), the wheel's compiled ``otel_luna._native`` loaded."""
     venv = fresh_venv(tmp_path)
     installed = subprocess.run(
         ["pip", "install", "--quiet", "otel-luna"],
@@ -209,14 +214,14 @@ def test_the_core_wheel_installs_no_extra_and_runs_the_quick_start(tmp_path: Pat
     measurements = {line.split(",", 1)[0] for line in lines}
     assert measurements == {"requests", "errors", "usages_statistic", "licensing"}, lines
     assert sum(line.startswith("requests,") for line in lines) == 4
-    assert (
-        str(ROOT)
-        not in subprocess.run(
-            [str(venv.bin / "python"), "-c", "import otel_luna; print(otel_luna.__file__)"],
-            cwd=tmp_path,
-            env=venv.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )  # the installed copy, not this checkout's
+    where, native = subprocess.run(
+        [str(venv.bin / "python"), "-c", SHOW_NATIVE],
+        cwd=tmp_path,
+        env=venv.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert str(ROOT) not in where  # the installed copy, not this checkout's
+    # ... with the compiled common cases the wheel was built with (tests/e2e/test_wheel_native.py)
+    assert native.startswith("<module 'otel_luna._native' from ") and str(venv.path) in native
