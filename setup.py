@@ -2,6 +2,8 @@
 compiler and Python's headers are found, skipped where they are not (the pure-Python code, the
 reference, does all the work then)."""
 
+from pathlib import Path
+
 from setuptools import Extension, setup
 
 setup(
@@ -9,7 +11,8 @@ setup(
         Extension(
             "otel_luna._native",
             ["native/_native.c"],
-            depends=["native/line.h", "native/encode_point.h", "native/sdk_spans.h"],
+            # every file it includes (a change to any rebuilds it)
+            depends=sorted(str(path) for path in Path("native").rglob("*.[ch]")),
             optional=True,
         )
     ]
