@@ -725,8 +725,8 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     }
     int overflow;
     long long start = PyLong_AsLongLongAndOverflow(start_time, &overflow);
-    if (overflow || start < 0) {
-        return LEFT;
+    if (overflow || start < 0 || start > MAX_TIME_NS - 1000000) {
+        return LEFT; /* spread below could pass int64: out of InfluxDB's range in any case */
     }
     long long end = PyLong_AsLongLongAndOverflow(end_time, &overflow);
     if (overflow || end < start) {
@@ -735,7 +735,8 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     /* the status and the resource, as the Python path reads them */
     PyObject *status = PyObject_GetAttr(span, s_status);
     if (status == NULL) {
-        return FAILED;
+        PyErr_Clear(); /* unreadable: the Python path counts it */
+        return LEFT;
     }
     if (status != state->last_status) { /* spans share a few: the SDK's unset one, ... */
         if (Py_TYPE(status) != (PyTypeObject *)status_type) {
@@ -744,8 +745,9 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
         }
         PyObject *code = PyObject_GetAttr(status, s_status_code);
         if (code == NULL) {
+            PyErr_Clear();
             Py_DECREF(status);
-            return FAILED;
+            return LEFT;
         }
         state->last_failed = code == error_status;
         Py_DECREF(code);
@@ -757,7 +759,8 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     PyObject *status_error = state->last_failed ? Py_True : Py_False;
     PyObject *resource = PyObject_GetAttr(span, s_resource);
     if (resource == NULL) {
-        return FAILED;
+        PyErr_Clear();
+        return LEFT;
     }
     PyObject *service = service_of(state, services, resource);
     Py_DECREF(resource);
@@ -998,7 +1001,7 @@ take_span(state_t *state, PyObject *services, PyObject *span, int *server)
         (start_time = PyObject_GetAttr(span, s_start_time)) == NULL ||
         (kind = PyObject_GetAttr(span, s_kind)) == NULL ||
         (parent = PyObject_GetAttr(span, s_parent)) == NULL) {
-        outcome = FAILED;
+        PyErr_Clear(); /* not what the SDK makes: the Python path reads it, or counts it */
         goto done;
     }
     if (Py_TYPE(context) != (PyTypeObject *)span_context_type ||

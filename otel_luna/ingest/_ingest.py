@@ -170,7 +170,9 @@ class Ingest:
             sink = as_sink(sink, settings)
         try:
             self._encoder = profile.encoder(wire_format(sink, settings), settings)
-            self._native = NativeSpans.of(self._span_mapper, self._encoder)
+            self._native = NativeSpans.of(
+                self._span_mapper, self._encoder, _ErrorLog("the compiled span path failed").error
+            )
             if self._native is not None:
                 self.span_filter = self.span_filter._replace(take=self._native)
             self.delivery = open_delivery(

@@ -16,7 +16,7 @@ It reads, by name, the state that :class:`~otel_luna.mapping.RequestMapper` (``_
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -53,8 +53,12 @@ class NativeSpans:
     a batch, for one mapper and encoder, writing into the batch :meth:`begin` set (the ingest
     does, under its lock, before it takes the batch's records)."""
 
-    def __init__(self, mapper: RequestMapper, encoder: LineProtocolEncoder) -> None:
+    def __init__(
+        self, mapper: RequestMapper, encoder: LineProtocolEncoder, on_error: Callable[[], None]
+    ) -> None:
+        """``on_error`` is called inside the ``except`` when the compiled pass raises."""
         self._mapper = mapper
+        self._on_error = on_error
         # The encoder's caches: cleared, never replaced (the same dicts throughout).
         self._prefixes = encoder._prefixes
         self._field_keys = encoder._field_keys
@@ -62,13 +66,13 @@ class NativeSpans:
         self._earliest = self._latest = 0
 
     @classmethod
-    def of(cls, mapper: Any, encoder: Any) -> NativeSpans | None:
+    def of(cls, mapper: Any, encoder: Any, on_error: Callable[[], None]) -> NativeSpans | None:
         """One for the LUNA profile's mapper and the line-protocol encoder, if compiled."""
         if NATIVE is None or type(mapper) is not RequestMapper:
             return None
         if type(encoder) is not LineProtocolEncoder:
             return None
-        return cls(mapper, encoder)
+        return cls(mapper, encoder, on_error)
 
     def begin(self, lines: list[str], earliest: int, latest: int) -> None:
         """The lines of the batch being taken, and its time window."""
@@ -79,17 +83,21 @@ class NativeSpans:
         if type(spans) is not list:  # what a BatchSpanProcessor hands over is
             return start
         index: int
-        index, servers = NATIVE.sdk_spans(  # type: ignore[union-attr]  # set: see of()
-            spans,
-            start,
-            services,
-            self._mapper,
-            self._prefixes,
-            self._field_keys,
-            self._lines,
-            self._earliest,
-            self._latest,
-        )
+        try:
+            index, servers = NATIVE.sdk_spans(  # type: ignore[union-attr]  # set: see of()
+                spans,
+                start,
+                services,
+                self._mapper,
+                self._prefixes,
+                self._field_keys,
+                self._lines,
+                self._earliest,
+                self._latest,
+            )
+        except Exception:  # noqa: BLE001 - out of memory, or state not as expected: Python takes it
+            self._on_error()  # logged, rate-limited; nothing is lost
+            return start
         if servers:
             self._mapper.counts[_SERVER_SPANS] += servers
         return index
