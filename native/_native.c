@@ -49,10 +49,12 @@ static PyMethodDef methods[] = {
     {"float_repr", float_repr, METH_O, "repr() of a finite float, as the encoder writes it"},
     {"configure", configure, METH_VARARGS, "configure(short_key, short_string)"},
     {"sdk_spans", (PyCFunction)(void (*)(void))sdk_spans, METH_FASTCALL,
-     "Map and encode spans[start:] while they are the common case: (next index, SERVER spans)."},
+     "Map and encode spans[start:] while they are the common case: (next index, SERVER spans, "
+     "error or None)."},
     {"configure_sdk", configure_sdk, METH_VARARGS,
      "configure_sdk(ReadableSpan, SpanContext, Status, SpanKind.SERVER, StatusCode.ERROR, "
-     "requests measurement, luna prefix)"},
+     "requests, errors and usages measurements, unknown error code, luna prefix, "
+     "MAX_TAG_VALUE_BYTES)"},
     {NULL, NULL, 0, NULL},
 };
 

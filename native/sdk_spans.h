@@ -3,8 +3,9 @@
  * ingest/_sdk.py, RequestMapper.add in mapping/_requests.py, SeriesTimes.claim in
  * mapping/_timestamps.py, LineProtocolEncoder.encode_point and Ingest.write_spans).
  *
- * sdk_spans(spans, start, services, mapper, prefixes, lines, earliest, latest)
- *     -> (index of the first span it left, SERVER spans it mapped)
+ * sdk_spans(spans, start, services, mapper, prefixes, field_keys, lines, earliest, latest)
+ *     -> (index of the first span it left, SERVER spans it mapped, the error that stopped it
+ *         or None)
  *
  * From spans[start] on, in order, it takes the two kinds of span that make most of an
  * instrumented application's traffic, and stops at the first span that is neither:
@@ -121,12 +122,12 @@ typedef struct {
      * by measurement and the object they were found by (a tag set, the errors tag set's base,
      * a service name); the last attribute keys classified. */
     struct {
-        PyObject *measurement, *prefix; /* borrowed */
-        PyObject *by;                   /* new reference: no other object takes its address */
+        PyObject *measurement;  /* a module constant */
+        PyObject *by, *prefix;  /* new references: Python code may run between two uses */
     } prefixes_found[MEMO_SIZE];
     int prefixes_count;
     PyObject *last_keys;       /* new reference, or NULL */
-    PyObject *last_classified; /* borrowed from mapper._classified, or no_luna_keys */
+    PyObject *last_classified; /* new reference: from mapper._classified, or no_luna_keys */
     PyObject *last_status;     /* the last span's status (new reference), and whether ERROR */
     int last_failed;
 } state_t;
@@ -146,9 +147,11 @@ state_clear(state_t *state)
     Py_CLEAR(state->resource);
     Py_CLEAR(state->service);
     Py_CLEAR(state->last_keys);
+    Py_CLEAR(state->last_classified);
     Py_CLEAR(state->last_status);
     for (int i = 0; i < state->prefixes_count; i++) {
         Py_CLEAR(state->prefixes_found[i].by);
+        Py_CLEAR(state->prefixes_found[i].prefix);
     }
     state->prefixes_count = 0;
 }
@@ -420,6 +423,7 @@ service_of(state_t *state, PyObject *services, PyObject *resource)
 /* The luna.* data of a SERVER span's own keys, when they are of the kinds written here. */
 #define MOST_NAMES 64
 typedef struct {
+    PyObject *classified;              /* the keys' classification (new reference), or NULL */
     PyObject *tags;                    /* tuple of (name, value), or Py_None (new reference) */
     Py_ssize_t times, usages;          /* how many of each */
     PyObject *time_names[MOST_NAMES];  /* borrowed from the mapper's classification */
@@ -473,6 +477,10 @@ gather(state_t *state, PyObject *attributes, data_t *data)
         for (pos = 0, i = 0; PyDict_Next(attributes, &pos, &key, &value) && i < count; i++) {
             Py_INCREF(key);
             PyTuple_SET_ITEM(keys, i, key);
+            if (!PyUnicode_CheckExact(key)) { /* hashing it could run Python code: its path */
+                Py_DECREF(keys);
+                return LEFT;
+            }
         }
         classified = i == count ? PyDict_GetItemWithError(state->classified, keys) : NULL;
         if (classified == NULL && !PyErr_Occurred() && i == count && unmarked(attributes)) {
@@ -483,8 +491,11 @@ gather(state_t *state, PyObject *attributes, data_t *data)
             return PyErr_Occurred() ? FAILED : LEFT; /* classified by the Python path first */
         }
         Py_XSETREF(state->last_keys, keys);
-        state->last_classified = classified;
+        Py_INCREF(classified);
+        Py_XSETREF(state->last_classified, classified);
     }
+    Py_INCREF(classified); /* its names are the data's: held while the span is taken */
+    data->classified = classified;
     Py_ssize_t found = PyTuple_Check(classified) ? PyTuple_GET_SIZE(classified) : -1;
     if (found < 0 || found > state->key_limit || found > MOST_NAMES) {
         return LEFT;
@@ -609,6 +620,7 @@ remember_prefix(state_t *state, PyObject *measurement, PyObject *by, PyObject *p
     if (state->prefixes_count < MEMO_SIZE) {
         state->prefixes_found[state->prefixes_count].measurement = measurement;
         Py_INCREF(by);
+        Py_INCREF(prefix);
         state->prefixes_found[state->prefixes_count].by = by;
         state->prefixes_found[state->prefixes_count++].prefix = prefix;
     }
@@ -767,25 +779,29 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     if (service == NULL) {
         return LEFT;
     }
-    PyObject *route = get_or_none(attributes, a_route);
-    if (route != Py_None && !PyUnicode_CheckExact(route)) {
-        return LEFT; /* only a str route (or none: an unmatched request) is cached */
-    }
-    /* RequestMapper.add: the span's own luna.* data */
+    /* RequestMapper.add: the span's own luna.* data (every key a str from here on: looking one
+     * up runs no Python code) */
     data_t data;
-    data.tags = NULL;
+    data.classified = data.tags = NULL;
     data.times = data.usages = 0;
-    int gathered = attributes == Py_None ? TAKEN : gather(state, attributes, &data);
-    if (gathered != TAKEN) {
-        return gathered;
+    int outcome = attributes == Py_None ? TAKEN : gather(state, attributes, &data);
+    if (outcome != TAKEN) {
+        Py_XDECREF(data.classified);
+        return outcome;
     }
+    outcome = LEFT;
     if (data.tags == NULL) {
         Py_INCREF(Py_None);
         data.tags = Py_None;
     }
-    int outcome = LEFT, held = 0, written = 0;
-    PyObject *owner = NULL, *time_key = NULL, *errors_tags = NULL, *ended = NULL;
+    int held = 0, written = 0;
+    Py_ssize_t lines_before = PyList_GET_SIZE(state->lines);
+    PyObject *owner = NULL, *time_key = NULL, *errors_tags = NULL, *ended = NULL, *cached = NULL;
     PyObject *out[3] = {NULL, NULL, NULL};
+    PyObject *route = get_or_none(attributes, a_route);
+    if (route != Py_None && !PyUnicode_CheckExact(route)) {
+        goto done; /* only a str route (or none: an unmatched request) is cached */
+    }
     /* RequestMapper._points: the tag set cached under the same key */
     PyObject *raw_status = get_or_none(attributes, a_status_new);
     if (raw_status == Py_None) {
@@ -800,13 +816,21 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
                                    (PyObject *)Py_TYPE(raw_status),
                                    status_error,
                                    data.tags};
-    PyObject *cached = tagset_of(state, items);
+    for (int i = 1; i < TAGSET_KEY - 3; i++) { /* what hashing and comparing keeps in C */
+        PyTypeObject *type = Py_TYPE(items[i]);
+        if (items[i] != Py_None && type != &PyUnicode_Type && type != &PyLong_Type &&
+            type != &PyFloat_Type && type != &PyBool_Type) {
+            goto done;
+        }
+    }
+    cached = tagset_of(state, items);
     if (cached == NULL) {
         if (PyErr_Occurred()) {
             outcome = FAILED;
         }
         goto done; /* a miss, or unhashable: the Python path makes it */
     }
+    Py_INCREF(cached);
     if (!PyTuple_CheckExact(cached) || PyTuple_GET_SIZE(cached) != 5 ||
         !PyTuple_Check(PyTuple_GET_ITEM(cached, 0)) ||
         !PyTuple_Check(PyTuple_GET_ITEM(cached, 1))) {
@@ -969,12 +993,16 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     }
     for (int i = 0; i < written; i++) {
         if (PyList_Append(state->lines, out[i]) < 0) {
+            /* none of the span's lines, or the Python path would write some twice */
+            PyList_SetSlice(state->lines, lines_before, PyList_GET_SIZE(state->lines), NULL);
             outcome = FAILED;
             goto done;
         }
     }
     outcome = TAKEN;
 done:
+    Py_XDECREF(cached);
+    Py_XDECREF(data.classified);
     for (int i = 0; i < written; i++) {
         Py_DECREF(out[i]);
     }
@@ -1049,6 +1077,10 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (index == -1 && PyErr_Occurred()) {
         return NULL;
     }
+    if (index < 0) {
+        PyErr_SetString(PyExc_ValueError, "sdk_spans: start >= 0");
+        return NULL;
+    }
     state_t state;
     if (state_init(&state, args[3], args[4], args[5], args[6], args[7], args[8]) < 0) {
         state_clear(&state);
@@ -1056,6 +1088,7 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *spans = args[0];
     Py_ssize_t servers = 0;
+    PyObject *failed = NULL;
     while (index < PyList_GET_SIZE(spans)) {
         PyObject *span = PyList_GET_ITEM(spans, index);
         Py_INCREF(span);
@@ -1063,8 +1096,18 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         int outcome = take_span(&state, args[2], span, &server);
         Py_DECREF(span);
         if (outcome == FAILED) {
-            state_clear(&state);
-            return NULL;
+            /* Not raised: the spans before are taken. The Python path takes this one (and meets
+             * the error, if it is the span's); the error goes back for the log. */
+            PyObject *type, *value, *traceback;
+            PyErr_Fetch(&type, &value, &traceback);
+            PyErr_NormalizeException(&type, &value, &traceback);
+            if (value != NULL && traceback != NULL) {
+                PyException_SetTraceback(value, traceback);
+            }
+            Py_XDECREF(type);
+            Py_XDECREF(traceback);
+            failed = value;
+            break;
         }
         if (outcome == LEFT) {
             break;
@@ -1073,5 +1116,7 @@ sdk_spans(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         index++;
     }
     state_clear(&state);
-    return Py_BuildValue("(nn)", index, servers);
+    PyObject *result = Py_BuildValue("(nnO)", index, servers, failed == NULL ? Py_None : failed);
+    Py_XDECREF(failed);
+    return result;
 }

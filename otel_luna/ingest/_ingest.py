@@ -56,25 +56,27 @@ class _ErrorLog(RateLog):
     """The log of one repeating error (a mapping bug a sender can trigger span after span):
     the first with its traceback, then at most one line every :data:`ERROR_LOG_INTERVAL`
     seconds with the count since the last line. Each is counted (``mapping_error``) anyway.
-    Call :meth:`error` inside the ``except``; the caller holds the ingest's lock."""
+    Call :meth:`error` inside the ``except``, or give it the error; the caller holds the
+    ingest's lock."""
 
     def __init__(self, message: str, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(ERROR_LOG_INTERVAL, clock)
         self.message = message
 
-    def error(self) -> None:
+    def error(self, error: BaseException | None = None) -> None:
+        """Log ``error``, or without one the exception being handled."""
         due = self.due()
         if due is None:
             return
         if due.seconds is None:
-            _logger.exception("otel-luna: %s", self.message)
+            _logger.error("otel-luna: %s", self.message, exc_info=error or True)
             return
         _logger.error(
             "otel-luna: %s: %d times in the last %.0f s, the last %s (traceback logged once)",
             self.message,
             due.skipped + 1,
             due.seconds,
-            repr(sys.exc_info()[1])[:200],
+            repr(error or sys.exc_info()[1])[:200],
         )
 
 

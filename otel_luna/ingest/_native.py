@@ -54,9 +54,12 @@ class NativeSpans:
     does, under its lock, before it takes the batch's records)."""
 
     def __init__(
-        self, mapper: RequestMapper, encoder: LineProtocolEncoder, on_error: Callable[[], None]
+        self,
+        mapper: RequestMapper,
+        encoder: LineProtocolEncoder,
+        on_error: Callable[[BaseException], None],
     ) -> None:
-        """``on_error`` is called inside the ``except`` when the compiled pass raises."""
+        """``on_error``: told what stopped the compiled pass (the Python path takes over)."""
         self._mapper = mapper
         self._on_error = on_error
         # The encoder's caches: cleared, never replaced (the same dicts throughout).
@@ -66,7 +69,9 @@ class NativeSpans:
         self._earliest = self._latest = 0
 
     @classmethod
-    def of(cls, mapper: Any, encoder: Any, on_error: Callable[[], None]) -> NativeSpans | None:
+    def of(
+        cls, mapper: Any, encoder: Any, on_error: Callable[[BaseException], None]
+    ) -> NativeSpans | None:
         """One for the LUNA profile's mapper and the line-protocol encoder, if compiled."""
         if NATIVE is None or type(mapper) is not RequestMapper:
             return None
@@ -84,7 +89,7 @@ class NativeSpans:
             return start
         index: int
         try:
-            index, servers = NATIVE.sdk_spans(  # type: ignore[union-attr]  # set: see of()
+            index, servers, error = NATIVE.sdk_spans(  # type: ignore[union-attr]  # see of()
                 spans,
                 start,
                 services,
@@ -95,9 +100,11 @@ class NativeSpans:
                 self._earliest,
                 self._latest,
             )
-        except Exception:  # noqa: BLE001 - out of memory, or state not as expected: Python takes it
-            self._on_error()  # logged, rate-limited; nothing is lost
+        except Exception as failed:  # noqa: BLE001 - state not as expected: Python takes it all
+            self._on_error(failed)  # logged, rate-limited; nothing is lost
             return start
         if servers:
             self._mapper.counts[_SERVER_SPANS] += servers
+        if error is not None:  # it stopped at spans[index] (out of memory?): Python takes that one
+            self._on_error(error)
         return index

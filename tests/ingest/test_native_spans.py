@@ -810,11 +810,11 @@ class _Taken:
     def __init__(self) -> None:
         self.spans = self.calls = 0
 
-    def sdk_spans(self, spans: Any, start: int, *rest: Any) -> tuple[int, int]:
-        index, servers = _native.sdk_spans(spans, start, *rest)
+    def sdk_spans(self, spans: Any, start: int, *rest: Any) -> tuple[int, int, Any]:
+        index, servers, error = _native.sdk_spans(spans, start, *rest)
         self.calls += 1
         self.spans += index - start
-        return index, servers
+        return index, servers, error
 
 
 def run_both(scenario: Scenario, taken: _Taken | None = None) -> list[tuple[Any, Any]]:
