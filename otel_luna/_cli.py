@@ -425,6 +425,11 @@ def _entry_lines(entry: dict[str, Any]) -> list[str]:
     if damaged and not running and not entry["pending_lines"]:
         state += f"; {damaged} damaged records"
     lines = [f"{name}: {state}"]
+    if entry.get("compiled") is False:
+        lines.append(
+            "pure-Python code: otel_luna._native was not built for this install, or "
+            "OTEL_LUNA_PURE_PYTHON is set (more CPU per span; docs/deployment.md)"
+        )
     if refused:
         listed = "; ".join(
             f"{printable(key)}: {printable(str(why))}" for key, why in refused.items()
@@ -531,6 +536,9 @@ def status_entries(root: str) -> list[dict[str, object]]:
             if isinstance(found, dict):
                 entry[state] = {**found, "reason": redact(str(found.get("reason", "")))}
         counts.pop("pending", None)  # describe() counts what waits itself
+        compiled = counts.pop("compiled", None)
+        if isinstance(compiled, bool):
+            entry["compiled"] = compiled
         letters = counts.pop("dead_letter", None)
         if isinstance(letters, dict):
             entry["dead_letter"] = letters

@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from otel_luna import _fork
+from otel_luna._compiled import NATIVE
 from otel_luna.delivery._deadletters import DeadLetters
 from otel_luna.delivery._spool import Spool
 from otel_luna.delivery._throttle import SUMMARY_INTERVAL, Throttle
@@ -395,6 +396,8 @@ class BatchWriter:
             stats["trouble"] = self.trouble
         # What waits, for serve's supervisor (its /metrics and /readyz read no segments).
         stats["pending"] = {"lines": self.spool.pending_lines, "bytes": self.spool.pending_bytes}
+        # Whether the process runs the compiled common cases (otel-luna status says when not).
+        stats["compiled"] = NATIVE is not None
         if self.dead_letters is not None:
             stats["dead_letter"] = self.dead_letters.stats()
         fallback = self.spool.fallback
