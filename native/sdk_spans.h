@@ -229,46 +229,51 @@ state_init(state_t *state, PyObject *mapper, PyObject *prefixes, PyObject *field
     return 0;
 }
 
-/* ended[span_id] = value, and the generations swapped when the newer is full, as
- * RequestMapper does (self._ended_before, self._ended = ended, {}). */
+/* (*newer)[key] = value, and the two generations swapped when the newer is full, as the
+ * mapper keeps its ended spans (self._ended_before, self._ended = ended, {}) and SeriesTimes its
+ * times (self._previous, self._current = self._current, {}): owner.<older_name> becomes the
+ * full dict, owner.<newer_name> a new one; *newer and (if given) *older follow. */
 static int
-remember_ended(state_t *state, PyObject *span_id, PyObject *value)
+set_in_generations(PyObject *owner, PyObject *newer_name, PyObject *older_name,
+                   PyObject **newer, PyObject **older, Py_ssize_t generation, PyObject *key,
+                   PyObject *value)
 {
-    if (PyDict_SetItem(state->ended, span_id, value) < 0) {
+    if (PyDict_SetItem(*newer, key, value) < 0) {
         return -1;
     }
-    if (PyDict_GET_SIZE(state->ended) < state->ended_generation) {
+    if (PyDict_GET_SIZE(*newer) < generation) {
         return 0;
     }
     PyObject *fresh = PyDict_New();
-    if (fresh == NULL || PyObject_SetAttr(state->mapper, s_ended_before, state->ended) < 0 ||
-        PyObject_SetAttr(state->mapper, s_ended, fresh) < 0) {
+    if (fresh == NULL || PyObject_SetAttr(owner, older_name, *newer) < 0 ||
+        PyObject_SetAttr(owner, newer_name, fresh) < 0) {
         Py_XDECREF(fresh);
         return -1;
     }
-    Py_SETREF(state->ended, fresh);
+    if (older != NULL) {
+        Py_SETREF(*older, *newer);
+    }
+    else {
+        Py_DECREF(*newer);
+    }
+    *newer = fresh;
     return 0;
 }
 
-/* times._current[time] = owner, and the generations swapped when the newer is full. */
+/* mapper._ended[span_id] = value (a SERVER span's (service, start), another's parent id) */
+static int
+remember_ended(state_t *state, PyObject *span_id, PyObject *value)
+{
+    return set_in_generations(state->mapper, s_ended, s_ended_before, &state->ended, NULL,
+                              state->ended_generation, span_id, value);
+}
+
+/* times._current[time] = owner */
 static int
 claim_time(state_t *state, PyObject *time, PyObject *owner)
 {
-    if (PyDict_SetItem(state->current, time, owner) < 0) {
-        return -1;
-    }
-    if (PyDict_GET_SIZE(state->current) < state->generation) {
-        return 0;
-    }
-    PyObject *fresh = PyDict_New();
-    if (fresh == NULL || PyObject_SetAttr(state->times, s_previous, state->current) < 0 ||
-        PyObject_SetAttr(state->times, s_current, fresh) < 0) {
-        Py_XDECREF(fresh);
-        return -1;
-    }
-    Py_SETREF(state->previous, state->current);
-    state->current = fresh;
-    return 0;
+    return set_in_generations(state->times, s_current, s_previous, &state->current,
+                              &state->previous, state->generation, time, owner);
 }
 
 /* An int in [0, 2**bits) as little-endian bytes: 1, or 0 if it is another value. */

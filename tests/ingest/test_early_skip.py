@@ -238,18 +238,13 @@ def _fastapi_request() -> list[ReadableSpan]:
 
 
 @pytest.mark.parametrize("way", ["in process", "over OTLP"])
-def test_children_without_luna_attributes_reach_no_mapper(monkeypatch: Any, way: str) -> None:
+def test_children_without_luna_attributes_reach_no_mapper(
+    mapped_records: list[SpanRecord], way: str
+) -> None:
     """The exporter and the receiver hand a request's ASGI children (no ``luna.*`` key,
     nothing waiting for them) to no mapper: only its SERVER span is mapped, and its point
     written as ever."""
-    added: list[SpanRecord] = []
-    add = RequestMapper.add
-
-    def spy(self: RequestMapper, record: SpanRecord) -> Any:
-        added.append(record)
-        return add(self, record)
-
-    monkeypatch.setattr(RequestMapper, "add", spy)
+    added = mapped_records
     sink = InMemorySink()
     spans = _fastapi_request()
     if way == "in process":

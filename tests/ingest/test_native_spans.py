@@ -914,7 +914,7 @@ def test_the_extension_is_built_and_used() -> None:
 
 
 def test_the_compiled_pass_takes_plain_requests_and_their_children(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, mapped_records: list[Any]
 ) -> None:
     """After one request made the caches warm, a batch of plain requests (200, a route, two
     INTERNAL children each) is taken by the compiled pass whole: no RequestMapper.add call, no
@@ -925,14 +925,7 @@ def test_the_compiled_pass_takes_plain_requests_and_their_children(
     pure = Side(False, settings, (50_000, 32_768))
     warm_up = plain_requests(1000, 1, NOW - 5 * SECOND + 1)
     batch = plain_requests(2000, 100, NOW - 4 * SECOND + 1)
-    added: list[Any] = []
-    add = RequestMapper.add
-
-    def spy(self: RequestMapper, record: Any) -> Any:
-        added.append(record)
-        return add(self, record)
-
-    monkeypatch.setattr(RequestMapper, "add", spy)
+    added = mapped_records
     taken = _Taken()
     monkeypatch.setattr(native_spans, "NATIVE", taken)
     try:
