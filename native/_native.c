@@ -37,7 +37,12 @@ float_repr(PyObject *module, PyObject *value)
 static PyObject *
 configure(PyObject *module, PyObject *args)
 {
+    Py_ssize_t short_key;
     if (!PyArg_ParseTuple(args, "nn", &short_key, &short_string)) {
+        return NULL;
+    }
+    if (short_key < LINE_BUFFER) { /* see line.h: no line written here needs the key check */
+        PyErr_SetString(PyExc_ValueError, "configure: short_key < LINE_BUFFER");
         return NULL;
     }
     Py_RETURN_NONE;

@@ -120,7 +120,7 @@ try_encode(PyObject *prefixes, PyObject *field_keys, PyObject *point)
     if (written < 0) {
         return NULL;
     }
-    if (written == 0 || line.size - 1 > short_key) { /* key too long: the Python path checks */
+    if (written == 0) {
         Py_RETURN_NONE;
     }
     char number[24];

@@ -4,10 +4,11 @@
 /* MIN_TIME_NS, MAX_TIME_NS of _lineprotocol.py */
 #define MIN_TIME_NS (LLONG_MIN + 2)
 #define MAX_TIME_NS (LLONG_MAX - 1)
-/* Longer lines take the Python path (they are rare; a fixed buffer keeps this simple). */
+/* Longer lines take the Python path (they are rare; a fixed buffer keeps this simple). The
+ * encoder checks a point's key length only past _SHORT_KEY characters of prefix and fields, and
+ * configure() refuses a _SHORT_KEY below this: no line that fits needs that check. */
 #define LINE_BUFFER 4096
 
-static Py_ssize_t short_key = -1;    /* _SHORT_KEY */
 static Py_ssize_t short_string = -1; /* _SHORT_STRING */
 
 typedef struct {

@@ -13,16 +13,19 @@
  * - a span that is no SERVER span and has no luna.* key, whose data nobody waits for (not in
  *   mapper._pending): nothing to write; its ended span is linked to its local parent
  *   (mapper._ended), as RequestMapper.wants does;
- * - a SERVER span without luna.* keys and without waiting data, of a request that did not fail,
- *   whose tag set the mapper has cached (mapper._tagsets, nothing counted making it) and whose
- *   prefix the encoder has cached (prefixes), whose time is free or its own (SeriesTimes) and
- *   inside the window: one `requests` line, appended to lines; its ended span remembered.
+ * - a SERVER span without waiting data whose own luna.* keys (classified by the mapper,
+ *   mapper._classified) are plain tags, float timings and int usages, whose tag set the mapper
+ *   has cached (mapper._tagsets, nothing counted making it) and whose prefixes the encoder has
+ *   cached (prefixes, field_keys), whose time is free or its own (SeriesTimes) and inside the
+ *   window: its `requests` line, `errors` line for a failed request, `usages_statistic` line for
+ *   its usages, appended to lines; its ended span remembered.
  *
- * Everything else - an unfinished span, a resource it has not seen in this call and cannot name,
- * a value it would have to count or convert, a cache miss, a collision of times, a failed request
- * - stops it before it changes anything for that span: the Python path, the reference, takes
- * the span and fills the caches for the next ones. So the two write the same bytes and keep the
- * same state, span after span (tests/ingest/test_native_spans.py).
+ * Everything else - an unfinished span, a resource it cannot name, a value it would have to
+ * count or convert, a cache miss, a collision of times - stops it before it changes anything for
+ * that span: the Python path, the reference, takes the span and fills the caches for the next
+ * ones. So the two write the same bytes and keep the same state, span after span
+ * (tests/ingest/test_native_spans.py). An error of the C API stops it the same way (its lines
+ * are appended last, all or none), and is handed back.
  *
  * It reads the SDK's ReadableSpan (exact type) by its attributes (_context, _start_time, ...) and
  * the mapper's and the times' state by theirs: their names are listed below, beside the Python
@@ -66,8 +69,11 @@ configure_sdk(PyObject *module, PyObject *args)
         (unknown_error_tag = PyTuple_Pack(2, s_error_code, unknown_error_code)) == NULL) {
         return NULL;
     }
-    if (!PyUnicode_IS_COMPACT_ASCII(luna_prefix) || (no_luna_keys = PyTuple_New(0)) == NULL) {
-        PyErr_SetString(PyExc_ValueError, "the luna prefix is ASCII");
+    if (!PyUnicode_IS_COMPACT_ASCII(luna_prefix)) {
+        PyErr_SetString(PyExc_ValueError, "configure_sdk: the luna prefix is ASCII");
+        return NULL;
+    }
+    if ((no_luna_keys = PyTuple_New(0)) == NULL) {
         return NULL;
     }
     Py_INCREF(errors_measurement);
@@ -102,7 +108,8 @@ configure_sdk(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* The state one call works on; dicts and sets are borrowed from their owners, who hold them. */
+/* The state one call works on: the mapper's and the times' dicts and sets (held: Python code
+ * may run during the call), the encoder's caches and the output (the caller's arguments). */
 #define MEMO_SIZE 32
 #define TAGSET_KEY 9 /* items of RequestMapper._points' key */
 typedef struct {
@@ -631,21 +638,45 @@ remember_prefix(state_t *state, PyObject *measurement, PyObject *by, PyObject *p
     }
 }
 
-/* The ASCII text of the prefix of a point of ``measurement`` with ``tags``, found by ``by``
- * (the memo's key: its life spans the call's), or NULL: a miss. */
+/* The ASCII text of the prefix of a point of ``measurement`` whose tag set ``tags_of(by)``
+ * makes (a new reference, NULL with an error set if it cannot), found by ``by`` in the call's
+ * memo first; NULL on a miss (or with an error set). */
 static const char *
-prefix_text(state_t *state, PyObject *measurement, PyObject *by, PyObject *tags,
-            Py_ssize_t *size)
+prefix_text(state_t *state, PyObject *measurement, PyObject *by,
+            PyObject *(*tags_of)(PyObject *), Py_ssize_t *size)
 {
     PyObject *prefix = remembered_prefix(state, measurement, by);
     if (prefix == NULL) {
+        PyObject *tags = tags_of(by);
+        if (tags == NULL) {
+            return NULL;
+        }
         prefix = cached_prefix(state, measurement, tags);
+        Py_DECREF(tags);
         if (prefix == NULL) {
             return NULL;
         }
         remember_prefix(state, measurement, by, prefix);
     }
     return ascii_of(prefix, size);
+}
+
+/* A requests point's tag set: the cached one as it is. */
+static PyObject *
+requests_tags(PyObject *tags)
+{
+    Py_INCREF(tags);
+    return tags;
+}
+
+/* A usages_statistic point's tag set: (("service", service),). */
+static PyObject *
+usages_tags(PyObject *service)
+{
+    PyObject *pair = PyTuple_Pack(2, s_service, service);
+    PyObject *tags = pair == NULL ? NULL : PyTuple_Pack(1, pair);
+    Py_XDECREF(pair);
+    return tags;
 }
 
 /* The errors tag set: the cached one without error_code, with ("error_code", "0") in its
@@ -801,7 +832,7 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     }
     int held = 0, written = 0;
     Py_ssize_t lines_before = PyList_GET_SIZE(state->lines);
-    PyObject *owner = NULL, *time_key = NULL, *errors_tags = NULL, *ended = NULL, *cached = NULL;
+    PyObject *owner = NULL, *time_key = NULL, *ended = NULL, *cached = NULL;
     PyObject *out[3] = {NULL, NULL, NULL};
     PyObject *route = get_or_none(attributes, a_route);
     if (route != Py_None && !PyUnicode_CheckExact(route)) {
@@ -906,7 +937,7 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
     request_id[45] = '"';
     line_t line;
     line.size = 0;
-    const char *text = prefix_text(state, requests_measurement, tags, tags, &size);
+    const char *text = prefix_text(state, requests_measurement, tags, requests_tags, &size);
     if (text == NULL || !put(&line, text, size) || !put(&line, request_id, 46) ||
         !put(&line, ",execution_time=", 16) ||
         !put(&line, number, format_float((double)(end - start) / 1e9, number))) {
@@ -920,51 +951,25 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
             goto done; /* nonfinite_field, a key not cached yet: the Python path */
         }
     }
-    if (line.size - 1 > short_key || !put_time(&line, time) || add_line(out, &written, &line)) {
+    if (!put_time(&line, time) || add_line(out, &written, &line)) {
         outcome = PyErr_Occurred() ? FAILED : LEFT;
         goto done;
     }
     if (failed) {
-        PyObject *base = PyTuple_GET_ITEM(cached, 1);
         line.size = 0;
-        text = NULL;
-        PyObject *prefix = remembered_prefix(state, errors_measurement, base);
-        if (prefix == NULL) {
-            errors_tags = error_tags(base);
-            if (errors_tags == NULL) {
-                outcome = PyErr_Occurred() ? FAILED : LEFT;
-                goto done;
-            }
-            text = prefix_text(state, errors_measurement, base, errors_tags, &size);
-        }
-        else {
-            text = ascii_of(prefix, &size);
-        }
+        text = prefix_text(state, errors_measurement, PyTuple_GET_ITEM(cached, 1), error_tags,
+                           &size);
         if (text == NULL || !put(&line, text, size) || !put(&line, request_id, 46) ||
-            line.size - 1 > short_key || !put_time(&line, time) ||
-            add_line(out, &written, &line)) {
+            !put_time(&line, time) || add_line(out, &written, &line)) {
             outcome = PyErr_Occurred() ? FAILED : LEFT;
             goto done;
         }
     }
     if (data.usages) {
         line.size = 0;
-        PyObject *prefix = remembered_prefix(state, usages_measurement, service);
-        if (prefix == NULL) {
-            PyObject *pair = PyTuple_Pack(2, s_service, service);
-            PyObject *usages_tags = pair == NULL ? NULL : PyTuple_Pack(1, pair);
-            Py_XDECREF(pair);
-            if (usages_tags == NULL) {
-                outcome = FAILED;
-                goto done;
-            }
-            text = prefix_text(state, usages_measurement, service, usages_tags, &size);
-            Py_DECREF(usages_tags);
-        }
-        else {
-            text = ascii_of(prefix, &size);
-        }
+        text = prefix_text(state, usages_measurement, service, usages_tags, &size);
         if (text == NULL || !put(&line, text, size) || !put(&line, " ", 1)) {
+            outcome = PyErr_Occurred() ? FAILED : LEFT;
             goto done;
         }
         for (Py_ssize_t u = 0; u < data.usages; u++) {
@@ -976,8 +981,7 @@ take_server(state_t *state, PyObject *services, PyObject *span, PyObject *contex
                 goto done;
             }
         }
-        if (line.size - 1 > short_key || !put_time(&line, time) ||
-            add_line(out, &written, &line)) {
+        if (!put_time(&line, time) || add_line(out, &written, &line)) {
             outcome = PyErr_Occurred() ? FAILED : LEFT;
             goto done;
         }
@@ -1014,7 +1018,6 @@ done:
     Py_XDECREF(data.tags);
     Py_XDECREF(owner);
     Py_XDECREF(time_key);
-    Py_XDECREF(errors_tags);
     Py_XDECREF(ended);
     return outcome;
 }
