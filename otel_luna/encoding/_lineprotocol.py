@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import partial
-from types import ModuleType
 
 from otel_luna._compiled import NATIVE
 from otel_luna.outcomes import Counting, Reason
@@ -53,17 +52,8 @@ _KEY_ESCAPES = str.maketrans({",": "\\,", "=": "\\=", " ": "\\ "})
 _STRING_ESCAPES = str.maketrans({'"': '\\"', "\\": "\\\\"})
 
 
-def _accelerator() -> ModuleType | None:
-    """The compiled common case of :meth:`LineProtocolEncoder.encode_point`, if it was built
-    (:mod:`otel_luna._compiled`)."""
-    if NATIVE is not None:
-        NATIVE.configure(_SHORT_KEY, _SHORT_STRING)
-    return NATIVE
-
-
-_ACCELERATOR = _accelerator()
-#: Whether encoders use the compiled common case (the pure-Python code stays the reference).
-ACCELERATED = _ACCELERATOR is not None
+if NATIVE is not None:  # the compiled common case of encode_point (see LineProtocolEncoder)
+    NATIVE.configure(_SHORT_KEY, _SHORT_STRING)
 
 
 class InvalidPointError(ValueError):
@@ -100,11 +90,11 @@ class LineProtocolEncoder(Counting):
         self._tagsets: dict[tuple[tuple[str, str], ...], str] = {}
         self._field_keys: dict[str, str] = {}
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
-        if _ACCELERATOR is not None:
+        if NATIVE is not None:
             # Lines whose prefix and field keys are cached, written in C; any other point (a
             # cache miss, a drop to count, an error) goes to the pure-Python method below.
             self.encode_point = partial(  # type: ignore[method-assign]
-                _ACCELERATOR.encode_point,
+                NATIVE.encode_point,
                 self._prefixes,
                 self._field_keys,
                 partial(LineProtocolEncoder.encode_point, self),

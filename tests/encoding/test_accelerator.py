@@ -156,7 +156,7 @@ def test_the_compiled_float_formatting_is_repr(value: float) -> None:
 
 
 def test_the_accelerator_is_built_and_used() -> None:
-    assert _lineprotocol.ACCELERATED
+    assert _lineprotocol.NATIVE is _native
     assert LineProtocolEncoder().encode_point.func is _native.encode_point  # type: ignore[attr-defined]
 
 
